@@ -1,0 +1,275 @@
+// Package agent is the GPU-host daemon: it runs the jobs the controller
+// starts, tails their metrics and log files, samples the GPUs, and puts
+// every record in the durable spool that the link streams to the
+// controller.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/gantry-ml/gantry/agent/gpu"
+	"github.com/gantry-ml/gantry/agent/link"
+	"github.com/gantry-ml/gantry/agent/spool"
+	"github.com/gantry-ml/gantry/internal/tlsutil"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+	protolink "github.com/gantry-ml/gantry/proto/link"
+)
+
+// Version is the agent's version string.
+var Version = "dev"
+
+// Config configures an agent.
+type Config struct {
+	// NodeID names this host in the cluster; it must match the CommonName
+	// of the agent's certificate.
+	NodeID string
+	// DataDir holds the spool and the job directories.
+	DataDir string
+	// Controllers are controller QUIC addresses (host:port).
+	Controllers []string
+	TLS         tlsutil.Files
+	// FakeGPUs > 0 uses go-nvml's mock A100s instead of the real driver.
+	FakeGPUs int
+	// GPUInterval is the GPU sampling period; default 1 s.
+	GPUInterval time.Duration
+	Log         *slog.Logger
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	spool    *spool.Spool
+	gpus     *gpu.Source // nil when the host has no usable NVML
+	gpuInfo  []*gantrypb.GPUInfo
+	hostname string
+	link     *link.Link
+
+	mu   sync.Mutex
+	jobs map[string]*job // jobs started by this process, until their exit is acked
+	wg   sync.WaitGroup
+	ctx  context.Context
+}
+
+// New opens the agent's state; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.GPUInterval == 0 {
+		cfg.GPUInterval = time.Second
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "jobs"), 0o750); err != nil {
+		return nil, fmt.Errorf("agent: data dir: %w", err)
+	}
+	sp, err := spool.Open(filepath.Join(cfg.DataDir, "spool.db"))
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log, spool: sp, jobs: map[string]*job{}}
+	a.hostname, _ = os.Hostname()
+
+	switch {
+	case cfg.FakeGPUs > 0:
+		a.gpus, err = gpu.NewMock(cfg.FakeGPUs)
+		if err != nil {
+			sp.Close()
+			return nil, fmt.Errorf("agent: fake GPUs: %w", err)
+		}
+		a.log.Info("using mock GPUs", "count", cfg.FakeGPUs)
+	default:
+		a.gpus, err = gpu.OpenNVML()
+		if err != nil {
+			// Said once, loudly; the agent still runs CPU jobs.
+			a.log.Warn("NVML unavailable: running with no GPUs", "err", err)
+			a.gpus = nil
+		}
+	}
+	if a.gpus != nil {
+		a.gpuInfo, err = a.gpus.Devices()
+		if err != nil {
+			a.log.Warn("could not list every GPU", "err", err)
+		}
+	}
+
+	clientTLS, err := tlsutil.ClientConfig(cfg.TLS, protolink.ALPN, "")
+	if err != nil {
+		a.Close()
+		return nil, fmt.Errorf("agent: TLS: %w", err)
+	}
+	a.link = link.New(link.Options{
+		Addrs: cfg.Controllers, TLS: clientTLS, Spool: sp, Handler: (*linkHandler)(a),
+		Log: cfg.Log.With("component", "link"),
+	})
+	return a, nil
+}
+
+// GPUs returns the GPUs this agent offers.
+func (a *Agent) GPUs() []*gantrypb.GPUInfo { return a.gpuInfo }
+
+// Connected reports whether the controller link is up.
+func (a *Agent) Connected() bool { return a.link.Connected() }
+
+// Run runs the agent until ctx ends. Jobs keep running in their own
+// sessions when the agent stops.
+func (a *Agent) Run(ctx context.Context) error {
+	a.mu.Lock()
+	a.ctx = ctx
+	a.mu.Unlock()
+	if err := a.recover(); err != nil {
+		return err
+	}
+	if a.gpus != nil {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			err := gpu.Run(ctx, a.gpus, a.cfg.GPUInterval, a.log.With("component", "gpu"), func(s *gantrypb.GPUSample) {
+				if _, err := a.spool.Append(&gantrypb.Record{Body: &gantrypb.Record_Gpu{Gpu: s}}); err != nil {
+					a.log.Error("spool GPU sample", "err", err)
+				}
+			})
+			if err != nil && !errors.Is(err, context.Canceled) {
+				a.log.Error("GPU sampler stopped", "err", err)
+			}
+		}()
+	}
+	err := a.link.Run(ctx)
+	a.wg.Wait()
+	return err
+}
+
+// Close releases the spool and NVML. Call after Run returns.
+func (a *Agent) Close() error {
+	var errs []error
+	if a.gpus != nil {
+		errs = append(errs, a.gpus.Close())
+	}
+	errs = append(errs, a.spool.Close())
+	return errors.Join(errs...)
+}
+
+// recover reports jobs that a previous agent process started and did not
+// finish reporting. This version cannot re-adopt a running process, so it
+// says so in an exit record rather than leave the job running forever.
+func (a *Agent) recover() error {
+	saved, err := a.spool.Jobs()
+	if err != nil {
+		return fmt.Errorf("agent: read job state: %w", err)
+	}
+	for id, data := range saved {
+		var st gantrypb.AgentJob
+		if err := proto.Unmarshal(data, &st); err != nil {
+			return fmt.Errorf("agent: decode job state %s: %w", id, err)
+		}
+		if st.ExitIndex > 0 {
+			continue // exit already spooled; the link delivers it
+		}
+		msg := fmt.Sprintf("the agent restarted while the job ran (pid %d); this agent version cannot re-adopt a running job", st.Pid)
+		a.log.Warn("job from before restart cannot be re-adopted", "job", id, "pid", st.Pid)
+		idx, err := a.spool.Append(&gantrypb.Record{JobId: id, Body: &gantrypb.Record_Exit{Exit: &gantrypb.JobExit{
+			Ts: now(), Error: msg,
+		}}})
+		if err != nil {
+			return fmt.Errorf("agent: report job %s: %w", id, err)
+		}
+		st.ExitIndex = idx
+		if err := a.saveJob(&st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *Agent) saveJob(st *gantrypb.AgentJob) error {
+	data, err := proto.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := a.spool.PutJob(st.JobId, data); err != nil {
+		return fmt.Errorf("agent: save job %s: %w", st.JobId, err)
+	}
+	return nil
+}
+
+// activeJobs lists jobs whose exit the controller has not acked yet.
+func (a *Agent) activeJobs() []string {
+	saved, err := a.spool.Jobs()
+	if err != nil {
+		a.log.Error("read job state", "err", err)
+	}
+	ids := make([]string, 0, len(saved))
+	for id := range saved {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// linkHandler is the Agent as the link sees it.
+type linkHandler Agent
+
+func (h *linkHandler) Hello() *gantrypb.Hello {
+	a := (*Agent)(h)
+	return &gantrypb.Hello{
+		NodeId: a.cfg.NodeID, Hostname: a.hostname, Gpus: a.gpuInfo,
+		Version: Version, ActiveJobs: a.activeJobs(),
+	}
+}
+
+func (h *linkHandler) Start(m *gantrypb.StartJob) { (*Agent)(h).start(m) }
+
+func (h *linkHandler) Cancel(m *gantrypb.CancelJob) {
+	a := (*Agent)(h)
+	a.mu.Lock()
+	j := a.jobs[m.JobId]
+	a.mu.Unlock()
+	if j == nil {
+		a.log.Warn("cancel for a job this agent is not running", "job", m.JobId)
+		return
+	}
+	j.cancel()
+}
+
+// Acked forgets jobs whose exit record the controller has committed.
+func (h *linkHandler) Acked(upTo uint64) {
+	a := (*Agent)(h)
+	saved, err := a.spool.Jobs()
+	if err != nil {
+		a.log.Error("read job state", "err", err)
+		return
+	}
+	for id, data := range saved {
+		var st gantrypb.AgentJob
+		if err := proto.Unmarshal(data, &st); err != nil || st.ExitIndex == 0 || st.ExitIndex > upTo {
+			continue
+		}
+		if err := a.spool.DeleteJob(id); err != nil {
+			a.log.Error("forget finished job", "job", id, "err", err)
+			continue
+		}
+		if err := a.spool.ForgetStream(id); err != nil {
+			a.log.Error("forget finished job stream", "job", id, "err", err)
+		}
+		a.mu.Lock()
+		delete(a.jobs, id)
+		a.mu.Unlock()
+	}
+}
+
+func now() float64 { return float64(time.Now().UnixNano()) / 1e9 }
+
+func jobDir(dataDir, id string) string {
+	// Job ids come from the controller; keep them inside the data dir.
+	return filepath.Join(dataDir, "jobs", strings.ReplaceAll(filepath.Base(id), "..", "_"))
+}

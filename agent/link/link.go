@@ -1,0 +1,252 @@
+// Package link is the agent's end of the QUIC link to the controller. It
+// keeps one connection up (reconnecting with jittered backoff), says Hello,
+// streams the spool in order and deletes records only once the controller
+// has acked them after Raft commit. After a reconnect it replays everything
+// unacked; the controller drops what it already has (invariant I3).
+package link
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/gantry-ml/gantry/agent/spool"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+	protolink "github.com/gantry-ml/gantry/proto/link"
+)
+
+// Limits of one batch and of the window of unacked batches.
+const (
+	MaxBatchRecords = 2000
+	MaxBatchBytes   = 1 << 20
+	MaxInflight     = 8
+)
+
+var errRejected = errors.New("controller rejected hello")
+
+// Handler receives what the controller asks of the agent.
+type Handler interface {
+	// Hello returns this agent's hello (its GPUs and active jobs) at each
+	// (re)connect.
+	Hello() *gantrypb.Hello
+	// Start and Cancel run on the link's goroutine and must not block.
+	Start(*gantrypb.StartJob)
+	Cancel(*gantrypb.CancelJob)
+	// Acked is told the spool index up to which everything is committed.
+	Acked(upTo uint64)
+}
+
+// Options configures the link.
+type Options struct {
+	// Addrs are controller QUIC addresses, tried in turn.
+	Addrs   []string
+	TLS     *tls.Config
+	Spool   *spool.Spool
+	Handler Handler
+	Log     *slog.Logger
+	// MinBackoff and MaxBackoff bound reconnect delays.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Link is the running link.
+type Link struct {
+	opts      Options
+	connected atomic.Bool
+	connects  atomic.Int64
+}
+
+// New returns a link; call Run.
+func New(opts Options) *Link {
+	if opts.MinBackoff == 0 {
+		opts.MinBackoff = 100 * time.Millisecond
+	}
+	if opts.MaxBackoff == 0 {
+		opts.MaxBackoff = 5 * time.Second
+	}
+	return &Link{opts: opts}
+}
+
+// Connected reports whether a session is up now.
+func (l *Link) Connected() bool { return l.connected.Load() }
+
+// Connects counts successful handshakes since start.
+func (l *Link) Connects() int64 { return l.connects.Load() }
+
+// Run keeps the link up until ctx ends.
+func (l *Link) Run(ctx context.Context) error {
+	backoff := l.opts.MinBackoff
+	for attempt := 0; ; attempt++ {
+		addr := l.opts.Addrs[attempt%len(l.opts.Addrs)]
+		start := time.Now()
+		err := l.session(ctx, addr)
+		if ctx.Err() != nil {
+			return nil
+		}
+		l.opts.Log.Warn("controller link down", "addr", addr, "err", err)
+		if time.Since(start) > 10*time.Second {
+			backoff = l.opts.MinBackoff // it was a healthy session
+		}
+		// Full jitter keeps a fleet of agents from reconnecting in lockstep.
+		wait := time.Duration(rand.Int64N(int64(backoff))) + l.opts.MinBackoff/2
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, l.opts.MaxBackoff)
+	}
+}
+
+func (l *Link) session(ctx context.Context, addr string) error {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	conn, err := quic.DialAddr(dctx, addr, l.opts.TLS, protolink.QUICConfig())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", addr, err)
+	}
+	defer conn.CloseWithError(protolink.CodeOK, "agent closing")
+
+	ctrl, err := l.hello(ctx, conn)
+	if err != nil {
+		return err
+	}
+	qs, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return fmt.Errorf("open records stream: %w", err)
+	}
+	records, err := protolink.Open(qs, protolink.StreamRecords)
+	if err != nil {
+		return err
+	}
+	l.connected.Store(true)
+	l.connects.Add(1)
+	defer l.connected.Store(false)
+	l.opts.Log.Info("connected to controller", "addr", addr)
+
+	g, gctx := errgroup.WithContext(ctx)
+	window := make(chan struct{}, MaxInflight)
+	g.Go(func() error { return l.readControl(ctrl) })
+	g.Go(func() error { return l.readAcks(records, window) })
+	g.Go(func() error { return l.send(gctx, records, window) })
+	g.Go(func() error {
+		// One failure closes all: closing the connection unblocks every
+		// reader and writer of this session.
+		<-gctx.Done()
+		conn.CloseWithError(protolink.CodeOK, "session ended")
+		return nil
+	})
+	return g.Wait()
+}
+
+func (l *Link) hello(ctx context.Context, conn *quic.Conn) (*protolink.Stream, error) {
+	qs, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("open control stream: %w", err)
+	}
+	ctrl, err := protolink.Open(qs, protolink.StreamControl)
+	if err != nil {
+		return nil, err
+	}
+	hello := l.opts.Handler.Hello()
+	if err := ctrl.Write(&gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Hello{Hello: hello}}); err != nil {
+		return nil, err
+	}
+	var reply gantrypb.ControlMessage
+	if err := ctrl.Read(&reply, 15*time.Second); err != nil {
+		return nil, fmt.Errorf("waiting for hello reply: %w", err)
+	}
+	hr := reply.GetHelloReply()
+	if hr == nil {
+		return nil, fmt.Errorf("%w: unexpected %T", errRejected, reply.Msg)
+	}
+	if !hr.Ok {
+		return nil, fmt.Errorf("%w: %s", errRejected, hr.Error)
+	}
+	return ctrl, nil
+}
+
+func (l *Link) readControl(ctrl *protolink.Stream) error {
+	for {
+		var m gantrypb.ControlMessage
+		if err := ctrl.Read(&m, 0); err != nil {
+			return fmt.Errorf("control stream: %w", err)
+		}
+		switch msg := m.Msg.(type) {
+		case *gantrypb.ControlMessage_Start:
+			l.opts.Handler.Start(msg.Start)
+		case *gantrypb.ControlMessage_Cancel:
+			l.opts.Handler.Cancel(msg.Cancel)
+		default:
+			l.opts.Log.Warn("unexpected control message", "type", fmt.Sprintf("%T", m.Msg))
+		}
+	}
+}
+
+func (l *Link) readAcks(records *protolink.Stream, window chan struct{}) error {
+	for {
+		var ack gantrypb.BatchAck
+		if err := records.Read(&ack, 0); err != nil {
+			return fmt.Errorf("records stream: %w", err)
+		}
+		if ack.Error != "" {
+			return fmt.Errorf("controller refused batch %d: %s", ack.BatchId, ack.Error)
+		}
+		if err := l.opts.Spool.Ack(ack.BatchId); err != nil {
+			return fmt.Errorf("spool ack %d: %w", ack.BatchId, err)
+		}
+		l.opts.Handler.Acked(ack.BatchId)
+		select {
+		case <-window:
+		default:
+		}
+	}
+}
+
+// send streams the spool from the oldest unacked record, in index order.
+func (l *Link) send(ctx context.Context, records *protolink.Stream, window chan struct{}) error {
+	_, oldest, err := l.opts.Spool.Pending()
+	if err != nil {
+		return err
+	}
+	sent := uint64(0)
+	if oldest > 0 {
+		sent = oldest - 1
+	}
+	for {
+		entries, err := l.opts.Spool.Read(sent, MaxBatchRecords, MaxBatchBytes)
+		if err != nil {
+			return fmt.Errorf("spool read: %w", err)
+		}
+		if len(entries) == 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-l.opts.Spool.Appended():
+			case <-time.After(time.Second):
+				// Appended is a hint; re-read now and then regardless.
+			}
+			continue
+		}
+		select {
+		case window <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		batch := &gantrypb.RecordBatch{BatchId: entries[len(entries)-1].Index, Records: make([]*gantrypb.Record, len(entries))}
+		for i, e := range entries {
+			batch.Records[i] = e.Record
+		}
+		if err := records.Write(batch); err != nil {
+			return err
+		}
+		sent = batch.BatchId
+	}
+}

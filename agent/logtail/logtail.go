@@ -1,0 +1,308 @@
+// Package logtail follows a job's log file (the training process's combined
+// stdout and stderr) as byte chunks, and reads its tail for the exit record.
+//
+// Logs have no record structure the agent may rely on (progress bars rewrite
+// lines with \r, tracebacks arrive half-written), so the follower ships bytes
+// as they appear, each chunk tagged with its file offset: the offset is what
+// lets the controller serve "logs from offset N" and drop a chunk it already
+// has after an agent restart.
+package logtail
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/gantry-ml/gantry/agent/filewatch"
+)
+
+const (
+	// DefaultMaxChunk is used when NewFollower is given a non-positive
+	// maxChunk.
+	DefaultMaxChunk = 64 << 10
+	// maxBytesPerNext bounds one Next, so that a backlog is streamed
+	// rather than read into memory at once.
+	maxBytesPerNext = 1 << 20
+)
+
+var (
+	// ErrBadOffset: a Follower was asked to start at a negative offset.
+	ErrBadOffset = errors.New("negative start offset")
+	// ErrClosed: the Follower was used after Close.
+	ErrClosed = errors.New("log follower closed")
+)
+
+// Chunk is a run of log bytes.
+type Chunk struct {
+	// Offset is the file offset of Data[0].
+	Offset int64
+	// Data is owned by the receiver.
+	Data []byte
+	// Truncated marks the first chunk after the file shrank below the
+	// read position or was replaced: reading restarted at offset 0.
+	Truncated bool
+}
+
+// Follower follows a log file. It is not safe for concurrent use: cancel
+// Next's context, then call Drain or Close.
+type Follower struct {
+	path     string
+	maxChunk int
+	poll     time.Duration
+
+	f      *os.File
+	offset int64 // next byte to read
+	// truncated is set from a restart until the next chunk carries it.
+	truncated bool
+
+	watch  *filewatch.Watcher
+	err    error // a read error held back until the chunks before it are delivered
+	closed bool
+}
+
+// NewFollower returns a Follower for path from startOffset, in chunks of at
+// most maxChunk bytes (DefaultMaxChunk if maxChunk <= 0). Nothing is opened
+// until the first Next or Drain, and the file need not exist yet.
+func NewFollower(path string, startOffset int64, maxChunk int) *Follower {
+	if maxChunk <= 0 {
+		maxChunk = DefaultMaxChunk
+	}
+	return &Follower{
+		path:     path,
+		maxChunk: maxChunk,
+		poll:     filewatch.DefaultPollInterval,
+		offset:   startOffset,
+	}
+}
+
+// Next blocks until new bytes exist and returns them (up to about 1 MiB per
+// call) in chunks of at most maxChunk bytes. It returns ctx.Err() once ctx is
+// done, without consuming anything.
+func (f *Follower) Next(ctx context.Context) ([]Chunk, error) {
+	if f.closed {
+		return nil, ErrClosed
+	}
+	if err := f.err; err != nil {
+		f.err = nil
+		return nil, err
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		chunks, err := f.read(maxBytesPerNext)
+		if err != nil {
+			if len(chunks) == 0 {
+				return nil, err
+			}
+			f.err = err
+			return chunks, nil
+		}
+		if len(chunks) > 0 {
+			return chunks, nil
+		}
+		if err := f.wait(ctx); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// Drain returns everything left to EOF without waiting for more. It is meant
+// for after the process has exited. On error the chunks read before it are
+// returned with it. A file that never appeared yields no chunks.
+func (f *Follower) Drain() ([]Chunk, error) {
+	if f.closed {
+		return nil, ErrClosed
+	}
+	if err := f.err; err != nil {
+		f.err = nil
+		return nil, err
+	}
+	return f.read(0)
+}
+
+// Offset returns the offset of the next byte to be read: the resume point.
+func (f *Follower) Offset() int64 {
+	return f.offset
+}
+
+// Close releases the file and the watcher. Later calls return ErrClosed.
+func (f *Follower) Close() error {
+	if f.closed {
+		return nil
+	}
+	f.closed = true
+	var errs []error
+	if f.watch != nil {
+		errs = append(errs, f.watch.Close())
+	}
+	if f.f != nil {
+		if err := f.f.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close log file: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (f *Follower) wait(ctx context.Context) error {
+	if f.watch == nil {
+		w, err := filewatch.New(f.path, f.poll)
+		if err != nil {
+			return fmt.Errorf("watch log file: %w", err)
+		}
+		f.watch = w
+		// Bytes written before the watch existed raised no event: look
+		// once more before sleeping.
+		return nil
+	}
+	if err := f.watch.Wait(ctx); err != nil {
+		return fmt.Errorf("wait for log file: %w", err)
+	}
+	return nil
+}
+
+// read returns the bytes available now, up to limit (0: no limit).
+func (f *Follower) read(limit int) ([]Chunk, error) {
+	var chunks []Chunk
+	total := 0
+	checked := false
+	for limit <= 0 || total < limit {
+		if f.f == nil {
+			ok, err := f.open()
+			if err != nil || !ok {
+				return chunks, err
+			}
+		}
+		fi, err := f.f.Stat()
+		if err != nil {
+			return chunks, fmt.Errorf("stat log file: %w", err)
+		}
+		avail := fi.Size() - f.offset
+		if avail <= 0 {
+			// Nothing new: the moment a truncation or replacement
+			// shows. Checked once per call, and only before any chunk,
+			// so that offsets within one result never go back.
+			if len(chunks) > 0 || checked {
+				return chunks, nil
+			}
+			checked = true
+			restarted, err := f.checkFile()
+			if err != nil || !restarted {
+				return chunks, err
+			}
+			continue
+		}
+		// One read for everything available (within limit), sized to
+		// what is there: a 10-byte write costs 10 bytes, a backlog one
+		// syscall rather than one per chunk.
+		want := avail
+		if limit > 0 {
+			want = min(want, int64(limit-total))
+		}
+		buf := make([]byte, want)
+		n, err := f.f.ReadAt(buf, f.offset)
+		for i := 0; i < n; i += f.maxChunk {
+			j := min(i+f.maxChunk, n)
+			// The full slice expression caps each chunk so that an
+			// append by the receiver cannot write into the next one.
+			chunks = append(chunks, Chunk{Offset: f.offset, Data: buf[i:j:j], Truncated: f.truncated})
+			f.truncated = false
+			f.offset += int64(j - i)
+		}
+		total += n
+		switch {
+		case err != nil && !errors.Is(err, io.EOF):
+			return chunks, fmt.Errorf("read %s at offset %d: %w", f.path, f.offset, err)
+		case n == 0:
+			// Shrunk between Stat and ReadAt; the next call sees it.
+			return chunks, nil
+		}
+	}
+	return chunks, nil
+}
+
+func (f *Follower) open() (bool, error) {
+	if f.offset < 0 {
+		return false, fmt.Errorf("%w: %d", ErrBadOffset, f.offset)
+	}
+	file, err := os.Open(f.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("open log file: %w", err)
+	}
+	f.f = file
+	return true, nil
+}
+
+// checkFile restarts at offset 0 when the file shrank or was replaced.
+func (f *Follower) checkFile() (bool, error) {
+	change, err := filewatch.Check(f.f, f.path, f.offset)
+	if err != nil {
+		return false, err
+	}
+	switch change {
+	case filewatch.Shrunk:
+	case filewatch.Replaced:
+		old := f.f
+		f.f = nil // read reopens the path
+		if err := old.Close(); err != nil {
+			return false, fmt.Errorf("close replaced log file: %w", err)
+		}
+	default:
+		return false, nil
+	}
+	f.offset = 0
+	f.truncated = true
+	return true, nil
+}
+
+// Tail returns the last n bytes of the file at path, for the exit record.
+// When the window cuts a line, it starts after the first newline in it, so
+// the tail does not open mid-line; a window with no such newline is returned
+// whole. Invalid UTF-8 is replaced with U+FFFD: the tail travels in a
+// protobuf string field, which refuses to marshal anything else.
+func Tail(path string, n int) (tail string, err error) {
+	if n <= 0 {
+		return "", nil
+	}
+	file, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("log tail: %w", err)
+	}
+	defer func() {
+		if cerr := file.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("log tail: close: %w", cerr))
+		}
+	}()
+	fi, err := file.Stat()
+	if err != nil {
+		return "", fmt.Errorf("log tail: stat: %w", err)
+	}
+	size := fi.Size()
+	start := max(size-int64(n), 0)
+	// Read one byte before the window, so that a window that starts
+	// right after a newline is known to start at a line boundary.
+	from := max(start-1, 0)
+	buf := make([]byte, size-from)
+	m, err := file.ReadAt(buf, from)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("log tail: read %s: %w", path, err)
+	}
+	buf = buf[:m]
+	if from < start {
+		if i := bytes.IndexByte(buf, '\n'); i >= 0 && i+1 < len(buf) {
+			buf = buf[i+1:]
+		} else {
+			buf = buf[min(1, len(buf)):]
+		}
+	}
+	return strings.ToValidUTF8(string(buf), "\uFFFD"), nil
+}

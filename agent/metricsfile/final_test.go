@@ -1,0 +1,42 @@
+package metricsfile
+
+import (
+	"maps"
+	"testing"
+)
+
+func TestFinal(t *testing.T) {
+	var f Final
+	if m := f.Metrics(); m == nil || len(m) != 0 {
+		t.Fatalf("zero Final Metrics = %v, want empty non-nil", m)
+	}
+	if _, ok := f.Step(); ok {
+		t.Fatal("zero Final has a step")
+	}
+
+	for _, s := range []string{
+		`{"step":1,"loss":3,"lr":0.1}`,
+		`{"step":2,"loss":2,"eval":0.5}`,
+		`{"loss":1.5}`,           // no step: step stays 2
+		`{"step":1,"loss":1.25}`, // last, not largest: a restarted run counts down
+	} {
+		l, err := ParseLine([]byte(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Observe(l)
+	}
+	want := map[string]float64{"loss": 1.25, "lr": 0.1, "eval": 0.5, "step": 1}
+	got := f.Metrics()
+	if !maps.Equal(got, want) {
+		t.Fatalf("Metrics = %v, want %v", got, want)
+	}
+	if step, ok := f.Step(); !ok || step != 1 {
+		t.Fatalf("Step = %d, %v; want 1, true", step, ok)
+	}
+
+	got["loss"] = 99
+	if f.Metrics()["loss"] != 1.25 {
+		t.Fatal("Metrics returned the internal map, not a copy")
+	}
+}

@@ -1,0 +1,62 @@
+// Command gantry-agent runs the Gantry agent on a GPU host.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/gantry-ml/gantry/agent"
+	"github.com/gantry-ml/gantry/internal/logging"
+	"github.com/gantry-ml/gantry/internal/tlsutil"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "gantry-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	host, _ := os.Hostname()
+	fs := flag.NewFlagSet("gantry-agent", flag.ExitOnError)
+	var (
+		nodeID      = fs.String("node-id", host, "this host's node id; must match its certificate's name")
+		dataDir     = fs.String("data-dir", "/var/lib/gantry-agent", "directory for the spool and job files")
+		controllers = fs.String("controller", "127.0.0.1:7481", "controller QUIC address(es), comma separated")
+		tlsDir      = fs.String("tls-dir", "", "directory with ca.pem, NODE_ID.pem and NODE_ID-key.pem (default DATA_DIR/tls)")
+		fakeGPUs    = fs.Int("fake-gpus", 0, "use N mock GPUs (go-nvml mock A100s) instead of NVML")
+		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+	)
+	_ = fs.Parse(os.Args[1:])
+	log, err := logging.New(os.Stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+	if *tlsDir == "" {
+		*tlsDir = filepath.Join(*dataDir, "tls")
+	}
+	ag, err := agent.New(agent.Config{
+		NodeID: *nodeID, DataDir: *dataDir, Controllers: strings.Split(*controllers, ","),
+		FakeGPUs: *fakeGPUs, Log: log,
+		TLS: tlsutil.Files{
+			CA:   filepath.Join(*tlsDir, "ca.pem"),
+			Cert: filepath.Join(*tlsDir, *nodeID+".pem"),
+			Key:  filepath.Join(*tlsDir, *nodeID+"-key.pem"),
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer ag.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log.Info("agent started", "node", *nodeID, "controllers", *controllers, "gpus", len(ag.GPUs()))
+	return ag.Run(ctx)
+}

@@ -1,0 +1,149 @@
+// Command gantry-controller runs a Gantry controller node, or with -dev a
+// single-node controller plus a local agent in one process.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/gantry-ml/gantry/agent"
+	"github.com/gantry-ml/gantry/controller/server"
+	"github.com/gantry-ml/gantry/internal/logging"
+	"github.com/gantry-ml/gantry/internal/tlsutil"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "tls" {
+		if err := tlsCommand(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "gantry-controller tls:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "gantry-controller:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	host, _ := os.Hostname()
+	fs := flag.NewFlagSet("gantry-controller", flag.ExitOnError)
+	var (
+		nodeID    = fs.String("node-id", host, "this controller's id in the Raft cluster")
+		dataDir   = fs.String("data-dir", "/var/lib/gantry", "directory for Raft log, snapshots and state")
+		httpAddr  = fs.String("http-addr", "127.0.0.1:7480", "HTTP/WebSocket API address")
+		quicAddr  = fs.String("quic-addr", "127.0.0.1:7481", "UDP address agents connect to (QUIC)")
+		raftAddr  = fs.String("raft-addr", "127.0.0.1:7482", "Raft transport address (TCP)")
+		bootstrap = fs.Bool("bootstrap", false, "bootstrap a one-node Raft cluster if there is no state yet")
+		tlsDir    = fs.String("tls-dir", "", "directory with ca.pem, <tls-name>.pem and <tls-name>-key.pem (default DATA_DIR/tls)")
+		tlsName   = fs.String("tls-name", tlsutil.ControllerName, "certificate name inside -tls-dir")
+		token     = fs.String("token", os.Getenv("GANTRY_TOKEN"), "bearer token required by the API (default $GANTRY_TOKEN)")
+		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
+		dev       = fs.Bool("dev", false, "dev mode: single-node controller plus a local agent, certificates made on the fly")
+		fakeGPUs  = fs.Int("fake-gpus", 0, "dev mode: give the local agent N mock GPUs (go-nvml mock A100s)")
+	)
+	_ = fs.Parse(os.Args[1:])
+	log, err := logging.New(os.Stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+	if *tlsDir == "" {
+		*tlsDir = filepath.Join(*dataDir, "tls")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	cfg := server.Config{
+		NodeID: *nodeID, DataDir: *dataDir, HTTPAddr: *httpAddr, QUICAddr: *quicAddr, RaftAddr: *raftAddr,
+		Bootstrap: *bootstrap, Token: *token, Log: log,
+		TLS: tlsutil.Files{
+			CA:   filepath.Join(*tlsDir, "ca.pem"),
+			Cert: filepath.Join(*tlsDir, *tlsName+".pem"),
+			Key:  filepath.Join(*tlsDir, *tlsName+"-key.pem"),
+		},
+	}
+	if *dev {
+		return runDev(ctx, cfg, *fakeGPUs, log)
+	}
+	if *fakeGPUs != 0 {
+		return errors.New("-fake-gpus is a dev-mode flag; give it to gantry-agent otherwise")
+	}
+	srv, err := server.Start(cfg)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	return srv.Close()
+}
+
+// runDev runs a bootstrapped single-node controller and an in-process agent
+// named "local", with certificates made under DATA_DIR/tls.
+func runDev(ctx context.Context, cfg server.Config, fakeGPUs int, log *slog.Logger) error {
+	const agentName = "local"
+	tlsDir := filepath.Dir(cfg.TLS.CA)
+	ctrlFiles, agentFiles, err := tlsutil.EnsureDev(tlsDir, agentName)
+	if err != nil {
+		return err
+	}
+	cfg.TLS = ctrlFiles
+	cfg.Bootstrap = true
+	srv, err := server.Start(cfg)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	ag, err := agent.New(agent.Config{
+		NodeID: agentName, DataDir: filepath.Join(cfg.DataDir, "agent"),
+		Controllers: []string{srv.QUICAddr()}, TLS: agentFiles, FakeGPUs: fakeGPUs,
+		Log: log.With("component", "agent"),
+	})
+	if err != nil {
+		return err
+	}
+	defer ag.Close()
+	log.Info("dev mode ready", "api", "http://"+srv.HTTPAddr(), "gpus", len(ag.GPUs()))
+	return ag.Run(ctx)
+}
+
+func tlsCommand(args []string) error {
+	usage := errors.New("usage: gantry-controller tls init DIR | tls issue DIR NAME [HOST...]")
+	if len(args) < 2 {
+		return usage
+	}
+	dir := args[1]
+	switch args[0] {
+	case "init":
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		if err := tlsutil.InitCA(dir); err != nil {
+			return err
+		}
+		if _, err := tlsutil.Issue(dir, tlsutil.ControllerName, args[2:]); err != nil {
+			return err
+		}
+		fmt.Printf("cluster CA and controller certificate written to %s\n", dir)
+		return nil
+	case "issue":
+		if len(args) < 3 {
+			return usage
+		}
+		f, err := tlsutil.Issue(dir, args[2], args[3:])
+		if err != nil {
+			return err
+		}
+		fmt.Printf("certificate %s and key %s signed by %s\n", f.Cert, f.Key, f.CA)
+		return nil
+	}
+	return usage
+}

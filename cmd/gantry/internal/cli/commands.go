@@ -1,0 +1,204 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gantry-ml/gantry/controller/client"
+)
+
+func (a *app) runCmd() *cobra.Command {
+	var detach bool
+	cmd := &cobra.Command{
+		Use:   "run SPEC.yaml",
+		Short: "Submit a job and follow it live",
+		Long: "run submits the job described by SPEC.yaml, prints its id and, unless -d is given,\n" +
+			"shows it live until it ends. The exit status follows the job: 0 when it succeeded,\n" +
+			"its exit code when it failed, 1 otherwise. Ctrl-C detaches; the job keeps running.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			spec, err := LoadSpec(args[0])
+			if err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			if err := spec.Validate(); err != nil {
+				return &exitError{code: exitUsage, err: fmt.Errorf("spec %s: %w", args[0], err)}
+			}
+			c := a.client()
+			id, err := c.Submit(cmd.Context(), spec)
+			var apiErr *client.APIError
+			if errors.As(err, &apiErr) && apiErr.Status == http.StatusBadRequest {
+				return &exitError{code: exitUsage, err: fmt.Errorf("controller rejected spec %s: %s", args[0], apiErr.Message)}
+			}
+			if err != nil {
+				return err
+			}
+			if detach {
+				_, err := fmt.Fprintln(a.env.Stdout, id)
+				return err
+			}
+			if _, err := fmt.Fprintf(a.env.Stdout, "submitted job %s\n", id); err != nil {
+				return err
+			}
+			return a.attach(cmd.Context(), c, id)
+		},
+	}
+	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "print the job id and return without following the job")
+	return cmd
+}
+
+func (a *app) watchCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "watch ID",
+		Short: "Follow an existing job live (exit status as for run)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.attach(cmd.Context(), a.client(), args[0])
+		},
+	}
+}
+
+func (a *app) psCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "ps",
+		Short: "List jobs",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			jobs, err := a.client().Jobs(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return WriteJobsTable(a.env.Stdout, jobs, a.env.Now())
+		},
+	}
+}
+
+func (a *app) statusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status ID",
+		Short: "Show every field of a job, its final metrics and events",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c := a.client()
+			job, err := c.Job(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			events, err := c.Events(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return WriteJobStatus(a.env.Stdout, job, events, a.env.Now())
+		},
+	}
+}
+
+func (a *app) logsCmd() *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs ID",
+		Short: "Print a job's log (-f follows it until the job ends)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			err := a.copyLogs(cmd.Context(), a.client(), args[0], follow)
+			if err != nil && cmd.Context().Err() != nil {
+				return &exitError{code: exitDetached}
+			}
+			return err
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until the job ends")
+	return cmd
+}
+
+// copyLogs prints the log from offset 0. Without follow it stops once
+// caught up; with follow it polls until the server says the log is
+// complete (the job is terminal and every byte stored).
+func (a *app) copyLogs(ctx context.Context, c *client.Client, id string, follow bool) error {
+	var offset uint64
+	t := time.NewTicker(a.env.PollInterval)
+	defer t.Stop()
+	for {
+		l, err := c.Logs(ctx, id, offset)
+		if err != nil {
+			return err
+		}
+		if _, err := io.WriteString(a.env.Stdout, l.Data); err != nil {
+			return fmt.Errorf("write log: %w", err)
+		}
+		progressed := l.Next > offset
+		if l.Next > offset {
+			offset = l.Next
+		}
+		switch {
+		case l.Complete && !progressed:
+			return nil
+		case progressed:
+			// More may be waiting right away: a page may be capped.
+			continue
+		case !follow:
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (a *app) cancelCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "cancel ID",
+		Short: "Cancel a job gracefully (SIGTERM, then SIGKILL after its kill_grace)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.client().Cancel(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintf(a.env.Stdout, "cancel requested for job %s\n", args[0])
+			return err
+		},
+	}
+}
+
+func (a *app) nodesCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "nodes",
+		Short: "List GPU nodes with free and total GPUs",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			nodes, err := a.client().Nodes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return WriteNodesTable(a.env.Stdout, nodes, a.env.Now())
+		},
+	}
+}
+
+func (a *app) clusterCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cluster",
+		Short: "Controller cluster commands",
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "status",
+		Short: "Show the Raft leader, peers, term and indexes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := a.client().Cluster(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return WriteCluster(a.env.Stdout, cl)
+		},
+	})
+	return cmd
+}

@@ -1,0 +1,301 @@
+// Package apiv1 holds the JSON shapes of Gantry's HTTP and WebSocket API
+// (DESIGN.md "Contracts"). The server, the Go client and the CLI all use
+// these types, so a field renamed here is a contract broken everywhere.
+package apiv1
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Job states, as they appear in the API.
+const (
+	StateQueued    = "queued"
+	StateAssigned  = "assigned"
+	StateRunning   = "running"
+	StateSucceeded = "succeeded"
+	StateFailed    = "failed"
+	StateCancelled = "cancelled"
+	StateLost      = "lost"
+)
+
+// IsTerminal reports whether a job in this state will never change again.
+func IsTerminal(state string) bool {
+	switch state {
+	case StateSucceeded, StateFailed, StateCancelled, StateLost:
+		return true
+	}
+	return false
+}
+
+// Resources is what a job asks of a node.
+type Resources struct {
+	GPUs    int    `json:"gpus" yaml:"gpus"`
+	GPUType string `json:"gpu_type,omitempty" yaml:"gpu_type"`
+}
+
+// JobSpec is a job as submitted (JSON on the API, YAML for the CLI).
+type JobSpec struct {
+	Name        string            `json:"name" yaml:"name"`
+	Run         string            `json:"run" yaml:"run"`
+	Setup       string            `json:"setup,omitempty" yaml:"setup"`
+	Env         map[string]string `json:"env,omitempty" yaml:"env"`
+	Workdir     string            `json:"workdir,omitempty" yaml:"workdir"`
+	Resources   Resources         `json:"resources" yaml:"resources"`
+	Node        string            `json:"node,omitempty" yaml:"node"`
+	MaxDuration Duration          `json:"max_duration,omitempty" yaml:"max_duration"`
+	KillGrace   Duration          `json:"kill_grace,omitempty" yaml:"kill_grace"`
+}
+
+// Job is a job as the API shows it.
+type Job struct {
+	ID           string             `json:"id"`
+	Name         string             `json:"name"`
+	State        string             `json:"state"`
+	Node         string             `json:"node,omitempty"`
+	GPUs         []int              `json:"gpus"`
+	ExitCode     *int               `json:"exit_code"`
+	Signal       string             `json:"signal,omitempty"`
+	CreatedAt    *time.Time         `json:"created_at"`
+	StartedAt    *time.Time         `json:"started_at"`
+	FinishedAt   *time.Time         `json:"finished_at"`
+	FinalMetrics map[string]float64 `json:"final_metrics"`
+	Error        string             `json:"error,omitempty"`
+
+	// Extensions beyond DESIGN.md's list.
+	Spec            JobSpec `json:"spec"`
+	CancelRequested bool    `json:"cancel_requested,omitempty"`
+	Points          uint64  `json:"points"`
+	LastSeq         uint64  `json:"last_seq"`
+	BadLines        uint64  `json:"bad_lines"`
+	LogBytes        uint64  `json:"log_bytes"`
+	LogTail         string  `json:"log_tail,omitempty"`
+	PID             int64   `json:"pid,omitempty"`
+	// LatestMetrics is the last value of every key so far, while it runs.
+	LatestMetrics map[string]float64 `json:"latest_metrics,omitempty"`
+}
+
+// SubmitResponse answers POST /v1/jobs.
+type SubmitResponse struct {
+	ID string `json:"id"`
+}
+
+// JobList answers GET /v1/jobs.
+type JobList struct {
+	Jobs []Job `json:"jobs"`
+}
+
+// Point is one stored metric point.
+type Point struct {
+	Seq    uint64             `json:"seq"`
+	Step   *int64             `json:"step"`
+	TS     float64            `json:"ts"`
+	Values map[string]float64 `json:"values"`
+}
+
+// PointPage answers GET /v1/jobs/{id}/metrics. Next is the seq to pass as
+// `after` for the following page (the last seq returned, or `after` itself
+// when the page is empty).
+type PointPage struct {
+	Points []Point `json:"points"`
+	Next   uint64  `json:"next"`
+}
+
+// Event is a job event (bad metric lines, kill escalation, …).
+type Event struct {
+	Seq     uint64  `json:"seq"`
+	TS      float64 `json:"ts"`
+	Kind    string  `json:"kind"`
+	Message string  `json:"message"`
+	Count   uint64  `json:"count,omitempty"`
+}
+
+// EventList answers GET /v1/jobs/{id}/events.
+type EventList struct {
+	Events []Event `json:"events"`
+}
+
+// Logs answers GET /v1/jobs/{id}/logs?offset=N. Data holds the bytes from
+// Offset on; Next is the offset to ask for next.
+type Logs struct {
+	Offset uint64 `json:"offset"`
+	Next   uint64 `json:"next"`
+	Data   string `json:"data"`
+	// Complete is true once the job is terminal and every byte is stored.
+	Complete bool `json:"complete"`
+}
+
+// GPU describes one GPU of a node.
+type GPU struct {
+	Index            int    `json:"index"`
+	UUID             string `json:"uuid,omitempty"`
+	Name             string `json:"name,omitempty"`
+	MemoryTotalBytes uint64 `json:"memory_total_bytes"`
+	// JobID is the job holding this GPU, if any.
+	JobID string `json:"job_id,omitempty"`
+}
+
+// Node is an agent as the API shows it.
+type Node struct {
+	ID        string     `json:"id"`
+	Hostname  string     `json:"hostname"`
+	State     string     `json:"state"`
+	Version   string     `json:"version,omitempty"`
+	GPUs      []GPU      `json:"gpus"`
+	FreeGPUs  int        `json:"free_gpus"`
+	LastSeen  *time.Time `json:"last_seen"`
+	Connected bool       `json:"connected"`
+}
+
+// NodeList answers GET /v1/nodes.
+type NodeList struct {
+	Nodes []Node `json:"nodes"`
+}
+
+// GPUStat is one GPU's reading inside a sample.
+type GPUStat struct {
+	Index            int     `json:"index"`
+	UUID             string  `json:"uuid,omitempty"`
+	Name             string  `json:"name,omitempty"`
+	UtilizationPct   float64 `json:"utilization_pct"`
+	MemoryUsedBytes  uint64  `json:"memory_used_bytes"`
+	MemoryTotalBytes uint64  `json:"memory_total_bytes"`
+	TemperatureC     float64 `json:"temperature_c"`
+	PowerW           float64 `json:"power_w"`
+	SMClockMHz       uint32  `json:"sm_clock_mhz"`
+}
+
+// GPUSample is every GPU of a node at one instant.
+type GPUSample struct {
+	Seq  uint64    `json:"seq"`
+	TS   float64   `json:"ts"`
+	GPUs []GPUStat `json:"gpus"`
+}
+
+// SampleList answers GET /v1/nodes/{id}/gpus.
+type SampleList struct {
+	Samples []GPUSample `json:"samples"`
+}
+
+// Peer is one Raft server.
+type Peer struct {
+	ID       string `json:"id"`
+	Address  string `json:"address"`
+	Suffrage string `json:"suffrage"`
+	Leader   bool   `json:"leader"`
+}
+
+// Cluster answers GET /v1/cluster.
+type Cluster struct {
+	NodeID       string `json:"node_id"`
+	State        string `json:"state"`
+	Leader       string `json:"leader"`
+	LeaderID     string `json:"leader_id"`
+	Peers        []Peer `json:"peers"`
+	Term         uint64 `json:"term"`
+	CommitIndex  uint64 `json:"commit_index"`
+	AppliedIndex uint64 `json:"applied_index"`
+	LastIndex    uint64 `json:"last_index"`
+}
+
+// Error is every non-2xx body.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// WebSocket frame types on /v1/jobs/{id}/live and /playback.
+const (
+	FrameSnapshot = "snapshot"
+	FrameMetrics  = "metrics"
+	FrameGPU      = "gpu"
+	FrameState    = "state"
+	FrameFinal    = "final"
+	FrameError    = "error"
+	FramePoints   = "points"
+	FrameEvent    = "event"
+)
+
+// Frame is one WebSocket message. Only the fields of its Type are set.
+type Frame struct {
+	Type string `json:"type"`
+	// snapshot, state, final
+	Job *Job `json:"job,omitempty"`
+	// snapshot (recent points), metrics, points (playback page)
+	Points []Point `json:"points,omitempty"`
+	// snapshot (latest sample), gpu
+	GPU *GPUSample `json:"gpu,omitempty"`
+	// event
+	Event *Event `json:"event,omitempty"`
+	// error
+	Error string `json:"error,omitempty"`
+}
+
+// CloseUnknownJob is the WebSocket close code for a job that does not exist.
+const CloseUnknownJob = 4404
+
+// Duration is a time.Duration that reads "30s" or a number of seconds from
+// JSON and YAML, and writes "30s".
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON accepts "1h30m" or a number of seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	parsed, err := parseDuration(v)
+	if err != nil {
+		return err
+	}
+	*d = parsed
+	return nil
+}
+
+// UnmarshalYAML accepts "1h30m" or a number of seconds.
+func (d *Duration) UnmarshalYAML(unmarshal func(any) error) error {
+	var v any
+	if err := unmarshal(&v); err != nil {
+		return err
+	}
+	parsed, err := parseDuration(v)
+	if err != nil {
+		return err
+	}
+	*d = parsed
+	return nil
+}
+
+func parseDuration(v any) (Duration, error) {
+	switch t := v.(type) {
+	case nil:
+		return 0, nil
+	case string:
+		if t == "" {
+			return 0, nil
+		}
+		if secs, err := strconv.ParseFloat(t, 64); err == nil {
+			return Duration(secs * float64(time.Second)), nil
+		}
+		dur, err := time.ParseDuration(t)
+		if err != nil {
+			return 0, fmt.Errorf("invalid duration %q: want e.g. \"90s\", \"2h\" or a number of seconds", t)
+		}
+		return Duration(dur), nil
+	case float64:
+		return Duration(t * float64(time.Second)), nil
+	case int:
+		return Duration(time.Duration(t) * time.Second), nil
+	case uint64:
+		return Duration(time.Duration(t) * time.Second), nil
+	case int64:
+		return Duration(time.Duration(t) * time.Second), nil
+	}
+	return 0, fmt.Errorf("invalid duration %v: want a string such as \"90s\" or a number of seconds", v)
+}

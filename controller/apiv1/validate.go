@@ -1,0 +1,57 @@
+package apiv1
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Limits on a job spec. They exist so that a typo fails at submit time with
+// a reason, not hours later on a GPU host.
+const (
+	MaxNameLen    = 256
+	MaxRunLen     = 64 << 10
+	MaxGPUsPerJob = 64
+	MaxEnvVars    = 256
+)
+
+// Validate returns the first reason the spec cannot run, or nil.
+func (s *JobSpec) Validate() error {
+	if strings.TrimSpace(s.Run) == "" {
+		return errors.New("spec.run is required: the shell command to start the job")
+	}
+	if len(s.Run) > MaxRunLen || len(s.Setup) > MaxRunLen {
+		return fmt.Errorf("spec.run and spec.setup are limited to %d bytes", MaxRunLen)
+	}
+	if len(s.Name) > MaxNameLen {
+		return fmt.Errorf("spec.name is %d bytes long; the limit is %d", len(s.Name), MaxNameLen)
+	}
+	if strings.ContainsAny(s.Name, "\x00\n") {
+		return errors.New("spec.name must not contain newlines or NUL bytes")
+	}
+	if s.Resources.GPUs < 0 || s.Resources.GPUs > MaxGPUsPerJob {
+		return fmt.Errorf("spec.resources.gpus = %d; want 0..%d", s.Resources.GPUs, MaxGPUsPerJob)
+	}
+	if s.MaxDuration < 0 {
+		return fmt.Errorf("spec.max_duration = %s; want a positive duration or none", time.Duration(s.MaxDuration))
+	}
+	if s.KillGrace < 0 {
+		return fmt.Errorf("spec.kill_grace = %s; want a positive duration or none", time.Duration(s.KillGrace))
+	}
+	if len(s.Env) > MaxEnvVars {
+		return fmt.Errorf("spec.env has %d variables; the limit is %d", len(s.Env), MaxEnvVars)
+	}
+	for k, v := range s.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			return fmt.Errorf("spec.env key %q is not a valid environment variable name", k)
+		}
+		if strings.ContainsRune(v, 0) {
+			return fmt.Errorf("spec.env[%q] contains a NUL byte", k)
+		}
+		if strings.HasPrefix(k, "GANTRY_") || k == "CUDA_VISIBLE_DEVICES" {
+			return fmt.Errorf("spec.env[%q] is set by Gantry itself and cannot be overridden", k)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,241 @@
+// Package cluster runs the controller's Raft node: the log in raft-wal, file
+// snapshots, a TCP transport, and the FSM. It exposes Apply for writers and
+// the numbers /v1/cluster reports.
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/raft"
+	wal "github.com/hashicorp/raft-wal"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/controller/command"
+	"github.com/gantry-ml/gantry/internal/logging"
+)
+
+var (
+	// ErrNotLeader is returned by Apply on a node that is not the leader.
+	// Callers check it with errors.Is and forward to the leader.
+	ErrNotLeader = errors.New("not the raft leader")
+	// ErrNoLeader is returned when no leader is known (election running).
+	ErrNoLeader = errors.New("no raft leader elected")
+)
+
+// Config configures a Raft node.
+type Config struct {
+	NodeID   string
+	DataDir  string
+	BindAddr string // host:port for the Raft transport
+	// Advertise is the address peers dial; defaults to the bound address.
+	Advertise string
+	// Bootstrap makes this node a one-voter cluster if it has no state yet.
+	Bootstrap bool
+	// Fast shortens Raft's timings (tests: 50 ms heartbeats).
+	Fast bool
+	// ApplyTimeout bounds one Apply; default 10 s.
+	ApplyTimeout time.Duration
+	Log          *slog.Logger
+}
+
+// Node is one controller's Raft participant.
+type Node struct {
+	cfg       Config
+	raft      *raft.Raft
+	log       *wal.WAL
+	transport *raft.NetworkTransport
+	fsm       raft.FSM
+}
+
+// Open starts Raft over fsm.
+func Open(cfg Config, fsm raft.FSM) (*Node, error) {
+	if cfg.ApplyTimeout == 0 {
+		cfg.ApplyTimeout = 10 * time.Second
+	}
+	walDir := filepath.Join(cfg.DataDir, "raft", "wal")
+	// raft-wal needs its directory to exist before Open.
+	if err := os.MkdirAll(walDir, 0o750); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	hcl := logging.HCLog(cfg.Log, "raft")
+	logStore, err := wal.Open(walDir, wal.WithLogger(hcl.Named("wal")))
+	if err != nil {
+		return nil, fmt.Errorf("cluster: open raft log: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "raft"), 2, hcl.Named("snapshots"))
+	if err != nil {
+		logStore.Close()
+		return nil, fmt.Errorf("cluster: snapshot store: %w", err)
+	}
+	// With no advertise address the transport advertises what it bound,
+	// which also resolves a ":0" port.
+	var adv net.Addr
+	if cfg.Advertise != "" {
+		adv, err = net.ResolveTCPAddr("tcp", cfg.Advertise)
+		if err != nil {
+			logStore.Close()
+			return nil, fmt.Errorf("cluster: advertise address %q: %w", cfg.Advertise, err)
+		}
+	}
+	transport, err := raft.NewTCPTransportWithLogger(cfg.BindAddr, adv, 5, 10*time.Second, hcl.Named("transport"))
+	if err != nil {
+		logStore.Close()
+		return nil, fmt.Errorf("cluster: raft transport on %s: %w", cfg.BindAddr, err)
+	}
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.Logger = hcl
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 256
+	if cfg.Fast {
+		rc.HeartbeatTimeout = 50 * time.Millisecond
+		rc.ElectionTimeout = 50 * time.Millisecond
+		rc.LeaderLeaseTimeout = 50 * time.Millisecond
+		rc.CommitTimeout = 5 * time.Millisecond
+	} else {
+		rc.HeartbeatTimeout = 500 * time.Millisecond
+		rc.ElectionTimeout = 500 * time.Millisecond
+		rc.LeaderLeaseTimeout = 250 * time.Millisecond
+		rc.CommitTimeout = 5 * time.Millisecond
+	}
+
+	if cfg.Bootstrap {
+		has, err := raft.HasExistingState(logStore, logStore, snaps)
+		if err != nil {
+			transport.Close()
+			logStore.Close()
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+		if !has {
+			conf := raft.Configuration{Servers: []raft.Server{{
+				Suffrage: raft.Voter, ID: rc.LocalID, Address: transport.LocalAddr(),
+			}}}
+			if err := raft.BootstrapCluster(rc, logStore, logStore, snaps, transport, conf); err != nil {
+				transport.Close()
+				logStore.Close()
+				return nil, fmt.Errorf("cluster: bootstrap: %w", err)
+			}
+		}
+	}
+
+	r, err := raft.NewRaft(rc, fsm, logStore, logStore, snaps, transport)
+	if err != nil {
+		transport.Close()
+		logStore.Close()
+		return nil, fmt.Errorf("cluster: start raft: %w", err)
+	}
+	return &Node{cfg: cfg, raft: r, log: logStore, transport: transport, fsm: fsm}, nil
+}
+
+// Apply commits a command and returns the FSM's response. A domain error
+// from the FSM comes back as the error.
+func (n *Node) Apply(m proto.Message) (any, error) {
+	f, err := n.ApplyAsync(m)
+	if err != nil {
+		return nil, err
+	}
+	return Wait(f)
+}
+
+// ApplyAsync starts committing a command; Wait for its result. Futures
+// complete in the order they were started.
+func (n *Node) ApplyAsync(m proto.Message) (raft.ApplyFuture, error) {
+	if n.raft.State() != raft.Leader {
+		return nil, ErrNotLeader
+	}
+	b, err := command.Encode(m)
+	if err != nil {
+		return nil, err
+	}
+	return n.raft.Apply(b, n.cfg.ApplyTimeout), nil
+}
+
+// Wait waits for a future from ApplyAsync.
+func Wait(f raft.ApplyFuture) (any, error) {
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return nil, fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		return nil, fmt.Errorf("raft apply: %w", err)
+	}
+	resp := f.Response()
+	if err, ok := resp.(error); ok {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// IsLeader reports whether this node leads now.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// LeaderCh delivers true when this node gains leadership and false when it
+// loses it.
+func (n *Node) LeaderCh() <-chan bool { return n.raft.LeaderCh() }
+
+// WaitLeader blocks until some leader is known or the timeout passes.
+func (n *Node) WaitLeader(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if addr, _ := n.raft.LeaderWithID(); addr != "" {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return ErrNoLeader
+}
+
+// Barrier waits until every committed entry is applied to the local FSM.
+func (n *Node) Barrier(timeout time.Duration) error {
+	return n.raft.Barrier(timeout).Error()
+}
+
+// Snapshot forces a snapshot (tests, operators).
+func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }
+
+// Status reports the numbers /v1/cluster shows.
+func (n *Node) Status(applied uint64) (apiv1.Cluster, error) {
+	leaderAddr, leaderID := n.raft.LeaderWithID()
+	out := apiv1.Cluster{
+		NodeID:       n.cfg.NodeID,
+		State:        n.raft.State().String(),
+		Leader:       string(leaderAddr),
+		LeaderID:     string(leaderID),
+		AppliedIndex: applied,
+		LastIndex:    n.raft.LastIndex(),
+	}
+	stats := n.raft.Stats()
+	out.Term, _ = strconv.ParseUint(stats["term"], 10, 64)
+	out.CommitIndex, _ = strconv.ParseUint(stats["commit_index"], 10, 64)
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return out, fmt.Errorf("cluster: configuration: %w", err)
+	}
+	for _, s := range cf.Configuration().Servers {
+		out.Peers = append(out.Peers, apiv1.Peer{
+			ID: string(s.ID), Address: string(s.Address), Suffrage: s.Suffrage.String(),
+			Leader: s.ID == leaderID,
+		})
+	}
+	return out, nil
+}
+
+// Close shuts Raft down and closes its log.
+func (n *Node) Close() error {
+	err := n.raft.Shutdown().Error()
+	if cerr := n.transport.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := n.log.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,469 @@
+// Package httpapi serves Gantry's HTTP and WebSocket API (DESIGN.md,
+// "Contracts"). Reads come from the local store in short transactions that
+// close before the response is written; writes go through Raft. WebSocket
+// watchers are fed from the in-memory hub and hold no store handle while
+// they wait or write (invariant I1).
+package httpapi
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base32"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/controller/cluster"
+	"github.com/gantry-ml/gantry/controller/fsm"
+	"github.com/gantry-ml/gantry/controller/hub"
+	"github.com/gantry-ml/gantry/controller/store"
+	"github.com/gantry-ml/gantry/controller/view"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+)
+
+// Limits of the API.
+const (
+	maxSpecBytes      = 1 << 20
+	defaultPointLimit = 1000
+	maxPointLimit     = 10000
+	defaultLogLimit   = 1 << 20
+	maxLogLimit       = 8 << 20
+	defaultGPULimit   = 60
+)
+
+// Raft is what the API needs of the Raft node.
+type Raft interface {
+	Apply(m proto.Message) (any, error)
+	Status(applied uint64) (apiv1.Cluster, error)
+}
+
+// Agents tells whether a node's agent is connected to this controller.
+type Agents interface {
+	Connected(nodeID string) bool
+}
+
+// Options configures the API.
+type Options struct {
+	Store   *store.Store
+	Raft    Raft
+	Applied func() uint64
+	Hub     *hub.Hub
+	Agents  Agents
+	Log     *slog.Logger
+	// Token, when set, is required as "Authorization: Bearer TOKEN" on
+	// /v1 endpoints (WebSockets may pass ?token= as browsers cannot set
+	// headers there).
+	Token string
+	// AllowedOrigins lists extra Origins allowed to open WebSockets; the
+	// request's own host is always allowed, as is a missing Origin (CLI).
+	AllowedOrigins []string
+	// WatchQueue is each watcher's hub queue length.
+	WatchQueue int
+	// Registry receives the API's Prometheus metrics; nil makes one.
+	Registry *prometheus.Registry
+	// Extra lets the embedding server mount more handlers (the dashboard).
+	Extra func(mux *http.ServeMux)
+}
+
+// API is the HTTP handler.
+type API struct {
+	opts     Options
+	mux      *http.ServeMux
+	watchers atomic.Int64
+	reg      *prometheus.Registry
+}
+
+// New builds the handler.
+func New(opts Options) *API {
+	a := &API{opts: opts, mux: http.NewServeMux(), reg: opts.Registry}
+	if a.reg == nil {
+		a.reg = prometheus.NewRegistry()
+	}
+	a.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gantry_store_open_read_txns",
+			Help: "Read transactions open on the controller store right now."},
+			func() float64 { return float64(opts.Store.OpenReadTxns()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gantry_ws_watchers",
+			Help: "WebSocket watchers connected right now."},
+			func() float64 { return float64(a.watchers.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gantry_hub_subscribers",
+			Help: "In-memory hub subscriptions right now."},
+			func() float64 { return float64(opts.Hub.Subscribers()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gantry_raft_applied_index",
+			Help: "Last Raft index applied to this controller's store."},
+			func() float64 { return float64(opts.Applied()) }),
+	)
+
+	m := a.mux
+	m.HandleFunc("POST /v1/jobs", a.auth(a.submit))
+	m.HandleFunc("GET /v1/jobs", a.auth(a.listJobs))
+	m.HandleFunc("GET /v1/jobs/{id}", a.auth(a.getJob))
+	m.HandleFunc("POST /v1/jobs/{id}/cancel", a.auth(a.cancel))
+	m.HandleFunc("GET /v1/jobs/{id}/metrics", a.auth(a.metrics))
+	m.HandleFunc("GET /v1/jobs/{id}/events", a.auth(a.events))
+	m.HandleFunc("GET /v1/jobs/{id}/logs", a.auth(a.logs))
+	m.HandleFunc("GET /v1/jobs/{id}/live", a.auth(a.live))
+	m.HandleFunc("GET /v1/jobs/{id}/playback", a.auth(a.playback))
+	m.HandleFunc("GET /v1/nodes", a.auth(a.listNodes))
+	m.HandleFunc("GET /v1/nodes/{id}/gpus", a.auth(a.nodeGPUs))
+	m.HandleFunc("GET /v1/cluster", a.auth(a.cluster))
+	m.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	m.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	if opts.Extra != nil {
+		opts.Extra(m)
+	}
+	return a
+}
+
+// ServeHTTP implements http.Handler.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+
+// Watchers is the number of connected WebSocket watchers.
+func (a *API) Watchers() int64 { return a.watchers.Load() }
+
+func (a *API) auth(h http.HandlerFunc) http.HandlerFunc {
+	if a.opts.Token == "" {
+		return h
+	}
+	want := []byte("Bearer " + a.opts.Token)
+	return func(w http.ResponseWriter, r *http.Request) {
+		got := r.Header.Get("Authorization")
+		if got == "" && r.URL.Query().Get("token") != "" {
+			got = "Bearer " + r.URL.Query().Get("token")
+		}
+		if subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			writeError(w, http.StatusUnauthorized, errors.New("missing or wrong bearer token"))
+			return
+		}
+		h(w, r)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing to tell it
+}
+
+func writeError(w http.ResponseWriter, status int, err error) {
+	writeJSON(w, status, apiv1.Error{Error: err.Error()})
+}
+
+// writeApplyError maps a Raft/FSM error to a status.
+func (a *API) writeApplyError(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, fsm.ErrJobNotFound):
+		writeError(w, http.StatusNotFound, err)
+	case errors.Is(err, fsm.ErrTerminal), errors.Is(err, fsm.ErrJobExists):
+		writeError(w, http.StatusConflict, err)
+	case errors.Is(err, cluster.ErrNotLeader):
+		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("this controller is not the leader and cannot accept writes right now: %w", err))
+	default:
+		a.opts.Log.Error("api: write failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusInternalServerError, err)
+	}
+}
+
+func (a *API) writeReadError(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, err)
+		return
+	}
+	a.opts.Log.Error("api: read failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	writeError(w, http.StatusInternalServerError, err)
+}
+
+// newJobID returns a 16-character id that sorts by creation time
+// (48 bits of milliseconds, 32 random bits, base32).
+func newJobID(now time.Time) (string, error) {
+	var b [10]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(now.UnixMilli())<<16)
+	if _, err := rand.Read(b[6:]); err != nil {
+		return "", err
+	}
+	return strings.ToLower(base32.HexEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:])), nil
+}
+
+func (a *API) submit(w http.ResponseWriter, r *http.Request) {
+	var spec apiv1.JobSpec
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxSpecBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&spec); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("invalid job spec: %w", err))
+		return
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, errors.New("invalid job spec: trailing data after the JSON object"))
+		return
+	}
+	if err := spec.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("invalid job spec: %w", err))
+		return
+	}
+	now := time.Now()
+	id, err := newJobID(now)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("job id: %w", err))
+		return
+	}
+	if _, err := a.opts.Raft.Apply(&gantrypb.SubmitJobCmd{JobId: id, Spec: view.Spec(spec), AtMs: now.UnixMilli()}); err != nil {
+		a.writeApplyError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, apiv1.SubmitResponse{ID: id})
+}
+
+func (a *API) listJobs(w http.ResponseWriter, r *http.Request) {
+	stateFilter := r.URL.Query().Get("state")
+	out := apiv1.JobList{Jobs: []apiv1.Job{}}
+	err := a.opts.Store.View(func(tx *store.Tx) error {
+		return tx.Jobs(func(j *gantrypb.Job) bool {
+			v := view.Job(j)
+			if stateFilter == "" || v.State == stateFilter {
+				out.Jobs = append(out.Jobs, v)
+			}
+			return true
+		})
+	})
+	if err != nil {
+		a.writeReadError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *API) readJob(id string) (apiv1.Job, error) {
+	var out apiv1.Job
+	err := a.opts.Store.View(func(tx *store.Tx) error {
+		j, err := tx.Job(id)
+		if err != nil {
+			return err
+		}
+		out = view.Job(j)
+		return nil
+	})
+	return out, err
+}
+
+func (a *API) getJob(w http.ResponseWriter, r *http.Request) {
+	job, err := a.readJob(r.PathValue("id"))
+	if err != nil {
+		a.writeReadError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, job)
+}
+
+func (a *API) cancel(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if _, err := a.opts.Raft.Apply(&gantrypb.CancelJobCmd{JobId: id, AtMs: time.Now().UnixMilli()}); err != nil {
+		a.writeApplyError(w, r, err)
+		return
+	}
+	job, err := a.readJob(id)
+	if err != nil {
+		a.writeReadError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, job)
+}
+
+// queryUint parses an optional unsigned query parameter.
+func queryUint(r *http.Request, name string, def uint64) (uint64, error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return def, nil
+	}
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("query parameter %s=%q: want a non-negative integer", name, s)
+	}
+	return v, nil
+}
+
+func queryLimit(r *http.Request, def, max int) (int, error) {
+	v, err := queryUint(r, "limit", uint64(def))
+	if err != nil {
+		return 0, err
+	}
+	if v == 0 || v > uint64(max) {
+		return 0, fmt.Errorf("query parameter limit=%d: want 1..%d", v, max)
+	}
+	return int(v), nil
+}
+
+func (a *API) metrics(w http.ResponseWriter, r *http.Request) {
+	after, err := queryUint(r, "after", 0)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	limit, err := queryLimit(r, defaultPointLimit, maxPointLimit)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	id := r.PathValue("id")
+	page, err := a.readPoints(id, after, limit)
+	if err != nil {
+		a.writeReadError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+// readPoints reads one page of points in its own short transaction.
+func (a *API) readPoints(id string, after uint64, limit int) (apiv1.PointPage, error) {
+	page := apiv1.PointPage{Points: []apiv1.Point{}, Next: after}
+	err := a.opts.Store.View(func(tx *store.Tx) error {
+		if _, err := tx.Job(id); err != nil {
+			return err
+		}
+		pts, err := tx.Points(id, after, limit)
+		if err != nil {
+			return err
+		}
+		page.Points = view.Points(pts)
+		if len(pts) > 0 {
+			page.Next = pts[len(pts)-1].Seq
+		}
+		return nil
+	})
+	return page, err
+}
+
+func (a *API) events(w http.ResponseWriter, r *http.Request) {
+	after, err := queryUint(r, "after", 0)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	id := r.PathValue("id")
+	out := apiv1.EventList{Events: []apiv1.Event{}}
+	err = a.opts.Store.View(func(tx *store.Tx) error {
+		if _, err := tx.Job(id); err != nil {
+			return err
+		}
+		evs, err := tx.Events(id, after, maxPointLimit)
+		for _, e := range evs {
+			out.Events = append(out.Events, view.Event(e))
+		}
+		return err
+	})
+	if err != nil {
+		a.writeReadError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *API) logs(w http.ResponseWriter, r *http.Request) {
+	offset, err := queryUint(r, "offset", 0)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	limit, err := queryLimit(r, defaultLogLimit, maxLogLimit)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	id := r.PathValue("id")
+	var out apiv1.Logs
+	err = a.opts.Store.View(func(tx *store.Tx) error {
+		j, err := tx.Job(id)
+		if err != nil {
+			return err
+		}
+		data, next := tx.Logs(id, offset, limit)
+		out = apiv1.Logs{Offset: offset, Next: next, Data: string(data),
+			Complete: fsm.IsTerminal(j.State) && next >= j.LogBytes}
+		return nil
+	})
+	if err != nil {
+		a.writeReadError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *API) listNodes(w http.ResponseWriter, r *http.Request) {
+	out := apiv1.NodeList{Nodes: []apiv1.Node{}}
+	err := a.opts.Store.View(func(tx *store.Tx) error {
+		holders := map[string]map[uint32]string{}
+		if err := tx.Jobs(func(j *gantrypb.Job) bool {
+			if j.State == gantrypb.JobState_JOB_STATE_ASSIGNED || j.State == gantrypb.JobState_JOB_STATE_RUNNING {
+				if holders[j.Node] == nil {
+					holders[j.Node] = map[uint32]string{}
+				}
+				for _, g := range j.Gpus {
+					holders[j.Node][g] = j.Id
+				}
+			}
+			return true
+		}); err != nil {
+			return err
+		}
+		nodes, err := tx.Nodes()
+		for _, n := range nodes {
+			out.Nodes = append(out.Nodes, view.Node(n, holders[n.Id], a.opts.Agents.Connected(n.Id)))
+		}
+		return err
+	})
+	if err != nil {
+		a.writeReadError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *API) nodeGPUs(w http.ResponseWriter, r *http.Request) {
+	limit, err := queryLimit(r, defaultGPULimit, 3600)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	id := r.PathValue("id")
+	out := apiv1.SampleList{Samples: []apiv1.GPUSample{}}
+	err = a.opts.Store.View(func(tx *store.Tx) error {
+		if _, err := tx.Node(id); err != nil {
+			return err
+		}
+		samples, err := tx.GPUSamples(id, limit)
+		for _, s := range samples {
+			out.Samples = append(out.Samples, view.GPUSample(s))
+		}
+		return err
+	})
+	if err != nil {
+		a.writeReadError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *API) cluster(w http.ResponseWriter, r *http.Request) {
+	st, err := a.opts.Raft.Status(a.opts.Applied())
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}

@@ -1,0 +1,365 @@
+// Package ingest is the controller's end of the agent link: a QUIC listener
+// with mutual TLS, one session per agent. Record batches go straight into
+// Raft in arrival order and are acked only after they commit, so an agent
+// deletes from its spool only what every future leader will have
+// (invariant I3). The control stream carries StartJob/CancelJob down.
+package ingest
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/quic-go/quic-go"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/gantry-ml/gantry/internal/tlsutil"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/link"
+)
+
+// Applier commits commands through Raft. ApplyAsync futures complete in the
+// order they were started.
+type Applier interface {
+	ApplyAsync(m proto.Message) (raft.ApplyFuture, error)
+	Apply(m proto.Message) (any, error)
+	IsLeader() bool
+}
+
+// Events is told when agents come and go (the scheduler reconciles then).
+type Events interface {
+	AgentConnected(nodeID string)
+	AgentDisconnected(nodeID string)
+}
+
+// Options configures the server.
+type Options struct {
+	Addr   string
+	TLS    *tls.Config
+	Raft   Applier
+	Events Events
+	Log    *slog.Logger
+	// Version is reported to agents in HelloReply (informational).
+	Version string
+	// MaxInflight bounds the batches of one agent waiting for commit.
+	MaxInflight int
+}
+
+// Server accepts agent connections.
+type Server struct {
+	opts Options
+	ln   *quic.Listener
+
+	mu       sync.Mutex
+	sessions map[string]*Session
+}
+
+// Listen starts the QUIC listener.
+func Listen(opts Options) (*Server, error) {
+	if opts.MaxInflight <= 0 {
+		opts.MaxInflight = 32
+	}
+	tlsConf := opts.TLS.Clone()
+	tlsConf.NextProtos = []string{link.ALPN}
+	ln, err := quic.ListenAddr(opts.Addr, tlsConf, link.QUICConfig())
+	if err != nil {
+		return nil, fmt.Errorf("ingest: listen on %s: %w", opts.Addr, err)
+	}
+	return &Server{opts: opts, ln: ln, sessions: map[string]*Session{}}, nil
+}
+
+// Addr is the bound UDP address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve accepts connections until ctx ends or the listener closes.
+func (s *Server) Serve(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		conn, err := s.ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, quic.ErrServerClosed) {
+				return nil
+			}
+			return fmt.Errorf("ingest: accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.handle(ctx, conn)
+		}()
+	}
+}
+
+// Close stops the listener and every session.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	for _, sess := range s.sessions {
+		sess.conn.CloseWithError(link.CodeShuttingDown, "controller shutting down")
+	}
+	s.mu.Unlock()
+	return s.ln.Close()
+}
+
+// Session returns the live session of a node.
+func (s *Server) Session(nodeID string) (*Session, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess, ok := s.sessions[nodeID]
+	return sess, ok
+}
+
+// Connected reports whether a node has a live session here.
+func (s *Server) Connected(nodeID string) bool {
+	_, ok := s.Session(nodeID)
+	return ok
+}
+
+// Session is one agent's connection.
+type Session struct {
+	NodeID string
+	conn   *quic.Conn
+	ctrlMu sync.Mutex
+	ctrl   *link.Stream
+
+	sentMu sync.Mutex
+	sent   map[string]bool // "start/<job>", "cancel/<job>" already sent on this session
+}
+
+// Send writes a control message to the agent.
+func (sess *Session) Send(m *gantrypb.ControlMessage) error {
+	sess.ctrlMu.Lock()
+	defer sess.ctrlMu.Unlock()
+	return sess.ctrl.Write(m)
+}
+
+// SendOnce sends m unless a message with the same key was already sent on
+// this session. A new session (a reconnect) starts with nothing sent, so
+// the leader re-sends what the agent may have missed; the agent ignores
+// duplicates.
+func (sess *Session) SendOnce(key string, m *gantrypb.ControlMessage) error {
+	sess.sentMu.Lock()
+	if sess.sent[key] {
+		sess.sentMu.Unlock()
+		return nil
+	}
+	sess.sent[key] = true
+	sess.sentMu.Unlock()
+	if err := sess.Send(m); err != nil {
+		sess.sentMu.Lock()
+		delete(sess.sent, key)
+		sess.sentMu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// Forget lets key be sent again (the job left the state that needed it).
+func (sess *Session) Forget(key string) {
+	sess.sentMu.Lock()
+	delete(sess.sent, key)
+	sess.sentMu.Unlock()
+}
+
+func (s *Server) handle(ctx context.Context, conn *quic.Conn) {
+	log := s.opts.Log.With("remote", conn.RemoteAddr().String())
+	sess, hello, err := s.handshake(ctx, conn)
+	if err != nil {
+		log.Warn("agent handshake failed", "err", err)
+		code := link.CodeProtocol
+		var nl notLeaderError
+		if errors.As(err, &nl) {
+			code = link.CodeNotLeader
+		}
+		conn.CloseWithError(code, truncate(err.Error(), 200))
+		return
+	}
+	log = log.With("node", sess.NodeID)
+	log.Info("agent connected", "gpus", len(hello.Gpus), "active_jobs", len(hello.ActiveJobs), "version", hello.Version)
+
+	s.mu.Lock()
+	if old := s.sessions[sess.NodeID]; old != nil {
+		old.conn.CloseWithError(link.CodeProtocol, "replaced by a newer connection from the same node")
+	}
+	s.sessions[sess.NodeID] = sess
+	s.mu.Unlock()
+	if s.opts.Events != nil {
+		s.opts.Events.AgentConnected(sess.NodeID)
+	}
+
+	err = s.serve(ctx, sess, log)
+
+	s.mu.Lock()
+	current := s.sessions[sess.NodeID] == sess
+	if current {
+		delete(s.sessions, sess.NodeID)
+	}
+	s.mu.Unlock()
+	if err != nil && ctx.Err() == nil {
+		log.Warn("agent disconnected", "err", err)
+	} else {
+		log.Info("agent disconnected")
+	}
+	if current {
+		if s.opts.Raft.IsLeader() && ctx.Err() == nil {
+			if _, err := s.opts.Raft.Apply(&gantrypb.NodeDownCmd{NodeId: sess.NodeID, AtMs: time.Now().UnixMilli()}); err != nil {
+				log.Warn("could not record node down", "err", err)
+			}
+		}
+		if s.opts.Events != nil {
+			s.opts.Events.AgentDisconnected(sess.NodeID)
+		}
+	}
+}
+
+type notLeaderError struct{ error }
+
+func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (*Session, *gantrypb.Hello, error) {
+	peer, err := tlsutil.PeerName(conn.ConnectionState().TLS)
+	if err != nil {
+		return nil, nil, fmt.Errorf("client certificate: %w", err)
+	}
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	qs, err := conn.AcceptStream(hctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("waiting for the control stream: %w", err)
+	}
+	typ, ctrl, err := link.Accept(qs, 10*time.Second)
+	if err != nil {
+		return nil, nil, err
+	}
+	if typ != link.StreamControl {
+		return nil, nil, fmt.Errorf("first stream is type %d, want the control stream", typ)
+	}
+	var msg gantrypb.ControlMessage
+	if err := ctrl.Read(&msg, 10*time.Second); err != nil {
+		return nil, nil, err
+	}
+	hello := msg.GetHello()
+	if hello == nil {
+		return nil, nil, errors.New("first control message is not hello")
+	}
+	if hello.NodeId != peer {
+		return nil, nil, fmt.Errorf("hello names node %q but the certificate is for %q", hello.NodeId, peer)
+	}
+	reply := func(ok bool, reason string) error {
+		return ctrl.Write(&gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_HelloReply{
+			HelloReply: &gantrypb.HelloReply{Ok: ok, Error: reason}}})
+	}
+	if !s.opts.Raft.IsLeader() {
+		_ = reply(false, "not the leader")
+		return nil, nil, notLeaderError{errors.New("not the leader")}
+	}
+	_, err = s.opts.Raft.Apply(&gantrypb.NodeUpCmd{
+		Node: &gantrypb.Node{
+			Id: hello.NodeId, Hostname: hello.Hostname, Gpus: hello.Gpus, Version: hello.Version,
+		},
+		ActiveJobs: hello.ActiveJobs,
+		AtMs:       time.Now().UnixMilli(),
+	})
+	if err != nil {
+		_ = reply(false, err.Error())
+		return nil, nil, fmt.Errorf("register node: %w", err)
+	}
+	if err := reply(true, ""); err != nil {
+		return nil, nil, err
+	}
+	return &Session{NodeID: hello.NodeId, conn: conn, ctrl: ctrl, sent: map[string]bool{}}, hello, nil
+}
+
+// serve runs the session until any of its parts fails: one errgroup per
+// connection, so one failure closes all.
+func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) error {
+	g, gctx := errgroup.WithContext(ctx)
+	pending := make(chan pendingBatch, s.opts.MaxInflight)
+
+	g.Go(func() error {
+		// Control stream: the agent sends nothing after hello today; reading
+		// it notices a closed stream promptly.
+		for {
+			var m gantrypb.ControlMessage
+			if err := sess.ctrl.Read(&m, 0); err != nil {
+				return fmt.Errorf("control stream: %w", err)
+			}
+			log.Debug("ignoring control message from agent", "msg", m.String())
+		}
+	})
+	g.Go(func() error {
+		defer close(pending)
+		qs, err := sess.conn.AcceptStream(gctx)
+		if err != nil {
+			return fmt.Errorf("waiting for the records stream: %w", err)
+		}
+		typ, rs, err := link.Accept(qs, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		if typ != link.StreamRecords {
+			return fmt.Errorf("second stream is type %d, want the records stream", typ)
+		}
+		g.Go(func() error { return s.ack(gctx, rs, pending) })
+		for {
+			var batch gantrypb.RecordBatch
+			if err := rs.Read(&batch, 0); err != nil {
+				return fmt.Errorf("records stream: %w", err)
+			}
+			f, err := s.opts.Raft.ApplyAsync(&gantrypb.IngestCmd{
+				NodeId: sess.NodeID, Records: batch.Records, AtMs: time.Now().UnixMilli(),
+			})
+			if err != nil {
+				return err
+			}
+			select {
+			case pending <- pendingBatch{id: batch.BatchId, future: f}:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		code := link.CodeOK
+		if !s.opts.Raft.IsLeader() {
+			code = link.CodeNotLeader
+		}
+		sess.conn.CloseWithError(code, "session ended")
+		return nil
+	})
+	return g.Wait()
+}
+
+type pendingBatch struct {
+	id     uint64
+	future raft.ApplyFuture
+}
+
+// ack waits for each batch's commit in order and acks it.
+func (s *Server) ack(ctx context.Context, rs *link.Stream, pending <-chan pendingBatch) error {
+	for p := range pending {
+		if err := p.future.Error(); err != nil {
+			return fmt.Errorf("commit of batch %d: %w", p.id, err)
+		}
+		if err, ok := p.future.Response().(error); ok {
+			return fmt.Errorf("apply of batch %d: %w", p.id, err)
+		}
+		if err := rs.Write(&gantrypb.BatchAck{BatchId: p.id}); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,225 @@
+// Package scheduler places queued jobs on agents with free GPUs and drives
+// agents toward the replicated state: it runs on every controller but acts
+// only on the leader. Placement is a pure function; the loop reads state in
+// one short transaction, then commits decisions through Raft and sends
+// StartJob/CancelJob to the agents, never holding a transaction meanwhile.
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/gantry-ml/gantry/controller/fsm"
+	"github.com/gantry-ml/gantry/controller/store"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+)
+
+// Candidate is a node as placement sees it.
+type Candidate struct {
+	ID   string
+	GPUs []*gantrypb.GPUInfo
+	// Used holds the GPU indices held by assigned or running jobs.
+	Used map[uint32]bool
+}
+
+// Place picks a node and GPU indices for a job, or ok=false when no
+// candidate has room now (the job stays queued). Among fitting nodes it
+// picks the one with the fewest free GPUs that still fit (best fit), so
+// large jobs are not starved by small ones spread everywhere; ties go to
+// the lowest node id for determinism.
+func Place(spec *gantrypb.JobSpec, candidates []Candidate) (node string, gpus []uint32, ok bool) {
+	want := int(spec.GetResources().GetGpus())
+	gpuType := spec.GetResources().GetGpuType()
+	bestFree := -1
+	for _, c := range candidates {
+		if spec.GetNode() != "" && c.ID != spec.GetNode() {
+			continue
+		}
+		var free []uint32
+		for _, g := range c.GPUs {
+			if c.Used[g.Index] {
+				continue
+			}
+			if gpuType != "" && !matchesType(g.Name, gpuType) {
+				continue
+			}
+			free = append(free, g.Index)
+		}
+		if len(free) < want {
+			continue
+		}
+		if bestFree == -1 || len(free) < bestFree || (len(free) == bestFree && c.ID < node) {
+			sort.Slice(free, func(a, b int) bool { return free[a] < free[b] })
+			bestFree = len(free)
+			node = c.ID
+			gpus = append([]uint32(nil), free[:want]...)
+		}
+	}
+	return node, gpus, bestFree >= 0
+}
+
+// matchesType compares a requested GPU type ("A100", "h100") with a device
+// name ("NVIDIA A100-SXM4-40GB") case-insensitively by substring.
+func matchesType(name, want string) bool {
+	return strings.Contains(strings.ToLower(name), strings.ToLower(want))
+}
+
+// Raft is what the scheduler needs of the Raft node.
+type Raft interface {
+	Apply(m proto.Message) (any, error)
+	IsLeader() bool
+}
+
+// Agents sends control messages to connected agents.
+type Agents interface {
+	// Connected reports whether the node has a live session to this controller.
+	Connected(nodeID string) bool
+	// SendOnce sends m to the node unless the same key was already sent on
+	// its current session.
+	SendOnce(nodeID, key string, m *gantrypb.ControlMessage) error
+}
+
+// Scheduler is the reconcile loop.
+type Scheduler struct {
+	store  *store.Store
+	raft   Raft
+	agents Agents
+	log    *slog.Logger
+	wake   chan struct{}
+	// Interval is the reconcile period when nothing wakes it.
+	Interval time.Duration
+}
+
+// New returns a scheduler; call Run.
+func New(st *store.Store, r Raft, agents Agents, log *slog.Logger) *Scheduler {
+	return &Scheduler{store: st, raft: r, agents: agents, log: log, wake: make(chan struct{}, 1), Interval: time.Second}
+}
+
+// Wake asks for a reconcile soon. It never blocks.
+func (s *Scheduler) Wake() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run reconciles until ctx ends.
+func (s *Scheduler) Run(ctx context.Context) {
+	t := time.NewTicker(s.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-s.wake:
+		}
+		if s.raft.IsLeader() {
+			s.Reconcile()
+		}
+	}
+}
+
+type snapshot struct {
+	jobs  []*gantrypb.Job // non-terminal, creation order
+	nodes []*gantrypb.Node
+}
+
+func (s *Scheduler) read() (snapshot, error) {
+	var snap snapshot
+	err := s.store.View(func(tx *store.Tx) error {
+		if err := tx.Jobs(func(j *gantrypb.Job) bool {
+			if !fsm.IsTerminal(j.State) {
+				snap.jobs = append(snap.jobs, j)
+			}
+			return true
+		}); err != nil {
+			return err
+		}
+		var err error
+		snap.nodes, err = tx.Nodes()
+		return err
+	})
+	return snap, err
+}
+
+// Reconcile runs one pass: place queued jobs, then make sure every
+// connected agent has been told to start its assigned jobs and stop its
+// cancelled ones.
+func (s *Scheduler) Reconcile() {
+	snap, err := s.read()
+	if err != nil {
+		s.log.Error("scheduler: read state", "err", err)
+		return
+	}
+	used := map[string]map[uint32]bool{}
+	for _, j := range snap.jobs {
+		if j.State == gantrypb.JobState_JOB_STATE_ASSIGNED || j.State == gantrypb.JobState_JOB_STATE_RUNNING {
+			if used[j.Node] == nil {
+				used[j.Node] = map[uint32]bool{}
+			}
+			for _, g := range j.Gpus {
+				used[j.Node][g] = true
+			}
+		}
+	}
+	var candidates []Candidate
+	for _, n := range snap.nodes {
+		if n.State != gantrypb.NodeState_NODE_STATE_UP || !s.agents.Connected(n.Id) {
+			continue
+		}
+		if used[n.Id] == nil {
+			used[n.Id] = map[uint32]bool{}
+		}
+		candidates = append(candidates, Candidate{ID: n.Id, GPUs: n.Gpus, Used: used[n.Id]})
+	}
+
+	for _, j := range snap.jobs {
+		switch j.State {
+		case gantrypb.JobState_JOB_STATE_QUEUED:
+			node, gpus, ok := Place(j.Spec, candidates)
+			if !ok {
+				continue
+			}
+			_, err := s.raft.Apply(&gantrypb.AssignJobCmd{JobId: j.Id, NodeId: node, Gpus: gpus, AtMs: time.Now().UnixMilli()})
+			if err != nil {
+				if !errors.Is(err, fsm.ErrNotQueued) {
+					s.log.Warn("scheduler: assign failed", "job", j.Id, "node", node, "err", err)
+				}
+				continue
+			}
+			s.log.Info("job assigned", "job", j.Id, "node", node, "gpus", gpus)
+			for _, g := range gpus {
+				used[node][g] = true
+			}
+			j.State, j.Node, j.Gpus = gantrypb.JobState_JOB_STATE_ASSIGNED, node, gpus
+			s.start(j)
+		case gantrypb.JobState_JOB_STATE_ASSIGNED:
+			s.start(j)
+		}
+		if j.CancelRequested && s.agents.Connected(j.Node) {
+			err := s.agents.SendOnce(j.Node, "cancel/"+j.Id, &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Cancel{
+				Cancel: &gantrypb.CancelJob{JobId: j.Id, Reason: "cancelled by user"}}})
+			if err != nil {
+				s.log.Warn("scheduler: send cancel", "job", j.Id, "node", j.Node, "err", err)
+			}
+		}
+	}
+}
+
+func (s *Scheduler) start(j *gantrypb.Job) {
+	if !s.agents.Connected(j.Node) {
+		return
+	}
+	err := s.agents.SendOnce(j.Node, "start/"+j.Id, &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Start{
+		Start: &gantrypb.StartJob{JobId: j.Id, Spec: j.Spec, Gpus: j.Gpus}}})
+	if err != nil {
+		s.log.Warn("scheduler: send start", "job", j.Id, "node", j.Node, "err", err)
+	}
+}

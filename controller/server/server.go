@@ -1,0 +1,254 @@
+// Package server wires one controller together: store, FSM, Raft, hub,
+// feed, scheduler, QUIC ingest and the HTTP API. The binary and the tests
+// both start controllers through it.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/gantry-ml/gantry/controller/cluster"
+	"github.com/gantry-ml/gantry/controller/feed"
+	"github.com/gantry-ml/gantry/controller/fsm"
+	"github.com/gantry-ml/gantry/controller/httpapi"
+	"github.com/gantry-ml/gantry/controller/hub"
+	"github.com/gantry-ml/gantry/controller/ingest"
+	"github.com/gantry-ml/gantry/controller/scheduler"
+	"github.com/gantry-ml/gantry/controller/store"
+	"github.com/gantry-ml/gantry/internal/tlsutil"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/link"
+)
+
+// Version is the controller's version string.
+var Version = "dev"
+
+// Config configures a controller.
+type Config struct {
+	NodeID   string
+	DataDir  string
+	HTTPAddr string
+	RaftAddr string
+	QUICAddr string
+	// Bootstrap starts a one-voter cluster when there is no Raft state.
+	Bootstrap bool
+	// TLS is the controller's identity for the agent link.
+	TLS   tlsutil.Files
+	Token string
+	// Fast uses 50 ms Raft timings (tests).
+	Fast bool
+	Log  *slog.Logger
+	// Extra mounts more HTTP handlers (the dashboard).
+	Extra func(*http.ServeMux)
+}
+
+// Server is a running controller.
+type Server struct {
+	cfg    Config
+	store  *store.Store
+	fsm    *fsm.FSM
+	raft   *cluster.Node
+	hub    *hub.Hub
+	ingest *ingest.Server
+	sched  *scheduler.Scheduler
+	api    *httpapi.API
+	http   *http.Server
+	httpLn net.Listener
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+	err    error
+}
+
+// Start opens everything and serves until Close.
+func Start(cfg Config) (*Server, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	s := &Server{cfg: cfg, hub: hub.New()}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	ok := false
+	defer func() {
+		if !ok {
+			s.Close()
+		}
+	}()
+
+	var err error
+	s.store, err = store.Open(filepath.Join(cfg.DataDir, "state.db"))
+	if err != nil {
+		return nil, err
+	}
+	var sched *scheduler.Scheduler
+	wake := func() {
+		if sched != nil {
+			sched.Wake()
+		}
+	}
+	s.fsm = fsm.New(s.store, feed.New(s.hub, cfg.Log.With("component", "feed"), wake), cfg.Log.With("component", "fsm"))
+	s.raft, err = cluster.Open(cluster.Config{
+		NodeID: cfg.NodeID, DataDir: cfg.DataDir, BindAddr: cfg.RaftAddr,
+		Bootstrap: cfg.Bootstrap, Fast: cfg.Fast, Log: cfg.Log,
+	}, s.fsm)
+	if err != nil {
+		return nil, err
+	}
+
+	tlsConf, err := tlsutil.ServerConfig(cfg.TLS, link.ALPN)
+	if err != nil {
+		return nil, fmt.Errorf("server: agent link TLS: %w", err)
+	}
+	agents := &agentSet{}
+	s.ingest, err = ingest.Listen(ingest.Options{
+		Addr: cfg.QUICAddr, TLS: tlsConf, Raft: s.raft, Events: agents,
+		Log: cfg.Log.With("component", "ingest"), Version: Version,
+	})
+	if err != nil {
+		return nil, err
+	}
+	agents.ingest = s.ingest
+	sched = scheduler.New(s.store, s.raft, agents, cfg.Log.With("component", "scheduler"))
+	s.sched = sched
+	agents.wake = sched.Wake
+
+	s.api = httpapi.New(httpapi.Options{
+		Store: s.store, Raft: s.raft, Applied: s.fsm.AppliedIndex, Hub: s.hub, Agents: s.ingest,
+		Log: cfg.Log.With("component", "api"), Token: cfg.Token, Extra: cfg.Extra,
+	})
+	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("server: http listen on %s: %w", cfg.HTTPAddr, err)
+	}
+	s.http = &http.Server{Handler: s.api, ReadHeaderTimeout: 10 * time.Second}
+
+	s.goRun(func() {
+		if err := s.ingest.Serve(ctx); err != nil {
+			cfg.Log.Error("agent link stopped", "err", err)
+		}
+	})
+	s.goRun(func() { sched.Run(ctx) })
+	s.goRun(func() {
+		if err := s.http.Serve(s.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			cfg.Log.Error("http server stopped", "err", err)
+		}
+	})
+	s.goRun(func() { s.watchLeadership(ctx) })
+	ok = true
+	cfg.Log.Info("controller started", "node", cfg.NodeID, "http", s.HTTPAddr(), "quic", s.QUICAddr(), "raft", cfg.RaftAddr)
+	return s, nil
+}
+
+func (s *Server) goRun(fn func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		fn()
+	}()
+}
+
+// watchLeadership logs leadership changes and reconciles right away when
+// this node becomes leader.
+func (s *Server) watchLeadership(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case leader := <-s.raft.LeaderCh():
+			s.cfg.Log.Info("raft leadership changed", "leader", leader)
+			if leader {
+				s.sched.Wake()
+			}
+		}
+	}
+}
+
+// HTTPAddr is the bound HTTP address.
+func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
+
+// QUICAddr is the bound agent-link address.
+func (s *Server) QUICAddr() string { return s.ingest.Addr().String() }
+
+// Raft exposes the Raft node (tests, dev mode).
+func (s *Server) Raft() *cluster.Node { return s.raft }
+
+// Store exposes the store (tests).
+func (s *Server) Store() *store.Store { return s.store }
+
+// WaitLeader waits until this node is the leader.
+func (s *Server) WaitLeader(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for !s.raft.IsLeader() {
+		if time.Now().After(deadline) {
+			return cluster.ErrNoLeader
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}
+
+// Close stops serving and closes everything, in reverse order of start.
+func (s *Server) Close() error {
+	s.once.Do(func() {
+		if s.cancel != nil {
+			s.cancel()
+		}
+		var errs []error
+		if s.http != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			if err := s.http.Shutdown(sctx); err != nil {
+				s.http.Close()
+			}
+			cancel()
+		}
+		if s.ingest != nil {
+			errs = append(errs, s.ingest.Close())
+		}
+		s.wg.Wait()
+		if s.raft != nil {
+			errs = append(errs, s.raft.Close())
+		}
+		if s.store != nil {
+			errs = append(errs, s.store.Close())
+		}
+		s.err = errors.Join(errs...)
+	})
+	return s.err
+}
+
+// agentSet adapts the ingest server to the scheduler's Agents interface
+// and turns agent comings and goings into scheduler wake-ups.
+type agentSet struct {
+	ingest *ingest.Server
+	wake   func()
+}
+
+func (a *agentSet) Connected(nodeID string) bool { return a.ingest.Connected(nodeID) }
+
+func (a *agentSet) SendOnce(nodeID, key string, m *gantrypb.ControlMessage) error {
+	sess, ok := a.ingest.Session(nodeID)
+	if !ok {
+		return fmt.Errorf("agent %s is not connected", nodeID)
+	}
+	return sess.SendOnce(key, m)
+}
+
+func (a *agentSet) AgentConnected(string) {
+	if a.wake != nil {
+		a.wake()
+	}
+}
+
+func (a *agentSet) AgentDisconnected(string) {
+	if a.wake != nil {
+		a.wake()
+	}
+}

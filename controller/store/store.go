@@ -1,0 +1,206 @@
+// Package store is the controller's state in bbolt: jobs, nodes, metric
+// points, job events, logs and GPU samples. Only the FSM writes, one short
+// transaction per Raft entry (or batch of entries); everyone else reads
+// through View, whose transactions are short and closed before the caller
+// touches the network (invariant I1). Every value handed out is a copy.
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// SchemaVersion is the layout this code reads and writes.
+const SchemaVersion = 1
+
+// Bucket names: the whole schema lives in this block.
+var (
+	bucketMeta    = []byte("meta")    // schema version, applied index
+	bucketJobs    = []byte("jobs")    // job id → gantrypb.Job
+	bucketPoints  = []byte("points")  // job id → (seq BE → gantrypb.MetricPoint)
+	bucketEvents  = []byte("events")  // job id → (seq BE → gantrypb.JobEvent)
+	bucketLogs    = []byte("logs")    // job id → (offset BE → raw bytes)
+	bucketStreams = []byte("streams") // stream key → highest applied seq (BE)
+	bucketNodes   = []byte("nodes")   // node id → gantrypb.Node
+	bucketGPU     = []byte("gpu")     // node id → (seq BE → gantrypb.GPUSample)
+	keySchema     = []byte("schema")  // in meta
+	keyApplied    = []byte("applied") // in meta
+	topBuckets    = [][]byte{bucketMeta, bucketJobs, bucketPoints, bucketEvents, bucketLogs, bucketStreams, bucketNodes, bucketGPU}
+)
+
+var (
+	// ErrNotFound is returned when a job or node does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrSchema is returned when a database was written by an unknown schema.
+	ErrSchema = errors.New("store: unsupported schema version")
+)
+
+// Store wraps the bbolt database. The RWMutex only guards swapping the
+// database during a Raft snapshot restore; transactions themselves are
+// bbolt's.
+type Store struct {
+	mu   sync.RWMutex
+	db   *bolt.DB
+	path string
+}
+
+// Open creates a fresh store at path, removing whatever was there. The
+// controller's state is rebuilt from the Raft snapshot and log on every
+// start, so the file never needs to survive a restart; that is also why it
+// runs without fsync (durability is the Raft log's job).
+func Open(path string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("store: remove stale state: %w", err)
+	}
+	db, err := openDB(path)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{db: db, path: path}, nil
+}
+
+func openDB(path string) (*bolt.DB, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: true, NoFreelistSync: true})
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range topBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get(keySchema); v != nil {
+			if got := binary.BigEndian.Uint64(v); got != SchemaVersion {
+				return fmt.Errorf("%w: %d (this build reads %d)", ErrSchema, got, SchemaVersion)
+			}
+			return nil
+		}
+		return meta.Put(keySchema, u64(SchemaVersion))
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: init %s: %w", path, err)
+	}
+	return db, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.db.Close()
+}
+
+// Update runs fn in one write transaction. Only the FSM calls it.
+func (s *Store) Update(fn func(*Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.db.Update(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) })
+}
+
+// View runs fn in one read transaction. fn must not do network I/O or
+// block: it copies what it needs and returns.
+func (s *Store) View(fn func(*Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.db.View(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) })
+}
+
+// OpenReadTxns is the number of read transactions open right now. It is
+// exported on /metrics as gantry_store_open_read_txns so that a leak (the old
+// platform's failure) is visible and tested.
+func (s *Store) OpenReadTxns() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.db.Stats().OpenTxN
+}
+
+// Image is a point-in-time copy of the database, held open until written
+// or released. Raft snapshots take it on the apply goroutine and write it
+// later, concurrently with further applies.
+type Image struct {
+	tx *bolt.Tx
+}
+
+// Image begins a read transaction that pins the current state.
+func (s *Store) Image() (*Image, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	tx, err := s.db.Begin(false)
+	if err != nil {
+		return nil, fmt.Errorf("store: begin snapshot: %w", err)
+	}
+	return &Image{tx: tx}, nil
+}
+
+// WriteTo writes the image to w.
+func (im *Image) WriteTo(w io.Writer) (int64, error) {
+	return im.tx.WriteTo(w)
+}
+
+// Release ends the image's read transaction. Safe to call twice.
+func (im *Image) Release() {
+	if im.tx != nil {
+		_ = im.tx.Rollback() // read-only: rollback only releases it
+		im.tx = nil
+	}
+}
+
+// Restore replaces the whole state with a database image read from r: the
+// new file is written and checked beside the old one, then swapped in.
+func (s *Store) Restore(r io.Reader) error {
+	tmp := s.path + ".restore"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("store: restore: %w", err)
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return fmt.Errorf("store: restore: copy snapshot: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("store: restore: %w", err)
+	}
+	// Validate the image before touching the live database.
+	check, err := openDB(tmp)
+	if err != nil {
+		return fmt.Errorf("store: restore: snapshot image: %w", err)
+	}
+	if err := check.Close(); err != nil {
+		return fmt.Errorf("store: restore: %w", err)
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("store: restore: close current: %w", err)
+	}
+	if err := os.Rename(tmp, s.path); err != nil {
+		return fmt.Errorf("store: restore: swap: %w", err)
+	}
+	db, err := openDB(s.path)
+	if err != nil {
+		return fmt.Errorf("store: restore: reopen: %w", err)
+	}
+	s.db = db
+	return nil
+}
+
+func u64(v uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, v)
+	return b
+}

@@ -1,0 +1,164 @@
+// Package view turns stored records into the API's JSON shapes (apiv1) and
+// job specs from the API into stored ones. It is the one place that knows
+// both sides of the contract.
+package view
+
+import (
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+)
+
+// State returns the API name of a job state.
+func State(s gantrypb.JobState) string {
+	name := strings.TrimPrefix(s.String(), "JOB_STATE_")
+	return strings.ToLower(name)
+}
+
+// NodeState returns the API name of a node state.
+func NodeState(s gantrypb.NodeState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "NODE_STATE_"))
+}
+
+func msTime(ms int64) *time.Time {
+	if ms == 0 {
+		return nil
+	}
+	t := time.UnixMilli(ms).UTC()
+	return &t
+}
+
+// Spec converts an API spec to its stored form.
+func Spec(s apiv1.JobSpec) *gantrypb.JobSpec {
+	return &gantrypb.JobSpec{
+		Name:          s.Name,
+		Run:           s.Run,
+		Setup:         s.Setup,
+		Env:           s.Env,
+		Workdir:       s.Workdir,
+		Resources:     &gantrypb.Resources{Gpus: uint32(s.Resources.GPUs), GpuType: s.Resources.GPUType},
+		Node:          s.Node,
+		MaxDurationMs: time.Duration(s.MaxDuration).Milliseconds(),
+		KillGraceMs:   time.Duration(s.KillGrace).Milliseconds(),
+	}
+}
+
+// APISpec converts a stored spec back to the API form.
+func APISpec(s *gantrypb.JobSpec) apiv1.JobSpec {
+	if s == nil {
+		return apiv1.JobSpec{}
+	}
+	return apiv1.JobSpec{
+		Name:        s.Name,
+		Run:         s.Run,
+		Setup:       s.Setup,
+		Env:         s.Env,
+		Workdir:     s.Workdir,
+		Resources:   apiv1.Resources{GPUs: int(s.GetResources().GetGpus()), GPUType: s.GetResources().GetGpuType()},
+		Node:        s.Node,
+		MaxDuration: apiv1.Duration(time.Duration(s.MaxDurationMs) * time.Millisecond),
+		KillGrace:   apiv1.Duration(time.Duration(s.KillGraceMs) * time.Millisecond),
+	}
+}
+
+// Job converts a stored job. final_metrics is always an object for terminal
+// jobs (never null), and null while the job runs.
+func Job(j *gantrypb.Job) apiv1.Job {
+	out := apiv1.Job{
+		ID:              j.Id,
+		Name:            j.GetSpec().GetName(),
+		State:           State(j.State),
+		Node:            j.Node,
+		GPUs:            make([]int, len(j.Gpus)),
+		Signal:          j.Signal,
+		CreatedAt:       msTime(j.CreatedAtMs),
+		StartedAt:       msTime(j.StartedAtMs),
+		FinishedAt:      msTime(j.FinishedAtMs),
+		Error:           j.Error,
+		Spec:            APISpec(j.Spec),
+		CancelRequested: j.CancelRequested,
+		Points:          j.Points,
+		LastSeq:         j.LastSeq,
+		BadLines:        j.BadLines,
+		LogBytes:        j.LogBytes,
+		LogTail:         j.LogTail,
+		PID:             j.Pid,
+		LatestMetrics:   j.LatestMetrics,
+	}
+	for i, g := range j.Gpus {
+		out.GPUs[i] = int(g)
+	}
+	if j.ExitCode != nil {
+		c := int(*j.ExitCode)
+		out.ExitCode = &c
+	}
+	if apiv1.IsTerminal(out.State) {
+		out.FinalMetrics = j.FinalMetrics
+		if out.FinalMetrics == nil {
+			out.FinalMetrics = map[string]float64{}
+		}
+	}
+	return out
+}
+
+// Point converts a stored metric point.
+func Point(p *gantrypb.MetricPoint) apiv1.Point {
+	return apiv1.Point{Seq: p.Seq, Step: p.Step, TS: p.Ts, Values: p.Values}
+}
+
+// Points converts stored points; the result is never nil.
+func Points(ps []*gantrypb.MetricPoint) []apiv1.Point {
+	out := make([]apiv1.Point, len(ps))
+	for i, p := range ps {
+		out[i] = Point(p)
+	}
+	return out
+}
+
+// Event converts a stored job event.
+func Event(e *gantrypb.JobEvent) apiv1.Event {
+	return apiv1.Event{Seq: e.Seq, TS: e.Ts, Kind: e.Kind, Message: e.Message, Count: e.Count}
+}
+
+// GPUSample converts a stored GPU sample.
+func GPUSample(s *gantrypb.GPUSample) apiv1.GPUSample {
+	out := apiv1.GPUSample{Seq: s.Seq, TS: s.Ts, GPUs: make([]apiv1.GPUStat, len(s.Gpus))}
+	for i, g := range s.Gpus {
+		out.GPUs[i] = apiv1.GPUStat{
+			Index:            int(g.Index),
+			UUID:             g.Uuid,
+			Name:             g.Name,
+			UtilizationPct:   g.UtilizationPct,
+			MemoryUsedBytes:  g.MemoryUsedBytes,
+			MemoryTotalBytes: g.MemoryTotalBytes,
+			TemperatureC:     g.TemperatureC,
+			PowerW:           g.PowerW,
+			SMClockMHz:       g.SmClockMhz,
+		}
+	}
+	return out
+}
+
+// Node converts a stored node; holders maps GPU index to the job holding it.
+func Node(n *gantrypb.Node, holders map[uint32]string, connected bool) apiv1.Node {
+	out := apiv1.Node{
+		ID:        n.Id,
+		Hostname:  n.Hostname,
+		State:     NodeState(n.State),
+		Version:   n.Version,
+		GPUs:      make([]apiv1.GPU, len(n.Gpus)),
+		LastSeen:  msTime(n.LastSeenMs),
+		Connected: connected,
+	}
+	for i, g := range n.Gpus {
+		out.GPUs[i] = apiv1.GPU{Index: int(g.Index), UUID: g.Uuid, Name: g.Name, MemoryTotalBytes: g.MemoryTotalBytes, JobID: holders[g.Index]}
+		if holders[g.Index] == "" {
+			out.FreeGPUs++
+		}
+	}
+	sort.Slice(out.GPUs, func(a, b int) bool { return out.GPUs[a].Index < out.GPUs[b].Index })
+	return out
+}
