@@ -244,6 +244,7 @@ func (l *Link) send(ctx context.Context, records *protolink.Stream, window chan 
 		for i, e := range entries {
 			batch.Records[i] = e.Record
 		}
+		l.opts.Log.Debug("sending batch", "batch", batch.BatchId, "records", len(batch.Records))
 		if err := records.Write(batch); err != nil {
 			return err
 		}

@@ -334,3 +334,15 @@ func TestContextDeadline(t *testing.T) {
 		t.Fatalf("err = %v, want DeadlineExceeded", err)
 	}
 }
+
+func TestBadAddress(t *testing.T) {
+	for _, addr := range []string{"http://[::1", "ftp://example.com"} {
+		c := New(addr)
+		if _, err := c.Jobs(testCtx(t)); err == nil {
+			t.Errorf("%s: Jobs succeeded", addr)
+		}
+		if err := c.Watch(testCtx(t), "j", func(apiv1.Frame) error { return nil }); err == nil {
+			t.Errorf("%s: Watch succeeded", addr)
+		}
+	}
+}

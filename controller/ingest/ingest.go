@@ -311,6 +311,7 @@ func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) err
 			if err := rs.Read(&batch, 0); err != nil {
 				return fmt.Errorf("records stream: %w", err)
 			}
+			log.Debug("batch received", "batch", batch.BatchId, "records", len(batch.Records))
 			f, err := s.opts.Raft.ApplyAsync(&gantrypb.IngestCmd{
 				NodeId: sess.NodeID, Records: batch.Records, AtMs: time.Now().UnixMilli(),
 			})
@@ -350,6 +351,7 @@ func (s *Server) ack(ctx context.Context, rs *link.Stream, pending <-chan pendin
 		if err, ok := p.future.Response().(error); ok {
 			return fmt.Errorf("apply of batch %d: %w", p.id, err)
 		}
+		s.opts.Log.Debug("batch committed", "batch", p.id)
 		if err := rs.Write(&gantrypb.BatchAck{BatchId: p.id}); err != nil {
 			return err
 		}

@@ -54,19 +54,20 @@ def main(argv=None):
     logger = gantry_metrics.MetricsLogger(args.metrics_file)
     print("training for %d steps, metrics to %s" % (args.steps, logger.path), flush=True)
     tau = args.steps / 4.0
-    loss = None
+    last_loss = None
     try:
         for step in range(1, args.steps + 1):
             loss = 0.4 + 2.6 * math.exp(-step / tau) + rng.gauss(0, 0.03)
             values = {
                 "loss": round(max(loss, 0.01), 6),
-                "lr": learning_rate(step, args.steps, args.lr),
+                "lr": float("%.6g" % learning_rate(step, args.steps, args.lr)),
                 "tokens_per_s": round(12000 + rng.gauss(0, 400), 1),
                 "grad_norm": round(0.3 + 1.5 * math.exp(-step / tau) + abs(rng.gauss(0, 0.1)), 6),
             }
             if step == 1:
                 values["total_steps"] = args.steps
             logger.log(step=step, **values)
+            last_loss = values["loss"]
             if step % args.eval_every == 0 or step == args.steps:
                 eval_loss = 0.45 + 2.6 * math.exp(-step / tau) + abs(rng.gauss(0, 0.02))
                 logger.log(step=step, eval_loss=round(eval_loss, 6))
@@ -76,7 +77,7 @@ def main(argv=None):
                 time.sleep(args.sleep)
     finally:
         logger.close()
-    print("done: final loss %.4f" % loss, flush=True)
+    print("done: final loss %.4f" % last_loss, flush=True)
     return 0
 
 

@@ -35,11 +35,11 @@ type fakeController struct {
 	// endAfterGets, when set, replaces job with ended on that GET.
 	endAfterGets int
 	ended        apiv1.Job
-	submitted []apiv1.JobSpec
-	cancels   int
-	jobGets   int
-	auth      []string
-	offsets   []string
+	submitted    []apiv1.JobSpec
+	cancels      int
+	jobGets      int
+	auth         []string
+	offsets      []string
 }
 
 func newFakeController(t *testing.T) *fakeController {
@@ -123,7 +123,12 @@ func newFakeController(t *testing.T) *fakeController {
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, 200, apiv1.Cluster{NodeID: "c1", State: "Leader", LeaderID: "c1", Leader: "127.0.0.1:7000", Term: 3})
 	})
+	// Hijacked connections outlive httptest's Close; wait for their
+	// handlers so none reports to a finished test.
+	var handlers sync.WaitGroup
 	mux.HandleFunc("GET /v1/jobs/{id}/live", func(w http.ResponseWriter, r *http.Request) {
+		handlers.Add(1)
+		defer handlers.Done()
 		record(r)
 		conn, err := up.Upgrade(w, r, nil)
 		if err != nil {
@@ -140,6 +145,7 @@ func newFakeController(t *testing.T) *fakeController {
 	})
 	fc.srv = httptest.NewServer(mux)
 	t.Cleanup(fc.srv.Close)
+	t.Cleanup(handlers.Wait)
 	return fc
 }
 

@@ -20,9 +20,12 @@ const (
 	keyTotalSteps = "total_steps"
 )
 
-// maxLineMetrics is how many metric values the live line shows: enough for
-// loss, lr and a throughput figure without pushing the GPUs off screen.
-const maxLineMetrics = 4
+// How many metric values the live line shows: enough for loss, lr and a
+// throughput figure, fewer on a narrow terminal so the GPUs stay visible.
+const (
+	maxLineMetrics = 4
+	minLineMetrics = 2
+)
 
 // Progress is what the live view knows about a job. Frames update it and
 // ProgressLine renders it; it does no I/O, so tests drive it directly.
@@ -127,9 +130,10 @@ func (p *Progress) recentKeys(n int) []string {
 // ProgressLine renders p on one line: state, step (with a bar when bar is
 // set and a total_steps metric exists), the most recent metric values and
 // the job's GPUs. A positive width truncates the line to width-1 columns, so
-// a terminal never wraps it and "\r" can redraw it.
+// a terminal never wraps it and "\r" can redraw it; before truncating, it
+// shows fewer metrics (down to two) so that the GPUs stay in view.
 func ProgressLine(p *Progress, width int, bar bool) string {
-	parts := []string{cmp.Or(p.Job.State, "connecting")}
+	head := []string{cmp.Or(p.Job.State, "connecting")}
 	if p.Step != nil {
 		total := int64(p.Values[keyTotalSteps])
 		if total > 0 {
@@ -137,22 +141,31 @@ func ProgressLine(p *Progress, width int, bar bool) string {
 			if bar {
 				s += " " + progressBar(float64(*p.Step)/float64(total), 20)
 			}
-			parts = append(parts, s)
+			head = append(head, s)
 		} else {
-			parts = append(parts, fmt.Sprintf("step %d", *p.Step))
+			head = append(head, fmt.Sprintf("step %d", *p.Step))
 		}
 	}
-	var ms []string
-	for _, k := range p.recentKeys(maxLineMetrics) {
-		ms = append(ms, k+"="+FormatValue(p.Values[k]))
+	gpus := gpuSummary(p.GPU, p.Job.GPUs)
+	var line string
+	for n := maxLineMetrics; n >= minLineMetrics; n-- {
+		parts := head
+		var ms []string
+		for _, k := range p.recentKeys(n) {
+			ms = append(ms, k+"="+FormatValue(p.Values[k]))
+		}
+		if len(ms) > 0 {
+			parts = append(parts, strings.Join(ms, " "))
+		}
+		if gpus != "" {
+			parts = append(parts, gpus)
+		}
+		line = strings.Join(parts, "  ")
+		if width <= 1 || len([]rune(line)) < width {
+			return line
+		}
 	}
-	if len(ms) > 0 {
-		parts = append(parts, strings.Join(ms, " "))
-	}
-	if g := gpuSummary(p.GPU, p.Job.GPUs); g != "" {
-		parts = append(parts, g)
-	}
-	return truncate(strings.Join(parts, "  "), width)
+	return truncate(line, width)
 }
 
 // progressBar draws frac (clamped to 0..1) as "[#####-----]  50%".

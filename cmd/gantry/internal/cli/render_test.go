@@ -114,6 +114,16 @@ func TestProgressLine(t *testing.T) {
 			want: "succeeded  step 10  loss=0.125",
 		},
 		{
+			name: "fewer metrics before the GPUs are cut off",
+			frames: []apiv1.Frame{
+				{Type: apiv1.FrameSnapshot, Job: &running, GPU: sample, Points: []apiv1.Point{
+					pt(1, 2, "loss", 1.5, "lr", 0.0003, "tokens_per_s", 12345.67, "grad_norm", 0.9),
+				}},
+			},
+			width: 61,
+			want:  "running  step 2  grad_norm=0.9 loss=1.5  gpu0 97% 30.0/80.0G",
+		},
+		{
 			name: "truncated to the terminal",
 			frames: []apiv1.Frame{
 				{Type: apiv1.FrameSnapshot, Job: &running, Points: []apiv1.Point{pt(1, 7, "loss", 2.25)}},

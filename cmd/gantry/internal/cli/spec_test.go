@@ -38,8 +38,8 @@ kill_grace: 30s
 `,
 			want: apiv1.JobSpec{
 				Name: "bert-base", Run: "python train.py --epochs 3", Setup: "pip install -r requirements.txt",
-				Workdir: "/data/bert",
-				Env:     map[string]string{"LR": "3e-4", "EPOCHS": "3", "WANDB_DISABLED": "true"},
+				Workdir:   "/data/bert",
+				Env:       map[string]string{"LR": "3e-4", "EPOCHS": "3", "WANDB_DISABLED": "true"},
 				Resources: apiv1.Resources{GPUs: 2, GPUType: "A100"}, Node: "gpu-a",
 				MaxDuration: apiv1.Duration(150 * time.Minute), KillGrace: apiv1.Duration(30 * time.Second),
 			},
