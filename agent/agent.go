@@ -21,6 +21,7 @@ import (
 	"github.com/gantry-ml/gantry/agent/gpu"
 	"github.com/gantry-ml/gantry/agent/link"
 	"github.com/gantry-ml/gantry/agent/spool"
+	"github.com/gantry-ml/gantry/controller/membership"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	protolink "github.com/gantry-ml/gantry/proto/link"
@@ -44,6 +45,15 @@ type Config struct {
 	// GPUInterval is the GPU sampling period; default 1 s.
 	GPUInterval time.Duration
 	Log         *slog.Logger
+
+	// Serf membership (optional): the agent's gossip address, the members
+	// to join, and the base64 gossip key.
+	SerfAddr      string
+	SerfAdvertise string
+	Join          []string
+	GossipKey     string
+	// FastGossip shortens failure detection (tests).
+	FastGossip bool
 }
 
 // Agent is a running agent.
@@ -55,6 +65,7 @@ type Agent struct {
 	gpuInfo  []*gantrypb.GPUInfo
 	hostname string
 	link     *link.Link
+	members  *membership.Node // nil without serf
 
 	mu   sync.Mutex
 	jobs map[string]*job // jobs started by this process, until their exit is acked
@@ -108,8 +119,12 @@ func New(cfg Config) (*Agent, error) {
 		a.Close()
 		return nil, fmt.Errorf("agent: TLS: %w", err)
 	}
+	if err := a.joinCluster(); err != nil {
+		a.Close()
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	a.link = link.New(link.Options{
-		Addrs: cfg.Controllers, TLS: clientTLS, Spool: sp, Handler: (*linkHandler)(a),
+		Addrs: cfg.Controllers, Discover: a.controllerAddrs, TLS: clientTLS, Spool: sp, Handler: (*linkHandler)(a),
 		Log: cfg.Log.With("component", "link"),
 	})
 	return a, nil
@@ -152,6 +167,9 @@ func (a *Agent) Run(ctx context.Context) error {
 // Close releases the spool and NVML. Call after Run returns.
 func (a *Agent) Close() error {
 	var errs []error
+	if a.members != nil {
+		errs = append(errs, a.members.Leave())
+	}
 	if a.gpus != nil {
 		errs = append(errs, a.gpus.Close())
 	}

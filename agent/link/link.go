@@ -32,6 +32,11 @@ const (
 
 var errRejected = errors.New("controller rejected hello")
 
+// redirectError is a follower's answer naming the leader to dial instead.
+type redirectError struct{ leader string }
+
+func (e redirectError) Error() string { return "not the leader; leader is " + e.leader }
+
 // Handler receives what the controller asks of the agent.
 type Handler interface {
 	// Hello returns this agent's hello (its GPUs and active jobs) at each
@@ -47,7 +52,10 @@ type Handler interface {
 // Options configures the link.
 type Options struct {
 	// Addrs are controller QUIC addresses, tried in turn.
-	Addrs   []string
+	Addrs []string
+	// Discover, when set, returns the controllers' QUIC addresses as
+	// currently known (serf); they are tried before Addrs.
+	Discover func() []string
 	TLS     *tls.Config
 	Spool   *spool.Spool
 	Handler Handler
@@ -83,12 +91,35 @@ func (l *Link) Connects() int64 { return l.connects.Load() }
 // Run keeps the link up until ctx ends.
 func (l *Link) Run(ctx context.Context) error {
 	backoff := l.opts.MinBackoff
+	next := ""
 	for attempt := 0; ; attempt++ {
-		addr := l.opts.Addrs[attempt%len(l.opts.Addrs)]
+		addr := next
+		next = ""
+		if addr == "" {
+			addrs := l.addrs()
+			if len(addrs) == 0 {
+				l.opts.Log.Warn("no controller address known yet")
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(backoff):
+				}
+				backoff = min(backoff*2, l.opts.MaxBackoff)
+				continue
+			}
+			addr = addrs[attempt%len(addrs)]
+		}
 		start := time.Now()
 		err := l.session(ctx, addr)
 		if ctx.Err() != nil {
 			return nil
+		}
+		var redirect redirectError
+		if errors.As(err, &redirect) && redirect.leader != addr {
+			// A follower named the leader: go there now, no backoff.
+			l.opts.Log.Info("controller redirected the agent to the leader", "from", addr, "leader", redirect.leader)
+			next = redirect.leader
+			continue
 		}
 		l.opts.Log.Warn("controller link down", "addr", addr, "err", err)
 		if time.Since(start) > 10*time.Second {
@@ -103,6 +134,28 @@ func (l *Link) Run(ctx context.Context) error {
 		}
 		backoff = min(backoff*2, l.opts.MaxBackoff)
 	}
+}
+
+// addrs lists the controllers to try: discovered ones first, then the
+// configured ones, without duplicates.
+func (l *Link) addrs() []string {
+	var out []string
+	seen := map[string]bool{}
+	if l.opts.Discover != nil {
+		for _, a := range l.opts.Discover() {
+			if a != "" && !seen[a] {
+				seen[a] = true
+				out = append(out, a)
+			}
+		}
+	}
+	for _, a := range l.opts.Addrs {
+		if a != "" && !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func (l *Link) session(ctx context.Context, addr string) error {
@@ -168,6 +221,9 @@ func (l *Link) hello(ctx context.Context, conn *quic.Conn) (*protolink.Stream, e
 		return nil, fmt.Errorf("%w: unexpected %T", errRejected, reply.Msg)
 	}
 	if !hr.Ok {
+		if hr.LeaderAddr != "" {
+			return nil, redirectError{leader: hr.LeaderAddr}
+		}
 		return nil, fmt.Errorf("%w: %s", errRejected, hr.Error)
 	}
 	return ctrl, nil

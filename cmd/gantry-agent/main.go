@@ -33,6 +33,10 @@ func run() error {
 		tlsDir      = fs.String("tls-dir", "", "directory with ca.pem, NODE_ID.pem and NODE_ID-key.pem (default DATA_DIR/tls)")
 		fakeGPUs    = fs.Int("fake-gpus", 0, "use N mock GPUs (go-nvml mock A100s) instead of NVML")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+		serfAddr    = fs.String("serf-addr", "", "serf gossip address (host:port); empty: use -controller only")
+		serfAdv     = fs.String("serf-advertise", "", "serf address others reach this agent at (default: -serf-addr)")
+		join        = fs.String("join", "", "comma-separated serf addresses of cluster members (controllers are found through serf)")
+		gossipKey   = fs.String("encrypt", os.Getenv("GANTRY_GOSSIP_KEY"), "base64 serf gossip key (default $GANTRY_GOSSIP_KEY)")
 	)
 	_ = fs.Parse(os.Args[1:])
 	log, err := logging.New(os.Stderr, *logLevel)
@@ -43,8 +47,9 @@ func run() error {
 		*tlsDir = filepath.Join(*dataDir, "tls")
 	}
 	ag, err := agent.New(agent.Config{
-		NodeID: *nodeID, DataDir: *dataDir, Controllers: strings.Split(*controllers, ","),
+		NodeID: *nodeID, DataDir: *dataDir, Controllers: splitList(*controllers),
 		FakeGPUs: *fakeGPUs, Log: log,
+		SerfAddr: *serfAddr, SerfAdvertise: *serfAdv, Join: splitList(*join), GossipKey: *gossipKey,
 		TLS: tlsutil.Files{
 			CA:   filepath.Join(*tlsDir, "ca.pem"),
 			Cert: filepath.Join(*tlsDir, *nodeID+".pem"),
@@ -59,4 +64,14 @@ func run() error {
 	defer stop()
 	log.Info("agent started", "node", *nodeID, "controllers", *controllers, "gpus", len(ag.GPUs()))
 	return ag.Run(ctx)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

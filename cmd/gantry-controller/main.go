@@ -4,6 +4,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,7 +13,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/gantry-ml/gantry/agent"
 	"github.com/gantry-ml/gantry/controller/server"
@@ -49,6 +53,16 @@ func run() error {
 		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
 		dev       = fs.Bool("dev", false, "dev mode: single-node controller plus a local agent, certificates made on the fly")
 		fakeGPUs  = fs.Int("fake-gpus", 0, "dev mode: give the local agent N mock GPUs (go-nvml mock A100s)")
+
+		serfAddr  = fs.String("serf-addr", "", "serf gossip address (host:port); empty runs without clustering")
+		serfAdv   = fs.String("serf-advertise", "", "serf address others reach this node at (default: -serf-addr)")
+		join      = fs.String("join", "", "comma-separated serf addresses of existing members")
+		expect    = fs.Int("bootstrap-expect", 0, "bootstrap Raft once this many controllers have joined (3 or 5)")
+		gossipKey = fs.String("encrypt", os.Getenv("GANTRY_GOSSIP_KEY"), "base64 serf gossip key, 16/24/32 bytes (default $GANTRY_GOSSIP_KEY)")
+		advHTTP   = fs.String("advertise-http", "", "HTTP address peers forward to (default: -http-addr)")
+		advQUIC   = fs.String("advertise-quic", "", "QUIC address agents are redirected to (default: -quic-addr)")
+		advRaft   = fs.String("advertise-raft", "", "Raft address peers dial (default: -raft-addr)")
+		lostGrace = fs.Duration("lost-grace", 60*time.Second, "how long a node may be down before its running jobs become lost")
 	)
 	_ = fs.Parse(os.Args[1:])
 	log, err := logging.New(os.Stderr, *logLevel)
@@ -64,11 +78,15 @@ func run() error {
 	cfg := server.Config{
 		NodeID: *nodeID, DataDir: *dataDir, HTTPAddr: *httpAddr, QUICAddr: *quicAddr, RaftAddr: *raftAddr,
 		Bootstrap: *bootstrap, Token: *token, Log: log,
+		SerfAddr: *serfAddr, SerfAdvertise: *serfAdv, Join: splitList(*join), BootstrapExpect: *expect,
+		GossipKey: *gossipKey, AdvertiseHTTP: *advHTTP, AdvertiseQUIC: *advQUIC, AdvertiseRaft: *advRaft,
+		LostGrace: *lostGrace,
 		TLS: tlsutil.Files{
 			CA:   filepath.Join(*tlsDir, "ca.pem"),
 			Cert: filepath.Join(*tlsDir, *tlsName+".pem"),
 			Key:  filepath.Join(*tlsDir, *tlsName+"-key.pem"),
 		},
+		// The API's mux owns /v1/ and /metrics; "/" only catches the rest.
 	}
 	if *dev {
 		return runDev(ctx, cfg, *fakeGPUs, log)
@@ -115,8 +133,26 @@ func runDev(ctx context.Context, cfg server.Config, fakeGPUs int, log *slog.Logg
 	return ag.Run(ctx)
 }
 
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 func tlsCommand(args []string) error {
-	usage := errors.New("usage: gantry-controller tls init DIR | tls issue DIR NAME [HOST...]")
+	usage := errors.New("usage: gantry-controller tls init DIR [HOST...] | tls issue DIR NAME [HOST...] | tls gossip-key")
+	if len(args) == 1 && args[0] == "gossip-key" {
+		key := make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return err
+		}
+		fmt.Println(base64.StdEncoding.EncodeToString(key))
+		return nil
+	}
 	if len(args) < 2 {
 		return usage
 	}

@@ -185,6 +185,12 @@ type Peer struct {
 	Address  string `json:"address"`
 	Suffrage string `json:"suffrage"`
 	Leader   bool   `json:"leader"`
+	// AppliedIndex and LastContactMs are the peer's own, asked over HTTP;
+	// Reachable is false (and Error set) when it did not answer.
+	AppliedIndex  uint64 `json:"applied_index"`
+	LastContactMs int64  `json:"last_contact_ms"`
+	Reachable     bool   `json:"reachable"`
+	Error         string `json:"error,omitempty"`
 }
 
 // Cluster answers GET /v1/cluster.
@@ -198,6 +204,9 @@ type Cluster struct {
 	CommitIndex  uint64 `json:"commit_index"`
 	AppliedIndex uint64 `json:"applied_index"`
 	LastIndex    uint64 `json:"last_index"`
+	// LastContactMs is how long ago this node heard from the leader (0 on
+	// the leader).
+	LastContactMs int64 `json:"last_contact_ms"`
 }
 
 // Error is every non-2xx body.

@@ -53,6 +53,7 @@ type Node struct {
 	log       *wal.WAL
 	transport *raft.NetworkTransport
 	fsm       raft.FSM
+	hadState  bool
 }
 
 // Open starts Raft over fsm.
@@ -108,13 +109,13 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 		rc.CommitTimeout = 5 * time.Millisecond
 	}
 
+	has, err := raft.HasExistingState(logStore, logStore, snaps)
+	if err != nil {
+		transport.Close()
+		logStore.Close()
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
 	if cfg.Bootstrap {
-		has, err := raft.HasExistingState(logStore, logStore, snaps)
-		if err != nil {
-			transport.Close()
-			logStore.Close()
-			return nil, fmt.Errorf("cluster: %w", err)
-		}
 		if !has {
 			conf := raft.Configuration{Servers: []raft.Server{{
 				Suffrage: raft.Voter, ID: rc.LocalID, Address: transport.LocalAddr(),
@@ -133,7 +134,7 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 		logStore.Close()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
-	return &Node{cfg: cfg, raft: r, log: logStore, transport: transport, fsm: fsm}, nil
+	return &Node{cfg: cfg, raft: r, log: logStore, transport: transport, fsm: fsm, hadState: has || cfg.Bootstrap}, nil
 }
 
 // Apply commits a command and returns the FSM's response. A domain error
@@ -226,6 +227,61 @@ func (n *Node) Status(applied uint64) (apiv1.Cluster, error) {
 		})
 	}
 	return out, nil
+}
+
+// HasState reports whether this node had Raft state when it opened (or
+// bootstrapped itself): such a node must never bootstrap again.
+func (n *Node) HasState() bool { return n.hadState }
+
+// Addr is the address this node advertises to its Raft peers.
+func (n *Node) Addr() string { return string(n.transport.LocalAddr()) }
+
+// Bootstrap makes the given servers the initial configuration. Every
+// server of a -bootstrap-expect cluster calls it with the same list; Raft
+// refuses it on a node that already has state.
+func (n *Node) Bootstrap(servers []raft.Server) error {
+	if err := n.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil {
+		return fmt.Errorf("cluster: bootstrap: %w", err)
+	}
+	n.hadState = true
+	return nil
+}
+
+// Servers returns the current Raft configuration.
+func (n *Node) Servers() ([]raft.Server, error) {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, fmt.Errorf("cluster: configuration: %w", err)
+	}
+	return f.Configuration().Servers, nil
+}
+
+// AddVoter adds (or re-addresses) a voter. Leader only.
+func (n *Node) AddVoter(id, addr string) error {
+	return n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error()
+}
+
+// RemoveServer removes a server from the configuration. Leader only.
+func (n *Node) RemoveServer(id string) error {
+	return n.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error()
+}
+
+// Leader returns the leader's Raft address and id ("" when unknown).
+func (n *Node) Leader() (addr, id string) {
+	a, i := n.raft.LeaderWithID()
+	return string(a), string(i)
+}
+
+// LastContact is when this node last heard from the leader (zero on the
+// leader itself).
+func (n *Node) LastContact() time.Time { return n.raft.LastContact() }
+
+// VerifyLeader confirms with a quorum that this node still leads.
+func (n *Node) VerifyLeader() error {
+	if err := n.raft.VerifyLeader().Error(); err != nil {
+		return fmt.Errorf("%w: %v", ErrNotLeader, err)
+	}
+	return nil
 }
 
 // Close shuts Raft down and closes its log.

@@ -6,6 +6,7 @@
 package httpapi
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base32"
@@ -76,6 +77,18 @@ type Options struct {
 	Registry *prometheus.Registry
 	// Extra lets the embedding server mount more handlers (the dashboard).
 	Extra func(mux *http.ServeMux)
+
+	// NodeID names this controller in forwarded requests.
+	NodeID string
+	// Leader returns the leader's HTTP address, "" when this node leads
+	// (nil: single node, never forward).
+	Leader func(ctx context.Context) (string, error)
+	// VerifyLeader confirms leadership with a quorum (consistent reads).
+	VerifyLeader func() error
+	// Peers maps Raft server ids to HTTP addresses (cluster status).
+	Peers func() map[string]string
+	// LastContact is when this node last heard from the leader.
+	LastContact func() time.Time
 }
 
 // API is the HTTP handler.
@@ -110,18 +123,18 @@ func New(opts Options) *API {
 	)
 
 	m := a.mux
-	m.HandleFunc("POST /v1/jobs", a.auth(a.submit))
-	m.HandleFunc("GET /v1/jobs", a.auth(a.listJobs))
-	m.HandleFunc("GET /v1/jobs/{id}", a.auth(a.getJob))
-	m.HandleFunc("POST /v1/jobs/{id}/cancel", a.auth(a.cancel))
-	m.HandleFunc("GET /v1/jobs/{id}/metrics", a.auth(a.metrics))
+	m.HandleFunc("POST /v1/jobs", a.auth(a.forwardToLeader(a.submit)))
+	m.HandleFunc("GET /v1/jobs", a.auth(a.consistent(a.listJobs)))
+	m.HandleFunc("GET /v1/jobs/{id}", a.auth(a.consistent(a.getJob)))
+	m.HandleFunc("POST /v1/jobs/{id}/cancel", a.auth(a.forwardToLeader(a.cancel)))
+	m.HandleFunc("GET /v1/jobs/{id}/metrics", a.auth(a.consistent(a.metrics)))
 	m.HandleFunc("GET /v1/jobs/{id}/events", a.auth(a.events))
 	m.HandleFunc("GET /v1/jobs/{id}/logs", a.auth(a.logs))
 	m.HandleFunc("GET /v1/jobs/{id}/live", a.auth(a.live))
 	m.HandleFunc("GET /v1/jobs/{id}/playback", a.auth(a.playback))
-	m.HandleFunc("GET /v1/nodes", a.auth(a.listNodes))
+	m.HandleFunc("GET /v1/nodes", a.auth(a.consistent(a.listNodes)))
 	m.HandleFunc("GET /v1/nodes/{id}/gpus", a.auth(a.nodeGPUs))
-	m.HandleFunc("GET /v1/cluster", a.auth(a.cluster))
+	m.HandleFunc("GET /v1/cluster", a.auth(a.clusterStatus))
 	m.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
 	m.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
@@ -457,13 +470,4 @@ func (a *API) nodeGPUs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, out)
-}
-
-func (a *API) cluster(w http.ResponseWriter, r *http.Request) {
-	st, err := a.opts.Raft.Status(a.opts.Applied())
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, st)
 }

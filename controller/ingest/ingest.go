@@ -50,6 +50,9 @@ type Options struct {
 	Version string
 	// MaxInflight bounds the batches of one agent waiting for commit.
 	MaxInflight int
+	// LeaderAddr returns the leader's agent-link address, sent to agents
+	// that reach a follower so they reconnect there directly.
+	LeaderAddr func() string
 }
 
 // Server accepts agent connections.
@@ -250,13 +253,24 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (*Session, *gan
 	if hello.NodeId != peer {
 		return nil, nil, fmt.Errorf("hello names node %q but the certificate is for %q", hello.NodeId, peer)
 	}
-	reply := func(ok bool, reason string) error {
+	reply := func(ok bool, reason, leader string) error {
 		return ctrl.Write(&gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_HelloReply{
-			HelloReply: &gantrypb.HelloReply{Ok: ok, Error: reason}}})
+			HelloReply: &gantrypb.HelloReply{Ok: ok, Error: reason, LeaderAddr: leader}}})
 	}
 	if !s.opts.Raft.IsLeader() {
-		_ = reply(false, "not the leader")
-		return nil, nil, notLeaderError{errors.New("not the leader")}
+		leader := ""
+		if s.opts.LeaderAddr != nil {
+			leader = s.opts.LeaderAddr()
+		}
+		if err := reply(false, "not the leader", leader); err == nil {
+			// Let the agent read the redirect before the connection
+			// closes: closing at once can drop the reply in flight.
+			select {
+			case <-conn.Context().Done():
+			case <-time.After(2 * time.Second):
+			}
+		}
+		return nil, nil, notLeaderError{fmt.Errorf("not the leader (leader: %q)", leader)}
 	}
 	_, err = s.opts.Raft.Apply(&gantrypb.NodeUpCmd{
 		Node: &gantrypb.Node{
@@ -266,10 +280,10 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (*Session, *gan
 		AtMs:       time.Now().UnixMilli(),
 	})
 	if err != nil {
-		_ = reply(false, err.Error())
+		_ = reply(false, err.Error(), "")
 		return nil, nil, fmt.Errorf("register node: %w", err)
 	}
-	if err := reply(true, ""); err != nil {
+	if err := reply(true, "", ""); err != nil {
 		return nil, nil, err
 	}
 	return &Session{NodeID: hello.NodeId, conn: conn, ctrl: ctrl, sent: map[string]bool{}}, hello, nil

@@ -8,6 +8,7 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sort"
 	"strings"
@@ -94,11 +95,16 @@ type Scheduler struct {
 	wake   chan struct{}
 	// Interval is the reconcile period when nothing wakes it.
 	Interval time.Duration
+	// LostGrace is how long a node may stay down before its assigned and
+	// running jobs are declared lost.
+	LostGrace time.Duration
+	now       func() time.Time
 }
 
 // New returns a scheduler; call Run.
 func New(st *store.Store, r Raft, agents Agents, log *slog.Logger) *Scheduler {
-	return &Scheduler{store: st, raft: r, agents: agents, log: log, wake: make(chan struct{}, 1), Interval: time.Second}
+	return &Scheduler{store: st, raft: r, agents: agents, log: log, wake: make(chan struct{}, 1),
+		Interval: time.Second, LostGrace: 60 * time.Second, now: time.Now}
 }
 
 // Wake asks for a reconcile soon. It never blocks.
@@ -180,7 +186,21 @@ func (s *Scheduler) Reconcile() {
 		candidates = append(candidates, Candidate{ID: n.Id, GPUs: n.Gpus, Used: used[n.Id]})
 	}
 
+	downSince := map[string]time.Time{}
+	for _, n := range snap.nodes {
+		if n.State == gantrypb.NodeState_NODE_STATE_DOWN {
+			downSince[n.Id] = time.UnixMilli(n.LastSeenMs)
+		}
+	}
+
 	for _, j := range snap.jobs {
+		if since, down := downSince[j.Node]; down && j.Node != "" && !s.agents.Connected(j.Node) &&
+			(j.State == gantrypb.JobState_JOB_STATE_ASSIGNED || j.State == gantrypb.JobState_JOB_STATE_RUNNING) {
+			if s.now().Sub(since) >= s.LostGrace {
+				s.markLost(j, since)
+			}
+			continue
+		}
 		switch j.State {
 		case gantrypb.JobState_JOB_STATE_QUEUED:
 			node, gpus, ok := Place(j.Spec, candidates)
@@ -211,6 +231,18 @@ func (s *Scheduler) Reconcile() {
 			}
 		}
 	}
+}
+
+// markLost ends a job whose node has been down past the grace period. Its
+// final metrics are the last values stored (the FSM keeps them).
+func (s *Scheduler) markLost(j *gantrypb.Job, since time.Time) {
+	reason := fmt.Sprintf("node %s unreachable since %s (more than %s)", j.Node, since.UTC().Format(time.RFC3339), s.LostGrace)
+	_, err := s.raft.Apply(&gantrypb.EndJobCmd{JobId: j.Id, State: gantrypb.JobState_JOB_STATE_LOST, Error: reason, AtMs: s.now().UnixMilli()})
+	if err != nil && !errors.Is(err, fsm.ErrTerminal) {
+		s.log.Warn("scheduler: mark lost", "job", j.Id, "err", err)
+		return
+	}
+	s.log.Warn("job lost", "job", j.Id, "node", j.Node, "reason", reason)
 }
 
 func (s *Scheduler) start(j *gantrypb.Job) {

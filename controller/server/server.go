@@ -14,12 +14,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/controller/feed"
 	"github.com/gantry-ml/gantry/controller/fsm"
 	"github.com/gantry-ml/gantry/controller/httpapi"
 	"github.com/gantry-ml/gantry/controller/hub"
 	"github.com/gantry-ml/gantry/controller/ingest"
+	"github.com/gantry-ml/gantry/controller/membership"
 	"github.com/gantry-ml/gantry/controller/scheduler"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
@@ -47,20 +50,42 @@ type Config struct {
 	Log  *slog.Logger
 	// Extra mounts more HTTP handlers (the dashboard).
 	Extra func(*http.ServeMux)
+
+	// Clustering. With no SerfAddr the controller runs alone (dev mode).
+	SerfAddr      string
+	SerfAdvertise string
+	Join          []string
+	// BootstrapExpect bootstraps Raft once this many controllers are seen.
+	BootstrapExpect int
+	// GossipKey is the base64 serf encryption key.
+	GossipKey string
+	// Advertised addresses of this controller, when they differ from the
+	// bound ones (0.0.0.0, NAT).
+	AdvertiseHTTP string
+	AdvertiseQUIC string
+	AdvertiseRaft string
+	// LostGrace is how long a node may be down before its running jobs
+	// become lost (default 60 s).
+	LostGrace time.Duration
 }
 
 // Server is a running controller.
 type Server struct {
-	cfg    Config
-	store  *store.Store
-	fsm    *fsm.FSM
-	raft   *cluster.Node
-	hub    *hub.Hub
-	ingest *ingest.Server
-	sched  *scheduler.Scheduler
-	api    *httpapi.API
-	http   *http.Server
-	httpLn net.Listener
+	cfg     Config
+	store   *store.Store
+	fsm     *fsm.FSM
+	raft    *cluster.Node
+	hub     *hub.Hub
+	ingest  *ingest.Server
+	sched   *scheduler.Scheduler
+	api     *httpapi.API
+	http    *http.Server
+	httpLn  net.Listener
+	members *membership.Node
+	reg     *prometheus.Registry
+	// leaderWake nudges the membership loop when leadership changes.
+	leaderWake    chan struct{}
+	leaderChanges prometheus.Counter
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -73,7 +98,17 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	s := &Server{cfg: cfg, hub: hub.New()}
+	s := &Server{cfg: cfg, hub: hub.New(), reg: prometheus.NewRegistry(), leaderWake: make(chan struct{}, 1)}
+	s.leaderChanges = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gantry_raft_leader_changes_total", Help: "Raft leadership changes seen by this controller."})
+	s.reg.MustRegister(s.leaderChanges, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gantry_raft_is_leader", Help: "1 while this controller is the Raft leader."},
+		func() float64 {
+			if s.raft != nil && s.raft.IsLeader() {
+				return 1
+			}
+			return 0
+		}))
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	ok := false
@@ -96,7 +131,7 @@ func Start(cfg Config) (*Server, error) {
 	}
 	s.fsm = fsm.New(s.store, feed.New(s.hub, cfg.Log.With("component", "feed"), wake), cfg.Log.With("component", "fsm"))
 	s.raft, err = cluster.Open(cluster.Config{
-		NodeID: cfg.NodeID, DataDir: cfg.DataDir, BindAddr: cfg.RaftAddr,
+		NodeID: cfg.NodeID, DataDir: cfg.DataDir, BindAddr: cfg.RaftAddr, Advertise: cfg.AdvertiseRaft,
 		Bootstrap: cfg.Bootstrap, Fast: cfg.Fast, Log: cfg.Log,
 	}, s.fsm)
 	if err != nil {
@@ -111,24 +146,48 @@ func Start(cfg Config) (*Server, error) {
 	s.ingest, err = ingest.Listen(ingest.Options{
 		Addr: cfg.QUICAddr, TLS: tlsConf, Raft: s.raft, Events: agents,
 		Log: cfg.Log.With("component", "ingest"), Version: Version,
+		LeaderAddr: func() string {
+			m, err := s.leaderMember()
+			if err != nil {
+				return ""
+			}
+			return m.QUICAddr
+		},
 	})
 	if err != nil {
 		return nil, err
 	}
 	agents.ingest = s.ingest
 	sched = scheduler.New(s.store, s.raft, agents, cfg.Log.With("component", "scheduler"))
+	if cfg.LostGrace > 0 {
+		sched.LostGrace = cfg.LostGrace
+	}
 	s.sched = sched
 	agents.wake = sched.Wake
 
 	s.api = httpapi.New(httpapi.Options{
 		Store: s.store, Raft: s.raft, Applied: s.fsm.AppliedIndex, Hub: s.hub, Agents: s.ingest,
 		Log: cfg.Log.With("component", "api"), Token: cfg.Token, Extra: cfg.Extra,
+		Registry: s.reg, NodeID: cfg.NodeID, Peers: s.peerHTTPAddrs,
+		LastContact: s.raft.LastContact, VerifyLeader: s.raft.VerifyLeader,
+		Leader: func(ctx context.Context) (string, error) {
+			if cfg.SerfAddr == "" {
+				return "", nil // alone: always the leader or nobody
+			}
+			return s.leaderHTTP(ctx)
+		},
 	})
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("server: http listen on %s: %w", cfg.HTTPAddr, err)
 	}
 	s.http = &http.Server{Handler: s.api, ReadHeaderTimeout: 10 * time.Second}
+	if cfg.SerfAddr != "" {
+		if err := s.startMembership(); err != nil {
+			return nil, err
+		}
+		s.goRun(func() { s.membershipLoop(ctx) })
+	}
 
 	s.goRun(func() {
 		if err := s.ingest.Serve(ctx); err != nil {
@@ -164,6 +223,11 @@ func (s *Server) watchLeadership(ctx context.Context) {
 			return
 		case leader := <-s.raft.LeaderCh():
 			s.cfg.Log.Info("raft leadership changed", "leader", leader)
+			s.leaderChanges.Inc()
+			select {
+			case s.leaderWake <- struct{}{}:
+			default:
+			}
 			if leader {
 				s.sched.Wake()
 			}
@@ -213,6 +277,9 @@ func (s *Server) Close() error {
 			errs = append(errs, s.ingest.Close())
 		}
 		s.wg.Wait()
+		if s.members != nil {
+			errs = append(errs, s.members.Leave())
+		}
 		if s.raft != nil {
 			errs = append(errs, s.raft.Close())
 		}
@@ -222,6 +289,49 @@ func (s *Server) Close() error {
 		s.err = errors.Join(errs...)
 	})
 	return s.err
+}
+
+// Members is this controller's serf membership (nil without clustering).
+func (s *Server) Members() *membership.Node { return s.members }
+
+// leaderHTTP returns the leader's HTTP address, or "" when this node leads.
+// While an election runs it waits up to 5 s for one.
+func (s *Server) leaderHTTP(ctx context.Context) (string, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if s.raft.IsLeader() {
+			return "", nil
+		}
+		m, err := s.leaderMember()
+		if err == nil && m.HTTPAddr != "" {
+			return m.HTTPAddr, nil
+		}
+		if time.Now().After(deadline) {
+			if err == nil {
+				err = fmt.Errorf("leader %s has no HTTP address", m.Name)
+			}
+			return "", fmt.Errorf("no leader to forward to: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// peerHTTPAddrs maps Raft server ids to their HTTP addresses.
+func (s *Server) peerHTTPAddrs() map[string]string {
+	out := map[string]string{}
+	if s.members == nil {
+		return out
+	}
+	for _, m := range s.members.Members() {
+		if m.Role == membership.RoleController && m.HTTPAddr != "" {
+			out[m.Name] = m.HTTPAddr
+		}
+	}
+	return out
 }
 
 // agentSet adapts the ingest server to the scheduler's Agents interface

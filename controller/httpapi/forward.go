@@ -1,0 +1,170 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/gantry-ml/gantry/controller/apiv1"
+)
+
+// headerForwarded marks a request a follower passed to the leader, so a
+// stale view of leadership can never bounce a request around the cluster.
+const headerForwarded = "X-Gantry-Forwarded-By"
+
+// forwardToLeader wraps a write handler: on a follower the request is
+// proxied to the leader (waiting a bounded time while an election runs);
+// on the leader it is handled here.
+func (a *API) forwardToLeader(h http.HandlerFunc) http.HandlerFunc {
+	if a.opts.Leader == nil {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		leader, err := a.opts.Leader(r.Context())
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		if leader == "" {
+			h(w, r)
+			return
+		}
+		if r.Header.Get(headerForwarded) != "" {
+			writeError(w, http.StatusServiceUnavailable, fmt.Errorf("forwarded request reached a follower (leader is %s); retry", leader))
+			return
+		}
+		a.proxy(w, r, leader)
+	}
+}
+
+// consistent serves a read locally unless ?consistent=1 asks for the
+// leader's view: then a follower proxies it and the leader confirms its
+// leadership with a quorum before reading.
+func (a *API) consistent(h http.HandlerFunc) http.HandlerFunc {
+	if a.opts.Leader == nil {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("consistent") == "" {
+			h(w, r)
+			return
+		}
+		a.forwardToLeader(func(w http.ResponseWriter, r *http.Request) {
+			if a.opts.VerifyLeader != nil {
+				if err := a.opts.VerifyLeader(); err != nil {
+					writeError(w, http.StatusServiceUnavailable, err)
+					return
+				}
+			}
+			h(w, r)
+		})(w, r)
+	}
+}
+
+func (a *API) proxy(w http.ResponseWriter, r *http.Request, leader string) {
+	target := &url.URL{Scheme: "http", Host: leader}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = r.Host
+			pr.Out.Header.Set(headerForwarded, a.opts.NodeID)
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			writeError(w, http.StatusBadGateway, fmt.Errorf("forwarding to the leader at %s: %w", leader, err))
+		},
+	}
+	rp.ServeHTTP(w, r)
+}
+
+// clusterStatus answers GET /v1/cluster: this node's Raft view, with each
+// peer's own applied index and last contact asked over HTTP (?local=1).
+func (a *API) clusterStatus(w http.ResponseWriter, r *http.Request) {
+	st, err := a.opts.Raft.Status(a.opts.Applied())
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	st.LastContactMs = a.lastContactMs()
+	if r.URL.Query().Get("local") != "" || a.opts.Peers == nil {
+		writeJSON(w, http.StatusOK, st)
+		return
+	}
+	addrs := a.opts.Peers()
+	ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for i := range st.Peers {
+		p := &st.Peers[i]
+		if p.ID == st.NodeID {
+			p.AppliedIndex, p.LastContactMs, p.Reachable = st.AppliedIndex, st.LastContactMs, true
+			continue
+		}
+		addr, ok := addrs[p.ID]
+		if !ok {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			peer, err := fetchLocalStatus(ctx, addr, a.opts.Token)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				p.Error = err.Error()
+				return
+			}
+			p.AppliedIndex, p.LastContactMs, p.Reachable = peer.AppliedIndex, peer.LastContactMs, true
+		}()
+	}
+	wg.Wait()
+	sort.Slice(st.Peers, func(i, j int) bool { return st.Peers[i].ID < st.Peers[j].ID })
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (a *API) lastContactMs() int64 {
+	if a.opts.LastContact == nil {
+		return 0
+	}
+	t := a.opts.LastContact()
+	if t.IsZero() {
+		return 0
+	}
+	return time.Since(t).Milliseconds()
+}
+
+func fetchLocalStatus(ctx context.Context, addr, token string) (apiv1.Cluster, error) {
+	var out apiv1.Cluster
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/cluster?local=1", nil)
+	if err != nil {
+		return out, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return out, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return out, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return out, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(body))
+	}
+	if err := json.Unmarshal(body, &out); err != nil {
+		return out, errors.New("peer answered with invalid JSON")
+	}
+	return out, nil
+}

@@ -1,0 +1,307 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gantry-ml/gantry/agent/link"
+	"github.com/gantry-ml/gantry/agent/spool"
+	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/controller/client"
+	"github.com/gantry-ml/gantry/controller/server"
+	"github.com/gantry-ml/gantry/controller/store"
+	"github.com/gantry-ml/gantry/internal/logging"
+	"github.com/gantry-ml/gantry/internal/testutil"
+	"github.com/gantry-ml/gantry/internal/tlsutil"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+	protolink "github.com/gantry-ml/gantry/proto/link"
+)
+
+// testCluster is n in-process controllers bootstrapped with
+// -bootstrap-expect n through serf, with 50 ms Raft timings.
+type testCluster struct {
+	t       *testing.T
+	tlsDir  string
+	nodes   []*server.Server
+	dirs    []string
+	ctrlTLS tlsutil.Files
+	agent   tlsutil.Files
+}
+
+func startController(t *testing.T, c *testCluster, i int, join []string, expect int) *server.Server {
+	t.Helper()
+	srv, err := server.Start(server.Config{
+		NodeID: fmt.Sprintf("c%d", i), DataDir: c.dirs[i],
+		HTTPAddr: "127.0.0.1:0", QUICAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", SerfAddr: "127.0.0.1:0",
+		Join: join, BootstrapExpect: expect, TLS: c.ctrlTLS, Fast: true,
+		LostGrace: time.Minute, Log: logging.Discard(),
+	})
+	if err != nil {
+		t.Fatalf("start controller c%d: %v", i, err)
+	}
+	return srv
+}
+
+func newTestCluster(t *testing.T, n int) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, tlsDir: t.TempDir()}
+	var err error
+	c.ctrlTLS, c.agent, err = tlsutil.EnsureDev(c.tlsDir, "agent1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		c.dirs = append(c.dirs, t.TempDir())
+	}
+	var join []string
+	for i := 0; i < n; i++ {
+		srv := startController(t, c, i, join, n)
+		c.nodes = append(c.nodes, srv)
+		if i == 0 {
+			join = []string{srv.Members().LocalAddr()}
+		}
+	}
+	t.Cleanup(func() {
+		for _, s := range c.nodes {
+			if s != nil {
+				s.Close()
+			}
+		}
+	})
+	c.waitLeader()
+	return c
+}
+
+// waitLeader waits until exactly one live node leads and returns it.
+func (c *testCluster) waitLeader() *server.Server {
+	c.t.Helper()
+	var leader *server.Server
+	testutil.WaitFor(c.t, 15*time.Second, func() bool {
+		leader = nil
+		count := 0
+		for _, s := range c.nodes {
+			if s != nil && s.Raft().IsLeader() {
+				leader = s
+				count++
+			}
+		}
+		return count == 1
+	}, "one leader")
+	return leader
+}
+
+func (c *testCluster) follower() *server.Server {
+	for _, s := range c.nodes {
+		if s != nil && !s.Raft().IsLeader() {
+			return s
+		}
+	}
+	c.t.Fatal("no follower")
+	return nil
+}
+
+func apiOf(s *server.Server) *client.Client { return client.New("http://" + s.HTTPAddr()) }
+
+// countPoints reads a job's stored point count from one node's store.
+func countPoints(t *testing.T, s *server.Server, jobID string) int {
+	t.Helper()
+	n := 0
+	err := s.Store().View(func(tx *store.Tx) error {
+		pts, err := tx.Points(jobID, 0, 0)
+		n = len(pts)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// fakeAgent is a link with a real spool whose handler records starts.
+type fakeAgent struct {
+	started chan string
+}
+
+func (f *fakeAgent) Hello() *gantrypb.Hello {
+	return &gantrypb.Hello{NodeId: "agent1", Hostname: "h", Gpus: []*gantrypb.GPUInfo{{Index: 0, Name: "Mock A100"}}}
+}
+func (f *fakeAgent) Start(m *gantrypb.StartJob) {
+	select {
+	case f.started <- m.JobId:
+	default:
+	}
+}
+func (f *fakeAgent) Cancel(*gantrypb.CancelJob) {}
+func (f *fakeAgent) Acked(uint64)               {}
+
+func TestClusterElectsForwardsAndFailsOver(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := context.Background()
+	leader := c.waitLeader()
+
+	// Every node knows the same three voters.
+	for _, s := range c.nodes {
+		var st apiv1.Cluster
+		testutil.WaitFor(t, 10*time.Second, func() bool {
+			var err error
+			st, err = apiOf(s).Cluster(ctx)
+			return err == nil && len(st.Peers) == 3 && st.Leader != ""
+		}, "three peers and a leader in /v1/cluster")
+		for _, p := range st.Peers {
+			if !p.Reachable {
+				t.Errorf("%s: peer %s unreachable in cluster status: %s", st.NodeID, p.ID, p.Error)
+			}
+		}
+	}
+
+	// A write on a follower is forwarded to the leader.
+	f := c.follower()
+	id, err := apiOf(f).Submit(ctx, apiv1.JobSpec{Name: "forwarded", Run: "true"})
+	if err != nil {
+		t.Fatalf("submit via follower: %v", err)
+	}
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		_, err := apiOf(f).Job(ctx, id)
+		return err == nil
+	}, "the forwarded job replicated back to the follower")
+
+	// An agent that dials a follower is redirected to the leader and its
+	// records are stored once on every node.
+	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	clientTLS, err := tlsutil.ClientConfig(c.agent, protolink.ALPN, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fa := &fakeAgent{started: make(chan string, 16)}
+	lctx, stopLink := context.WithCancel(ctx)
+	defer stopLink()
+	var addrs []string
+	for _, s := range c.nodes {
+		if !s.Raft().IsLeader() {
+			addrs = append(addrs, s.QUICAddr())
+		}
+	}
+	for _, s := range c.nodes {
+		if s.Raft().IsLeader() {
+			addrs = append(addrs, s.QUICAddr())
+		}
+	}
+	l := link.New(link.Options{Addrs: addrs, TLS: clientTLS, Spool: sp, Handler: fa, Log: logging.Discard(),
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	linkDone := make(chan struct{})
+	go func() { defer close(linkDone); _ = l.Run(lctx) }()
+	testutil.WaitFor(t, 10*time.Second, l.Connected, "the agent link connected (via redirect)")
+
+	job, err := apiOf(leader).Submit(ctx, apiv1.JobSpec{Name: "streamed", Run: "true", Resources: apiv1.Resources{GPUs: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(10 * time.Second)
+	for started := ""; started != job; {
+		select {
+		case started = <-fa.started: // the forwarded job may come first
+		case <-deadline:
+			t.Fatal("the leader never sent StartJob")
+		}
+	}
+
+	const perPhase = 2000
+	appendPoints := func(from, n int) {
+		recs := make([]*gantrypb.Record, 0, 100)
+		for i := from; i < from+n; i++ {
+			step := int64(i)
+			recs = append(recs, &gantrypb.Record{JobId: job, Body: &gantrypb.Record_Point{Point: &gantrypb.MetricPoint{
+				Step: &step, Ts: float64(time.Now().UnixNano()) / 1e9, Values: map[string]float64{"loss": float64(i)}}}})
+			if len(recs) == 100 {
+				if _, err := sp.Append(recs...); err != nil {
+					t.Fatal(err)
+				}
+				recs = recs[:0]
+			}
+		}
+		if len(recs) > 0 {
+			if _, err := sp.Append(recs...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	appendPoints(1, perPhase)
+
+	// Kill the leader mid-stream.
+	for i, s := range c.nodes {
+		if s == leader {
+			s.Close()
+			c.nodes[i] = nil
+		}
+	}
+	appendPoints(perPhase+1, perPhase)
+	newLeader := c.waitLeader()
+	if newLeader == leader {
+		t.Fatal("the closed leader is still the leader")
+	}
+	testutil.WaitFor(t, 20*time.Second, func() bool {
+		n, _, err := sp.Pending()
+		return err == nil && n == 0
+	}, "the spool drained to the new leader")
+	for _, s := range c.nodes {
+		if s == nil {
+			continue
+		}
+		testutil.WaitFor(t, 10*time.Second, func() bool { return countPoints(t, s, job) == 2*perPhase }, "every point on every live node")
+		j, err := apiOf(s).Job(ctx, job)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.Points != 2*perPhase {
+			t.Errorf("node job record counts %d points, want %d (a duplicate or a loss)", j.Points, 2*perPhase)
+		}
+	}
+	// Writes are accepted again through any live node.
+	if _, err := apiOf(c.follower()).Submit(ctx, apiv1.JobSpec{Name: "after-failover", Run: "true"}); err != nil {
+		t.Fatalf("submit after failover: %v", err)
+	}
+	stopLink()
+	<-linkDone
+}
+
+func TestClusterNodeRejoinsAfterWipe(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := context.Background()
+	leader := c.waitLeader()
+	var ids []string
+	for i := 0; i < 20; i++ {
+		id, err := apiOf(leader).Submit(ctx, apiv1.JobSpec{Name: fmt.Sprint("j", i), Run: "true"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	for _, s := range c.nodes {
+		if err := s.Raft().Snapshot(); err != nil {
+			t.Fatalf("snapshot: %v", err)
+		}
+	}
+	// Wipe a follower: stop it, give it an empty data dir, start it again
+	// with the same name; it catches up from the leader's snapshot.
+	var victim int
+	for i, s := range c.nodes {
+		if !s.Raft().IsLeader() {
+			victim = i
+			break
+		}
+	}
+	c.nodes[victim].Close()
+	c.dirs[victim] = t.TempDir()
+	c.nodes[victim] = startController(t, c, victim, []string{leader.Members().LocalAddr()}, 3)
+	testutil.WaitFor(t, 20*time.Second, func() bool {
+		jobs, err := apiOf(c.nodes[victim]).Jobs(ctx)
+		return err == nil && len(jobs) == len(ids)
+	}, "the wiped node caught up")
+}

@@ -1,0 +1,200 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/gantry-ml/gantry/controller/cluster"
+	"github.com/gantry-ml/gantry/controller/membership"
+	"github.com/gantry-ml/gantry/controller/store"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+)
+
+// startMembership joins the serf cluster with this controller's tags.
+func (s *Server) startMembership() error {
+	cfg := s.cfg
+	tags := map[string]string{
+		membership.TagRole:     membership.RoleController,
+		membership.TagRaftAddr: s.raft.Addr(),
+		membership.TagQUICAddr: advertised(cfg.AdvertiseQUIC, s.QUICAddr()),
+		membership.TagHTTPAddr: advertised(cfg.AdvertiseHTTP, s.HTTPAddr()),
+		membership.TagExpect:   strconv.Itoa(cfg.BootstrapExpect),
+	}
+	if s.raft.HasState() {
+		tags[membership.TagRaftBootstrap] = "1"
+	}
+	m, err := membership.Start(membership.Config{
+		Name: cfg.NodeID, BindAddr: cfg.SerfAddr, Advertise: cfg.SerfAdvertise, Tags: tags,
+		Key: cfg.GossipKey, Fast: cfg.Fast, Log: cfg.Log.With("component", "serf"),
+	})
+	if err != nil {
+		return err
+	}
+	s.members = m
+	if len(cfg.Join) > 0 {
+		if _, err := m.Join(cfg.Join); err != nil {
+			// Not fatal: the others may not be up yet; retried in the loop.
+			cfg.Log.Warn("serf join failed; will retry", "join", cfg.Join, "err", err)
+		}
+	}
+	return nil
+}
+
+// advertised returns addr unless it is empty, else the bound address.
+func advertised(addr, bound string) string {
+	if addr != "" {
+		return addr
+	}
+	return bound
+}
+
+// membershipLoop bootstraps Raft once -bootstrap-expect controllers are
+// seen and, on the leader, turns membership into Raft voters and agent
+// failures into node state (as Nomad and Consul do).
+func (s *Server) membershipLoop(ctx context.Context) {
+	changed := s.members.Changed()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	wasLeader := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-tick.C:
+		case <-s.leaderWake:
+		}
+		if len(s.cfg.Join) > 0 && len(s.members.Members()) <= 1 {
+			_, _ = s.members.Join(s.cfg.Join)
+		}
+		s.tryBootstrap()
+		leader := s.raft.IsLeader()
+		if leader && !wasLeader {
+			// Apply everything committed by earlier leaders before acting on it.
+			if err := s.raft.Barrier(10 * time.Second); err != nil {
+				s.cfg.Log.Warn("barrier after gaining leadership failed", "err", err)
+				continue
+			}
+		}
+		wasLeader = leader
+		if leader {
+			s.reconcileMembers()
+		}
+	}
+}
+
+func (s *Server) tryBootstrap() {
+	expect := s.cfg.BootstrapExpect
+	if expect == 0 || s.raft.HasState() {
+		return
+	}
+	controllers := s.members.Controllers()
+	for _, c := range controllers {
+		if c.Bootstrapped {
+			return // a cluster exists: its leader adds this node
+		}
+	}
+	if len(controllers) < expect {
+		return
+	}
+	var servers []raft.Server
+	for _, c := range controllers {
+		if c.Expect != expect {
+			s.cfg.Log.Error("controllers disagree on -bootstrap-expect; not bootstrapping",
+				"member", c.Name, "theirs", c.Expect, "ours", expect)
+			return
+		}
+		servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(c.Name), Address: raft.ServerAddress(c.RaftAddr)})
+	}
+	if err := s.raft.Bootstrap(servers); err != nil {
+		s.cfg.Log.Error("raft bootstrap failed", "err", err)
+		return
+	}
+	s.cfg.Log.Info("raft cluster bootstrapped", "servers", len(servers))
+	if err := s.members.SetTag(membership.TagRaftBootstrap, "1"); err != nil {
+		s.cfg.Log.Warn("could not tag this controller as bootstrapped", "err", err)
+	}
+}
+
+func (s *Server) reconcileMembers() {
+	servers, err := s.raft.Servers()
+	if err != nil {
+		s.cfg.Log.Warn("reconcile: raft configuration", "err", err)
+		return
+	}
+	inRaft := map[string]string{}
+	for _, srv := range servers {
+		inRaft[string(srv.ID)] = string(srv.Address)
+	}
+	var nodeStates map[string]gantrypb.NodeState
+	for _, m := range s.members.Members() {
+		switch m.Role {
+		case membership.RoleController:
+			addr, ok := inRaft[m.Name]
+			switch {
+			case m.Status == membership.StatusAlive && (!ok || addr != m.RaftAddr) && m.RaftAddr != "":
+				s.cfg.Log.Info("adding raft voter", "id", m.Name, "addr", m.RaftAddr)
+				if err := s.raft.AddVoter(m.Name, m.RaftAddr); err != nil {
+					s.cfg.Log.Warn("add voter failed", "id", m.Name, "err", err)
+				}
+			case m.Status == membership.StatusLeft && ok && m.Name != s.cfg.NodeID:
+				s.cfg.Log.Info("removing raft server that left", "id", m.Name)
+				if err := s.raft.RemoveServer(m.Name); err != nil {
+					s.cfg.Log.Warn("remove server failed", "id", m.Name, "err", err)
+				}
+			}
+		case membership.RoleAgent:
+			if m.Status != membership.StatusFailed && m.Status != membership.StatusLeft {
+				continue
+			}
+			if s.ingest.Connected(m.Name) {
+				continue // the QUIC session is the stronger signal
+			}
+			if nodeStates == nil {
+				nodeStates = s.nodeStates()
+			}
+			if nodeStates[m.Name] == gantrypb.NodeState_NODE_STATE_UP {
+				s.cfg.Log.Warn("agent failed in serf; marking node down", "node", m.Name, "status", m.Status)
+				if _, err := s.raft.Apply(&gantrypb.NodeDownCmd{NodeId: m.Name, AtMs: time.Now().UnixMilli()}); err != nil && !errors.Is(err, cluster.ErrNotLeader) {
+					s.cfg.Log.Warn("node down", "node", m.Name, "err", err)
+				}
+			}
+		}
+	}
+}
+
+func (s *Server) nodeStates() map[string]gantrypb.NodeState {
+	out := map[string]gantrypb.NodeState{}
+	err := s.store.View(func(tx *store.Tx) error {
+		nodes, err := tx.Nodes()
+		for _, n := range nodes {
+			out[n.Id] = n.State
+		}
+		return err
+	})
+	if err != nil {
+		s.cfg.Log.Warn("read nodes", "err", err)
+	}
+	return out
+}
+
+// leaderMember returns the serf member of the current Raft leader.
+func (s *Server) leaderMember() (membership.Member, error) {
+	_, id := s.raft.Leader()
+	if id == "" {
+		return membership.Member{}, cluster.ErrNoLeader
+	}
+	if s.members == nil {
+		return membership.Member{}, fmt.Errorf("leader %s: no membership to find its address", id)
+	}
+	m, ok := s.members.Member(id)
+	if !ok {
+		return membership.Member{}, fmt.Errorf("leader %s is not a known member", id)
+	}
+	return m, nil
+}
