@@ -1,9 +1,13 @@
 package server_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net/http"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -304,4 +308,120 @@ func TestClusterNodeRejoinsAfterWipe(t *testing.T) {
 		jobs, err := apiOf(c.nodes[victim]).Jobs(ctx)
 		return err == nil && len(jobs) == len(ids)
 	}, "the wiped node caught up")
+}
+
+// TestFollowerWatchersSeeWhatLeaderWatchersSee: every controller serves
+// live watchers from its own FSM, so a watcher on a follower receives the
+// same points, in the same order, as one on the leader.
+func TestFollowerWatchersSeeWhatLeaderWatchersSee(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := context.Background()
+	leader := c.waitLeader()
+	follower := c.follower()
+
+	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	clientTLS, err := tlsutil.ClientConfig(c.agent, protolink.ALPN, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fa := &fakeAgent{started: make(chan string, 16)}
+	lctx, stopLink := context.WithCancel(ctx)
+	defer stopLink()
+	l := link.New(link.Options{Addrs: []string{leader.QUICAddr()}, TLS: clientTLS, Spool: sp, Handler: fa, Log: logging.Discard()})
+	linkDone := make(chan struct{})
+	go func() { defer close(linkDone); _ = l.Run(lctx) }()
+	defer func() { stopLink(); <-linkDone }()
+	testutil.WaitFor(t, 10*time.Second, l.Connected, "agent connected")
+
+	job, err := apiOf(leader).Submit(ctx, apiv1.JobSpec{Name: "watched", Run: "true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		j, err := apiOf(follower).Job(ctx, job)
+		return err == nil && j.State == apiv1.StateAssigned
+	}, "job assigned, seen on the follower")
+
+	type seen struct {
+		seqs  []uint64
+		final bool
+	}
+	watch := func(s *server.Server, out *seen, done chan<- error) {
+		done <- apiOf(s).Watch(ctx, job, func(f apiv1.Frame) error {
+			for _, p := range f.Points {
+				out.seqs = append(out.seqs, p.Seq)
+			}
+			out.final = out.final || f.Type == apiv1.FrameFinal
+			return nil
+		})
+	}
+	var onLeader, onFollower seen
+	doneL, doneF := make(chan error, 1), make(chan error, 1)
+	go watch(leader, &onLeader, doneL)
+	go watch(follower, &onFollower, doneF)
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		return scrapeWatchers(t, leader) == 1 && scrapeWatchers(t, follower) == 1
+	}, "both watchers connected")
+
+	const points = 3000
+	for i := 1; i <= points; i += 50 {
+		var recs []*gantrypb.Record
+		for k := i; k < i+50; k++ {
+			step := int64(k)
+			recs = append(recs, &gantrypb.Record{JobId: job, Body: &gantrypb.Record_Point{Point: &gantrypb.MetricPoint{
+				Step: &step, Ts: 1, Values: map[string]float64{"loss": float64(k)}}}})
+		}
+		if _, err := sp.Append(recs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code := int32(0)
+	if _, err := sp.Append(&gantrypb.Record{JobId: job, Body: &gantrypb.Record_Exit{Exit: &gantrypb.JobExit{ExitCode: &code, Ts: 2}}}); err != nil {
+		t.Fatal(err)
+	}
+	for name, ch := range map[string]chan error{"leader": doneL, "follower": doneF} {
+		select {
+		case err := <-ch:
+			if err != nil {
+				t.Fatalf("%s watcher: %v", name, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s watcher did not end", name)
+		}
+	}
+	if !onLeader.final || !onFollower.final {
+		t.Fatalf("final frame: leader %v follower %v", onLeader.final, onFollower.final)
+	}
+	if len(onLeader.seqs) != points || len(onFollower.seqs) != points {
+		t.Fatalf("points seen: leader %d follower %d, want %d each", len(onLeader.seqs), len(onFollower.seqs), points)
+	}
+	for i := range onLeader.seqs {
+		if onLeader.seqs[i] != onFollower.seqs[i] {
+			t.Fatalf("point %d: leader seq %d, follower seq %d", i, onLeader.seqs[i], onFollower.seqs[i])
+		}
+		if i > 0 && onLeader.seqs[i] <= onLeader.seqs[i-1] {
+			t.Fatalf("seqs not increasing at %d: %d after %d", i, onLeader.seqs[i], onLeader.seqs[i-1])
+		}
+	}
+}
+
+func scrapeWatchers(t *testing.T, s *server.Server) int {
+	t.Helper()
+	resp, err := http.Get("http://" + s.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == "gantry_ws_watchers" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	return -1
 }
