@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/agent"
+	"github.com/gantry-ml/gantry/controller/dashboard"
 	"github.com/gantry-ml/gantry/controller/server"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
@@ -63,6 +65,7 @@ func run() error {
 		advQUIC   = fs.String("advertise-quic", "", "QUIC address agents are redirected to (default: -quic-addr)")
 		advRaft   = fs.String("advertise-raft", "", "Raft address peers dial (default: -raft-addr)")
 		lostGrace = fs.Duration("lost-grace", 60*time.Second, "how long a node may be down before its running jobs become lost")
+		pprofAddr = fs.String("pprof-addr", "", "serve net/http/pprof on this address (profiling, benchmarks); empty: off")
 	)
 	_ = fs.Parse(os.Args[1:])
 	log, err := logging.New(os.Stderr, *logLevel)
@@ -71,6 +74,13 @@ func run() error {
 	}
 	if *tlsDir == "" {
 		*tlsDir = filepath.Join(*dataDir, "tls")
+	}
+	if *pprofAddr != "" {
+		stopPprof, err := servePprof(*pprofAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -87,6 +97,7 @@ func run() error {
 			Key:  filepath.Join(*tlsDir, *tlsName+"-key.pem"),
 		},
 		// The API's mux owns /v1/ and /metrics; "/" only catches the rest.
+		Extra: func(m *http.ServeMux) { m.Handle("/", dashboard.Handler()) },
 	}
 	if *dev {
 		return runDev(ctx, cfg, *fakeGPUs, log)

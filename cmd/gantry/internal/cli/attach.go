@@ -45,6 +45,7 @@ func (a *app) attach(ctx context.Context, c *client.Client, id string) error {
 // the final metrics are still shown.
 func (a *app) follow(ctx context.Context, c *client.Client, id string) (apiv1.Job, error) {
 	v := newLiveView(a.env)
+	defer v.startTicker()()
 	var final bool
 	werr := c.Watch(ctx, id, func(f apiv1.Frame) error {
 		v.frame(f)
@@ -54,11 +55,11 @@ func (a *app) follow(ctx context.Context, c *client.Client, id string) (apiv1.Jo
 		return nil
 	})
 	switch {
-	case final && apiv1.IsTerminal(v.p.Job.State):
+	case final && apiv1.IsTerminal(v.current().State):
 		v.finish()
-		return v.p.Job, v.err
+		return v.current(), v.error()
 	case ctx.Err() != nil:
-		v.breakLine()
+		v.leave()
 		return apiv1.Job{}, errDetached
 	case errors.Is(werr, client.ErrUnknownJob):
 		v.breakLine()
@@ -77,7 +78,7 @@ func (a *app) follow(ctx context.Context, c *client.Client, id string) (apiv1.Jo
 		return apiv1.Job{}, err
 	}
 	v.finish()
-	return job, v.err
+	return job, v.error()
 }
 
 // poll reads the job every PollInterval until it is terminal, refreshing
@@ -96,7 +97,7 @@ func (a *app) poll(ctx context.Context, c *client.Client, id string, v *liveView
 		var apiErr *client.APIError
 		switch {
 		case ctx.Err() != nil:
-			v.breakLine()
+			v.leave()
 			return apiv1.Job{}, errDetached
 		case errors.As(err, &apiErr) && apiErr.Status < http.StatusInternalServerError:
 			return apiv1.Job{}, err
@@ -114,7 +115,7 @@ func (a *app) poll(ctx context.Context, c *client.Client, id string, v *liveView
 		}
 		select {
 		case <-ctx.Done():
-			v.breakLine()
+			v.leave()
 			return apiv1.Job{}, errDetached
 		case <-t.C:
 		}
@@ -123,7 +124,7 @@ func (a *app) poll(ctx context.Context, c *client.Client, id string, v *liveView
 
 // pollPoints fetches the newest few points the view has not seen.
 func (a *app) pollPoints(ctx context.Context, c *client.Client, job apiv1.Job, v *liveView) error {
-	seen := v.p.LastSeq()
+	seen := v.lastSeq()
 	if job.LastSeq <= seen {
 		return nil
 	}

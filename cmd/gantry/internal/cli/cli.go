@@ -51,6 +51,9 @@ type Env struct {
 	TTY bool
 	// Width returns the terminal width in columns, 0 when unknown.
 	Width func() int
+	// Height returns the terminal height in lines, 0 when unknown; the
+	// live panel never grows taller, since it could not be redrawn.
+	Height func() int
 	// Now is the clock for ages and output pacing.
 	Now func() time.Time
 	// PollInterval paces `logs -f` and the live view's polling fallback.
@@ -59,15 +62,20 @@ type Env struct {
 
 // OSEnv is the Env of a real process.
 func OSEnv() Env {
-	_, tty := termSize(os.Stdout)
+	_, _, tty := termSize(os.Stdout)
 	return Env{
 		Stdout: os.Stdout,
 		Stderr: os.Stderr,
 		Getenv: os.Getenv,
 		TTY:    tty && os.Getenv("TERM") != "dumb",
+		// Asked on every redraw, so that a resized window is followed.
 		Width: func() int {
-			cols, _ := termSize(os.Stdout)
+			cols, _, _ := termSize(os.Stdout)
 			return cols
+		},
+		Height: func() int {
+			_, rows, _ := termSize(os.Stdout)
+			return rows
 		},
 		Now:          time.Now,
 		PollInterval: time.Second,
@@ -86,6 +94,9 @@ func (e Env) withDefaults() Env {
 	}
 	if e.Width == nil {
 		e.Width = func() int { return 0 }
+	}
+	if e.Height == nil {
+		e.Height = func() int { return 0 }
 	}
 	if e.Now == nil {
 		e.Now = time.Now

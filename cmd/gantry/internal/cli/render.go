@@ -40,6 +40,10 @@ type Progress struct {
 
 	lastSeq uint64
 	updated map[string]uint64 // metric key → seq of the point that last set it
+	// Recent values for the live panel's sparklines, at most sparkPoints
+	// each: per metric key, and per GPU index its utilization.
+	hist    map[string][]float64
+	gpuHist map[int][]float64
 }
 
 // Apply folds one live frame into p and reports whether the job's state
@@ -50,7 +54,7 @@ func (p *Progress) Apply(f apiv1.Frame) (stateChanged bool) {
 	}
 	p.AddPoints(f.Points)
 	if f.GPU != nil {
-		p.GPU = f.GPU
+		p.addGPU(f.GPU)
 	}
 	if f.Type == apiv1.FrameFinal && f.Job != nil {
 		// The final metrics are by definition the newest values.
@@ -89,7 +93,27 @@ func (p *Progress) AddPoints(pts []apiv1.Point) {
 		}
 		for k, v := range pt.Values {
 			p.set(k, v, pt.Seq)
+			if p.hist == nil {
+				p.hist = make(map[string][]float64)
+			}
+			p.hist[k] = pushHistory(p.hist[k], v)
 		}
+	}
+}
+
+// addGPU takes a node's GPU sample; a sample repeated (a reconnect's
+// snapshot) is not counted twice in the utilization history. Only an equal
+// seq is a repeat: a lower one may come from a restarted sampler.
+func (p *Progress) addGPU(s *apiv1.GPUSample) {
+	if p.GPU != nil && s.Seq != 0 && s.Seq == p.GPU.Seq {
+		return
+	}
+	p.GPU = s
+	if p.gpuHist == nil {
+		p.gpuHist = make(map[int][]float64)
+	}
+	for _, g := range s.GPUs {
+		p.gpuHist[g.Index] = pushHistory(p.gpuHist[g.Index], g.UtilizationPct)
 	}
 }
 
@@ -105,15 +129,22 @@ func (p *Progress) set(k string, v float64, seq uint64) {
 	p.updated[k] = seq
 }
 
-// recentKeys returns up to n metric keys, the most recently updated first
-// (ties by name), then sorted by name so the line does not reshuffle.
-func (p *Progress) recentKeys(n int) []string {
+// metricKeys returns the keys shown as metrics: every value key but the
+// step and total_steps, which the step display shows instead.
+func (p *Progress) metricKeys() []string {
 	keys := make([]string, 0, len(p.Values))
 	for k := range p.Values {
 		if k != keyTotalSteps && k != keyStep {
 			keys = append(keys, k)
 		}
 	}
+	return keys
+}
+
+// recentKeys returns up to n metric keys, the most recently updated first
+// (ties by name), then sorted by name so the line does not reshuffle.
+func (p *Progress) recentKeys(n int) []string {
+	keys := p.metricKeys()
 	slices.SortFunc(keys, func(a, b string) int {
 		if c := cmp.Compare(p.updated[b], p.updated[a]); c != 0 {
 			return c

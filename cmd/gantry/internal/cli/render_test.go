@@ -430,24 +430,3 @@ func TestLiveViewPlainPacing(t *testing.T) {
 		t.Error("plain output contains carriage returns")
 	}
 }
-
-func TestLiveViewTTYRedraws(t *testing.T) {
-	var b bytes.Buffer
-	clk := &fakeClock{t: now}
-	v := newLiveView(Env{Stdout: &b, TTY: true, Now: clk.now, Width: func() int { return 80 }})
-	running := apiv1.Job{ID: "j-1", State: apiv1.StateRunning}
-	v.frame(apiv1.Frame{Type: apiv1.FrameSnapshot, Job: &running, Points: []apiv1.Point{pt(1, 0, "total_steps", 10.0)}})
-	clk.t = clk.t.Add(time.Second)
-	v.frame(apiv1.Frame{Type: apiv1.FrameMetrics, Points: []apiv1.Point{pt(2, 5, "loss", 1.0)}})
-	clk.t = clk.t.Add(time.Millisecond) // too soon to redraw
-	v.frame(apiv1.Frame{Type: apiv1.FrameMetrics, Points: []apiv1.Point{pt(3, 6, "loss", 0.5)}})
-	v.finish()
-	out := b.String()
-	want := "job j-1 running\n" +
-		"\r\033[Krunning  step 0/10 [--------------------]   0%" +
-		"\r\033[Krunning  step 5/10 [##########----------]  50%  loss=1" +
-		"\r\033[Krunning  step 6/10 [############--------]  60%  loss=0.5\n"
-	if out != want {
-		t.Errorf("output =\n%q\nwant\n%q", out, want)
-	}
-}

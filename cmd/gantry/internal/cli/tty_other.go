@@ -4,12 +4,12 @@ package cli
 
 import "os"
 
-// termSize reports whether f is a character device; the width is unknown
+// termSize reports whether f is a character device; the size is unknown
 // here, and 0 makes callers assume a default.
-func termSize(f *os.File) (cols int, ok bool) {
+func termSize(f *os.File) (cols, rows int, ok bool) {
 	fi, err := f.Stat()
 	if err != nil {
-		return 0, false
+		return 0, 0, false
 	}
-	return 0, fi.Mode()&os.ModeCharDevice != 0
+	return 0, 0, fi.Mode()&os.ModeCharDevice != 0
 }

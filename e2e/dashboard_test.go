@@ -1,0 +1,305 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/controller/dashboard"
+)
+
+// chromiumPath is Debian's Chromium, which .ci/run installs.
+const chromiumPath = "/usr/bin/chromium"
+
+// dashTrainer writes one metric line every 50 ms, at least 60 of them
+// (3 s), and goes on until the file named by $1 exists (the test has seen
+// the page update live) or 400 lines (20 s). A fixed length would be
+// either slow or, on a loaded machine, over before the page looked.
+const dashTrainer = `#!/bin/sh
+i=1
+while [ $i -le 400 ]; do
+  printf '{"step": %d, "loss": %d.25, "acc": %d, "total_steps": 400}\n' $i $((1000 - i)) $i >> "$GANTRY_METRICS_FILE"
+  if [ $i -ge 60 ] && [ -e "$1" ]; then exit 0; fi
+  sleep 0.05
+  i=$((i + 1))
+done
+`
+
+// browser is a headless Chromium tab that records the page's uncaught
+// exceptions and console errors, so that a broken script fails the test
+// instead of merely leaving a blank page.
+type browser struct {
+	ctx       context.Context
+	started   chan error
+	startTook time.Duration
+	mu        sync.Mutex
+	errs      []string
+}
+
+func newBrowser(t *testing.T) *browser {
+	t.Helper()
+	if _, err := os.Stat(chromiumPath); err != nil {
+		t.Skipf("the dashboard browser test needs Chromium at %s (apt-get install chromium; .ci/run installs it): %v", chromiumPath, err)
+	}
+	// The defaults already hold headless, no-first-run, disable-sync and
+	// disable-background-networking.
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromiumPath),
+		chromedp.Headless,
+		chromedp.NoSandbox, // CI runs as root, where the sandbox will not start
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 900),
+	)
+	// Cleanups run last-registered first: Chromium exits before its
+	// user-data-dir is removed.
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancelAlloc)
+	ctx, cancelTab := chromedp.NewContext(actx)
+	t.Cleanup(cancelTab)
+	b := &browser{ctx: ctx, started: make(chan error, 1)}
+	// Chromium starts while the caller starts the controller; ready waits.
+	// The first call lives as long as ctx, so it has no timeout.
+	go func() {
+		start := time.Now()
+		err := chromedp.Do(ctx)
+		b.startTook = time.Since(start)
+		b.started <- err
+	}()
+	return b
+}
+
+// ready waits until the browser has started and then watches the page's
+// console.
+func (b *browser) ready(t *testing.T) {
+	t.Helper()
+	select {
+	case err := <-b.started:
+		if err != nil {
+			t.Fatalf("starting %s: %v", chromiumPath, err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s did not start within 30s", chromiumPath)
+	}
+	t.Logf("chromium started in %s", b.startTook.Round(time.Millisecond))
+	messages := chromedp.Console(b.ctx)
+	go func() {
+		for m, err := range messages {
+			if err != nil {
+				return // the tab is closing
+			}
+			// Network failures (a 401 the page handles) are browser-log
+			// entries with a Source; only the page's own errors count.
+			if m.IsException() || (m.Type == chromedp.ConsoleError && m.Source == "") {
+				b.mu.Lock()
+				b.errs = append(b.errs, m.String())
+				b.mu.Unlock()
+			}
+		}
+	}()
+}
+
+// do runs chromedp actions with a deadline.
+func (b *browser) do(t *testing.T, what string, actions ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 15*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, actions...); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// evalJS evaluates a JavaScript expression in the page.
+func evalJS[T any](t *testing.T, b *browser, expr string) T {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 15*time.Second)
+	defer cancel()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
+	if err != nil {
+		t.Fatalf("evaluate %s: %v", expr, err)
+	}
+	return v
+}
+
+// waitJS polls a JavaScript expression until it is truthy.
+func (b *browser) waitJS(t *testing.T, timeout time.Duration, what, expr string) {
+	t.Helper()
+	waitFor(t, timeout, what, func() bool { return evalJS[bool](t, b, "!!("+expr+")") })
+}
+
+// chartPoints is the number of points a chart element says it draws, -1
+// when the chart is not on the page.
+func (b *browser) chartPoints(t *testing.T, key string) int {
+	t.Helper()
+	return evalJS[int](t, b, fmt.Sprintf(`(() => { const e = document.querySelector('.chart[data-key=%q]'); return e ? Number(e.dataset.points) : -1; })()`, key))
+}
+
+func (b *browser) text(t *testing.T, selector string) string {
+	t.Helper()
+	return evalJS[string](t, b, fmt.Sprintf(`(() => { const e = document.querySelector(%q); return e ? e.textContent : ''; })()`, selector))
+}
+
+func (b *browser) checkNoErrors(t *testing.T) {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, e := range b.errs {
+		t.Errorf("page error: %s", e)
+	}
+}
+
+// TestDashboard drives the web dashboard in headless Chromium against a
+// dev controller: a job's page shows its charts growing while it runs and
+// its final metrics once it ends, and the jobs and nodes pages list it.
+// One browser serves every subtest, since starting one costs seconds.
+func TestDashboard(t *testing.T) {
+	b := newBrowser(t)
+	d := startDev(t, "", 2)
+	b.ready(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	script, stop := filepath.Join(dir, "trainer.sh"), filepath.Join(dir, "stop")
+	if err := os.WriteFile(script, []byte(dashTrainer), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	id, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "dash-e2e", Run: script + " " + stop, Resources: apiv1.Resources{GPUs: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var job apiv1.Job // as it ended
+	t.Run("JobPageIsLive", func(t *testing.T) {
+		b.do(t, "open the job page", chromedp.Navigate(d.addr+"/jobs/"+id), chromedp.WaitVisible(chromedp.CSS(`#job-state`)))
+		b.waitJS(t, 10*time.Second, "the loss chart to show points", `Number(document.querySelector('.chart[data-key="loss"]')?.dataset.points) > 0`)
+		first := b.chartPoints(t, "loss")
+		if st := b.text(t, "#job-state"); st != apiv1.StateRunning {
+			t.Fatalf("job page shows state %q with %d points drawn; want running (the trainer waits for the test)", st, first)
+		}
+		var second int
+		waitFor(t, 5*time.Second, "the loss chart to grow", func() bool {
+			second = b.chartPoints(t, "loss")
+			return second > first
+		})
+		if evalJS[bool](t, b, `!document.querySelector('#final-panel').hidden`) {
+			t.Fatalf("chart grew %d → %d only with the final panel shown: not live", first, second)
+		}
+		t.Logf("loss chart grew live: %d → %d points", first, second)
+		b.waitJS(t, 10*time.Second, "the GPU utilization chart", `Number(document.querySelector('.chart[data-key="gpu:utilization"]')?.dataset.points) > 0`)
+
+		if err := os.WriteFile(stop, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		job = waitTerminal(t, d.api, id, 30*time.Second)
+		step := job.FinalMetrics["step"]
+		if job.State != apiv1.StateSucceeded || step < 60 || job.FinalMetrics["loss"] != 1000-step+0.25 || job.Points != uint64(step) {
+			t.Fatalf("job ended %s with %d points and final metrics %v; want succeeded, one point per step, at step 60 or more", job.State, job.Points, job.FinalMetrics)
+		}
+		b.waitJS(t, 10*time.Second, "the final panel", fmt.Sprintf(`(() => { const p = document.querySelector('#final-panel'); return p && !p.hidden && p.dataset.step === "%d"; })()`, int(step)))
+		if st := b.text(t, "#job-state"); st != apiv1.StateSucceeded {
+			t.Errorf("job page shows state %q after the end, want succeeded", st)
+		}
+		wantLoss := fmt.Sprintf("%d.25", 1000-int(step))
+		if row := b.text(t, `#final-metrics tr[data-key="loss"]`); !strings.Contains(row, wantLoss) {
+			t.Errorf("final loss row = %q, want the last line's %s", row, wantLoss)
+		}
+		b.waitJS(t, 2*time.Second, "the loss chart to draw every point", fmt.Sprintf(`Number(document.querySelector('.chart[data-key="loss"]')?.dataset.points) === %d`, job.Points))
+		if testing.Verbose() {
+			// A tall viewport gets the whole page, GPU panel included.
+			b.do(t, "grow the viewport", chromedp.EmulateViewport(1280, 1500))
+			png, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100))
+			if err != nil {
+				t.Fatalf("screenshot: %v", err)
+			}
+			if err := os.WriteFile("/tmp/gantry-dashboard.png", png, 0o644); err != nil {
+				t.Errorf("write screenshot: %v", err)
+			}
+		}
+	})
+
+	t.Run("EndedJobPageFromSnapshot", func(t *testing.T) {
+		// Snapshot and final frames arrive at once for a finished job.
+		if !apiv1.IsTerminal(job.State) {
+			t.Skip("the job did not end (see JobPageIsLive)")
+		}
+		b.do(t, "reopen the job page", chromedp.Navigate(d.addr+"/jobs/"+id))
+		b.waitJS(t, 10*time.Second, "the final panel", fmt.Sprintf(`(() => { const p = document.querySelector('#final-panel'); return p && !p.hidden && p.dataset.step === "%d"; })()`, int(job.FinalMetrics["step"])))
+		b.waitJS(t, 5*time.Second, "the charts from the snapshot", fmt.Sprintf(`Number(document.querySelector('.chart[data-key="acc"]')?.dataset.points) === %d`, job.Points))
+		if n := b.chartPoints(t, "total_steps"); n != -1 {
+			t.Errorf("total_steps has a chart (%d points); it should only drive the progress bar", n)
+		}
+	})
+
+	t.Run("JobsList", func(t *testing.T) {
+		b.do(t, "open the jobs list", chromedp.Navigate(d.addr+"/"))
+		row := fmt.Sprintf(`tr[data-job-id=%q]`, id)
+		b.waitJS(t, 10*time.Second, "the job in the list", fmt.Sprintf(`document.querySelector(%q)`, row))
+		if st := b.text(t, row+" .state"); st != apiv1.StateSucceeded {
+			t.Errorf("jobs list shows state %q, want succeeded", st)
+		}
+		// Its link opens the job page inside the app.
+		b.do(t, "follow the job link", chromedp.Click(chromedp.CSS(row+" a")), chromedp.WaitVisible(chromedp.CSS(`#final-panel`)))
+	})
+
+	t.Run("NodesPage", func(t *testing.T) {
+		b.do(t, "open the nodes page", chromedp.Navigate(d.addr+"/nodes"))
+		b.waitJS(t, 10*time.Second, "the local node with 2 GPUs", `document.querySelectorAll('section[data-node-id="local"] tr[data-gpu]').length === 2`)
+	})
+
+	t.Run("AsksForToken", func(t *testing.T) { testAsksForToken(t, b) })
+
+	b.checkNoErrors(t)
+}
+
+// testAsksForToken serves the dashboard next to a fake API that wants a
+// bearer token: the page must ask for it, keep it and send it.
+func testAsksForToken(t *testing.T, b *browser) {
+	const token = "s3cret-token"
+	var mu sync.Mutex
+	var sawHeader bool
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.Header.Get("Authorization") != "Bearer "+token {
+			w.WriteHeader(http.StatusUnauthorized)
+			_ = json.NewEncoder(w).Encode(apiv1.Error{Error: "missing or wrong bearer token"})
+			return
+		}
+		mu.Lock()
+		sawHeader = true
+		mu.Unlock()
+		_ = json.NewEncoder(w).Encode(apiv1.JobList{Jobs: []apiv1.Job{{ID: "job-with-token", State: apiv1.StateRunning}}})
+	})
+	mux.Handle("/", dashboard.Handler())
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	b.do(t, "open the dashboard", chromedp.Navigate(srv.URL+"/"), chromedp.WaitVisible(chromedp.CSS(`#token-input`)))
+	b.do(t, "enter the token",
+		chromedp.SendKeys(chromedp.CSS(`#token-input`), token),
+		chromedp.Click(chromedp.CSS(`#token-form button[type=submit]`)))
+	b.waitJS(t, 10*time.Second, "the jobs list with the token", `document.querySelector('tr[data-job-id="job-with-token"]')`)
+	mu.Lock()
+	ok := sawHeader
+	mu.Unlock()
+	if !ok {
+		t.Error("the API never saw the Authorization header")
+	}
+	if stored := evalJS[string](t, b, `localStorage.getItem('gantry.token') || ''`); stored != token {
+		t.Errorf("localStorage holds %q, want the token", stored)
+	}
+}
