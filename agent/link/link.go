@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -56,10 +57,10 @@ type Options struct {
 	// Discover, when set, returns the controllers' QUIC addresses as
 	// currently known (serf); they are tried before Addrs.
 	Discover func() []string
-	TLS     *tls.Config
-	Spool   *spool.Spool
-	Handler Handler
-	Log     *slog.Logger
+	TLS      *tls.Config
+	Spool    *spool.Spool
+	Handler  Handler
+	Log      *slog.Logger
 	// MinBackoff and MaxBackoff bound reconnect delays.
 	MinBackoff, MaxBackoff time.Duration
 }
@@ -91,48 +92,67 @@ func (l *Link) Connects() int64 { return l.connects.Load() }
 // Run keeps the link up until ctx ends.
 func (l *Link) Run(ctx context.Context) error {
 	backoff := l.opts.MinBackoff
-	next := ""
-	for attempt := 0; ; attempt++ {
+	next := ""    // an address to try right away (a redirect)
+	idx := 0      // round-robin position
+	failures := 0 // consecutive attempts that never reached a session
+	for {
+		addrs := l.addrs()
 		addr := next
 		next = ""
 		if addr == "" {
-			addrs := l.addrs()
 			if len(addrs) == 0 {
 				l.opts.Log.Warn("no controller address known yet")
-				select {
-				case <-ctx.Done():
+				if !sleepCtx(ctx, backoff) {
 					return nil
-				case <-time.After(backoff):
 				}
 				backoff = min(backoff*2, l.opts.MaxBackoff)
 				continue
 			}
-			addr = addrs[attempt%len(addrs)]
+			addr = addrs[idx%len(addrs)]
+			idx++
 		}
 		start := time.Now()
-		err := l.session(ctx, addr)
+		established, err := l.session(ctx, addr)
 		if ctx.Err() != nil {
 			return nil
 		}
 		var redirect redirectError
-		if errors.As(err, &redirect) && redirect.leader != addr {
+		if errors.As(err, &redirect) && redirect.leader != addr && failures < 2*len(addrs)+2 {
 			// A follower named the leader: go there now, no backoff.
 			l.opts.Log.Info("controller redirected the agent to the leader", "from", addr, "leader", redirect.leader)
 			next = redirect.leader
+			failures++
 			continue
 		}
 		l.opts.Log.Warn("controller link down", "addr", addr, "err", err)
-		if time.Since(start) > 10*time.Second {
-			backoff = l.opts.MinBackoff // it was a healthy session
+		if established {
+			failures = 0
+			if time.Since(start) > 10*time.Second {
+				backoff = l.opts.MinBackoff // it was a healthy session
+			}
+		} else {
+			failures++
+			if failures < len(addrs) {
+				continue // a dead or non-leading controller: try the next one now
+			}
 		}
+		failures = 0
 		// Full jitter keeps a fleet of agents from reconnecting in lockstep.
-		wait := time.Duration(rand.Int64N(int64(backoff))) + l.opts.MinBackoff/2
-		select {
-		case <-ctx.Done():
+		if !sleepCtx(ctx, time.Duration(rand.Int64N(int64(backoff)))+l.opts.MinBackoff/2) {
 			return nil
-		case <-time.After(wait):
 		}
 		backoff = min(backoff*2, l.opts.MaxBackoff)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -158,26 +178,28 @@ func (l *Link) addrs() []string {
 	return out
 }
 
-func (l *Link) session(ctx context.Context, addr string) error {
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+// session runs one connection; established reports whether the hello was
+// accepted (a session, not just a dial attempt).
+func (l *Link) session(ctx context.Context, addr string) (established bool, err error) {
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	conn, err := quic.DialAddr(dctx, addr, l.opts.TLS, protolink.QUICConfig())
 	cancel()
 	if err != nil {
-		return fmt.Errorf("dial %s: %w", addr, err)
+		return false, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	defer conn.CloseWithError(protolink.CodeOK, "agent closing")
 
 	ctrl, err := l.hello(ctx, conn)
 	if err != nil {
-		return err
+		return false, err
 	}
 	qs, err := conn.OpenStreamSync(ctx)
 	if err != nil {
-		return fmt.Errorf("open records stream: %w", err)
+		return true, fmt.Errorf("open records stream: %w", err)
 	}
 	records, err := protolink.Open(qs, protolink.StreamRecords)
 	if err != nil {
-		return err
+		return true, err
 	}
 	l.connected.Store(true)
 	l.connects.Add(1)
@@ -189,6 +211,9 @@ func (l *Link) session(ctx context.Context, addr string) error {
 	g.Go(func() error { return l.readControl(ctrl) })
 	g.Go(func() error { return l.readAcks(records, window) })
 	g.Go(func() error { return l.send(gctx, records, window) })
+	if l.opts.Discover != nil {
+		g.Go(func() error { return l.watchController(gctx, addr) })
+	}
 	g.Go(func() error {
 		// One failure closes all: closing the connection unblocks every
 		// reader and writer of this session.
@@ -196,7 +221,30 @@ func (l *Link) session(ctx context.Context, addr string) error {
 		conn.CloseWithError(protolink.CodeOK, "session ended")
 		return nil
 	})
-	return g.Wait()
+	return true, g.Wait()
+}
+
+// watchController ends the session once serf stops listing the connected
+// controller as alive: serf notices a dead host in about a second, QUIC's
+// idle timeout only after several.
+func (l *Link) watchController(ctx context.Context, addr string) error {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	seen := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		alive := slices.Contains(l.opts.Discover(), addr)
+		switch {
+		case alive:
+			seen = true
+		case seen:
+			return fmt.Errorf("controller %s is no longer alive in the cluster", addr)
+		}
+	}
 }
 
 func (l *Link) hello(ctx context.Context, conn *quic.Conn) (*protolink.Stream, error) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
@@ -51,6 +52,7 @@ type Node struct {
 	cfg       Config
 	raft      *raft.Raft
 	log       *wal.WAL
+	meta      *metadb.BoltMetaDB
 	transport *raft.NetworkTransport
 	fsm       raft.FSM
 	hadState  bool
@@ -67,13 +69,23 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	hcl := logging.HCLog(cfg.Log, "raft")
-	logStore, err := wal.Open(walDir, wal.WithLogger(hcl.Named("wal")))
+	// WAL.Close leaves raft-wal's own meta database (a bbolt file) open and
+	// flock'ed, so reopening the log in the same process would block on
+	// the lock forever. Own the meta store and close it ourselves.
+	meta := &metadb.BoltMetaDB{}
+	logStore, err := wal.Open(walDir, wal.WithLogger(hcl.Named("wal")), wal.WithMetaStore(meta))
 	if err != nil {
+		_ = meta.Close() // the open error is the one worth reporting
 		return nil, fmt.Errorf("cluster: open raft log: %w", err)
+	}
+	closeLog := func() {
+		// Error paths only: the error being returned says what went wrong.
+		_ = logStore.Close()
+		_ = meta.Close()
 	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "raft"), 2, hcl.Named("snapshots"))
 	if err != nil {
-		logStore.Close()
+		closeLog()
 		return nil, fmt.Errorf("cluster: snapshot store: %w", err)
 	}
 	// With no advertise address the transport advertises what it bound,
@@ -82,13 +94,13 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 	if cfg.Advertise != "" {
 		adv, err = net.ResolveTCPAddr("tcp", cfg.Advertise)
 		if err != nil {
-			logStore.Close()
+			closeLog()
 			return nil, fmt.Errorf("cluster: advertise address %q: %w", cfg.Advertise, err)
 		}
 	}
 	transport, err := raft.NewTCPTransportWithLogger(cfg.BindAddr, adv, 5, 10*time.Second, hcl.Named("transport"))
 	if err != nil {
-		logStore.Close()
+		closeLog()
 		return nil, fmt.Errorf("cluster: raft transport on %s: %w", cfg.BindAddr, err)
 	}
 
@@ -98,9 +110,13 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 256
 	if cfg.Fast {
-		rc.HeartbeatTimeout = 50 * time.Millisecond
-		rc.ElectionTimeout = 50 * time.Millisecond
-		rc.LeaderLeaseTimeout = 50 * time.Millisecond
+		// 200 ms, not the 50 ms of hashicorp/raft's own tests: three nodes
+		// in one -race test process on a loaded 2-core CI machine miss
+		// 50 ms heartbeats and re-elect every second, which turns every
+		// timing-independent assertion into a flaky one.
+		rc.HeartbeatTimeout = 200 * time.Millisecond
+		rc.ElectionTimeout = 200 * time.Millisecond
+		rc.LeaderLeaseTimeout = 100 * time.Millisecond
 		rc.CommitTimeout = 5 * time.Millisecond
 	} else {
 		rc.HeartbeatTimeout = 500 * time.Millisecond
@@ -112,7 +128,7 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 	has, err := raft.HasExistingState(logStore, logStore, snaps)
 	if err != nil {
 		transport.Close()
-		logStore.Close()
+		closeLog()
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	if cfg.Bootstrap {
@@ -122,7 +138,7 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 			}}}
 			if err := raft.BootstrapCluster(rc, logStore, logStore, snaps, transport, conf); err != nil {
 				transport.Close()
-				logStore.Close()
+				closeLog()
 				return nil, fmt.Errorf("cluster: bootstrap: %w", err)
 			}
 		}
@@ -131,10 +147,10 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 	r, err := raft.NewRaft(rc, fsm, logStore, logStore, snaps, transport)
 	if err != nil {
 		transport.Close()
-		logStore.Close()
+		closeLog()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
-	return &Node{cfg: cfg, raft: r, log: logStore, transport: transport, fsm: fsm, hadState: has || cfg.Bootstrap}, nil
+	return &Node{cfg: cfg, raft: r, log: logStore, meta: meta, transport: transport, fsm: fsm, hadState: has || cfg.Bootstrap}, nil
 }
 
 // Apply commits a command and returns the FSM's response. A domain error
@@ -291,6 +307,9 @@ func (n *Node) Close() error {
 		err = cerr
 	}
 	if cerr := n.log.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := n.meta.Close(); err == nil {
 		err = cerr
 	}
 	return err

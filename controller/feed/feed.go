@@ -47,6 +47,12 @@ func New(h *hub.Hub, log *slog.Logger, onSchedule func()) *Feed {
 // before the final frame.
 func (f *Feed) Applied(c *fsm.Changes) {
 	schedule := len(c.Nodes) > 0 || c.Restored
+	if c.Restored {
+		// The whole state was replaced: what was shown says nothing now.
+		f.mu.Lock()
+		f.shown = map[string]stateKey{}
+		f.mu.Unlock()
+	}
 	for _, id := range c.JobOrder {
 		topic := hub.JobTopic(id)
 		if pts := c.Points[id]; len(pts) > 0 {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
@@ -19,6 +20,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/controller/view"
 	"github.com/gantry-ml/gantry/internal/logging"
+	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/link"
 )
@@ -691,19 +693,25 @@ func TestSnapshotRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Raft persists on its own goroutine while applies go on. (An apply
+	// that must grow bbolt's mmap waits until Release: the pinned read
+	// txn holds the mmap lock, so persisting on this goroutine first and
+	// applying after would deadlock.)
+	sink := &memSink{}
+	persisted := make(chan error, 1)
+	go func() {
+		defer snap.Release()
+		persisted <- snap.Persist(sink)
+	}()
 	// Applied after the snapshot was taken: not in it.
 	h.mustOK(submit("after-snapshot"))
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
+	if err := <-persisted; err != nil {
 		t.Fatal(err)
 	}
-	snap.Release()
 	if !sink.closed || sink.cancelled {
 		t.Fatalf("sink closed=%v cancelled=%v", sink.closed, sink.cancelled)
 	}
-	if h.st.OpenReadTxns() != 0 {
-		t.Fatal("released snapshot still holds a read txn")
-	}
+	testutil.WaitFor(t, 5*time.Second, func() bool { return h.st.OpenReadTxns() == 0 }, "the released snapshot's read txn to close")
 
 	h2 := newHarness(t)
 	h2.mustOK(submit("stale")) // replaced by the restore

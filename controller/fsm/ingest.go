@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"errors"
 	"fmt"
 	"math"
 
@@ -54,6 +55,9 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, err
 		if !ok {
 			var err error
 			job, err = tx.Job(rec.JobId)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return nil, err // an unreadable job is corruption, not "unknown"
+			}
 			if err != nil {
 				// Records for a job this cluster never had: keep the mark so
 				// the agent's replays stay cheap, but there is nothing to store.

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -222,7 +223,9 @@ func (a *API) submit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("invalid job spec: %w", err))
 		return
 	}
-	if dec.More() {
+	// Only the end of the body may follow the spec. dec.More() is not
+	// enough: it reports false before a stray '}' or ']'.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		writeError(w, http.StatusBadRequest, errors.New("invalid job spec: trailing data after the JSON object"))
 		return
 	}

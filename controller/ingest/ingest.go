@@ -111,6 +111,16 @@ func (s *Server) Close() error {
 	return s.ln.Close()
 }
 
+// CloseAll ends every agent session (they reconnect, and a follower
+// redirects them to the leader).
+func (s *Server) CloseAll(code quic.ApplicationErrorCode, reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, sess := range s.sessions {
+		sess.conn.CloseWithError(code, reason)
+	}
+}
+
 // Session returns the live session of a node.
 func (s *Server) Session(nodeID string) (*Session, bool) {
 	s.mu.Lock()

@@ -7,7 +7,11 @@ import (
 )
 
 func memberlistLAN() *memberlist.Config {
-	return memberlist.DefaultLANConfig()
+	c := memberlist.DefaultLANConfig()
+	// A host that died and comes back under the same name at a new address
+	// (a replaced machine, a restart on another port) is accepted after this.
+	c.DeadNodeReclaimTime = 30 * time.Second
+	return c
 }
 
 // memberlistFast detects failures in about a second (tests).
@@ -18,5 +22,6 @@ func memberlistFast() *memberlist.Config {
 	c.GossipInterval = 50 * time.Millisecond
 	c.SuspicionMult = 2
 	c.PushPullInterval = 2 * time.Second
+	c.DeadNodeReclaimTime = 500 * time.Millisecond
 	return c
 }

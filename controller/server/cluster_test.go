@@ -3,8 +3,11 @@ package server_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -37,16 +40,35 @@ type testCluster struct {
 
 func startController(t *testing.T, c *testCluster, i int, join []string, expect int) *server.Server {
 	t.Helper()
+	return startControllerAt(t, c, i, join, expect, "127.0.0.1:0", "127.0.0.1:0")
+}
+
+// startControllerAt starts controller i with given Raft and serf addresses,
+// as a restarted host would come back on its own address.
+func startControllerAt(t *testing.T, c *testCluster, i int, join []string, expect int, raftAddr, serfAddr string) *server.Server {
+	t.Helper()
 	srv, err := server.Start(server.Config{
 		NodeID: fmt.Sprintf("c%d", i), DataDir: c.dirs[i],
-		HTTPAddr: "127.0.0.1:0", QUICAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", SerfAddr: "127.0.0.1:0",
+		HTTPAddr: "127.0.0.1:0", QUICAddr: "127.0.0.1:0", RaftAddr: raftAddr, SerfAddr: serfAddr,
 		Join: join, BootstrapExpect: expect, TLS: c.ctrlTLS, Fast: true,
-		LostGrace: time.Minute, Log: logging.Discard(),
+		LostGrace: time.Minute, Log: testLog(t),
 	})
 	if err != nil {
 		t.Fatalf("start controller c%d: %v", i, err)
 	}
 	return srv
+}
+
+// testLog discards logs unless GANTRY_TEST_LOG is set (debugging).
+func testLog(t *testing.T) *slog.Logger {
+	if os.Getenv("GANTRY_TEST_LOG") == "" {
+		return logging.Discard()
+	}
+	l, err := logging.New(os.Stderr, "debug")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
 
 func newTestCluster(t *testing.T, n int) *testCluster {
@@ -109,6 +131,27 @@ func (c *testCluster) follower() *server.Server {
 
 func apiOf(s *server.Server) *client.Client { return client.New("http://" + s.HTTPAddr()) }
 
+// submit submits through s, retrying while an election makes the cluster
+// answer 503, as any client must. A retried submit whose first attempt
+// committed after all leaves an extra job: callers count with that in mind.
+func submit(t *testing.T, s *server.Server, spec apiv1.JobSpec) string {
+	t.Helper()
+	var id string
+	var err error
+	testutil.WaitFor(t, 15*time.Second, func() bool {
+		id, err = apiOf(s).Submit(context.Background(), spec)
+		var apiErr *client.APIError
+		if errors.As(err, &apiErr) && apiErr.Status == http.StatusServiceUnavailable {
+			return false
+		}
+		return true
+	}, "a leader to accept the submit")
+	if err != nil {
+		t.Fatalf("submit %q: %v", spec.Name, err)
+	}
+	return id
+}
+
 // countPoints reads a job's stored point count from one node's store.
 func countPoints(t *testing.T, s *server.Server, jobID string) int {
 	t.Helper()
@@ -163,10 +206,7 @@ func TestClusterElectsForwardsAndFailsOver(t *testing.T) {
 
 	// A write on a follower is forwarded to the leader.
 	f := c.follower()
-	id, err := apiOf(f).Submit(ctx, apiv1.JobSpec{Name: "forwarded", Run: "true"})
-	if err != nil {
-		t.Fatalf("submit via follower: %v", err)
-	}
+	id := submit(t, f, apiv1.JobSpec{Name: "forwarded", Run: "true"})
 	testutil.WaitFor(t, 5*time.Second, func() bool {
 		_, err := apiOf(f).Job(ctx, id)
 		return err == nil
@@ -197,16 +237,13 @@ func TestClusterElectsForwardsAndFailsOver(t *testing.T) {
 			addrs = append(addrs, s.QUICAddr())
 		}
 	}
-	l := link.New(link.Options{Addrs: addrs, TLS: clientTLS, Spool: sp, Handler: fa, Log: logging.Discard(),
+	l := link.New(link.Options{Addrs: addrs, TLS: clientTLS, Spool: sp, Handler: fa, Log: testLog(t),
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	linkDone := make(chan struct{})
 	go func() { defer close(linkDone); _ = l.Run(lctx) }()
 	testutil.WaitFor(t, 10*time.Second, l.Connected, "the agent link connected (via redirect)")
 
-	job, err := apiOf(leader).Submit(ctx, apiv1.JobSpec{Name: "streamed", Run: "true", Resources: apiv1.Resources{GPUs: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	job := submit(t, leader, apiv1.JobSpec{Name: "streamed", Run: "true", Resources: apiv1.Resources{GPUs: 1}})
 	deadline := time.After(10 * time.Second)
 	for started := ""; started != job; {
 		select {
@@ -268,9 +305,7 @@ func TestClusterElectsForwardsAndFailsOver(t *testing.T) {
 		}
 	}
 	// Writes are accepted again through any live node.
-	if _, err := apiOf(c.follower()).Submit(ctx, apiv1.JobSpec{Name: "after-failover", Run: "true"}); err != nil {
-		t.Fatalf("submit after failover: %v", err)
-	}
+	submit(t, c.follower(), apiv1.JobSpec{Name: "after-failover", Run: "true"})
 	stopLink()
 	<-linkDone
 }
@@ -281,11 +316,7 @@ func TestClusterNodeRejoinsAfterWipe(t *testing.T) {
 	leader := c.waitLeader()
 	var ids []string
 	for i := 0; i < 20; i++ {
-		id, err := apiOf(leader).Submit(ctx, apiv1.JobSpec{Name: fmt.Sprint("j", i), Run: "true"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
+		ids = append(ids, submit(t, leader, apiv1.JobSpec{Name: fmt.Sprint("j", i), Run: "true"}))
 	}
 	for _, s := range c.nodes {
 		if err := s.Raft().Snapshot(); err != nil {
@@ -301,12 +332,25 @@ func TestClusterNodeRejoinsAfterWipe(t *testing.T) {
 			break
 		}
 	}
+	raftAddr, serfAddr := c.nodes[victim].Raft().Addr(), c.nodes[victim].Members().LocalAddr()
 	c.nodes[victim].Close()
 	c.dirs[victim] = t.TempDir()
-	c.nodes[victim] = startController(t, c, victim, []string{leader.Members().LocalAddr()}, 3)
+	c.nodes[victim] = startControllerAt(t, c, victim, []string{leader.Members().LocalAddr()}, 3, raftAddr, serfAddr)
 	testutil.WaitFor(t, 20*time.Second, func() bool {
 		jobs, err := apiOf(c.nodes[victim]).Jobs(ctx)
-		return err == nil && len(jobs) == len(ids)
+		if err != nil {
+			return false
+		}
+		have := map[string]bool{}
+		for _, j := range jobs {
+			have[j.ID] = true
+		}
+		for _, id := range ids {
+			if !have[id] {
+				return false
+			}
+		}
+		return true
 	}, "the wiped node caught up")
 }
 
@@ -337,10 +381,7 @@ func TestFollowerWatchersSeeWhatLeaderWatchersSee(t *testing.T) {
 	defer func() { stopLink(); <-linkDone }()
 	testutil.WaitFor(t, 10*time.Second, l.Connected, "agent connected")
 
-	job, err := apiOf(leader).Submit(ctx, apiv1.JobSpec{Name: "watched", Run: "true"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	job := submit(t, leader, apiv1.JobSpec{Name: "watched", Run: "true"})
 	testutil.WaitFor(t, 10*time.Second, func() bool {
 		j, err := apiOf(follower).Job(ctx, job)
 		return err == nil && j.State == apiv1.StateAssigned

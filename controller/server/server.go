@@ -230,6 +230,10 @@ func (s *Server) watchLeadership(ctx context.Context) {
 			}
 			if leader {
 				s.sched.Wake()
+			} else {
+				// Agents streaming to a deposed leader would only see their
+				// batches fail; send them to the new leader now.
+				s.ingest.CloseAll(link.CodeNotLeader, "leadership lost")
 			}
 		}
 	}
@@ -278,7 +282,11 @@ func (s *Server) Close() error {
 		}
 		s.wg.Wait()
 		if s.members != nil {
-			errs = append(errs, s.members.Leave())
+			// Shut down, not Leave: a controller that is stopping (restart,
+			// upgrade) must stay a Raft voter. Leave makes the leader remove
+			// it, and stopping several in turn would shrink the voter set
+			// until a restarted majority could not elect anyone.
+			errs = append(errs, s.members.Shutdown())
 		}
 		if s.raft != nil {
 			errs = append(errs, s.raft.Close())

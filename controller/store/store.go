@@ -71,7 +71,11 @@ func Open(path string) (*Store, error) {
 }
 
 func openDB(path string) (*bolt.DB, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: true, NoFreelistSync: true})
+	// A large initial mmap (address space, not memory) means a write that
+	// grows the file never has to remap, which would wait for every open
+	// read transaction, including a Raft snapshot being persisted.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: true, NoFreelistSync: true,
+		InitialMmapSize: 8 << 30})
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}

@@ -38,10 +38,11 @@ const (
 	MaxMessageBytes = 16 << 20
 	// WriteTimeout bounds every single write.
 	WriteTimeout = 10 * time.Second
-	// IdleTimeout closes a connection that has been silent this long.
-	IdleTimeout = 15 * time.Second
+	// IdleTimeout closes a connection that has been silent this long: it
+	// bounds how long an agent stays attached to a dead controller.
+	IdleTimeout = 6 * time.Second
 	// KeepAlive keeps an idle but healthy connection open.
-	KeepAlive = 3 * time.Second
+	KeepAlive = 1500 * time.Millisecond
 )
 
 // Application error codes for CloseWithError.
