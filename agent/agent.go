@@ -177,38 +177,6 @@ func (a *Agent) Close() error {
 	return errors.Join(errs...)
 }
 
-// recover reports jobs that a previous agent process started and did not
-// finish reporting. This version cannot re-adopt a running process, so it
-// says so in an exit record rather than leave the job running forever.
-func (a *Agent) recover() error {
-	saved, err := a.spool.Jobs()
-	if err != nil {
-		return fmt.Errorf("agent: read job state: %w", err)
-	}
-	for id, data := range saved {
-		var st gantrypb.AgentJob
-		if err := proto.Unmarshal(data, &st); err != nil {
-			return fmt.Errorf("agent: decode job state %s: %w", id, err)
-		}
-		if st.ExitIndex > 0 {
-			continue // exit already spooled; the link delivers it
-		}
-		msg := fmt.Sprintf("the agent restarted while the job ran (pid %d); this agent version cannot re-adopt a running job", st.Pid)
-		a.log.Warn("job from before restart cannot be re-adopted", "job", id, "pid", st.Pid)
-		idx, err := a.spool.Append(&gantrypb.Record{JobId: id, Body: &gantrypb.Record_Exit{Exit: &gantrypb.JobExit{
-			Ts: now(), Error: msg,
-		}}})
-		if err != nil {
-			return fmt.Errorf("agent: report job %s: %w", id, err)
-		}
-		st.ExitIndex = idx
-		if err := a.saveJob(&st); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 func (a *Agent) saveJob(st *gantrypb.AgentJob) error {
 	data, err := proto.Marshal(st)
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/gantry-ml/gantry/agent/logtail"
 	"github.com/gantry-ml/gantry/agent/metricsfile"
 	"github.com/gantry-ml/gantry/agent/runner"
@@ -28,14 +30,19 @@ const (
 type job struct {
 	a     *Agent
 	id    string
-	state *gantrypb.AgentJob
-	proc  *runner.Process
-	final metricsfile.Final
+	final metricsfile.Final // owned by the metrics tail, then by finish
 
 	metrics *metricsfile.Tailer
 	logs    *logtail.Follower
 
+	// stMu guards state, and serialises every spool write that carries it,
+	// so that the state stored with a batch of records is exactly what
+	// those records and the ones before them cover.
+	stMu  sync.Mutex
+	state *gantrypb.AgentJob
+
 	mu        sync.Mutex
+	proc      *runner.Process
 	cancelled bool // a cancel arrived, possibly before the process started
 }
 
@@ -79,14 +86,12 @@ func (a *Agent) start(m *gantrypb.StartJob) {
 	}()
 }
 
-// run owns the job from launch to its exit record.
+// run owns a job this agent launches, from launch to its exit record.
 func (j *job) run(ctx context.Context) {
 	a := j.a
 	log := a.log.With("job", j.id)
 	spec := j.state.Spec
 	dir := jobDir(a.cfg.DataDir, j.id)
-	metricsPath := filepath.Join(dir, MetricsFileName)
-	logPath := filepath.Join(dir, LogFileName)
 
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		j.fail(fmt.Sprintf("cannot create the job directory: %v", err))
@@ -98,24 +103,66 @@ func (j *job) run(ctx context.Context) {
 	}
 	// Save before launching: if the agent dies right after, its successor
 	// knows the job existed and reports it instead of forgetting it.
+	j.stMu.Lock()
 	j.state.StartedAt = now()
-	if err := a.saveJob(j.state); err != nil {
+	j.state.StatusFile = filepath.Join(dir, runner.StatusFileName)
+	err := a.saveJob(j.state)
+	j.stMu.Unlock()
+	if err != nil {
 		log.Error("save job state", "err", err)
 	}
 	proc, err := runner.Start(runner.Spec{
 		JobID: j.id, Setup: spec.GetSetup(), Run: spec.GetRun(), JobDir: dir, Workdir: spec.GetWorkdir(),
-		Env: spec.GetEnv(), GPUs: gpus, MetricsFile: metricsPath, LogFile: logPath,
+		Env: spec.GetEnv(), GPUs: gpus, MetricsFile: filepath.Join(dir, MetricsFileName),
+		LogFile:     filepath.Join(dir, LogFileName),
 		KillGrace:   time.Duration(spec.GetKillGraceMs()) * time.Millisecond,
 		MaxDuration: time.Duration(spec.GetMaxDurationMs()) * time.Millisecond,
-	}, func(ev runner.Event) {
-		j.append(&gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
-			Ts: now(), Kind: ev.Kind, Message: ev.Message}}})
-	})
+		StatusFile:  j.state.StatusFile,
+		OnCancel:    j.cancelling,
+	}, j.runnerEvent)
 	if err != nil {
 		log.Warn("job failed to start", "err", err)
 		j.fail(fmt.Sprintf("failed to start: %v", err))
 		return
 	}
+	// The process identity and the started record are stored together:
+	// a successor that finds the pid also finds the job reported running.
+	// (Between Start and this write, a crash of the agent leaves a job
+	// with no pid, which its successor reports as failed while it may
+	// run on: a window of one spool write.)
+	id := proc.Identity()
+	j.commit(func(st *gantrypb.AgentJob) {
+		st.Pid, st.StartTime, st.BootId = int64(id.PID), id.StartTime, id.BootID
+	}, false, &gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Started{Started: &gantrypb.JobStarted{
+		Pid: int64(id.PID), Ts: j.state.StartedAt}}})
+	log.Info("job started", "pid", id.PID, "gpus", gpus)
+	j.follow(ctx, proc)
+}
+
+// runnerEvent spools an event of the job's runner.
+func (j *job) runnerEvent(ev runner.Event) {
+	j.append(&gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
+		Ts: now(), Kind: ev.Kind, Message: ev.Message}}})
+}
+
+// cancelling persists a cancel that has sent SIGTERM, so that an agent
+// restarted before the job ends still escalates and reports it cancelled.
+func (j *job) cancelling(reason string, at time.Time) {
+	j.stMu.Lock()
+	defer j.stMu.Unlock()
+	if j.state.ExitIndex != 0 {
+		return // reported already; the state may be gone with the ack
+	}
+	j.state.CancelReason = reason
+	j.state.CancelAt = float64(at.UnixNano()) / 1e9
+	if err := j.a.saveJob(j.state); err != nil {
+		j.a.log.Error("save cancel", "job", j.id, "err", err)
+	}
+}
+
+// setProc publishes the job's process to cancel, and passes on a cancel
+// that arrived before it existed.
+func (j *job) setProc(proc *runner.Process) {
 	j.mu.Lock()
 	j.proc = proc
 	cancelled := j.cancelled
@@ -123,16 +170,21 @@ func (j *job) run(ctx context.Context) {
 	if cancelled {
 		proc.Cancel(runner.ReasonCancelled)
 	}
-	j.state.Pid = int64(proc.PID())
-	if err := a.saveJob(j.state); err != nil {
-		log.Error("save job state", "err", err)
-	}
-	log.Info("job started", "pid", proc.PID(), "gpus", gpus)
-	j.append(&gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Started{Started: &gantrypb.JobStarted{
-		Pid: int64(proc.PID()), Ts: j.state.StartedAt}}})
+}
 
-	j.metrics = metricsfile.NewTailer(metricsPath, 0)
-	j.logs = logtail.NewFollower(logPath, 0, logChunkBytes)
+// follow tails the job's metrics and log files into the spool from the
+// offsets in its state until the process exits, then reports the exit. It
+// serves jobs this agent launched and jobs it re-adopted alike.
+func (j *job) follow(ctx context.Context, proc *runner.Process) {
+	log := j.a.log.With("job", j.id)
+	j.setProc(proc)
+	dir := jobDir(j.a.cfg.DataDir, j.id)
+	logPath := filepath.Join(dir, LogFileName)
+	j.stMu.Lock()
+	metricsOffset, logOffset := j.state.MetricsOffset, j.state.LogOffset
+	j.stMu.Unlock()
+	j.metrics = metricsfile.NewTailer(filepath.Join(dir, MetricsFileName), metricsOffset)
+	j.logs = logtail.NewFollower(logPath, logOffset, logChunkBytes)
 	defer j.metrics.Close()
 	defer j.logs.Close()
 
@@ -151,7 +203,7 @@ func (j *job) run(ctx context.Context) {
 				}
 				return
 			}
-			j.append(j.metricRecords(b)...)
+			j.commit(func(st *gantrypb.AgentJob) { st.MetricsOffset = b.Offset }, false, j.metricRecords(b)...)
 		}
 	}()
 	go func() {
@@ -164,14 +216,17 @@ func (j *job) run(ctx context.Context) {
 				}
 				return
 			}
-			j.append(j.logRecords(chunks)...)
+			end := j.logs.Offset()
+			j.commit(func(st *gantrypb.AgentJob) { st.LogOffset = end }, false, j.logRecords(chunks)...)
 		}
 	}()
 
 	select {
 	case <-proc.Done():
 	case <-ctx.Done():
-		// The agent is stopping; the job runs on in its own session.
+		// The agent is stopping; the job runs on in its own session, and
+		// the next agent re-adopts it from the offsets stored with the
+		// records already spooled.
 		stopTails()
 		tails.Wait()
 		return
@@ -205,12 +260,17 @@ func (j *job) finish(res runner.Result, logPath string) {
 	exit := &gantrypb.JobExit{
 		Signal: res.Signal, Ts: now(), FinalMetrics: j.final.Metrics(), LogTail: tail, Reason: res.Reason,
 	}
+	if !res.EndedAt.IsZero() {
+		// The supervisor saw the end; for a job that ended while the
+		// agent was down, that is earlier than now.
+		exit.Ts = float64(res.EndedAt.UnixNano()) / 1e9
+	}
 	if res.ExitCode != nil {
 		code := int32(*res.ExitCode)
 		exit.ExitCode = &code
 	}
 	if res.Err != nil {
-		exit.Error = fmt.Sprintf("waiting for the process failed: %v", res.Err)
+		exit.Error = exitError(res.Err)
 	}
 	for _, e := range drainErrs {
 		// Reading the files failed after exit: the user must hear of it.
@@ -219,33 +279,64 @@ func (j *job) finish(res runner.Result, logPath string) {
 		log.Error("draining job files after exit", "err", e)
 	}
 	recs = append(recs, &gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Exit{Exit: exit}})
-	idx := j.append(recs...)
+	metricsOffset, logOffset := b.Offset, j.logs.Offset()
+	j.commit(func(st *gantrypb.AgentJob) {
+		st.MetricsOffset, st.LogOffset = metricsOffset, logOffset
+	}, true, recs...)
 	code := "none"
 	if res.ExitCode != nil {
 		code = fmt.Sprint(*res.ExitCode)
 	}
-	log.Info("job exited", "exit_code", code, "signal", res.Signal, "reason", res.Reason)
-	if idx > 0 {
-		j.state.ExitIndex = idx
-		if err := j.a.saveJob(j.state); err != nil {
-			log.Error("save job state", "err", err)
+	log.Info("job exited", "exit_code", code, "signal", res.Signal, "reason", res.Reason, "error", exit.Error)
+}
+
+// exitError is the job's error for a Result.Err. The runner's own verdicts
+// are worded for the user already; anything else is a failed wait.
+func exitError(err error) string {
+	for _, known := range []error{runner.ErrVanished, runner.ErrRebooted, runner.ErrNoStatus, runner.ErrStart} {
+		if errors.Is(err, known) {
+			return err.Error()
 		}
 	}
+	return fmt.Sprintf("waiting for the process failed: %v", err)
 }
 
-// fail reports a job that never ran.
+// fail reports a job that never ran, or that this agent cannot follow.
 func (j *job) fail(reason string) {
-	idx := j.append(&gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Exit{Exit: &gantrypb.JobExit{
+	j.commit(nil, true, &gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Exit{Exit: &gantrypb.JobExit{
 		Ts: now(), Error: reason, FinalMetrics: map[string]float64{}}}})
-	j.state.ExitIndex = idx
-	if err := j.a.saveJob(j.state); err != nil {
-		j.a.log.Error("save job state", "job", j.id, "err", err)
-	}
 }
 
-// append spools records and returns the index of the last one (0 on error,
-// which is logged: the spool is the agent's disk, and a full disk must be
-// loud).
+// commit spools recs and the job's state, changed by update (may be nil), in
+// one spool transaction (spool.AppendWithJob): the read offsets stored are
+// exactly those the spooled records cover, so a restarted agent neither
+// loses nor repeats a line whenever it was stopped. With exit, recs end with
+// the exit record and its index is stored as the state's ExitIndex. It
+// returns the index of the last record, 0 on error (logged: the spool is
+// the agent's disk, and a full disk must be loud).
+func (j *job) commit(update func(*gantrypb.AgentJob), exit bool, recs ...*gantrypb.Record) uint64 {
+	j.stMu.Lock()
+	defer j.stMu.Unlock()
+	next := proto.CloneOf(j.state)
+	if update != nil {
+		update(next)
+	}
+	idx, err := j.a.spool.AppendWithJob(j.id, func(last uint64) ([]byte, error) {
+		if exit {
+			next.ExitIndex = last
+		}
+		return proto.Marshal(next)
+	}, recs...)
+	if err != nil {
+		j.a.log.Error("spool append failed: records lost", "job", j.id, "records", len(recs), "err", err)
+		return 0
+	}
+	j.state = next
+	return idx
+}
+
+// append spools records that move no offset (events) and returns the index
+// of the last one (0 on error, which is logged).
 func (j *job) append(recs ...*gantrypb.Record) uint64 {
 	if len(recs) == 0 {
 		return 0

@@ -6,11 +6,16 @@
 // The job runs in its own session (and so its own process group) so that an
 // agent restart does not take it down, and so that cancel reaches every
 // process the job spawned, whether /bin/sh exec'd the command or forked it.
+// The group's leader is a small supervisor (see supervisor.go) that records
+// the job's exit status in a file, so that an agent restarted while the job
+// ran can re-adopt it (Adopt) and still report how it ended.
 package runner
 
 import (
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -67,6 +72,25 @@ var (
 	ErrStart = errors.New("runner: cannot start job")
 )
 
+// Errors in Result.Err when the exit status of a job is not known. Their
+// text is meant for the user: it ends up as the job's error.
+var (
+	// ErrVanished means a re-adopted job's process was gone and its
+	// supervisor had recorded no exit status.
+	ErrVanished = errors.New("process vanished while the agent was down; exit status unknown")
+	// ErrRebooted means the host rebooted since the job started, and its
+	// exit status was not recorded before.
+	ErrRebooted = errors.New("the host rebooted while the job ran; exit status unknown")
+	// ErrNoStatus means the job's supervisor exited without recording the
+	// job's exit status.
+	ErrNoStatus = errors.New("the job's supervisor recorded no exit status; exit status unknown")
+	// ErrBadStatus means the status file exists but cannot be understood.
+	ErrBadStatus = errors.New("runner: unreadable exit status file")
+	// ErrNoProc means /proc cannot identify the process, so it could not
+	// be re-adopted after an agent restart.
+	ErrNoProc = errors.New("runner: cannot identify process in /proc")
+)
+
 // Spec is what the runner needs to launch one job.
 type Spec struct {
 	// JobID is exported to the job as GANTRY_JOB_ID.
@@ -100,6 +124,16 @@ type Spec struct {
 	// MaxDuration cancels the job with ReasonMaxDuration once it has run
 	// this long; 0 means no limit.
 	MaxDuration time.Duration
+	// StatusFile is where the job's supervisor records how the job ended.
+	// Empty means StatusFileName in JobDir, or, without a JobDir, a
+	// temporary file removed once read. Any old file there is removed at
+	// Start. Keep it (Process.StatusFile) to re-adopt the job.
+	StatusFile string
+	// OnCancel, if not nil, is told when a cancel has sent SIGTERM, with
+	// the reason and the time, so that the caller can persist it and a
+	// later Adopt can finish the cancel. It is called once, like onEvent:
+	// never concurrently with it, and before Done is closed.
+	OnCancel func(reason string, at time.Time)
 }
 
 // Result is how a job ended.
@@ -113,10 +147,16 @@ type Result struct {
 	// Reason is ReasonCancelled or ReasonMaxDuration when the agent stopped
 	// the job, empty when the job ended by itself.
 	Reason string
-	// Err is set only when waiting for the process failed. ExitCode and
-	// Signal may still be valid, but the rest of the group may not have
-	// been killed.
+	// Err is set when the exit status is unknown or the job could not run:
+	// waiting for the process failed (ExitCode and Signal may still be
+	// valid, but the rest of the group may not have been killed), the shell
+	// could not be started (wraps ErrStart), or no status was recorded
+	// (ErrVanished, ErrRebooted, ErrNoStatus).
 	Err error
+	// EndedAt is when the job's shell ended, as its supervisor saw it; zero
+	// when unknown. For a job that ended while no agent watched it, it is
+	// earlier than the moment the Result is produced.
+	EndedAt time.Time
 }
 
 // Event is something about the job's lifetime worth telling the user.
@@ -130,10 +170,14 @@ type Event struct {
 // Process is a running (or finished) job. Its methods are safe for
 // concurrent use.
 type Process struct {
-	cmd       *exec.Cmd
-	pid       int
-	killGrace time.Duration
-	onEvent   func(Event)
+	cmd        *exec.Cmd // nil for an adopted process, which is not our child
+	pid        int
+	ident      Identity
+	statusFile string
+	tempStatus bool // statusFile is ours to remove once read
+	killGrace  time.Duration
+	onEvent    func(Event)
+	onCancel   func(reason string, at time.Time)
 
 	done   chan struct{}
 	result Result // written once before done is closed
@@ -149,6 +193,7 @@ type Process struct {
 	leaderExited bool
 	reason       string    // first cancel reason; "" if never cancelled
 	killAt       time.Time // when a cancel escalates to SIGKILL
+	escalated    bool      // SIGKILL was sent to the group
 	killTimer    *time.Timer
 	maxDurTimer  *time.Timer
 	// events counts event deliveries in flight from timer goroutines, so
@@ -165,48 +210,76 @@ func Start(spec Spec, onEvent func(Event)) (*Process, error) {
 	if err := validate(spec); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(shell, "-c", script(spec.Setup, spec.Run))
+	statusFile, tempStatus, err := prepareStatusFile(spec)
+	if err != nil {
+		return nil, fmt.Errorf("%w %q: %w", ErrStart, spec.JobID, err)
+	}
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("%w %q: %w", ErrStart, spec.JobID, err), removeTemp(statusFile, tempStatus))
+	}
+	defer readyR.Close() // read-only; its close error means nothing
+	cmd := exec.Command(selfExe)
+	cmd.Args = []string{supervisorName, supervisorArg, statusFile, strconv.Itoa(readyFD),
+		shell, "-c", script(spec.Setup, spec.Run)}
+	cmd.ExtraFiles = []*os.File{readyW} // becomes readyFD
 	cmd.Dir = workdir(spec)
 	cmd.Env = buildEnv(os.Environ(), spec)
-	// Setsid makes the job a session and process-group leader: an agent
-	// restart (SIGHUP/SIGTERM to the agent's group) does not reach it, and
-	// cancel can signal every process of the job through the group.
+	// Setsid makes the supervisor, and so the job, a session and
+	// process-group leader: an agent restart (SIGHUP/SIGTERM to the agent's
+	// group) does not reach it, and cancel can signal every process of the
+	// job through the group.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 
 	var logFile *os.File
 	if spec.LogFile != "" {
-		var err error
 		logFile, err = os.OpenFile(spec.LogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 		if err != nil {
-			return nil, fmt.Errorf("%w %q: open log file: %w", ErrStart, spec.JobID, err)
+			return nil, errors.Join(fmt.Errorf("%w %q: open log file: %w", ErrStart, spec.JobID, err),
+				removeTemp(statusFile, tempStatus))
 		}
 		// The child gets the file itself, not a pipe: with a pipe, Wait
-		// would block until every grandchild holding its write end exits.
+		// would block until every grandchild holding its write end exits,
+		// and the job would die of SIGPIPE once the agent restarted.
 		cmd.Stdout = logFile
 		cmd.Stderr = logFile
 	}
 
-	err := cmd.Start()
+	err = cmd.Start()
 	if logFile != nil {
 		// The child has its own descriptor now. Nothing was ever written
 		// through ours, so closing it cannot lose data and its error has
 		// nothing to report.
 		_ = logFile.Close()
 	}
+	// Ours must go, or the read below would never see EOF.
+	_ = readyW.Close()
 	if err != nil {
-		return nil, fmt.Errorf("%w %q: %w", ErrStart, spec.JobID, err)
+		return nil, errors.Join(fmt.Errorf("%w %q: %w", ErrStart, spec.JobID, err),
+			removeTemp(statusFile, tempStatus))
 	}
 
-	p := &Process{
-		cmd:       cmd,
-		pid:       cmd.Process.Pid,
-		killGrace: spec.KillGrace,
-		onEvent:   onEvent,
-		done:      make(chan struct{}),
+	pid := cmd.Process.Pid
+	if err := awaitReady(readyR); err != nil {
+		killGroup(pid, unix.SIGKILL)
+		return nil, errors.Join(fmt.Errorf("%w %q: %w", ErrStart, spec.JobID, err), reap(cmd),
+			removeTemp(statusFile, tempStatus))
 	}
-	if p.killGrace == 0 {
-		p.killGrace = DefaultKillGrace
+	// The child is not reaped before wait() runs, so /proc/PID is ours to
+	// read even if it has exited already.
+	ident, err := identify(pid)
+	if err != nil {
+		// Without an identity the job could not be told apart from a
+		// later process with its pid after an agent restart; do not run
+		// what cannot be tracked.
+		killGroup(pid, unix.SIGKILL)
+		return nil, errors.Join(fmt.Errorf("%w %q: %w", ErrStart, spec.JobID, err), reap(cmd),
+			removeTemp(statusFile, tempStatus))
 	}
+
+	p := newProcess(ident, statusFile, spec.KillGrace, onEvent, spec.OnCancel)
+	p.cmd = cmd
+	p.tempStatus = tempStatus
 	if spec.MaxDuration > 0 {
 		p.mu.Lock()
 		p.maxDurTimer = time.AfterFunc(spec.MaxDuration, func() { p.Cancel(ReasonMaxDuration) })
@@ -216,8 +289,98 @@ func Start(spec Spec, onEvent func(Event)) (*Process, error) {
 	return p, nil
 }
 
-// PID is the job's main process id, which is also its process group id.
+// readyTimeout bounds the wait for the supervisor to start the job's shell;
+// it takes milliseconds, but a loaded host must not fail jobs spuriously.
+const readyTimeout = 30 * time.Second
+
+// awaitReady waits for the supervisor's word that the job's shell runs.
+func awaitReady(r *os.File) error {
+	if err := r.SetReadDeadline(time.Now().Add(readyTimeout)); err != nil {
+		return fmt.Errorf("supervisor: %w", err)
+	}
+	msg, err := io.ReadAll(io.LimitReader(r, 4096))
+	switch {
+	case err != nil:
+		return fmt.Errorf("supervisor did not start the job: %w", err)
+	case string(msg) == readyOK:
+		return nil
+	case len(msg) == 0:
+		return errors.New("supervisor exited before starting the job")
+	}
+	return errors.New(string(msg))
+}
+
+// reap waits for a supervisor that was killed or failed during Start.
+func reap(cmd *exec.Cmd) error {
+	err := cmd.Wait()
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		return nil // it ended as expected; Start reports why
+	}
+	return err
+}
+
+// newProcess returns a Process for a job that is running now.
+func newProcess(ident Identity, statusFile string, killGrace time.Duration, onEvent func(Event),
+	onCancel func(string, time.Time)) *Process {
+	if killGrace == 0 {
+		killGrace = DefaultKillGrace
+	}
+	return &Process{
+		pid:        ident.PID,
+		ident:      ident,
+		statusFile: statusFile,
+		killGrace:  killGrace,
+		onEvent:    onEvent,
+		onCancel:   onCancel,
+		done:       make(chan struct{}),
+	}
+}
+
+// prepareStatusFile picks the status file and removes a stale one, so that
+// the status read at the end is this run's.
+func prepareStatusFile(spec Spec) (path string, temp bool, err error) {
+	switch {
+	case spec.StatusFile != "":
+		path = spec.StatusFile
+	case spec.JobDir != "":
+		path = filepath.Join(spec.JobDir, StatusFileName)
+	default:
+		f, err := os.CreateTemp("", "gantry-exit-status-*.json")
+		if err != nil {
+			return "", false, fmt.Errorf("status file: %w", err)
+		}
+		path, temp = f.Name(), true
+		if err := f.Close(); err != nil {
+			return "", false, errors.Join(fmt.Errorf("status file: %w", err), os.Remove(path))
+		}
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", false, fmt.Errorf("remove old status file: %w", err)
+	}
+	return path, temp, nil
+}
+
+// removeTemp removes a temporary status file; it is a no-op otherwise.
+func removeTemp(path string, temp bool) error {
+	if !temp {
+		return nil
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove status file: %w", err)
+	}
+	return nil
+}
+
+// PID is the job's main process id (its supervisor's), which is also its
+// process group id and session id.
 func (p *Process) PID() int { return p.pid }
+
+// Identity identifies the job's main process for a later Adopt.
+func (p *Process) Identity() Identity { return p.ident }
+
+// StatusFile is where the job's exit status is recorded, for a later Adopt.
+func (p *Process) StatusFile() string { return p.statusFile }
 
 // Done is closed when the job has ended, its group has been cleaned up, and
 // every event has been delivered.
@@ -238,14 +401,28 @@ func (p *Process) Cancel(reason string) {
 		reason = ReasonCancelled
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.leaderExited || p.reason != "" {
+		p.mu.Unlock()
 		return
 	}
+	at := time.Now()
 	p.reason = reason
-	p.killAt = time.Now().Add(p.killGrace)
-	killGroup(p.pid, unix.SIGTERM)
+	p.killAt = at.Add(p.killGrace)
+	p.signalGroup(unix.SIGTERM)
 	p.killTimer = time.AfterFunc(p.killGrace, p.escalate)
+	if p.onCancel == nil {
+		p.mu.Unlock()
+		return
+	}
+	// Registered under mu while the leader runs, like escalate's event:
+	// the callback is over before Done.
+	p.events.Add(1)
+	p.mu.Unlock()
+
+	defer p.events.Done()
+	p.evMu.Lock()
+	defer p.evMu.Unlock()
+	p.onCancel(reason, at)
 }
 
 // escalate sends SIGKILL to a cancelled job's group once its grace is over.
@@ -255,7 +432,8 @@ func (p *Process) escalate() {
 		p.mu.Unlock()
 		return
 	}
-	killGroup(p.pid, unix.SIGKILL)
+	p.signalGroup(unix.SIGKILL)
+	p.escalated = true
 	// Registered under mu while !exited, so wait() cannot have passed its
 	// events.Wait yet: the event is delivered before Done.
 	p.events.Add(1)
@@ -268,19 +446,41 @@ func (p *Process) escalate() {
 	})
 }
 
-// wait runs for the life of the job and produces its Result.
+// wait runs for the life of a job we started and produces its Result.
 func (p *Process) wait() {
-	// Wait for the main process to exit without reaping it: while it is a
+	// Wait for the supervisor to exit without reaping it: while it is a
 	// zombie its pid, and so the group id, cannot be reused, which makes
 	// signalling the group safe until we reap it below.
 	waitErr := waitExited(p.pid)
 	if waitErr == nil {
-		p.cleanGroup()
+		p.cleanGroup(true)
 	}
 	// Without waitid the group cannot be signalled safely any more (the
 	// leader may already be reaped); the error is reported in Result.Err.
 
+	reason := p.markExited()
+	err := p.cmd.Wait()
+	var res Result
+	var exitErr *exec.ExitError
+	if err == nil || errors.As(err, &exitErr) {
+		res = p.statusResult(p.cmd.ProcessState)
+		res.Err = joinErr(waitErr, res.Err)
+	} else {
+		res.Err = errors.Join(waitErr, fmt.Errorf("runner: wait for pid %d: %w", p.pid, err))
+	}
+	if err := removeTemp(p.statusFile, p.tempStatus); err != nil {
+		res.Err = joinErr(res.Err, err)
+	}
+	res.Reason = reason
+	p.finish(res)
+}
+
+// markExited records that the leader is gone for good (no signal may be
+// sent any more), stops the timers and returns the cancel reason.
+func (p *Process) markExited() string {
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.leaderExited = true
 	p.exited = true
 	if p.killTimer != nil {
 		p.killTimer.Stop()
@@ -288,29 +488,56 @@ func (p *Process) wait() {
 	if p.maxDurTimer != nil {
 		p.maxDurTimer.Stop()
 	}
-	reason := p.reason
-	p.mu.Unlock()
+	return p.reason
+}
 
-	err := p.cmd.Wait()
-	res := Result{Reason: reason, Err: waitErr}
-	var exitErr *exec.ExitError
-	if err == nil || errors.As(err, &exitErr) {
-		res.ExitCode, res.Signal = exitStatus(p.cmd.ProcessState)
-	} else {
-		res.Err = errors.Join(waitErr, fmt.Errorf("runner: wait for pid %d: %w", p.pid, err))
-	}
-
+// finish publishes res once every event has been delivered.
+func (p *Process) finish(res Result) {
 	p.events.Wait()
 	p.result = res
 	close(p.done)
 }
 
+// statusResult is how the job ended according to its status file. ps is the
+// supervisor's own end, used when the file is missing: a supervisor killed
+// by a signal (the SIGKILL of a cancel's escalation, sent to the whole
+// group) died with the job; one that exited without writing the file
+// mirrored the job's status as a shell would, which is worth reporting
+// along with the error.
+func (p *Process) statusResult(ps *os.ProcessState) Result {
+	st, err := readStatus(p.statusFile)
+	if err == nil {
+		return st.result()
+	}
+	code, sig := exitStatus(ps)
+	if sig != "" {
+		return Result{Signal: sig}
+	}
+	return Result{ExitCode: code, Err: fmt.Errorf("%w: %w", ErrNoStatus, err)}
+}
+
+// joinErr is errors.Join that keeps a single error unwrapped.
+func joinErr(a, b error) error {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	}
+	return errors.Join(a, b)
+}
+
 // cleanGroup deals with the rest of the group once the main process has
-// exited (and is still an unreaped zombie). If a cancel is in progress, the
-// remaining processes keep their grace period: with "sh -c" forking the
-// trainer, sh dies on SIGTERM at once while the trainer may be saving a
-// checkpoint. Otherwise the leftovers are orphans and are killed at once.
-func (p *Process) cleanGroup() {
+// exited. If a cancel is in progress, the remaining processes keep their
+// grace period: with "sh -c" forking the trainer, sh dies on SIGTERM at once
+// while the trainer may be saving a checkpoint. Otherwise the leftovers are
+// orphans and are killed at once.
+//
+// leaderHeld says the leader is our unreaped zombie, which keeps the group
+// id from being reused, so the group may be signalled blindly. For an
+// adopted job the leader was reaped by init: the group id stays reserved
+// only while a member lives, so it is signalled only when /proc shows one.
+func (p *Process) cleanGroup(leaderHeld bool) {
 	p.mu.Lock()
 	p.leaderExited = true
 	cancelling := p.reason != ""
@@ -327,12 +554,16 @@ func (p *Process) cleanGroup() {
 			}
 			time.Sleep(pollInterval)
 		}
-		killGroup(p.pid, unix.SIGKILL)
+		if leaderHeld || len(liveGroupMembers(p.pid)) > 0 {
+			killGroup(p.pid, unix.SIGKILL)
+		}
 		return
 	}
 
 	left := liveGroupMembers(p.pid)
-	killGroup(p.pid, unix.SIGKILL)
+	if leaderHeld || len(left) > 0 {
+		killGroup(p.pid, unix.SIGKILL)
+	}
 	if len(left) > 0 {
 		p.emit(Event{
 			Kind: EventOrphansKilled,
@@ -349,6 +580,19 @@ func (p *Process) emit(ev Event) {
 	p.evMu.Lock()
 	defer p.evMu.Unlock()
 	p.onEvent(ev)
+}
+
+// signalGroup signals the job's group while its leader has not been seen to
+// exit (the caller holds mu and has checked). A leader we started is our
+// unreaped child, which keeps the group id reserved. An adopted leader may
+// have exited and been reaped by init a moment ago; then the group id stays
+// reserved only while some member lives, so the group is signalled only
+// when /proc shows one.
+func (p *Process) signalGroup(sig unix.Signal) {
+	if p.cmd == nil && len(liveGroupMembers(p.pid)) == 0 {
+		return
+	}
+	killGroup(p.pid, sig)
 }
 
 // killGroup signals every process of group pgid. ESRCH (nobody left) is the

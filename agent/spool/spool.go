@@ -54,6 +54,8 @@ var (
 	ErrNilRecord = errors.New("spool: nil record")
 	// ErrEmptyID is returned for an empty job id where one is required.
 	ErrEmptyID = errors.New("spool: empty job id")
+	// ErrNilState is returned by AppendWithJob when given no state function.
+	ErrNilState = errors.New("spool: nil job state function")
 )
 
 // Entry is one spooled record and its position in the spool.
@@ -139,6 +141,42 @@ func (s *Spool) Append(recs ...*gantrypb.Record) (uint64, error) {
 	if len(recs) == 0 {
 		return 0, nil
 	}
+	return s.appendWith(nil, recs)
+}
+
+// AppendWithJob is Append plus PutJob in the same transaction: the state of
+// job jobID is replaced by what state returns, given the index of the last
+// appended record (0 when recs is empty), or nothing is written at all.
+//
+// This is what lets a restarted agent resume a job's files without losing or
+// repeating a line: the read offsets stored in the job state always describe
+// exactly the records in the spool. Saved in a second transaction after the
+// records, a crash between the two would make the next agent read those
+// lines again under new seqs, which the controller cannot recognise as
+// duplicates; saved before, a crash would skip them. state runs inside the
+// write transaction and must be quick (marshal a message, nothing more).
+func (s *Spool) AppendWithJob(jobID string, state func(last uint64) ([]byte, error), recs ...*gantrypb.Record) (uint64, error) {
+	if jobID == "" {
+		return 0, fmt.Errorf("spool: append with job: %w", ErrEmptyID)
+	}
+	if state == nil {
+		return 0, fmt.Errorf("spool: append with job %q: %w", jobID, ErrNilState)
+	}
+	return s.appendWith(func(tx *bolt.Tx, last uint64) error {
+		data, err := state(last)
+		if err != nil {
+			return fmt.Errorf("job %q state: %w", jobID, err)
+		}
+		if err := tx.Bucket(bucketJobs).Put([]byte(jobID), data); err != nil {
+			return fmt.Errorf("put job %q: %w", jobID, err)
+		}
+		return nil
+	}, recs)
+}
+
+// appendWith appends recs and then runs also (if not nil) in the same
+// transaction.
+func (s *Spool) appendWith(also func(tx *bolt.Tx, last uint64) error, recs []*gantrypb.Record) (uint64, error) {
 	for i, r := range recs {
 		if r == nil {
 			return 0, fmt.Errorf("%w at position %d", ErrNilRecord, i)
@@ -150,44 +188,12 @@ func (s *Spool) Append(recs ...*gantrypb.Record) (uint64, error) {
 	}
 	var last uint64
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		records := tx.Bucket(bucketRecords)
-		seqs := tx.Bucket(bucketSeqs)
-		// Counters are read once per stream and written back once, so a
-		// batch of points for one job costs one counter read and write.
-		next := make(map[string]uint64)
-		for _, r := range recs {
-			n, ok := next[r.JobId]
-			if !ok {
-				v := seqs.Get(streamKey(r.JobId))
-				switch {
-				case v == nil:
-					n = 1
-				case len(v) == 8:
-					n = binary.BigEndian.Uint64(v)
-				default:
-					return fmt.Errorf("%w: seq counter of stream %q has %d bytes", ErrCorrupt, r.JobId, len(v))
-				}
-			}
-			r.Seq = n
-			next[r.JobId] = n + 1
-
-			idx, err := records.NextSequence()
-			if err != nil {
-				return fmt.Errorf("next index: %w", err)
-			}
-			data, err := proto.Marshal(r)
-			if err != nil {
-				return fmt.Errorf("marshal record %d of stream %q: %w", r.Seq, r.JobId, err)
-			}
-			if err := records.Put(u64(idx), data); err != nil {
-				return fmt.Errorf("put record %d: %w", idx, err)
-			}
-			last = idx
+		var err error
+		if last, err = appendTx(tx, recs); err != nil {
+			return err
 		}
-		for stream, n := range next {
-			if err := seqs.Put(streamKey(stream), u64(n)); err != nil {
-				return fmt.Errorf("put seq counter of stream %q: %w", stream, err)
-			}
+		if also != nil {
+			return also(tx, last)
 		}
 		return nil
 	})
@@ -197,9 +203,57 @@ func (s *Spool) Append(recs ...*gantrypb.Record) (uint64, error) {
 		}
 		return 0, fmt.Errorf("spool: append: %w", err)
 	}
-	select {
-	case s.appended <- struct{}{}:
-	default: // a signal is already pending; one is enough to wake the sender
+	if len(recs) > 0 {
+		select {
+		case s.appended <- struct{}{}:
+		default: // a signal is already pending; one is enough to wake the sender
+		}
+	}
+	return last, nil
+}
+
+// appendTx stores recs with their seqs inside tx and returns the index of
+// the last one (0 when recs is empty).
+func appendTx(tx *bolt.Tx, recs []*gantrypb.Record) (uint64, error) {
+	records := tx.Bucket(bucketRecords)
+	seqs := tx.Bucket(bucketSeqs)
+	// Counters are read once per stream and written back once, so a batch
+	// of points for one job costs one counter read and write.
+	next := make(map[string]uint64)
+	var last uint64
+	for _, r := range recs {
+		n, ok := next[r.JobId]
+		if !ok {
+			v := seqs.Get(streamKey(r.JobId))
+			switch {
+			case v == nil:
+				n = 1
+			case len(v) == 8:
+				n = binary.BigEndian.Uint64(v)
+			default:
+				return 0, fmt.Errorf("%w: seq counter of stream %q has %d bytes", ErrCorrupt, r.JobId, len(v))
+			}
+		}
+		r.Seq = n
+		next[r.JobId] = n + 1
+
+		idx, err := records.NextSequence()
+		if err != nil {
+			return 0, fmt.Errorf("next index: %w", err)
+		}
+		data, err := proto.Marshal(r)
+		if err != nil {
+			return 0, fmt.Errorf("marshal record %d of stream %q: %w", r.Seq, r.JobId, err)
+		}
+		if err := records.Put(u64(idx), data); err != nil {
+			return 0, fmt.Errorf("put record %d: %w", idx, err)
+		}
+		last = idx
+	}
+	for stream, n := range next {
+		if err := seqs.Put(streamKey(stream), u64(n)); err != nil {
+			return 0, fmt.Errorf("put seq counter of stream %q: %w", stream, err)
+		}
 	}
 	return last, nil
 }

@@ -622,3 +622,91 @@ func BenchmarkAppendAck(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "records/s")
 }
+
+// TestAppendWithJob: records and job state land in one transaction. The
+// state function sees the index of the last record; when it fails, neither
+// the records nor the state are written and the seqs are not consumed.
+func TestAppendWithJob(t *testing.T) {
+	s, path := openTest(t)
+	var seen uint64
+	last, err := s.AppendWithJob("a", func(l uint64) ([]byte, error) {
+		seen = l
+		return []byte(fmt.Sprintf("offset=2 exit=%d", l)), nil
+	}, point("a", 1), point("a", 2))
+	if err != nil {
+		t.Fatalf("AppendWithJob: %v", err)
+	}
+	if last != 2 || seen != 2 {
+		t.Fatalf("last = %d, state saw %d; want 2", last, seen)
+	}
+
+	boom := errors.New("boom")
+	failed := []*gantrypb.Record{point("a", 3)}
+	if _, err := s.AppendWithJob("a", func(uint64) ([]byte, error) { return nil, boom }, failed...); !errors.Is(err, boom) {
+		t.Fatalf("err = %v, want %v", err, boom)
+	}
+	if failed[0].Seq != 0 {
+		t.Fatalf("failed append left seq %d on the record", failed[0].Seq)
+	}
+
+	// No records: only the state moves (offsets past skipped lines).
+	if idx, err := s.AppendWithJob("a", func(l uint64) ([]byte, error) {
+		if l != 0 {
+			t.Errorf("state saw last %d for no records", l)
+		}
+		return []byte("offset=3"), nil
+	}); err != nil || idx != 0 {
+		t.Fatalf("AppendWithJob without records = %d, %v", idx, err)
+	}
+
+	// What a crash leaves: reopen and look.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	jobs, err := s2.Jobs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(jobs["a"]); got != "offset=3" {
+		t.Fatalf("job state = %q, want %q", got, "offset=3")
+	}
+	es := mustRead(t, s2, 0, 0, 0)
+	if len(es) != 2 {
+		t.Fatalf("%d records after reopen, want 2 (the failed append must leave none)", len(es))
+	}
+	next := mustAppend(t, s2, point("a", 3))
+	if es, _ := s2.Read(next-1, 0, 0); len(es) != 1 || es[0].Record.Seq != 3 {
+		t.Fatalf("seq after a failed append = %v, want 3 (dense)", es)
+	}
+}
+
+func TestAppendWithJobErrors(t *testing.T) {
+	s, _ := openTest(t)
+	state := func(uint64) ([]byte, error) { return []byte("x"), nil }
+	tests := []struct {
+		name  string
+		id    string
+		state func(uint64) ([]byte, error)
+		recs  []*gantrypb.Record
+		want  error
+	}{
+		{"empty id", "", state, nil, ErrEmptyID},
+		{"nil state", "a", nil, nil, ErrNilState},
+		{"nil record", "a", state, []*gantrypb.Record{nil}, ErrNilRecord},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := s.AppendWithJob(tt.id, tt.state, tt.recs...); !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+		})
+	}
+	if jobs, err := s.Jobs(); err != nil || len(jobs) != 0 {
+		t.Fatalf("jobs after failed calls = %v, %v", jobs, err)
+	}
+}

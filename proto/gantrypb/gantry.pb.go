@@ -2262,9 +2262,26 @@ type AgentJob struct {
 	Pid       int64                  `protobuf:"varint,4,opt,name=pid,proto3" json:"pid,omitempty"`
 	StartedAt float64                `protobuf:"fixed64,5,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	// exit_index is the spool index of the exit record, once spooled.
-	ExitIndex     uint64 `protobuf:"varint,6,opt,name=exit_index,json=exitIndex,proto3" json:"exit_index,omitempty"`
-	MetricsOffset int64  `protobuf:"varint,7,opt,name=metrics_offset,json=metricsOffset,proto3" json:"metrics_offset,omitempty"`
-	LogOffset     int64  `protobuf:"varint,8,opt,name=log_offset,json=logOffset,proto3" json:"log_offset,omitempty"`
+	ExitIndex uint64 `protobuf:"varint,6,opt,name=exit_index,json=exitIndex,proto3" json:"exit_index,omitempty"`
+	// metrics_offset and log_offset are how far the metrics and log files
+	// have been read into the spool. They are written in the same spool
+	// transaction as the records that cover those bytes, so a restarted agent
+	// resumes exactly there: nothing lost, nothing sent twice.
+	MetricsOffset int64 `protobuf:"varint,7,opt,name=metrics_offset,json=metricsOffset,proto3" json:"metrics_offset,omitempty"`
+	LogOffset     int64 `protobuf:"varint,8,opt,name=log_offset,json=logOffset,proto3" json:"log_offset,omitempty"`
+	// start_time (field 22 of /proc/PID/stat, clock ticks after boot) and
+	// boot_id (/proc/sys/kernel/random/boot_id) tell the job's process apart
+	// from a later process that got the same pid, before or after a reboot.
+	StartTime uint64 `protobuf:"varint,9,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	BootId    string `protobuf:"bytes,10,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
+	// status_file is where the job's supervisor records how the job ended, so
+	// that an agent that was down when it ended still reports its exit status.
+	StatusFile string `protobuf:"bytes,11,opt,name=status_file,json=statusFile,proto3" json:"status_file,omitempty"`
+	// cancel_reason and cancel_at record a cancel in progress (SIGTERM sent
+	// at cancel_at, unix seconds), so that a restarted agent still escalates
+	// to SIGKILL after kill_grace and reports the job as cancelled.
+	CancelReason  string  `protobuf:"bytes,12,opt,name=cancel_reason,json=cancelReason,proto3" json:"cancel_reason,omitempty"`
+	CancelAt      float64 `protobuf:"fixed64,13,opt,name=cancel_at,json=cancelAt,proto3" json:"cancel_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2351,6 +2368,41 @@ func (x *AgentJob) GetMetricsOffset() int64 {
 func (x *AgentJob) GetLogOffset() int64 {
 	if x != nil {
 		return x.LogOffset
+	}
+	return 0
+}
+
+func (x *AgentJob) GetStartTime() uint64 {
+	if x != nil {
+		return x.StartTime
+	}
+	return 0
+}
+
+func (x *AgentJob) GetBootId() string {
+	if x != nil {
+		return x.BootId
+	}
+	return ""
+}
+
+func (x *AgentJob) GetStatusFile() string {
+	if x != nil {
+		return x.StatusFile
+	}
+	return ""
+}
+
+func (x *AgentJob) GetCancelReason() string {
+	if x != nil {
+		return x.CancelReason
+	}
+	return ""
+}
+
+func (x *AgentJob) GetCancelAt() float64 {
+	if x != nil {
+		return x.CancelAt
 	}
 	return 0
 }
@@ -2544,7 +2596,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.gantry.v1.JobStateR\x05state\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x13\n" +
-	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\"\xf3\x01\n" +
+	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\"\x8e\x03\n" +
 	"\bAgentJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.gantry.v1.JobSpecR\x04spec\x12\x12\n" +
@@ -2556,7 +2608,15 @@ const file_gantry_proto_rawDesc = "" +
 	"exit_index\x18\x06 \x01(\x04R\texitIndex\x12%\n" +
 	"\x0emetrics_offset\x18\a \x01(\x03R\rmetricsOffset\x12\x1d\n" +
 	"\n" +
-	"log_offset\x18\b \x01(\x03R\tlogOffset*\xc6\x01\n" +
+	"log_offset\x18\b \x01(\x03R\tlogOffset\x12\x1d\n" +
+	"\n" +
+	"start_time\x18\t \x01(\x04R\tstartTime\x12\x17\n" +
+	"\aboot_id\x18\n" +
+	" \x01(\tR\x06bootId\x12\x1f\n" +
+	"\vstatus_file\x18\v \x01(\tR\n" +
+	"statusFile\x12#\n" +
+	"\rcancel_reason\x18\f \x01(\tR\fcancelReason\x12\x1b\n" +
+	"\tcancel_at\x18\r \x01(\x01R\bcancelAt*\xc6\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10JOB_STATE_QUEUED\x10\x01\x12\x16\n" +
