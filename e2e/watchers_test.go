@@ -3,8 +3,12 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,7 +58,7 @@ func scrape(t *testing.T, addr string, names ...string) map[string]float64 {
 // connected, and after they leave, goroutines, file descriptors and open
 // read transactions are back at their baseline, round after round.
 func TestWatchersHoldNothing(t *testing.T) {
-	const watchers, rounds = 300, 3
+	const watchers, rounds = 1000, 3
 	d := startDev(t, "", 1)
 	ctx := context.Background()
 	run := `i=0; while :; do i=$((i+1)); echo "{\"step\": $i, \"loss\": 1}" >> "$GANTRY_METRICS_FILE"; sleep 0.02; done`
@@ -140,5 +144,131 @@ func TestWatchersHoldNothing(t *testing.T) {
 	}
 	if j := waitTerminal(t, d.api, id, 15*time.Second); j.FinalMetrics["step"] == 0 {
 		t.Errorf("watched job ended without final metrics: %+v", j)
+	}
+}
+
+// firehoseScript writes bursts of 1000 metric lines every 20 ms until the
+// file named by its argument exists.
+const firehoseScript = `import os, sys, time
+f = open(os.environ["GANTRY_METRICS_FILE"], "a")
+step = 0
+while not os.path.exists(sys.argv[1]):
+    for _ in range(1000):
+        step += 1
+        f.write('{"step": %d, "loss": %d}\n' % (step, step % 997))
+    f.flush()
+    time.sleep(0.02)
+`
+
+// TestSlowWatcherIsCoalescedThenClosed: a watcher that stops reading while
+// points flow fast does not delay a fast watcher (which gets every point,
+// no gap, no duplicate); the slow one is closed with 1013 once it falls too
+// far behind, and sees that close code when it reads again.
+func TestSlowWatcherIsCoalescedThenClosed(t *testing.T) {
+	d := startDev(t, "", 1)
+	ctx := context.Background()
+	// Bursts of 1000 lines every 20 ms until told to stop: fast enough to
+	// outrun a stalled watcher.
+	dir := t.TempDir()
+	stop := filepath.Join(dir, "stop")
+	script := filepath.Join(dir, "firehose.py")
+	if err := os.WriteFile(script, []byte(firehoseScript), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := "python3 " + script + " " + stop
+	id, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "firehose", Run: run})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the firehose to stream", func() bool {
+		j, err := d.api.Job(ctx, id)
+		return err == nil && j.Points > 2000
+	})
+	wsURL := "ws" + strings.TrimPrefix(d.addr, "http") + "/v1/jobs/" + id + "/live"
+	// A small receive buffer stands for a client that has stopped reading.
+	dialer := websocket.Dialer{NetDial: func(network, addr string) (net.Conn, error) {
+		c, err := net.Dial(network, addr)
+		if tcp, ok := c.(*net.TCPConn); ok {
+			_ = tcp.SetReadBuffer(32 << 10)
+		}
+		return c, err
+	}}
+	slow, _, err := dialer.Dial(wsURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+
+	// The fast watcher reads everything and checks seqs are gap-free.
+	type result struct {
+		seqs  []uint64
+		final bool
+		err   error
+	}
+	fastDone := make(chan result, 1)
+	go func() {
+		var r result
+		r.err = d.api.Watch(ctx, id, func(f apiv1.Frame) error {
+			for _, p := range f.Points {
+				r.seqs = append(r.seqs, p.Seq)
+			}
+			r.final = r.final || f.Type == apiv1.FrameFinal
+			return nil
+		})
+		fastDone <- r
+	}()
+
+	waitFor(t, 60*time.Second, "the stalled watcher to be dropped", func() bool {
+		return scrape(t, d.addr, "gantry_hub_dropped_total")["gantry_hub_dropped_total"] >= 1
+	})
+	if err := os.WriteFile(stop, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if m := scrape(t, d.addr, "gantry_hub_coalesced_total"); m["gantry_hub_coalesced_total"] == 0 {
+		t.Error("the stalled watcher was dropped without its backlog being coalesced first")
+	}
+	// Reading again, the slow watcher gets what was buffered, then 1013.
+	_ = slow.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		_, _, err := slow.ReadMessage()
+		if err == nil {
+			continue
+		}
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != 1013 {
+			t.Fatalf("slow watcher ended with %v, want close 1013", err)
+		}
+		break
+	}
+
+	var r result
+	select {
+	case r = <-fastDone:
+	case <-time.After(90 * time.Second):
+		t.Fatal("the fast watcher never saw the job end")
+	}
+	if r.err != nil || !r.final {
+		t.Fatalf("fast watcher: err %v, final %v", r.err, r.final)
+	}
+	stored := allPoints(t, d.api, id)
+	// Snapshot + live: contiguous from the first seq received to the last
+	// stored, each exactly once.
+	if len(r.seqs) == 0 {
+		t.Fatal("fast watcher received no points")
+	}
+	first := r.seqs[0]
+	var want []uint64
+	for _, p := range stored {
+		if p.Seq >= first {
+			want = append(want, p.Seq)
+		}
+	}
+	if len(r.seqs) != len(want) {
+		t.Fatalf("fast watcher got %d points from seq %d on, %d stored: gap or duplicate", len(r.seqs), first, len(want))
+	}
+	for i := range want {
+		if r.seqs[i] != want[i] {
+			t.Fatalf("point %d: got seq %d, stored %d", i, r.seqs[i], want[i])
+		}
 	}
 }

@@ -119,9 +119,9 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 		rc.LeaderLeaseTimeout = 100 * time.Millisecond
 		rc.CommitTimeout = 5 * time.Millisecond
 	} else {
-		rc.HeartbeatTimeout = 500 * time.Millisecond
-		rc.ElectionTimeout = 500 * time.Millisecond
-		rc.LeaderLeaseTimeout = 250 * time.Millisecond
+		// hashicorp/raft's defaults (1 s heartbeat and election, 500 ms
+		// lease): tighter ones made a busy leader step down under a flood
+		// of large ingest entries. CommitTimeout stays short for latency.
 		rc.CommitTimeout = 5 * time.Millisecond
 	}
 

@@ -55,9 +55,10 @@ func (f *Feed) Applied(c *fsm.Changes) {
 	}
 	for _, id := range c.JobOrder {
 		topic := hub.JobTopic(id)
-		if pts := c.Points[id]; len(pts) > 0 {
-			f.publish(topic, hub.Message{Kind: apiv1.FrameMetrics, MaxSeq: pts[len(pts)-1].Seq},
-				apiv1.Frame{Type: apiv1.FrameMetrics, Points: view.Points(pts)})
+		if pts := c.Points[id]; len(pts) > 0 && f.hub.Has(topic) {
+			points := view.Points(pts)
+			f.publish(topic, hub.Message{Kind: apiv1.FrameMetrics, MaxSeq: pts[len(pts)-1].Seq, Points: points},
+				apiv1.Frame{Type: apiv1.FrameMetrics, Points: points})
 		}
 		for _, e := range c.Events[id] {
 			ev := view.Event(e)

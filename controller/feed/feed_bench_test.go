@@ -47,7 +47,7 @@ func BenchmarkMetricsFrame(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				f.Applied(c)
-				if m := <-sub.C(); len(m.Data) == 0 {
+				if m, ok := sub.Next(); !ok || len(m.Data) == 0 {
 					b.Fatal("empty frame")
 				}
 			}

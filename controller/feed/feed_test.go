@@ -92,8 +92,9 @@ func (e *env) take(s *hub.Sub) []frame {
 	e.t.Helper()
 	var out []frame
 	for {
-		select {
-		case m := <-s.C():
+		m, ok := s.Next()
+		switch {
+		case ok:
 			var f apiv1.Frame
 			dec := json.NewDecoder(bytes.NewReader(m.Data))
 			dec.DisallowUnknownFields()

@@ -550,3 +550,33 @@ func trunc(b []byte) string {
 	}
 	return string(b)
 }
+
+// A client message over the read limit closes the watcher (1009) and frees
+// it; clients have nothing to say beyond pongs and close frames.
+func TestLiveOversizeClientMessageCloses(t *testing.T) {
+	e := newEnv(t, "")
+	e.runningJob(t, "j", 1)
+	c, _, err := websocket.DefaultDialer.Dial(e.ws("/v1/jobs/j/live"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if f := readFrame(t, c); f.Type != apiv1.FrameSnapshot {
+		t.Fatalf("first frame %q", f.Type)
+	}
+	// Just over the 4 KiB limit, so the write completes before the server
+	// reacts.
+	if err := c.WriteMessage(websocket.TextMessage, bytes.Repeat([]byte("x"), 5000)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _, err = c.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.CloseMessageTooBig {
+		t.Fatalf("after an oversize message: %v, want close 1009", err)
+	}
+	testutil.WaitFor(t, 5*time.Second, func() bool {
+		_, body := e.do("GET", "/metrics", nil, false)
+		return regexp.MustCompile(`(?m)^gantry_ws_watchers 0$`).Match(body)
+	}, "the watcher freed")
+}

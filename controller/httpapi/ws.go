@@ -3,10 +3,13 @@ package httpapi
 import (
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -23,16 +26,25 @@ const (
 	wsPongWait       = 30 * time.Second
 	wsPingPeriod     = wsPongWait * 9 / 10
 	wsMaxClientBytes = 4096
+	wsSocketBuffer   = 64 << 10
 	snapshotPoints   = 500
 	playbackPage     = 1000
 	// CloseTryAgainLater (1013) tells a watcher it fell too far behind.
 	closeTryAgainLater = 1013
 )
 
+// wsWriteBuffers is shared by every WebSocket connection.
+var wsWriteBuffers sync.Pool
+
 func (a *API) upgrader() *websocket.Upgrader {
 	return &websocket.Upgrader{
-		ReadBufferSize:  1024,
+		// Size 0 reuses the HTTP server's 4 KiB read buffer instead of
+		// allocating another; write buffers come from a pool and are held
+		// only while a frame is being written, so an idle watcher keeps
+		// none (I1, and the memory-per-watcher budget).
+		ReadBufferSize:  0,
 		WriteBufferSize: 4096,
+		WriteBufferPool: &wsWriteBuffers,
 		CheckOrigin:     a.checkOrigin,
 	}
 }
@@ -65,6 +77,12 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request) (*watcherConn, bool
 	ws, err := a.upgrader().Upgrade(w, r, nil)
 	if err != nil {
 		return nil, false // Upgrade already answered with an HTTP error
+	}
+	if tcp, ok := ws.UnderlyingConn().(*net.TCPConn); ok {
+		// A fixed, small kernel send buffer (no autotuning to megabytes):
+		// ten thousand watchers must not pin gigabytes of socket memory,
+		// and a stalled one must show up as a lagging subscriber soon.
+		_ = tcp.SetWriteBuffer(wsSocketBuffer)
 	}
 	c := &watcherConn{ws: ws, closed: make(chan struct{})}
 	ws.SetReadLimit(wsMaxClientBytes)
@@ -172,27 +190,45 @@ func (a *API) live(w http.ResponseWriter, r *http.Request) {
 				<-c.closed
 				return
 			}
-		case m := <-sub.C():
-			if m.Kind == apiv1.FrameMetrics {
-				if m.MaxSeq <= lastSeq {
-					continue // already in the snapshot
+		case <-sub.Ready():
+			for {
+				m, ok := sub.Next()
+				if !ok {
+					break
 				}
-				lastSeq = m.MaxSeq
-			}
-			if m.Kind == apiv1.FrameState && m.Node != "" {
-				sub.Add(hub.NodeTopic(m.Node))
-			}
-			if err := c.write(m.Data); err != nil {
-				_ = c.ws.Close()
-				<-c.closed
-				return
-			}
-			if m.Terminal {
-				c.close(websocket.CloseNormalClosure, "job ended")
-				return
+				if m.Kind == apiv1.FrameMetrics {
+					if m.MaxSeq <= lastSeq {
+						continue // already in the snapshot
+					}
+					if len(m.Points) > 0 && m.Points[0].Seq <= lastSeq {
+						// A coalesced frame straddling the snapshot: send
+						// only what the snapshot did not have.
+						m.Data = encodeNewPoints(m.Points, lastSeq)
+					}
+					lastSeq = m.MaxSeq
+				}
+				if m.Kind == apiv1.FrameState && m.Node != "" {
+					sub.Add(hub.NodeTopic(m.Node))
+				}
+				if err := c.write(m.Data); err != nil {
+					_ = c.ws.Close()
+					<-c.closed
+					return
+				}
+				if m.Terminal {
+					c.close(websocket.CloseNormalClosure, "job ended")
+					return
+				}
 			}
 		}
 	}
+}
+
+// encodeNewPoints encodes a metrics frame of the points after seq.
+func encodeNewPoints(points []apiv1.Point, after uint64) []byte {
+	i := sort.Search(len(points), func(i int) bool { return points[i].Seq > after })
+	data, _ := json.Marshal(apiv1.Frame{Type: apiv1.FrameMetrics, Points: points[i:]}) // points encoded fine once already
+	return data
 }
 
 type liveSnapshot struct {

@@ -1,18 +1,36 @@
 // Package hub is the controller's in-memory fan-out from FSM applies to
 // watchers. A message is encoded once and the same bytes are handed to
-// every subscriber of its topic. Publishing never blocks: each subscriber
-// has a bounded queue, and one that cannot keep up is dropped (its Dropped
-// channel closes) rather than slowing the apply loop or other watchers.
-// Subscribers hold no store transaction, file or handle (invariant I1).
+// every subscriber of its topic. Publishing never blocks and never waits
+// for a watcher: each subscriber has a bounded queue; one that falls
+// behind gets its backlog coalesced (all its points merged into one
+// metrics frame, only the latest GPU sample and state), and one that is
+// still too far behind is dropped (Dropped closes) without slowing the
+// apply loop or anyone else. Subscribers hold no store transaction, file
+// or handle (invariant I1), and an idle one holds no queue memory.
 package hub
 
 import (
+	"encoding/json"
 	"sync"
 	"sync/atomic"
+
+	"github.com/gantry-ml/gantry/controller/apiv1"
 )
 
-// DefaultQueue is a subscriber's queue length when none is given.
-const DefaultQueue = 256
+// Defaults for a subscription.
+const (
+	// DefaultQueue is a subscriber's queue length when none is given.
+	DefaultQueue = 256
+	// MaxQueuedPoints bounds the points in a subscriber's queue: frames
+	// carry whole apply batches, so a frame count alone lets a stalled
+	// watcher pile up hundreds of thousands of points.
+	MaxQueuedPoints = 5000
+	// MaxBacklogPoints bounds the points a lagging subscriber may have
+	// coalesced; past it the subscriber is dropped.
+	MaxBacklogPoints = 20000
+	// maxBacklogEvents bounds the job events kept for a lagging subscriber.
+	maxBacklogEvents = 100
+)
 
 // Message is one encoded frame with the little metadata watchers route on.
 type Message struct {
@@ -28,13 +46,18 @@ type Message struct {
 	Node string
 	// Terminal is set on the frame that ends a job.
 	Terminal bool
+	// Points are a metrics frame's points (read-only), kept so that a
+	// lagging subscriber's backlog can be merged into one frame.
+	Points []apiv1.Point
 }
 
 // Hub routes messages by topic.
 type Hub struct {
-	mu     sync.RWMutex
-	topics map[string]map[*Sub]struct{}
-	subs   atomic.Int64
+	mu      sync.RWMutex
+	topics  map[string]map[*Sub]struct{}
+	subs    atomic.Int64
+	dropped atomic.Int64
+	merged  atomic.Int64
 }
 
 // New returns an empty hub.
@@ -48,15 +71,40 @@ func JobTopic(id string) string { return "job/" + id }
 // NodeTopic is the topic of a node's GPU frames.
 func NodeTopic(id string) string { return "node/" + id }
 
+// Subscribers is the number of live subscriptions.
+func (h *Hub) Subscribers() int64 { return h.subs.Load() }
+
+// Dropped counts subscribers dropped for falling too far behind.
+func (h *Hub) Dropped() int64 { return h.dropped.Load() }
+
+// Coalesced counts messages merged into lagging subscribers' backlogs.
+func (h *Hub) Coalesced() int64 { return h.merged.Load() }
+
 // Sub is one subscription. Its methods are safe for concurrent use.
 type Sub struct {
 	hub     *Hub
-	ch      chan Message
+	ready   chan struct{} // capacity 1: "there may be something to read"
 	dropped chan struct{}
-	done    chan struct{}
 	once    sync.Once
+
 	mu      sync.Mutex
+	queue   []Message // FIFO; allocated on demand so idle subscribers cost nothing
+	limit   int
+	points  int      // points in queue
+	backlog *backlog // set once the queue overflowed: merged frames after the queue
+	closed  bool
 	topics  []string
+}
+
+// backlog is what a lagging subscriber will get after its queue: every
+// point (merged), the events, and only the latest GPU sample and state.
+type backlog struct {
+	points []apiv1.Point
+	maxSeq uint64
+	events []Message
+	gpu    *Message
+	state  *Message
+	final  *Message
 }
 
 // Subscribe returns a subscription to topics with a queue of queueLen
@@ -65,12 +113,7 @@ func (h *Hub) Subscribe(queueLen int, topics ...string) *Sub {
 	if queueLen <= 0 {
 		queueLen = DefaultQueue
 	}
-	s := &Sub{
-		hub:     h,
-		ch:      make(chan Message, queueLen),
-		dropped: make(chan struct{}),
-		done:    make(chan struct{}),
-	}
+	s := &Sub{hub: h, ready: make(chan struct{}, 1), dropped: make(chan struct{}), limit: queueLen}
 	h.subs.Add(1)
 	for _, t := range topics {
 		s.Add(t)
@@ -78,24 +121,41 @@ func (h *Hub) Subscribe(queueLen int, topics ...string) *Sub {
 	return s
 }
 
-// Subscribers is the number of live subscriptions.
-func (h *Hub) Subscribers() int64 { return h.subs.Load() }
+// Ready receives when messages may be waiting; read them with Next until
+// it reports none.
+func (s *Sub) Ready() <-chan struct{} { return s.ready }
 
-// C delivers the subscription's messages in publish order.
-func (s *Sub) C() <-chan Message { return s.ch }
-
-// Dropped is closed when the hub dropped this subscriber because its queue
-// was full. Messages already queued are still readable.
+// Dropped is closed when the hub dropped this subscriber because it fell
+// too far behind. Messages already queued are still readable.
 func (s *Sub) Dropped() <-chan struct{} { return s.dropped }
+
+// Next returns the oldest waiting message. After an overflow, the queue is
+// followed by the coalesced backlog, encoded here on the watcher's own
+// goroutine so the publisher never pays for a slow watcher.
+func (s *Sub) Next() (Message, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) == 0 && s.backlog != nil {
+		s.queue = s.backlog.flush(s.queue)
+		s.backlog = nil
+	}
+	if len(s.queue) == 0 {
+		s.queue = nil // let an idle subscriber's buffer go
+		return Message{}, false
+	}
+	m := s.queue[0]
+	s.queue[0] = Message{}
+	s.queue = s.queue[1:]
+	s.points = max(0, s.points-len(m.Points))
+	return m, true
+}
 
 // Add subscribes to one more topic. Adding a topic twice is harmless.
 func (s *Sub) Add(topic string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	select {
-	case <-s.done:
+	if s.closed {
 		return
-	default:
 	}
 	for _, t := range s.topics {
 		if t == topic {
@@ -119,7 +179,7 @@ func (s *Sub) Add(topic string) {
 func (s *Sub) Close() {
 	s.once.Do(func() {
 		s.mu.Lock()
-		close(s.done)
+		s.closed = true
 		topics := s.topics
 		s.topics = nil
 		s.mu.Unlock()
@@ -148,28 +208,96 @@ func (h *Hub) Has(topic string) bool {
 
 // Publish hands m to every subscriber of topic without blocking.
 func (h *Hub) Publish(topic string, m Message) {
-	var slow []*Sub
+	// Copy the subscriber set, then offer outside the hub lock: a Sub's
+	// lock is taken before the hub's in Add, so holding both here in the
+	// other order would deadlock.
 	h.mu.RLock()
-	for s := range h.topics[topic] {
-		select {
-		case s.ch <- m:
-		default:
-			slow = append(slow, s)
-		}
+	set := h.topics[topic]
+	subs := make([]*Sub, 0, len(set))
+	for s := range set {
+		subs = append(subs, s)
 	}
 	h.mu.RUnlock()
-	for _, s := range slow {
-		s.drop()
+	var drop []*Sub
+	for _, s := range subs {
+		if !s.offer(m) {
+			drop = append(drop, s)
+		}
+	}
+	for _, s := range drop {
+		h.dropped.Add(1)
+		close(s.dropped)
+		s.Close()
 	}
 }
 
-func (s *Sub) drop() {
+// offer queues or coalesces m; false means the subscriber must be dropped.
+func (s *Sub) offer(m Message) bool {
 	s.mu.Lock()
-	select {
-	case <-s.dropped:
-	default:
-		close(s.dropped)
+	if s.closed {
+		s.mu.Unlock()
+		return true
+	}
+	ok := true
+	if s.backlog == nil && len(s.queue) < s.limit && (s.points+len(m.Points) <= MaxQueuedPoints || len(s.queue) == 0) {
+		s.queue = append(s.queue, m)
+		s.points += len(m.Points)
+	} else {
+		if s.backlog == nil {
+			s.backlog = &backlog{}
+		}
+		s.hub.merged.Add(1)
+		ok = s.backlog.add(m)
+		if !ok {
+			s.closed = true // the publisher closes it after unlocking
+			s.backlog = nil
+		}
 	}
 	s.mu.Unlock()
-	s.Close()
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+	return ok
+}
+
+// add merges m into the backlog; false when it grew past its bound.
+func (b *backlog) add(m Message) bool {
+	switch m.Kind {
+	case apiv1.FrameMetrics:
+		b.points = append(b.points, m.Points...)
+		b.maxSeq = max(b.maxSeq, m.MaxSeq)
+		return len(b.points) <= MaxBacklogPoints
+	case apiv1.FrameGPU:
+		b.gpu = &m
+	case apiv1.FrameState:
+		b.state = &m
+	case apiv1.FrameFinal:
+		b.final = &m
+	default:
+		b.events = append(b.events, m)
+		if len(b.events) > maxBacklogEvents {
+			b.events = b.events[1:]
+		}
+	}
+	return true
+}
+
+// flush appends the backlog as messages in delivery order: the merged
+// points first, then events, the latest GPU sample and state, and the
+// final frame last.
+func (b *backlog) flush(q []Message) []Message {
+	if len(b.points) > 0 {
+		data, err := json.Marshal(apiv1.Frame{Type: apiv1.FrameMetrics, Points: b.points})
+		if err == nil { // points were encoded once already; this cannot fail
+			q = append(q, Message{Data: data, Kind: apiv1.FrameMetrics, MaxSeq: b.maxSeq, Points: b.points})
+		}
+	}
+	q = append(q, b.events...)
+	for _, m := range []*Message{b.gpu, b.state, b.final} {
+		if m != nil {
+			q = append(q, *m)
+		}
+	}
+	return q
 }

@@ -1,26 +1,40 @@
 package hub
 
 import (
+	"encoding/json"
 	"fmt"
 	"sync"
 	"testing"
+
+	"github.com/gantry-ml/gantry/controller/apiv1"
 )
 
 func msg(i int) Message {
-	return Message{Data: []byte(fmt.Sprint(i)), Kind: "metrics", MaxSeq: uint64(i)}
+	return Message{Data: []byte(fmt.Sprint(i)), Kind: "metrics", MaxSeq: uint64(i),
+		Points: []apiv1.Point{{Seq: uint64(i), Values: map[string]float64{"v": float64(i)}}}}
 }
 
-// drain reads everything queued right now.
+// drain reads everything waiting right now.
 func drain(s *Sub) []Message {
 	var out []Message
 	for {
-		select {
-		case m := <-s.C():
-			out = append(out, m)
-		default:
+		m, ok := s.Next()
+		if !ok {
 			return out
 		}
+		out = append(out, m)
 	}
+}
+
+// seqsOf lists the point seqs carried by metrics messages, in order.
+func seqsOf(ms []Message) []uint64 {
+	var out []uint64
+	for _, m := range ms {
+		for _, p := range m.Points {
+			out = append(out, p.Seq)
+		}
+	}
+	return out
 }
 
 func dropped(s *Sub) bool {
@@ -55,45 +69,100 @@ func TestPublishReachesTopicSubscribersOnly(t *testing.T) {
 	}
 }
 
-func TestSlowSubscriberDropped(t *testing.T) {
+// A subscriber whose queue overflows is not dropped at once: its backlog is
+// coalesced (every point kept, merged into one metrics frame; only the
+// latest GPU sample and state) and the fast subscriber is not affected.
+func TestLaggingSubscriberCoalesced(t *testing.T) {
 	h := New()
 	slow := h.Subscribe(2, JobTopic("1"))
+	defer slow.Close()
 	fast := h.Subscribe(100, JobTopic("1"))
 	defer fast.Close()
 	var got []Message
 	for i := 1; i <= 10; i++ {
 		h.Publish(JobTopic("1"), msg(i))
+		h.Publish(JobTopic("1"), Message{Kind: apiv1.FrameGPU, Data: []byte(fmt.Sprint("gpu", i))})
 		got = append(got, drain(fast)...)
 	}
-	if !dropped(slow) {
-		t.Fatal("a subscriber with a full queue was not dropped")
+	h.Publish(JobTopic("1"), Message{Kind: apiv1.FrameFinal, Data: []byte("final"), Terminal: true})
+	got = append(got, drain(fast)...)
+	if dropped(slow) {
+		t.Fatal("a lagging subscriber within the backlog bound was dropped")
 	}
-	// What was queued before the drop is still readable.
-	if q := drain(slow); len(q) != 2 || string(q[0].Data) != "1" || string(q[1].Data) != "2" {
-		t.Fatalf("slow subscriber's queue = %v, want 1 and 2", q)
+	if len(got) != 21 {
+		t.Fatalf("fast subscriber got %d of 21 messages", len(got))
 	}
-	if len(got) != 10 {
-		t.Fatalf("fast subscriber got %d of 10 messages", len(got))
+	q := drain(slow)
+	// Queue: metrics 1, gpu1; then the backlog: merged metrics 2..10, the
+	// latest GPU sample, the final frame last.
+	if len(q) != 5 || string(q[0].Data) != "1" || string(q[1].Data) != "gpu1" {
+		t.Fatalf("slow subscriber got %d messages %v", len(q), q)
 	}
-	for i, m := range got {
-		if string(m.Data) != fmt.Sprint(i+1) {
-			t.Fatalf("fast subscriber message %d = %s", i, m.Data)
+	merged := q[2]
+	if merged.Kind != apiv1.FrameMetrics || merged.MaxSeq != 10 {
+		t.Fatalf("merged frame = %+v", merged)
+	}
+	var f apiv1.Frame
+	if err := json.Unmarshal(merged.Data, &f); err != nil || len(f.Points) != 9 || f.Points[0].Seq != 2 || f.Points[8].Seq != 10 {
+		t.Fatalf("merged frame data %s (err %v): want points 2..10", merged.Data, err)
+	}
+	if string(q[3].Data) != "gpu10" || !q[4].Terminal {
+		t.Fatalf("after the merged points: %s then %s, want the latest GPU sample then final", q[3].Data, q[4].Data)
+	}
+	if want := []uint64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}; fmt.Sprint(seqsOf(q)) != fmt.Sprint(want) {
+		t.Fatalf("slow subscriber saw seqs %v, want every point once: %v", seqsOf(q), want)
+	}
+	if h.Coalesced() == 0 {
+		t.Fatal("Coalesced counter did not move")
+	}
+}
+
+// Past the backlog bound the subscriber is dropped; what it had queued is
+// still readable, others keep receiving, and the count goes down.
+func TestSlowSubscriberDroppedPastBacklog(t *testing.T) {
+	h := New()
+	slow := h.Subscribe(2, JobTopic("1"))
+	fast := h.Subscribe(2, JobTopic("1"))
+	defer fast.Close()
+	big := make([]apiv1.Point, 1000)
+	n := 0
+	for i := 1; !dropped(slow); i++ {
+		if i > MaxBacklogPoints/len(big)+5 {
+			t.Fatal("never dropped past the backlog bound")
 		}
+		h.Publish(JobTopic("1"), Message{Kind: apiv1.FrameMetrics, MaxSeq: uint64(i), Data: []byte("x"), Points: big})
+		n += len(drain(fast))
 	}
-	if dropped(fast) {
-		t.Fatal("the fast subscriber was dropped too")
+	if q := drain(slow); len(q) != 2 {
+		t.Fatalf("dropped subscriber's queue = %d messages, want the 2 queued", len(q))
 	}
-	if n := h.Subscribers(); n != 1 {
-		t.Fatalf("Subscribers after a drop = %d, want 1", n)
+	if n == 0 || dropped(fast) {
+		t.Fatalf("fast subscriber got %d messages, dropped %v", n, dropped(fast))
 	}
-	// A dropped subscriber gets nothing more and Close stays harmless.
-	h.Publish(JobTopic("1"), msg(11))
+	if h.Subscribers() != 1 || h.Dropped() != 1 {
+		t.Fatalf("subscribers %d dropped %d, want 1 and 1", h.Subscribers(), h.Dropped())
+	}
+	h.Publish(JobTopic("1"), msg(1))
 	if q := drain(slow); len(q) != 0 {
 		t.Fatalf("dropped subscriber still receives: %v", q)
 	}
 	slow.Close()
 	if n := h.Subscribers(); n != 1 {
 		t.Fatalf("Close after drop changed the count to %d", n)
+	}
+}
+
+// An idle subscriber holds no queue buffer once drained.
+func TestIdleSubscriberHoldsNoQueue(t *testing.T) {
+	h := New()
+	s := h.Subscribe(256, "t")
+	defer s.Close()
+	h.Publish("t", msg(1))
+	drain(s)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.queue != nil || s.backlog != nil {
+		t.Fatalf("drained subscriber still holds queue %v backlog %v", s.queue, s.backlog)
 	}
 }
 
@@ -165,12 +234,12 @@ func TestDefaultQueue(t *testing.T) {
 	for i := 0; i < DefaultQueue; i++ {
 		h.Publish("t", msg(i))
 	}
-	if dropped(s) {
-		t.Fatal("dropped before the default queue was full")
+	if h.Coalesced() != 0 {
+		t.Fatal("coalesced before the default queue was full")
 	}
 	h.Publish("t", msg(DefaultQueue))
-	if !dropped(s) {
-		t.Fatal("not dropped once the default queue overflowed")
+	if h.Coalesced() != 1 {
+		t.Fatal("not coalescing once the default queue overflowed")
 	}
 }
 
@@ -208,7 +277,8 @@ func TestConcurrent(t *testing.T) {
 				}
 				for j := 0; j < 3; j++ {
 					select {
-					case <-s.C():
+					case <-s.Ready():
+						s.Next()
 					case <-s.Dropped():
 					default:
 					}
