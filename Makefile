@@ -30,6 +30,15 @@ lint:
 demo: build
 	./scripts/demo.sh
 
+# Gantry measured against its raw limits (bbolt, raft) and real peers (etcd,
+# Mosquitto) on real processes; writes bench/results.md and bench/results.json.
+# Not part of CI. Installs the peers from Debian when missing.
+# BENCH_QUICK=1: ~1-minute smoke run; BENCH_SCALE=N: N× sizes and durations.
+bench: build
+	./bench/install-peers.sh
+	$(GO) build -o $(BIN)/gantry-bench ./bench/cmd/gantry-bench
+	$(BIN)/gantry-bench -bin $(BIN) -out bench
+
 # Regenerate the committed protobuf code with protoc (Debian's
 # protobuf-compiler) and protoc-gen-go at the go.mod version.
 proto:
