@@ -474,9 +474,20 @@ func WriteCluster(w io.Writer, c apiv1.Cluster) error {
 	_ = tw.Flush() // write errors stick in sw
 	fmt.Fprintln(w, "\nPeers:")
 	tw = tabwriter.NewWriter(indent(w), 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tADDRESS\tSUFFRAGE\tLEADER")
+	fmt.Fprintln(tw, "ID\tADDRESS\tSUFFRAGE\tLEADER\tAPPLIED\tLAST CONTACT")
 	for _, p := range c.Peers {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.ID, p.Address, p.Suffrage, yesNo(p.Leader))
+		applied, contact := "-", "-"
+		switch {
+		case p.Reachable:
+			applied = strconv.FormatUint(p.AppliedIndex, 10)
+			contact = "now"
+			if !p.Leader {
+				contact = fmt.Sprintf("%dms ago", p.LastContactMs)
+			}
+		case p.Error != "":
+			applied = "unreachable"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.Address, p.Suffrage, yesNo(p.Leader), applied, contact)
 	}
 	_ = tw.Flush()
 	return sw.err

@@ -361,8 +361,9 @@ func TestWriteCluster(t *testing.T) {
 	cl := apiv1.Cluster{NodeID: "c2", State: "Follower", Leader: "10.0.0.1:7000", LeaderID: "c1", Term: 7,
 		CommitIndex: 100, AppliedIndex: 99, LastIndex: 101,
 		Peers: []apiv1.Peer{
-			{ID: "c1", Address: "10.0.0.1:7000", Suffrage: "Voter", Leader: true},
-			{ID: "c2", Address: "10.0.0.2:7000", Suffrage: "Voter"},
+			{ID: "c1", Address: "10.0.0.1:7000", Suffrage: "Voter", Leader: true, AppliedIndex: 100, Reachable: true},
+			{ID: "c2", Address: "10.0.0.2:7000", Suffrage: "Voter", AppliedIndex: 99, LastContactMs: 40, Reachable: true},
+			{ID: "c3", Address: "10.0.0.3:7000", Suffrage: "Voter", Error: "connection refused"},
 		}}
 	if err := WriteCluster(&b, cl); err != nil {
 		t.Fatal(err)
@@ -375,9 +376,10 @@ func TestWriteCluster(t *testing.T) {
 		"Applied index:  99\n" +
 		"Last index:     101\n" +
 		"\nPeers:\n" +
-		"  ID  ADDRESS        SUFFRAGE  LEADER\n" +
-		"  c1  10.0.0.1:7000  Voter     yes\n" +
-		"  c2  10.0.0.2:7000  Voter     no\n"
+		"  ID  ADDRESS        SUFFRAGE  LEADER  APPLIED      LAST CONTACT\n" +
+		"  c1  10.0.0.1:7000  Voter     yes     100          now\n" +
+		"  c2  10.0.0.2:7000  Voter     no      99           40ms ago\n" +
+		"  c3  10.0.0.3:7000  Voter     no      unreachable  -\n"
 	if b.String() != want {
 		t.Errorf("cluster =\n%s\nwant\n%s", b.String(), want)
 	}
