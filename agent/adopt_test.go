@@ -18,6 +18,7 @@ import (
 	"github.com/gantry-ml/gantry/agent/metricsfile"
 	"github.com/gantry-ml/gantry/agent/runner"
 	"github.com/gantry-ml/gantry/agent/spool"
+	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
@@ -26,13 +27,7 @@ const testTimeout = 15 * time.Second
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitFor(t, testTimeout, cond, what)
 }
 
 // testAgent is an Agent without link or GPUs: jobs, spool and recovery,

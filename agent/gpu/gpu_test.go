@@ -1,7 +1,6 @@
 package gpu
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 
+	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
@@ -23,13 +23,7 @@ const testTimeout = 10 * time.Second
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitFor(t, testTimeout, cond, what)
 }
 
 // fakeClock is a settable clock for the mock's time-driven readings.
@@ -467,24 +461,6 @@ func TestRunReturnsWhenSourceClosed(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestRunLogsEachDistinctErrorOnce(t *testing.T) {
 	t.Parallel()
 	lib, err := newMockLib(3, time.Now)
@@ -504,7 +480,7 @@ func TestRunLogsEachDistinctErrorOnce(t *testing.T) {
 	}
 	src := openMock(t, lib, time.Now)
 
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	var emitted atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
@@ -536,7 +512,7 @@ func TestRunLogsEachDistinctErrorOnce(t *testing.T) {
 
 func TestErrorLogIsBounded(t *testing.T) {
 	t.Parallel()
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	l := errorLog{logger: slog.New(slog.NewTextHandler(&logs, nil)), seen: map[string]struct{}{}}
 	for i := range 3 * maxDistinctErrors {
 		l.log(errors.New(strings.Repeat("x", i+1)))

@@ -1,7 +1,6 @@
 package link_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"log/slog"
@@ -120,24 +119,6 @@ func (h *handler) got(list *[]string, id string) bool {
 		}
 	}
 	return false
-}
-
-// syncBuffer is a log sink safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // running is a link started in the background; stop ends it and waits.
@@ -359,7 +340,7 @@ func TestReplayOfAckedRecordsStoresNothing(t *testing.T) {
 
 func TestHelloWithAnotherNodesNameRejected(t *testing.T) {
 	c := startController(t)
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	sp := openSpool(t, filepath.Join(t.TempDir(), "spool.db"))
 	l := runLink(t, link.Options{Addrs: []string{c.QUICAddr()}, TLS: c.agentTLS, Spool: sp,
 		Handler: &handler{nodeID: "impostor"}, Log: slog.New(slog.NewTextHandler(logs, nil))})

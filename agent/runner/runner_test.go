@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gantry-ml/gantry/internal/testutil"
 )
 
 // testTimeout bounds every wait in these tests; real waits are far shorter.
@@ -21,13 +23,7 @@ const testTimeout = 10 * time.Second
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitFor(t, testTimeout, cond, what)
 }
 
 // waitDone waits for the process to end and returns its result.

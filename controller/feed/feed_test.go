@@ -7,7 +7,6 @@ import (
 	"math"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -20,32 +19,15 @@ import (
 	"github.com/gantry-ml/gantry/controller/fsm"
 	"github.com/gantry-ml/gantry/controller/hub"
 	"github.com/gantry-ml/gantry/controller/store"
+	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
-
-// syncBuffer is a log sink safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type env struct {
 	t         *testing.T
 	hub       *hub.Hub
 	fsm       *fsm.FSM
-	logs      *syncBuffer
+	logs      *testutil.SyncBuffer
 	schedules atomic.Int64
 	idx       uint64
 }
@@ -57,7 +39,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	e := &env{t: t, hub: hub.New(), logs: &syncBuffer{}}
+	e := &env{t: t, hub: hub.New(), logs: &testutil.SyncBuffer{}}
 	log := slog.New(slog.NewTextHandler(e.logs, nil))
 	f := feed.New(e.hub, log, func() { e.schedules.Add(1) })
 	e.fsm = fsm.New(st, f, log)

@@ -4,6 +4,8 @@
 package testutil
 
 import (
+	"bytes"
+	"sync"
 	"testing"
 	"time"
 )
@@ -33,4 +35,25 @@ func Eventually(timeout time.Duration, cond func() bool) bool {
 		}
 		time.Sleep(PollInterval)
 	}
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent writes and reads: a log
+// sink that a test reads while the code under test writes to it.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns everything written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
