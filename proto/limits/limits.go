@@ -1,0 +1,62 @@
+// Package limits holds the caps that both ends of the agent link enforce.
+// The agent keeps what it produces inside them (so it never sends a batch
+// the controller will refuse), and the controller's leader checks every
+// record against them before it proposes it to Raft (so no committed entry
+// can be too large to apply). Change a value only in a way that keeps an
+// older agent's records acceptable to a newer controller.
+package limits
+
+// Identifiers.
+const (
+	// MaxIDBytes caps a job id or node id. bbolt keys built from ids must
+	// stay far below its own key limit.
+	MaxIDBytes = 128
+)
+
+// Metrics.
+const (
+	// MaxMetricKeyBytes caps one metric name.
+	MaxMetricKeyBytes = 128
+	// MaxKeysPerPoint caps the metric keys on one metrics-file line.
+	MaxKeysPerPoint = 256
+	// MaxKeysPerJob caps the distinct metric keys of one job, and so the
+	// size of its latest and final metrics. Keys beyond it are dropped
+	// and reported as an event.
+	MaxKeysPerJob = 1024
+)
+
+// Events, logs and exits.
+const (
+	// MaxEventKindBytes caps an event's kind.
+	MaxEventKindBytes = 64
+	// MaxEventMessageBytes caps an event's message.
+	MaxEventMessageBytes = 4 << 10
+	// MaxLogChunkBytes caps the bytes of one log record.
+	MaxLogChunkBytes = 256 << 10
+	// MaxLogTailBytes caps the log tail carried by an exit record.
+	MaxLogTailBytes = 16 << 10
+	// MaxExitErrorBytes caps the error text of an exit record.
+	MaxExitErrorBytes = 4 << 10
+	// MaxSignalBytes caps the signal name of an exit record.
+	MaxSignalBytes = 32
+)
+
+// GPU samples.
+const (
+	// MaxGPUsPerNode caps the GPUs in one sample or hello.
+	MaxGPUsPerNode = 64
+	// MaxGPUStringBytes caps a GPU's uuid and name.
+	MaxGPUStringBytes = 256
+)
+
+// Batches.
+const (
+	// MaxRecordsPerBatch caps the records in one batch.
+	MaxRecordsPerBatch = 4096
+	// MaxBatchBytes caps the encoded size of one batch the agent sends.
+	// It is well below the link's frame limit, so a batch that respects
+	// every per-record cap always fits in one frame.
+	MaxBatchBytes = 4 << 20
+	// MaxActiveJobs caps the active job ids an agent reports in its hello.
+	MaxActiveJobs = 4096
+)
