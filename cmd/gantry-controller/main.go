@@ -109,9 +109,14 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	<-ctx.Done()
-	log.Info("shutting down")
-	return srv.Close()
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+		return srv.Close()
+	case err := <-srv.Fatal():
+		_ = srv.Close() // the fatal error is the one to report
+		return fmt.Errorf("controller stopped: %w", err)
+	}
 }
 
 // runDev runs a bootstrapped single-node controller and an in-process agent
@@ -141,7 +146,20 @@ func runDev(ctx context.Context, cfg server.Config, fakeGPUs int, log *slog.Logg
 	}
 	defer ag.Close()
 	log.Info("dev mode ready", "api", "http://"+srv.HTTPAddr(), "gpus", len(ag.GPUs()))
-	return ag.Run(ctx)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case err := <-srv.Fatal():
+			cancel(fmt.Errorf("controller stopped: %w", err))
+		case <-ctx.Done():
+		}
+	}()
+	err = ag.Run(ctx)
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return err
 }
 
 func splitList(s string) []string {

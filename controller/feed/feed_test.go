@@ -27,6 +27,7 @@ type env struct {
 	t         *testing.T
 	hub       *hub.Hub
 	fsm       *fsm.FSM
+	feed      *feed.Feed
 	logs      *testutil.SyncBuffer
 	schedules atomic.Int64
 	idx       uint64
@@ -43,6 +44,7 @@ func newEnv(t *testing.T) *env {
 	log := slog.New(slog.NewTextHandler(e.logs, nil))
 	f := feed.New(e.hub, log, func() { e.schedules.Add(1) })
 	e.fsm = fsm.New(st, f, log)
+	e.feed = f
 	return e
 }
 
@@ -199,8 +201,14 @@ func TestNothingEncodedWithoutSubscribers(t *testing.T) {
 	e := newEnv(t)
 	e.running("j")
 	// NaN cannot be JSON-encoded: if the feed encoded frames nobody
-	// subscribed to, it would log an encode error here.
-	e.apply(&gantrypb.IngestCmd{NodeId: "n1", Records: []*gantrypb.Record{pointRec("j", 2, math.NaN())}})
+	// subscribed to, it would log an encode error here. The FSM refuses
+	// non-finite values, so the changes are handed to the feed directly.
+	unencodable := func(seq uint64, v float64) *fsm.Changes {
+		p := pointRec("j", seq, v).GetPoint()
+		p.Seq = seq
+		return &fsm.Changes{JobOrder: []string{"j"}, Points: map[string][]*gantrypb.MetricPoint{"j": {p}}}
+	}
+	e.feed.Applied(unencodable(2, math.NaN()))
 	if strings.Contains(e.logs.String(), "encode frame") {
 		t.Fatalf("frame encoded with no subscriber:\n%s", e.logs)
 	}
@@ -212,7 +220,7 @@ func TestNothingEncodedWithoutSubscribers(t *testing.T) {
 	// not panicked): proof the check above is meaningful.
 	sub := e.hub.Subscribe(8, hub.JobTopic("j"))
 	defer sub.Close()
-	e.apply(&gantrypb.IngestCmd{NodeId: "n1", Records: []*gantrypb.Record{pointRec("j", 3, math.Inf(1))}})
+	e.feed.Applied(unencodable(3, math.Inf(1)))
 	if !strings.Contains(e.logs.String(), "encode frame") {
 		t.Fatal("an unencodable frame was not logged")
 	}

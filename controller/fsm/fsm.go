@@ -10,7 +10,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
@@ -27,6 +30,14 @@ var (
 	ErrJobNotFound = errors.New("job not found")
 	ErrTerminal    = errors.New("job already ended")
 	ErrNotQueued   = errors.New("job is not queued")
+	// ErrSkipped is the response to a committed entry that cannot be
+	// applied (it does not decode, or breaks a limit). Every voter skips
+	// it in the same way, so their states stay equal; retrying the same
+	// entry can never succeed.
+	ErrSkipped = errors.New("entry skipped")
+	// ErrStopped is the response to entries that arrive after the store
+	// failed for good; the node is shutting down and applies nothing more.
+	ErrStopped = errors.New("fsm stopped after a store failure")
 )
 
 // Observer learns what each applied batch changed, after it committed.
@@ -35,28 +46,84 @@ type Observer interface {
 	Applied(c *Changes)
 }
 
+// Options tunes how the FSM reacts to failures.
+type Options struct {
+	// OnFatal is called once, on its own goroutine, when the store fails
+	// in a way that waiting cannot fix (an I/O error). The node must stop:
+	// its state no longer follows the log. Nil logs the error only.
+	OnFatal func(error)
+	// RetryEvery is how often a write that failed for lack of disk space
+	// is tried again (default 1 s).
+	RetryEvery time.Duration
+}
+
 // FSM implements raft.FSM and raft.BatchingFSM over a store.Store.
 type FSM struct {
 	store    *store.Store
 	observer Observer
 	log      *slog.Logger
+	opts     Options
 	applied  atomic.Uint64
+
+	skipped     atomic.Uint64 // entries skipped whole
+	rejected    atomic.Uint64 // records skipped inside applied ingest entries
+	diskWaiting atomic.Bool   // a write is waiting for disk space
+	fatal       atomic.Pointer[error]
+	stop        chan struct{}
+	stopOnce    sync.Once
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
 
 // New returns an FSM writing to st and reporting to obs (which may be nil).
 func New(st *store.Store, obs Observer, log *slog.Logger) *FSM {
-	return &FSM{store: st, observer: obs, log: log}
+	return NewWithOptions(st, obs, log, Options{})
+}
+
+// NewWithOptions is New with failure handling options.
+func NewWithOptions(st *store.Store, obs Observer, log *slog.Logger, opts Options) *FSM {
+	if opts.RetryEvery <= 0 {
+		opts.RetryEvery = time.Second
+	}
+	return &FSM{store: st, observer: obs, log: log, opts: opts, stop: make(chan struct{})}
 }
 
 // AppliedIndex is the index of the last entry applied.
 func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
 
+// Skipped is the number of committed entries skipped because they could not
+// be applied.
+func (f *FSM) Skipped() uint64 { return f.skipped.Load() }
+
+// RejectedRecords is the number of agent records skipped at apply because
+// they broke a limit or named a job of another node.
+func (f *FSM) RejectedRecords() uint64 { return f.rejected.Load() }
+
+// WaitingForDisk reports whether applies are blocked on a full disk.
+func (f *FSM) WaitingForDisk() bool { return f.diskWaiting.Load() }
+
+// Err is the fatal store error that stopped the FSM, or nil.
+func (f *FSM) Err() error {
+	if p := f.fatal.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Close stops a write that is waiting for disk space, so that Raft can
+// shut down. Entries it had not applied are applied again from the log
+// at the next start.
+func (f *FSM) Close() {
+	f.stopOnce.Do(func() { close(f.stop) })
+}
+
 // IngestResult is the response to an ingest entry.
 type IngestResult struct {
 	Stored     int
 	Duplicates int
+	// Rejected counts records skipped: over a limit, or for a job that
+	// is not the sending node's.
+	Rejected int
 }
 
 // Apply applies one entry.
@@ -64,42 +131,158 @@ func (f *FSM) Apply(l *raft.Log) any {
 	return f.ApplyBatch([]*raft.Log{l})[0]
 }
 
-// ApplyBatch applies entries in one write transaction. A corrupt entry or a
-// failing store panics: continuing would make this node's state diverge.
+// ApplyBatch applies entries in one write transaction.
+//
+// Nothing in an entry can crash a voter. An entry that does not decode, or
+// whose apply fails on the data (a key bbolt refuses, a panic in a
+// handler), is skipped: the batch is rolled back and applied again without
+// it, which gives the same result on every voter because it depends only
+// on the entries and the state. A full disk makes the apply wait and try
+// again, so nothing committed is lost; any other store failure stops the
+// FSM and reports it through Options.OnFatal.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	responses := make([]any, len(logs))
-	changes := newChanges()
-	var last uint64
-	err := f.store.Update(func(tx *store.Tx) error {
+	if err := f.Err(); err != nil {
+		for i := range responses {
+			responses[i] = fmt.Errorf("%w: %v", ErrStopped, err)
+		}
+		return responses
+	}
+	// Decode (and check) every entry once, outside the transaction. A retry
+	// decodes again, because handlers may have changed the messages.
+	msgs := make([]proto.Message, len(logs))
+	skip := map[int]error{}
+	decode := func(first bool) {
 		for i, l := range logs {
-			last = l.Index
-			if l.Type != raft.LogCommand {
+			if l.Type != raft.LogCommand || skip[i] != nil {
 				continue
 			}
 			msg, err := command.Decode(l.Data)
-			if err != nil {
-				panic(fmt.Sprintf("fsm: corrupt raft entry %d: %v", l.Index, err))
+			if err == nil {
+				err = checkCommand(msg)
 			}
-			resp, err := f.apply(tx, msg, changes)
 			if err != nil {
-				if isDomain(err) {
-					responses[i] = err
+				skip[i] = err
+				if first {
+					f.skipped.Add(1)
+					f.log.Error("committed raft entry cannot be applied; skipping it on every voter", "index", l.Index, "err", err)
+				}
+				continue
+			}
+			msgs[i] = msg
+		}
+	}
+	decode(true)
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			decode(false)
+		}
+		changes := newChanges()
+		var rejected int
+		for i := range responses {
+			responses[i] = nil
+		}
+		var last uint64
+		bad, badErr := -1, error(nil)
+		err := f.store.Update(func(tx *store.Tx) error {
+			for i, l := range logs {
+				last = l.Index
+				if l.Type != raft.LogCommand {
 					continue
 				}
-				return fmt.Errorf("apply entry %d (%T): %w", l.Index, msg, err)
+				if why, ok := skip[i]; ok {
+					responses[i] = fmt.Errorf("%w: entry %d: %v", ErrSkipped, l.Index, why)
+					continue
+				}
+				resp, err := f.applyEntry(tx, l.Index, msgs[i], changes)
+				if err != nil {
+					if isDomain(err) {
+						responses[i] = err
+						continue
+					}
+					bad, badErr = i, err
+					return err
+				}
+				if r, ok := resp.(IngestResult); ok {
+					rejected += r.Rejected
+				}
+				responses[i] = resp
 			}
-			responses[i] = resp
+			return tx.SetAppliedIndex(last)
+		})
+		switch {
+		case err == nil:
+			if f.diskWaiting.Swap(false) {
+				f.log.Info("state store has disk space again; applies resumed")
+			}
+			f.rejected.Add(uint64(rejected))
+			f.applied.Store(last)
+			if f.observer != nil && !changes.empty() {
+				f.observer.Applied(changes)
+			}
+			return responses
+		case isDiskFull(err):
+			if !f.waitForDisk(err) {
+				return f.stopResponses(responses)
+			}
+		case bad >= 0:
+			// The entry itself cannot be applied: skip it and redo the
+			// batch, whose transaction was rolled back.
+			skip[bad] = badErr
+			f.skipped.Add(1)
+			f.log.Error("committed raft entry cannot be applied; skipping it on every voter",
+				"index", logs[bad].Index, "err", badErr)
+		default:
+			f.fail(fmt.Errorf("fsm: state store write failed at raft index %d: %w", last, err))
+			return f.stopResponses(responses)
 		}
-		return tx.SetAppliedIndex(last)
-	})
-	if err != nil {
-		panic(fmt.Sprintf("fsm: store write failed: %v", err))
 	}
-	f.applied.Store(last)
-	if f.observer != nil && !changes.empty() {
-		f.observer.Applied(changes)
+}
+
+// applyEntry applies one decoded entry, turning a panic in a handler into
+// an error so that one bad entry cannot crash the node.
+func (f *FSM) applyEntry(tx *store.Tx, index uint64, msg proto.Message, ch *Changes) (resp any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			resp, err = nil, fmt.Errorf("panic applying entry %d: %v", index, r)
+		}
+	}()
+	return f.apply(tx, msg, ch)
+}
+
+func (f *FSM) stopResponses(responses []any) []any {
+	for i := range responses {
+		responses[i] = ErrStopped
 	}
 	return responses
+}
+
+// waitForDisk blocks until a retry is due, or returns false when the FSM
+// is closing.
+func (f *FSM) waitForDisk(err error) bool {
+	if !f.diskWaiting.Swap(true) {
+		f.log.Error("state store is out of disk space; applies wait until space is freed", "err", err)
+	}
+	select {
+	case <-f.stop:
+		return false
+	case <-time.After(f.opts.RetryEvery):
+	}
+	return true
+}
+
+func (f *FSM) fail(err error) {
+	if !f.fatal.CompareAndSwap(nil, &err) {
+		return
+	}
+	f.log.Error("state store failed; this controller stops applying and must be restarted", "err", err)
+	if f.opts.OnFatal != nil {
+		go f.opts.OnFatal(err)
+	}
+}
+
+func isDiskFull(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
 func isDomain(err error) bool {
@@ -124,7 +307,7 @@ func (f *FSM) apply(tx *store.Tx, msg proto.Message, ch *Changes) (any, error) {
 	case *gantrypb.EndJobCmd:
 		return nil, f.endJob(tx, m, ch)
 	}
-	panic(fmt.Sprintf("fsm: no handler for %T", msg))
+	return nil, fmt.Errorf("no handler for %T", msg)
 }
 
 func (f *FSM) submit(tx *store.Tx, m *gantrypb.SubmitJobCmd, ch *Changes) (any, error) {

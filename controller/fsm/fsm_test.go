@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/gantry-ml/gantry/controller/admission"
 	"github.com/gantry-ml/gantry/controller/command"
 	"github.com/gantry-ml/gantry/controller/fsm"
 	"github.com/gantry-ml/gantry/controller/store"
@@ -22,6 +24,7 @@ import (
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
 	"github.com/gantry-ml/gantry/proto/link"
 )
 
@@ -321,7 +324,7 @@ func TestIngestIdempotent(t *testing.T) {
 			t.Fatalf("point %d has seq %d, want %d", i, p.Seq, i+2)
 		}
 	}
-	if hw := h.highWater(store.StreamKeyJob("j")); hw != 11 {
+	if hw := h.highWater(store.StreamKeyNodeJob("n1", "j")); hw != 11 {
 		t.Fatalf("high-water = %d, want 11", hw)
 	}
 }
@@ -358,7 +361,7 @@ func TestIngestPartialOverlap(t *testing.T) {
 			t.Fatalf("stored seqs not 1..15: %d at %d", p.Seq, i)
 		}
 	}
-	if hw := h.highWater(store.StreamKeyJob("j")); hw != 15 {
+	if hw := h.highWater(store.StreamKeyNodeJob("n1", "j")); hw != 15 {
 		t.Fatalf("high-water = %d", hw)
 	}
 }
@@ -638,34 +641,161 @@ func TestNonCommandEntriesAdvanceIndex(t *testing.T) {
 	}
 }
 
-func TestCorruptEntryPanics(t *testing.T) {
+// An entry that does not decode is skipped, on every voter alike: the rest
+// of its batch is applied, the index moves on, and nothing panics.
+func TestUndecodableEntrySkipped(t *testing.T) {
 	for _, data := range [][]byte{{0xff, 1, 2}, {}, {byte(command.Ingest), 0x0a, 0x7f}} {
 		t.Run(fmt.Sprintf("%x", data), func(t *testing.T) {
 			h := newHarness(t)
 			logs := h.logs(submit("before"))
-			logs = append(logs, &raft.Log{Index: h.idx + 1, Type: raft.LogCommand, Data: data})
-			func() {
-				defer func() {
-					r := recover()
-					if r == nil {
-						t.Fatal("corrupt entry did not panic")
-					}
-					if !strings.Contains(fmt.Sprint(r), "corrupt") {
-						t.Fatalf("panic = %v", r)
-					}
-				}()
-				h.f.ApplyBatch(logs)
-			}()
-			// The batch is one transaction: nothing of it was committed,
-			// and the store is still usable.
-			if err := h.st.View(func(tx *store.Tx) error { _, err := tx.Job("before"); return err }); !errors.Is(err, store.ErrNotFound) {
-				t.Fatalf("part of a panicked batch was committed: %v", err)
+			h.idx++
+			logs = append(logs, &raft.Log{Index: h.idx, Type: raft.LogCommand, Data: data})
+			logs = append(logs, h.logs(submit("after"))...)
+			rs := h.f.ApplyBatch(logs)
+			if err, _ := rs[1].(error); !errors.Is(err, fsm.ErrSkipped) {
+				t.Fatalf("response to the bad entry = %v, want ErrSkipped", rs[1])
+			}
+			h.job("before")
+			h.job("after")
+			if h.f.Skipped() != 1 || h.f.AppliedIndex() != h.idx {
+				t.Fatalf("skipped=%d applied=%d, want 1 and %d", h.f.Skipped(), h.f.AppliedIndex(), h.idx)
 			}
 			if h.st.OpenReadTxns() != 0 {
-				t.Fatal("panic left a read txn open")
+				t.Fatal("a read txn was left open")
 			}
-			h.mustOK(submit("after"))
 		})
+	}
+}
+
+// Commands that decode but could not be stored (ids bbolt refuses as keys,
+// missing parts that a handler would dereference) are skipped, not applied
+// and not panicked on. Before the admission checks, a 40,000-byte job id
+// in one record crash-looped every voter with "key too large".
+func TestUnstorableCommandsSkipped(t *testing.T) {
+	huge := strings.Repeat("x", 40000)
+	for name, m := range map[string]proto.Message{
+		"submit huge id":    submit(huge),
+		"assign huge node":  assign("j", huge),
+		"node up no node":   &gantrypb.NodeUpCmd{},
+		"node up huge id":   &gantrypb.NodeUpCmd{Node: &gantrypb.Node{Id: huge}},
+		"node down huge id": &gantrypb.NodeDownCmd{NodeId: huge},
+		"cancel empty id":   &gantrypb.CancelJobCmd{},
+		"ingest huge node":  ingest(huge, points("j", 1, 1)...),
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t)
+			rs := h.batch(m, submit("after"))
+			if err, _ := rs[0].(error); !errors.Is(err, fsm.ErrSkipped) {
+				t.Fatalf("response = %v, want ErrSkipped", rs[0])
+			}
+			if h.job("after").State != gantrypb.JobState_JOB_STATE_QUEUED {
+				t.Fatal("the good entry after the bad one was not applied")
+			}
+			if h.f.Skipped() != 1 {
+				t.Fatalf("skipped = %d, want 1", h.f.Skipped())
+			}
+		})
+	}
+}
+
+// Records that break a limit are dropped one by one; the good records of
+// the same batch are stored.
+func TestIngestRejectsOversizeRecords(t *testing.T) {
+	h := newHarness(t)
+	h.running("j")
+	huge := strings.Repeat("k", limits.MaxMetricKeyBytes+1)
+	many := map[string]float64{}
+	for i := range limits.MaxKeysPerPoint + 1 {
+		many[fmt.Sprintf("m%d", i)] = 1
+	}
+	recs := []*gantrypb.Record{
+		point("j", 2, map[string]float64{"loss": 1}),
+		{JobId: strings.Repeat("j", 40000), Seq: 3, Body: &gantrypb.Record_Point{Point: &gantrypb.MetricPoint{}}},
+		point("j", 3, map[string]float64{huge: 1}),
+		point("j", 4, many),
+		{JobId: "j", Seq: 5, Body: &gantrypb.Record_Log{Log: &gantrypb.LogChunk{Data: make([]byte, limits.MaxLogChunkBytes+1)}}},
+		{JobId: "j", Seq: 6},
+		point("j", 7, map[string]float64{"loss": 0.5}),
+	}
+	res, ok := h.apply(ingest("n1", recs...)).(fsm.IngestResult)
+	if !ok || res.Stored != 2 || res.Rejected != 5 {
+		t.Fatalf("ingest = %+v, want 2 stored and 5 rejected", res)
+	}
+	if got := h.job("j").LatestMetrics["loss"]; got != 0.5 {
+		t.Fatalf("latest loss = %v, want 0.5", got)
+	}
+	if h.f.RejectedRecords() != 5 {
+		t.Fatalf("RejectedRecords = %d", h.f.RejectedRecords())
+	}
+}
+
+// One agent cannot write into a job assigned to another node: not points,
+// not an exit with a seq far ahead, and its records do not move the real
+// node's high-water mark (which is per node and job).
+func TestIngestRefusesAnotherNodesJob(t *testing.T) {
+	h := newHarness(t)
+	h.running("j") // on n1
+	h.mustOK(ingest("n1", point("j", 2, map[string]float64{"loss": 1})))
+	forged := []*gantrypb.Record{
+		point("j", 3, map[string]float64{"loss": 666}),
+		exitRec("j", 1000, &gantrypb.JobExit{ExitCode: code(0), FinalMetrics: map[string]float64{"loss": 666}}),
+	}
+	res := h.apply(ingest("n2", forged...)).(fsm.IngestResult)
+	if res.Stored != 0 || res.Rejected != 2 {
+		t.Fatalf("forged ingest = %+v, want all rejected", res)
+	}
+	j := h.job("j")
+	if j.State != gantrypb.JobState_JOB_STATE_RUNNING || j.LatestMetrics["loss"] != 1 {
+		t.Fatalf("forgery changed the job: %s loss=%v", j.State, j.LatestMetrics["loss"])
+	}
+	// The real node's next records are stored, and it can still finish.
+	h.mustOK(ingest("n1", point("j", 3, map[string]float64{"loss": 0.25}),
+		exitRec("j", 4, &gantrypb.JobExit{ExitCode: code(0)})))
+	j = h.job("j")
+	if j.State != gantrypb.JobState_JOB_STATE_SUCCEEDED || j.FinalMetrics["loss"] != 0.25 {
+		t.Fatalf("real exit: %s final=%v", j.State, j.FinalMetrics)
+	}
+	if hw := h.highWater(store.StreamKeyNodeJob("n2", "j")); hw != 0 {
+		t.Fatalf("the forging node got a high-water mark %d", hw)
+	}
+}
+
+// A job stops growing its metric set at MaxKeysPerJob: new keys are
+// dropped in sorted order (the same on every voter), once reported.
+func TestIngestCapsKeysPerJob(t *testing.T) {
+	h := newHarness(t)
+	h.running("j")
+	seq := uint64(2)
+	for len(h.job("j").LatestMetrics) < limits.MaxKeysPerJob {
+		vals := map[string]float64{}
+		for i := range limits.MaxKeysPerPoint {
+			vals[fmt.Sprintf("s%d-k%03d", seq, i)] = float64(i)
+		}
+		h.mustOK(ingest("n1", point("j", seq, vals)))
+		seq++
+	}
+	j := h.job("j")
+	if n := len(j.LatestMetrics); n != limits.MaxKeysPerJob {
+		t.Fatalf("latest metrics has %d keys, want %d", n, limits.MaxKeysPerJob)
+	}
+	if j.DroppedMetricKeys == 0 {
+		t.Fatal("no dropped keys counted")
+	}
+	// Known keys still update; the exit's new keys are dropped too.
+	h.mustOK(ingest("n1", point("j", seq, map[string]float64{"s2-k000": 42, "brand-new": 1}),
+		exitRec("j", seq+1, &gantrypb.JobExit{ExitCode: code(0), FinalMetrics: map[string]float64{"also-new": 2}})))
+	j = h.job("j")
+	if j.FinalMetrics["s2-k000"] != 42 || len(j.FinalMetrics) != limits.MaxKeysPerJob {
+		t.Fatalf("final metrics: %d keys, s2-k000=%v", len(j.FinalMetrics), j.FinalMetrics["s2-k000"])
+	}
+	var dropEvents int
+	for _, e := range h.events("j") {
+		if e.Kind == admission.EventMetricKeysDropped {
+			dropEvents++
+		}
+	}
+	if dropEvents != 1 {
+		t.Fatalf("%d metric_keys_dropped events, want 1", dropEvents)
 	}
 }
 
@@ -779,5 +909,85 @@ func TestApplySingle(t *testing.T) {
 	}
 	if h.f.AppliedIndex() != l.Index {
 		t.Fatal("Apply did not record the index")
+	}
+}
+
+// A store that fails for good (here: closed under the FSM) stops the FSM
+// with OnFatal instead of a panic, and every later batch is refused
+// without touching the store.
+func TestStoreFailureStopsCleanly(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fatal := make(chan error, 1)
+	f := fsm.NewWithOptions(st, nil, logging.Discard(), fsm.Options{OnFatal: func(err error) { fatal <- err }})
+	h := &harness{t: t, st: st, f: f}
+	h.mustOK(submit("a"))
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rs := h.batch(submit("b"))
+	if err, _ := rs[0].(error); !errors.Is(err, fsm.ErrStopped) {
+		t.Fatalf("response = %v, want ErrStopped", rs[0])
+	}
+	select {
+	case err := <-fatal:
+		if !strings.Contains(err.Error(), "state store write failed") {
+			t.Fatalf("fatal error = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnFatal was not called")
+	}
+	if f.Err() == nil {
+		t.Fatal("Err() is nil after a fatal store failure")
+	}
+	if err, _ := h.batch(submit("c"))[0].(error); !errors.Is(err, fsm.ErrStopped) {
+		t.Fatalf("batch after the failure = %v, want ErrStopped", err)
+	}
+}
+
+// A full disk makes the apply wait, not fail: once space is freed the
+// same batch is applied whole, so nothing committed is lost.
+func TestDiskFullWaitsAndResumes(t *testing.T) {
+	dir := testutil.Tmpfs(t, "4m")
+	st, err := store.Open(filepath.Join(dir, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	f := fsm.NewWithOptions(st, nil, logging.Discard(), fsm.Options{RetryEvery: 20 * time.Millisecond})
+	t.Cleanup(f.Close)
+	h := &harness{t: t, st: st, f: f}
+	h.running("j")
+	filler := testutil.FillDisk(t, dir)
+
+	recs := points("j", 2, 3001)
+	done := make(chan []any, 1)
+	logs := h.logs(ingest("n1", recs...))
+	go func() { done <- f.ApplyBatch(logs) }()
+	testutil.WaitFor(t, 10*time.Second, f.WaitingForDisk, "the FSM to wait for disk space")
+	select {
+	case rs := <-done:
+		t.Fatalf("apply returned on a full disk: %v", rs)
+	default:
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	var rs []any
+	select {
+	case rs = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("apply did not resume after space was freed")
+	}
+	if res, _ := rs[0].(fsm.IngestResult); res.Stored != len(recs) {
+		t.Fatalf("response after resuming = %v, want %d stored", rs[0], len(recs))
+	}
+	if n := len(h.points("j")); n != len(recs) {
+		t.Fatalf("%d points stored, want %d", n, len(recs))
+	}
+	if f.WaitingForDisk() {
+		t.Fatal("still waiting for disk after resuming")
 	}
 }

@@ -4,9 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
+	"github.com/gantry-ml/gantry/controller/admission"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
 	"github.com/gantry-ml/gantry/proto/link"
 )
 
@@ -15,6 +18,11 @@ import (
 // (invariant I3). Records of one job arrive in seq order, so the exit record
 // is applied after every point before it, in this entry or an earlier one
 // (invariant I2).
+//
+// A record is applied only if it passes admission and names a job assigned
+// to the sending node: one agent can never write into another node's job,
+// whatever its leader let through. Streams are keyed by (node, job), so
+// records forged under another node's name cannot move a job's mark.
 func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, error) {
 	res := IngestResult{}
 	jobs := map[string]*gantrypb.Job{} // jobs touched by this entry, written once at the end
@@ -22,13 +30,44 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, err
 	var order []string
 
 	for _, rec := range m.Records {
+		if err := admission.CheckRecord(rec); err != nil {
+			res.Rejected++
+			f.log.Warn("agent record rejected at apply", "node", m.NodeId, "seq", rec.GetSeq(), "err", err)
+			continue
+		}
 		stream := store.StreamKeyNode(m.NodeId)
+		var job *gantrypb.Job
 		if rec.JobId != "" {
-			stream = store.StreamKeyJob(rec.JobId)
+			var ok bool
+			if job, ok = jobs[rec.JobId]; !ok {
+				var err error
+				job, err = tx.Job(rec.JobId)
+				if err != nil && !errors.Is(err, store.ErrNotFound) {
+					return nil, err // an unreadable job is corruption, not "unknown"
+				}
+				if err != nil {
+					res.Rejected++
+					f.log.Warn("records for unknown job rejected", "job", rec.JobId, "node", m.NodeId, "seq", rec.Seq)
+					continue
+				}
+				if job.Node != m.NodeId {
+					res.Rejected++
+					f.log.Warn("records for a job of another node rejected",
+						"job", rec.JobId, "job_node", job.Node, "node", m.NodeId, "seq", rec.Seq)
+					continue
+				}
+				jobs[rec.JobId] = job
+				order = append(order, rec.JobId)
+			}
+			stream = store.StreamKeyNodeJob(m.NodeId, rec.JobId)
 		}
 		mark, ok := hw[stream]
 		if !ok {
 			mark = tx.HighWater(stream)
+			if mark == 0 && job != nil {
+				// Written before marks were per (node, job).
+				mark = tx.HighWater(store.StreamKeyJob(rec.JobId))
+			}
 		}
 		if rec.Seq <= mark {
 			res.Duplicates++
@@ -39,7 +78,7 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, err
 		}
 		hw[stream] = rec.Seq
 
-		if rec.JobId == "" {
+		if job == nil {
 			if g := rec.GetGpu(); g != nil {
 				g.Seq = rec.Seq
 				if err := tx.PutGPUSample(m.NodeId, g); err != nil {
@@ -49,23 +88,6 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, err
 			}
 			res.Stored++
 			continue
-		}
-
-		job, ok := jobs[rec.JobId]
-		if !ok {
-			var err error
-			job, err = tx.Job(rec.JobId)
-			if err != nil && !errors.Is(err, store.ErrNotFound) {
-				return nil, err // an unreadable job is corruption, not "unknown"
-			}
-			if err != nil {
-				// Records for a job this cluster never had: keep the mark so
-				// the agent's replays stay cheap, but there is nothing to store.
-				f.log.Warn("records for unknown job dropped", "job", rec.JobId, "node", m.NodeId, "seq", rec.Seq)
-				continue
-			}
-			jobs[rec.JobId] = job
-			order = append(order, rec.JobId)
 		}
 		if err := f.applyJobRecord(tx, job, rec, m.AtMs, ch); err != nil {
 			return nil, err
@@ -88,18 +110,63 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, err
 	return res, nil
 }
 
+// admitKeys removes from values the keys that would take the job past
+// limits.MaxKeysPerJob distinct metrics, and returns how many it removed.
+// Which keys go is decided in sorted order, never by map order, so every
+// voter drops the same ones.
+func admitKeys(known map[string]float64, values map[string]float64) int {
+	var fresh []string
+	for k := range values {
+		if _, ok := known[k]; !ok {
+			fresh = append(fresh, k)
+		}
+	}
+	room := max(limits.MaxKeysPerJob-len(known), 0)
+	if len(fresh) <= room {
+		return 0
+	}
+	slices.Sort(fresh)
+	for _, k := range fresh[room:] {
+		delete(values, k)
+	}
+	return len(fresh) - room
+}
+
+// dropKeys records that n metric values of job were refused by admitKeys,
+// with an event the first time it happens.
+func (f *FSM) dropKeys(tx *store.Tx, job *gantrypb.Job, seq uint64, ts float64, n int, ch *Changes) error {
+	first := job.DroppedMetricKeys == 0
+	job.DroppedMetricKeys += uint64(n)
+	if !first {
+		return nil
+	}
+	e := &gantrypb.JobEvent{Seq: seq, Ts: ts, Kind: admission.EventMetricKeysDropped, Count: uint64(n),
+		Message: fmt.Sprintf("the job reached %d distinct metric keys; values of new keys are dropped from here on (see dropped_metric_keys)", limits.MaxKeysPerJob)}
+	if err := tx.PutEvent(job.Id, e); err != nil {
+		return err
+	}
+	job.Events++
+	ch.event(job.Id, e)
+	return nil
+}
+
 func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Record, atMs int64, ch *Changes) error {
 	switch body := rec.Body.(type) {
 	case *gantrypb.Record_Point:
 		p := body.Point
 		p.Seq = rec.Seq
-		if err := tx.PutPoint(job.Id, p); err != nil {
-			return err
-		}
 		job.Points++
 		job.LastSeq = rec.Seq
 		if job.LatestMetrics == nil {
 			job.LatestMetrics = map[string]float64{}
+		}
+		if n := admitKeys(job.LatestMetrics, p.Values); n > 0 {
+			if err := f.dropKeys(tx, job, rec.Seq, p.Ts, n, ch); err != nil {
+				return err
+			}
+		}
+		if err := tx.PutPoint(job.Id, p); err != nil {
+			return err
 		}
 		for k, v := range p.Values {
 			job.LatestMetrics[k] = v
@@ -116,8 +183,11 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 			return err
 		}
 		job.Events++
-		if e.Kind == link.EventBadMetricLines {
+		switch e.Kind {
+		case link.EventBadMetricLines:
 			job.BadLines += e.Count
+		case admission.EventRecordRejected:
+			job.RejectedRecords++
 		}
 		ch.event(job.Id, e)
 
@@ -150,6 +220,11 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 			job.Events++
 			ch.event(job.Id, e)
 			return nil
+		}
+		if n := admitKeys(job.LatestMetrics, body.Exit.FinalMetrics); n > 0 {
+			if err := f.dropKeys(tx, job, rec.Seq, body.Exit.Ts, n, ch); err != nil {
+				return err
+			}
 		}
 		f.applyExit(job, body.Exit, atMs)
 

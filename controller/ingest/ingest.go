@@ -16,12 +16,16 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/gantry-ml/gantry/controller/admission"
+	"github.com/gantry-ml/gantry/controller/fsm"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
 	"github.com/gantry-ml/gantry/proto/link"
 )
 
@@ -53,6 +57,12 @@ type Options struct {
 	// LeaderAddr returns the leader's agent-link address, sent to agents
 	// that reach a follower so they reconnect there directly.
 	LeaderAddr func() string
+	// Owners maps jobs to their nodes for screening batches. Without it
+	// the leader proposes records of any job and only the FSM's own
+	// ownership check stands between agents (tests of the FSM's check).
+	Owners Owners
+	// Registry, when set, gets the ingest counters.
+	Registry prometheus.Registerer
 }
 
 // Server accepts agent connections.
@@ -62,6 +72,8 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[string]*Session
+
+	refused *prometheus.CounterVec
 }
 
 // Listen starts the QUIC listener.
@@ -75,7 +87,18 @@ func Listen(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ingest: listen on %s: %w", opts.Addr, err)
 	}
-	return &Server{opts: opts, ln: ln, sessions: map[string]*Session{}}, nil
+	s := &Server{opts: opts, ln: ln, sessions: map[string]*Session{},
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gantry_ingest_refused_records_total",
+			Help: "Agent records the leader refused before proposing them, by reason (limit, foreign_job, unknown_job).",
+		}, []string{"reason"})}
+	if opts.Registry != nil {
+		if err := opts.Registry.Register(s.refused); err != nil {
+			_ = ln.Close()
+			return nil, fmt.Errorf("ingest: metrics: %w", err)
+		}
+	}
+	return s, nil
 }
 
 // Addr is the bound UDP address.
@@ -260,6 +283,9 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (*Session, *gan
 	if hello == nil {
 		return nil, nil, errors.New("first control message is not hello")
 	}
+	if err := admission.CheckHello(hello); err != nil {
+		return nil, nil, fmt.Errorf("hello: %w", err)
+	}
 	if hello.NodeId != peer {
 		return nil, nil, fmt.Errorf("hello names node %q but the certificate is for %q", hello.NodeId, peer)
 	}
@@ -336,8 +362,15 @@ func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) err
 				return fmt.Errorf("records stream: %w", err)
 			}
 			log.Debug("batch received", "batch", batch.BatchId, "records", len(batch.Records))
+			if n := len(batch.Records); n > limits.MaxRecordsPerBatch {
+				return fmt.Errorf("batch %d has %d records; the limit is %d", batch.BatchId, n, limits.MaxRecordsPerBatch)
+			}
+			records, err := s.screen(sess.NodeID, batch.Records, log)
+			if err != nil {
+				return err
+			}
 			f, err := s.opts.Raft.ApplyAsync(&gantrypb.IngestCmd{
-				NodeId: sess.NodeID, Records: batch.Records, AtMs: time.Now().UnixMilli(),
+				NodeId: sess.NodeID, Records: records, AtMs: time.Now().UnixMilli(),
 			})
 			if err != nil {
 				return err
@@ -366,6 +399,26 @@ type pendingBatch struct {
 	future raft.ApplyFuture
 }
 
+// screen returns the records of a batch that may be proposed, and counts
+// and logs (once per batch) the ones refused.
+func (s *Server) screen(node string, recs []*gantrypb.Record, log *slog.Logger) ([]*gantrypb.Record, error) {
+	if s.opts.Owners == nil {
+		return recs, nil
+	}
+	owners, err := s.opts.Owners.JobNodes(jobIDs(recs))
+	if err != nil {
+		return nil, fmt.Errorf("looking up the batch's jobs: %w", err)
+	}
+	out := screen(node, recs, owners)
+	if len(out.refused) > 0 {
+		for reason, n := range out.refused {
+			s.refused.WithLabelValues(reason).Add(float64(n))
+		}
+		log.Warn("agent records refused", "refused", out.refused, "first", out.first)
+	}
+	return out.records, nil
+}
+
 // ack waits for each batch's commit in order and acks it.
 func (s *Server) ack(ctx context.Context, rs *link.Stream, pending <-chan pendingBatch) error {
 	for p := range pending {
@@ -373,7 +426,12 @@ func (s *Server) ack(ctx context.Context, rs *link.Stream, pending <-chan pendin
 			return fmt.Errorf("commit of batch %d: %w", p.id, err)
 		}
 		if err, ok := p.future.Response().(error); ok {
-			return fmt.Errorf("apply of batch %d: %w", p.id, err)
+			if !errors.Is(err, fsm.ErrSkipped) {
+				return fmt.Errorf("apply of batch %d: %w", p.id, err)
+			}
+			// Every voter skipped it, and would skip it again: resending
+			// can never succeed, so the agent may drop it.
+			s.opts.Log.Error("batch was committed but could not be applied; acking it so the agent moves on", "batch", p.id, "err", err)
 		}
 		s.opts.Log.Debug("batch committed", "batch", p.id)
 		if err := rs.Write(&gantrypb.BatchAck{BatchId: p.id}); err != nil {

@@ -90,7 +90,7 @@ func newEnv(t *testing.T, raftApplier func(*cluster.Node) ingest.Applier, leader
 		applier = raftApplier(node)
 	}
 	srv, err := ingest.Listen(ingest.Options{Addr: "127.0.0.1:0", TLS: serverTLS, Raft: applier, Events: ev,
-		Log: logging.Discard(), Version: "test", LeaderAddr: leaderAddr})
+		Log: logging.Discard(), Version: "test", LeaderAddr: leaderAddr, Owners: storeOwners{st}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,6 +118,33 @@ func newEnv(t *testing.T, raftApplier func(*cluster.Node) ingest.Applier, leader
 		}
 	})
 	return &env{t: t, st: st, raft: node, srv: srv, events: ev, tlsDir: tlsDir, agent1: agent1}
+}
+
+// storeOwners is the controller's own Owners: jobs' nodes from the store.
+type storeOwners struct{ st *store.Store }
+
+func (o storeOwners) JobNodes(ids []string) (map[string]string, error) {
+	out := map[string]string{}
+	err := o.st.View(func(tx *store.Tx) error {
+		for _, id := range ids {
+			if j, err := tx.Job(id); err == nil && j.Node != "" {
+				out[id] = j.Node
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// job submits a job and assigns it to node.
+func (e *env) job(id, node string) {
+	e.t.Helper()
+	if _, err := e.raft.Apply(&gantrypb.SubmitJobCmd{JobId: id, Spec: &gantrypb.JobSpec{Run: "x"}}); err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.raft.Apply(&gantrypb.AssignJobCmd{JobId: id, NodeId: node}); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 func (e *env) clientTLS(f tlsutil.Files) *tls.Config {
@@ -224,9 +251,7 @@ func TestFirstStreamMustBeControl(t *testing.T) {
 
 func TestSessionRecordsAckAndControl(t *testing.T) {
 	e := newEnv(t, nil, nil)
-	if _, err := e.raft.Apply(&gantrypb.SubmitJobCmd{JobId: "j1", Spec: &gantrypb.JobSpec{Run: "x"}}); err != nil {
-		t.Fatal(err)
-	}
+	e.job("j1", "agent1")
 	a := e.dial(e.agent1)
 	reply, err := a.hello(&gantrypb.Hello{NodeId: "agent1", Hostname: "h1", Version: "v",
 		Gpus: []*gantrypb.GPUInfo{{Index: 0, Name: "A100"}}})

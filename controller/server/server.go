@@ -87,6 +87,10 @@ type Server struct {
 	leaderWake    chan struct{}
 	leaderChanges prometheus.Counter
 
+	// fatal receives the error that made this controller unable to go on
+	// (its state store failed); the process must stop.
+	fatal chan error
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	once   sync.Once
@@ -98,7 +102,8 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	s := &Server{cfg: cfg, hub: hub.New(), reg: prometheus.NewRegistry(), leaderWake: make(chan struct{}, 1)}
+	s := &Server{cfg: cfg, hub: hub.New(), reg: prometheus.NewRegistry(), leaderWake: make(chan struct{}, 1),
+		fatal: make(chan error, 1)}
 	s.leaderChanges = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "gantry_raft_leader_changes_total", Help: "Raft leadership changes seen by this controller."})
 	s.reg.MustRegister(s.leaderChanges, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -129,7 +134,9 @@ func Start(cfg Config) (*Server, error) {
 			sched.Wake()
 		}
 	}
-	s.fsm = fsm.New(s.store, feed.New(s.hub, cfg.Log.With("component", "feed"), wake), cfg.Log.With("component", "fsm"))
+	s.fsm = fsm.NewWithOptions(s.store, feed.New(s.hub, cfg.Log.With("component", "feed"), wake), cfg.Log.With("component", "fsm"),
+		fsm.Options{OnFatal: s.fail})
+	s.registerFSMMetrics()
 	s.raft, err = cluster.Open(cluster.Config{
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, BindAddr: cfg.RaftAddr, Advertise: cfg.AdvertiseRaft,
 		Bootstrap: cfg.Bootstrap, Fast: cfg.Fast, Log: cfg.Log,
@@ -145,6 +152,7 @@ func Start(cfg Config) (*Server, error) {
 	agents := &agentSet{}
 	s.ingest, err = ingest.Listen(ingest.Options{
 		Addr: cfg.QUICAddr, TLS: tlsConf, Raft: s.raft, Events: agents,
+		Owners: jobOwners{s.store}, Registry: s.reg,
 		Log: cfg.Log.With("component", "ingest"), Version: Version,
 		LeaderAddr: func() string {
 			m, err := s.leaderMember()
@@ -239,6 +247,42 @@ func (s *Server) watchLeadership(ctx context.Context) {
 	}
 }
 
+// Fatal delivers the error that made this controller stop working (its
+// state store failed in a way waiting cannot fix). The owner of the
+// server should Close it and exit non-zero, with the error.
+func (s *Server) Fatal() <-chan error { return s.fatal }
+
+// fail reports a fatal error once.
+func (s *Server) fail(err error) {
+	select {
+	case s.fatal <- err:
+	default:
+	}
+}
+
+// registerFSMMetrics exports what the FSM skipped, refused and waits for.
+func (s *Server) registerFSMMetrics() {
+	s.reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gantry_fsm_skipped_entries_total",
+			Help: "Committed Raft entries skipped because they could not be applied (the same on every voter)."},
+			func() float64 { return float64(s.fsm.Skipped()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gantry_fsm_rejected_records_total",
+			Help: "Agent records skipped at apply: over a limit, or for a job of another node."},
+			func() float64 { return float64(s.fsm.RejectedRecords()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gantry_fsm_waiting_for_disk",
+			Help: "1 while applies wait for disk space on the state store."},
+			func() float64 {
+				if s.fsm.WaitingForDisk() {
+					return 1
+				}
+				return 0
+			}),
+	)
+}
+
 // HTTPAddr is the bound HTTP address.
 func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
 
@@ -281,6 +325,11 @@ func (s *Server) Close() error {
 			errs = append(errs, s.ingest.Close())
 		}
 		s.wg.Wait()
+		if s.fsm != nil {
+			// Let an apply that waits for disk space give up, or Raft's
+			// shutdown would wait for it.
+			s.fsm.Close()
+		}
 		if s.members != nil {
 			// Shut down, not Leave: a controller that is stopping (restart,
 			// upgrade) must stay a Raft voter. Leave makes the leader remove
@@ -340,6 +389,30 @@ func (s *Server) peerHTTPAddrs() map[string]string {
 		}
 	}
 	return out
+}
+
+// jobOwners answers the ingest screen's question (which node runs each
+// job) from the store, in one short read transaction per batch.
+type jobOwners struct{ st *store.Store }
+
+func (o jobOwners) JobNodes(ids []string) (map[string]string, error) {
+	out := make(map[string]string, len(ids))
+	err := o.st.View(func(tx *store.Tx) error {
+		for _, id := range ids {
+			job, err := tx.Job(id)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if job.Node != "" {
+				out[id] = job.Node
+			}
+		}
+		return nil
+	})
+	return out, err
 }
 
 // agentSet adapts the ingest server to the scheduler's Agents interface

@@ -20,8 +20,13 @@ type Tx struct {
 	tx *bolt.Tx
 }
 
-// StreamKeyJob is the dedupe stream of a job's records.
+// StreamKeyJob is the dedupe stream of a job's records as it was keyed
+// before streams were per (node, job); read only, as a fallback.
 func StreamKeyJob(jobID string) string { return "j/" + jobID }
+
+// StreamKeyNodeJob is the dedupe stream of the records one node sends for
+// one job. Ids never contain '/', so the key is unambiguous.
+func StreamKeyNodeJob(nodeID, jobID string) string { return "nj/" + nodeID + "/" + jobID }
 
 // StreamKeyNode is the dedupe stream of a node's own records (GPU samples).
 func StreamKeyNode(nodeID string) string { return "n/" + nodeID }

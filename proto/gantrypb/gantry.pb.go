@@ -328,8 +328,13 @@ type Job struct {
 	// latest_metrics is the last value of every key seen so far; it becomes
 	// final_metrics when the job ends without an exit record (lost).
 	LatestMetrics map[string]float64 `protobuf:"bytes,22,rep,name=latest_metrics,json=latestMetrics,proto3" json:"latest_metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// dropped_metric_keys counts metric values refused because the job
+	// already had limits.MaxKeysPerJob distinct keys.
+	DroppedMetricKeys uint64 `protobuf:"varint,23,opt,name=dropped_metric_keys,json=droppedMetricKeys,proto3" json:"dropped_metric_keys,omitempty"`
+	// rejected_records counts records the controller refused (over a limit).
+	RejectedRecords uint64 `protobuf:"varint,24,opt,name=rejected_records,json=rejectedRecords,proto3" json:"rejected_records,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -514,6 +519,20 @@ func (x *Job) GetLatestMetrics() map[string]float64 {
 		return x.LatestMetrics
 	}
 	return nil
+}
+
+func (x *Job) GetDroppedMetricKeys() uint64 {
+	if x != nil {
+		return x.DroppedMetricKeys
+	}
+	return 0
+}
+
+func (x *Job) GetRejectedRecords() uint64 {
+	if x != nil {
+		return x.RejectedRecords
+	}
+	return 0
 }
 
 // MetricPoint is one parsed line of a job's metrics file.
@@ -2427,7 +2446,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\rkill_grace_ms\x18\t \x01(\x03R\vkillGraceMs\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf3\x06\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xce\a\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.gantry.v1.JobSpecR\x04spec\x12)\n" +
@@ -2451,7 +2470,9 @@ const file_gantry_proto_rawDesc = "" +
 	"\x03pid\x18\x13 \x01(\x03R\x03pid\x12\x1b\n" +
 	"\tlog_bytes\x18\x14 \x01(\x04R\blogBytes\x12\x16\n" +
 	"\x06events\x18\x15 \x01(\x04R\x06events\x12H\n" +
-	"\x0elatest_metrics\x18\x16 \x03(\v2!.gantry.v1.Job.LatestMetricsEntryR\rlatestMetrics\x1a?\n" +
+	"\x0elatest_metrics\x18\x16 \x03(\v2!.gantry.v1.Job.LatestMetricsEntryR\rlatestMetrics\x12.\n" +
+	"\x13dropped_metric_keys\x18\x17 \x01(\x04R\x11droppedMetricKeys\x12)\n" +
+	"\x10rejected_records\x18\x18 \x01(\x04R\x0frejectedRecords\x1a?\n" +
 	"\x11FinalMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1a@\n" +

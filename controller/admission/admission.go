@@ -1,0 +1,267 @@
+// Package admission decides which agent input the controller accepts. The
+// leader screens every record and hello with it before proposing them to
+// Raft, so a hostile or broken agent cannot get an oversize id, key or
+// value into the log. The FSM runs the same checks again when it applies
+// an entry: an entry written by an older leader, or one that slipped
+// through, is then skipped in the same way on every voter instead of
+// failing (or crashing) the apply.
+//
+// The checks are pure functions of the input: they must give the same
+// answer on every controller, or the voters' states would diverge.
+package admission
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"unicode/utf8"
+
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
+)
+
+// Job event kinds the controller itself records.
+const (
+	// EventRecordRejected replaces a record of the job that broke a limit;
+	// it keeps the record's seq, so the stream stays dense.
+	EventRecordRejected = "record_rejected"
+	// EventMetricKeysDropped says the job reached limits.MaxKeysPerJob.
+	EventMetricKeysDropped = "metric_keys_dropped"
+)
+
+// ErrRejected wraps every reason a record or hello is refused.
+var ErrRejected = errors.New("rejected")
+
+func reject(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrRejected, fmt.Sprintf(format, args...))
+}
+
+// CheckID reports whether s is acceptable as a job or node id: non-empty,
+// at most limits.MaxIDBytes, printable ASCII without spaces or slashes
+// (ids become bbolt keys and parts of composite keys).
+func CheckID(what, s string) error {
+	if s == "" {
+		return reject("%s is empty", what)
+	}
+	if len(s) > limits.MaxIDBytes {
+		return reject("%s is %d bytes; the limit is %d", what, len(s), limits.MaxIDBytes)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || c == '/' {
+			return reject("%s has byte 0x%02x at %d; ids are printable ASCII without spaces or '/'", what, c, i)
+		}
+	}
+	return nil
+}
+
+// checkText bounds a free-text field and requires valid UTF-8 (it is
+// shown to people and sent as JSON).
+func checkText(what, s string, max int) error {
+	if len(s) > max {
+		return reject("%s is %d bytes; the limit is %d", what, len(s), max)
+	}
+	if !utf8.ValidString(s) {
+		return reject("%s is not valid UTF-8", what)
+	}
+	return nil
+}
+
+// CheckMetricKey reports whether k can be a metric name.
+func CheckMetricKey(k string) error {
+	if k == "" {
+		return reject("empty metric key")
+	}
+	if err := checkText("metric key", k, limits.MaxMetricKeyBytes); err != nil {
+		return err
+	}
+	for _, r := range k {
+		if r < ' ' || r == 0x7f {
+			return reject("metric key %q has a control character", k)
+		}
+	}
+	return nil
+}
+
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
+// CheckRecord checks one record's shape and sizes. It does not know who
+// owns the record's job: that is the caller's check.
+func CheckRecord(rec *gantrypb.Record) error {
+	if rec == nil {
+		return reject("nil record")
+	}
+	if rec.Seq == 0 {
+		return reject("record has seq 0; seqs start at 1")
+	}
+	if rec.JobId == "" {
+		// Node-level stream: only GPU samples belong there.
+		g := rec.GetGpu()
+		if g == nil {
+			return reject("node record (no job id) of type %T; only GPU samples are node records", rec.Body)
+		}
+		return checkGPUSample(g)
+	}
+	if err := CheckID("job id", rec.JobId); err != nil {
+		return err
+	}
+	switch body := rec.Body.(type) {
+	case *gantrypb.Record_Point:
+		return checkPoint(body.Point)
+	case *gantrypb.Record_Event:
+		return checkEvent(body.Event)
+	case *gantrypb.Record_Log:
+		if body.Log == nil {
+			return reject("empty log record")
+		}
+		if n := len(body.Log.Data); n > limits.MaxLogChunkBytes {
+			return reject("log chunk is %d bytes; the limit is %d", n, limits.MaxLogChunkBytes)
+		}
+		if body.Log.Offset > math.MaxInt64-uint64(len(body.Log.Data)) {
+			return reject("log offset %d is out of range", body.Log.Offset)
+		}
+		return nil
+	case *gantrypb.Record_Started:
+		if body.Started == nil {
+			return reject("empty started record")
+		}
+		if !finite(body.Started.Ts) {
+			return reject("started ts is not a finite number")
+		}
+		return nil
+	case *gantrypb.Record_Exit:
+		return checkExit(body.Exit)
+	case *gantrypb.Record_Gpu:
+		return reject("GPU sample under job %q; GPU samples are node records", rec.JobId)
+	case nil:
+		return reject("record without a body")
+	}
+	return reject("record of unknown type %T", rec.Body)
+}
+
+func checkPoint(p *gantrypb.MetricPoint) error {
+	if p == nil {
+		return reject("empty metric point")
+	}
+	if !finite(p.Ts) {
+		return reject("metric point ts is not a finite number")
+	}
+	if n := len(p.Values); n > limits.MaxKeysPerPoint {
+		return reject("metric point has %d keys; the limit is %d", n, limits.MaxKeysPerPoint)
+	}
+	for k, v := range p.Values {
+		if err := CheckMetricKey(k); err != nil {
+			return err
+		}
+		if !finite(v) {
+			return reject("metric %q is not a finite number", k)
+		}
+	}
+	return nil
+}
+
+func checkEvent(e *gantrypb.JobEvent) error {
+	if e == nil {
+		return reject("empty event")
+	}
+	if !finite(e.Ts) {
+		return reject("event ts is not a finite number")
+	}
+	if err := checkText("event kind", e.Kind, limits.MaxEventKindBytes); err != nil {
+		return err
+	}
+	return checkText("event message", e.Message, limits.MaxEventMessageBytes)
+}
+
+func checkExit(x *gantrypb.JobExit) error {
+	if x == nil {
+		return reject("empty exit record")
+	}
+	if !finite(x.Ts) {
+		return reject("exit ts is not a finite number")
+	}
+	if n := len(x.FinalMetrics); n > limits.MaxKeysPerJob {
+		return reject("exit carries %d final metrics; the limit is %d", n, limits.MaxKeysPerJob)
+	}
+	for k, v := range x.FinalMetrics {
+		if err := CheckMetricKey(k); err != nil {
+			return err
+		}
+		if !finite(v) {
+			return reject("final metric %q is not a finite number", k)
+		}
+	}
+	if err := checkText("exit log tail", x.LogTail, limits.MaxLogTailBytes); err != nil {
+		return err
+	}
+	if err := checkText("exit error", x.Error, limits.MaxExitErrorBytes); err != nil {
+		return err
+	}
+	if err := checkText("exit signal", x.Signal, limits.MaxSignalBytes); err != nil {
+		return err
+	}
+	return checkText("exit reason", x.Reason, limits.MaxEventKindBytes)
+}
+
+func checkGPUSample(s *gantrypb.GPUSample) error {
+	if !finite(s.Ts) {
+		return reject("GPU sample ts is not a finite number")
+	}
+	if n := len(s.Gpus); n > limits.MaxGPUsPerNode {
+		return reject("GPU sample has %d GPUs; the limit is %d", n, limits.MaxGPUsPerNode)
+	}
+	for _, g := range s.Gpus {
+		if g == nil {
+			return reject("GPU sample has an empty entry")
+		}
+		if err := checkText("GPU uuid", g.Uuid, limits.MaxGPUStringBytes); err != nil {
+			return err
+		}
+		if err := checkText("GPU name", g.Name, limits.MaxGPUStringBytes); err != nil {
+			return err
+		}
+		if !finite(g.UtilizationPct) || !finite(g.TemperatureC) || !finite(g.PowerW) {
+			return reject("GPU %d reading is not a finite number", g.Index)
+		}
+	}
+	return nil
+}
+
+// CheckHello checks an agent's hello: its node id, GPUs and active jobs.
+func CheckHello(h *gantrypb.Hello) error {
+	if h == nil {
+		return reject("empty hello")
+	}
+	if err := CheckID("node id", h.NodeId); err != nil {
+		return err
+	}
+	if err := checkText("hostname", h.Hostname, limits.MaxGPUStringBytes); err != nil {
+		return err
+	}
+	if err := checkText("version", h.Version, limits.MaxGPUStringBytes); err != nil {
+		return err
+	}
+	if n := len(h.Gpus); n > limits.MaxGPUsPerNode {
+		return reject("hello offers %d GPUs; the limit is %d", n, limits.MaxGPUsPerNode)
+	}
+	for _, g := range h.Gpus {
+		if g == nil {
+			return reject("hello has an empty GPU entry")
+		}
+		if err := checkText("GPU uuid", g.Uuid, limits.MaxGPUStringBytes); err != nil {
+			return err
+		}
+		if err := checkText("GPU name", g.Name, limits.MaxGPUStringBytes); err != nil {
+			return err
+		}
+	}
+	if n := len(h.ActiveJobs); n > limits.MaxActiveJobs {
+		return reject("hello lists %d active jobs; the limit is %d", n, limits.MaxActiveJobs)
+	}
+	for _, id := range h.ActiveJobs {
+		if err := CheckID("active job id", id); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,67 @@
+package fsm
+
+import (
+	"errors"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/gantry-ml/gantry/controller/admission"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
+)
+
+// errMalformed marks a command that decoded but cannot be applied as it
+// stands (a missing part, an id bbolt could not take as a key).
+var errMalformed = errors.New("malformed command")
+
+// checkCommand rejects a command whose ids or parts the handlers could not
+// store. The leader never proposes such a command; this is the voter's own
+// line of defence against one that was committed anyway.
+func checkCommand(msg proto.Message) error {
+	bad := func(err error) error { return fmt.Errorf("%w: %T: %v", errMalformed, msg, err) }
+	switch m := msg.(type) {
+	case *gantrypb.SubmitJobCmd:
+		if err := admission.CheckID("job id", m.JobId); err != nil {
+			return bad(err)
+		}
+	case *gantrypb.AssignJobCmd:
+		if err := admission.CheckID("job id", m.JobId); err != nil {
+			return bad(err)
+		}
+		if err := admission.CheckID("node id", m.NodeId); err != nil {
+			return bad(err)
+		}
+		if len(m.Gpus) > limits.MaxGPUsPerNode {
+			return bad(fmt.Errorf("%d GPUs", len(m.Gpus)))
+		}
+	case *gantrypb.CancelJobCmd:
+		if err := admission.CheckID("job id", m.JobId); err != nil {
+			return bad(err)
+		}
+	case *gantrypb.EndJobCmd:
+		if err := admission.CheckID("job id", m.JobId); err != nil {
+			return bad(err)
+		}
+	case *gantrypb.IngestCmd:
+		// Records are checked one by one in ingest, so that one bad record
+		// does not take the good ones of its batch down with it.
+		if err := admission.CheckID("node id", m.NodeId); err != nil {
+			return bad(err)
+		}
+	case *gantrypb.NodeUpCmd:
+		if m.Node == nil {
+			return bad(errors.New("no node"))
+		}
+		hello := &gantrypb.Hello{NodeId: m.Node.Id, Hostname: m.Node.Hostname, Gpus: m.Node.Gpus,
+			Version: m.Node.Version, ActiveJobs: m.ActiveJobs}
+		if err := admission.CheckHello(hello); err != nil {
+			return bad(err)
+		}
+	case *gantrypb.NodeDownCmd:
+		if err := admission.CheckID("node id", m.NodeId); err != nil {
+			return bad(err)
+		}
+	}
+	return nil
+}

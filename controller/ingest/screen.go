@@ -1,0 +1,95 @@
+package ingest
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/gantry-ml/gantry/controller/admission"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
+)
+
+// Owners tells the leader which node each job is assigned to, so that it
+// proposes only records an agent may send: those of its own jobs.
+type Owners interface {
+	// JobNodes maps each id to the node its job is assigned to; ids of
+	// jobs that do not exist, or are not assigned yet, are absent.
+	JobNodes(ids []string) (map[string]string, error)
+}
+
+// Why records were refused, as the reason label of the rejection counter.
+const (
+	reasonLimit      = "limit"
+	reasonForeignJob = "foreign_job"
+	reasonUnknownJob = "unknown_job"
+)
+
+// screened is the part of a batch the leader proposes, and what it refused.
+type screened struct {
+	records []*gantrypb.Record
+	refused map[string]int // by reason
+	first   error          // the first refusal, for the log
+}
+
+// screen checks a batch from node before it is proposed. A record of one
+// of node's jobs that breaks a limit is replaced by a record_rejected
+// event with the same seq: the job's stream stays dense, and its owner
+// sees why. Records for jobs that are not node's (another node's, or none
+// at all) are dropped: writing anything into such a job is what a forger
+// wants. Records are never reordered.
+func screen(node string, recs []*gantrypb.Record, owners map[string]string) screened {
+	out := screened{records: make([]*gantrypb.Record, 0, len(recs)), refused: map[string]int{}}
+	refuse := func(reason string, err error) {
+		out.refused[reason]++
+		if out.first == nil {
+			out.first = err
+		}
+	}
+	for _, rec := range recs {
+		if rec == nil {
+			refuse(reasonLimit, fmt.Errorf("nil record"))
+			continue
+		}
+		if rec.JobId != "" {
+			owner, known := owners[rec.JobId]
+			switch {
+			case !known:
+				refuse(reasonUnknownJob, fmt.Errorf("record %d for unknown job %.64q", rec.Seq, rec.JobId))
+				continue
+			case owner != node:
+				refuse(reasonForeignJob, fmt.Errorf("record %d for job %s, which runs on %s", rec.Seq, rec.JobId, owner))
+				continue
+			}
+		}
+		if err := admission.CheckRecord(rec); err != nil {
+			refuse(reasonLimit, fmt.Errorf("record %d of job %q: %w", rec.Seq, rec.JobId, err))
+			if rec.JobId == "" || rec.Seq == 0 {
+				continue // nothing to report it on
+			}
+			msg := "the controller refused a record of this job: " + err.Error()
+			if len(msg) > limits.MaxEventMessageBytes {
+				msg = strings.ToValidUTF8(msg[:limits.MaxEventMessageBytes], "")
+			}
+			rec = &gantrypb.Record{JobId: rec.JobId, Seq: rec.Seq, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
+				Ts: float64(time.Now().UnixMilli()) / 1000, Kind: admission.EventRecordRejected, Count: 1, Message: msg,
+			}}}
+		}
+		out.records = append(out.records, rec)
+	}
+	return out
+}
+
+// jobIDs lists the distinct, well-formed job ids of a batch.
+func jobIDs(recs []*gantrypb.Record) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, rec := range recs {
+		if rec == nil || rec.JobId == "" || seen[rec.JobId] || admission.CheckID("job id", rec.JobId) != nil {
+			continue
+		}
+		seen[rec.JobId] = true
+		out = append(out, rec.JobId)
+	}
+	return out
+}
