@@ -55,7 +55,7 @@ func startController(t *testing.T) *controller {
 	if err := srv.WaitLeader(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	agentTLS, err := tlsutil.ClientConfig(agent, protolink.ALPN, "")
+	agentTLS, err := tlsutil.ClientConfig(agent, protolink.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +369,7 @@ func (notLeader) ApplyAsync(proto.Message) (raft.ApplyFuture, error) {
 
 func TestFollowsRedirectToLeader(t *testing.T) {
 	c := startController(t)
-	serverTLS, err := tlsutil.ServerConfig(c.ctrlTLS, protolink.ALPN)
+	serverTLS, err := tlsutil.ServerConfig(c.ctrlTLS, protolink.ALPN, tlsutil.RoleAgent)
 	if err != nil {
 		t.Fatal(err)
 	}

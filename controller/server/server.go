@@ -42,7 +42,8 @@ type Config struct {
 	QUICAddr string
 	// Bootstrap starts a one-voter cluster when there is no Raft state.
 	Bootstrap bool
-	// TLS is the controller's identity for the agent link.
+	// TLS is the controller's certificate (role controller) and the
+	// cluster CA, for the agent link.
 	TLS   tlsutil.Files
 	Token string
 	// Fast uses 50 ms Raft timings (tests).
@@ -118,7 +119,15 @@ func Start(cfg Config) (*Server, error) {
 		}
 	}()
 
-	var err error
+	// Check the certificate before opening anything, so that an old one
+	// or one of the wrong role stops start-up with the way to fix it.
+	id, err := tlsutil.LoadIdentity(cfg.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	if id.Role != tlsutil.RoleController {
+		return nil, fmt.Errorf("server: %s is %s; a controller needs a controller certificate", cfg.TLS.Cert, id)
+	}
 	s.store, err = store.Open(filepath.Join(cfg.DataDir, "state.db"))
 	if err != nil {
 		return nil, err
@@ -138,7 +147,9 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	tlsConf, err := tlsutil.ServerConfig(cfg.TLS, link.ALPN)
+	// The agent link serves agent certificates only: the session's node is
+	// the certificate's ID, and a controller certificate is no node.
+	tlsConf, err := tlsutil.ServerConfig(cfg.TLS, link.ALPN, tlsutil.RoleAgent)
 	if err != nil {
 		return nil, fmt.Errorf("server: agent link TLS: %w", err)
 	}
