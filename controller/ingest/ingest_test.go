@@ -75,7 +75,7 @@ func newEnv(t *testing.T, raftApplier func(*cluster.Node) ingest.Applier, leader
 		t.Fatal(err)
 	}
 	node, err := cluster.Open(cluster.Config{NodeID: "c1", DataDir: dir, BindAddr: "127.0.0.1:0",
-		Bootstrap: true, Fast: true, Log: logging.Discard()}, fsm.New(st, nil, logging.Discard()))
+		Bootstrap: true, Fast: true, Log: logging.Discard(), TLS: ctrl}, fsm.New(st, nil, logging.Discard()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,8 +42,9 @@ type Config struct {
 	QUICAddr string
 	// Bootstrap starts a one-voter cluster when there is no Raft state.
 	Bootstrap bool
-	// TLS is the controller's certificate (role controller) and the
-	// cluster CA, for the agent link.
+	// TLS is the controller's certificate (role controller; with
+	// clustering its ID must be NodeID) and the cluster CA, for the agent
+	// link and for Raft.
 	TLS   tlsutil.Files
 	Token string
 	// Fast uses 50 ms Raft timings (tests).
@@ -87,6 +88,12 @@ type Server struct {
 	// leaderWake nudges the membership loop when leadership changes.
 	leaderWake    chan struct{}
 	leaderChanges prometheus.Counter
+	// votersRefused counts controllers not made voters (nor bootstrapped
+	// with) because they could not prove their identity on their Raft
+	// address; refused maps each such member to the last reason, so the
+	// membership loop logs a refusal once, not every second.
+	votersRefused prometheus.Counter
+	refused       map[string]string
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -99,10 +106,13 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	s := &Server{cfg: cfg, hub: hub.New(), reg: prometheus.NewRegistry(), leaderWake: make(chan struct{}, 1)}
+	s := &Server{cfg: cfg, hub: hub.New(), reg: prometheus.NewRegistry(), leaderWake: make(chan struct{}, 1), refused: map[string]string{}}
 	s.leaderChanges = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "gantry_raft_leader_changes_total", Help: "Raft leadership changes seen by this controller."})
-	s.reg.MustRegister(s.leaderChanges, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	s.votersRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gantry_raft_voters_refused_total",
+		Help: "Controllers seen in serf but not made Raft voters: no controller certificate of the cluster CA for their name on their Raft address."})
+	s.reg.MustRegister(s.leaderChanges, s.votersRefused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "gantry_raft_is_leader", Help: "1 while this controller is the Raft leader."},
 		func() float64 {
 			if s.raft != nil && s.raft.IsLeader() {
@@ -128,6 +138,13 @@ func Start(cfg Config) (*Server, error) {
 	if id.Role != tlsutil.RoleController {
 		return nil, fmt.Errorf("server: %s is %s; a controller needs a controller certificate", cfg.TLS.Cert, id)
 	}
+	if cfg.SerfAddr != "" && id.ID != cfg.NodeID {
+		// The leader makes a member a voter only once its Raft address
+		// proves the member's name: with another ID, this node would
+		// never get a vote.
+		return nil, fmt.Errorf("server: %s is %s but this controller's node id is %q; issue it one with "+
+			"`gantry-controller tls issue --role controller DIR %s`", cfg.TLS.Cert, id, cfg.NodeID, cfg.NodeID)
+	}
 	s.store, err = store.Open(filepath.Join(cfg.DataDir, "state.db"))
 	if err != nil {
 		return nil, err
@@ -141,7 +158,7 @@ func Start(cfg Config) (*Server, error) {
 	s.fsm = fsm.New(s.store, feed.New(s.hub, cfg.Log.With("component", "feed"), wake), cfg.Log.With("component", "fsm"))
 	s.raft, err = cluster.Open(cluster.Config{
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, BindAddr: cfg.RaftAddr, Advertise: cfg.AdvertiseRaft,
-		Bootstrap: cfg.Bootstrap, Fast: cfg.Fast, Log: cfg.Log,
+		Bootstrap: cfg.Bootstrap, Fast: cfg.Fast, Log: cfg.Log, TLS: cfg.TLS,
 	}, s.fsm)
 	if err != nil {
 		return nil, err
