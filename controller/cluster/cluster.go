@@ -1,7 +1,6 @@
 // Package cluster runs the controller's Raft node: the log in raft-wal, file
 // snapshots, a mutual-TLS transport between controller certificates, and
-// the FSM. It exposes Apply for writers and
-// the numbers /v1/cluster reports.
+// the FSM. It exposes Apply for writers and the numbers /v1/cluster reports.
 package cluster
 
 import (
