@@ -114,7 +114,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}
 
-	clientTLS, err := tlsutil.ClientConfig(cfg.TLS, protolink.ALPN, "")
+	clientTLS, err := tlsutil.ClientConfig(cfg.TLS, protolink.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		a.Close()
 		return nil, fmt.Errorf("agent: TLS: %w", err)

@@ -141,7 +141,11 @@ var controllerStarted = regexp.MustCompile(`msg="controller started" .*http=(\S+
 func startRestartCluster(t *testing.T) *restartCluster {
 	t.Helper()
 	c := &restartCluster{t: t, tlsDir: t.TempDir(), agentDir: t.TempDir()}
-	for _, args := range [][]string{{"tls", "init", c.tlsDir}, {"tls", "issue", c.tlsDir, restartAgentName}} {
+	for _, args := range [][]string{
+		{"tls", "init", c.tlsDir},
+		{"tls", "issue", "--role", "controller", c.tlsDir, "c1"},
+		{"tls", "issue", "--role", "agent", c.tlsDir, restartAgentName},
+	} {
 		out, err := exec.Command(filepath.Join(binDir, "gantry-controller"), args...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("gantry-controller %v: %v\n%s", args, err, out)

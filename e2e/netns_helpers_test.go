@@ -523,8 +523,11 @@ func startNetCluster(t *testing.T) *netCluster {
 		}
 	}
 	tlsCmd("init", c.tlsDir)
-	tlsCmd("issue", c.tlsDir, "a1")
-	tlsCmd("issue", c.tlsDir, "a2")
+	for _, name := range []string{"c1", "c2", "c3"} {
+		tlsCmd("issue", "--role", "controller", c.tlsDir, name)
+	}
+	tlsCmd("issue", "--role", "agent", c.tlsDir, "a1")
+	tlsCmd("issue", "--role", "agent", c.tlsDir, "a2")
 
 	var join []string
 	for _, name := range []string{"c1", "c2", "c3"} {

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gantry-ml/gantry/agent/spool"
+	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	protolink "github.com/gantry-ml/gantry/proto/link"
 )
@@ -67,12 +68,19 @@ type Options struct {
 
 // Link is the running link.
 type Link struct {
-	opts      Options
+	opts Options
+	// tlsErr is why opts.TLS cannot be made to require a controller; Run
+	// returns it.
+	tlsErr    error
 	connected atomic.Bool
 	connects  atomic.Int64
 }
 
-// New returns a link; call Run.
+// New returns a link; call Run. Whatever opts.TLS itself checks, the link
+// accepts only a server holding a controller certificate: a process with an
+// agent certificate, or one from before roles, never gets the hello and so
+// can never send StartJob. A TLS config that verifies nothing is refused
+// by Run.
 func New(opts Options) *Link {
 	if opts.MinBackoff == 0 {
 		opts.MinBackoff = 100 * time.Millisecond
@@ -80,7 +88,12 @@ func New(opts Options) *Link {
 	if opts.MaxBackoff == 0 {
 		opts.MaxBackoff = 5 * time.Second
 	}
-	return &Link{opts: opts}
+	l := &Link{opts: opts}
+	l.opts.TLS, l.tlsErr = tlsutil.RequirePeer(opts.TLS, tlsutil.Identity{Role: tlsutil.RoleController})
+	if l.tlsErr != nil {
+		l.tlsErr = fmt.Errorf("link: %w", l.tlsErr)
+	}
+	return l
 }
 
 // Connected reports whether a session is up now.
@@ -91,6 +104,9 @@ func (l *Link) Connects() int64 { return l.connects.Load() }
 
 // Run keeps the link up until ctx ends.
 func (l *Link) Run(ctx context.Context) error {
+	if l.tlsErr != nil {
+		return l.tlsErr
+	}
 	backoff := l.opts.MinBackoff
 	next := ""    // an address to try right away (a redirect)
 	idx := 0      // round-robin position

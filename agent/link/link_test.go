@@ -55,7 +55,7 @@ func startController(t *testing.T) *controller {
 	if err := srv.WaitLeader(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	agentTLS, err := tlsutil.ClientConfig(agent, protolink.ALPN, "")
+	agentTLS, err := tlsutil.ClientConfig(agent, protolink.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,11 +225,12 @@ func checkDense(t *testing.T, c *controller, id string, first, last uint64) {
 			t.Fatalf("point %d has seq %d, want %d", i, p.Seq, first+uint64(i))
 		}
 	}
-	if j := c.job(t, id); j.Points != uint64(len(pts)) || j.LastSeq != last {
+	if j := c.job(t, id); j.Points != uint64(len(pts)) || j.LastSeq != last || j.Node == "" {
 		t.Fatalf("job counters points=%d last_seq=%d, want %d and %d", j.Points, j.LastSeq, len(pts), last)
 	}
 	var hw uint64
-	_ = c.Store().View(func(tx *store.Tx) error { hw = tx.HighWater(store.StreamKeyJob(id)); return nil })
+	j := c.job(t, id)
+	_ = c.Store().View(func(tx *store.Tx) error { hw = tx.HighWater(store.StreamKeyNodeJob(j.Node, id)); return nil })
 	if hw < last {
 		t.Fatalf("high-water %d below the last stored seq %d", hw, last)
 	}
@@ -369,7 +370,7 @@ func (notLeader) ApplyAsync(proto.Message) (raft.ApplyFuture, error) {
 
 func TestFollowsRedirectToLeader(t *testing.T) {
 	c := startController(t)
-	serverTLS, err := tlsutil.ServerConfig(c.ctrlTLS, protolink.ALPN)
+	serverTLS, err := tlsutil.ServerConfig(c.ctrlTLS, protolink.ALPN, tlsutil.RoleAgent)
 	if err != nil {
 		t.Fatal(err)
 	}

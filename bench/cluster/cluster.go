@@ -67,14 +67,11 @@ type Cluster struct {
 	TLSDir string
 }
 
-// Start creates a CA and the controller certificate, starts opts.Nodes
-// controllers and waits until they agree on one leader.
+// Start creates a CA and a controller certificate for each node, starts
+// opts.Nodes controllers and waits until they agree on one leader.
 func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	c := &Cluster{TLSDir: filepath.Join(opts.Dir, "tls")}
 	if err := tlsutil.InitCA(c.TLSDir); err != nil {
-		return nil, fmt.Errorf("cluster: %w", err)
-	}
-	if _, err := tlsutil.Issue(c.TLSDir, tlsutil.ControllerName, nil); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	if opts.LogLevel == "" {
@@ -93,10 +90,14 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 			n.Pprof = addr(p[4])
 		}
 		n.API = client.New("http://" + n.HTTP)
+		// Each controller proves its own node id to the others on Raft.
+		if _, err := tlsutil.Issue(c.TLSDir, tlsutil.RoleController, n.ID, nil); err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
 		args := []string{
 			"-node-id", n.ID, "-data-dir", filepath.Join(opts.Dir, n.ID),
 			"-http-addr", n.HTTP, "-quic-addr", n.QUIC, "-raft-addr", n.Raft, "-serf-addr", n.Serf,
-			"-bootstrap-expect", strconv.Itoa(opts.Nodes), "-tls-dir", c.TLSDir, "-log-level", opts.LogLevel,
+			"-bootstrap-expect", strconv.Itoa(opts.Nodes), "-tls-dir", c.TLSDir, "-tls-name", n.ID, "-log-level", opts.LogLevel,
 		}
 		if i > 0 {
 			args = append(args, "-join", c.Nodes[0].Serf)
@@ -205,7 +206,7 @@ func (c *Cluster) QUICAddrs() []string {
 
 // IssueAgent issues an agent certificate signed by the cluster CA.
 func (c *Cluster) IssueAgent(name string) (tlsutil.Files, error) {
-	f, err := tlsutil.Issue(c.TLSDir, name, nil)
+	f, err := tlsutil.Issue(c.TLSDir, tlsutil.RoleAgent, name, nil)
 	if err != nil {
 		return tlsutil.Files{}, fmt.Errorf("cluster: %w", err)
 	}

@@ -66,7 +66,7 @@ func Start(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("simagent %s: %w", opts.ID, err)
 	}
-	tlsConf, err := tlsutil.ClientConfig(opts.TLS, protolink.ALPN, "")
+	tlsConf, err := tlsutil.ClientConfig(opts.TLS, protolink.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		sp.Close()
 		return nil, fmt.Errorf("simagent %s: %w", opts.ID, err)

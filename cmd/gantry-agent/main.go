@@ -46,15 +46,27 @@ func run() error {
 	if *tlsDir == "" {
 		*tlsDir = filepath.Join(*dataDir, "tls")
 	}
+	tlsFiles := tlsutil.Files{
+		CA:   filepath.Join(*tlsDir, "ca.pem"),
+		Cert: filepath.Join(*tlsDir, *nodeID+".pem"),
+		Key:  filepath.Join(*tlsDir, *nodeID+"-key.pem"),
+	}
+	// Say what is wrong with the certificate now, not as every handshake
+	// being refused later: the controllers accept this agent only under
+	// gantry://agent/NODE_ID.
+	id, err := tlsutil.LoadIdentity(tlsFiles)
+	if err != nil {
+		return err
+	}
+	if want := (tlsutil.Identity{Role: tlsutil.RoleAgent, ID: *nodeID}); id != want {
+		return fmt.Errorf("%s is %s, want %s: issue it with `gantry-controller tls issue --role agent DIR %s`",
+			tlsFiles.Cert, id, want, *nodeID)
+	}
 	ag, err := agent.New(agent.Config{
 		NodeID: *nodeID, DataDir: *dataDir, Controllers: splitList(*controllers),
 		FakeGPUs: *fakeGPUs, Log: log,
 		SerfAddr: *serfAddr, SerfAdvertise: *serfAdv, Join: splitList(*join), GossipKey: *gossipKey,
-		TLS: tlsutil.Files{
-			CA:   filepath.Join(*tlsDir, "ca.pem"),
-			Cert: filepath.Join(*tlsDir, *nodeID+".pem"),
-			Key:  filepath.Join(*tlsDir, *nodeID+"-key.pem"),
-		},
+		TLS: tlsFiles,
 	})
 	if err != nil {
 		return err

@@ -50,7 +50,7 @@ func run() error {
 		raftAddr  = fs.String("raft-addr", "127.0.0.1:7482", "Raft transport address (TCP)")
 		bootstrap = fs.Bool("bootstrap", false, "bootstrap a one-node Raft cluster if there is no state yet")
 		tlsDir    = fs.String("tls-dir", "", "directory with ca.pem, <tls-name>.pem and <tls-name>-key.pem (default DATA_DIR/tls)")
-		tlsName   = fs.String("tls-name", tlsutil.ControllerName, "certificate name inside -tls-dir")
+		tlsName   = fs.String("tls-name", "", "certificate name inside -tls-dir (default: -node-id; a controller certificate for gantry://controller/NODE_ID)")
 		token     = fs.String("token", os.Getenv("GANTRY_TOKEN"), "bearer token required by the API (default $GANTRY_TOKEN)")
 		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
 		dev       = fs.Bool("dev", false, "dev mode: single-node controller plus a local agent, certificates made on the fly")
@@ -74,6 +74,9 @@ func run() error {
 	}
 	if *tlsDir == "" {
 		*tlsDir = filepath.Join(*dataDir, "tls")
+	}
+	if *tlsName == "" {
+		*tlsName = *nodeID
 	}
 	if *pprofAddr != "" {
 		stopPprof, err := servePprof(*pprofAddr, log)
@@ -172,42 +175,84 @@ func splitList(s string) []string {
 	return out
 }
 
+const tlsUsage = `usage:
+  gantry-controller tls init DIR
+      make the cluster CA in DIR (ca.pem, ca-key.pem)
+  gantry-controller tls issue --role controller|agent DIR NAME [HOST...]
+      sign a certificate for gantry://ROLE/NAME with the CA in DIR: NAME is
+      the controller's -node-id or the agent's node id; HOSTs are extra DNS
+      names or IP addresses (default localhost, 127.0.0.1, ::1)
+  gantry-controller tls check --role controller|agent DIR NAME
+      exit 0 if DIR holds NAME's certificate for gantry://ROLE/NAME signed
+      by DIR's CA, 1 if not (certificates from before roles fail)
+  gantry-controller tls gossip-key
+      print a serf key for -encrypt`
+
 func tlsCommand(args []string) error {
-	usage := errors.New("usage: gantry-controller tls init DIR [HOST...] | tls issue DIR NAME [HOST...] | tls gossip-key")
-	if len(args) == 1 && args[0] == "gossip-key" {
+	usage := errors.New(tlsUsage)
+	if len(args) == 0 {
+		return usage
+	}
+	switch args[0] {
+	case "gossip-key":
+		if len(args) != 1 {
+			return usage
+		}
 		key := make([]byte, 32)
 		if _, err := rand.Read(key); err != nil {
 			return err
 		}
 		fmt.Println(base64.StdEncoding.EncodeToString(key))
 		return nil
-	}
-	if len(args) < 2 {
-		return usage
-	}
-	dir := args[1]
-	switch args[0] {
 	case "init":
+		if len(args) != 2 {
+			// Before roles, init also issued a controller certificate
+			// shared by every controller; now each controller has its own.
+			return fmt.Errorf("tls init takes only DIR; issue each controller's certificate with "+
+				"`tls issue --role controller DIR NODE_ID [HOST...]`\n%s", tlsUsage)
+		}
+		dir := args[1]
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
 		if err := tlsutil.InitCA(dir); err != nil {
 			return err
 		}
-		if _, err := tlsutil.Issue(dir, tlsutil.ControllerName, args[2:]); err != nil {
-			return err
-		}
-		fmt.Printf("cluster CA and controller certificate written to %s\n", dir)
+		fmt.Printf("cluster CA written to %s; now issue certificates with tls issue --role controller|agent\n", dir)
 		return nil
-	case "issue":
-		if len(args) < 3 {
+	case "issue", "check":
+		fs := flag.NewFlagSet("tls "+args[0], flag.ContinueOnError)
+		fs.SetOutput(os.Stderr)
+		role := fs.String("role", "", "controller or agent (required)")
+		if err := fs.Parse(args[1:]); err != nil {
 			return usage
 		}
-		f, err := tlsutil.Issue(dir, args[2], args[3:])
+		rest := fs.Args()
+		if len(rest) < 2 || args[0] == "check" && len(rest) != 2 {
+			return usage
+		}
+		if *role == "" {
+			// No default: a certificate of the wrong role is either
+			// useless or (an agent host with a controller certificate)
+			// dangerous, so the operator says which one is meant.
+			return fmt.Errorf("tls %s needs --role controller or --role agent\n%s", args[0], tlsUsage)
+		}
+		r, err := tlsutil.ParseRole(*role)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("certificate %s and key %s signed by %s\n", f.Cert, f.Key, f.CA)
+		if args[0] == "check" {
+			if err := tlsutil.Check(rest[0], r, rest[1]); err != nil {
+				return err
+			}
+			fmt.Printf("%s: ok\n", tlsutil.Identity{Role: r, ID: rest[1]})
+			return nil
+		}
+		f, err := tlsutil.Issue(rest[0], r, rest[1], rest[2:])
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%s certificate %s and key %s signed by %s\n", tlsutil.Identity{Role: r, ID: rest[1]}, f.Cert, f.Key, f.CA)
 		return nil
 	}
 	return usage

@@ -1,6 +1,6 @@
 // Package cluster runs the controller's Raft node: the log in raft-wal, file
-// snapshots, a TCP transport, and the FSM. It exposes Apply for writers and
-// the numbers /v1/cluster reports.
+// snapshots, a mutual-TLS transport between controller certificates, and
+// the FSM. It exposes Apply for writers and the numbers /v1/cluster reports.
 package cluster
 
 import (
@@ -21,6 +21,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/command"
 	"github.com/gantry-ml/gantry/internal/logging"
+	"github.com/gantry-ml/gantry/internal/tlsutil"
 )
 
 var (
@@ -45,6 +46,10 @@ type Config struct {
 	// ApplyTimeout bounds one Apply; default 10 s.
 	ApplyTimeout time.Duration
 	Log          *slog.Logger
+	// TLS is this controller's certificate (role controller) and the
+	// cluster CA. Required: Raft runs only over mutual TLS between
+	// controller certificates of that CA.
+	TLS tlsutil.Files
 }
 
 // Node is one controller's Raft participant.
@@ -54,6 +59,7 @@ type Node struct {
 	log       *wal.WAL
 	meta      *metadb.BoltMetaDB
 	transport *raft.NetworkTransport
+	stream    *tlsStreamLayer
 	fsm       raft.FSM
 	hadState  bool
 }
@@ -98,11 +104,14 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 			return nil, fmt.Errorf("cluster: advertise address %q: %w", cfg.Advertise, err)
 		}
 	}
-	transport, err := raft.NewTCPTransportWithLogger(cfg.BindAddr, adv, 5, 10*time.Second, hcl.Named("transport"))
+	stream, err := listenTLS(cfg.BindAddr, adv, cfg.TLS)
 	if err != nil {
 		closeLog()
 		return nil, fmt.Errorf("cluster: raft transport on %s: %w", cfg.BindAddr, err)
 	}
+	transport := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: stream, MaxPool: 5, Timeout: 10 * time.Second, Logger: hcl.Named("transport"),
+	})
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
@@ -150,7 +159,7 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 		closeLog()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
-	return &Node{cfg: cfg, raft: r, log: logStore, meta: meta, transport: transport, fsm: fsm, hadState: has || cfg.Bootstrap}, nil
+	return &Node{cfg: cfg, raft: r, log: logStore, meta: meta, transport: transport, stream: stream, fsm: fsm, hadState: has || cfg.Bootstrap}, nil
 }
 
 // Apply commits a command and returns the FSM's response. A domain error

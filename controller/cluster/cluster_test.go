@@ -44,6 +44,7 @@ func open(t *testing.T, dataDir, bind string, bootstrap bool) *node {
 	f := fsm.New(st, rc, logging.Discard())
 	n, err := cluster.Open(cluster.Config{
 		NodeID: "c1", DataDir: dataDir, BindAddr: bind, Bootstrap: bootstrap, Fast: true, Log: logging.Discard(),
+		TLS: controllerTLS(t, t.TempDir(), "c1"),
 	}, f)
 	if err != nil {
 		st.Close()

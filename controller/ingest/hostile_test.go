@@ -64,7 +64,7 @@ func (e *env) connect(name string) *agentConn {
 	files := e.agent1
 	if name != "agent1" {
 		var err error
-		if files, err = tlsutil.Issue(e.tlsDir, name, nil); err != nil {
+		if files, err = tlsutil.Issue(e.tlsDir, tlsutil.RoleAgent, name, nil); err != nil {
 			e.t.Fatal(err)
 		}
 	}

@@ -258,9 +258,16 @@ func (s *Server) handle(ctx context.Context, conn *quic.Conn) {
 type notLeaderError struct{ error }
 
 func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (*Session, *gantrypb.Hello, error) {
-	peer, err := tlsutil.PeerName(conn.ConnectionState().TLS)
+	// The session's node is the certificate's identity, never what the
+	// hello claims: only an agent certificate registers a node, so a
+	// controller certificate (or one from before roles) cannot pose as one
+	// even if the TLS config let it through.
+	peer, err := tlsutil.PeerIdentity(conn.ConnectionState().TLS)
 	if err != nil {
 		return nil, nil, fmt.Errorf("client certificate: %w", err)
+	}
+	if peer.Role != tlsutil.RoleAgent {
+		return nil, nil, fmt.Errorf("client certificate is %s; only an agent certificate registers a node", peer)
 	}
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -286,8 +293,8 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (*Session, *gan
 	if err := admission.CheckHello(hello); err != nil {
 		return nil, nil, fmt.Errorf("hello: %w", err)
 	}
-	if hello.NodeId != peer {
-		return nil, nil, fmt.Errorf("hello names node %q but the certificate is for %q", hello.NodeId, peer)
+	if hello.NodeId != peer.ID {
+		return nil, nil, fmt.Errorf("hello names node %q but the certificate is %s", hello.NodeId, peer)
 	}
 	reply := func(ok bool, reason, leader string) error {
 		return ctrl.Write(&gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_HelloReply{

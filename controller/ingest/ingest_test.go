@@ -69,18 +69,18 @@ func newEnv(t *testing.T, raftApplier func(*cluster.Node) ingest.Applier, leader
 	if err != nil {
 		t.Fatal(err)
 	}
-	node, err := cluster.Open(cluster.Config{NodeID: "c1", DataDir: dir, BindAddr: "127.0.0.1:0",
-		Bootstrap: true, Fast: true, Log: logging.Discard()}, fsm.New(st, nil, logging.Discard()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testutil.WaitFor(t, 10*time.Second, node.IsLeader, "raft leadership")
 	tlsDir := t.TempDir()
 	ctrl, agent1, err := tlsutil.EnsureDev(tlsDir, "agent1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	serverTLS, err := tlsutil.ServerConfig(ctrl, link.ALPN)
+	node, err := cluster.Open(cluster.Config{NodeID: "c1", DataDir: dir, BindAddr: "127.0.0.1:0",
+		Bootstrap: true, Fast: true, Log: logging.Discard(), TLS: ctrl}, fsm.New(st, nil, logging.Discard()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, node.IsLeader, "raft leadership")
+	serverTLS, err := tlsutil.ServerConfig(ctrl, link.ALPN, tlsutil.RoleAgent)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func (e *env) job(id, node string) {
 
 func (e *env) clientTLS(f tlsutil.Files) *tls.Config {
 	e.t.Helper()
-	c, err := tlsutil.ClientConfig(f, link.ALPN, "")
+	c, err := tlsutil.ClientConfig(f, link.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		e.t.Fatal(err)
 	}

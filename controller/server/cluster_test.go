@@ -50,13 +50,25 @@ func startControllerAt(t *testing.T, c *testCluster, i int, join []string, expec
 	srv, err := server.Start(server.Config{
 		NodeID: fmt.Sprintf("c%d", i), DataDir: c.dirs[i],
 		HTTPAddr: "127.0.0.1:0", QUICAddr: "127.0.0.1:0", RaftAddr: raftAddr, SerfAddr: serfAddr,
-		Join: join, BootstrapExpect: expect, TLS: c.ctrlTLS, Fast: true,
+		Join: join, BootstrapExpect: expect, TLS: c.controllerTLS(i), Fast: true,
 		LostGrace: time.Minute, Log: testLog(t),
 	})
 	if err != nil {
 		t.Fatalf("start controller c%d: %v", i, err)
 	}
 	return srv
+}
+
+// controllerTLS issues controller i its own certificate, for
+// gantry://controller/c<i>, from the cluster's CA: the other controllers
+// make it a voter only once it proves that name on its Raft address.
+func (c *testCluster) controllerTLS(i int) tlsutil.Files {
+	c.t.Helper()
+	f, err := tlsutil.Issue(c.tlsDir, tlsutil.RoleController, fmt.Sprintf("c%d", i), nil)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return f
 }
 
 // testLog discards logs unless GANTRY_TEST_LOG is set (debugging).
@@ -219,7 +231,7 @@ func TestClusterElectsForwardsAndFailsOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sp.Close()
-	clientTLS, err := tlsutil.ClientConfig(c.agent, protolink.ALPN, "")
+	clientTLS, err := tlsutil.ClientConfig(c.agent, protolink.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,7 +380,7 @@ func TestFollowerWatchersSeeWhatLeaderWatchersSee(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sp.Close()
-	clientTLS, err := tlsutil.ClientConfig(c.agent, protolink.ALPN, "")
+	clientTLS, err := tlsutil.ClientConfig(c.agent, protolink.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		t.Fatal(err)
 	}

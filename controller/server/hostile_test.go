@@ -91,7 +91,7 @@ func TestHostileAgentAgainstCluster(t *testing.T) {
 	// Pinned to a node that is not the hostile agent: never its job.
 	other := submit(t, leader, apiv1.JobSpec{Name: "not-yours", Run: "true", Node: "gpu-host-2"})
 
-	tlsConf, err := tlsutil.ClientConfig(c.agent, protolink.ALPN, "")
+	tlsConf, err := tlsutil.ClientConfig(c.agent, protolink.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -88,15 +88,60 @@ func (s *Server) membershipLoop(ctx context.Context) {
 	}
 }
 
+// verifyTimeout bounds the TLS handshake that proves a controller's
+// identity on its Raft address.
+const verifyTimeout = 3 * time.Second
+
+// verifyController reports whether m proved, on its advertised Raft
+// address, that it holds the controller certificate for its member name
+// from the cluster CA. Serf membership only needs the gossip key, which
+// every agent host has; a vote needs the controller certificate. This node
+// needs no handshake with itself: Start checked its certificate. It runs on
+// the membership loop only, which owns s.refused.
+func (s *Server) verifyController(m membership.Member) bool {
+	if m.Name == s.cfg.NodeID {
+		return true
+	}
+	err := s.raft.VerifyPeer(m.Name, m.RaftAddr, verifyTimeout)
+	if err == nil {
+		if _, was := s.refused[m.Name]; was {
+			s.cfg.Log.Info("controller identity verified", "member", m.Name, "addr", m.RaftAddr)
+			delete(s.refused, m.Name)
+		}
+		return true
+	}
+	s.votersRefused.Inc()
+	if s.refused[m.Name] != err.Error() {
+		s.refused[m.Name] = err.Error()
+		s.cfg.Log.Warn("not making a serf member a raft voter: it did not prove a controller certificate of the cluster CA for its name",
+			"member", m.Name, "addr", m.RaftAddr, "err", err)
+	}
+	return false
+}
+
 func (s *Server) tryBootstrap() {
 	expect := s.cfg.BootstrapExpect
 	if expect == 0 || s.raft.HasState() {
 		return
 	}
-	controllers := s.members.Controllers()
-	for _, c := range controllers {
-		if c.Bootstrapped {
-			return // a cluster exists: its leader adds this node
+	seen := s.members.Controllers()
+	for _, c := range seen {
+		// A cluster exists: its leader adds this node. Only a verified
+		// controller says so, or the gossip key alone could stop a new
+		// cluster from ever bootstrapping.
+		if c.Bootstrapped && s.verifyController(c) {
+			return
+		}
+	}
+	if len(seen) < expect {
+		return
+	}
+	// Bootstrap with verified controllers only: a member with the gossip
+	// key but no controller certificate must not become a founding voter.
+	var controllers []membership.Member
+	for _, c := range seen {
+		if s.verifyController(c) {
+			controllers = append(controllers, c)
 		}
 	}
 	if len(controllers) < expect {
@@ -138,6 +183,9 @@ func (s *Server) reconcileMembers() {
 			addr, ok := inRaft[m.Name]
 			switch {
 			case m.Status == membership.StatusAlive && (!ok || addr != m.RaftAddr) && m.RaftAddr != "":
+				if !s.verifyController(m) {
+					continue
+				}
 				s.cfg.Log.Info("adding raft voter", "id", m.Name, "addr", m.RaftAddr)
 				if err := s.raft.AddVoter(m.Name, m.RaftAddr); err != nil {
 					s.cfg.Log.Warn("add voter failed", "id", m.Name, "err", err)

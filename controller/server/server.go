@@ -42,7 +42,9 @@ type Config struct {
 	QUICAddr string
 	// Bootstrap starts a one-voter cluster when there is no Raft state.
 	Bootstrap bool
-	// TLS is the controller's identity for the agent link.
+	// TLS is the controller's certificate (role controller; with
+	// clustering its ID must be NodeID) and the cluster CA, for the agent
+	// link and for Raft.
 	TLS   tlsutil.Files
 	Token string
 	// Fast uses 50 ms Raft timings (tests).
@@ -86,6 +88,12 @@ type Server struct {
 	// leaderWake nudges the membership loop when leadership changes.
 	leaderWake    chan struct{}
 	leaderChanges prometheus.Counter
+	// votersRefused counts controllers not made voters (nor bootstrapped
+	// with) because they could not prove their identity on their Raft
+	// address; refused maps each such member to the last reason, so the
+	// membership loop logs a refusal once, not every second.
+	votersRefused prometheus.Counter
+	refused       map[string]string
 
 	// fatal receives the error that made this controller unable to go on
 	// (its state store failed); the process must stop.
@@ -103,10 +111,13 @@ func Start(cfg Config) (*Server, error) {
 		cfg.Log = slog.Default()
 	}
 	s := &Server{cfg: cfg, hub: hub.New(), reg: prometheus.NewRegistry(), leaderWake: make(chan struct{}, 1),
-		fatal: make(chan error, 1)}
+		refused: map[string]string{}, fatal: make(chan error, 1)}
 	s.leaderChanges = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "gantry_raft_leader_changes_total", Help: "Raft leadership changes seen by this controller."})
-	s.reg.MustRegister(s.leaderChanges, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	s.votersRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "gantry_raft_voters_refused_total",
+		Help: "Controllers seen in serf but not made Raft voters: no controller certificate of the cluster CA for their name on their Raft address."})
+	s.reg.MustRegister(s.leaderChanges, s.votersRefused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "gantry_raft_is_leader", Help: "1 while this controller is the Raft leader."},
 		func() float64 {
 			if s.raft != nil && s.raft.IsLeader() {
@@ -123,7 +134,22 @@ func Start(cfg Config) (*Server, error) {
 		}
 	}()
 
-	var err error
+	// Check the certificate before opening anything, so that an old one
+	// or one of the wrong role stops start-up with the way to fix it.
+	id, err := tlsutil.LoadIdentity(cfg.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	if id.Role != tlsutil.RoleController {
+		return nil, fmt.Errorf("server: %s is %s; a controller needs a controller certificate", cfg.TLS.Cert, id)
+	}
+	if cfg.SerfAddr != "" && id.ID != cfg.NodeID {
+		// The leader makes a member a voter only once its Raft address
+		// proves the member's name: with another ID, this node would
+		// never get a vote.
+		return nil, fmt.Errorf("server: %s is %s but this controller's node id is %q; issue it one with "+
+			"`gantry-controller tls issue --role controller DIR %s`", cfg.TLS.Cert, id, cfg.NodeID, cfg.NodeID)
+	}
 	s.store, err = store.Open(filepath.Join(cfg.DataDir, "state.db"))
 	if err != nil {
 		return nil, err
@@ -139,13 +165,15 @@ func Start(cfg Config) (*Server, error) {
 	s.registerFSMMetrics()
 	s.raft, err = cluster.Open(cluster.Config{
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, BindAddr: cfg.RaftAddr, Advertise: cfg.AdvertiseRaft,
-		Bootstrap: cfg.Bootstrap, Fast: cfg.Fast, Log: cfg.Log,
+		Bootstrap: cfg.Bootstrap, Fast: cfg.Fast, Log: cfg.Log, TLS: cfg.TLS,
 	}, s.fsm)
 	if err != nil {
 		return nil, err
 	}
 
-	tlsConf, err := tlsutil.ServerConfig(cfg.TLS, link.ALPN)
+	// The agent link serves agent certificates only: the session's node is
+	// the certificate's ID, and a controller certificate is no node.
+	tlsConf, err := tlsutil.ServerConfig(cfg.TLS, link.ALPN, tlsutil.RoleAgent)
 	if err != nil {
 		return nil, fmt.Errorf("server: agent link TLS: %w", err)
 	}

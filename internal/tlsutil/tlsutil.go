@@ -3,10 +3,16 @@
 //
 // Every identity (the CA, each controller, each agent) is a pair of PEM
 // files in one directory: NAME.pem holds the certificate and NAME-key.pem
-// the ECDSA P-256 private key (PKCS #8, mode 0600). Certificates are usable
-// both as server and as client certificates, because a controller accepts
-// agent connections and an agent presents its own certificate to it; the
-// certificate's CommonName is the peer's identity (the agent's node id).
+// the ECDSA P-256 private key (PKCS #8, mode 0600).
+//
+// Each leaf certificate has a role and an ID, carried as one SPIFFE-style
+// URI SAN: gantry://controller/ID (the controller's Raft node id) or
+// gantry://agent/ID (the agent's node id). The extended key usage matches
+// the role: a controller certificate is for TLS servers and clients
+// (controllers serve agents and dial each other over Raft), an agent
+// certificate for TLS clients only. Every config this package makes names
+// the role it accepts from the peer, so an agent certificate can never pose
+// as a controller, nor a controller certificate register as an agent node.
 package tlsutil
 
 import (
@@ -23,6 +29,7 @@ import (
 	"io/fs"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,7 +42,8 @@ const (
 	caKeyFile  = "ca-key.pem"
 )
 
-// ControllerName is the certificate name EnsureDev uses for the controller.
+// ControllerName is the certificate name (and controller ID) EnsureDev uses
+// for the dev-mode controller.
 const ControllerName = "controller"
 
 const (
@@ -141,15 +149,20 @@ func InitCA(dir string) error {
 	return nil
 }
 
-// Issue signs, with the CA in dir, a certificate for name and writes
-// dir/<name>.pem and dir/<name>-key.pem (0600), replacing any previous ones.
+// Issue signs, with the CA in dir, a certificate for role and name and
+// writes dir/<name>.pem and dir/<name>-key.pem (0600), replacing any
+// previous ones.
 //
-// CommonName is name. The SANs are name plus hosts, each taken as an IP
-// address if it parses as one and as a DNS name otherwise; with no hosts,
-// "localhost", 127.0.0.1 and ::1 are used so that a local dev setup
-// verifies. The certificate is valid for 5 years, both as a server and as
-// a client certificate.
-func Issue(dir, name string, hosts []string) (Files, error) {
+// The identity is the URI SAN gantry://<role>/<name>; CommonName is name.
+// The DNS and IP SANs are name plus hosts, each taken as an IP address if
+// it parses as one and as a DNS name otherwise; with no hosts, "localhost",
+// 127.0.0.1 and ::1 are used so that a local dev setup verifies. The
+// certificate is valid for 5 years; a controller's for TLS servers and
+// clients, an agent's for TLS clients only.
+func Issue(dir string, role Role, name string, hosts []string) (Files, error) {
+	if _, err := ParseRole(string(role)); err != nil {
+		return Files{}, err
+	}
 	if err := checkName(name); err != nil {
 		return Files{}, err
 	}
@@ -177,7 +190,8 @@ func Issue(dir, name string, hosts []string) (Files, error) {
 		NotBefore:             now.Add(-clockSkew),
 		NotAfter:              now.Add(certValidity),
 		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:           extKeyUsage(role),
+		URIs:                  []*url.URL{Identity{Role: role, ID: name}.URI()},
 		BasicConstraintsValid: true,
 	}
 	if len(hosts) == 0 {
@@ -202,12 +216,17 @@ func Issue(dir, name string, hosts []string) (Files, error) {
 }
 
 // EnsureDev makes, where missing, a CA and certificates for the controller
-// (named ControllerName) and for an agent named agentName in dir, for dev
-// mode and tests. Existing files are left untouched, so calling it again
-// changes nothing.
+// (named ControllerName, role controller) and for an agent named agentName
+// (role agent) in dir, for dev mode and tests. Existing files with the
+// right identity are left untouched, so calling it again changes nothing;
+// a certificate from before roles existed, or of another identity, is
+// re-issued, which upgrades an old dev directory in place.
 func EnsureDev(dir, agentName string) (controller, agent Files, err error) {
 	if err := checkName(agentName); err != nil {
 		return Files{}, Files{}, err
+	}
+	if agentName == ControllerName {
+		return Files{}, Files{}, fmt.Errorf("%w: the agent cannot be named %q, the dev controller's name", ErrBadName, agentName)
 	}
 	hasCert, err := fileExists(filepath.Join(dir, caCertFile))
 	if err != nil {
@@ -228,7 +247,7 @@ func EnsureDev(dir, agentName string) (controller, agent Files, err error) {
 		return Files{}, Files{}, fmt.Errorf("tlsutil: ensure dev: %w: only one of %s and %s exists in %s",
 			ErrNoCA, caCertFile, caKeyFile, dir)
 	}
-	ensure := func(name string) (Files, error) {
+	ensure := func(role Role, name string) (Files, error) {
 		f := filesFor(dir, name)
 		hasCert, err := fileExists(f.Cert)
 		if err != nil {
@@ -239,54 +258,63 @@ func EnsureDev(dir, agentName string) (controller, agent Files, err error) {
 			return Files{}, err
 		}
 		if hasCert && hasKey {
-			return f, nil
+			if id, err := LoadIdentity(f); err == nil && id == (Identity{Role: role, ID: name}) {
+				return f, nil
+			}
 		}
-		return Issue(dir, name, nil)
+		return Issue(dir, role, name, nil)
 	}
-	if controller, err = ensure(ControllerName); err != nil {
+	if controller, err = ensure(RoleController, ControllerName); err != nil {
 		return Files{}, Files{}, fmt.Errorf("tlsutil: ensure dev: %w", err)
 	}
-	if agent, err = ensure(agentName); err != nil {
+	if agent, err = ensure(RoleAgent, agentName); err != nil {
 		return Files{}, Files{}, fmt.Errorf("tlsutil: ensure dev: %w", err)
 	}
 	return controller, agent, nil
 }
 
 // ServerConfig returns a TLS 1.3 server config that presents f's
-// certificate and requires a client certificate signed by f's CA.
-func ServerConfig(f Files, alpn string) (*tls.Config, error) {
+// certificate, which must be a controller's (only controllers serve), and
+// requires a client certificate signed by f's CA with the given role.
+func ServerConfig(f Files, alpn string, peer Role) (*tls.Config, error) {
 	if alpn == "" {
 		return nil, fmt.Errorf("tlsutil: server config: %w", ErrNoALPN)
 	}
-	cert, pool, err := load(f)
+	cert, pool, err := load(f, RoleController)
 	if err != nil {
 		return nil, fmt.Errorf("tlsutil: server config: %w", err)
 	}
-	return &tls.Config{
+	cfg, err := RequirePeer(&tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    pool,
 		NextProtos:   []string{alpn},
-	}, nil
+	}, Identity{Role: peer})
+	if err != nil {
+		return nil, fmt.Errorf("tlsutil: server config: %w", err)
+	}
+	return cfg, nil
 }
 
 // ClientConfig returns a TLS 1.3 client config that presents f's
-// certificate and verifies the server against f's CA.
+// certificate and accepts only a server whose certificate chains to f's
+// CA and carries peer's identity: peer.Role, and peer.ID unless it is ""
+// (any ID of that role).
 //
 // With a serverName the standard verification applies, host name included.
 // With serverName "" the server's certificate must still chain to the CA,
-// but any SAN is accepted: agents reach controllers at addresses learnt at
-// run time (serf tags, a changed IP), which the certificate may not list,
-// and in this cluster holding a CA-signed certificate is what makes a
-// controller. crypto/tls can only skip the host name check by skipping all
+// but any DNS or IP SAN is accepted: agents reach controllers at addresses
+// learnt at run time (serf tags, a changed IP), which the certificate may
+// not list, and the identity URI SAN, not the address, says who the peer
+// is. crypto/tls can only skip the host name check by skipping all
 // verification (InsecureSkipVerify), so the chain is verified again in
 // VerifyConnection, which runs on every handshake, resumed ones included.
-func ClientConfig(f Files, alpn, serverName string) (*tls.Config, error) {
+func ClientConfig(f Files, alpn, serverName string, peer Identity) (*tls.Config, error) {
 	if alpn == "" {
 		return nil, fmt.Errorf("tlsutil: client config: %w", ErrNoALPN)
 	}
-	cert, pool, err := load(f)
+	cert, pool, err := load(f, "")
 	if err != nil {
 		return nil, fmt.Errorf("tlsutil: client config: %w", err)
 	}
@@ -302,6 +330,10 @@ func ClientConfig(f Files, alpn, serverName string) (*tls.Config, error) {
 		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 			return verifyChain(cs.PeerCertificates, pool)
 		}
+	}
+	cfg, err = RequirePeer(cfg, peer)
+	if err != nil {
+		return nil, fmt.Errorf("tlsutil: client config: %w", err)
 	}
 	return cfg, nil
 }
@@ -327,27 +359,21 @@ func verifyChain(certs []*x509.Certificate, roots *x509.CertPool) error {
 	return nil
 }
 
-// PeerName returns the CommonName of the verified peer certificate of a
-// connection: on the controller, the agent's node id. It needs a chain
-// verified by crypto/tls, so it works on the server side and on a client
-// with a serverName, not on a client built with serverName "" (whose
-// verification crypto/tls does not record).
-func PeerName(cs tls.ConnectionState) (string, error) {
-	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
-		return "", fmt.Errorf("tlsutil: peer name: %w", ErrNoPeer)
-	}
-	name := cs.VerifiedChains[0][0].Subject.CommonName
-	if name == "" {
-		return "", fmt.Errorf("tlsutil: peer name: %w: certificate has no CommonName", ErrNoPeer)
-	}
-	return name, nil
-}
-
-// load reads f's key pair and a pool holding only f's CA.
-func load(f Files) (tls.Certificate, *x509.CertPool, error) {
+// load reads f's key pair and a pool holding only f's CA. The certificate
+// must carry an identity, of role own unless own is "": a node refuses to
+// start with a certificate from before roles existed, with the error that
+// says how to re-issue it, instead of failing every handshake later.
+func load(f Files, own Role) (tls.Certificate, *x509.CertPool, error) {
 	cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
 	if err != nil {
 		return tls.Certificate{}, nil, fmt.Errorf("load key pair %s: %w", f.Cert, err)
+	}
+	id, err := IdentityOf(cert.Leaf)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("%s: %w", f.Cert, err)
+	}
+	if own != "" && id.Role != own {
+		return tls.Certificate{}, nil, fmt.Errorf("%w: %s is %s, this side needs a %s certificate", ErrBadRole, f.Cert, id, own)
 	}
 	ca, err := readCert(f.CA)
 	if err != nil {

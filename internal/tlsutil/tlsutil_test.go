@@ -102,7 +102,7 @@ func handshake(t *testing.T, serverCfg, clientCfg *tls.Config) handshakeResult {
 
 func serverConfig(t *testing.T, f Files) *tls.Config {
 	t.Helper()
-	cfg, err := ServerConfig(f, testALPN)
+	cfg, err := ServerConfig(f, testALPN, RoleAgent)
 	if err != nil {
 		t.Fatalf("ServerConfig: %v", err)
 	}
@@ -111,7 +111,7 @@ func serverConfig(t *testing.T, f Files) *tls.Config {
 
 func clientConfig(t *testing.T, f Files, serverName string) *tls.Config {
 	t.Helper()
-	cfg, err := ClientConfig(f, testALPN, serverName)
+	cfg, err := ClientConfig(f, testALPN, serverName, Identity{Role: RoleController})
 	if err != nil {
 		t.Fatalf("ClientConfig: %v", err)
 	}
@@ -196,9 +196,9 @@ func TestHandshake(t *testing.T) {
 			if tt.wantPeer == "" {
 				return
 			}
-			got, err := PeerName(res.server)
-			if err != nil || got != tt.wantPeer {
-				t.Errorf("PeerName(server state) = %q, %v; want %q", got, err, tt.wantPeer)
+			got, err := PeerIdentity(res.server)
+			if want := (Identity{Role: RoleAgent, ID: tt.wantPeer}); err != nil || got != want {
+				t.Errorf("PeerIdentity(server state) = %v, %v; want %v", got, err, want)
 			}
 			if p := res.client.NegotiatedProtocol; p != testALPN {
 				t.Errorf("negotiated ALPN %q, want %q", p, testALPN)
@@ -224,9 +224,15 @@ func TestClientAnyServerNameRejectsForeignChain(t *testing.T) {
 	}
 }
 
-func TestPeerNameNeedsVerifiedChain(t *testing.T) {
-	if _, err := PeerName(tls.ConnectionState{}); !errors.Is(err, ErrNoPeer) {
-		t.Fatalf("PeerName(empty) = %v, want ErrNoPeer", err)
+func TestPeerIdentityNeedsVerifiedChain(t *testing.T) {
+	p := newPKI(t, "gpu-01")
+	leaf, err := readCert(p.agent.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A peer certificate that crypto/tls did not verify is not an identity.
+	if _, err := PeerIdentity(tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}); !errors.Is(err, ErrNoPeer) {
+		t.Fatalf("PeerIdentity(unverified) = %v, want ErrNoPeer", err)
 	}
 }
 
@@ -247,7 +253,7 @@ func TestIssueCertificate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f, err := Issue(dir, tt.name, tt.hosts)
+			f, err := Issue(dir, RoleController, tt.name, tt.hosts)
 			if err != nil {
 				t.Fatalf("Issue: %v", err)
 			}
@@ -300,7 +306,7 @@ func TestIssueCertificate(t *testing.T) {
 
 func TestIssueRejects(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := Issue(dir, "agent", nil); !errors.Is(err, ErrNoCA) {
+	if _, err := Issue(dir, RoleAgent, "agent", nil); !errors.Is(err, ErrNoCA) {
 		t.Fatalf("Issue without CA = %v, want ErrNoCA", err)
 	}
 	if err := InitCA(dir); err != nil {
@@ -308,13 +314,18 @@ func TestIssueRejects(t *testing.T) {
 	}
 	caBefore := readFiles(t, dir)
 	for _, name := range []string{"", "ca", "ca-key", "x-key", "../evil", "a/b", ".hidden", "sp ace"} {
-		if _, err := Issue(dir, name, nil); !errors.Is(err, ErrBadName) {
+		if _, err := Issue(dir, RoleAgent, name, nil); !errors.Is(err, ErrBadName) {
 			t.Errorf("Issue(%q) = %v, want ErrBadName", name, err)
 		}
 	}
 	for _, hosts := range [][]string{{""}, {"  "}, {"a b"}, {"a/b"}} {
-		if _, err := Issue(dir, "agent", hosts); !errors.Is(err, ErrBadHost) {
+		if _, err := Issue(dir, RoleAgent, "agent", hosts); !errors.Is(err, ErrBadHost) {
 			t.Errorf("Issue(hosts %q) = %v, want ErrBadHost", hosts, err)
+		}
+	}
+	for _, role := range []Role{"", "admin", "Controller"} {
+		if _, err := Issue(dir, role, "x", nil); !errors.Is(err, ErrBadRole) {
+			t.Errorf("Issue(role %q) = %v, want ErrBadRole", role, err)
 		}
 	}
 	if after := readFiles(t, dir); !equalFiles(caBefore, after) {
@@ -411,8 +422,8 @@ func TestEnsureDevIdempotent(t *testing.T) {
 	if res.serverErr != nil || res.clientErr != nil {
 		t.Fatalf("handshake with second agent: server %v, client %v", res.serverErr, res.clientErr)
 	}
-	if got, err := PeerName(res.server); err != nil || got != "gpu-02" {
-		t.Fatalf("PeerName = %q, %v", got, err)
+	if got, err := PeerIdentity(res.server); err != nil || got != (Identity{Role: RoleAgent, ID: "gpu-02"}) {
+		t.Fatalf("PeerIdentity = %v, %v", got, err)
 	}
 
 	// A missing key is reissued.
@@ -429,26 +440,33 @@ func TestEnsureDevIdempotent(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	p := newPKI(t, "gpu-01")
-	if _, err := ServerConfig(p.controller, ""); !errors.Is(err, ErrNoALPN) {
+	if _, err := ServerConfig(p.controller, "", RoleAgent); !errors.Is(err, ErrNoALPN) {
 		t.Errorf("ServerConfig without ALPN = %v", err)
 	}
-	if _, err := ClientConfig(p.agent, "", ""); !errors.Is(err, ErrNoALPN) {
+	if _, err := ClientConfig(p.agent, "", "", Identity{Role: RoleController}); !errors.Is(err, ErrNoALPN) {
 		t.Errorf("ClientConfig without ALPN = %v", err)
 	}
 	missing := p.agent
 	missing.CA = filepath.Join(p.dir, "nope.pem")
-	if _, err := ClientConfig(missing, testALPN, ""); !errors.Is(err, os.ErrNotExist) {
+	if _, err := ClientConfig(missing, testALPN, "", Identity{Role: RoleController}); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("ClientConfig with missing CA = %v", err)
 	}
 	// A key file is not a certificate.
 	wrong := p.controller
 	wrong.CA = p.controller.Key
-	if _, err := ServerConfig(wrong, testALPN); !errors.Is(err, ErrBadPEM) {
+	if _, err := ServerConfig(wrong, testALPN, RoleAgent); !errors.Is(err, ErrBadPEM) {
 		t.Errorf("ServerConfig with a key as CA = %v", err)
 	}
 	mismatched := Files{CA: p.agent.CA, Cert: p.agent.Cert, Key: p.controller.Key}
-	if _, err := ServerConfig(mismatched, testALPN); err == nil {
+	if _, err := ServerConfig(mismatched, testALPN, RoleAgent); err == nil {
 		t.Error("ServerConfig with mismatched key succeeded")
+	}
+	// Only controllers serve: an agent certificate makes no server config.
+	if _, err := ServerConfig(p.agent, testALPN, RoleAgent); !errors.Is(err, ErrBadRole) {
+		t.Errorf("ServerConfig with an agent certificate = %v, want ErrBadRole", err)
+	}
+	if _, err := ServerConfig(p.controller, testALPN, "admin"); !errors.Is(err, ErrBadRole) {
+		t.Errorf("ServerConfig requiring an unknown role = %v, want ErrBadRole", err)
 	}
 }
 
