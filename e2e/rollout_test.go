@@ -290,6 +290,7 @@ func checkDeployedFiles(t *testing.T, r *rolloutLab) {
 		{filepath.Join(secrets, "tls"), 0o700, "root"},
 		{filepath.Join(secrets, "tls", "ca-key.pem"), 0o600, "root"},
 		{filepath.Join(secrets, "gossip.key"), 0o600, "root"},
+		{filepath.Join(secrets, "api.token"), 0o600, "root"},
 	}
 	gossip := ""
 	for _, name := range append(append([]string{}, rolloutControllers...), rolloutAgents...) {
