@@ -3,15 +3,9 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -25,6 +19,7 @@ import (
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/client"
+	"github.com/gantry-ml/gantry/internal/testutil"
 )
 
 // TestHTTPTrust runs the real controller with the operator's HTTPS
@@ -34,7 +29,7 @@ import (
 // overflowing cursors are refused, and a tokenless non-loopback bind does
 // not start.
 func TestHTTPTrust(t *testing.T) {
-	ca, cert, key := writeAPIPKI(t)
+	ca, cert, key := testutil.WriteServerPKI(t)
 	t.Setenv(client.EnvCA, ca) // startDev's client and the CLI below trust it
 	d := startDevWith(t, "", 1, "-http-tls-cert", cert, "-http-tls-key", key)
 	if !strings.HasPrefix(d.addr, "https://") {
@@ -153,52 +148,4 @@ func TestHTTPTrust(t *testing.T) {
 			t.Fatalf("tokenless controller on 0.0.0.0: err=%v ctx=%v\n%s\nwant a start-up error naming -insecure-no-token", err, ctx.Err(), out)
 		}
 	})
-}
-
-// writeAPIPKI writes a CA and, signed by it, a server certificate for
-// 127.0.0.1 and localhost: the operator's own certificate.
-func writeAPIPKI(t *testing.T) (ca, cert, key string) {
-	t.Helper()
-	dir := t.TempDir()
-	newKey := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	caKey, leafKey := newKey(), newKey()
-	now := time.Now()
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "operator CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "gantry api"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:    []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, leafKey.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(leafKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, cert, key = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "api.pem"), filepath.Join(dir, "api-key.pem")
-	for path, b := range map[string]*pem.Block{
-		ca: {Type: "CERTIFICATE", Bytes: caDER}, cert: {Type: "CERTIFICATE", Bytes: leafDER}, key: {Type: "PRIVATE KEY", Bytes: keyDER},
-	} {
-		if err := os.WriteFile(path, pem.EncodeToMemory(b), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return ca, cert, key
 }
