@@ -148,7 +148,8 @@ func (a *app) rootCmd() *cobra.Command {
 		Short: "Run and watch training jobs on a Gantry cluster",
 		Long: "gantry submits training jobs to a Gantry controller and shows them live.\n\n" +
 			"The controller address comes from --addr, else $" + EnvAddr + ", else " + DefaultAddr +
-			";\na bearer token from $" + EnvToken + ".",
+			";\na bearer token from $" + EnvToken + "; for https:// controllers, $" + client.EnvCA +
+			"\nnames a PEM CA bundle trusted besides the system roots.",
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
