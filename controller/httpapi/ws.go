@@ -84,6 +84,9 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request) (*watcherConn, bool
 		// and a stalled one must show up as a lagging subscriber soon.
 		_ = tcp.SetWriteBuffer(wsSocketBuffer)
 	}
+	// The server's ReadTimeout and WriteTimeout do not end a watcher:
+	// Upgrade clears the hijacked connection's deadlines, and from here on
+	// the read deadline (pongs) and each write's deadline are set below.
 	c := &watcherConn{ws: ws, closed: make(chan struct{})}
 	ws.SetReadLimit(wsMaxClientBytes)
 	_ = ws.SetReadDeadline(time.Now().Add(wsPongWait))

@@ -207,6 +207,7 @@ func Start(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: http listen on %s: %w", cfg.HTTPAddr, err)
 	}
 	if httpTLS != nil {
+		// HTTP/1.1 only (no "h2" in NextProtos): WebSocket upgrades need it.
 		s.httpLn = tls.NewListener(s.httpLn, httpTLS)
 	}
 	s.http = s.api.NewHTTPServer()
