@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"net"
@@ -78,7 +79,11 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request) (*watcherConn, bool
 	if err != nil {
 		return nil, false // Upgrade already answered with an HTTP error
 	}
-	if tcp, ok := ws.UnderlyingConn().(*net.TCPConn); ok {
+	conn := ws.UnderlyingConn()
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn() // HTTPS: the socket under TLS
+	}
+	if tcp, ok := conn.(*net.TCPConn); ok {
 		// A fixed, small kernel send buffer (no autotuning to megabytes):
 		// ten thousand watchers must not pin gigabytes of socket memory,
 		// and a stalled one must show up as a lagging subscriber soon.
