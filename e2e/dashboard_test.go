@@ -255,6 +255,21 @@ func TestDashboard(t *testing.T) {
 		b.do(t, "follow the job link", chromedp.Click(chromedp.CSS(row+" a")), chromedp.WaitVisible(chromedp.CSS(`#final-panel`)))
 	})
 
+	t.Run("CancelButton", func(t *testing.T) {
+		// The API refuses writes without a JSON Content-Type (CSRF
+		// guard): the page's own cancel must still get through.
+		id, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "dash-cancel", Run: "sleep 300"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.do(t, "open the job page", chromedp.Navigate(d.addr+"/jobs/"+id), chromedp.WaitVisible(chromedp.CSS(`button.danger`)))
+		evalJS[bool](t, b, `(window.confirm = () => true, true)`)
+		b.do(t, "click cancel", chromedp.Click(chromedp.CSS(`button.danger`)))
+		if j := waitTerminal(t, d.api, id, 30*time.Second); j.State != apiv1.StateCancelled {
+			t.Fatalf("job ended %s after the cancel button, want cancelled", j.State)
+		}
+	})
+
 	t.Run("NodesPage", func(t *testing.T) {
 		b.do(t, "open the nodes page", chromedp.Navigate(d.addr+"/nodes"))
 		b.waitJS(t, 10*time.Second, "the local node with 2 GPUs", `document.querySelectorAll('section[data-node-id="local"] tr[data-gpu]').length === 2`)

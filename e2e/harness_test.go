@@ -61,12 +61,18 @@ var apiLine = regexp.MustCompile(`msg="dev mode ready" api=(\S+)`)
 // dataDir (a fresh temp dir when empty) and waits until its agent is up.
 func startDev(t *testing.T, dataDir string, fakeGPUs int) *devController {
 	t.Helper()
+	return startDevWith(t, dataDir, fakeGPUs)
+}
+
+// startDevWith is startDev with more controller flags.
+func startDevWith(t *testing.T, dataDir string, fakeGPUs int, extra ...string) *devController {
+	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
 	}
-	cmd := exec.Command(filepath.Join(binDir, "gantry-controller"), "-dev",
+	cmd := exec.Command(filepath.Join(binDir, "gantry-controller"), append([]string{"-dev",
 		"-data-dir", dataDir, "-http-addr", "127.0.0.1:0", "-quic-addr", "127.0.0.1:0",
-		"-raft-addr", "127.0.0.1:0", "-fake-gpus", fmt.Sprint(fakeGPUs))
+		"-raft-addr", "127.0.0.1:0", "-fake-gpus", fmt.Sprint(fakeGPUs)}, extra...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

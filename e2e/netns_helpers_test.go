@@ -155,6 +155,33 @@ type netLab struct {
 
 	mu    sync.Mutex
 	procs []*nsProc
+	// token is the controllers' API token once one is known (the
+	// Ansible rollout makes one); every host's HTTP client sends it.
+	token string
+}
+
+// setToken makes every host's HTTP client send token from now on.
+func (lab *netLab) setToken(token string) {
+	lab.mu.Lock()
+	defer lab.mu.Unlock()
+	lab.token = token
+}
+
+// authTransport adds the lab's API token, when it has one, to requests.
+type authTransport struct {
+	lab  *netLab
+	base http.RoundTripper
+}
+
+func (a *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	a.lab.mu.Lock()
+	token := a.lab.token
+	a.lab.mu.Unlock()
+	if token != "" && req.Header.Get("Authorization") == "" {
+		req = req.Clone(req.Context())
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	return a.base.RoundTrip(req)
 }
 
 // nsHost is one namespace with one address.
@@ -244,14 +271,14 @@ func newNetLab(t *testing.T, hosts map[string]string) *netLab {
 		must("-n", h.ns, "link", "set", "eth0", "up")
 		must("-n", h.ns, "link", "set", "lo", "up")
 		nsPath := filepath.Join("/run/netns", h.ns)
-		h.http = &http.Client{Transport: &http.Transport{
+		h.http = &http.Client{Transport: &authTransport{lab: lab, base: &http.Transport{
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				return dialInNetns(ctx, nsPath, network, addr)
 			},
 			// A fresh connection per request: controllers are killed and
 			// restarted, and a pooled connection to a dead one only adds noise.
 			DisableKeepAlives: true,
-		}}
+		}}}
 		lab.hosts[name] = h
 	}
 	return lab
@@ -541,7 +568,10 @@ func startNetCluster(t *testing.T) *netCluster {
 			"-node-id", name, "-data-dir", n.dataDir, "-tls-dir", c.tlsDir,
 			"-http-addr", h.addr(portHTTP), "-quic-addr", h.addr(portQUIC),
 			"-raft-addr", h.addr(portRaft), "-serf-addr", h.addr(portSerf),
-			"-bootstrap-expect", "3", "-join", joinList, "-lost-grace", "60s")
+			"-bootstrap-expect", "3", "-join", joinList, "-lost-grace", "60s",
+			// Tokenless on purpose: the API then answers only to its own
+			// address, which is what clients and forwarding followers use.
+			"-insecure-no-token")
 		c.ctrls = append(c.ctrls, n)
 	}
 	for _, name := range []string{"a1", "a2"} {

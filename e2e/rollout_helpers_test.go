@@ -279,6 +279,11 @@ func (r *rolloutLab) playbook(t *testing.T, args ...string) playbookRun {
 	if err != nil {
 		t.Fatalf("ansible-playbook %s: %v\n%s", strings.Join(args, " "), err, rolloutTail(res.output, 150))
 	}
+	// The roles make the API token on the first run; the test's clients
+	// need it from then on.
+	if tok, err := os.ReadFile(filepath.Join(r.dir, ".gantry-secrets", "api.token")); err == nil {
+		r.lab.setToken(strings.TrimSpace(string(tok)))
+	}
 	return res
 }
 

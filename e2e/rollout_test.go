@@ -11,7 +11,9 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +26,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/controller/client"
 )
 
 // maxLeaderGap bounds one leaderless interval during the upgrade: the
@@ -101,6 +104,13 @@ func TestAnsibleRollout(t *testing.T) {
 		leader = nc.waitLeader(60*time.Second, nc.ctrls...)
 		nc.waitAgentsUp(60*time.Second, leader)
 		t.Logf("cluster up %s after the units started: leader %s", time.Since(upStart).Round(time.Millisecond), leader.name)
+		// The roles made a token and the controllers require it.
+		_, err := client.New("http://"+leader.host.addr(portHTTP), client.WithHTTPClient(leader.host.http),
+			client.WithToken("wrong")).Jobs(context.Background())
+		var apiErr *client.APIError
+		if !errors.As(err, &apiErr) || apiErr.Status != http.StatusUnauthorized {
+			t.Errorf("API with a wrong token: %v, want 401", err)
+		}
 	}) {
 		t.FailNow()
 	}
@@ -290,6 +300,7 @@ func checkDeployedFiles(t *testing.T, r *rolloutLab) {
 		{filepath.Join(secrets, "tls"), 0o700, "root"},
 		{filepath.Join(secrets, "tls", "ca-key.pem"), 0o600, "root"},
 		{filepath.Join(secrets, "gossip.key"), 0o600, "root"},
+		{filepath.Join(secrets, "api.token"), 0o600, "root"},
 	}
 	gossip := ""
 	for _, name := range append(append([]string{}, rolloutControllers...), rolloutAgents...) {

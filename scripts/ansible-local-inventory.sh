@@ -45,7 +45,7 @@ chown files; -f 1 because the five "hosts" share one /etc/passwd):
   make build
   ansible-playbook -f 1 -i $dir/inventory.ini deploy/ansible/site.yml
   scripts/ansible-local-service.sh start $dir
-  GANTRY_ADDR=http://127.0.0.11:7480 bin/gantry nodes
+  GANTRY_ADDR=http://127.0.0.11:7480 GANTRY_TOKEN=\$(cat $dir/.gantry-secrets/api.token) bin/gantry nodes
   make build    # after a change, then roll it out one host at a time:
   ansible-playbook -i $dir/inventory.ini deploy/ansible/upgrade.yml
   scripts/ansible-local-service.sh stop $dir

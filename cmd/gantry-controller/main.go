@@ -66,6 +66,11 @@ func run() error {
 		advRaft   = fs.String("advertise-raft", "", "Raft address peers dial (default: -raft-addr)")
 		lostGrace = fs.Duration("lost-grace", 60*time.Second, "how long a node may be down before its running jobs become lost")
 		pprofAddr = fs.String("pprof-addr", "", "serve net/http/pprof on this address (profiling, benchmarks); empty: off")
+
+		allowedHosts = fs.String("http-allowed-hosts", "", "comma-separated Host names the API answers to without a token, besides localhost, loopback addresses and its own -http-addr/-advertise-http hosts")
+		httpTLSCert  = fs.String("http-tls-cert", "", "PEM certificate (chain) to serve the API over HTTPS; needs -http-tls-key")
+		httpTLSKey   = fs.String("http-tls-key", "", "PEM private key of -http-tls-cert")
+		noToken      = fs.Bool("insecure-no-token", false, "allow serving the API without a token on a non-loopback -http-addr (anyone who reaches it can run jobs)")
 	)
 	_ = fs.Parse(os.Args[1:])
 	log, err := logging.New(os.Stderr, *logLevel)
@@ -93,7 +98,9 @@ func run() error {
 		Bootstrap: *bootstrap, Token: *token, Log: log,
 		SerfAddr: *serfAddr, SerfAdvertise: *serfAdv, Join: splitList(*join), BootstrapExpect: *expect,
 		GossipKey: *gossipKey, AdvertiseHTTP: *advHTTP, AdvertiseQUIC: *advQUIC, AdvertiseRaft: *advRaft,
-		LostGrace: *lostGrace,
+		LostGrace:        *lostGrace,
+		HTTPAllowedHosts: splitList(*allowedHosts), HTTPTLSCert: *httpTLSCert, HTTPTLSKey: *httpTLSKey,
+		InsecureNoToken: *noToken,
 		TLS: tlsutil.Files{
 			CA:   filepath.Join(*tlsDir, "ca.pem"),
 			Cert: filepath.Join(*tlsDir, *tlsName+".pem"),
@@ -148,7 +155,11 @@ func runDev(ctx context.Context, cfg server.Config, fakeGPUs int, log *slog.Logg
 		return err
 	}
 	defer ag.Close()
-	log.Info("dev mode ready", "api", "http://"+srv.HTTPAddr(), "gpus", len(ag.GPUs()))
+	scheme := "http"
+	if cfg.HTTPTLSCert != "" {
+		scheme = "https"
+	}
+	log.Info("dev mode ready", "api", scheme+"://"+srv.HTTPAddr(), "gpus", len(ag.GPUs()))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go func() {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Limits on a job spec. They exist so that a typo fails at submit time with
@@ -27,8 +29,8 @@ func (s *JobSpec) Validate() error {
 	if len(s.Name) > MaxNameLen {
 		return fmt.Errorf("spec.name is %d bytes long; the limit is %d", len(s.Name), MaxNameLen)
 	}
-	if strings.ContainsAny(s.Name, "\x00\n") {
-		return errors.New("spec.name must not contain newlines or NUL bytes")
+	if err := printable(s.Name); err != nil {
+		return fmt.Errorf("spec.name: %w", err)
 	}
 	if s.Resources.GPUs < 0 || s.Resources.GPUs > MaxGPUsPerJob {
 		return fmt.Errorf("spec.resources.gpus = %d; want 0..%d", s.Resources.GPUs, MaxGPUsPerJob)
@@ -51,6 +53,22 @@ func (s *JobSpec) Validate() error {
 		}
 		if strings.HasPrefix(k, "GANTRY_") || k == "CUDA_VISIBLE_DEVICES" {
 			return fmt.Errorf("spec.env[%q] is set by Gantry itself and cannot be overridden", k)
+		}
+	}
+	return nil
+}
+
+// printable reports why name is not valid UTF-8 made of printable
+// characters and spaces. Names are shown in terminals and web pages: an
+// ESC, CR or bidi override in one would let a job rewrite what its viewers
+// see.
+func printable(name string) error {
+	if !utf8.ValidString(name) {
+		return errors.New("not valid UTF-8")
+	}
+	for i, r := range name {
+		if r != ' ' && !unicode.IsPrint(r) {
+			return fmt.Errorf("character %q at byte %d is not printable; names may hold printable characters and spaces only", r, i)
 		}
 	}
 	return nil

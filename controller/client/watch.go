@@ -141,6 +141,9 @@ func writePong(conn *websocket.Conn, data string) error {
 // dialLive opens WS /v1/jobs/{id}/live with the client's token and, where
 // possible, its HTTP transport's TLS and proxy settings.
 func (c *Client) dialLive(ctx context.Context, id string) (*websocket.Conn, error) {
+	if c.setupErr != nil {
+		return nil, c.setupErr
+	}
 	u := *c.base
 	switch u.Scheme {
 	case "http":

@@ -16,12 +16,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -66,12 +70,28 @@ type Options struct {
 	Agents  Agents
 	Log     *slog.Logger
 	// Token, when set, is required as "Authorization: Bearer TOKEN" on
-	// /v1 endpoints (WebSockets may pass ?token= as browsers cannot set
-	// headers there).
+	// /v1 endpoints (WebSocket upgrades may pass ?token= as browsers
+	// cannot set headers there; nothing else may, so the token does not
+	// end up in access logs and browser history).
 	Token string
+	// AllowedHosts lists the Host names (with or without a port) the API
+	// answers to when no Token is set, besides the loopback names. Without
+	// a token this is the defence against DNS rebinding: a hostile page
+	// reaches the API only under its own host name, which is not listed.
+	AllowedHosts []string
 	// AllowedOrigins lists extra Origins allowed to open WebSockets; the
 	// request's own host is always allowed, as is a missing Origin (CLI).
 	AllowedOrigins []string
+	// Limits are the HTTP server's timeouts and header limit (see
+	// NewHTTPServer); zero fields take the defaults.
+	Limits Limits
+	// TLS says the API (this node's and its peers') is served over HTTPS,
+	// so forwarded requests and peer status queries use https.
+	TLS bool
+	// PeerTransport carries forwarded requests and peer status queries to
+	// other controllers (it holds the CA pool that trusts their HTTPS
+	// certificates); nil uses http.DefaultTransport.
+	PeerTransport http.RoundTripper
 	// WatchQueue is each watcher's hub queue length.
 	WatchQueue int
 	// Registry receives the API's Prometheus metrics; nil makes one.
@@ -130,10 +150,10 @@ func New(opts Options) *API {
 	)
 
 	m := a.mux
-	m.HandleFunc("POST /v1/jobs", a.auth(a.forwardToLeader(a.submit)))
+	m.HandleFunc("POST /v1/jobs", a.auth(a.jsonBody(a.forwardToLeader(a.submit))))
 	m.HandleFunc("GET /v1/jobs", a.auth(a.consistent(a.listJobs)))
 	m.HandleFunc("GET /v1/jobs/{id}", a.auth(a.consistent(a.getJob)))
-	m.HandleFunc("POST /v1/jobs/{id}/cancel", a.auth(a.forwardToLeader(a.cancel)))
+	m.HandleFunc("POST /v1/jobs/{id}/cancel", a.auth(a.jsonBody(a.forwardToLeader(a.cancel))))
 	m.HandleFunc("GET /v1/jobs/{id}/metrics", a.auth(a.consistent(a.metrics)))
 	m.HandleFunc("GET /v1/jobs/{id}/events", a.auth(a.events))
 	m.HandleFunc("GET /v1/jobs/{id}/logs", a.auth(a.logs))
@@ -143,17 +163,59 @@ func New(opts Options) *API {
 	m.HandleFunc("GET /v1/nodes/{id}/gpus", a.auth(a.nodeGPUs))
 	m.HandleFunc("GET /v1/cluster", a.auth(a.clusterStatus))
 	m.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
-	m.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
-	})
+	m.HandleFunc("/v1/", a.noRoute)
 	if opts.Extra != nil {
 		opts.Extra(m)
 	}
 	return a
 }
 
-// ServeHTTP implements http.Handler.
-func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler. Without a token, /v1 answers only to
+// allowed Host names (see Options.AllowedHosts) before anything else runs.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if a.opts.Token == "" && (r.URL.Path == "/v1" || strings.HasPrefix(r.URL.Path, "/v1/")) && !a.hostAllowed(r.Host) {
+		writeError(w, http.StatusForbidden, fmt.Errorf("host %q is not allowed: without an API token this controller answers only to "+
+			"localhost, loopback addresses, its own address and the names in -http-allowed-hosts (or set a token)", r.Host))
+		return
+	}
+	a.mux.ServeHTTP(w, r)
+}
+
+// noRoute answers /v1 requests no route takes: 405 with an Allow header
+// when the path exists under other methods, else 404. The catch-all
+// pattern "/v1/" would otherwise shadow ServeMux's own 405.
+func (a *API) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := a.mux.Handler(probe); pattern != "" && pattern != "/v1/" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allow, ", ")))
+		return
+	}
+	writeError(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
+}
+
+// jsonBody refuses state-changing requests whose Content-Type is not
+// application/json. A cross-site form or a fetch() without a CORS
+// preflight can only send text/plain, form or multipart bodies, so this
+// is what stops a web page from submitting jobs (CSRF).
+func (a *API) jsonBody(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		if err != nil || mt != "application/json" {
+			writeError(w, http.StatusUnsupportedMediaType, fmt.Errorf("%s %s needs Content-Type: application/json (got %q)",
+				r.Method, r.URL.Path, r.Header.Get("Content-Type")))
+			return
+		}
+		h(w, r)
+	}
+}
 
 // Watchers is the number of connected WebSocket watchers.
 func (a *API) Watchers() int64 { return a.watchers.Load() }
@@ -165,7 +227,11 @@ func (a *API) auth(h http.HandlerFunc) http.HandlerFunc {
 	want := []byte("Bearer " + a.opts.Token)
 	return func(w http.ResponseWriter, r *http.Request) {
 		got := r.Header.Get("Authorization")
-		if got == "" && r.URL.Query().Get("token") != "" {
+		if got == "" && r.URL.Query().Has("token") {
+			if !websocket.IsWebSocketUpgrade(r) {
+				writeError(w, http.StatusUnauthorized, errors.New("?token= is accepted only on WebSocket upgrades; send Authorization: Bearer TOKEN"))
+				return
+			}
 			got = "Bearer " + r.URL.Query().Get("token")
 		}
 		if subtle.ConstantTimeCompare([]byte(got), want) != 1 {
@@ -252,8 +318,17 @@ func (a *API) submit(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, apiv1.SubmitResponse{ID: id})
 }
 
+// jobStates are the values ?state= may take.
+var jobStates = []string{apiv1.StateQueued, apiv1.StateAssigned, apiv1.StateRunning,
+	apiv1.StateSucceeded, apiv1.StateFailed, apiv1.StateCancelled, apiv1.StateLost}
+
 func (a *API) listJobs(w http.ResponseWriter, r *http.Request) {
 	stateFilter := r.URL.Query().Get("state")
+	if stateFilter != "" && !slices.Contains(jobStates, stateFilter) {
+		// A typo must not look like "no jobs in that state".
+		writeError(w, http.StatusBadRequest, fmt.Errorf("query parameter state=%q: want one of %s", stateFilter, strings.Join(jobStates, ", ")))
+		return
+	}
 	out := apiv1.JobList{Jobs: []apiv1.Job{}}
 	err := a.opts.Store.View(func(tx *store.Tx) error {
 		return tx.Jobs(func(j *gantrypb.Job) bool {
@@ -307,15 +382,21 @@ func (a *API) cancel(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, job)
 }
 
-// queryUint parses an optional unsigned query parameter.
+// queryUint parses an optional unsigned query parameter. Values are capped
+// at MaxInt64: the store iterates from after+1, and a cursor of 2^64-1
+// must fail with a reason instead of wrapping to 0 and returning everything.
 func queryUint(r *http.Request, name string, def uint64) (uint64, error) {
-	s := r.URL.Query().Get(name)
-	if s == "" {
+	q := r.URL.Query()
+	if !q.Has(name) {
 		return def, nil
 	}
+	if len(q[name]) > 1 {
+		return 0, fmt.Errorf("query parameter %s is given %d times; give it once", name, len(q[name]))
+	}
+	s := q.Get(name)
 	v, err := strconv.ParseUint(s, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("query parameter %s=%q: want a non-negative integer", name, s)
+	if err != nil || v > math.MaxInt64 {
+		return 0, fmt.Errorf("query parameter %s=%q: want an integer from 0 to %d", name, s, int64(math.MaxInt64))
 	}
 	return v, nil
 }

@@ -71,11 +71,16 @@ func (a *API) consistent(h http.HandlerFunc) http.HandlerFunc {
 }
 
 func (a *API) proxy(w http.ResponseWriter, r *http.Request, leader string) {
-	target := &url.URL{Scheme: "http", Host: leader}
+	target := &url.URL{Scheme: a.peerScheme(), Host: leader}
 	rp := &httputil.ReverseProxy{
+		Transport: a.peerTransport(),
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
-			pr.Out.Host = r.Host
+			// SetURL addresses the leader by its advertised HTTP address,
+			// which the leader always answers to; the client's Host names
+			// this follower and may not be allowed on the leader. The
+			// Authorization header travels unchanged, so a token cluster
+			// checks the caller's token, not a forwarding privilege.
 			pr.Out.Header.Set(headerForwarded, a.opts.NodeID)
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -116,7 +121,7 @@ func (a *API) clusterStatus(w http.ResponseWriter, r *http.Request) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			peer, err := fetchLocalStatus(ctx, addr, a.opts.Token)
+			peer, err := a.fetchLocalStatus(ctx, addr)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -142,16 +147,16 @@ func (a *API) lastContactMs() int64 {
 	return time.Since(t).Milliseconds()
 }
 
-func fetchLocalStatus(ctx context.Context, addr, token string) (apiv1.Cluster, error) {
+func (a *API) fetchLocalStatus(ctx context.Context, addr string) (apiv1.Cluster, error) {
 	var out apiv1.Cluster
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/cluster?local=1", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.peerScheme()+"://"+addr+"/v1/cluster?local=1", nil)
 	if err != nil {
 		return out, err
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+	if a.opts.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+a.opts.Token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := a.peerTransport().RoundTrip(req)
 	if err != nil {
 		return out, err
 	}

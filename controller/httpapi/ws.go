@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"net"
@@ -78,12 +79,19 @@ func (a *API) accept(w http.ResponseWriter, r *http.Request) (*watcherConn, bool
 	if err != nil {
 		return nil, false // Upgrade already answered with an HTTP error
 	}
-	if tcp, ok := ws.UnderlyingConn().(*net.TCPConn); ok {
+	conn := ws.UnderlyingConn()
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn() // HTTPS: the socket under TLS
+	}
+	if tcp, ok := conn.(*net.TCPConn); ok {
 		// A fixed, small kernel send buffer (no autotuning to megabytes):
 		// ten thousand watchers must not pin gigabytes of socket memory,
 		// and a stalled one must show up as a lagging subscriber soon.
 		_ = tcp.SetWriteBuffer(wsSocketBuffer)
 	}
+	// The server's ReadTimeout and WriteTimeout do not end a watcher:
+	// Upgrade clears the hijacked connection's deadlines, and from here on
+	// the read deadline (pongs) and each write's deadline are set below.
 	c := &watcherConn{ws: ws, closed: make(chan struct{})}
 	ws.SetReadLimit(wsMaxClientBytes)
 	_ = ws.SetReadDeadline(time.Now().Add(wsPongWait))

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -69,6 +70,22 @@ type Config struct {
 	// LostGrace is how long a node may be down before its running jobs
 	// become lost (default 60 s).
 	LostGrace time.Duration
+
+	// HTTPAllowedHosts are the Host names a tokenless API answers to
+	// besides loopback names and this controller's own HTTP addresses
+	// (DNS rebinding defence; ignored when Token is set).
+	HTTPAllowedHosts []string
+	// HTTPTLSCert and HTTPTLSKey, when set, serve the API over HTTPS with
+	// this certificate; peers are then reached over https too.
+	HTTPTLSCert string
+	HTTPTLSKey  string
+	// InsecureNoToken allows serving a tokenless API on a non-loopback
+	// address; without it Start refuses, since anyone who reaches that
+	// address could run commands on the GPU hosts.
+	InsecureNoToken bool
+	// HTTPLimits are the API server's timeouts and header cap (zero fields
+	// take httpapi's defaults).
+	HTTPLimits httpapi.Limits
 }
 
 // Server is a running controller.
@@ -201,9 +218,14 @@ func Start(cfg Config) (*Server, error) {
 	s.sched = sched
 	agents.wake = sched.Wake
 
+	httpTLS, peerTransport, err := httpTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
 	s.api = httpapi.New(httpapi.Options{
 		Store: s.store, Raft: s.raft, Applied: s.fsm.AppliedIndex, Hub: s.hub, Agents: s.ingest,
 		Log: cfg.Log.With("component", "api"), Token: cfg.Token, Extra: cfg.Extra,
+		AllowedHosts: allowedHosts(cfg), Limits: cfg.HTTPLimits, TLS: httpTLS != nil, PeerTransport: peerTransport,
 		Registry: s.reg, NodeID: cfg.NodeID, Peers: s.peerHTTPAddrs,
 		LastContact: s.raft.LastContact, VerifyLeader: s.raft.VerifyLeader,
 		Leader: func(ctx context.Context) (string, error) {
@@ -213,11 +235,18 @@ func Start(cfg Config) (*Server, error) {
 			return s.leaderHTTP(ctx)
 		},
 	})
+	if err := checkHTTPBind(cfg); err != nil {
+		return nil, err
+	}
 	s.httpLn, err = net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("server: http listen on %s: %w", cfg.HTTPAddr, err)
 	}
-	s.http = &http.Server{Handler: s.api, ReadHeaderTimeout: 10 * time.Second}
+	if httpTLS != nil {
+		// HTTP/1.1 only (no "h2" in NextProtos): WebSocket upgrades need it.
+		s.httpLn = tls.NewListener(s.httpLn, httpTLS)
+	}
+	s.http = s.api.NewHTTPServer()
 	if cfg.SerfAddr != "" {
 		if err := s.startMembership(); err != nil {
 			return nil, err

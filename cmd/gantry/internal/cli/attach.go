@@ -68,7 +68,7 @@ func (a *app) follow(ctx context.Context, c *client.Client, id string) (apiv1.Jo
 	v.breakLine()
 	reason := "the server closed it before the job ended"
 	if werr != nil {
-		reason = werr.Error()
+		reason = safeError(werr)
 	}
 	if !final {
 		fmt.Fprintf(a.env.Stderr, "gantry: live stream lost (%s); polling until the job ends\n", reason)

@@ -148,7 +148,8 @@ func (a *app) rootCmd() *cobra.Command {
 		Short: "Run and watch training jobs on a Gantry cluster",
 		Long: "gantry submits training jobs to a Gantry controller and shows them live.\n\n" +
 			"The controller address comes from --addr, else $" + EnvAddr + ", else " + DefaultAddr +
-			";\na bearer token from $" + EnvToken + ".",
+			";\na bearer token from $" + EnvToken + "; for https:// controllers, $" + client.EnvCA +
+			"\nnames a PEM CA bundle trusted besides the system roots.",
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
@@ -186,7 +187,7 @@ func (a *app) exitCode(ctx context.Context, err error) int {
 		return ee.code
 	}
 	if !a.started {
-		fmt.Fprintf(a.env.Stderr, "gantry: %v\nRun 'gantry --help' for usage.\n", err)
+		fmt.Fprintf(a.env.Stderr, "gantry: %s\nRun 'gantry --help' for usage.\n", safeError(err))
 		return exitUsage
 	}
 	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
@@ -203,7 +204,8 @@ func (a *app) describe(ctx context.Context, err error) string {
 	var apiErr *client.APIError
 	var netErr net.Error
 	if !errors.As(err, &apiErr) && errors.As(err, &netErr) && ctx.Err() == nil {
-		return fmt.Sprintf("cannot reach the controller at %s (set --addr or $%s): %v", a.addr, EnvAddr, err)
+		return termSafe(fmt.Sprintf("cannot reach the controller at %s (set --addr or $%s): %v", a.addr, EnvAddr, err))
 	}
-	return err.Error()
+	// Server errors quote names and what jobs wrote.
+	return safeError(err)
 }

@@ -39,6 +39,10 @@ func (a *app) runCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if id != termSafe(id) {
+				// It is printed and used in later requests: refuse it whole.
+				return fmt.Errorf("controller answered with an unprintable job id %s", termSafe(id))
+			}
 			if detach {
 				_, err := fmt.Fprintln(a.env.Stdout, id)
 				return err

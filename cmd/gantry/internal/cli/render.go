@@ -49,6 +49,7 @@ type Progress struct {
 // Apply folds one live frame into p and reports whether the job's state
 // changed.
 func (p *Progress) Apply(f apiv1.Frame) (stateChanged bool) {
+	f = safe(f)
 	if f.Job != nil {
 		stateChanged = p.SetJob(*f.Job)
 	}
@@ -72,6 +73,7 @@ func (p *Progress) Apply(f apiv1.Frame) (stateChanged bool) {
 
 // SetJob replaces the job and reports whether its state changed.
 func (p *Progress) SetJob(j apiv1.Job) bool {
+	j = safe(j)
 	changed := j.State != p.Job.State
 	p.Job = j
 	return changed
@@ -80,6 +82,7 @@ func (p *Progress) SetJob(j apiv1.Job) bool {
 // AddPoints folds points in; points at or below the newest seq seen are
 // skipped, since a snapshot may repeat points already streamed.
 func (p *Progress) AddPoints(pts []apiv1.Point) {
+	pts = safe(pts)
 	for _, pt := range pts {
 		if pt.Seq != 0 && pt.Seq <= p.lastSeq {
 			continue
@@ -105,6 +108,7 @@ func (p *Progress) AddPoints(pts []apiv1.Point) {
 // snapshot) is not counted twice in the utilization history. Only an equal
 // seq is a repeat: a lower one may come from a restarted sampler.
 func (p *Progress) addGPU(s *apiv1.GPUSample) {
+	s = safe(s)
 	if p.GPU != nil && s.Seq != 0 && s.Seq == p.GPU.Seq {
 		return
 	}
@@ -290,6 +294,7 @@ func WriteFinalMetrics(w io.Writer, m map[string]float64) error {
 		_, err := fmt.Fprintln(w, "(no final metrics)")
 		return err
 	}
+	m = safe(m)
 	sw := &stickyWriter{w: w}
 	tw := tabwriter.NewWriter(sw, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "METRIC\tVALUE")
@@ -338,6 +343,7 @@ func jobStep(j apiv1.Job) string {
 
 // WriteJobsTable writes the `gantry ps` table.
 func WriteJobsTable(w io.Writer, jobs []apiv1.Job, now time.Time) error {
+	jobs = safe(jobs)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tNODE\tGPUS\tSTEP/POINTS\tAGE")
 	for _, j := range jobs {
@@ -353,6 +359,7 @@ func WriteJobsTable(w io.Writer, jobs []apiv1.Job, now time.Time) error {
 
 // WriteNodesTable writes the `gantry nodes` table.
 func WriteNodesTable(w io.Writer, nodes []apiv1.Node, now time.Time) error {
+	nodes = safe(nodes)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tHOSTNAME\tSTATE\tGPUS FREE/TOTAL\tCONNECTED\tLAST SEEN")
 	for _, n := range nodes {
@@ -383,6 +390,7 @@ func formatTime(t *time.Time, now time.Time) string {
 // WriteJobStatus writes every field of a job, its final metrics and its
 // events: the `gantry status` view.
 func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Time) error {
+	j, events = safe(j), safe(events)
 	sw := &stickyWriter{w: w}
 	w = sw
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -457,6 +465,7 @@ func prefixed(prefix, s string) string {
 
 // WriteCluster writes the `gantry cluster status` view.
 func WriteCluster(w io.Writer, c apiv1.Cluster) error {
+	c = safe(c)
 	sw := &stickyWriter{w: w}
 	w = sw
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -539,6 +548,7 @@ func (iw *indentWriter) Write(b []byte) (int, error) {
 // one-line verdict, the error, the final metrics and, for a failed job, the
 // tail of its log.
 func WriteResult(w io.Writer, j apiv1.Job) error {
+	j = safe(j)
 	sw := &stickyWriter{w: w}
 	w = sw
 	verdict := fmt.Sprintf("job %s %s", j.ID, j.State)

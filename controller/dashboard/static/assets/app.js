@@ -181,6 +181,8 @@
   // AuthError, so callers stop and the page reloads once a token is saved.
   async function api(path, opts) {
     const headers = { Accept: 'application/json' };
+    // The API refuses writes without a JSON Content-Type (its CSRF guard).
+    if (opts && opts.method && opts.method !== 'GET') headers['Content-Type'] = 'application/json';
     const tok = getToken();
     if (tok) headers.Authorization = 'Bearer ' + tok;
     const res = await fetch(path, Object.assign({}, opts, { headers }));
