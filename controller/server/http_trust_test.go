@@ -21,13 +21,17 @@ import (
 // one's configuration (i is its index).
 func startHTTPCluster(t *testing.T, mod func(i int, c *server.Config)) []*server.Server {
 	t.Helper()
-	ctrlTLS, _, err := tlsutil.EnsureDev(t.TempDir(), "agent1")
-	if err != nil {
+	tlsDir := t.TempDir()
+	if _, _, err := tlsutil.EnsureDev(tlsDir, "agent1"); err != nil {
 		t.Fatal(err)
 	}
 	var nodes []*server.Server
 	var join []string
 	for i := 0; i < 3; i++ {
+		ctrlTLS, err := tlsutil.Issue(tlsDir, tlsutil.RoleController, fmt.Sprintf("c%d", i), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
 		cfg := server.Config{
 			NodeID: fmt.Sprintf("c%d", i), DataDir: t.TempDir(),
 			HTTPAddr: "127.0.0.1:0", QUICAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", SerfAddr: "127.0.0.1:0",
