@@ -70,9 +70,15 @@ type Job struct {
 	Points          uint64  `json:"points"`
 	LastSeq         uint64  `json:"last_seq"`
 	BadLines        uint64  `json:"bad_lines"`
-	LogBytes        uint64  `json:"log_bytes"`
-	LogTail         string  `json:"log_tail,omitempty"`
-	PID             int64   `json:"pid,omitempty"`
+	// DroppedMetricKeys counts metric values refused because the job
+	// already had the most distinct keys a job may have.
+	DroppedMetricKeys uint64 `json:"dropped_metric_keys,omitempty"`
+	// RejectedRecords counts records of the job the controller refused
+	// for breaking a limit (each also a record_rejected event).
+	RejectedRecords uint64 `json:"rejected_records,omitempty"`
+	LogBytes        uint64 `json:"log_bytes"`
+	LogTail         string `json:"log_tail,omitempty"`
+	PID             int64  `json:"pid,omitempty"`
 	// LatestMetrics is the last value of every key so far, while it runs.
 	LatestMetrics map[string]float64 `json:"latest_metrics,omitempty"`
 }

@@ -426,6 +426,12 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 	}
 	row("Points", fmt.Sprintf("%d (last seq %d)", j.Points, j.LastSeq))
 	row("Bad lines", strconv.FormatUint(j.BadLines, 10))
+	if j.DroppedMetricKeys > 0 {
+		row("Dropped keys", strconv.FormatUint(j.DroppedMetricKeys, 10))
+	}
+	if j.RejectedRecords > 0 {
+		row("Rejected", strconv.FormatUint(j.RejectedRecords, 10))
+	}
 	row("Log bytes", strconv.FormatUint(j.LogBytes, 10))
 	row("Run", orDash(j.Spec.Run))
 	if j.Spec.Workdir != "" {

@@ -354,6 +354,20 @@ func TestWriteJobStatus(t *testing.T) {
 			t.Errorf("status lacks %q:\n%s", want, b.String())
 		}
 	}
+	if strings.Contains(b.String(), "Dropped keys") || strings.Contains(b.String(), "Rejected") {
+		t.Errorf("status shows refusal counters that are zero:\n%s", b.String())
+	}
+
+	// What the controller refused is shown when there is some.
+	b.Reset()
+	if err := WriteJobStatus(&b, apiv1.Job{ID: "j-4", State: apiv1.StateRunning, DroppedMetricKeys: 70000, RejectedRecords: 3}, nil, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Dropped keys:", "70000", "Rejected:", "3"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, b.String())
+		}
+	}
 }
 
 func TestWriteCluster(t *testing.T) {
