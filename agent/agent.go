@@ -20,6 +20,7 @@ import (
 
 	"github.com/gantry-ml/gantry/agent/gpu"
 	"github.com/gantry-ml/gantry/agent/link"
+	"github.com/gantry-ml/gantry/agent/runner"
 	"github.com/gantry-ml/gantry/agent/spool"
 	"github.com/gantry-ml/gantry/controller/membership"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
@@ -54,7 +55,17 @@ type Config struct {
 	GossipKey     string
 	// FastGossip shortens failure detection (tests).
 	FastGossip bool
+
+	// JobUser is the account jobs run as when the agent runs as root;
+	// DefaultJobUser when empty. Jobs run as root only when this names
+	// root explicitly. An agent that is not root cannot switch users: its
+	// jobs run as itself, and JobUser is ignored.
+	JobUser string
 }
+
+// DefaultJobUser is the account jobs run as under a root agent unless
+// Config.JobUser says otherwise. The Ansible role creates it.
+const DefaultJobUser = "gantry-job"
 
 // Agent is a running agent.
 type Agent struct {
@@ -66,6 +77,8 @@ type Agent struct {
 	hostname string
 	link     *link.Link
 	members  *membership.Node // nil without serf
+	// jobUser is who jobs run as; nil when they run as the agent's user.
+	jobUser *runner.User
 
 	mu   sync.Mutex
 	jobs map[string]*job // jobs started by this process, until their exit is acked
@@ -81,14 +94,24 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.GPUInterval == 0 {
 		cfg.GPUInterval = time.Second
 	}
-	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "jobs"), 0o750); err != nil {
-		return nil, fmt.Errorf("agent: data dir: %w", err)
+	jobUser, err := resolveJobUser(cfg.JobUser, cfg.Log)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
+	if err := prepareDataDir(cfg.DataDir, jobUser); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	secureTLS(cfg.TLS, cfg.Log)
 	sp, err := spool.Open(filepath.Join(cfg.DataDir, "spool.db"))
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, spool: sp, jobs: map[string]*job{}}
+	// bbolt creates the file 0600 but keeps the mode of an existing one.
+	if err := os.Chmod(filepath.Join(cfg.DataDir, "spool.db"), 0o600); err != nil {
+		sp.Close()
+		return nil, fmt.Errorf("agent: spool: %w", err)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log, spool: sp, jobs: map[string]*job{}, jobUser: jobUser}
 	a.hostname, _ = os.Hostname()
 
 	switch {
@@ -251,6 +274,16 @@ func (h *linkHandler) Acked(upTo uint64) {
 		delete(a.jobs, id)
 		a.mu.Unlock()
 	}
+}
+
+// runCtx is the context Run was given: it ends when the agent stops.
+func (a *Agent) runCtx() context.Context {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ctx == nil {
+		return context.Background()
+	}
+	return a.ctx
 }
 
 func now() float64 { return float64(time.Now().UnixNano()) / 1e9 }

@@ -22,6 +22,11 @@ const (
 	// readBufferSize is the bufio buffer. Lines longer than this are
 	// assembled in Tailer.partial.
 	readBufferSize = 64 << 10
+	// maxReadBytes bounds the bytes one Next or Poll reads, even in the
+	// middle of a line: a huge file with no newline (a sparse file, a
+	// binary dump) is skipped in steps, not in one call that cannot be
+	// interrupted.
+	maxReadBytes = 16 << 20
 )
 
 // BadLine is a line that was skipped.
@@ -138,6 +143,7 @@ func (t *Tailer) Next(ctx context.Context) (Batch, error) {
 		if err := ctx.Err(); err != nil {
 			return Batch{Offset: t.offset}, err
 		}
+		before := t.readPos
 		b, err := t.read(false, maxBatchLines)
 		if err != nil {
 			if b.empty() {
@@ -149,6 +155,9 @@ func (t *Tailer) Next(ctx context.Context) (Batch, error) {
 		}
 		if !b.empty() {
 			return b, nil
+		}
+		if t.readPos != before {
+			continue // stopped by maxReadBytes inside a line: more is there
 		}
 		if err := t.wait(ctx); err != nil {
 			return Batch{Offset: t.offset}, err
@@ -223,7 +232,11 @@ func (t *Tailer) read(final bool, limit int) (Batch, error) {
 
 func (t *Tailer) fill(final bool, limit int) (Batch, error) {
 	var b Batch
+	from := t.readPos
 	for limit <= 0 || b.count() < limit {
+		if limit > 0 && t.readPos-from >= maxReadBytes {
+			return b, nil
+		}
 		if t.f == nil {
 			ok, err := t.open()
 			if err != nil || !ok {
