@@ -58,18 +58,18 @@ func resolveJobUser(name string, log *slog.Logger) (*runner.User, error) {
 	return u, nil
 }
 
-// prepareDataDir creates the data dir and the jobs dir with the modes
-// above. With a job user, it checks that the user can reach the jobs dir
+// prepareDataDir creates the data dir and the jobs dir. With a job user it
+// sets the modes above and checks that the user can reach the jobs dir
 // through every parent, so that a layout that would fail every job fails
-// the agent's start instead, naming the directory.
+// the agent's start instead, naming the directory. Without one, jobs run
+// as the agent's user and the modes are left as the operator set them.
 func prepareDataDir(dataDir string, u *runner.User) error {
 	jobs := filepath.Join(dataDir, "jobs")
 	if err := os.MkdirAll(jobs, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	mode := os.FileMode(0o700)
-	if u != nil {
-		mode = 0o711
+	if u == nil {
+		return nil
 	}
 	for _, d := range []string{dataDir, jobs} {
 		fi, err := os.Stat(d)
@@ -81,12 +81,9 @@ func prepareDataDir(dataDir string, u *runner.User) error {
 			// its mode is not the agent's to change.
 			return fmt.Errorf("data dir: %s is writable by every user; give the agent a directory of its own", d)
 		}
-		if err := os.Chmod(d, mode); err != nil {
+		if err := os.Chmod(d, 0o711); err != nil {
 			return fmt.Errorf("data dir: %w", err)
 		}
-	}
-	if u == nil {
-		return nil
 	}
 	abs, err := filepath.Abs(jobs)
 	if err != nil {
