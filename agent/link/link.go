@@ -22,8 +22,8 @@ import (
 
 	"github.com/gantry-ml/gantry/agent/spool"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
-	protolink "github.com/gantry-ml/gantry/proto/link"
 	"github.com/gantry-ml/gantry/proto/limits"
+	protolink "github.com/gantry-ml/gantry/proto/link"
 )
 
 // Limits of one batch and of the window of unacked batches. A batch's
