@@ -395,3 +395,51 @@ done >> "$GANTRY_METRICS_FILE"; echo finished`, lines)
 		t.Fatalf("final metrics = %v", exit.FinalMetrics)
 	}
 }
+
+// TestRestartAdoptsJobOfJobUser: a job run as the job user is re-adopted by
+// a restarted agent, its files (the job user's) are still read, and its
+// exit status (written by its supervisor as the job user) is reported.
+func TestRestartAdoptsJobOfJobUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("running a job as another user needs root")
+	}
+	u, err := runner.LookupUser("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := reachableDir(t)
+	if err := prepareDataDir(dir, u); err != nil {
+		t.Fatal(err)
+	}
+	sp := openSpool(t, dir)
+	first := newTestAgent(t, dir, sp)
+	first.jobUser = u
+	const id = "adopt-as-user"
+	first.start(&gantrypb.StartJob{JobId: id, Spec: &gantrypb.JobSpec{Run: twoHalves}})
+	jd := jobDir(dir, id)
+	waitFor(t, "first half written", func() bool {
+		_, err := os.Stat(filepath.Join(jd, "half"))
+		return err == nil
+	})
+	first.stop()
+	if err := os.WriteFile(filepath.Join(jd, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	second := newTestAgent(t, dir, sp)
+	second.jobUser = u
+	if err := second.recover(); err != nil {
+		t.Fatal(err)
+	}
+	exit := waitExit(t, sp, id)
+	if exit.GetExitCode() != 0 || exit.Error != "" {
+		t.Fatalf("exit = %v", exit)
+	}
+	for k, v := range map[string]float64{"step": 20, "early": 5, "last_only": 1} {
+		if exit.FinalMetrics[k] != v {
+			t.Errorf("final %s = %v, want %v (all: %v)", k, exit.FinalMetrics[k], v, exit.FinalMetrics)
+		}
+	}
+	if !strings.Contains(exit.LogTail, "line 20") {
+		t.Errorf("log tail %q lacks the last line", exit.LogTail)
+	}
+}
