@@ -25,6 +25,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/membership"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
 	protolink "github.com/gantry-ml/gantry/proto/link"
 )
 
@@ -222,6 +223,12 @@ func (a *Agent) activeJobs() []string {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
+	if len(ids) > limits.MaxActiveJobs {
+		// The controller refuses a longer hello; the jobs beyond are
+		// still followed and reported, only not listed here.
+		a.log.Warn("more unfinished jobs than a hello can list", "jobs", len(ids), "listed", limits.MaxActiveJobs)
+		ids = ids[:limits.MaxActiveJobs]
+	}
 	return ids
 }
 
