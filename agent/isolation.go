@@ -157,34 +157,38 @@ func dirOwner(dir string) (int, error) {
 	return int(st.Uid), nil
 }
 
-// secureTLS makes the agent's private key and its directory private to the
-// agent's user where they are the agent's own and are not already, and
-// warns about what it cannot fix: a job must never read the key. (tlsutil
-// writes keys 0600 in a 0700 directory; this covers keys copied in by
-// hand or by older tools.)
+// secureTLS makes sure other users (the job user above all) cannot read
+// the agent's private key: a key or key directory open to every user is
+// restricted by removing those bits, where it is the agent's own to change,
+// and a warning says what was done or cannot be. Group bits are left alone:
+// a shared group (Ansible's gantry group on a host that also runs a
+// controller) is the operator's choice, and the job user is not in it.
+// (tlsutil writes keys 0600 in a 0700 directory; this covers keys copied
+// in by hand or by older tools.)
 func secureTLS(files tlsutil.Files, log *slog.Logger) {
 	if files.Key == "" {
 		return
 	}
-	for path, want := range map[string]os.FileMode{files.Key: 0o600, filepath.Dir(files.Key): 0o700} {
+	for _, path := range []string{files.Key, filepath.Dir(files.Key)} {
 		fi, err := os.Stat(path)
 		if err != nil {
 			continue // a missing key is reported by the TLS set-up
 		}
-		if fi.Mode().Perm()&0o077 == 0 {
+		perm := fi.Mode().Perm()
+		if perm&0o007 == 0 {
 			continue
 		}
 		st, ok := fi.Sys().(*syscall.Stat_t)
 		if !ok || int(st.Uid) != os.Geteuid() {
-			log.Warn("TLS key readable by other users, and not the agent's to fix", "path", path,
-				"mode", fi.Mode().Perm().String())
+			log.Warn("TLS key readable by every user, and not the agent's to fix", "path", path,
+				"mode", perm.String())
 			continue
 		}
-		if err := os.Chmod(path, want); err != nil {
+		if err := os.Chmod(path, perm&^0o007); err != nil {
 			log.Warn("cannot restrict TLS key permissions", "path", path, "err", err)
 			continue
 		}
-		log.Warn("restricted TLS key permissions to the agent's user", "path", path,
-			"was", fi.Mode().Perm().String(), "now", want.String())
+		log.Warn("TLS key was readable by every user: removed their access", "path", path,
+			"was", perm.String(), "now", (perm &^ 0o007).String())
 	}
 }

@@ -76,7 +76,7 @@ func TestJobGetsNoSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	secureTLS(testTLSFiles(keyDir), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	for path, want := range map[string]os.FileMode{key: 0o600, keyDir: 0o700} {
+	for path, want := range map[string]os.FileMode{key: 0o640, keyDir: 0o750} {
 		if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != want {
 			t.Fatalf("%s: mode %v (%v), want %v", path, fi.Mode().Perm(), err, want)
 		}
