@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"sort"
 	"time"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/gantry-ml/gantry/agent/metricsfile"
 	"github.com/gantry-ml/gantry/agent/runner"
+	"github.com/gantry-ml/gantry/agent/safefile"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	protolink "github.com/gantry-ml/gantry/proto/link"
 )
@@ -164,7 +164,10 @@ func replayFinal(path string, offset int64) (metricsfile.Final, error) {
 	if offset <= 0 {
 		return final, nil
 	}
-	f, err := os.Open(path)
+	// The job may have swapped its metrics file for a FIFO or a link
+	// while no agent watched: opened as the tailer opens it, never
+	// blocking, never through a link out of the job directory.
+	f, err := safefile.Open(path, safefile.AnyOwner)
 	if err != nil {
 		return final, fmt.Errorf("replay metrics file: %w", err)
 	}

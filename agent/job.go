@@ -17,6 +17,7 @@ import (
 	"github.com/gantry-ml/gantry/agent/logtail"
 	"github.com/gantry-ml/gantry/agent/metricsfile"
 	"github.com/gantry-ml/gantry/agent/runner"
+	"github.com/gantry-ml/gantry/agent/safefile"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
 	protolink "github.com/gantry-ml/gantry/proto/link"
@@ -73,6 +74,9 @@ type job struct {
 	// read its file; the failure was reported and the file is not read
 	// again, not even to drain it after the exit.
 	metricsDead, logsDead atomic.Bool
+	// owner is the uid the job's files must belong to (its directory's
+	// owner, the job's user), or safefile.AnyOwner; set by follow.
+	owner int
 
 	// dropMu guards the metric keys dropped and not reported yet.
 	dropMu       sync.Mutex
@@ -256,7 +260,9 @@ func (j *job) follow(ctx context.Context, proc *runner.Process) {
 	j.logs = logtail.NewFollower(logPath, logOffset, logChunkBytes)
 	// The job's files are the job's: a file there that its user does not
 	// own (a hard link to someone else's) is not read.
+	j.owner = safefile.AnyOwner
 	if owner, err := dirOwner(dir); err == nil {
+		j.owner = owner
 		j.metrics.RequireOwner(owner)
 		j.logs.RequireOwner(owner)
 	} else {
@@ -427,7 +433,7 @@ func (j *job) finish(res runner.Result, logPath, metricsCut, logsCut string) {
 	var tail string
 	if !j.logsDead.Load() {
 		var err error
-		tail, err = logtail.Tail(logPath, logTailBytes)
+		tail, err = logtail.TailOwned(logPath, logTailBytes, j.owner)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			drainErrs = append(drainErrs, fmt.Errorf("log tail: %w", err))
 		}

@@ -298,10 +298,16 @@ func (f *Follower) checkFile() (bool, error) {
 // whole. Invalid UTF-8 is replaced with U+FFFD: the tail travels in a
 // protobuf string field, which refuses to marshal anything else.
 func Tail(path string, n int) (tail string, err error) {
+	return TailOwned(path, n, safefile.AnyOwner)
+}
+
+// TailOwned is Tail of a file that must belong to uid owner (the job's
+// user), or safefile.AnyOwner.
+func TailOwned(path string, n, owner int) (tail string, err error) {
 	if n <= 0 {
 		return "", nil
 	}
-	file, err := safefile.Open(path, safefile.AnyOwner)
+	file, err := safefile.Open(path, owner)
 	if err != nil {
 		return "", fmt.Errorf("log tail: %w", err)
 	}
