@@ -38,17 +38,20 @@ const (
 	// becomes U+FFFD (3 bytes per bad byte), so the tail is capped again
 	// at limits.MaxLogTailBytes when it is built.
 	logTailBytes = 4 << 10
-	// drainMaxBytes and drainMaxTime bound the reading of each of a job's
-	// files after its process has exited: a file that keeps growing (a
-	// process that escaped the job's group, a huge sparse file) cannot
-	// keep the job from ending. Time spent waiting for a full spool does
-	// not count.
-	drainMaxBytes = 64 << 20
-	drainMaxTime  = 10 * time.Second
 	// dropEventInterval spaces the events reporting dropped metric keys:
 	// a job that writes a new key on every line gets one event per
 	// interval with the counts, not one per line.
 	dropEventInterval = 30 * time.Second
+)
+
+// drainMaxBytes and drainMaxTime bound the reading of each of a job's files
+// after its process has exited: a file that keeps growing (a process that
+// escaped the job's group, a huge sparse file) cannot keep the job from
+// ending. Time spent waiting for a full spool does not count. Variables so
+// that a test need not wait 10 s.
+var (
+	drainMaxBytes int64 = 64 << 20
+	drainMaxTime        = 10 * time.Second
 )
 
 // EventMetricKeysDropped reports metric values left out because of the

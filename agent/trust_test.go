@@ -8,8 +8,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -441,5 +443,41 @@ func TestRestartAdoptsJobOfJobUser(t *testing.T) {
 	}
 	if !strings.Contains(exit.LogTail, "line 20") {
 		t.Errorf("log tail %q lacks the last line", exit.LogTail)
+	}
+}
+
+// TestDrainAfterExitIsBounded: a process that escaped the job's group keeps
+// writing the metrics file after the job's process exited; the job still
+// ends, once the bounded drain gives up, with an event saying so.
+func TestDrainAfterExitIsBounded(t *testing.T) {
+	oldTime := drainMaxTime
+	drainMaxTime = 300 * time.Millisecond
+	t.Cleanup(func() { drainMaxTime = oldTime })
+	dir := t.TempDir()
+	sp := openSpool(t, dir)
+	a := newTestAgent(t, dir, sp)
+	const id = "endless-writer"
+	pidFile := filepath.Join(dir, "writer.pid")
+	t.Cleanup(func() {
+		if data, err := os.ReadFile(pidFile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && pid > 0 {
+				_ = unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+	})
+	// setsid puts the writer in a session of its own, out of reach of the
+	// clean-up of the job's group; the job waits until it writes.
+	run := `setsid sh -c 'echo $$ > ` + pidFile + `; i=0; while :; do i=$((i+1)); echo "{\"step\": $i}"; done >> "$GANTRY_METRICS_FILE"' &
+while [ ! -s "$GANTRY_METRICS_FILE" ]; do sleep 0.01; done`
+	exit := startJob(t, a, id, run)
+	if exit.GetExitCode() != 0 {
+		t.Fatalf("exit = %v", exit)
+	}
+	cut := false
+	for _, e := range eventsOf(t, sp, id) {
+		cut = cut || (e.Kind == protolink.EventReadError && strings.Contains(e.Message, "stopped reading the metrics file"))
+	}
+	if !cut {
+		t.Fatalf("no event saying the drain was cut: %v", eventsOf(t, sp, id))
 	}
 }
