@@ -319,7 +319,7 @@ func (j *job) follow(ctx context.Context, proc *runner.Process) {
 	}
 	stopTails()
 	tails.Wait()
-	metricsCut := j.drain(ctx, &j.metricsDead, func() (int64, bool, error) {
+	metricsCut := j.drain(ctx, &j.metricsDead, j.metrics.ReadPos(), func() (int64, bool, error) {
 		b, err := j.metrics.Poll()
 		got := len(b.Lines) > 0 || len(b.Bad) > 0 || b.Truncated
 		if got {
@@ -327,7 +327,7 @@ func (j *job) follow(ctx context.Context, proc *runner.Process) {
 		}
 		return j.metrics.ReadPos(), got, err
 	})
-	logsCut := j.drain(ctx, &j.logsDead, func() (int64, bool, error) {
+	logsCut := j.drain(ctx, &j.logsDead, j.logs.Offset(), func() (int64, bool, error) {
 		chunks, err := j.logs.Poll()
 		if len(chunks) > 0 {
 			end := j.logs.Offset()
@@ -354,25 +354,23 @@ func (j *job) tailFailed(dead *atomic.Bool, what string, err error) {
 
 // drain reads what is left of one file after the process exited, by
 // repeated non-blocking polls (each committing what it read to the spool)
-// until one reads nothing at all: poll returns the read position and
-// whether it produced records. It stops early, and returns a reason, once
+// until one reads nothing at all: first is the read position before the
+// first poll, and poll returns the position after it and whether it
+// produced records. It stops early, and returns a reason, once
 // drainMaxBytes have been read or drainMaxTime has passed, not counting
 // time spent waiting for the spool. A dead tail is not drained.
-func (j *job) drain(ctx context.Context, dead *atomic.Bool, poll func() (pos int64, got bool, err error)) string {
+func (j *job) drain(ctx context.Context, dead *atomic.Bool, first int64, poll func() (pos int64, got bool, err error)) string {
 	if dead.Load() {
 		return ""
 	}
 	start := time.Now()
 	waitedAtStart := j.spoolWait.Load()
-	first, last := int64(-1), int64(-1)
+	last := first
 	for ctx.Err() == nil {
 		pos, got, err := poll()
 		if err != nil {
 			j.tailFailed(dead, "job file after exit", err)
 			return ""
-		}
-		if first < 0 {
-			first = pos
 		}
 		if !got && pos == last {
 			return "" // the end: nothing read, not even part of a line
