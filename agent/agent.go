@@ -254,7 +254,14 @@ func (h *linkHandler) Cancel(m *gantrypb.CancelJob) {
 		a.log.Warn("cancel for a job this agent is not running", "job", m.JobId)
 		return
 	}
-	j.cancel()
+	// Off the link's goroutine, which must not block: the cancel's record
+	// is saved under the job's state lock, which a spool write waiting for
+	// disk space holds. The SIGTERM itself goes out at once.
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		j.cancel()
+	}()
 }
 
 // Acked forgets jobs whose exit record the controller has committed.
