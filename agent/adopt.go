@@ -102,8 +102,7 @@ func (a *Agent) recover() error {
 		default:
 			log.Info("re-adopted job", "metrics_offset", st.MetricsOffset, "log_offset", st.LogOffset)
 		}
-		j.append(&gantrypb.Record{JobId: id, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
-			Ts: now(), Kind: EventReadopted, Message: msg}}})
+		j.append(j.event(EventReadopted, msg, 0))
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
@@ -129,9 +128,8 @@ func (j *job) adopt() (*runner.Process, error) {
 	if err != nil {
 		// The job is still worth following; its final metrics may lack
 		// keys last written before the restart, and the user is told.
-		j.append(&gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
-			Ts: now(), Kind: protolink.EventReadError,
-			Message: fmt.Sprintf("final metrics may miss values written before the agent restarted: %v", err)}}})
+		j.append(j.event(protolink.EventReadError,
+			fmt.Sprintf("final metrics may miss values written before the agent restarted: %v", err), 0))
 		j.a.log.Error("rebuild final metrics", "job", j.id, "err", err)
 	}
 

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -470,5 +471,30 @@ func TestDrainAfterExitIsBounded(t *testing.T) {
 	next := startJob(t, a, "after-sparse", `echo '{"step": 1, "ok": 1}' >> "$GANTRY_METRICS_FILE"`)
 	if next.GetExitCode() != 0 || next.FinalMetrics["ok"] != 1 {
 		t.Fatalf("next job: %v", next)
+	}
+}
+
+// TestEventAndExitCaps: whatever text a job's failure produces (a huge
+// error, invalid UTF-8), event messages and exit errors stay within the
+// limits and marshal.
+func TestEventAndExitCaps(t *testing.T) {
+	dir := t.TempDir()
+	sp := openSpool(t, dir)
+	a := newTestAgent(t, dir, sp)
+	j := &job{a: a.Agent, id: "caps", state: &gantrypb.AgentJob{JobId: "caps"}}
+	huge := strings.Repeat("é\xff", 1<<20)
+	ev := j.event(strings.Repeat("k", 1000), huge, 1).GetEvent()
+	if len(ev.Message) > limits.MaxEventMessageBytes || len(ev.Kind) > limits.MaxEventKindBytes {
+		t.Fatalf("event of %d/%d bytes", len(ev.Kind), len(ev.Message))
+	}
+	j.fail(huge)
+	exit := waitExit(t, sp, "caps")
+	if len(exit.Error) > limits.MaxExitErrorBytes || !strings.HasSuffix(exit.Error, "...") {
+		t.Fatalf("exit error of %d bytes", len(exit.Error))
+	}
+	for _, s := range []string{ev.Message, exit.Error} {
+		if !utf8.ValidString(s) {
+			t.Fatalf("invalid UTF-8: %q", s[:20])
+		}
 	}
 }
