@@ -173,10 +173,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
+			// A GPU sample that cannot be spooled (a full disk) is
+			// skipped, unlike a job's records: it cannot wait anywhere,
+			// and the next one a second later supersedes it. Said once
+			// per episode, not once a second.
+			failing := false
 			err := gpu.Run(ctx, a.gpus, a.cfg.GPUInterval, a.log.With("component", "gpu"), func(s *gantrypb.GPUSample) {
-				if _, err := a.spool.Append(&gantrypb.Record{Body: &gantrypb.Record_Gpu{Gpu: s}}); err != nil {
-					a.log.Error("spool GPU sample", "err", err)
+				_, err := a.spool.Append(&gantrypb.Record{Body: &gantrypb.Record_Gpu{Gpu: s}})
+				switch {
+				case err != nil && !failing:
+					a.log.Error("spool GPU sample: skipping samples until the spool takes them again", "err", err)
+				case err == nil && failing:
+					a.log.Info("GPU samples spooled again")
 				}
+				failing = err != nil
 			})
 			if err != nil && !errors.Is(err, context.Canceled) {
 				a.log.Error("GPU sampler stopped", "err", err)
