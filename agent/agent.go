@@ -136,6 +136,14 @@ func New(cfg Config) (*Agent, error) {
 		if err != nil {
 			a.log.Warn("could not list every GPU", "err", err)
 		}
+		if len(a.gpuInfo) > limits.MaxGPUsPerNode {
+			a.log.Warn("more GPUs than a node may offer; offering the first", "gpus", len(a.gpuInfo),
+				"offered", limits.MaxGPUsPerNode)
+			a.gpuInfo = a.gpuInfo[:limits.MaxGPUsPerNode]
+		}
+		for _, g := range a.gpuInfo {
+			g.Uuid, g.Name = clip(g.Uuid, limits.MaxGPUStringBytes), clip(g.Name, limits.MaxGPUStringBytes)
+		}
 	}
 
 	clientTLS, err := tlsutil.ClientConfig(cfg.TLS, protolink.ALPN, "")
@@ -179,6 +187,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			// per episode, not once a second.
 			failing := false
 			err := gpu.Run(ctx, a.gpus, a.cfg.GPUInterval, a.log.With("component", "gpu"), func(s *gantrypb.GPUSample) {
+				// Within the limits the controller checks, whatever
+				// the driver reports.
+				if len(s.Gpus) > limits.MaxGPUsPerNode {
+					s.Gpus = s.Gpus[:limits.MaxGPUsPerNode]
+				}
+				for _, g := range s.Gpus {
+					g.Uuid, g.Name = clip(g.Uuid, limits.MaxGPUStringBytes), clip(g.Name, limits.MaxGPUStringBytes)
+				}
 				_, err := a.spool.Append(&gantrypb.Record{Body: &gantrypb.Record_Gpu{Gpu: s}})
 				switch {
 				case err != nil && !failing:
