@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"sort"
 	"time"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/gantry-ml/gantry/agent/metricsfile"
 	"github.com/gantry-ml/gantry/agent/runner"
+	"github.com/gantry-ml/gantry/agent/safefile"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	protolink "github.com/gantry-ml/gantry/proto/link"
 )
@@ -102,8 +102,7 @@ func (a *Agent) recover() error {
 		default:
 			log.Info("re-adopted job", "metrics_offset", st.MetricsOffset, "log_offset", st.LogOffset)
 		}
-		j.append(&gantrypb.Record{JobId: id, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
-			Ts: now(), Kind: EventReadopted, Message: msg}}})
+		j.append(j.event(EventReadopted, msg, 0))
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
@@ -129,9 +128,8 @@ func (j *job) adopt() (*runner.Process, error) {
 	if err != nil {
 		// The job is still worth following; its final metrics may lack
 		// keys last written before the restart, and the user is told.
-		j.append(&gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
-			Ts: now(), Kind: protolink.EventReadError,
-			Message: fmt.Sprintf("final metrics may miss values written before the agent restarted: %v", err)}}})
+		j.append(j.event(protolink.EventReadError,
+			fmt.Sprintf("final metrics may miss values written before the agent restarted: %v", err), 0))
 		j.a.log.Error("rebuild final metrics", "job", j.id, "err", err)
 	}
 
@@ -164,7 +162,10 @@ func replayFinal(path string, offset int64) (metricsfile.Final, error) {
 	if offset <= 0 {
 		return final, nil
 	}
-	f, err := os.Open(path)
+	// The job may have swapped its metrics file for a FIFO or a link
+	// while no agent watched: opened as the tailer opens it, never
+	// blocking, never through a link out of the job directory.
+	f, err := safefile.Open(path, safefile.AnyOwner)
 	if err != nil {
 		return final, fmt.Errorf("replay metrics file: %w", err)
 	}

@@ -13,10 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gantry-ml/gantry/agent/metricsfile"
 	"github.com/gantry-ml/gantry/agent/runner"
+	"github.com/gantry-ml/gantry/agent/safefile"
 	"github.com/gantry-ml/gantry/agent/spool"
 	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -387,6 +389,14 @@ func TestReplayFinal(t *testing.T) {
 		t.Fatal(err)
 	}
 	upToStep2 := int64(strings.Index(content, `{"step": 3`))
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	zero := filepath.Join(dir, "zero")
+	if err := os.Symlink("/dev/zero", zero); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name   string
 		path   string
@@ -398,6 +408,9 @@ func TestReplayFinal(t *testing.T) {
 		{"up to a line boundary", path, upToStep2, map[string]float64{"step": 2, "loss": 2, "a": 1}, nil},
 		{"everything", path, int64(len(content)), map[string]float64{"step": 3, "loss": 1, "a": 1, "b": 7}, nil},
 		{"file gone", filepath.Join(dir, "nope"), 10, map[string]float64{}, os.ErrNotExist},
+		// Swapped while the agent was down: refused, not blocked on.
+		{"fifo", fifo, 10, map[string]float64{}, safefile.ErrUnsafe},
+		{"dev zero", zero, 10, map[string]float64{}, safefile.ErrUnsafe},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -20,10 +20,12 @@ import (
 
 	"github.com/gantry-ml/gantry/agent/gpu"
 	"github.com/gantry-ml/gantry/agent/link"
+	"github.com/gantry-ml/gantry/agent/runner"
 	"github.com/gantry-ml/gantry/agent/spool"
 	"github.com/gantry-ml/gantry/controller/membership"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
 	protolink "github.com/gantry-ml/gantry/proto/link"
 )
 
@@ -54,7 +56,17 @@ type Config struct {
 	GossipKey     string
 	// FastGossip shortens failure detection (tests).
 	FastGossip bool
+
+	// JobUser is the account jobs run as when the agent runs as root;
+	// DefaultJobUser when empty. Jobs run as root only when this names
+	// root explicitly. An agent that is not root cannot switch users: its
+	// jobs run as itself, and JobUser is ignored.
+	JobUser string
 }
+
+// DefaultJobUser is the account jobs run as under a root agent unless
+// Config.JobUser says otherwise. The Ansible role creates it.
+const DefaultJobUser = "gantry-job"
 
 // Agent is a running agent.
 type Agent struct {
@@ -66,6 +78,8 @@ type Agent struct {
 	hostname string
 	link     *link.Link
 	members  *membership.Node // nil without serf
+	// jobUser is who jobs run as; nil when they run as the agent's user.
+	jobUser *runner.User
 
 	mu   sync.Mutex
 	jobs map[string]*job // jobs started by this process, until their exit is acked
@@ -81,14 +95,24 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.GPUInterval == 0 {
 		cfg.GPUInterval = time.Second
 	}
-	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "jobs"), 0o750); err != nil {
-		return nil, fmt.Errorf("agent: data dir: %w", err)
+	jobUser, err := resolveJobUser(cfg.JobUser, cfg.Log)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
+	if err := prepareDataDir(cfg.DataDir, jobUser); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	secureTLS(cfg.TLS, cfg.Log)
 	sp, err := spool.Open(filepath.Join(cfg.DataDir, "spool.db"))
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, spool: sp, jobs: map[string]*job{}}
+	// bbolt creates the file 0600 but keeps the mode of an existing one.
+	if err := os.Chmod(filepath.Join(cfg.DataDir, "spool.db"), 0o600); err != nil {
+		sp.Close()
+		return nil, fmt.Errorf("agent: spool: %w", err)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log, spool: sp, jobs: map[string]*job{}, jobUser: jobUser}
 	a.hostname, _ = os.Hostname()
 
 	switch {
@@ -111,6 +135,14 @@ func New(cfg Config) (*Agent, error) {
 		a.gpuInfo, err = a.gpus.Devices()
 		if err != nil {
 			a.log.Warn("could not list every GPU", "err", err)
+		}
+		if len(a.gpuInfo) > limits.MaxGPUsPerNode {
+			a.log.Warn("more GPUs than a node may offer; offering the first", "gpus", len(a.gpuInfo),
+				"offered", limits.MaxGPUsPerNode)
+			a.gpuInfo = a.gpuInfo[:limits.MaxGPUsPerNode]
+		}
+		for _, g := range a.gpuInfo {
+			g.Uuid, g.Name = clip(g.Uuid, limits.MaxGPUStringBytes), clip(g.Name, limits.MaxGPUStringBytes)
 		}
 	}
 
@@ -149,10 +181,28 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
+			// A GPU sample that cannot be spooled (a full disk) is
+			// skipped, unlike a job's records: it cannot wait anywhere,
+			// and the next one a second later supersedes it. Said once
+			// per episode, not once a second.
+			failing := false
 			err := gpu.Run(ctx, a.gpus, a.cfg.GPUInterval, a.log.With("component", "gpu"), func(s *gantrypb.GPUSample) {
-				if _, err := a.spool.Append(&gantrypb.Record{Body: &gantrypb.Record_Gpu{Gpu: s}}); err != nil {
-					a.log.Error("spool GPU sample", "err", err)
+				// Within the limits the controller checks, whatever
+				// the driver reports.
+				if len(s.Gpus) > limits.MaxGPUsPerNode {
+					s.Gpus = s.Gpus[:limits.MaxGPUsPerNode]
 				}
+				for _, g := range s.Gpus {
+					g.Uuid, g.Name = clip(g.Uuid, limits.MaxGPUStringBytes), clip(g.Name, limits.MaxGPUStringBytes)
+				}
+				_, err := a.spool.Append(&gantrypb.Record{Body: &gantrypb.Record_Gpu{Gpu: s}})
+				switch {
+				case err != nil && !failing:
+					a.log.Error("spool GPU sample: skipping samples until the spool takes them again", "err", err)
+				case err == nil && failing:
+					a.log.Info("GPU samples spooled again")
+				}
+				failing = err != nil
 			})
 			if err != nil && !errors.Is(err, context.Canceled) {
 				a.log.Error("GPU sampler stopped", "err", err)
@@ -199,6 +249,12 @@ func (a *Agent) activeJobs() []string {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
+	if len(ids) > limits.MaxActiveJobs {
+		// The controller refuses a longer hello; the jobs beyond are
+		// still followed and reported, only not listed here.
+		a.log.Warn("more unfinished jobs than a hello can list", "jobs", len(ids), "listed", limits.MaxActiveJobs)
+		ids = ids[:limits.MaxActiveJobs]
+	}
 	return ids
 }
 
@@ -224,7 +280,14 @@ func (h *linkHandler) Cancel(m *gantrypb.CancelJob) {
 		a.log.Warn("cancel for a job this agent is not running", "job", m.JobId)
 		return
 	}
-	j.cancel()
+	// Off the link's goroutine, which must not block: the cancel's record
+	// is saved under the job's state lock, which a spool write waiting for
+	// disk space holds. The SIGTERM itself goes out at once.
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		j.cancel()
+	}()
 }
 
 // Acked forgets jobs whose exit record the controller has committed.
@@ -251,6 +314,16 @@ func (h *linkHandler) Acked(upTo uint64) {
 		delete(a.jobs, id)
 		a.mu.Unlock()
 	}
+}
+
+// runCtx is the context Run was given: it ends when the agent stops.
+func (a *Agent) runCtx() context.Context {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ctx == nil {
+		return context.Background()
+	}
+	return a.ctx
 }
 
 func now() float64 { return float64(time.Now().UnixNano()) / 1e9 }

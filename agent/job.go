@@ -6,15 +6,20 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gantry-ml/gantry/agent/logtail"
 	"github.com/gantry-ml/gantry/agent/metricsfile"
 	"github.com/gantry-ml/gantry/agent/runner"
+	"github.com/gantry-ml/gantry/agent/safefile"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
 	protolink "github.com/gantry-ml/gantry/proto/link"
 )
 
@@ -22,8 +27,42 @@ import (
 const (
 	MetricsFileName = "metrics.jsonl"
 	LogFileName     = "output.log"
-	logChunkBytes   = 64 << 10
-	logTailBytes    = 4 << 10
+)
+
+// What the agent produces for one job, kept within proto/limits so that the
+// controller never refuses it.
+const (
+	// logChunkBytes is the size of one log record's data.
+	logChunkBytes = 64 << 10
+	// logTailBytes is the log tail read for the exit record. Invalid UTF-8
+	// becomes U+FFFD (3 bytes per bad byte), so the tail is capped again
+	// at limits.MaxLogTailBytes when it is built.
+	logTailBytes = 4 << 10
+	// dropEventInterval spaces the events reporting dropped metric keys:
+	// a job that writes a new key on every line gets one event per
+	// interval with the counts, not one per line.
+	dropEventInterval = 30 * time.Second
+)
+
+// drainMaxBytes and drainMaxTime bound the reading of each of a job's files
+// after its process has exited: a file that keeps growing (a process that
+// escaped the job's group, a huge sparse file) cannot keep the job from
+// ending. Time spent waiting for a full spool does not count. Variables so
+// that a test need not wait 10 s.
+var (
+	drainMaxBytes int64 = 64 << 20
+	drainMaxTime        = 10 * time.Second
+)
+
+// EventMetricKeysDropped reports metric values left out because of the
+// key caps (key length, keys per line, distinct keys per job).
+const EventMetricKeysDropped = "metric_keys_dropped"
+
+// The caps above must stay within the shared limits; these fail to compile
+// otherwise.
+var (
+	_ [limits.MaxLogChunkBytes - logChunkBytes]struct{}
+	_ [limits.MaxLogTailBytes - logTailBytes]struct{}
 )
 
 // job is one running job: the process, and the two tails feeding the spool.
@@ -34,12 +73,27 @@ type job struct {
 
 	metrics *metricsfile.Tailer
 	logs    *logtail.Follower
+	// metricsDead and logsDead are set when a tail refused or failed to
+	// read its file; the failure was reported and the file is not read
+	// again, not even to drain it after the exit.
+	metricsDead, logsDead atomic.Bool
+	// owner is the uid the job's files must belong to (its directory's
+	// owner, the job's user), or safefile.AnyOwner; set by follow.
+	owner int
+
+	// dropMu guards the metric keys dropped and not reported yet.
+	dropMu       sync.Mutex
+	dropped      uint64
+	lastDropSent time.Time
 
 	// stMu guards state, and serialises every spool write that carries it,
 	// so that the state stored with a batch of records is exactly what
 	// those records and the ones before them cover.
 	stMu  sync.Mutex
 	state *gantrypb.AgentJob
+	// spoolWait is the time, in nanoseconds, spent waiting for the spool
+	// to take a write.
+	spoolWait atomic.Int64
 
 	mu        sync.Mutex
 	proc      *runner.Process
@@ -93,7 +147,7 @@ func (j *job) run(ctx context.Context) {
 	spec := j.state.Spec
 	dir := jobDir(a.cfg.DataDir, j.id)
 
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := a.makeJobDir(dir); err != nil {
 		j.fail(fmt.Sprintf("cannot create the job directory: %v", err))
 		return
 	}
@@ -119,6 +173,7 @@ func (j *job) run(ctx context.Context) {
 		MaxDuration: time.Duration(spec.GetMaxDurationMs()) * time.Millisecond,
 		StatusFile:  j.state.StatusFile,
 		OnCancel:    j.cancelling,
+		User:        a.jobUser,
 	}, j.runnerEvent)
 	if err != nil {
 		log.Warn("job failed to start", "err", err)
@@ -141,8 +196,29 @@ func (j *job) run(ctx context.Context) {
 
 // runnerEvent spools an event of the job's runner.
 func (j *job) runnerEvent(ev runner.Event) {
-	j.append(&gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
-		Ts: now(), Kind: ev.Kind, Message: ev.Message}}})
+	j.append(j.event(ev.Kind, ev.Message, 0))
+}
+
+// event is a job event record, with its kind and message cut to the
+// limits and made valid UTF-8 (a protobuf string must be).
+func (j *job) event(kind, msg string, count uint64) *gantrypb.Record {
+	return &gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
+		Ts: now(), Kind: clip(kind, limits.MaxEventKindBytes), Message: clip(msg, limits.MaxEventMessageBytes),
+		Count: count}}}
+}
+
+// clip cuts s to at most n bytes of valid UTF-8, marking a cut with "...".
+func clip(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	const mark = "..."
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
 }
 
 // cancelling persists a cancel that has sent SIGTERM, so that an agent
@@ -185,11 +261,21 @@ func (j *job) follow(ctx context.Context, proc *runner.Process) {
 	j.stMu.Unlock()
 	j.metrics = metricsfile.NewTailer(filepath.Join(dir, MetricsFileName), metricsOffset)
 	j.logs = logtail.NewFollower(logPath, logOffset, logChunkBytes)
+	// The job's files are the job's: a file there that its user does not
+	// own (a hard link to someone else's) is not read.
+	j.owner = safefile.AnyOwner
+	if owner, err := dirOwner(dir); err == nil {
+		j.owner = owner
+		j.metrics.RequireOwner(owner)
+		j.logs.RequireOwner(owner)
+	} else {
+		log.Warn("job directory", "err", err)
+	}
 	defer j.metrics.Close()
 	defer j.logs.Close()
 
 	// The tails follow the files while the process runs and stop when it
-	// exits; the drain below then takes everything left.
+	// exits; the drain below then takes what is left, within bounds.
 	tailCtx, stopTails := context.WithCancel(context.Background())
 	var tails sync.WaitGroup
 	tails.Add(2)
@@ -199,11 +285,11 @@ func (j *job) follow(ctx context.Context, proc *runner.Process) {
 			b, err := j.metrics.Next(tailCtx)
 			if err != nil {
 				if !errors.Is(err, context.Canceled) {
-					log.Error("metrics tail", "err", err)
+					j.tailFailed(&j.metricsDead, "metrics file", err)
 				}
 				return
 			}
-			j.commit(func(st *gantrypb.AgentJob) { st.MetricsOffset = b.Offset }, false, j.metricRecords(b)...)
+			j.commitMetrics(b)
 		}
 	}()
 	go func() {
@@ -212,7 +298,7 @@ func (j *job) follow(ctx context.Context, proc *runner.Process) {
 			chunks, err := j.logs.Next(tailCtx)
 			if err != nil {
 				if !errors.Is(err, context.Canceled) {
-					log.Error("log tail", "err", err)
+					j.tailFailed(&j.logsDead, "log file", err)
 				}
 				return
 			}
@@ -233,32 +319,129 @@ func (j *job) follow(ctx context.Context, proc *runner.Process) {
 	}
 	stopTails()
 	tails.Wait()
-	j.finish(proc.Result(), logPath)
+	metricsCut := j.drain(ctx, &j.metricsDead, j.metrics.ReadPos(), func() (int64, bool, error) {
+		b, err := j.metrics.Poll()
+		got := len(b.Lines) > 0 || len(b.Bad) > 0 || b.Truncated
+		if got {
+			j.commitMetrics(b)
+		}
+		return j.metrics.ReadPos(), got, err
+	})
+	logsCut := j.drain(ctx, &j.logsDead, j.logs.Offset(), func() (int64, bool, error) {
+		chunks, err := j.logs.Poll()
+		if len(chunks) > 0 {
+			end := j.logs.Offset()
+			j.commit(func(st *gantrypb.AgentJob) { st.LogOffset = end }, false, j.logRecords(chunks)...)
+		}
+		return j.logs.Offset(), len(chunks) > 0, err
+	})
+	if ctx.Err() != nil {
+		return // as above: the next agent finishes the job
+	}
+	j.finish(proc.Result(), logPath, metricsCut, logsCut)
 }
 
-// finish drains both files to EOF and spools the last points, the last log
-// bytes and the exit record in one append, in that order: whoever reads
-// the terminal state reads the final metrics with it (invariant I2).
-func (j *job) finish(res runner.Result, logPath string) {
+// tailFailed reports once that one of the job's files cannot be read
+// (refused by safefile, or a read error) and stops reading it: the job
+// still runs and ends normally, without what that file would have given.
+func (j *job) tailFailed(dead *atomic.Bool, what string, err error) {
+	if dead.Swap(true) {
+		return
+	}
+	j.a.log.Warn("not reading a job file", "job", j.id, "file", what, "err", err)
+	j.append(j.event(protolink.EventReadError, fmt.Sprintf("%s not read: %v", what, err), 0))
+}
+
+// drain reads what is left of one file after the process exited, by
+// repeated non-blocking polls (each committing what it read to the spool)
+// until one reads nothing at all: first is the read position before the
+// first poll, and poll returns the position after it and whether it
+// produced records. It stops early, and returns a reason, once
+// drainMaxBytes have been read or drainMaxTime has passed, not counting
+// time spent waiting for the spool. A dead tail is not drained.
+func (j *job) drain(ctx context.Context, dead *atomic.Bool, first int64, poll func() (pos int64, got bool, err error)) string {
+	if dead.Load() {
+		return ""
+	}
+	start := time.Now()
+	waitedAtStart := j.spoolWait.Load()
+	last := first
+	for ctx.Err() == nil {
+		pos, got, err := poll()
+		if err != nil {
+			j.tailFailed(dead, "job file after exit", err)
+			return ""
+		}
+		if !got && pos == last {
+			return "" // the end: nothing read, not even part of a line
+		}
+		last = pos
+		// The position can go back (a truncation restarts at 0); what
+		// counts is the bytes read, which only grow.
+		read := max(pos-first, 0)
+		spent := time.Since(start) - time.Duration(j.spoolWait.Load()-waitedAtStart)
+		switch {
+		case read >= drainMaxBytes:
+			return fmt.Sprintf("more than %d MiB were still unread when the process exited", drainMaxBytes>>20)
+		case spent >= drainMaxTime:
+			return fmt.Sprintf("the file was still being written %s after the process exited", drainMaxTime)
+		}
+	}
+	return ""
+}
+
+// commitMetrics spools one batch of metric lines with its offset.
+func (j *job) commitMetrics(b metricsfile.Batch) {
+	recs := j.metricRecords(b)
+	j.commit(func(st *gantrypb.AgentJob) { st.MetricsOffset = b.Offset }, false, recs...)
+}
+
+// finish spools the last points, the last log bytes and the exit record in
+// one append, in that order: whoever reads the terminal state reads the
+// final metrics with it (invariant I2). metricsCut and logsCut say why
+// reading a file after the exit stopped early ("" when it reached the end).
+func (j *job) finish(res runner.Result, logPath, metricsCut, logsCut string) {
 	log := j.a.log.With("job", j.id)
 	var recs []*gantrypb.Record
 	var drainErrs []error
-	b, err := j.metrics.Drain()
-	if err != nil {
-		drainErrs = append(drainErrs, fmt.Errorf("metrics file: %w", err))
+	var b metricsfile.Batch
+	b.Offset = j.metrics.Offset()
+	if !j.metricsDead.Load() && metricsCut == "" {
+		// Only the partial last line is left: the polls reached the end.
+		var err error
+		b, err = j.metrics.Drain()
+		if err != nil {
+			drainErrs = append(drainErrs, fmt.Errorf("metrics file: %w", err))
+		}
+		recs = append(recs, j.metricRecords(b)...)
 	}
-	recs = append(recs, j.metricRecords(b)...)
-	chunks, err := j.logs.Drain()
-	if err != nil {
-		drainErrs = append(drainErrs, fmt.Errorf("log file: %w", err))
+	if !j.logsDead.Load() && logsCut == "" {
+		chunks, err := j.logs.Drain()
+		if err != nil {
+			drainErrs = append(drainErrs, fmt.Errorf("log file: %w", err))
+		}
+		recs = append(recs, j.logRecords(chunks)...)
 	}
-	recs = append(recs, j.logRecords(chunks)...)
-	tail, err := logtail.Tail(logPath, logTailBytes)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		drainErrs = append(drainErrs, fmt.Errorf("log tail: %w", err))
+	if rec := j.dropEvent(true); rec != nil {
+		recs = append(recs, rec)
+	}
+	for _, c := range []struct{ what, cut string }{{"metrics file", metricsCut}, {"log file", logsCut}} {
+		if c.cut != "" {
+			recs = append(recs, j.event(protolink.EventReadError,
+				fmt.Sprintf("stopped reading the %s: %s; the rest of it is not reported", c.what, c.cut), 0))
+		}
+	}
+	var tail string
+	if !j.logsDead.Load() {
+		var err error
+		tail, err = logtail.TailOwned(logPath, logTailBytes, j.owner)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			drainErrs = append(drainErrs, fmt.Errorf("log tail: %w", err))
+		}
 	}
 	exit := &gantrypb.JobExit{
-		Signal: res.Signal, Ts: now(), FinalMetrics: j.final.Metrics(), LogTail: tail, Reason: res.Reason,
+		Signal: clip(res.Signal, limits.MaxSignalBytes), Ts: now(), FinalMetrics: j.final.Metrics(),
+		LogTail: clip(tail, limits.MaxLogTailBytes), Reason: clip(res.Reason, limits.MaxEventKindBytes),
 	}
 	if !res.EndedAt.IsZero() {
 		// The supervisor saw the end; for a job that ended while the
@@ -270,12 +453,11 @@ func (j *job) finish(res runner.Result, logPath string) {
 		exit.ExitCode = &code
 	}
 	if res.Err != nil {
-		exit.Error = exitError(res.Err)
+		exit.Error = clip(exitError(res.Err), limits.MaxExitErrorBytes)
 	}
 	for _, e := range drainErrs {
 		// Reading the files failed after exit: the user must hear of it.
-		recs = append(recs, &gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
-			Ts: now(), Kind: protolink.EventReadError, Message: e.Error()}}})
+		recs = append(recs, j.event(protolink.EventReadError, e.Error(), 0))
 		log.Error("draining job files after exit", "err", e)
 	}
 	recs = append(recs, &gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Exit{Exit: exit}})
@@ -304,7 +486,7 @@ func exitError(err error) string {
 // fail reports a job that never ran, or that this agent cannot follow.
 func (j *job) fail(reason string) {
 	j.commit(nil, true, &gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Exit{Exit: &gantrypb.JobExit{
-		Ts: now(), Error: reason, FinalMetrics: map[string]float64{}}}})
+		Ts: now(), Error: clip(reason, limits.MaxExitErrorBytes), FinalMetrics: map[string]float64{}}}})
 }
 
 // commit spools recs and the job's state, changed by update (may be nil), in
@@ -312,8 +494,13 @@ func (j *job) fail(reason string) {
 // exactly those the spooled records cover, so a restarted agent neither
 // loses nor repeats a line whenever it was stopped. With exit, recs end with
 // the exit record and its index is stored as the state's ExitIndex. It
-// returns the index of the last record, 0 on error (logged: the spool is
-// the agent's disk, and a full disk must be loud).
+// returns the index of the last record.
+//
+// A failed write (a full disk, above all) is retried with backoff until it
+// succeeds: meanwhile the caller, a tail, reads nothing more, so the job's
+// data waits in its files and nothing is lost. Only the agent stopping ends
+// the retries (then 0 is returned and the state is unchanged, so the next
+// agent reads those lines again).
 func (j *job) commit(update func(*gantrypb.AgentJob), exit bool, recs ...*gantrypb.Record) uint64 {
 	j.stMu.Lock()
 	defer j.stMu.Unlock()
@@ -321,14 +508,18 @@ func (j *job) commit(update func(*gantrypb.AgentJob), exit bool, recs ...*gantry
 	if update != nil {
 		update(next)
 	}
-	idx, err := j.a.spool.AppendWithJob(j.id, func(last uint64) ([]byte, error) {
-		if exit {
-			next.ExitIndex = last
-		}
-		return proto.Marshal(next)
-	}, recs...)
+	var idx uint64
+	err := j.retrySpool(len(recs), func() error {
+		var err error
+		idx, err = j.a.spool.AppendWithJob(j.id, func(last uint64) ([]byte, error) {
+			if exit {
+				next.ExitIndex = last
+			}
+			return proto.Marshal(next)
+		}, recs...)
+		return err
+	})
 	if err != nil {
-		j.a.log.Error("spool append failed: records lost", "job", j.id, "records", len(recs), "err", err)
 		return 0
 	}
 	j.state = next
@@ -336,27 +527,70 @@ func (j *job) commit(update func(*gantrypb.AgentJob), exit bool, recs ...*gantry
 }
 
 // append spools records that move no offset (events) and returns the index
-// of the last one (0 on error, which is logged).
+// of the last one. Like commit, it retries until the spool takes them.
 func (j *job) append(recs ...*gantrypb.Record) uint64 {
 	if len(recs) == 0 {
 		return 0
 	}
-	idx, err := j.a.spool.Append(recs...)
+	var idx uint64
+	err := j.retrySpool(len(recs), func() error {
+		var err error
+		idx, err = j.a.spool.Append(recs...)
+		return err
+	})
 	if err != nil {
-		j.a.log.Error("spool append failed: records lost", "job", j.id, "records", len(recs), "err", err)
 		return 0
 	}
 	return idx
 }
 
+// Backoff of the retries of a failed spool write.
+const (
+	spoolRetryMin = 50 * time.Millisecond
+	spoolRetryMax = 5 * time.Second
+)
+
+// retrySpool runs write until it succeeds or the agent stops, and returns
+// its last error only in the latter case. The failure and the recovery are
+// logged once each, not once per attempt; time spent here is added to
+// spoolWait so that the bounded drain after exit does not count it.
+func (j *job) retrySpool(n int, write func() error) error {
+	err := write()
+	if err == nil {
+		return nil
+	}
+	ctx := j.a.runCtx()
+	log := j.a.log.With("job", j.id)
+	log.Error("spool write failed: holding back the job's records (they stay in its files) and retrying",
+		"records", n, "err", err)
+	start := time.Now()
+	defer func() { j.spoolWait.Add(int64(time.Since(start))) }()
+	backoff := spoolRetryMin
+	for {
+		select {
+		case <-ctx.Done():
+			log.Warn("agent stopping while the spool is not writable; the next agent reads those records again",
+				"records", n, "err", err)
+			return err
+		case <-time.After(backoff):
+		}
+		if err = write(); err == nil {
+			log.Info("spool writable again; resuming", "after", time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		backoff = min(2*backoff, spoolRetryMax)
+	}
+}
+
 func (j *job) metricRecords(b metricsfile.Batch) []*gantrypb.Record {
 	recs := make([]*gantrypb.Record, 0, len(b.Lines)+2)
 	if b.Truncated {
-		recs = append(recs, &gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
-			Ts: now(), Kind: protolink.EventMetricsTruncated, Message: "the metrics file shrank or was replaced; reading restarted from its beginning"}}})
+		recs = append(recs, j.event(protolink.EventMetricsTruncated,
+			"the metrics file shrank or was replaced; reading restarted from its beginning", 0))
 	}
+	var dropped int
 	for _, l := range b.Lines {
-		j.final.Observe(l)
+		dropped += l.Dropped + j.final.Observe(l)
 		ts := l.TS
 		if ts == 0 {
 			ts = now()
@@ -367,10 +601,33 @@ func (j *job) metricRecords(b metricsfile.Batch) []*gantrypb.Record {
 	if len(b.Bad) > 0 {
 		first := b.Bad[0]
 		msg := fmt.Sprintf("skipped %d bad metrics line(s); first at byte %d: %s", len(b.Bad), first.Offset, first.Reason)
-		recs = append(recs, &gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
-			Ts: now(), Kind: protolink.EventBadMetricLines, Message: msg, Count: uint64(len(b.Bad))}}})
+		recs = append(recs, j.event(protolink.EventBadMetricLines, msg, uint64(len(b.Bad))))
+	}
+	if dropped > 0 {
+		j.dropMu.Lock()
+		j.dropped += uint64(dropped)
+		j.dropMu.Unlock()
+	}
+	if rec := j.dropEvent(false); rec != nil {
+		recs = append(recs, rec)
 	}
 	return recs
+}
+
+// dropEvent reports the metric values dropped by the key caps since the
+// last report: at most once per dropEventInterval, or now with final
+// (the exit). nil when there is nothing to report yet.
+func (j *job) dropEvent(final bool) *gantrypb.Record {
+	j.dropMu.Lock()
+	defer j.dropMu.Unlock()
+	if j.dropped == 0 || (!final && time.Since(j.lastDropSent) < dropEventInterval) {
+		return nil
+	}
+	n := j.dropped
+	j.dropped, j.lastDropSent = 0, time.Now()
+	return j.event(EventMetricKeysDropped, fmt.Sprintf("dropped %d metric value(s): a job keeps at most %d distinct "+
+		"metric keys, %d per line, each at most %d bytes long", n, metricsfile.MaxJobKeys, limits.MaxKeysPerPoint,
+		limits.MaxMetricKeyBytes), n)
 }
 
 func (j *job) logRecords(chunks []logtail.Chunk) []*gantrypb.Record {

@@ -172,7 +172,8 @@ func (c *restartCluster) startAgent() *binProc {
 	c.t.Helper()
 	c.agents++
 	ag := startBin(c.t, fmt.Sprintf("agent #%d", c.agents), nil, "gantry-agent",
-		"-node-id", restartAgentName, "-controller", c.quicAddr, "-data-dir", c.agentDir, "-tls-dir", c.tlsDir)
+		"-node-id", restartAgentName, "-controller", c.quicAddr, "-data-dir", c.agentDir, "-tls-dir", c.tlsDir,
+		"-job-user", "root") // the jobs run scripts from 0700 temp dirs
 	waitFor(c.t, 30*time.Second, "the agent to connect", func() bool {
 		select {
 		case <-ag.exited:

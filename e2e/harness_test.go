@@ -61,18 +61,21 @@ var apiLine = regexp.MustCompile(`msg="dev mode ready" api=(\S+)`)
 // dataDir (a fresh temp dir when empty) and waits until its agent is up.
 func startDev(t *testing.T, dataDir string, fakeGPUs int) *devController {
 	t.Helper()
-	return startDevWith(t, dataDir, fakeGPUs)
+	// -job-user root: these tests' jobs run scripts from 0700 temp dirs.
+	// Running jobs as an unprivileged user is agent_trust_test.go's.
+	return startDevArgs(t, dataDir, fakeGPUs, "-job-user", "root")
 }
 
-// startDevWith is startDev with more controller flags.
-func startDevWith(t *testing.T, dataDir string, fakeGPUs int, extra ...string) *devController {
+// startDevArgs is startDev with more controller flags.
+func startDevArgs(t *testing.T, dataDir string, fakeGPUs int, extra ...string) *devController {
 	t.Helper()
 	if dataDir == "" {
 		dataDir = t.TempDir()
 	}
-	cmd := exec.Command(filepath.Join(binDir, "gantry-controller"), append([]string{"-dev",
+	args := append([]string{"-dev",
 		"-data-dir", dataDir, "-http-addr", "127.0.0.1:0", "-quic-addr", "127.0.0.1:0",
-		"-raft-addr", "127.0.0.1:0", "-fake-gpus", fmt.Sprint(fakeGPUs)}, extra...)...)
+		"-raft-addr", "127.0.0.1:0", "-fake-gpus", fmt.Sprint(fakeGPUs)}, extra...)
+	cmd := exec.Command(filepath.Join(binDir, "gantry-controller"), args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +119,12 @@ func startDevWith(t *testing.T, dataDir string, fakeGPUs int, extra ...string) *
 	case <-time.After(30 * time.Second):
 		t.Fatalf("controller did not start:\n%s", d.logs())
 	}
-	d.api = client.New(d.addr)
+	var opts []client.Option
+	if tok := os.Getenv("GANTRY_TOKEN"); tok != "" {
+		// The controller took it from its environment (-token's default).
+		opts = append(opts, client.WithToken(tok))
+	}
+	d.api = client.New(d.addr, opts...)
 	waitFor(t, 30*time.Second, "the local agent is up", func() bool {
 		nodes, err := d.api.Nodes(context.Background())
 		return err == nil && len(nodes) == 1 && nodes[0].State == "up" && nodes[0].Connected

@@ -579,7 +579,8 @@ func startNetCluster(t *testing.T) *netCluster {
 		n := &netNode{name: name, host: h, dataDir: t.TempDir()}
 		n.proc = lab.startProc(h, name, filepath.Join(binDir, "gantry-agent"),
 			"-node-id", name, "-data-dir", n.dataDir, "-tls-dir", c.tlsDir,
-			"-serf-addr", h.addr(portSerf), "-join", joinList, "-controller", "", "-fake-gpus", "2")
+			"-serf-addr", h.addr(portSerf), "-join", joinList, "-controller", "", "-fake-gpus", "2",
+			"-job-user", "root") // the agents' data dirs are 0700 temp dirs
 		c.agents = append(c.agents, n)
 	}
 	start := time.Now()

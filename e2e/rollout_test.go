@@ -309,8 +309,14 @@ func checkDeployedFiles(t *testing.T, r *rolloutLab) {
 		if strings.HasPrefix(name, "gpu-") {
 			svc, data, bin, env = "gantry-agent", "var/lib/gantry-agent", "gantry-agent", "agent.env"
 		}
+		dataMode, dataOwner := os.FileMode(0o750), "gantry"
+		if svc == "gantry-agent" {
+			// The agent runs as root and its jobs as gantry-job, who
+			// may pass through to their own directory and no further.
+			dataMode, dataOwner = 0o711, "root"
+		}
 		checks = append(checks,
-			want{filepath.Join(p, data), 0o750, "gantry"},
+			want{filepath.Join(p, data), dataMode, dataOwner},
 			want{filepath.Join(p, "etc/gantry/tls"), 0o750, "root"},
 			want{filepath.Join(p, "etc/gantry/tls", name+"-key.pem"), 0o600, "gantry"},
 			want{filepath.Join(p, "etc/gantry/tls", name+".pem"), 0o644, "root"},
@@ -347,7 +353,8 @@ func checkDeployedFiles(t *testing.T, r *rolloutLab) {
 		common := map[string]string{"Restart": "on-failure", "NoNewPrivileges": "yes", "User": "gantry"}
 		perRole := map[string]string{"ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes", "ReadWritePaths": filepath.Join(p, data)}
 		if svc == "gantry-agent" {
-			perRole = map[string]string{"KillMode": "process", "ProtectSystem": "full", "TasksMax": "infinity"}
+			perRole = map[string]string{"KillMode": "process", "ProtectSystem": "full", "TasksMax": "infinity",
+				"User": "root"}
 			for _, k := range []string{"ProtectHome", "PrivateTmp", "PrivateDevices"} {
 				if v, ok := unit.directives[k]; ok {
 					t.Errorf("%s: agent unit sets %s=%v, which training jobs would inherit", name, k, v)
@@ -355,7 +362,9 @@ func checkDeployedFiles(t *testing.T, r *rolloutLab) {
 			}
 		}
 		for k, v := range common {
-			perRole[k] = v
+			if _, ok := perRole[k]; !ok {
+				perRole[k] = v
+			}
 		}
 		for k, v := range perRole {
 			if got := unit.directives[k]; len(got) != 1 || got[0] != v {

@@ -37,9 +37,15 @@ for _ in $(seq 1 100); do
 done
 "$bin/gantry" nodes
 
+# As root, dev mode runs jobs as an unprivileged user, who may not read
+# the checkout (under /root, say): the trainer goes where it can.
+# (Python finds modules only in directories it may list: hence 0755.)
+install -d -m 0755 "$data/scripts" "$data/scripts/demo"
+install -m 0644 "$repo/scripts/demo/train.py" "$data/scripts/demo/train.py"
+install -m 0644 "$repo/scripts/gantry_metrics.py" "$data/scripts/gantry_metrics.py"
 cat >"$data/demo-job.yaml" <<YAML
 name: demo-train
-run: python3 $repo/scripts/demo/train.py --steps $steps
+run: python3 $data/scripts/demo/train.py --steps $steps
 resources:
   gpus: 1
 kill_grace: 10s

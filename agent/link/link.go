@@ -18,19 +18,29 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/gantry-ml/gantry/agent/spool"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
 	protolink "github.com/gantry-ml/gantry/proto/link"
 )
 
-// Limits of one batch and of the window of unacked batches.
+// Limits of one batch and of the window of unacked batches. A batch's
+// limits are the shared ones the controller enforces (proto/limits), so the
+// agent never builds a batch it would refuse and resend forever.
 const (
-	MaxBatchRecords = 2000
-	MaxBatchBytes   = 1 << 20
+	MaxBatchRecords = limits.MaxRecordsPerBatch
+	MaxBatchBytes   = limits.MaxBatchBytes
 	MaxInflight     = 8
 )
+
+// batchOverhead is what a batch's encoding adds to its records' own: per
+// record a field tag and a length varint (under 4 MiB: at most 4 bytes),
+// and the batch id. The spool is read within MaxBatchBytes less this, so
+// the encoded batch stays within MaxBatchBytes.
+const batchOverhead = MaxBatchRecords*5 + 16
 
 var errRejected = errors.New("controller rejected hello")
 
@@ -341,7 +351,7 @@ func (l *Link) send(ctx context.Context, records *protolink.Stream, window chan 
 		sent = oldest - 1
 	}
 	for {
-		entries, err := l.opts.Spool.Read(sent, MaxBatchRecords, MaxBatchBytes)
+		entries, err := l.opts.Spool.Read(sent, MaxBatchRecords, MaxBatchBytes-batchOverhead)
 		if err != nil {
 			return fmt.Errorf("spool read: %w", err)
 		}
@@ -363,6 +373,16 @@ func (l *Link) send(ctx context.Context, records *protolink.Stream, window chan 
 		batch := &gantrypb.RecordBatch{BatchId: entries[len(entries)-1].Index, Records: make([]*gantrypb.Record, len(entries))}
 		for i, e := range entries {
 			batch.Records[i] = e.Record
+		}
+		if len(batch.Records) == 1 && proto.Size(batch) > MaxBatchBytes {
+			// The spool returns one record alone even when it is over
+			// the budget. This agent's records are capped well below
+			// it; one spooled by an older agent may not be. Trimmed, it
+			// is delivered; as it was, it would be refused forever.
+			if trimRecord(batch.Records[0]) {
+				l.opts.Log.Warn("trimmed an oversize record spooled by an older agent", "job", batch.Records[0].JobId,
+					"seq", batch.Records[0].Seq, "bytes", proto.Size(batch))
+			}
 		}
 		l.opts.Log.Debug("sending batch", "batch", batch.BatchId, "records", len(batch.Records))
 		if err := records.Write(batch); err != nil {

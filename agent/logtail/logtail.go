@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/agent/filewatch"
+	"github.com/gantry-ml/gantry/agent/safefile"
 )
 
 const (
@@ -55,6 +56,7 @@ type Follower struct {
 	path     string
 	maxChunk int
 	poll     time.Duration
+	owner    int // uid the file must belong to, or safefile.AnyOwner
 
 	f      *os.File
 	offset int64 // next byte to read
@@ -77,8 +79,32 @@ func NewFollower(path string, startOffset int64, maxChunk int) *Follower {
 		path:     path,
 		maxChunk: maxChunk,
 		poll:     filewatch.DefaultPollInterval,
+		owner:    safefile.AnyOwner,
 		offset:   startOffset,
 	}
+}
+
+// RequireOwner makes the Follower refuse a file that does not belong to
+// uid (the job's user). Call it before the first Next.
+func (f *Follower) RequireOwner(uid int) { f.owner = uid }
+
+// Poll is Next without the wait: the bytes available now, up to about
+// 1 MiB, possibly none. It is for reading what is left after the process
+// has exited, in bounded steps.
+func (f *Follower) Poll() ([]Chunk, error) {
+	if f.closed {
+		return nil, ErrClosed
+	}
+	if err := f.err; err != nil {
+		f.err = nil
+		return nil, err
+	}
+	chunks, err := f.read(maxBytesPerNext)
+	if err != nil && len(chunks) > 0 {
+		f.err = err
+		return chunks, nil
+	}
+	return chunks, err
 }
 
 // Next blocks until new bytes exist and returns them (up to about 1 MiB per
@@ -231,7 +257,9 @@ func (f *Follower) open() (bool, error) {
 	if f.offset < 0 {
 		return false, fmt.Errorf("%w: %d", ErrBadOffset, f.offset)
 	}
-	file, err := os.Open(f.path)
+	// The job owns its directory and could replace its log with a FIFO or
+	// a link to a file outside it: safefile refuses both (ErrUnsafe).
+	file, err := safefile.Open(f.path, f.owner)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -270,10 +298,16 @@ func (f *Follower) checkFile() (bool, error) {
 // whole. Invalid UTF-8 is replaced with U+FFFD: the tail travels in a
 // protobuf string field, which refuses to marshal anything else.
 func Tail(path string, n int) (tail string, err error) {
+	return TailOwned(path, n, safefile.AnyOwner)
+}
+
+// TailOwned is Tail of a file that must belong to uid owner (the job's
+// user), or safefile.AnyOwner.
+func TailOwned(path string, n, owner int) (tail string, err error) {
 	if n <= 0 {
 		return "", nil
 	}
-	file, err := os.Open(path)
+	file, err := safefile.Open(path, owner)
 	if err != nil {
 		return "", fmt.Errorf("log tail: %w", err)
 	}

@@ -10,6 +10,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gantry-ml/gantry/agent/safefile"
 )
 
 // noPoll disables the fallback poll: a Next that returns within the test's
@@ -308,5 +312,39 @@ func TestTail(t *testing.T) {
 
 	if _, err := Tail(filepath.Join(dir, "missing"), 10); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("Tail of a missing file = %v, want ErrNotExist", err)
+	}
+}
+
+// TestFollowerRefusesUnsafeFiles: a FIFO, /dev/zero and a link out of the
+// directory are refused at once by Next, Poll and Tail.
+func TestFollowerRefusesUnsafeFiles(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("root:secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, mk := range map[string]func(string) error{
+		"fifo":    func(p string) error { return unix.Mkfifo(p, 0o600) },
+		"zero":    func(p string) error { return os.Symlink("/dev/zero", p) },
+		"outside": func(p string) error { return os.Symlink(secret, p) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "output.log")
+			if err := mk(path); err != nil {
+				t.Fatal(err)
+			}
+			f := NewFollower(path, 0, 0)
+			defer f.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if chunks, err := f.Next(ctx); !errors.Is(err, safefile.ErrUnsafe) || len(chunks) != 0 {
+				t.Fatalf("Next = %d chunks, %v; want safefile.ErrUnsafe", len(chunks), err)
+			}
+			if chunks, err := f.Poll(); !errors.Is(err, safefile.ErrUnsafe) || len(chunks) != 0 {
+				t.Fatalf("Poll = %d chunks, %v; want safefile.ErrUnsafe", len(chunks), err)
+			}
+			if tail, err := Tail(path, 100); !errors.Is(err, safefile.ErrUnsafe) || tail != "" {
+				t.Fatalf("Tail = %q, %v; want safefile.ErrUnsafe", tail, err)
+			}
+		})
 	}
 }

@@ -1,6 +1,16 @@
 package metricsfile
 
-import "maps"
+import (
+	"maps"
+	"slices"
+
+	"github.com/gantry-ml/gantry/proto/limits"
+)
+
+// MaxJobKeys caps a job's distinct metric keys. It is one below
+// limits.MaxKeysPerJob so that the final metrics, which add "step", stay
+// within that limit.
+const MaxJobKeys = limits.MaxKeysPerJob - 1
 
 // Final accumulates a run's final metrics (DESIGN.md): for every metric key
 // its last value, plus "step" = the last step seen. The zero value is ready to
@@ -13,16 +23,40 @@ type Final struct {
 
 // Observe folds one line in. Lines must be observed in file order: "last"
 // means last written, not largest.
-func (f *Final) Observe(l Line) {
+//
+// The keys seen so far are the job's keys, capped at MaxJobKeys:
+// once that many are known, a new key is dropped (deleted from l.Values,
+// so the point sent for the line carries only the job's keys) and counted
+// in the return value. This bounds the final metrics, and so the exit
+// record, whatever the job writes.
+func (f *Final) Observe(l Line) (dropped int) {
+	const max = MaxJobKeys
 	if len(l.Values) > 0 && f.values == nil {
 		f.values = make(map[string]float64, len(l.Values))
 	}
-	maps.Copy(f.values, l.Values)
+	if len(f.values)+len(l.Values) <= max {
+		maps.Copy(f.values, l.Values)
+	} else {
+		// Near the cap, which new keys get in must not depend on map
+		// order: sorted, so a replay after a restart admits the same.
+		for _, k := range slices.Sorted(maps.Keys(l.Values)) {
+			if _, known := f.values[k]; !known && len(f.values) >= max {
+				delete(l.Values, k)
+				dropped++
+				continue
+			}
+			f.values[k] = l.Values[k]
+		}
+	}
 	if l.Step != nil {
 		f.step = *l.Step
 		f.hasStep = true
 	}
+	return dropped
 }
+
+// Keys returns how many distinct metric keys the job has.
+func (f *Final) Keys() int { return len(f.values) }
 
 // Step returns the last step seen, and false when no line had one.
 func (f *Final) Step() (int64, bool) {

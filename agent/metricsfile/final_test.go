@@ -1,8 +1,11 @@
 package metricsfile
 
 import (
+	"fmt"
 	"maps"
 	"testing"
+
+	"github.com/gantry-ml/gantry/proto/limits"
 )
 
 func TestFinal(t *testing.T) {
@@ -38,5 +41,34 @@ func TestFinal(t *testing.T) {
 	got["loss"] = 99
 	if f.Metrics()["loss"] != 1.25 {
 		t.Fatal("Metrics returned the internal map, not a copy")
+	}
+}
+
+// TestFinalKeysPerJob: the job's distinct keys stop at MaxKeysPerJob; new
+// keys beyond are dropped from the line too, known keys keep updating.
+func TestFinalKeysPerJob(t *testing.T) {
+	var f Final
+	dropped := 0
+	for line := range 14 {
+		step := int64(line)
+		vals := map[string]float64{"loss": float64(line)}
+		for i := range 200 {
+			vals[fmt.Sprintf("l%02d_k%03d", line, i)] = 1
+		}
+		l := Line{Step: &step, Values: vals}
+		dropped += f.Observe(l)
+		if _, ok := l.Values["loss"]; !ok {
+			t.Fatalf("line %d: a known key was dropped", line)
+		}
+	}
+	m := f.Metrics()
+	if len(m) != limits.MaxKeysPerJob || f.Keys() != MaxJobKeys {
+		t.Fatalf("%d final keys (with step), want %d", len(m), limits.MaxKeysPerJob)
+	}
+	if want := 1 + 14*200 - MaxJobKeys; dropped != want { // "loss" is one key
+		t.Fatalf("dropped %d, want %d", dropped, want)
+	}
+	if m["loss"] != 13 {
+		t.Fatalf("loss = %v, want the last value 13", m["loss"])
 	}
 }

@@ -16,7 +16,11 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
+	"strings"
+
+	"github.com/gantry-ml/gantry/proto/limits"
 )
 
 // MaxLineBytes caps one line (without its newline). Longer lines are skipped
@@ -57,8 +61,11 @@ type Line struct {
 	// TS is the line's "ts" in unix seconds, 0 when absent or not a number.
 	TS float64
 	// Values holds every other numeric field. Non-nil on success, possibly
-	// empty.
+	// empty. It never holds a key longer than limits.MaxMetricKeyBytes,
+	// nor more than limits.MaxKeysPerPoint keys.
 	Values map[string]float64
+	// Dropped counts the numeric fields left out of Values by those caps.
+	Dropped int
 }
 
 // ParseLine parses one line, b, given without its trailing newline. On error
@@ -88,7 +95,8 @@ func ParseLine(b []byte) (Line, error) {
 		return Line{}, fmt.Errorf("%w: trailing data after the object at byte %d", ErrNotJSON, dec.InputOffset())
 	}
 
-	l := Line{Values: make(map[string]float64, len(obj))}
+	l := Line{Values: make(map[string]float64, min(len(obj), limits.MaxKeysPerPoint))}
+	var keys []string // numeric metric keys within the key length cap
 	for k, v := range obj {
 		switch k {
 		case keyStep:
@@ -112,14 +120,36 @@ func ParseLine(b []byte) (Line, error) {
 			if !ok {
 				continue
 			}
-			f, err := parseFinite(n)
-			if err != nil {
-				return Line{}, fmt.Errorf("%w: %q", err, k)
+			if _, err := parseFinite(n); err != nil {
+				return Line{}, fmt.Errorf("%w: %q", err, clip(k))
 			}
-			l.Values[k] = f
+			if len(k) > limits.MaxMetricKeyBytes {
+				l.Dropped++
+				continue
+			}
+			keys = append(keys, k)
 		}
 	}
+	if len(keys) > limits.MaxKeysPerPoint {
+		// Which keys survive must not depend on map order: the same
+		// line always yields the same point.
+		slices.Sort(keys)
+		l.Dropped += len(keys) - limits.MaxKeysPerPoint
+		keys = keys[:limits.MaxKeysPerPoint]
+	}
+	for _, k := range keys {
+		f, _ := parseFinite(obj[k].(json.Number)) // checked above
+		l.Values[k] = f
+	}
 	return l, nil
+}
+
+// clip shortens a key quoted in an error, which ends up in a job event.
+func clip(k string) string {
+	if len(k) <= limits.MaxMetricKeyBytes {
+		return k
+	}
+	return strings.ToValidUTF8(k[:limits.MaxMetricKeyBytes], "") + "..."
 }
 
 // decodeError classifies a Decode failure.

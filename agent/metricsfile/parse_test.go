@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/gantry-ml/gantry/proto/limits"
 )
 
 func i64(v int64) *int64 { return &v }
@@ -198,5 +200,39 @@ func BenchmarkParseLine(b *testing.B) {
 		if _, err := ParseLine(line); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestParseLineCaps: a line with too many keys or over-long keys keeps at
+// most MaxKeysPerPoint keys, always the same ones, and counts the rest.
+func TestParseLineCaps(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`{"step": 3`)
+	const n = 3 * limits.MaxKeysPerPoint
+	for i := range n {
+		fmt.Fprintf(&b, `, "k%05d": %d`, i, i)
+	}
+	long := strings.Repeat("x", limits.MaxMetricKeyBytes+1)
+	fmt.Fprintf(&b, `, %q: 1, "name": "text"}`, long)
+	for range 3 {
+		l, err := ParseLine([]byte(b.String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(l.Values) != limits.MaxKeysPerPoint || l.Dropped != n-limits.MaxKeysPerPoint+1 {
+			t.Fatalf("%d values, %d dropped; want %d and %d", len(l.Values), l.Dropped,
+				limits.MaxKeysPerPoint, n-limits.MaxKeysPerPoint+1)
+		}
+		for i := range limits.MaxKeysPerPoint {
+			if _, ok := l.Values[fmt.Sprintf("k%05d", i)]; !ok {
+				t.Fatalf("k%05d missing: the kept keys must be the first in order", i)
+			}
+		}
+		if l.Step == nil || *l.Step != 3 {
+			t.Fatalf("step lost: %v", l.Step)
+		}
+	}
+	if _, err := ParseLine([]byte(`{"` + long + `": NaN}`)); err == nil || len(err.Error()) > 2*limits.MaxMetricKeyBytes {
+		t.Fatalf("error quoting a long key: %v", err)
 	}
 }

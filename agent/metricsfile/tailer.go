@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/agent/filewatch"
+	"github.com/gantry-ml/gantry/agent/safefile"
 )
 
 const (
@@ -21,6 +22,11 @@ const (
 	// readBufferSize is the bufio buffer. Lines longer than this are
 	// assembled in Tailer.partial.
 	readBufferSize = 64 << 10
+	// maxReadBytes bounds the bytes one Next or Poll reads, even in the
+	// middle of a line: a huge file with no newline (a sparse file, a
+	// binary dump) is skipped in steps, not in one call that cannot be
+	// interrupted.
+	maxReadBytes = 16 << 20
 )
 
 // BadLine is a line that was skipped.
@@ -58,8 +64,9 @@ func (b *Batch) count() int {
 // Tailer follows a metrics file line by line. It is not safe for concurrent
 // use: cancel Next's context, then call Drain or Close.
 type Tailer struct {
-	path string
-	poll time.Duration
+	path  string
+	poll  time.Duration
+	owner int // uid the file must belong to, or safefile.AnyOwner
 
 	f *os.File
 	r *bufio.Reader
@@ -86,10 +93,39 @@ func NewTailer(path string, startOffset int64) *Tailer {
 	return &Tailer{
 		path:    path,
 		poll:    filewatch.DefaultPollInterval,
+		owner:   safefile.AnyOwner,
 		offset:  startOffset,
 		readPos: startOffset,
 	}
 }
+
+// RequireOwner makes the Tailer refuse a file that does not belong to uid
+// (the job's user): a hard link to someone else's file is not the job's
+// metrics. Call it before the first Next.
+func (t *Tailer) RequireOwner(uid int) { t.owner = uid }
+
+// Poll is Next without the wait: it returns what is available now, up to
+// 4096 lines, possibly nothing. It is for reading what is left after the
+// training process has exited, in bounded steps.
+func (t *Tailer) Poll() (Batch, error) {
+	if t.closed {
+		return Batch{Offset: t.offset}, ErrClosed
+	}
+	if err := t.err; err != nil {
+		t.err = nil
+		return Batch{Offset: t.offset}, err
+	}
+	b, err := t.read(false, maxBatchLines)
+	if err != nil && !b.empty() {
+		t.err = err
+		return b, nil
+	}
+	return b, err
+}
+
+// ReadPos is how far into the file the Tailer has read, including a
+// partial line not yet returned.
+func (t *Tailer) ReadPos() int64 { return t.readPos }
 
 // Next blocks until at least one complete line (good or bad) or a truncation
 // is available, and returns everything available, up to 4096 lines. It
@@ -107,6 +143,7 @@ func (t *Tailer) Next(ctx context.Context) (Batch, error) {
 		if err := ctx.Err(); err != nil {
 			return Batch{Offset: t.offset}, err
 		}
+		before := t.readPos
 		b, err := t.read(false, maxBatchLines)
 		if err != nil {
 			if b.empty() {
@@ -118,6 +155,9 @@ func (t *Tailer) Next(ctx context.Context) (Batch, error) {
 		}
 		if !b.empty() {
 			return b, nil
+		}
+		if t.readPos != before {
+			continue // stopped by maxReadBytes inside a line: more is there
 		}
 		if err := t.wait(ctx); err != nil {
 			return Batch{Offset: t.offset}, err
@@ -192,7 +232,11 @@ func (t *Tailer) read(final bool, limit int) (Batch, error) {
 
 func (t *Tailer) fill(final bool, limit int) (Batch, error) {
 	var b Batch
+	from := t.readPos
 	for limit <= 0 || b.count() < limit {
+		if limit > 0 && t.readPos-from >= maxReadBytes {
+			return b, nil
+		}
 		if t.f == nil {
 			ok, err := t.open()
 			if err != nil || !ok {
@@ -232,11 +276,14 @@ func (t *Tailer) fill(final bool, limit int) (Batch, error) {
 }
 
 // open opens the file at the resume point; false when it does not exist yet.
+// The job writes the file and owns its directory, so it is opened through
+// safefile: a FIFO, a device or a link out of the job directory is refused
+// (an error wrapping safefile.ErrUnsafe) and never read.
 func (t *Tailer) open() (bool, error) {
 	if t.offset < 0 {
 		return false, fmt.Errorf("%w: %d", ErrBadOffset, t.offset)
 	}
-	f, err := os.Open(t.path)
+	f, err := safefile.Open(t.path, t.owner)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}

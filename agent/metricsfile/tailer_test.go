@@ -11,6 +11,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gantry-ml/gantry/agent/safefile"
 )
 
 // noPoll disables the fallback poll in a test: a Next that returns within
@@ -540,5 +544,38 @@ func TestTailerOpenError(t *testing.T) {
 	defer cancel()
 	if _, err := tl.Next(ctx); err == nil || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Next on a directory = %v, want the read error", err)
+	}
+}
+
+// TestTailerRefusesUnsafeFiles: a FIFO, a symlink to /dev/zero and a
+// symlink out of the directory are refused at once, never read and never
+// waited on.
+func TestTailerRefusesUnsafeFiles(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte(`{"step":1,"leaked":1}`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, mk := range map[string]func(string) error{
+		"fifo":    func(p string) error { return unix.Mkfifo(p, 0o600) },
+		"zero":    func(p string) error { return os.Symlink("/dev/zero", p) },
+		"outside": func(p string) error { return os.Symlink(secret, p) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "metrics.jsonl")
+			if err := mk(path); err != nil {
+				t.Fatal(err)
+			}
+			tl := NewTailer(path, 0)
+			defer tl.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			b, err := tl.Next(ctx)
+			if !errors.Is(err, safefile.ErrUnsafe) || len(b.Lines) != 0 {
+				t.Fatalf("Next = %+v, %v; want safefile.ErrUnsafe", b, err)
+			}
+			if b, err := tl.Poll(); !errors.Is(err, safefile.ErrUnsafe) || len(b.Lines) != 0 {
+				t.Fatalf("Poll = %+v, %v; want safefile.ErrUnsafe", b, err)
+			}
+		})
 	}
 }

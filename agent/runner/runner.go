@@ -129,6 +129,11 @@ type Spec struct {
 	// temporary file removed once read. Any old file there is removed at
 	// Start. Keep it (Process.StatusFile) to re-adopt the job.
 	StatusFile string
+	// User is who the job runs as: its supervisor, its shell and everything
+	// they start. nil runs it as the agent's own user. It takes effect
+	// only when the agent runs as root, the one case where it can switch
+	// users; the agent decides (see LookupUser).
+	User *User
 	// OnCancel, if not nil, is told when a cancel has sent SIGTERM, with
 	// the reason and the time, so that the caller can persist it and a
 	// later Adopt can finish the cancel. It is called once, like onEvent:
@@ -224,16 +229,16 @@ func Start(spec Spec, onEvent func(Event)) (*Process, error) {
 		shell, "-c", script(spec.Setup, spec.Run)}
 	cmd.ExtraFiles = []*os.File{readyW} // becomes readyFD
 	cmd.Dir = workdir(spec)
-	cmd.Env = buildEnv(os.Environ(), spec)
+	cmd.Env = buildEnv(spec)
 	// Setsid makes the supervisor, and so the job, a session and
 	// process-group leader: an agent restart (SIGHUP/SIGTERM to the agent's
 	// group) does not reach it, and cancel can signal every process of the
 	// job through the group.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: spec.User.credential()}
 
 	var logFile *os.File
 	if spec.LogFile != "" {
-		logFile, err = os.OpenFile(spec.LogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		logFile, err = openLog(spec.LogFile, spec.User)
 		if err != nil {
 			return nil, errors.Join(fmt.Errorf("%w %q: open log file: %w", ErrStart, spec.JobID, err),
 				removeTemp(statusFile, tempStatus))
@@ -732,11 +737,20 @@ func workdir(spec Spec) string {
 	}
 }
 
-// buildEnv layers the job's environment: the agent's, then the user's, then
-// Gantry's own variables, which always win so a spec cannot escape its GPU
-// assignment. Later duplicates replace earlier ones in place.
-func buildEnv(base []string, spec Spec) []string {
-	env := make([]string, 0, len(base)+len(spec.Env)+4)
+// passedEnv are the agent's variables a job gets: what a shell needs to
+// find programs and format text, nothing that could carry a secret (the
+// agent's token, gossip key or cloud credentials stay with the agent).
+var passedEnv = []string{"PATH", "LANG", "TZ"}
+
+// defaultPath is the job's PATH when the agent has none.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// buildEnv is the job's whole environment: PATH, LANG and TZ from the
+// agent, HOME, then the user's variables from the spec, then Gantry's own,
+// which always win so a spec cannot escape its GPU assignment. The agent's
+// other variables are never passed on: a job is untrusted code.
+func buildEnv(spec Spec) []string {
+	env := make([]string, 0, len(passedEnv)+len(spec.Env)+5)
 	index := make(map[string]int, cap(env))
 	set := func(k, v string) {
 		kv := k + "=" + v
@@ -747,13 +761,15 @@ func buildEnv(base []string, spec Spec) []string {
 		index[k] = len(env)
 		env = append(env, kv)
 	}
-	for _, kv := range base {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
-			continue // malformed entries cannot be passed on faithfully
+	for _, k := range passedEnv {
+		if v, ok := os.LookupEnv(k); ok {
+			set(k, v)
 		}
-		set(k, v)
 	}
+	if _, ok := index["PATH"]; !ok {
+		set("PATH", defaultPath)
+	}
+	set("HOME", home(spec))
 	keys := make([]string, 0, len(spec.Env))
 	for k := range spec.Env {
 		keys = append(keys, k)
@@ -767,6 +783,30 @@ func buildEnv(base []string, spec Spec) []string {
 	set("GANTRY_JOB_ID", spec.JobID)
 	set("GANTRY_METRICS_FILE", spec.MetricsFile)
 	return env
+}
+
+// home is the job's HOME: its user's home directory when that exists,
+// else the job's directory (system users often have /nonexistent), else
+// the agent's own HOME for a job run as the agent's user.
+func home(spec Spec) string {
+	if spec.User != nil {
+		if spec.User.Home != "" {
+			if fi, err := os.Stat(spec.User.Home); err == nil && fi.IsDir() {
+				return spec.User.Home
+			}
+		}
+		if spec.JobDir != "" {
+			return spec.JobDir
+		}
+		return "/"
+	}
+	if h := os.Getenv("HOME"); h != "" {
+		return h
+	}
+	if spec.JobDir != "" {
+		return spec.JobDir
+	}
+	return "/"
 }
 
 // cudaVisibleDevices formats GPU indices for CUDA_VISIBLE_DEVICES. With

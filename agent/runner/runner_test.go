@@ -2,6 +2,7 @@ package runner
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -158,6 +160,11 @@ func TestExitCode(t *testing.T) {
 
 // TestEnvironment checks the layering agent < user < Gantry in a real child.
 func TestEnvironment(t *testing.T) {
+	// The agent's secrets, and anything else of its environment, must not
+	// reach the job: only PATH, LANG and TZ are passed on.
+	t.Setenv("GANTRY_TOKEN", "s3cret-token")
+	t.Setenv("GANTRY_GOSSIP_KEY", "s3cret-gossip")
+	t.Setenv("LANG", "C.UTF-8")
 	t.Setenv("GANTRY_TEST_INHERITED", "agent")
 	t.Setenv("GANTRY_TEST_OVERRIDDEN", "agent")
 	t.Setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7") // the agent's own must not leak
@@ -191,8 +198,18 @@ func TestEnvironment(t *testing.T) {
 			got[k] = v
 		}
 	}
+	for _, k := range []string{"GANTRY_TOKEN", "GANTRY_GOSSIP_KEY", "GANTRY_TEST_INHERITED"} {
+		if v, ok := got[k]; ok {
+			t.Errorf("agent variable %s=%q leaked into the job", k, v)
+		}
+	}
+	if strings.Contains(string(data), "s3cret") {
+		t.Errorf("a secret of the agent is in the job's environment:\n%s", data)
+	}
 	want := map[string]string{
-		"GANTRY_TEST_INHERITED":  "agent",
+		"LANG":                   "C.UTF-8",
+		"PATH":                   os.Getenv("PATH"),
+		"HOME":                   os.Getenv("HOME"),
 		"GANTRY_TEST_OVERRIDDEN": "user",
 		"GANTRY_TEST_USER":       "with spaces and = sign",
 		"CUDA_VISIBLE_DEVICES":   "1,5",
@@ -243,9 +260,10 @@ func TestCUDAVisibleDevices(t *testing.T) {
 }
 
 func TestBuildEnvDeduplicates(t *testing.T) {
-	t.Parallel()
-	base := []string{"A=1", "B=2", "A=3", "malformed", "=x", "GANTRY_JOB_ID=old"}
-	env := buildEnv(base, Spec{JobID: "j", Env: map[string]string{"B": "user"}})
+	t.Setenv("PATH", "/agent/bin")
+	t.Setenv("GANTRY_TOKEN", "secret")
+	env := buildEnv(Spec{JobID: "j", JobDir: "/jobs/j", Env: map[string]string{"PATH": "/user/bin", "B": "user"},
+		User: &User{Name: "nobody", Home: "/nonexistent"}})
 	count := map[string]int{}
 	values := map[string]string{}
 	for _, kv := range env {
@@ -258,11 +276,15 @@ func TestBuildEnvDeduplicates(t *testing.T) {
 			t.Errorf("%s appears %d times", k, n)
 		}
 	}
-	if values["A"] != "3" || values["B"] != "user" || values["GANTRY_JOB_ID"] != "j" {
+	if values["PATH"] != "/user/bin" || values["B"] != "user" || values["GANTRY_JOB_ID"] != "j" {
 		t.Fatalf("env = %v", env)
 	}
-	if _, ok := count["malformed"]; ok {
-		t.Fatalf("malformed entry passed on: %v", env)
+	// A home that does not exist is no home: the job's directory is.
+	if values["HOME"] != "/jobs/j" {
+		t.Fatalf("HOME = %q, want the job directory", values["HOME"])
+	}
+	if _, ok := count["GANTRY_TOKEN"]; ok {
+		t.Fatalf("agent's GANTRY_TOKEN passed on: %v", env)
 	}
 }
 
@@ -647,5 +669,98 @@ func TestParseProcStat(t *testing.T) {
 				t.Fatalf("got (%q, %d, %v), want (%q, %d, %v)", state, pgrp, ok, tt.state, tt.pgrp, tt.ok)
 			}
 		})
+	}
+}
+
+// userDir makes a directory the job's user can reach (t.TempDir's parents
+// are root's and 0700) and owns.
+func userDir(t *testing.T, u *User) string {
+	t.Helper()
+	top, err := os.MkdirTemp("", "gantry-runner-user-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(top) })
+	if err := os.Chmod(top, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(top, "job")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Chown(dir); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestJobRunsAsUser: with the agent as root, the job (and its supervisor)
+// run as the given unprivileged user, which cannot read a root-only file
+// such as the agent's TLS key, and its log file is its own.
+func TestJobRunsAsUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("switching users needs root; run the tests as root to cover it")
+	}
+	u, err := LookupUser("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDir := t.TempDir()
+	key := filepath.Join(keyDir, "agent-key.pem")
+	if err := os.WriteFile(key, []byte("PRIVATE KEY"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Dir(keyDir), 0o755); err != nil { // the key file's mode alone must stop it
+		t.Fatal(err)
+	}
+	if err := os.Chmod(keyDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := userDir(t, u)
+	logFile := filepath.Join(dir, "output.log")
+	spec := Spec{JobID: "as-user", JobDir: dir, LogFile: logFile, User: u,
+		Run: `id -u; id -g; echo "HOME=$HOME"; cat '` + key + `' && echo READ-THE-KEY; exit 0`}
+	res := waitDone(t, start(t, spec, nil))
+	if res.ExitCode == nil || *res.ExitCode != 0 || res.Err != nil {
+		t.Fatalf("job failed: %+v", res)
+	}
+	out, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(out), "\n")
+	if len(lines) < 3 || lines[0] != fmt.Sprint(u.UID) || lines[1] != fmt.Sprint(u.GID) {
+		t.Fatalf("job ran as %q, want uid %d gid %d; log:\n%s", lines, u.UID, u.GID, out)
+	}
+	if strings.Contains(string(out), "PRIVATE KEY") || strings.Contains(string(out), "READ-THE-KEY") {
+		t.Fatalf("the job read a root-only key file:\n%s", out)
+	}
+	fi, err := os.Stat(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != u.UID {
+		t.Fatalf("log file owned by uid %d, want the job's %d", st.Uid, u.UID)
+	}
+}
+
+// TestLogFileSymlinkRefused: the agent does not create or append to a file
+// a symlink in the job's directory names.
+func TestLogFileSymlinkRefused(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	target := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(target, []byte("untouched"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logFile := filepath.Join(dir, "output.log")
+	if err := os.Symlink(target, logFile); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Start(Spec{JobDir: dir, LogFile: logFile, Run: "echo written"}, nil); !errors.Is(err, ErrStart) {
+		t.Fatalf("Start = %v, want ErrStart", err)
+	}
+	if data, _ := os.ReadFile(target); string(data) != "untouched" {
+		t.Fatalf("symlink target changed: %q", data)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gantry-ml/gantry/agent/safefile"
 )
 
 // The supervisor.
@@ -246,10 +249,21 @@ func syncDir(dir string) error {
 	return nil
 }
 
+// maxStatusBytes bounds the status file read; a real one is ~150 bytes.
+const maxStatusBytes = 64 << 10
+
 // readStatus reads a status file. A missing file wraps fs.ErrNotExist.
 func readStatus(path string) (statusRecord, error) {
 	var st statusRecord
-	data, err := os.ReadFile(path)
+	// The job's user can write its directory, so the file is opened as
+	// any job file is: never through a link out of it, never blocking on
+	// a FIFO, and read only up to a bound.
+	f, err := safefile.Open(path, safefile.AnyOwner)
+	if err != nil {
+		return st, fmt.Errorf("read exit status: %w", err)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxStatusBytes))
+	_ = f.Close() // read-only: a close error loses nothing
 	if err != nil {
 		return st, fmt.Errorf("read exit status: %w", err)
 	}

@@ -37,6 +37,8 @@ func run() error {
 		serfAdv     = fs.String("serf-advertise", "", "serf address others reach this agent at (default: -serf-addr)")
 		join        = fs.String("join", "", "comma-separated serf addresses of cluster members (controllers are found through serf)")
 		gossipKey   = fs.String("encrypt", os.Getenv("GANTRY_GOSSIP_KEY"), "base64 serf gossip key (default $GANTRY_GOSSIP_KEY)")
+		jobUser     = fs.String("job-user", agent.DefaultJobUser, "when the agent runs as root, the unprivileged account jobs run as "+
+			"(it must exist); root runs jobs as root, which lets them read the agent's keys")
 	)
 	_ = fs.Parse(os.Args[1:])
 	log, err := logging.New(os.Stderr, *logLevel)
@@ -66,7 +68,8 @@ func run() error {
 		NodeID: *nodeID, DataDir: *dataDir, Controllers: splitList(*controllers),
 		FakeGPUs: *fakeGPUs, Log: log,
 		SerfAddr: *serfAddr, SerfAdvertise: *serfAdv, Join: splitList(*join), GossipKey: *gossipKey,
-		TLS: tlsFiles,
+		JobUser: *jobUser,
+		TLS:     tlsFiles,
 	})
 	if err != nil {
 		return err

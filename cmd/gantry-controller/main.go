@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -55,6 +56,8 @@ func run() error {
 		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
 		dev       = fs.Bool("dev", false, "dev mode: single-node controller plus a local agent, certificates made on the fly")
 		fakeGPUs  = fs.Int("fake-gpus", 0, "dev mode: give the local agent N mock GPUs (go-nvml mock A100s)")
+		jobUser   = fs.String("job-user", "", "dev mode as root: the account jobs run as (default "+
+			agent.DefaultJobUser+" if it exists, else nobody); root runs them as root, with access to the CA key")
 
 		serfAddr  = fs.String("serf-addr", "", "serf gossip address (host:port); empty runs without clustering")
 		serfAdv   = fs.String("serf-advertise", "", "serf address others reach this node at (default: -serf-addr)")
@@ -110,7 +113,7 @@ func run() error {
 		Extra: func(m *http.ServeMux) { m.Handle("/", dashboard.Handler()) },
 	}
 	if *dev {
-		return runDev(ctx, cfg, *fakeGPUs, log)
+		return runDev(ctx, cfg, *fakeGPUs, *jobUser, log)
 	}
 	if *fakeGPUs != 0 {
 		return errors.New("-fake-gpus is a dev-mode flag; give it to gantry-agent otherwise")
@@ -131,7 +134,13 @@ func run() error {
 
 // runDev runs a bootstrapped single-node controller and an in-process agent
 // named "local", with certificates made under DATA_DIR/tls.
-func runDev(ctx context.Context, cfg server.Config, fakeGPUs int, log *slog.Logger) error {
+//
+// Dev mode keeps the cluster CA key in DATA_DIR/tls, so as root its jobs
+// must not run as root: they run as jobUser (by default gantry-job, or
+// nobody where that account was not created), and DATA_DIR is made
+// passable (0711) for them to reach their directories under
+// DATA_DIR/agent/jobs while tls/ stays 0700.
+func runDev(ctx context.Context, cfg server.Config, fakeGPUs int, jobUser string, log *slog.Logger) error {
 	const agentName = "local"
 	tlsDir := filepath.Dir(cfg.TLS.CA)
 	ctrlFiles, agentFiles, err := tlsutil.EnsureDev(tlsDir, agentName)
@@ -146,10 +155,18 @@ func runDev(ctx context.Context, cfg server.Config, fakeGPUs int, log *slog.Logg
 	}
 	defer srv.Close()
 
+	if jobUser == "" {
+		jobUser = devJobUser()
+	}
+	if os.Geteuid() == 0 && jobUser != "root" {
+		if err := passable(cfg.DataDir); err != nil {
+			return err
+		}
+	}
 	ag, err := agent.New(agent.Config{
 		NodeID: agentName, DataDir: filepath.Join(cfg.DataDir, "agent"),
 		Controllers: []string{srv.QUICAddr()}, TLS: agentFiles, FakeGPUs: fakeGPUs,
-		Log: log.With("component", "agent"),
+		Log: log.With("component", "agent"), JobUser: jobUser,
 	})
 	if err != nil {
 		return err
@@ -174,6 +191,32 @@ func runDev(ctx context.Context, cfg server.Config, fakeGPUs int, log *slog.Logg
 		return cause
 	}
 	return err
+}
+
+// devJobUser is dev mode's default job account: the one the Ansible role
+// creates when it exists, else nobody, which every Linux system has.
+func devJobUser() string {
+	if _, err := user.Lookup(agent.DefaultJobUser); err == nil {
+		return agent.DefaultJobUser
+	}
+	return "nobody"
+}
+
+// passable lets other users through dir (0711: no listing), for the dev
+// agent's jobs to reach their directories below it. Its files keep their
+// own modes (the Raft log, state and keys are 0600 or in 0700 dirs).
+func passable(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("dev data dir: %w", err)
+	}
+	if fi.Mode().Perm()&0o001 != 0 {
+		return nil
+	}
+	if err := os.Chmod(dir, fi.Mode().Perm()|0o111); err != nil {
+		return fmt.Errorf("dev data dir: let jobs through: %w", err)
+	}
+	return nil
 }
 
 func splitList(s string) []string {
