@@ -31,7 +31,7 @@ import (
 func TestHTTPTrust(t *testing.T) {
 	ca, cert, key := testutil.WriteServerPKI(t)
 	t.Setenv(client.EnvCA, ca) // startDev's client and the CLI below trust it
-	d := startDevArgs(t, "", 1, "-http-tls-cert", cert, "-http-tls-key", key)
+	d := startDevArgs(t, "", 1, "-job-user", "root", "-http-tls-cert", cert, "-http-tls-key", key)
 	if !strings.HasPrefix(d.addr, "https://") {
 		t.Fatalf("dev mode API at %s, want https", d.addr)
 	}
