@@ -86,6 +86,8 @@ type Config struct {
 	// HTTPLimits are the API server's timeouts and header cap (zero fields
 	// take httpapi's defaults).
 	HTTPLimits httpapi.Limits
+	// Disk is the free-space guard on DataDir (cluster.DiskConfig).
+	Disk cluster.DiskConfig
 }
 
 // Server is a running controller.
@@ -183,10 +185,12 @@ func Start(cfg Config) (*Server, error) {
 	s.raft, err = cluster.Open(cluster.Config{
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, BindAddr: cfg.RaftAddr, Advertise: cfg.AdvertiseRaft,
 		Bootstrap: cfg.Bootstrap, Fast: cfg.Fast, Log: cfg.Log, TLS: cfg.TLS,
+		PrevApplied: s.store.PrevApplied(), Disk: cfg.Disk,
 	}, s.fsm)
 	if err != nil {
 		return nil, err
 	}
+	s.registerDurabilityMetrics()
 
 	// The agent link serves agent certificates only: the session's node is
 	// the certificate's ID, and a controller certificate is no node.

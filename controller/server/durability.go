@@ -1,0 +1,34 @@
+package server
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// registerDurabilityMetrics exports what the Raft node found about its
+// disk and its log, so that a controller refusing writes for lack of
+// space, or one that came back with a shortened log, shows on /metrics
+// and not only in its log.
+func (s *Server) registerDurabilityMetrics() {
+	s.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gantry_disk_full",
+			Help: "1 while the data directory's free space is under -min-free-disk and this controller refuses writes.",
+		}, func() float64 {
+			if _, full := s.raft.DiskFree(); full {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gantry_data_dir_free_bytes",
+			Help: "Free space on the data directory's file system, as last measured by the disk guard.",
+		}, func() float64 {
+			free, _ := s.raft.DiskFree()
+			return float64(free)
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gantry_raft_log_lost_entries",
+			Help: "Committed entries this controller had applied before its last start but its Raft log no longer held (a truncated WAL tail); it catches up from the leader.",
+		}, func() float64 {
+			return float64(s.raft.LogCheck().Lost.Count())
+		}),
+	)
+}
