@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -129,6 +131,16 @@ func TestFlippedByteMidSegmentFailsStartup(t *testing.T) {
 	}
 	mustContain(t, err.Error(), fmt.Sprintf("index %d", idx["job-0020"]), seg, "checksum",
 		"stop this controller", filepath.Join(p.dataDir, "raft"), "single-node")
+	// The offset named is that of the damaged entry's frame: the payload
+	// (with the flipped byte) follows its 8-byte header.
+	m := regexp.MustCompile(`byte offset (\d+)`).FindStringSubmatch(err.Error())
+	if m == nil {
+		t.Fatalf("error names no offset: %v", err)
+	}
+	off, _ := strconv.Atoi(m[1])
+	if off <= 32 || off >= at || at-off > 256 {
+		t.Fatalf("frame offset %d is not just before the damaged byte at %d", off, at)
+	}
 }
 
 // A damaged first frame (the frame header and the start of the encoded

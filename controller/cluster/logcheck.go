@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -119,6 +120,9 @@ func corruptAt(walDir, dataDir string, index uint64, cause error) error {
 		where = fmt.Sprintf("at index %d", index)
 		if seg := segmentFor(walDir, index); seg != "" {
 			where += " in segment file " + seg
+			if off, ok := frameOffset(seg, index); ok {
+				where += fmt.Sprintf(" (its frame starts at byte offset %d)", off)
+			}
 		} else {
 			where += " in " + walDir
 		}
@@ -183,6 +187,45 @@ func segmentFor(walDir string, index uint64) string {
 		return ""
 	}
 	return filepath.Join(walDir, best)
+}
+
+// frameOffset finds the byte offset of index's frame in a raft-wal segment
+// file by walking its frames, for the start-up error only (best effort: ok
+// is false when a damaged frame header stops the walk first). The format,
+// raft-wal v0.4's segment/format.go: a 32-byte file header (base index at
+// bytes 8..16, little-endian), then frames of an 8-byte header (type byte,
+// 3 reserved bytes, uint32 little-endian length, or CRC for commit frames)
+// and a payload padded to a multiple of 8 bytes.
+func frameOffset(segPath string, index uint64) (int64, bool) {
+	const (
+		fileHeaderLen  = 32
+		frameHeaderLen = 8
+		frameEntry     = 1
+		frameIndex     = 2
+		frameCommit    = 3
+	)
+	b, err := os.ReadFile(segPath)
+	if err != nil || len(b) < fileHeaderLen {
+		return 0, false
+	}
+	cur := binary.LittleEndian.Uint64(b[8:16])
+	for off := fileHeaderLen; off+frameHeaderLen <= len(b); {
+		n := int(binary.LittleEndian.Uint32(b[off+4 : off+8]))
+		switch b[off] {
+		case frameEntry:
+			if cur == index {
+				return int64(off), true
+			}
+			cur++
+		case frameIndex:
+		case frameCommit:
+			n = 0 // the length field holds a CRC
+		default:
+			return 0, false
+		}
+		off += frameHeaderLen + (n+7)&^7
+	}
+	return 0, false
 }
 
 // lostTail compares what the log and latest snapshot hold with the applied
