@@ -171,4 +171,9 @@ func TestZeroedWALTailWarns(t *testing.T) {
 	if n, _ := strconv.Atoi(string(m[1])); n < 1 {
 		t.Fatalf("gantry_raft_log_lost_entries = %s, want the lost entries counted", m[1])
 	}
+	// The disk guard's gauges are there too: plenty of space, not full.
+	if !regexp.MustCompile(`(?m)^gantry_disk_full 0$`).Match(body) ||
+		!regexp.MustCompile(`(?m)^gantry_data_dir_free_bytes [1-9]`).Match(body) {
+		t.Fatalf("disk gauges missing or wrong on /metrics:\n%s", body)
+	}
 }
