@@ -173,6 +173,7 @@ func TestZeroedWALTailWarns(t *testing.T) {
 	}
 	// The disk guard's gauges are there too: plenty of space, not full.
 	if !regexp.MustCompile(`(?m)^gantry_disk_full 0$`).Match(body) ||
+		!regexp.MustCompile(`(?m)^gantry_raft_log_write_failed 0$`).Match(body) ||
 		!regexp.MustCompile(`(?m)^gantry_data_dir_free_bytes [1-9]`).Match(body) {
 		t.Fatalf("disk gauges missing or wrong on /metrics:\n%s", body)
 	}

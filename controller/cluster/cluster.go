@@ -70,6 +70,7 @@ type Node struct {
 	hadState  bool
 	check     LogCheck
 	disk      *DiskGuard
+	writes    *writeWatch
 }
 
 // Open starts Raft over fsm.
@@ -166,13 +167,14 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 		}
 	}
 
-	r, err := raft.NewRaft(rc, fsm, logStore, logStore, snaps, transport)
+	writes := &writeWatch{WAL: logStore, dir: walDir, log: cfg.Log}
+	r, err := raft.NewRaft(rc, fsm, writes, logStore, snaps, transport)
 	if err != nil {
 		transport.Close()
 		closeLog()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
-	n := &Node{cfg: cfg, raft: r, log: logStore, meta: meta, transport: transport, stream: stream, fsm: fsm, hadState: has || cfg.Bootstrap, check: check}
+	n := &Node{cfg: cfg, raft: r, log: logStore, meta: meta, transport: transport, stream: stream, fsm: fsm, hadState: has || cfg.Bootstrap, check: check, writes: writes}
 	n.disk = startDiskGuard(cfg.DataDir, cfg.Disk, cfg.Log, n.stepDownForDisk)
 	return n, nil
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	wal "github.com/hashicorp/raft-wal"
 )
 
 // ErrDiskFull is returned by Apply and ApplyAsync on the leader while the
@@ -207,4 +208,48 @@ func (n *Node) logger() *slog.Logger {
 		return slog.Default()
 	}
 	return n.cfg.Log
+}
+
+// writeWatch is the raft-wal log as raft sees it, noting the first failed
+// append. raft-wal does not recover from one in-process (see DiskGuard):
+// raft keeps retrying and failing ("segment is sealed") even after space
+// is freed, and only reopening the log, i.e. restarting the controller,
+// clears it (nothing committed is lost: the failed batch was never
+// acknowledged). LogWriteFailed tells the server so.
+type writeWatch struct {
+	*wal.WAL
+	dir    string
+	log    *slog.Logger
+	failed atomic.Pointer[error]
+}
+
+// StoreLog implements raft.LogStore through StoreLogs.
+func (w *writeWatch) StoreLog(l *raft.Log) error { return w.StoreLogs([]*raft.Log{l}) }
+
+// StoreLogs implements raft.LogStore.
+func (w *writeWatch) StoreLogs(logs []*raft.Log) error {
+	err := w.WAL.StoreLogs(logs)
+	if err != nil && w.failed.CompareAndSwap(nil, &err) {
+		log := w.log
+		if log == nil {
+			log = slog.Default()
+		}
+		log.Error("cannot append to the raft log: this controller cannot write its log again until it is restarted "+
+			"(free disk space first if it is full); committed entries are safe",
+			"dir", w.dir, "err", err)
+	}
+	return err
+}
+
+// LogWriteFailed returns the first error appending to this node's Raft
+// log, or nil. Once it is non-nil the node cannot take part in writes
+// until the process restarts (exported as gantry_raft_log_write_failed).
+func (n *Node) LogWriteFailed() error {
+	if n.writes == nil {
+		return nil
+	}
+	if p := n.writes.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
 }

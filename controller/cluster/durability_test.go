@@ -325,3 +325,67 @@ func TestDiskFullRefusesWritesAndResumes(t *testing.T) {
 		t.Fatalf("DiskFree = %d, %v after space was freed", free, full)
 	}
 }
+
+// With the guard off, raft-wal runs out of space when it preallocates its
+// next 64 MiB segment, and then cannot append again in this process even
+// after space is freed. The failure is reported (LogWriteFailed, a log
+// line), and a restart once space is back resumes writes with every
+// committed entry intact. This is what the guard's default avoids.
+func TestWALWriteFailureReportedAndRestartRecovers(t *testing.T) {
+	dir := mountTmpfs(t, 100<<20)
+	p := &persistent{dataDir: dir, logs: &testutil.SyncBuffer{}}
+	nd, err := p.start(t, cluster.DiskConfig{MinFree: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLeader(t, nd)
+	submit(t, nd, "committed")
+
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	ballast, err := os.Create(filepath.Join(dir, "ballast"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ballast.Close()
+	// Leave room for the rest of the first segment's data, not for a
+	// second segment.
+	if err := syscall.Fallocate(int(ballast.Fd()), 0, 0, int64(st.Bavail)*st.Bsize-8<<20); err != nil {
+		t.Fatal(err)
+	}
+	// 1 MiB entries the FSM refuses as duplicates, so state.db stays
+	// small and only the log grows: about 64 fill the first segment.
+	big := &gantrypb.SubmitJobCmd{JobId: "committed", Spec: &gantrypb.JobSpec{Run: strings.Repeat("x", 1<<20)}}
+	for i := 0; nd.LogWriteFailed() == nil; i++ {
+		if i == 100 {
+			t.Fatal("100 MiB of entries written without the log running out of space")
+		}
+		if _, err := nd.Apply(big); err != nil && !errors.Is(err, fsm.ErrJobExists) {
+			break
+		}
+	}
+	testutil.WaitFor(t, 10*time.Second, func() bool { return nd.LogWriteFailed() != nil }, "the failed append to be reported")
+	mustContain(t, p.logs.String(), "cannot append to the raft log", "until it is restarted")
+
+	if err := ballast.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(ballast.Name()); err != nil {
+		t.Fatal(err)
+	}
+	nd.close(t)
+	nd, err = p.start(t, cluster.DiskConfig{MinFree: -1})
+	if err != nil {
+		t.Fatalf("restart after space was freed: %v", err)
+	}
+	waitLeader(t, nd)
+	submit(t, nd, "after-restart")
+	if ids := nd.jobIDs(t); !ids["committed"] || !ids["after-restart"] {
+		t.Fatalf("jobs after restart = %v", ids)
+	}
+	if err := nd.LogWriteFailed(); err != nil {
+		t.Fatalf("LogWriteFailed after restart = %v", err)
+	}
+}

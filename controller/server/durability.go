@@ -25,6 +25,15 @@ func (s *Server) registerDurabilityMetrics() {
 			return float64(free)
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "gantry_raft_log_write_failed",
+			Help: "1 once appending to this controller's Raft log has failed (raft-wal cannot recover in-process: restart it once disk space is freed).",
+		}, func() float64 {
+			if s.raft.LogWriteFailed() != nil {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "gantry_raft_log_lost_entries",
 			Help: "Committed entries this controller had applied before its last start but its Raft log no longer held (a truncated WAL tail); it catches up from the leader.",
 		}, func() float64 {
