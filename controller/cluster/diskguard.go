@@ -32,6 +32,9 @@ type DiskConfig struct {
 	MinFree int64
 	// Interval is how often free space is measured; default 1 s.
 	Interval time.Duration
+
+	// statfs replaces the real measurement in this package's tests.
+	statfs func(dir string) (uint64, error)
 }
 
 // DiskGuard watches the free space of the data directory. Why it exists:
@@ -64,7 +67,11 @@ type DiskGuard struct {
 // the first of this episode (the node uses it to hand leadership away,
 // and retries until that works or space is back).
 func startDiskGuard(dir string, cfg DiskConfig, log *slog.Logger, onFull func(first bool)) *DiskGuard {
-	return newDiskGuard(dir, cfg, log, onFull, statfsFree)
+	statfs := statfsFree
+	if cfg.statfs != nil {
+		statfs = cfg.statfs
+	}
+	return newDiskGuard(dir, cfg, log, onFull, statfs)
 }
 
 func newDiskGuard(dir string, cfg DiskConfig, log *slog.Logger, onFull func(first bool), statfs func(string) (uint64, error)) *DiskGuard {
