@@ -1,6 +1,12 @@
 package server
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // registerDurabilityMetrics exports what the Raft node found about its
 // disk and its log, so that a controller refusing writes for lack of
@@ -40,4 +46,28 @@ func (s *Server) registerDurabilityMetrics() {
 			return float64(s.raft.LogCheck().Lost.Count())
 		}),
 	)
+}
+
+// restartAfterLogFailure stops the controller (through fail, which makes
+// the process exit non-zero so that its supervisor restarts it) once
+// appending to the Raft log has failed and the disk has room again. Why:
+// raft-wal cannot append again in the process where an append failed
+// (see cluster.DiskGuard), but reopening the log recovers it with every
+// committed entry. Waiting for space first avoids a restart loop while
+// the disk is still full; meanwhile the node keeps serving reads.
+func restartAfterLogFailure(ctx context.Context, failed func() error, diskFull func() bool, every time.Duration, fail func(error)) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := failed(); err != nil && !diskFull() {
+			fail(fmt.Errorf("the raft log could not be written (%v) and cannot be written again without a restart; "+
+				"disk space is back, so this controller stops to be restarted (committed entries are safe)", err))
+			return
+		}
+	}
 }

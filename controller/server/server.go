@@ -270,6 +270,9 @@ func Start(cfg Config) (*Server, error) {
 		}
 	})
 	s.goRun(func() { s.watchLeadership(ctx) })
+	s.goRun(func() {
+		restartAfterLogFailure(ctx, s.raft.LogWriteFailed, func() bool { _, full := s.raft.DiskFree(); return full }, time.Second, s.fail)
+	})
 	ok = true
 	cfg.Log.Info("controller started", "node", cfg.NodeID, "http", s.HTTPAddr(), "quic", s.QUICAddr(), "raft", cfg.RaftAddr)
 	return s, nil
