@@ -10,18 +10,22 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"os/signal"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/gantry-ml/gantry/agent"
+	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/controller/dashboard"
 	"github.com/gantry-ml/gantry/controller/server"
+	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 )
@@ -36,8 +40,54 @@ func main() {
 	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "gantry-controller:", err)
-		os.Exit(1)
+		os.Exit(exitStatus(err))
 	}
+}
+
+// exitCorrupt is the exit status for damaged on-disk state. It differs
+// from 1 so that a supervisor can stop restarting a controller that will
+// fail the same way until an operator acts (systemd:
+// RestartPreventExitStatus=3); the message printed says what to do.
+const exitCorrupt = 3
+
+func exitStatus(err error) int {
+	if errors.Is(err, cluster.ErrLogCorrupt) || errors.Is(err, store.ErrCorrupt) {
+		return exitCorrupt
+	}
+	return 1
+}
+
+// parseSize reads a byte count with an optional binary suffix: 512,
+// 64KiB, 128MiB, 2GiB (K, M, G and KB, MB, GB mean the same powers of
+// 1024).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffixes []string
+		mult     int64
+	}{
+		{[]string{"GiB", "GB", "G"}, 1 << 30},
+		{[]string{"MiB", "MB", "M"}, 1 << 20},
+		{[]string{"KiB", "KB", "K"}, 1 << 10},
+		{[]string{"B"}, 1},
+	} {
+		found := false
+		for _, suf := range u.suffixes {
+			if rest, ok := strings.CutSuffix(t, suf); ok {
+				t, mult, found = strings.TrimSpace(rest), u.mult, true
+				break
+			}
+		}
+		if found {
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("invalid size %q (want e.g. 134217728, 128MiB or 1GiB)", s)
+	}
+	return n * mult, nil
 }
 
 func run() error {
@@ -74,6 +124,7 @@ func run() error {
 		httpTLSCert  = fs.String("http-tls-cert", "", "PEM certificate (chain) to serve the API over HTTPS; needs -http-tls-key")
 		httpTLSKey   = fs.String("http-tls-key", "", "PEM private key of -http-tls-cert")
 		noToken      = fs.Bool("insecure-no-token", false, "allow serving the API without a token on a non-loopback -http-addr (anyone who reaches it can run jobs)")
+		minFree      = fs.String("min-free-disk", "128MiB", "refuse writes (and hand Raft leadership to a peer) while -data-dir has less free space than this; 0 turns the check off")
 	)
 	_ = fs.Parse(os.Args[1:])
 	log, err := logging.New(os.Stderr, *logLevel)
@@ -85,6 +136,13 @@ func run() error {
 	}
 	if *tlsName == "" {
 		*tlsName = *nodeID
+	}
+	minFreeBytes, err := parseSize(*minFree)
+	if err != nil {
+		return fmt.Errorf("-min-free-disk: %w", err)
+	}
+	if minFreeBytes == 0 {
+		minFreeBytes = -1 // cluster.DiskConfig: negative turns the guard off
 	}
 	if *pprofAddr != "" {
 		stopPprof, err := servePprof(*pprofAddr, log)
@@ -104,6 +162,7 @@ func run() error {
 		LostGrace:        *lostGrace,
 		HTTPAllowedHosts: splitList(*allowedHosts), HTTPTLSCert: *httpTLSCert, HTTPTLSKey: *httpTLSKey,
 		InsecureNoToken: *noToken,
+		Disk:            cluster.DiskConfig{MinFree: minFreeBytes},
 		TLS: tlsutil.Files{
 			CA:   filepath.Join(*tlsDir, "ca.pem"),
 			Cert: filepath.Join(*tlsDir, *tlsName+".pem"),

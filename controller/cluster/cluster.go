@@ -50,6 +50,12 @@ type Config struct {
 	// cluster CA. Required: Raft runs only over mutual TLS between
 	// controller certificates of that CA.
 	TLS tlsutil.Files
+	// PrevApplied is the applied index the state database had reached
+	// before this start (store.Store.PrevApplied), 0 if unknown. Open
+	// warns when the Raft log and snapshots end below it (a lost tail).
+	PrevApplied uint64
+	// Disk configures the free-space guard on DataDir (see DiskGuard).
+	Disk DiskConfig
 }
 
 // Node is one controller's Raft participant.
@@ -62,6 +68,9 @@ type Node struct {
 	stream    *tlsStreamLayer
 	fsm       raft.FSM
 	hadState  bool
+	check     LogCheck
+	disk      *DiskGuard
+	writes    *writeWatch
 }
 
 // Open starts Raft over fsm.
@@ -79,10 +88,10 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 	// flock'ed, so reopening the log in the same process would block on
 	// the lock forever. Own the meta store and close it ourselves.
 	meta := &metadb.BoltMetaDB{}
-	logStore, err := wal.Open(walDir, wal.WithLogger(hcl.Named("wal")), wal.WithMetaStore(meta))
+	logStore, err := openWAL(walDir, cfg.DataDir, hcl, meta)
 	if err != nil {
 		_ = meta.Close() // the open error is the one worth reporting
-		return nil, fmt.Errorf("cluster: open raft log: %w", err)
+		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	closeLog := func() {
 		// Error paths only: the error being returned says what went wrong.
@@ -93,6 +102,11 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 	if err != nil {
 		closeLog()
 		return nil, fmt.Errorf("cluster: snapshot store: %w", err)
+	}
+	check, err := verifyLog(cfg, logStore, snaps, walDir)
+	if err != nil {
+		closeLog()
+		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	// With no advertise address the transport advertises what it bound,
 	// which also resolves a ":0" port.
@@ -153,13 +167,16 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 		}
 	}
 
-	r, err := raft.NewRaft(rc, fsm, logStore, logStore, snaps, transport)
+	writes := &writeWatch{WAL: logStore, dir: walDir, log: cfg.Log}
+	r, err := raft.NewRaft(rc, fsm, writes, logStore, snaps, transport)
 	if err != nil {
 		transport.Close()
 		closeLog()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
-	return &Node{cfg: cfg, raft: r, log: logStore, meta: meta, transport: transport, stream: stream, fsm: fsm, hadState: has || cfg.Bootstrap}, nil
+	n := &Node{cfg: cfg, raft: r, log: logStore, meta: meta, transport: transport, stream: stream, fsm: fsm, hadState: has || cfg.Bootstrap, check: check, writes: writes}
+	n.disk = startDiskGuard(cfg.DataDir, cfg.Disk, cfg.Log, n.stepDownForDisk)
+	return n, nil
 }
 
 // Apply commits a command and returns the FSM's response. A domain error
@@ -177,6 +194,13 @@ func (n *Node) Apply(m proto.Message) (any, error) {
 func (n *Node) ApplyAsync(m proto.Message) (raft.ApplyFuture, error) {
 	if n.raft.State() != raft.Leader {
 		return nil, ErrNotLeader
+	}
+	// A follower short of disk still says ErrNotLeader above, so writes
+	// are forwarded to the leader, which is the node that must accept
+	// them. The leader refuses them while its own disk is short, rather
+	// than letting raft-wal hit ENOSPC (see DiskGuard).
+	if err := n.disk.Err(); err != nil {
+		return nil, err
 	}
 	b, err := command.Encode(m)
 	if err != nil {
@@ -311,6 +335,7 @@ func (n *Node) VerifyLeader() error {
 
 // Close shuts Raft down and closes its log.
 func (n *Node) Close() error {
+	n.disk.Stop()
 	err := n.raft.Shutdown().Error()
 	if cerr := n.transport.Close(); err == nil {
 		err = cerr

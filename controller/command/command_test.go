@@ -43,8 +43,8 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Encode: %v", err)
 			}
-			if Type(b[0]) != tt.typ {
-				t.Fatalf("type byte = %d, want %d", b[0], tt.typ)
+			if Type(b[0]&^checksumFlag) != tt.typ || b[0]&checksumFlag == 0 {
+				t.Fatalf("first byte = %#x, want type %d with the checksum flag", b[0], tt.typ)
 			}
 			m, err := Decode(b)
 			if err != nil {
@@ -85,8 +85,10 @@ func TestDecodeErrors(t *testing.T) {
 		{"nil", nil, ErrEmpty},
 		{"empty", []byte{}, ErrEmpty},
 		{"type zero", []byte{0}, ErrUnknownType},
-		{"unknown type", []byte{200, 1, 2}, ErrUnknownType},
+		{"unknown legacy type", []byte{100, 1, 2}, ErrUnknownType},
 		{"next unassigned type", []byte{byte(EndJob) + 1}, ErrUnknownType},
+		{"checksummed unknown type", withCRC(byte(EndJob)+1|checksumFlag, nil), ErrUnknownType},
+		{"checksummed type zero", withCRC(checksumFlag, []byte{8, 1}), ErrUnknownType},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -107,7 +109,7 @@ func TestDecodeCorruptPayload(t *testing.T) {
 	if err == nil {
 		t.Fatal("Decode accepted a truncated payload")
 	}
-	if errors.Is(err, ErrUnknownType) || errors.Is(err, ErrEmpty) {
+	if errors.Is(err, ErrUnknownType) || errors.Is(err, ErrEmpty) || !errors.Is(err, ErrMalformed) || errors.Is(err, ErrCorrupt) {
 		t.Fatalf("wrong error class: %v", err)
 	}
 }

@@ -86,6 +86,8 @@ type Config struct {
 	// HTTPLimits are the API server's timeouts and header cap (zero fields
 	// take httpapi's defaults).
 	HTTPLimits httpapi.Limits
+	// Disk is the free-space guard on DataDir (cluster.DiskConfig).
+	Disk cluster.DiskConfig
 }
 
 // Server is a running controller.
@@ -183,10 +185,12 @@ func Start(cfg Config) (*Server, error) {
 	s.raft, err = cluster.Open(cluster.Config{
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, BindAddr: cfg.RaftAddr, Advertise: cfg.AdvertiseRaft,
 		Bootstrap: cfg.Bootstrap, Fast: cfg.Fast, Log: cfg.Log, TLS: cfg.TLS,
+		PrevApplied: s.store.PrevApplied(), Disk: cfg.Disk,
 	}, s.fsm)
 	if err != nil {
 		return nil, err
 	}
+	s.registerDurabilityMetrics()
 
 	// The agent link serves agent certificates only: the session's node is
 	// the certificate's ID, and a controller certificate is no node.
@@ -266,6 +270,9 @@ func Start(cfg Config) (*Server, error) {
 		}
 	})
 	s.goRun(func() { s.watchLeadership(ctx) })
+	s.goRun(func() {
+		restartAfterLogFailure(ctx, s.raft.LogWriteFailed, func() bool { _, full := s.raft.DiskFree(); return full }, time.Second, s.fail)
+	})
 	ok = true
 	cfg.Log.Info("controller started", "node", cfg.NodeID, "http", s.HTTPAddr(), "quic", s.QUICAddr(), "raft", cfg.RaftAddr)
 	return s, nil

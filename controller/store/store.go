@@ -41,24 +41,38 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrSchema is returned when a database was written by an unknown schema.
 	ErrSchema = errors.New("store: unsupported schema version")
+	// ErrCorrupt is returned by Open when the state database left by the
+	// previous run cannot be read; the error names the file and what to do.
+	ErrCorrupt = errors.New("store: state database is corrupt")
 )
 
 // Store wraps the bbolt database. The RWMutex only guards swapping the
 // database during a Raft snapshot restore; transactions themselves are
 // bbolt's.
 type Store struct {
-	mu   sync.RWMutex
-	db   *bolt.DB
-	path string
+	mu          sync.RWMutex
+	db          *bolt.DB
+	path        string
+	prevApplied uint64
 }
 
 // Open creates a fresh store at path, removing whatever was there. The
 // controller's state is rebuilt from the Raft snapshot and log on every
 // start, so the file never needs to survive a restart; that is also why it
 // runs without fsync (durability is the Raft log's job).
+//
+// Before removing the old file, Open reads the Raft index it had applied
+// (PrevApplied): that is how the controller notices a Raft log that lost
+// its tail, which would otherwise roll committed state back silently. If
+// that file cannot be read, Open fails with ErrCorrupt naming it: the
+// check would be lost, and damage there may mean a failing disk.
 func Open(path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
+	}
+	prev, err := readApplied(path)
+	if err != nil {
+		return nil, err
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("store: remove stale state: %w", err)
@@ -67,10 +81,77 @@ func Open(path string) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{db: db, path: path}, nil
+	return &Store{db: db, path: path, prevApplied: prev}, nil
 }
 
-func openDB(path string) (*bolt.DB, error) {
+// PrevApplied is the Raft index the state database of the previous run
+// had applied (0 when there was none).
+func (s *Store) PrevApplied() uint64 { return s.prevApplied }
+
+// readApplied reads the applied index from the state database the last
+// run left at path, read-only; (0, nil) when there is none. Only the meta
+// bucket is read: the rest of the file is discarded anyway, so damage
+// there does not matter.
+func readApplied(path string) (applied uint64, err error) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	defer func() {
+		// bbolt trusts its page headers and can panic on a damaged file
+		// instead of returning an error.
+		if r := recover(); r != nil {
+			err = corrupt(path, fmt.Errorf("bbolt panicked reading it: %v", r))
+		}
+	}()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return 0, fmt.Errorf("store: %s is locked by another process (is another controller running on this data directory?)", path)
+		}
+		return 0, corrupt(path, err)
+	}
+	defer db.Close()
+	err = db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			return nil // created but never initialised: nothing applied
+		}
+		v := meta.Get(keyApplied)
+		switch {
+		case v == nil:
+			return nil
+		case len(v) != 8:
+			return fmt.Errorf("applied index is %d bytes, want 8", len(v))
+		}
+		applied = binary.BigEndian.Uint64(v)
+		return nil
+	})
+	if err != nil {
+		return 0, corrupt(path, err)
+	}
+	return applied, nil
+}
+
+func corrupt(path string, cause error) error {
+	return fmt.Errorf("%w: %s: %v. It is only a cache of the Raft state, rebuilt at every start, but this node "+
+		"needs it to detect a lost Raft log tail: move it aside (mv %s %s.corrupt) and restart the controller, "+
+		"and check the disk (dmesg, smartctl), since damage there may have hit the Raft log too",
+		ErrCorrupt, path, cause, path, path)
+}
+
+// openDB opens (creating if needed) and initialises a database. A panic
+// from bbolt on a damaged file (a snapshot image being restored) becomes
+// an error naming the file.
+func openDB(path string) (db *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, fmt.Errorf("%w: %s: bbolt panicked opening it: %v", ErrCorrupt, path, r)
+		}
+	}()
+	return openDBUnguarded(path)
+}
+
+func openDBUnguarded(path string) (*bolt.DB, error) {
 	// A large initial mmap (address space, not memory) means a write that
 	// grows the file never has to remap, which would wait for every open
 	// read transaction, including a Raft snapshot being persisted.
