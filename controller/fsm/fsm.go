@@ -152,12 +152,21 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	// decodes again, because handlers may have changed the messages.
 	msgs := make([]proto.Message, len(logs))
 	skip := map[int]error{}
+	var corrupt error
 	decode := func(first bool) {
 		for i, l := range logs {
 			if l.Type != raft.LogCommand || skip[i] != nil {
 				continue
 			}
 			msg, err := command.Decode(l.Data)
+			if errors.Is(err, command.ErrCorrupt) {
+				// This node's copy of the entry is damaged: the other
+				// voters have the intact one and apply it, so skipping it
+				// here would make this node's state differ from theirs.
+				corrupt = fmt.Errorf("fsm: raft entry %d is damaged in this node's log: %w. Stop this controller, "+
+					"move its raft directory aside and start it again: it rejoins and catches up from its peers", l.Index, err)
+				return
+			}
 			if err == nil {
 				err = checkCommand(msg)
 			}
@@ -173,6 +182,10 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		}
 	}
 	decode(true)
+	if corrupt != nil {
+		f.fail(corrupt)
+		return f.stopResponses(responses)
+	}
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			decode(false)

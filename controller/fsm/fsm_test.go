@@ -2,8 +2,10 @@ package fsm_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"maps"
 	"os"
@@ -644,7 +646,10 @@ func TestNonCommandEntriesAdvanceIndex(t *testing.T) {
 // An entry that does not decode is skipped, on every voter alike: the rest
 // of its batch is applied, the index moves on, and nothing panics.
 func TestUndecodableEntrySkipped(t *testing.T) {
-	for _, data := range [][]byte{{0xff, 1, 2}, {}, {byte(command.Ingest), 0x0a, 0x7f}} {
+	// An intact (checksummed) entry whose payload is not protobuf.
+	garbage := []byte{byte(command.Ingest) | 0x80, 0x0a, 0x7f}
+	garbage = binary.BigEndian.AppendUint32(garbage, crc32.Checksum(garbage, crc32.MakeTable(crc32.Castagnoli)))
+	for _, data := range [][]byte{{0x7f, 1, 2}, {}, {byte(command.Ingest), 0x0a, 0x7f}, garbage} {
 		t.Run(fmt.Sprintf("%x", data), func(t *testing.T) {
 			h := newHarness(t)
 			logs := h.logs(submit("before"))
@@ -664,6 +669,37 @@ func TestUndecodableEntrySkipped(t *testing.T) {
 				t.Fatal("a read txn was left open")
 			}
 		})
+	}
+}
+
+// An entry whose checksum does not match is damaged in this node's log
+// only: the other voters apply the intact copy, so this node must stop
+// (and say what to do), not skip it and diverge.
+func TestDamagedEntryStopsTheNode(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	fatal := make(chan error, 1)
+	f := fsm.NewWithOptions(st, nil, logging.Discard(), fsm.Options{OnFatal: func(err error) { fatal <- err }})
+	h := &harness{t: t, st: st, f: f}
+	logs := h.logs(submit("a"), submit("b"))
+	logs[1].Data[len(logs[1].Data)/2] ^= 0x10
+	rs := f.ApplyBatch(logs)
+	if err, _ := rs[0].(error); !errors.Is(err, fsm.ErrStopped) {
+		t.Fatalf("response = %v, want ErrStopped (nothing of the batch applied)", rs[0])
+	}
+	select {
+	case err := <-fatal:
+		if !errors.Is(err, command.ErrCorrupt) || !strings.Contains(err.Error(), "entry 2") || !strings.Contains(err.Error(), "catches up") {
+			t.Fatalf("fatal error = %v, want ErrCorrupt naming entry 2 and what to do", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnFatal was not called")
+	}
+	if f.Skipped() != 0 || f.AppliedIndex() != 0 {
+		t.Fatalf("skipped=%d applied=%d after a damaged entry, want 0 and 0", f.Skipped(), f.AppliedIndex())
 	}
 }
 
