@@ -161,7 +161,7 @@ func New(opts Options) *API {
 	m.HandleFunc("GET /v1/jobs/{id}/playback", a.auth(a.playback))
 	m.HandleFunc("GET /v1/nodes", a.auth(a.consistent(a.listNodes)))
 	m.HandleFunc("GET /v1/nodes/{id}/gpus", a.auth(a.nodeGPUs))
-	m.HandleFunc("GET /v1/cluster", a.auth(a.clusterStatus))
+	m.HandleFunc("GET /v1/cluster", a.clusterRoute())
 	m.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
 	m.HandleFunc("/v1/", a.noRoute)
 	if opts.Extra != nil {
@@ -242,10 +242,17 @@ func (a *API) auth(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// writeJSON encodes v before it sends the status, so that a value that
+// cannot be encoded answers 500 with the reason, not 200 with half a body.
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b, _ = json.Marshal(apiv1.Error{Error: "encoding the response: " + err.Error()})
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing to tell it
+	_, _ = w.Write(append(b, '\n')) // the client went away; nothing to tell it
 }
 
 func writeError(w http.ResponseWriter, status int, err error) {

@@ -342,6 +342,15 @@ func TestBearerToken(t *testing.T) {
 	if status, _ := e.do("GET", "/metrics", nil, false); status != 200 {
 		t.Fatalf("/metrics without token: %d", status)
 	}
+	// A node's own Raft status is what peers ask each other for, without
+	// the token (their addresses come from gossip); the cluster view that
+	// fans out to them needs it.
+	if status, body := e.do("GET", "/v1/cluster?local=1", nil, false); status != 200 {
+		t.Fatalf("/v1/cluster?local=1 without token: %d %s", status, body)
+	}
+	if status, _ := e.do("GET", "/v1/cluster", nil, false); status != http.StatusUnauthorized {
+		t.Fatalf("/v1/cluster without token: %d, want 401", status)
+	}
 }
 
 func (e *env) ws(path string) string { return "ws://" + e.srv.HTTPAddr() + path }

@@ -90,6 +90,22 @@ func (a *API) proxy(w http.ResponseWriter, r *http.Request, leader string) {
 	rp.ServeHTTP(w, r)
 }
 
+// clusterRoute serves GET /v1/cluster. The token guards the cluster view,
+// which asks every peer; a peer's own status (?local=1: its Raft state and
+// indexes, as much as /metrics shows) needs none. So a controller asking
+// its peers never sends them the token: their addresses come from gossip,
+// and whoever holds the gossip key could advertise one of its own.
+func (a *API) clusterRoute() http.HandlerFunc {
+	withAuth := a.auth(a.clusterStatus)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("local") != "" {
+			a.clusterStatus(w, r)
+			return
+		}
+		withAuth(w, r)
+	}
+}
+
 // clusterStatus answers GET /v1/cluster: this node's Raft view, with each
 // peer's own applied index and last contact asked over HTTP (?local=1).
 func (a *API) clusterStatus(w http.ResponseWriter, r *http.Request) {
@@ -152,9 +168,6 @@ func (a *API) fetchLocalStatus(ctx context.Context, addr string) (apiv1.Cluster,
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.peerScheme()+"://"+addr+"/v1/cluster?local=1", nil)
 	if err != nil {
 		return out, err
-	}
-	if a.opts.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+a.opts.Token)
 	}
 	resp, err := a.peerTransport().RoundTrip(req)
 	if err != nil {
