@@ -114,7 +114,9 @@ func ParseLine(b []byte) (Line, error) {
 			if err != nil {
 				return Line{}, fmt.Errorf("%w: %q", err, k)
 			}
-			l.TS = ts
+			if limits.ValidTimestamp(ts) {
+				l.TS = ts // else as if absent: the agent stamps the line itself
+			}
 		default:
 			n, ok := v.(json.Number)
 			if !ok {
@@ -123,7 +125,9 @@ func ParseLine(b []byte) (Line, error) {
 			if _, err := parseFinite(n); err != nil {
 				return Line{}, fmt.Errorf("%w: %q", err, clip(k))
 			}
-			if len(k) > limits.MaxMetricKeyBytes {
+			if !limits.ValidMetricKey(k) {
+				// Too long, empty or with control characters: the
+				// controller would refuse the whole point (or exit) for it.
 				l.Dropped++
 				continue
 			}

@@ -236,3 +236,20 @@ func TestParseLineCaps(t *testing.T) {
 		t.Fatalf("error quoting a long key: %v", err)
 	}
 }
+
+// Keys the controller would refuse (empty, control characters) are
+// dropped here, counted, never sent: one such key in the final metrics
+// would otherwise cost the job its exit record. A ts no JSON time can show
+// is ignored, as if the line had none.
+func TestParseLineDropsKeysTheControllerRefuses(t *testing.T) {
+	l, err := ParseLine([]byte(`{"": 1, "loss\tval": 2, "bell\u0007": 3, "loss": 0.5, "ts": 1e15}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Values) != 1 || l.Values["loss"] != 0.5 || l.Dropped != 3 {
+		t.Fatalf("values %v, dropped %d; want only loss and 3 dropped", l.Values, l.Dropped)
+	}
+	if l.TS != 0 {
+		t.Fatalf("ts = %v, want 0 (out of range, ignored)", l.TS)
+	}
+}

@@ -14,6 +14,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -69,16 +71,18 @@ func checkText(what, s string, max int) error {
 
 // CheckMetricKey reports whether k can be a metric name.
 func CheckMetricKey(k string) error {
-	if k == "" {
-		return reject("empty metric key")
-	}
-	if err := checkText("metric key", k, limits.MaxMetricKeyBytes); err != nil {
-		return err
-	}
-	for _, r := range k {
-		if r < ' ' || r == 0x7f {
-			return reject("metric key %q has a control character", k)
+	if !limits.ValidMetricKey(k) {
+		if len(k) > limits.MaxMetricKeyBytes {
+			return reject("metric key is %d bytes; the limit is %d", len(k), limits.MaxMetricKeyBytes)
 		}
+		return reject("metric key %q is empty, not UTF-8 or has a control character", k)
+	}
+	return nil
+}
+
+func checkTS(what string, ts float64) error {
+	if !limits.ValidTimestamp(ts) {
+		return reject("%s ts %v is not a time between 1970 and 9999", what, ts)
 	}
 	return nil
 }
@@ -125,8 +129,8 @@ func CheckRecord(rec *gantrypb.Record) error {
 		if body.Started == nil {
 			return reject("empty started record")
 		}
-		if !finite(body.Started.Ts) {
-			return reject("started ts is not a finite number")
+		if err := checkTS("started", body.Started.Ts); err != nil {
+			return err
 		}
 		return nil
 	case *gantrypb.Record_Exit:
@@ -143,8 +147,8 @@ func checkPoint(p *gantrypb.MetricPoint) error {
 	if p == nil {
 		return reject("empty metric point")
 	}
-	if !finite(p.Ts) {
-		return reject("metric point ts is not a finite number")
+	if err := checkTS("metric point", p.Ts); err != nil {
+		return err
 	}
 	if n := len(p.Values); n > limits.MaxKeysPerPoint {
 		return reject("metric point has %d keys; the limit is %d", n, limits.MaxKeysPerPoint)
@@ -164,8 +168,8 @@ func checkEvent(e *gantrypb.JobEvent) error {
 	if e == nil {
 		return reject("empty event")
 	}
-	if !finite(e.Ts) {
-		return reject("event ts is not a finite number")
+	if err := checkTS("event", e.Ts); err != nil {
+		return err
 	}
 	if err := checkText("event kind", e.Kind, limits.MaxEventKindBytes); err != nil {
 		return err
@@ -177,8 +181,8 @@ func checkExit(x *gantrypb.JobExit) error {
 	if x == nil {
 		return reject("empty exit record")
 	}
-	if !finite(x.Ts) {
-		return reject("exit ts is not a finite number")
+	if err := checkTS("exit", x.Ts); err != nil {
+		return err
 	}
 	if n := len(x.FinalMetrics); n > limits.MaxKeysPerJob {
 		return reject("exit carries %d final metrics; the limit is %d", n, limits.MaxKeysPerJob)
@@ -204,8 +208,8 @@ func checkExit(x *gantrypb.JobExit) error {
 }
 
 func checkGPUSample(s *gantrypb.GPUSample) error {
-	if !finite(s.Ts) {
-		return reject("GPU sample ts is not a finite number")
+	if err := checkTS("GPU sample", s.Ts); err != nil {
+		return err
 	}
 	if n := len(s.Gpus); n > limits.MaxGPUsPerNode {
 		return reject("GPU sample has %d GPUs; the limit is %d", n, limits.MaxGPUsPerNode)
@@ -264,4 +268,94 @@ func CheckHello(h *gantrypb.Hello) error {
 		}
 	}
 	return nil
+}
+
+// Repair makes a started or exit record acceptable instead of refusing
+// it: a job's lifecycle hangs on these two, and refusing an exit would
+// leave the job running forever on the controller while its agent has
+// forgotten it. Final metrics with bad keys or values are dropped (by
+// sorted key past the cap, so every voter drops the same ones), texts are
+// clipped to their caps on a rune boundary, and a bad ts becomes 0 (the
+// controller's own time is used). It reports whether it changed anything;
+// other records are left as they are.
+func Repair(rec *gantrypb.Record) bool {
+	changed := false
+	switch body := rec.GetBody().(type) {
+	case *gantrypb.Record_Started:
+		if body.Started == nil {
+			body.Started = &gantrypb.JobStarted{}
+			changed = true
+		}
+		if !limits.ValidTimestamp(body.Started.Ts) {
+			body.Started.Ts, changed = 0, true
+		}
+	case *gantrypb.Record_Exit:
+		x := body.Exit
+		if x == nil {
+			x = &gantrypb.JobExit{}
+			body.Exit, changed = x, true
+		}
+		if !limits.ValidTimestamp(x.Ts) {
+			x.Ts, changed = 0, true
+		}
+		for k, v := range x.FinalMetrics {
+			if !limits.ValidMetricKey(k) || !finite(v) {
+				delete(x.FinalMetrics, k)
+				changed = true
+			}
+		}
+		if len(x.FinalMetrics) > limits.MaxKeysPerJob {
+			keys := make([]string, 0, len(x.FinalMetrics))
+			for k := range x.FinalMetrics {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			for _, k := range keys[limits.MaxKeysPerJob:] {
+				delete(x.FinalMetrics, k)
+			}
+			changed = true
+		}
+		// The end of a log tail is the part worth keeping; of the rest,
+		// the start.
+		if c := clipEnd(x.LogTail, limits.MaxLogTailBytes); c != x.LogTail {
+			x.LogTail, changed = c, true
+		}
+		for _, f := range []struct {
+			s   *string
+			max int
+		}{{&x.Error, limits.MaxExitErrorBytes}, {&x.Signal, limits.MaxSignalBytes}, {&x.Reason, limits.MaxEventKindBytes}} {
+			if c := clipStart(*f.s, f.max); c != *f.s {
+				*f.s, changed = c, true
+			}
+		}
+	}
+	return changed
+}
+
+// clipEnd returns the last at most max bytes of s as valid UTF-8, cut on
+// a rune boundary.
+func clipEnd(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= max {
+		return s
+	}
+	cut := len(s) - max
+	for cut < len(s) && !utf8.RuneStart(s[cut]) {
+		cut++
+	}
+	return s[cut:]
+}
+
+// clipStart returns the first at most max bytes of s as valid UTF-8, cut
+// on a rune boundary.
+func clipStart(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut]
 }

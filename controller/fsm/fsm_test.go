@@ -1027,3 +1027,25 @@ func TestDiskFullWaitsAndResumes(t *testing.T) {
 		t.Fatal("still waiting for disk after resuming")
 	}
 }
+
+// A started or exit record that breaks a limit is repaired, never refused:
+// refusing the exit once left the job running forever on the controller
+// while its agent had forgotten it. A ts past year 9999 (which no JSON
+// time can show, and which converts differently on different CPUs)
+// becomes the leader's time.
+func TestExitAndStartedRepairedNotRefused(t *testing.T) {
+	h := newHarness(t)
+	h.mustOK(submit("j"))
+	h.mustOK(assign("j", "n1", 0))
+	h.mustOK(ingest("n1",
+		&gantrypb.Record{JobId: "j", Seq: 1, Body: &gantrypb.Record_Started{Started: &gantrypb.JobStarted{Pid: 7, Ts: 1e15}}},
+		point("j", 2, map[string]float64{"loss": 0.5}),
+		exitRec("j", 3, &gantrypb.JobExit{ExitCode: code(0), Ts: 1e300, FinalMetrics: map[string]float64{"": 1, "tab\tkey": 2}})))
+	j := h.job("j")
+	if j.State != gantrypb.JobState_JOB_STATE_SUCCEEDED || j.FinalMetrics["loss"] != 0.5 || len(j.FinalMetrics) != 2 {
+		t.Fatalf("job %s final=%v, want succeeded with loss and step", j.State, j.FinalMetrics)
+	}
+	if j.StartedAtMs != 5000 || j.FinishedAtMs != 5000 {
+		t.Fatalf("started %d finished %d, want the entry's time (5000)", j.StartedAtMs, j.FinishedAtMs)
+	}
+}

@@ -30,7 +30,11 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, err
 	var order []string
 
 	for _, rec := range m.Records {
-		if err := admission.CheckRecord(rec); err != nil {
+		err := admission.CheckRecord(rec)
+		if err != nil && rec.GetJobId() != "" && admission.Repair(rec) {
+			err = admission.CheckRecord(rec) // a pure function: every voter repairs alike
+		}
+		if err != nil {
 			res.Rejected++
 			f.log.Warn("agent record rejected at apply", "node", m.NodeId, "seq", rec.GetSeq(), "err", err)
 			continue

@@ -193,3 +193,35 @@ func TestHostileAgentFraming(t *testing.T) {
 		t.Fatalf("points after reconnect = %d, want 1", j.Points)
 	}
 }
+
+// An exit whose final metrics hold a key the controller refuses (an empty
+// one, a tab) still ends the job, with the good metrics: the leader
+// repairs it rather than swapping it for an event.
+func TestExitWithBadKeyStillEndsTheJob(t *testing.T) {
+	e := newEnv(t, nil, nil)
+	e.job("j", "agent1")
+	rs := e.connect("agent1").records(t)
+	send(t, rs, &gantrypb.RecordBatch{BatchId: 1, Records: []*gantrypb.Record{
+		pt("j", 1, map[string]float64{"loss": 0.5}),
+		{JobId: "j", Seq: 2, Body: &gantrypb.Record_Exit{Exit: &gantrypb.JobExit{ExitCode: new(int32),
+			FinalMetrics: map[string]float64{"": 1, "loss\tval": 2, "loss": 0.5}}}},
+	}})
+	j := e.readJob("j")
+	if j.State != gantrypb.JobState_JOB_STATE_SUCCEEDED || j.FinalMetrics["loss"] != 0.5 || len(j.FinalMetrics) != 1 {
+		t.Fatalf("job %s final %v, want succeeded with loss only", j.State, j.FinalMetrics)
+	}
+}
+
+// A new leader whose state lags its log does not know a job that is
+// already assigned: its records go to the FSM, which decides at their
+// place in the log, instead of being dropped and acked.
+func TestUnknownJobLeftToTheFSM(t *testing.T) {
+	e := newEnv(t, nil, nil)
+	e.job("j", "agent1")
+	e.srvOwners.hide("j") // the leader's state lags: it does not know j yet
+	rs := e.connect("agent1").records(t)
+	send(t, rs, &gantrypb.RecordBatch{BatchId: 1, Records: []*gantrypb.Record{pt("j", 1, map[string]float64{"loss": 0.5})}})
+	if j := e.readJob("j"); j.Points != 1 {
+		t.Fatalf("points = %d, want 1: a record of an assigned job was dropped at the leader", j.Points)
+	}
+}

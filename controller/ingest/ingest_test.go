@@ -60,6 +60,8 @@ type env struct {
 	events *events
 	tlsDir string
 	agent1 tlsutil.Files
+	// srvOwners is what the server's screen reads job owners from.
+	srvOwners *storeOwners
 }
 
 func newEnv(t *testing.T, raftApplier func(*cluster.Node) ingest.Applier, leaderAddr func() string) *env {
@@ -85,12 +87,13 @@ func newEnv(t *testing.T, raftApplier func(*cluster.Node) ingest.Applier, leader
 		t.Fatal(err)
 	}
 	ev := &events{}
+	owners := &storeOwners{st: st, hidden: map[string]bool{}}
 	var applier ingest.Applier = node
 	if raftApplier != nil {
 		applier = raftApplier(node)
 	}
 	srv, err := ingest.Listen(ingest.Options{Addr: "127.0.0.1:0", TLS: serverTLS, Raft: applier, Events: ev,
-		Log: logging.Discard(), Version: "test", LeaderAddr: leaderAddr, Owners: storeOwners{st}})
+		Log: logging.Discard(), Version: "test", LeaderAddr: leaderAddr, Owners: owners})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,16 +120,32 @@ func newEnv(t *testing.T, raftApplier func(*cluster.Node) ingest.Applier, leader
 			t.Errorf("store close: %v", err)
 		}
 	})
-	return &env{t: t, st: st, raft: node, srv: srv, events: ev, tlsDir: tlsDir, agent1: agent1}
+	return &env{t: t, st: st, raft: node, srv: srv, events: ev, tlsDir: tlsDir, agent1: agent1, srvOwners: owners}
 }
 
-// storeOwners is the controller's own Owners: jobs' nodes from the store.
-type storeOwners struct{ st *store.Store }
+// storeOwners is the controller's own Owners: jobs' nodes from the store,
+// less the hidden ones (a leader whose state lags its log).
+type storeOwners struct {
+	st     *store.Store
+	mu     sync.Mutex
+	hidden map[string]bool
+}
 
-func (o storeOwners) JobNodes(ids []string) (map[string]string, error) {
+func (o *storeOwners) hide(id string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.hidden[id] = true
+}
+
+func (o *storeOwners) JobNodes(ids []string) (map[string]string, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	out := map[string]string{}
 	err := o.st.View(func(tx *store.Tx) error {
 		for _, id := range ids {
+			if o.hidden[id] {
+				continue
+			}
 			if j, err := tx.Job(id); err == nil && j.Node != "" {
 				out[id] = j.Node
 			}

@@ -23,6 +23,9 @@ const (
 	reasonLimit      = "limit"
 	reasonForeignJob = "foreign_job"
 	reasonUnknownJob = "unknown_job"
+	// reasonRepaired counts started and exit records that broke a limit
+	// and were repaired (clipped) rather than refused.
+	reasonRepaired = "repaired"
 )
 
 // screened is the part of a batch the leader proposes, and what it refused.
@@ -37,7 +40,10 @@ type screened struct {
 // event with the same seq: the job's stream stays dense, and its owner
 // sees why. Records for jobs that are not node's (another node's, or none
 // at all) are dropped: writing anything into such a job is what a forger
-// wants. Records are never reordered.
+// wants. A job this leader does not know (yet) is left to the FSM, which
+// checks ownership at the entry's place in the log: an assignment is never
+// taken back, so "another node's" is final while "unknown" may not be.
+// Records are never reordered.
 func screen(node string, recs []*gantrypb.Record, owners map[string]string) screened {
 	out := screened{records: make([]*gantrypb.Record, 0, len(recs)), refused: map[string]int{}}
 	refuse := func(reason string, err error) {
@@ -55,14 +61,24 @@ func screen(node string, recs []*gantrypb.Record, owners map[string]string) scre
 			owner, known := owners[rec.JobId]
 			switch {
 			case !known:
-				refuse(reasonUnknownJob, fmt.Errorf("record %d for unknown job %.64q", rec.Seq, rec.JobId))
-				continue
+				// This leader's state may lag its log (it has just been
+				// elected, or applies slowly) and not show an assignment
+				// that is committed already: the FSM decides, at the
+				// record's place in the log.
 			case owner != node:
 				refuse(reasonForeignJob, fmt.Errorf("record %d for job %s, which runs on %s", rec.Seq, rec.JobId, owner))
 				continue
 			}
 		}
-		if err := admission.CheckRecord(rec); err != nil {
+		err := admission.CheckRecord(rec)
+		if err != nil && rec.JobId != "" && admission.Repair(rec) {
+			// A started or exit record is repaired, never refused: the
+			// job's lifecycle hangs on it.
+			if err = admission.CheckRecord(rec); err == nil {
+				out.refused[reasonRepaired]++
+			}
+		}
+		if err != nil {
 			refuse(reasonLimit, fmt.Errorf("record %d of job %q: %w", rec.Seq, rec.JobId, err))
 			if rec.JobId == "" || rec.Seq == 0 {
 				continue // nothing to report it on

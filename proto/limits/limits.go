@@ -6,6 +6,8 @@
 // older agent's records acceptable to a newer controller.
 package limits
 
+import "unicode/utf8"
+
 // Identifiers.
 const (
 	// MaxIDBytes caps a job id or node id. bbolt keys built from ids must
@@ -60,3 +62,33 @@ const (
 	// MaxActiveJobs caps the active job ids an agent reports in its hello.
 	MaxActiveJobs = 4096
 )
+
+// Timestamps.
+const (
+	// MaxTimestamp is the latest instant a record may carry, in unix
+	// seconds: the end of year 9999, the last one JSON times can show.
+	// Larger values would also convert to milliseconds differently on
+	// different CPUs, and voters must agree.
+	MaxTimestamp = 253402300799
+)
+
+// ValidTimestamp reports whether ts (unix seconds; 0 means "not given")
+// is finite and within [0, MaxTimestamp].
+func ValidTimestamp(ts float64) bool {
+	return ts >= 0 && ts <= MaxTimestamp // false for NaN too
+}
+
+// ValidMetricKey reports whether k may name a metric: 1 to
+// MaxMetricKeyBytes bytes of UTF-8 without control characters (keys are
+// shown in terminals and become JSON object keys).
+func ValidMetricKey(k string) bool {
+	if k == "" || len(k) > MaxMetricKeyBytes || !utf8.ValidString(k) {
+		return false
+	}
+	for _, r := range k {
+		if r < ' ' || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return false
+		}
+	}
+	return true
+}
