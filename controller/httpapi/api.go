@@ -268,6 +268,10 @@ func (a *API) writeApplyError(w http.ResponseWriter, r *http.Request, err error)
 		writeError(w, http.StatusConflict, err)
 	case errors.Is(err, cluster.ErrNotLeader):
 		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("this controller is not the leader and cannot accept writes right now: %w", err))
+	case errors.Is(err, cluster.ErrDiskFull):
+		// The leader hands over to a peer with space; the client retries.
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusInsufficientStorage, err)
 	default:
 		a.opts.Log.Error("api: write failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeError(w, http.StatusInternalServerError, err)

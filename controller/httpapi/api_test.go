@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/controller/server"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/testutil"
@@ -594,4 +595,37 @@ func TestLiveOversizeClientMessageCloses(t *testing.T) {
 		_, body := e.do("GET", "/metrics", nil, false)
 		return regexp.MustCompile(`(?m)^gantry_ws_watchers 0$`).Match(body)
 	}, "the watcher freed")
+}
+
+// A leader short of disk space refuses writes with 507 and Retry-After,
+// saying why, instead of a bare 500.
+func TestSubmitOnFullDiskIs507(t *testing.T) {
+	ctrl, _, err := tlsutil.EnsureDev(t.TempDir(), "agent1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.Start(server.Config{
+		NodeID: "c1", DataDir: t.TempDir(),
+		HTTPAddr: "127.0.0.1:0", QUICAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0",
+		Bootstrap: true, Fast: true, TLS: ctrl, LostGrace: time.Minute, Log: logging.Discard(),
+		// More free space than any disk has: the guard always refuses.
+		Disk: cluster.DiskConfig{MinFree: 1 << 62, Interval: 10 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	if err := srv.WaitLeader(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, srv: srv, base: "http://" + srv.HTTPAddr()}
+	var status int
+	var body []byte
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		status, body = e.do("POST", "/v1/jobs", strings.NewReader(`{"run":"true"}`), false)
+		return status != http.StatusServiceUnavailable // an election may still settle
+	}, "an answer from a leader")
+	if status != http.StatusInsufficientStorage || !strings.Contains(errorBody(t, body), "disk space") {
+		t.Fatalf("submit on a full disk: %d %s, want 507 naming disk space", status, body)
+	}
 }
