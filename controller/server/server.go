@@ -173,6 +173,9 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := s.store.PrevAppliedErr(); err != nil {
+		cfg.Log.Warn("the state database left by the last run is damaged", "err", err)
+	}
 	var sched *scheduler.Scheduler
 	wake := func() {
 		if sched != nil {

@@ -41,8 +41,8 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrSchema is returned when a database was written by an unknown schema.
 	ErrSchema = errors.New("store: unsupported schema version")
-	// ErrCorrupt is returned by Open when the state database left by the
-	// previous run cannot be read; the error names the file and what to do.
+	// ErrCorrupt means a state database cannot be read; the error names
+	// the file.
 	ErrCorrupt = errors.New("store: state database is corrupt")
 )
 
@@ -54,6 +54,7 @@ type Store struct {
 	db          *bolt.DB
 	path        string
 	prevApplied uint64
+	prevErr     error
 }
 
 // Open creates a fresh store at path, removing whatever was there. The
@@ -63,16 +64,27 @@ type Store struct {
 //
 // Before removing the old file, Open reads the Raft index it had applied
 // (PrevApplied): that is how the controller notices a Raft log that lost
-// its tail, which would otherwise roll committed state back silently. If
-// that file cannot be read, Open fails with ErrCorrupt naming it: the
-// check would be lost, and damage there may mean a failing disk.
+// its tail, which would otherwise roll committed state back silently. A
+// file that cannot be read (it runs without fsync, so a power loss can
+// tear it) does not stop the start: the file is only a cache of the Raft
+// state. Open moves it aside to PATH.corrupt for inspection and goes on,
+// and PrevAppliedErr says so, for the caller to warn that this start
+// cannot check for a lost log tail.
 func Open(path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	prev, err := readApplied(path)
-	if err != nil {
-		return nil, err
+	prev, prevErr := readApplied(path)
+	if prevErr != nil {
+		if !errors.Is(prevErr, ErrCorrupt) {
+			return nil, prevErr // locked by another process: not ours to touch
+		}
+		aside := path + ".corrupt"
+		if err := os.Rename(path, aside); err != nil {
+			return nil, fmt.Errorf("%w; moving it aside: %v", prevErr, err)
+		}
+		prevErr = fmt.Errorf("%w; moved to %s. The state is rebuilt from the Raft log as on every start, but "+
+			"this start cannot tell whether the Raft log lost its tail; check the disk (dmesg, smartctl)", prevErr, aside)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("store: remove stale state: %w", err)
@@ -81,12 +93,16 @@ func Open(path string) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{db: db, path: path, prevApplied: prev}, nil
+	return &Store{db: db, path: path, prevApplied: prev, prevErr: prevErr}, nil
 }
 
 // PrevApplied is the Raft index the state database of the previous run
-// had applied (0 when there was none).
+// had applied (0 when there was none, or it could not be read).
 func (s *Store) PrevApplied() uint64 { return s.prevApplied }
+
+// PrevAppliedErr is why the previous run's state database could not be
+// read (it matches ErrCorrupt), or nil.
+func (s *Store) PrevAppliedErr() error { return s.prevErr }
 
 // readApplied reads the applied index from the state database the last
 // run left at path, read-only; (0, nil) when there is none. Only the meta
@@ -133,10 +149,7 @@ func readApplied(path string) (applied uint64, err error) {
 }
 
 func corrupt(path string, cause error) error {
-	return fmt.Errorf("%w: %s: %v. It is only a cache of the Raft state, rebuilt at every start, but this node "+
-		"needs it to detect a lost Raft log tail: move it aside (mv %s %s.corrupt) and restart the controller, "+
-		"and check the disk (dmesg, smartctl), since damage there may have hit the Raft log too",
-		ErrCorrupt, path, cause, path, path)
+	return fmt.Errorf("%w: %s: %v", ErrCorrupt, path, cause)
 }
 
 // openDB opens (creating if needed) and initialises a database. A panic
