@@ -15,7 +15,11 @@ import (
 
 // Jobs are untrusted code. An agent running as root runs them as an
 // unprivileged account (Config.JobUser), so that they cannot read the
-// agent's TLS key, its spool or other jobs' files, nor signal the agent.
+// agent's TLS key or its spool, nor signal the agent. All jobs on a host
+// share that one account, so they are not isolated from each other: a job
+// can read another's environment through /proc, signal it, or leave files
+// in the shared home for the next job. Tenants that must not see each
+// other need separate hosts (or per-job accounts, not built yet).
 // The layout that makes this hold:
 //
 //	DATA_DIR          0711 root   the job user may pass through, not list
