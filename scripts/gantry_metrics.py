@@ -1,6 +1,6 @@
 """Write training metrics where the Gantry agent reads them.
 
-The agent tails a JSONL file (DESIGN.md, "Metrics file"): one JSON object
+The agent tails a JSONL file (docs/ARCHITECTURE.md, "Metrics file"): one JSON object
 per line, ``step`` an integer, ``ts`` unix seconds, every other numeric
 field a metric. This module appends such lines, flushed one by one, so the
 controller sees each step as it happens and has the last one when the

@@ -12,7 +12,7 @@ import (
 // within that limit.
 const MaxJobKeys = limits.MaxKeysPerJob - 1
 
-// Final accumulates a run's final metrics (DESIGN.md): for every metric key
+// Final accumulates a run's final metrics (docs/ARCHITECTURE.md): for every metric key
 // its last value, plus "step" = the last step seen. The zero value is ready to
 // use. It is not safe for concurrent use.
 type Final struct {

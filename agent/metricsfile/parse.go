@@ -1,6 +1,6 @@
 // Package metricsfile reads the JSONL metrics file a training process writes.
 //
-// The contract (DESIGN.md, "Metrics file"): one JSON object per line; "step"
+// The contract (docs/ARCHITECTURE.md, "Metrics file"): one JSON object per line; "step"
 // (an integer) and "ts" (unix seconds) are special, every other numeric field
 // is a metric, other fields are ignored. A bad line is skipped and reported,
 // never fatal: the trainer is someone else's code, and one stray print must

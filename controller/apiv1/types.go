@@ -1,5 +1,5 @@
 // Package apiv1 holds the JSON shapes of Gantry's HTTP and WebSocket API
-// (DESIGN.md "Contracts"). The server, the Go client and the CLI all use
+// (docs/ARCHITECTURE.md "Contracts"). The server, the Go client and the CLI all use
 // these types, so a field renamed here is a contract broken everywhere.
 package apiv1
 
@@ -64,7 +64,7 @@ type Job struct {
 	FinalMetrics map[string]float64 `json:"final_metrics"`
 	Error        string             `json:"error,omitempty"`
 
-	// Extensions beyond DESIGN.md's list.
+	// Extensions beyond the list in docs/ARCHITECTURE.md.
 	Spec            JobSpec `json:"spec"`
 	CancelRequested bool    `json:"cancel_requested,omitempty"`
 	Points          uint64  `json:"points"`

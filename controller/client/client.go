@@ -1,5 +1,5 @@
 // Package client is the Go client of Gantry's HTTP/WebSocket API
-// (DESIGN.md "HTTP API"). The CLI and the system tests use it; it speaks
+// (docs/ARCHITECTURE.md "HTTP API"). The CLI and the system tests use it; it speaks
 // only the JSON shapes of package apiv1.
 //
 // Every call takes its deadline from ctx: the client sets no timeouts of its

@@ -1,4 +1,4 @@
-// Package httpapi serves Gantry's HTTP and WebSocket API (DESIGN.md,
+// Package httpapi serves Gantry's HTTP and WebSocket API (docs/ARCHITECTURE.md,
 // "Contracts"). Reads come from the local store in short transactions that
 // close before the response is written; writes go through Raft. WebSocket
 // watchers are fed from the in-memory hub and hold no store handle while

@@ -23,7 +23,7 @@ import (
 const (
 	EnvAddr  = "GANTRY_ADDR"
 	EnvToken = "GANTRY_TOKEN"
-	// DefaultAddr is the controller's default HTTP address (DESIGN.md).
+	// DefaultAddr is the controller's default HTTP address (docs/ARCHITECTURE.md).
 	DefaultAddr = "http://127.0.0.1:7480"
 )
 
