@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -96,13 +97,27 @@ const verifyTimeout = 3 * time.Second
 // address, that it holds the controller certificate for its member name
 // from the cluster CA. Serf membership only needs the gossip key, which
 // every agent host has; a vote needs the controller certificate. This node
-// needs no handshake with itself: Start checked its certificate. It runs on
-// the membership loop only, which owns s.refused.
+// needs no handshake with itself: Start checked its certificate.
+//
+// A member that failed is not dialled again at the same address for
+// refusedRetry: whoever holds the gossip key can advertise many fake
+// controllers at addresses that never answer, and the membership loop
+// (which also turns agent failures into node state) must not spend a
+// handshake timeout on each of them every second. It runs on the
+// membership loop only, which owns s.refused.
 func (s *Server) verifyController(m membership.Member) bool {
 	if m.Name == s.cfg.NodeID {
 		return true
 	}
-	err := s.raft.VerifyPeer(m.Name, m.RaftAddr, verifyTimeout)
+	if s.recentlyRefused(m) {
+		return false
+	}
+	return s.recordVerify(m, s.raft.VerifyPeer(m.Name, m.RaftAddr, verifyTimeout))
+}
+
+// recordVerify keeps the outcome of a handshake with m, logging a
+// refusal once per reason.
+func (s *Server) recordVerify(m membership.Member, err error) bool {
 	if err == nil {
 		if _, was := s.refused[m.Name]; was {
 			s.cfg.Log.Info("controller identity verified", "member", m.Name, "addr", m.RaftAddr)
@@ -111,13 +126,71 @@ func (s *Server) verifyController(m membership.Member) bool {
 		return true
 	}
 	s.votersRefused.Inc()
-	if s.refused[m.Name] != err.Error() {
-		s.refused[m.Name] = err.Error()
+	prev, seen := s.refused[m.Name]
+	s.refused[m.Name] = refusal{addr: m.RaftAddr, reason: err.Error(), at: time.Now()}
+	if !seen || prev.reason != err.Error() {
 		s.cfg.Log.Warn("not making a serf member a raft voter: it did not prove a controller certificate of the cluster CA for its name",
 			"member", m.Name, "addr", m.RaftAddr, "err", err)
 	}
 	return false
 }
+
+// verifyAll verifies many members at once, so that one pass of the loop
+// takes one handshake timeout however many candidates there are.
+func (s *Server) verifyAll(ms []membership.Member) []membership.Member {
+	errs := make([]error, len(ms))
+	dial := make([]bool, len(ms))
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		if m.Name == s.cfg.NodeID {
+			continue
+		}
+		if s.recentlyRefused(m) {
+			errs[i] = errRecentlyRefused
+			continue
+		}
+		dial[i] = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.raft.VerifyPeer(m.Name, m.RaftAddr, verifyTimeout)
+		}()
+	}
+	wg.Wait()
+	var ok []membership.Member
+	for i, m := range ms {
+		if dial[i] {
+			if !s.recordVerify(m, errs[i]) {
+				continue
+			}
+		} else if errs[i] != nil {
+			continue
+		}
+		ok = append(ok, m)
+	}
+	return ok
+}
+
+// refusal is the last failed identity check of a member.
+type refusal struct {
+	addr, reason string
+	at           time.Time
+}
+
+// refusedRetry is how long a member that failed its identity check is
+// left alone at the same address (Fast timings: a second).
+const refusedRetry = 30 * time.Second
+
+func (s *Server) recentlyRefused(m membership.Member) bool {
+	wait := refusedRetry
+	if s.cfg.Fast {
+		wait = time.Second
+	}
+	r, ok := s.refused[m.Name]
+	return ok && r.addr == m.RaftAddr && time.Since(r.at) < wait
+}
+
+var errRecentlyRefused = errors.New("refused recently at this address")
 
 func (s *Server) tryBootstrap() {
 	expect := s.cfg.BootstrapExpect
@@ -138,12 +211,7 @@ func (s *Server) tryBootstrap() {
 	}
 	// Bootstrap with verified controllers only: a member with the gossip
 	// key but no controller certificate must not become a founding voter.
-	var controllers []membership.Member
-	for _, c := range seen {
-		if s.verifyController(c) {
-			controllers = append(controllers, c)
-		}
-	}
+	controllers := s.verifyAll(seen)
 	if len(controllers) < expect {
 		return
 	}
@@ -177,20 +245,22 @@ func (s *Server) reconcileMembers() {
 		inRaft[string(srv.ID)] = string(srv.Address)
 	}
 	var nodeStates map[string]gantrypb.NodeState
+	var candidates []membership.Member
 	for _, m := range s.members.Members() {
 		switch m.Role {
 		case membership.RoleController:
 			addr, ok := inRaft[m.Name]
 			switch {
 			case m.Status == membership.StatusAlive && (!ok || addr != m.RaftAddr) && m.RaftAddr != "":
-				if !s.verifyController(m) {
+				candidates = append(candidates, m)
+			case m.Status == membership.StatusLeft && ok && m.Name != s.cfg.NodeID:
+				// A leave can be forged with the gossip key: a voter that
+				// still proves its identity at its Raft address has not
+				// left, and removing it would cost the cluster a vote.
+				if s.raft.VerifyPeer(m.Name, addr, verifyTimeout) == nil {
+					s.cfg.Log.Warn("serf says a raft voter left, but it still answers as that controller; keeping it", "id", m.Name, "addr", addr)
 					continue
 				}
-				s.cfg.Log.Info("adding raft voter", "id", m.Name, "addr", m.RaftAddr)
-				if err := s.raft.AddVoter(m.Name, m.RaftAddr); err != nil {
-					s.cfg.Log.Warn("add voter failed", "id", m.Name, "err", err)
-				}
-			case m.Status == membership.StatusLeft && ok && m.Name != s.cfg.NodeID:
 				s.cfg.Log.Info("removing raft server that left", "id", m.Name)
 				if err := s.raft.RemoveServer(m.Name); err != nil {
 					s.cfg.Log.Warn("remove server failed", "id", m.Name, "err", err)
@@ -212,6 +282,19 @@ func (s *Server) reconcileMembers() {
 					s.cfg.Log.Warn("node down", "node", m.Name, "err", err)
 				}
 			}
+		}
+	}
+	// Last, so that agent failures above are never held up by handshakes.
+	s.addVoters(candidates)
+}
+
+// addVoters adds the candidates that prove their identity, all verified
+// at once.
+func (s *Server) addVoters(candidates []membership.Member) {
+	for _, m := range s.verifyAll(candidates) {
+		s.cfg.Log.Info("adding raft voter", "id", m.Name, "addr", m.RaftAddr)
+		if err := s.raft.AddVoter(m.Name, m.RaftAddr); err != nil {
+			s.cfg.Log.Warn("add voter failed", "id", m.Name, "err", err)
 		}
 	}
 }

@@ -109,10 +109,10 @@ type Server struct {
 	leaderChanges prometheus.Counter
 	// votersRefused counts controllers not made voters (nor bootstrapped
 	// with) because they could not prove their identity on their Raft
-	// address; refused maps each such member to the last reason, so the
-	// membership loop logs a refusal once, not every second.
+	// address; refused maps each such member to its last refusal, so the
+	// membership loop logs it once and does not dial it every second.
 	votersRefused prometheus.Counter
-	refused       map[string]string
+	refused       map[string]refusal
 
 	// fatal receives the error that made this controller unable to go on
 	// (its state store failed); the process must stop.
@@ -130,7 +130,7 @@ func Start(cfg Config) (*Server, error) {
 		cfg.Log = slog.Default()
 	}
 	s := &Server{cfg: cfg, hub: hub.New(), reg: prometheus.NewRegistry(), leaderWake: make(chan struct{}, 1),
-		refused: map[string]string{}, fatal: make(chan error, 1)}
+		refused: map[string]refusal{}, fatal: make(chan error, 1)}
 	s.leaderChanges = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "gantry_raft_leader_changes_total", Help: "Raft leadership changes seen by this controller."})
 	s.votersRefused = prometheus.NewCounter(prometheus.CounterOpts{
