@@ -39,6 +39,10 @@ func BenchmarkApplyIngest(b *testing.B) {
 			if resp := f.ApplyBatch(entry(&gantrypb.SubmitJobCmd{JobId: "job-1", Spec: &gantrypb.JobSpec{Run: "true"}}))[0]; resp != "job-1" {
 				b.Fatalf("submit: %v", resp)
 			}
+			// Records are taken only from the node the job is assigned to.
+			if resp := f.ApplyBatch(entry(&gantrypb.AssignJobCmd{JobId: "job-1", NodeId: "node-1"}))[0]; resp != nil {
+				b.Fatalf("assign: %v", resp)
+			}
 			vals := map[string]float64{}
 			for k := 0; k < 20; k++ {
 				vals[fmt.Sprintf("metric_%02d", k)] = float64(k) + 0.5
