@@ -92,7 +92,7 @@ type Scheduler struct {
 	raft   Raft
 	agents Agents
 	log    *slog.Logger
-	wake   chan struct{}
+	wake   Wakeup
 	// Interval is the reconcile period when nothing wakes it.
 	Interval time.Duration
 	// LostGrace is how long a node may stay down before its assigned and
@@ -101,21 +101,35 @@ type Scheduler struct {
 	now       func() time.Time
 }
 
-// New returns a scheduler; call Run.
-func New(st *store.Store, r Raft, agents Agents, log *slog.Logger) *Scheduler {
-	return &Scheduler{store: st, raft: r, agents: agents, log: log, wake: make(chan struct{}, 1),
-		Interval: time.Second, LostGrace: 60 * time.Second, now: time.Now}
-}
+// Wakeup asks a scheduler for a reconcile soon. It exists apart from the
+// Scheduler so that what wakes it (the FSM's feed, agent sessions) can be
+// built before the scheduler itself, which needs them built first.
+type Wakeup chan struct{}
+
+// NewWakeup returns a Wakeup for New.
+func NewWakeup() Wakeup { return make(Wakeup, 1) }
 
 // Wake asks for a reconcile soon. It never blocks.
-func (s *Scheduler) Wake() {
+func (w Wakeup) Wake() {
 	select {
-	case s.wake <- struct{}{}:
+	case w <- struct{}{}:
 	default:
 	}
 }
 
-// Run reconciles until ctx ends.
+// New returns a scheduler woken by w; call Run while this controller
+// leads.
+func New(st *store.Store, r Raft, agents Agents, w Wakeup, log *slog.Logger) *Scheduler {
+	return &Scheduler{store: st, raft: r, agents: agents, log: log, wake: w,
+		Interval: time.Second, LostGrace: 60 * time.Second, now: time.Now}
+}
+
+// Wake asks for a reconcile soon. It never blocks.
+func (s *Scheduler) Wake() { s.wake.Wake() }
+
+// Run reconciles until ctx ends. The server runs it only while this
+// controller leads (after a barrier); the IsLeader check below only
+// covers the moment between losing leadership and ctx ending.
 func (s *Scheduler) Run(ctx context.Context) {
 	t := time.NewTicker(s.Interval)
 	defer t.Stop()

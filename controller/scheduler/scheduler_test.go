@@ -181,7 +181,7 @@ func newEnv(t *testing.T) *env {
 	r := &fakeRaft{t: t, f: fsm.New(st, nil, logging.Discard())}
 	r.leader.Store(true)
 	ag := &fakeAgents{connected: map[string]bool{}}
-	return &env{t: t, st: st, raft: r, agents: ag, s: New(st, r, ag, logging.Discard())}
+	return &env{t: t, st: st, raft: r, agents: ag, s: New(st, r, ag, NewWakeup(), logging.Discard())}
 }
 
 // must applies a setup command outside the scheduler's record.

@@ -37,6 +37,7 @@ func (s *Server) startMembership() error {
 		return err
 	}
 	s.members = m
+	s.membersChanged = m.Changed()
 	if len(cfg.Join) > 0 {
 		if _, err := m.Join(cfg.Join); err != nil {
 			// Not fatal: the others may not be up yet; retried in the loop.
@@ -54,38 +55,25 @@ func advertised(addr, bound string) string {
 	return bound
 }
 
-// membershipLoop bootstraps Raft once -bootstrap-expect controllers are
-// seen and, on the leader, turns membership into Raft voters and agent
-// failures into node state (as Nomad and Consul do).
+// membershipLoop keeps this controller in the serf cluster (joining again
+// while it is alone) and bootstraps Raft once -bootstrap-expect
+// controllers are seen. What only the leader does with membership is in
+// reconcileLoop, started by establishLeadership.
 func (s *Server) membershipLoop(ctx context.Context) {
 	changed := s.members.Changed()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	wasLeader := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-changed:
 		case <-tick.C:
-		case <-s.leaderWake:
 		}
 		if len(s.cfg.Join) > 0 && len(s.members.Members()) <= 1 {
 			_, _ = s.members.Join(s.cfg.Join)
 		}
 		s.tryBootstrap()
-		leader := s.raft.IsLeader()
-		if leader && !wasLeader {
-			// Apply everything committed by earlier leaders before acting on it.
-			if err := s.raft.Barrier(10 * time.Second); err != nil {
-				s.cfg.Log.Warn("barrier after gaining leadership failed", "err", err)
-				continue
-			}
-		}
-		wasLeader = leader
-		if leader {
-			s.reconcileMembers()
-		}
 	}
 }
 

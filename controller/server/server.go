@@ -104,9 +104,10 @@ type Server struct {
 	httpLn  net.Listener
 	members *membership.Node
 	reg     *prometheus.Registry
-	// leaderWake nudges the membership loop when leadership changes.
-	leaderWake    chan struct{}
-	leaderChanges prometheus.Counter
+	// membersChanged tells the leader's reconcile loop that serf
+	// membership changed.
+	membersChanged <-chan struct{}
+	leaderChanges  prometheus.Counter
 	// votersRefused counts controllers not made voters (nor bootstrapped
 	// with) because they could not prove their identity on their Raft
 	// address; refused maps each such member to its last refusal, so the
@@ -129,7 +130,7 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	s := &Server{cfg: cfg, hub: hub.New(), reg: prometheus.NewRegistry(), leaderWake: make(chan struct{}, 1),
+	s := &Server{cfg: cfg, hub: hub.New(), reg: prometheus.NewRegistry(),
 		refused: map[string]refusal{}, fatal: make(chan error, 1)}
 	s.leaderChanges = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "gantry_raft_leader_changes_total", Help: "Raft leadership changes seen by this controller."})
@@ -176,13 +177,10 @@ func Start(cfg Config) (*Server, error) {
 	if err := s.store.PrevAppliedErr(); err != nil {
 		cfg.Log.Warn("the state database left by the last run is damaged", "err", err)
 	}
-	var sched *scheduler.Scheduler
-	wake := func() {
-		if sched != nil {
-			sched.Wake()
-		}
-	}
-	s.fsm = fsm.NewWithOptions(s.store, feed.New(s.hub, cfg.Log.With("component", "feed"), wake), cfg.Log.With("component", "fsm"),
+	// What wakes the scheduler exists before the scheduler, which needs
+	// Raft and the agent link built first.
+	wake := scheduler.NewWakeup()
+	s.fsm = fsm.NewWithOptions(s.store, feed.New(s.hub, cfg.Log.With("component", "feed"), wake.Wake), cfg.Log.With("component", "fsm"),
 		fsm.Options{OnFatal: s.fail})
 	s.registerFSMMetrics()
 	s.raft, err = cluster.Open(cluster.Config{
@@ -201,9 +199,8 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: agent link TLS: %w", err)
 	}
-	agents := &agentSet{}
 	s.ingest, err = ingest.Listen(ingest.Options{
-		Addr: cfg.QUICAddr, TLS: tlsConf, Raft: s.raft, Events: agents,
+		Addr: cfg.QUICAddr, TLS: tlsConf, Raft: s.raft, Events: agentEvents{wake},
 		Owners: jobOwners{s.store}, Registry: s.reg,
 		Log: cfg.Log.With("component", "ingest"), Version: Version,
 		LeaderAddr: func() string {
@@ -217,13 +214,10 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	agents.ingest = s.ingest
-	sched = scheduler.New(s.store, s.raft, agents, cfg.Log.With("component", "scheduler"))
+	s.sched = scheduler.New(s.store, s.raft, agentSet{s.ingest}, wake, cfg.Log.With("component", "scheduler"))
 	if cfg.LostGrace > 0 {
-		sched.LostGrace = cfg.LostGrace
+		s.sched.LostGrace = cfg.LostGrace
 	}
-	s.sched = sched
-	agents.wake = sched.Wake
 
 	httpTLS, peerTransport, err := httpTLS(cfg)
 	if err != nil {
@@ -266,13 +260,12 @@ func Start(cfg Config) (*Server, error) {
 			cfg.Log.Error("agent link stopped", "err", err)
 		}
 	})
-	s.goRun(func() { sched.Run(ctx) })
 	s.goRun(func() {
 		if err := s.http.Serve(s.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			cfg.Log.Error("http server stopped", "err", err)
 		}
 	})
-	s.goRun(func() { s.watchLeadership(ctx) })
+	s.goRun(func() { s.leadershipLoop(ctx) })
 	s.goRun(func() {
 		restartAfterLogFailure(ctx, s.raft.LogWriteFailed, func() bool { _, full := s.raft.DiskFree(); return full }, time.Second, s.fail)
 	})
@@ -287,31 +280,6 @@ func (s *Server) goRun(fn func()) {
 		defer s.wg.Done()
 		fn()
 	}()
-}
-
-// watchLeadership logs leadership changes and reconciles right away when
-// this node becomes leader.
-func (s *Server) watchLeadership(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case leader := <-s.raft.LeaderCh():
-			s.cfg.Log.Info("raft leadership changed", "leader", leader)
-			s.leaderChanges.Inc()
-			select {
-			case s.leaderWake <- struct{}{}:
-			default:
-			}
-			if leader {
-				s.sched.Wake()
-			} else {
-				// Agents streaming to a deposed leader would only see their
-				// batches fail; send them to the new leader now.
-				s.ingest.CloseAll(link.CodeNotLeader, "leadership lost")
-			}
-		}
-	}
 }
 
 // Fatal delivers the error that made this controller stop working (its
@@ -482,16 +450,12 @@ func (o jobOwners) JobNodes(ids []string) (map[string]string, error) {
 	return out, err
 }
 
-// agentSet adapts the ingest server to the scheduler's Agents interface
-// and turns agent comings and goings into scheduler wake-ups.
-type agentSet struct {
-	ingest *ingest.Server
-	wake   func()
-}
+// agentSet adapts the ingest server to the scheduler's Agents interface.
+type agentSet struct{ ingest *ingest.Server }
 
-func (a *agentSet) Connected(nodeID string) bool { return a.ingest.Connected(nodeID) }
+func (a agentSet) Connected(nodeID string) bool { return a.ingest.Connected(nodeID) }
 
-func (a *agentSet) SendOnce(nodeID, key string, m *gantrypb.ControlMessage) error {
+func (a agentSet) SendOnce(nodeID, key string, m *gantrypb.ControlMessage) error {
 	sess, ok := a.ingest.Session(nodeID)
 	if !ok {
 		return fmt.Errorf("agent %s is not connected", nodeID)
@@ -499,14 +463,9 @@ func (a *agentSet) SendOnce(nodeID, key string, m *gantrypb.ControlMessage) erro
 	return sess.SendOnce(key, m)
 }
 
-func (a *agentSet) AgentConnected(string) {
-	if a.wake != nil {
-		a.wake()
-	}
-}
+// agentEvents wakes the scheduler when agents come and go: a new agent may
+// take queued jobs, and one that left may hold jobs to re-send.
+type agentEvents struct{ wake scheduler.Wakeup }
 
-func (a *agentSet) AgentDisconnected(string) {
-	if a.wake != nil {
-		a.wake()
-	}
-}
+func (a agentEvents) AgentConnected(string)    { a.wake.Wake() }
+func (a agentEvents) AgentDisconnected(string) { a.wake.Wake() }
