@@ -204,10 +204,16 @@ func appendPoints(t *testing.T, sp *spool.Spool, job string, from, n int) uint64
 	return last
 }
 
+// submit adds a job already assigned to agent1: the controller takes a
+// job's records only from the node it is assigned to, and these tests
+// spool records before the scheduler could have placed the job.
 func submit(t *testing.T, c *controller, id string) {
 	t.Helper()
 	if _, err := c.Raft().Apply(&gantrypb.SubmitJobCmd{JobId: id, AtMs: 1,
 		Spec: &gantrypb.JobSpec{Run: "x", Resources: &gantrypb.Resources{Gpus: 0}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Raft().Apply(&gantrypb.AssignJobCmd{JobId: id, NodeId: "agent1", AtMs: 1}); err != nil {
 		t.Fatal(err)
 	}
 }
