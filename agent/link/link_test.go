@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gantry-ml/gantry/agent/link"
@@ -370,7 +369,7 @@ type notLeader struct{}
 
 func (notLeader) IsLeader() bool                   { return false }
 func (notLeader) Apply(proto.Message) (any, error) { return nil, cluster.ErrNotLeader }
-func (notLeader) ApplyAsync(proto.Message) (raft.ApplyFuture, error) {
+func (notLeader) ApplyAsync(proto.Message) (*cluster.Pending, error) {
 	return nil, cluster.ErrNotLeader
 }
 

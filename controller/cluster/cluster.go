@@ -18,7 +18,6 @@ import (
 	"github.com/hashicorp/raft-wal/metadb"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/command"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
@@ -182,16 +181,16 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 // Apply commits a command and returns the FSM's response. A domain error
 // from the FSM comes back as the error.
 func (n *Node) Apply(m proto.Message) (any, error) {
-	f, err := n.ApplyAsync(m)
+	p, err := n.ApplyAsync(m)
 	if err != nil {
 		return nil, err
 	}
-	return Wait(f)
+	return p.Wait()
 }
 
-// ApplyAsync starts committing a command; Wait for its result. Futures
+// ApplyAsync starts committing a command; Wait for its result. Commands
 // complete in the order they were started.
-func (n *Node) ApplyAsync(m proto.Message) (raft.ApplyFuture, error) {
+func (n *Node) ApplyAsync(m proto.Message) (*Pending, error) {
 	if n.raft.State() != raft.Leader {
 		return nil, ErrNotLeader
 	}
@@ -206,11 +205,20 @@ func (n *Node) ApplyAsync(m proto.Message) (raft.ApplyFuture, error) {
 	if err != nil {
 		return nil, err
 	}
-	return n.raft.Apply(b, n.cfg.ApplyTimeout), nil
+	return &Pending{f: n.raft.Apply(b, n.cfg.ApplyTimeout)}, nil
 }
 
-// Wait waits for a future from ApplyAsync.
-func Wait(f raft.ApplyFuture) (any, error) {
+// Pending is a command on its way through Raft.
+type Pending struct{ f raft.ApplyFuture }
+
+// Index is the command's Raft log index, once Wait has returned.
+func (p *Pending) Index() uint64 { return p.f.Index() }
+
+// Wait waits until the command is committed and applied and returns the
+// FSM's response; a domain error from the FSM comes back as the error,
+// and a lost leadership as ErrNotLeader.
+func (p *Pending) Wait() (any, error) {
+	f := p.f
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 			return nil, fmt.Errorf("%w: %v", ErrNotLeader, err)
@@ -251,10 +259,29 @@ func (n *Node) Barrier(timeout time.Duration) error {
 // Snapshot forces a snapshot (tests, operators).
 func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }
 
-// Status reports the numbers /v1/cluster shows.
-func (n *Node) Status(applied uint64) (apiv1.Cluster, error) {
+// Status is this node's view of the Raft cluster.
+type Status struct {
+	NodeID       string
+	State        string // Leader, Follower, Candidate, Shutdown
+	Leader       string // the leader's Raft address, "" when none is known
+	LeaderID     string
+	Term         uint64
+	CommitIndex  uint64
+	AppliedIndex uint64
+	LastIndex    uint64
+	Servers      []Server
+}
+
+// Server is one member of the Raft configuration.
+type Server struct {
+	ID, Address, Suffrage string
+	Leader                bool
+}
+
+// Status reports this node's Raft state; applied is the FSM's index.
+func (n *Node) Status(applied uint64) (Status, error) {
 	leaderAddr, leaderID := n.raft.LeaderWithID()
-	out := apiv1.Cluster{
+	out := Status{
 		NodeID:       n.cfg.NodeID,
 		State:        n.raft.State().String(),
 		Leader:       string(leaderAddr),
@@ -270,7 +297,7 @@ func (n *Node) Status(applied uint64) (apiv1.Cluster, error) {
 		return out, fmt.Errorf("cluster: configuration: %w", err)
 	}
 	for _, s := range cf.Configuration().Servers {
-		out.Peers = append(out.Peers, apiv1.Peer{
+		out.Servers = append(out.Servers, Server{
 			ID: string(s.ID), Address: string(s.Address), Suffrage: s.Suffrage.String(),
 			Leader: s.ID == leaderID,
 		})

@@ -101,10 +101,10 @@ func submit(t *testing.T, n *node, id string) {
 func boundAddr(t *testing.T, n *node) string {
 	t.Helper()
 	st, err := n.Status(0)
-	if err != nil || len(st.Peers) != 1 {
+	if err != nil || len(st.Servers) != 1 {
 		t.Fatalf("Status: %v %v", st, err)
 	}
-	return st.Peers[0].Address
+	return st.Servers[0].Address
 }
 
 func TestSingleNode(t *testing.T) {
@@ -133,8 +133,8 @@ func TestSingleNode(t *testing.T) {
 	if st.NodeID != "c1" || st.State != "Leader" || st.LeaderID != "c1" || st.Leader == "" || st.Term < 1 {
 		t.Fatalf("status = %+v", st)
 	}
-	if len(st.Peers) != 1 || st.Peers[0].ID != "c1" || !st.Peers[0].Leader || st.Peers[0].Suffrage != "Voter" || st.Peers[0].Address != st.Leader {
-		t.Fatalf("peers = %+v", st.Peers)
+	if len(st.Servers) != 1 || st.Servers[0].ID != "c1" || !st.Servers[0].Leader || st.Servers[0].Suffrage != "Voter" || st.Servers[0].Address != st.Leader {
+		t.Fatalf("peers = %+v", st.Servers)
 	}
 	if st.AppliedIndex == 0 || st.AppliedIndex > st.LastIndex || st.CommitIndex < st.AppliedIndex {
 		t.Fatalf("indexes applied=%d commit=%d last=%d", st.AppliedIndex, st.CommitIndex, st.LastIndex)

@@ -76,7 +76,7 @@ func (p *persistent) fill(t *testing.T, n int) map[string]uint64 {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := cluster.Wait(f); err != nil {
+		if _, err := f.Wait(); err != nil {
 			t.Fatal(err)
 		}
 		idx[id] = f.Index()

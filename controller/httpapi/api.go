@@ -53,7 +53,7 @@ const (
 // Raft is what the API needs of the Raft node.
 type Raft interface {
 	Apply(m proto.Message) (any, error)
-	Status(applied uint64) (apiv1.Cluster, error)
+	Status(applied uint64) (cluster.Status, error)
 }
 
 // Agents tells whether a node's agent is connected to this controller.

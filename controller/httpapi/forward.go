@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/controller/view"
 )
 
 // headerForwarded marks a request a follower passed to the leader, so a
@@ -109,11 +110,12 @@ func (a *API) clusterRoute() http.HandlerFunc {
 // clusterStatus answers GET /v1/cluster: this node's Raft view, with each
 // peer's own applied index and last contact asked over HTTP (?local=1).
 func (a *API) clusterStatus(w http.ResponseWriter, r *http.Request) {
-	st, err := a.opts.Raft.Status(a.opts.Applied())
+	raw, err := a.opts.Raft.Status(a.opts.Applied())
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
 	}
+	st := view.Cluster(raw)
 	st.LastContactMs = a.lastContactMs()
 	if r.URL.Query().Get("local") != "" || a.opts.Peers == nil {
 		writeJSON(w, http.StatusOK, st)

@@ -15,13 +15,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gantry-ml/gantry/controller/admission"
+	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/controller/fsm"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -32,7 +32,7 @@ import (
 // Applier commits commands through Raft. ApplyAsync futures complete in the
 // order they were started.
 type Applier interface {
-	ApplyAsync(m proto.Message) (raft.ApplyFuture, error)
+	ApplyAsync(m proto.Message) (*cluster.Pending, error)
 	Apply(m proto.Message) (any, error)
 	IsLeader() bool
 }
@@ -383,7 +383,7 @@ func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) err
 				return err
 			}
 			select {
-			case pending <- pendingBatch{id: batch.BatchId, future: f}:
+			case pending <- pendingBatch{id: batch.BatchId, pending: f}:
 			case <-gctx.Done():
 				return gctx.Err()
 			}
@@ -402,8 +402,8 @@ func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) err
 }
 
 type pendingBatch struct {
-	id     uint64
-	future raft.ApplyFuture
+	id      uint64
+	pending *cluster.Pending
 }
 
 // screen returns the records of a batch that may be proposed, and counts
@@ -429,12 +429,9 @@ func (s *Server) screen(node string, recs []*gantrypb.Record, log *slog.Logger) 
 // ack waits for each batch's commit in order and acks it.
 func (s *Server) ack(ctx context.Context, rs *link.Stream, pending <-chan pendingBatch) error {
 	for p := range pending {
-		if err := p.future.Error(); err != nil {
-			return fmt.Errorf("commit of batch %d: %w", p.id, err)
-		}
-		if err, ok := p.future.Response().(error); ok {
+		if _, err := p.pending.Wait(); err != nil {
 			if !errors.Is(err, fsm.ErrSkipped) {
-				return fmt.Errorf("apply of batch %d: %w", p.id, err)
+				return fmt.Errorf("batch %d: %w", p.id, err)
 			}
 			// Every voter skipped it, and would skip it again: resending
 			// can never succeed, so the agent may drop it.

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/quic-go/quic-go"
 	"google.golang.org/protobuf/proto"
 
@@ -408,7 +407,7 @@ func (follower) IsLeader() bool { return false }
 func (follower) Apply(proto.Message) (any, error) {
 	return nil, cluster.ErrNotLeader
 }
-func (follower) ApplyAsync(proto.Message) (raft.ApplyFuture, error) {
+func (follower) ApplyAsync(proto.Message) (*cluster.Pending, error) {
 	return nil, cluster.ErrNotLeader
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
@@ -162,5 +163,17 @@ func Node(n *gantrypb.Node, holders map[uint32]string, connected bool) apiv1.Nod
 		}
 	}
 	sort.Slice(out.GPUs, func(a, b int) bool { return out.GPUs[a].Index < out.GPUs[b].Index })
+	return out
+}
+
+// Cluster maps a node's Raft status to the API's shape.
+func Cluster(st cluster.Status) apiv1.Cluster {
+	out := apiv1.Cluster{
+		NodeID: st.NodeID, State: st.State, Leader: st.Leader, LeaderID: st.LeaderID,
+		Term: st.Term, CommitIndex: st.CommitIndex, AppliedIndex: st.AppliedIndex, LastIndex: st.LastIndex,
+	}
+	for _, s := range st.Servers {
+		out.Peers = append(out.Peers, apiv1.Peer{ID: s.ID, Address: s.Address, Suffrage: s.Suffrage, Leader: s.Leader})
+	}
 	return out
 }
