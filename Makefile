@@ -10,10 +10,11 @@ export CGO_CFLAGS ?= -O2 -Wno-deprecated-declarations
 export GOWORK := off
 
 # The repository's Go modules. The benchmark (and, inside it, the log-store
-# comparison) has its own go.mod so that its peers' dependencies stay out
-# of the product's build graph; `go test ./...` at the root covers the
-# root module only, so the targets below visit each module.
-MODULES := . bench bench/logstore
+# comparison) and the end-to-end tests have their own go.mod so that their
+# dependencies (MQTT and Raft-store peers, chromedp) stay out of the
+# product's build graph; `go test ./...` at the root covers the root module
+# only, so the targets below visit each module.
+MODULES := . bench bench/logstore e2e
 
 .PHONY: all build test unit e2e lint demo proto bench clean
 
@@ -35,7 +36,7 @@ unit:
 	done; exit $$fail
 
 e2e:
-	$(GO) test -race -count=1 -v -timeout 15m ./e2e/...
+	cd e2e && $(GO) test -race -count=1 -v -timeout 15m ./...
 
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
