@@ -38,10 +38,15 @@ unit:
 e2e:
 	cd e2e && $(GO) test -race -count=1 -v -timeout 15m ./...
 
+# gofmt over every tracked file (all modules); go vet and a tidy go.mod
+# and go.sum in each module.
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	if [ -n "$$bad" ]; then echo "gofmt needed on:"; echo "$$bad"; exit 1; fi
-	fail=0; for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || fail=1; done; exit $$fail
+	fail=0; for m in $(MODULES); do \
+	  (cd $$m && $(GO) vet ./...) || fail=1; \
+	  (cd $$m && $(GO) mod tidy -diff) || { echo "$$m: go.mod/go.sum not tidy: run go mod tidy there"; fail=1; }; \
+	done; exit $$fail
 
 demo: build
 	./scripts/demo.sh
