@@ -1,7 +1,11 @@
 # Gantry — run `make demo` to see it work, `make test` to check it.
 GO        ?= go
 BIN       := $(CURDIR)/bin
-PROTO_GEN := $(shell $(GO) list -m -f '{{.Version}}' google.golang.org/protobuf 2>/dev/null)
+# The protoc that generated the committed proto/gantrypb (Debian bookworm's
+# protobuf-compiler). Its version is written into the generated header, so
+# with another protoc CI's diff check would fail on the header alone, or a
+# real difference would hide among header changes: make proto refuses it.
+PROTOC_VERSION := 3.21.12
 # go-nvml's C headers use deprecated declarations; their warnings are noise.
 export CGO_CFLAGS ?= -O2 -Wno-deprecated-declarations
 # Each target checks every module as committed, with its own go.mod and
@@ -60,10 +64,16 @@ bench: build
 	cd bench && $(GO) build -o $(BIN)/gantry-bench ./cmd/gantry-bench
 	$(BIN)/gantry-bench -bin $(BIN) -out bench
 
-# Regenerate the committed protobuf code with protoc (Debian's
-# protobuf-compiler) and protoc-gen-go at the go.mod version.
+# Regenerate the committed protobuf code with protoc $(PROTOC_VERSION) and
+# protoc-gen-go built inside the root module, so at the version go.mod pins
+# for the runtime library and checked against go.sum.
 proto:
-	GOBIN=$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTO_GEN)
+	@have=$$(protoc --version 2>/dev/null); \
+	if [ "$$have" != "libprotoc $(PROTOC_VERSION)" ]; then \
+	  echo "make proto: needs protoc $(PROTOC_VERSION) (Debian bookworm's protobuf-compiler), found: $${have:-no protoc on PATH}" >&2; \
+	  exit 1; \
+	fi
+	$(GO) build -o $(BIN)/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
 	protoc -I proto --plugin=protoc-gen-go=$(BIN)/protoc-gen-go \
 		--go_out=proto/gantrypb --go_opt=paths=source_relative proto/gantry.proto
 
