@@ -47,6 +47,11 @@ e2e:
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	if [ -n "$$bad" ]; then echo "gofmt needed on:"; echo "$$bad"; exit 1; fi
+	@# A module missing from MODULES would go untested and unlinted.
+	@found=$$(git ls-files go.mod '*/go.mod' | xargs -n1 dirname | sort); \
+	want=$$(printf '%s\n' $(MODULES) | sort); \
+	if [ "$$found" != "$$want" ]; then \
+	  echo "MODULES ($(MODULES)) differs from the tracked go.mod files' directories:" $$found; exit 1; fi
 	fail=0; for m in $(MODULES); do \
 	  (cd $$m && $(GO) vet ./...) || fail=1; \
 	  (cd $$m && $(GO) mod tidy -diff) || { echo "$$m: go.mod/go.sum not tidy: run go mod tidy there"; fail=1; }; \
