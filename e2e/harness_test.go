@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/gantry-controller", "../cmd/gantry-agent", "../cmd/gantry")
+	build := productBuild("-o", dir+"/", "./cmd/gantry-controller", "./cmd/gantry-agent", "./cmd/gantry")
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building binaries:", err)
@@ -41,6 +41,17 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// productBuild is `go build args...` in the repository root, the product's
+// module. e2e is a module of its own, so that chromedp stays out of the
+// product's build graph; the binaries under test are built with the
+// product's go.mod, as `make build` builds them, not with this module's
+// build list. Output paths must be absolute.
+func productBuild(args ...string) *exec.Cmd {
+	cmd := exec.Command("go", append([]string{"build"}, args...)...)
+	cmd.Dir = ".."
+	return cmd
 }
 
 // devController is a running `gantry-controller -dev`.

@@ -54,8 +54,8 @@ func TestAnsibleRollout(t *testing.T) {
 	go func() {
 		defer close(v2Done)
 		ld := "-X github.com/gantry-ml/gantry/controller/server.Version=v2 -X github.com/gantry-ml/gantry/agent.Version=v2"
-		out, err := exec.Command("go", "build", "-ldflags", ld, "-o", v2Dir+"/",
-			"../cmd/gantry-controller", "../cmd/gantry-agent").CombinedOutput()
+		out, err := productBuild("-ldflags", ld, "-o", v2Dir+"/",
+			"./cmd/gantry-controller", "./cmd/gantry-agent").CombinedOutput()
 		if err != nil {
 			v2Err = fmt.Errorf("%w: %s", err, out)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -13,9 +14,44 @@ import (
 	"github.com/gantry-ml/gantry/bench/report"
 )
 
-// goBenchPackages are the hot paths' benchmarks and their baselines.
+// goBenchPackages are the hot paths' benchmarks and their baselines, as
+// paths from the repository root.
 var goBenchPackages = []string{
 	"./agent/metricsfile", "./agent/spool", "./controller/feed", "./controller/fsm", "./bench/baseline",
+}
+
+// benchModuleDir is the benchmark's own module (bench/go.mod), relative to
+// the repository root.
+const benchModuleDir = "bench"
+
+// goBenchRun is one `go test -bench` invocation: packages of one module,
+// run in that module's directory.
+type goBenchRun struct {
+	Dir  string // relative to the repository root
+	Pkgs []string
+}
+
+// goBenchRuns splits pkgs by module. One `go test` cannot take packages of
+// two modules, and the product's packages must be measured in the product
+// module, with the dependency versions its binaries link, not with the
+// bench module's build list.
+func goBenchRuns(pkgs []string) []goBenchRun {
+	product := goBenchRun{Dir: "."}
+	bench := goBenchRun{Dir: benchModuleDir}
+	for _, p := range pkgs {
+		if rest, ok := strings.CutPrefix(p, "./"+benchModuleDir+"/"); ok {
+			bench.Pkgs = append(bench.Pkgs, "./"+rest)
+		} else {
+			product.Pkgs = append(product.Pkgs, p)
+		}
+	}
+	var out []goBenchRun
+	for _, r := range []goBenchRun{product, bench} {
+		if len(r.Pkgs) > 0 {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // baselineOf pairs a hot-path benchmark (package suffix and name without
@@ -103,14 +139,20 @@ func GoBench(ctx context.Context, e *Env) error {
 	if e.Quick {
 		benchtime = "100ms"
 	}
-	args := append([]string{"test", "-run", "^$", "-bench", ".", "-benchmem", "-count", "1", "-benchtime", benchtime},
-		goBenchPackages...)
-	e.Progress(stage, "go %s", strings.Join(args, " "))
-	cmd := exec.CommandContext(ctx, goBinary(), args...)
-	cmd.Dir = e.RepoDir
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("stage: go test -bench: %w\n%s", err, out)
+	var out []byte
+	for _, run := range goBenchRuns(goBenchPackages) {
+		args := append([]string{"test", "-run", "^$", "-bench", ".", "-benchmem", "-count", "1", "-benchtime", benchtime},
+			run.Pkgs...)
+		e.Progress(stage, "(in %s) go %s", run.Dir, strings.Join(args, " "))
+		cmd := exec.CommandContext(ctx, goBinary(), args...)
+		cmd.Dir = filepath.Join(e.RepoDir, run.Dir)
+		o, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("stage: go test -bench in %s: %w\n%s", run.Dir, err, o)
+		}
+		// Each run's output names its packages ("pkg: ..."), so the
+		// outputs parse as one.
+		out = append(out, o...)
 	}
 	results, err := ParseBench(strings.NewReader(string(out)))
 	if err != nil {

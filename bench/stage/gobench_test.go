@@ -1,6 +1,9 @@
 package stage
 
 import (
+	"os"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -70,6 +73,38 @@ func TestSizes(t *testing.T) {
 		e := &Env{Scale: tc.scale, Quick: tc.quick}
 		if got := e.n(100, 20); got != tc.want {
 			t.Errorf("n(100, 20) at scale %v quick %v = %d, want %d", tc.scale, tc.quick, got, tc.want)
+		}
+	}
+}
+
+func TestGoBenchRunsSplitByModule(t *testing.T) {
+	got := goBenchRuns([]string{"./agent/spool", "./bench/baseline", "./controller/feed"})
+	want := []goBenchRun{
+		{Dir: ".", Pkgs: []string{"./agent/spool", "./controller/feed"}},
+		{Dir: "bench", Pkgs: []string{"./baseline"}},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("goBenchRuns = %+v, want %+v", got, want)
+	}
+	if got := goBenchRuns([]string{"./agent/spool"}); len(got) != 1 || got[0].Dir != "." {
+		t.Fatalf("goBenchRuns of product packages only = %+v, want one run at the root", got)
+	}
+}
+
+func TestGoBenchPackagesExistInTheirModule(t *testing.T) {
+	// A package moved or renamed would make the gobench stage fail only
+	// when make bench runs; the test runs in bench/stage, two levels below
+	// the repository root.
+	root := filepath.Join("..", "..")
+	for _, run := range goBenchRuns(goBenchPackages) {
+		if _, err := os.Stat(filepath.Join(root, run.Dir, "go.mod")); err != nil {
+			t.Errorf("run dir %s is not a module root: %v", run.Dir, err)
+		}
+		for _, p := range run.Pkgs {
+			files, _ := filepath.Glob(filepath.Join(root, run.Dir, p, "*_test.go"))
+			if len(files) == 0 {
+				t.Errorf("%s in module %s: no test files", p, run.Dir)
+			}
 		}
 	}
 }
