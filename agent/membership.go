@@ -3,7 +3,7 @@ package agent
 import (
 	"strconv"
 
-	"github.com/gantry-ml/gantry/controller/membership"
+	"github.com/gantry-ml/gantry/membership"
 )
 
 // joinCluster makes the agent a serf member (role agent, its GPU count),

@@ -11,8 +11,8 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/gantry-ml/gantry/controller/cluster"
-	"github.com/gantry-ml/gantry/controller/membership"
 	"github.com/gantry-ml/gantry/controller/store"
+	"github.com/gantry-ml/gantry/membership"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 

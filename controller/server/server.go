@@ -23,10 +23,10 @@ import (
 	"github.com/gantry-ml/gantry/controller/httpapi"
 	"github.com/gantry-ml/gantry/controller/hub"
 	"github.com/gantry-ml/gantry/controller/ingest"
-	"github.com/gantry-ml/gantry/controller/membership"
 	"github.com/gantry-ml/gantry/controller/scheduler"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
+	"github.com/gantry-ml/gantry/membership"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/link"
 )

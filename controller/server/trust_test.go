@@ -12,10 +12,10 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
-	"github.com/gantry-ml/gantry/controller/membership"
 	"github.com/gantry-ml/gantry/controller/server"
 	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
+	"github.com/gantry-ml/gantry/membership"
 )
 
 // scrapeCounter returns a counter's value from s's /metrics, -1 if absent.
