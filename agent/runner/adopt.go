@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gantry-ml/gantry/lifecycle"
 )
 
 // Re-adoption.
@@ -68,10 +70,10 @@ type Adoption struct {
 	// before the agent restarted (as told to Spec.OnCancel): SIGTERM is not
 	// sent again, SIGKILL follows at CancelAt + KillGrace, and the Result
 	// carries the reason.
-	CancelReason string
+	CancelReason lifecycle.ExitReason
 	CancelAt     time.Time
 	// OnCancel is as in Spec.
-	OnCancel func(reason string, at time.Time)
+	OnCancel func(reason lifecycle.ExitReason, at time.Time)
 }
 
 // Adopt takes over a job that an earlier agent process started with Start.
@@ -128,7 +130,7 @@ func Adopt(a Adoption, onEvent func(Event)) (*Process, error) {
 		p.killTimer = time.AfterFunc(time.Until(p.killAt), p.escalate)
 	}
 	if !a.Deadline.IsZero() {
-		p.maxDurTimer = time.AfterFunc(time.Until(a.Deadline), func() { p.Cancel(ReasonMaxDuration) })
+		p.maxDurTimer = time.AfterFunc(time.Until(a.Deadline), func() { p.Cancel(lifecycle.ReasonMaxDuration) })
 	}
 	p.mu.Unlock()
 	go p.watchAdopted(pidfd)

@@ -22,15 +22,6 @@ import (
 	"github.com/gantry-ml/gantry/proto/limits"
 )
 
-// Job event kinds the controller itself records.
-const (
-	// EventRecordRejected replaces a record of the job that broke a limit;
-	// it keeps the record's seq, so the stream stays dense.
-	EventRecordRejected = "record_rejected"
-	// EventMetricKeysDropped says the job reached limits.MaxKeysPerJob.
-	EventMetricKeysDropped = "metric_keys_dropped"
-)
-
 // ErrRejected wraps every reason a record or hello is refused.
 var ErrRejected = errors.New("rejected")
 

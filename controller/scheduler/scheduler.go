@@ -16,8 +16,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/gantry-ml/gantry/controller/fsm"
 	"github.com/gantry-ml/gantry/controller/store"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
@@ -141,7 +141,7 @@ func (s *Scheduler) read() (snapshot, error) {
 	var snap snapshot
 	err := s.store.View(func(tx *store.Tx) error {
 		if err := tx.Jobs(func(j *gantrypb.Job) bool {
-			if !fsm.IsTerminal(j.State) {
+			if !lifecycle.IsTerminal(j.State) {
 				snap.jobs = append(snap.jobs, j)
 			}
 			return true
@@ -209,7 +209,7 @@ func (s *Scheduler) Reconcile() {
 			}
 			_, err := s.raft.Apply(&gantrypb.AssignJobCmd{JobId: j.Id, NodeId: node, Gpus: gpus, AtMs: time.Now().UnixMilli()})
 			if err != nil {
-				if !errors.Is(err, fsm.ErrNotQueued) {
+				if !errors.Is(err, lifecycle.ErrNotQueued) {
 					s.log.Warn("scheduler: assign failed", "job", j.Id, "node", node, "err", err)
 				}
 				continue
@@ -238,7 +238,7 @@ func (s *Scheduler) Reconcile() {
 func (s *Scheduler) markLost(j *gantrypb.Job, since time.Time) {
 	reason := fmt.Sprintf("node %s unreachable since %s (more than %s)", j.Node, since.UTC().Format(time.RFC3339), s.LostGrace)
 	_, err := s.raft.Apply(&gantrypb.EndJobCmd{JobId: j.Id, State: gantrypb.JobState_JOB_STATE_LOST, Error: reason, AtMs: s.now().UnixMilli()})
-	if err != nil && !errors.Is(err, fsm.ErrTerminal) {
+	if err != nil && !errors.Is(err, lifecycle.ErrTerminal) {
 		s.log.Warn("scheduler: mark lost", "job", j.Id, "err", err)
 		return
 	}

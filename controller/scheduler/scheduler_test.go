@@ -18,6 +18,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/testutil"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
@@ -418,7 +419,7 @@ func TestReconcileMarksJobsLostAfterGrace(t *testing.T) {
 	e.s.now = func() time.Time { return down.Add(59 * time.Second) }
 	e.s.Reconcile()
 	for _, id := range []string{"run", "asg"} {
-		if fsm.IsTerminal(e.job(id).State) {
+		if lifecycle.IsTerminal(e.job(id).State) {
 			t.Fatalf("job %s ended inside the grace period", id)
 		}
 	}
