@@ -84,6 +84,10 @@ type Agents interface {
 	// SendOnce sends m to the node unless the same key was already sent on
 	// its current session.
 	SendOnce(nodeID, key string, m *gantrypb.ControlMessage) error
+	// Forget lets key be sent again on the node's current session, if it
+	// has one; the scheduler calls it once the job the key names has
+	// ended, so a session's record of what it sent does not only grow.
+	Forget(nodeID, key string)
 }
 
 // Scheduler is the reconcile loop.
@@ -99,12 +103,16 @@ type Scheduler struct {
 	// running jobs are declared lost.
 	LostGrace time.Duration
 	now       func() time.Time
+	// told maps each job whose start or cancel was sent (or tried) to its
+	// node, until the job ends: then its keys are forgotten. Only the
+	// reconcile pass uses it.
+	told map[string]string
 }
 
 // New returns a scheduler; call Run.
 func New(st *store.Store, r Raft, agents Agents, log *slog.Logger) *Scheduler {
 	return &Scheduler{store: st, raft: r, agents: agents, log: log, wake: make(chan struct{}, 1),
-		Interval: time.Second, LostGrace: 60 * time.Second, now: time.Now}
+		Interval: time.Second, LostGrace: 60 * time.Second, now: time.Now, told: map[string]string{}}
 }
 
 // Wake asks for a reconcile soon. It never blocks.
@@ -157,13 +165,14 @@ func (s *Scheduler) read() (snapshot, error) {
 
 // Reconcile runs one pass: place queued jobs, then make sure every
 // connected agent has been told to start its assigned jobs and stop its
-// cancelled ones.
+// cancelled ones. It is not safe to run two passes at once.
 func (s *Scheduler) Reconcile() {
 	snap, err := s.read()
 	if err != nil {
 		s.log.Error("scheduler: read state", "err", err)
 		return
 	}
+	s.forgetEnded(snap.jobs)
 	used := map[string]map[uint32]bool{}
 	for _, j := range snap.jobs {
 		if j.State == gantrypb.JobState_JOB_STATE_ASSIGNED || j.State == gantrypb.JobState_JOB_STATE_RUNNING {
@@ -224,7 +233,8 @@ func (s *Scheduler) Reconcile() {
 			s.start(j)
 		}
 		if j.CancelRequested && s.agents.Connected(j.Node) {
-			err := s.agents.SendOnce(j.Node, "cancel/"+j.Id, &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Cancel{
+			s.told[j.Id] = j.Node
+			err := s.agents.SendOnce(j.Node, cancelKey(j.Id), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Cancel{
 				Cancel: &gantrypb.CancelJob{JobId: j.Id, Reason: "cancelled by user"}}})
 			if err != nil {
 				s.log.Warn("scheduler: send cancel", "job", j.Id, "node", j.Node, "err", err)
@@ -249,9 +259,35 @@ func (s *Scheduler) start(j *gantrypb.Job) {
 	if !s.agents.Connected(j.Node) {
 		return
 	}
-	err := s.agents.SendOnce(j.Node, "start/"+j.Id, &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Start{
+	s.told[j.Id] = j.Node
+	err := s.agents.SendOnce(j.Node, startKey(j.Id), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Start{
 		Start: &gantrypb.StartJob{JobId: j.Id, Spec: j.Spec, Gpus: j.Gpus}}})
 	if err != nil {
 		s.log.Warn("scheduler: send start", "job", j.Id, "node", j.Node, "err", err)
 	}
 }
+
+// forgetEnded forgets the start and cancel keys of every job told to an
+// agent that is no longer among the live jobs: it ended (or is gone), so
+// neither message will be needed again.
+func (s *Scheduler) forgetEnded(live []*gantrypb.Job) {
+	if len(s.told) == 0 {
+		return
+	}
+	alive := make(map[string]bool, len(live))
+	for _, j := range live {
+		alive[j.Id] = true
+	}
+	for id, node := range s.told {
+		if alive[id] {
+			continue
+		}
+		s.agents.Forget(node, startKey(id))
+		s.agents.Forget(node, cancelKey(id))
+		delete(s.told, id)
+	}
+}
+
+// startKey and cancelKey are the SendOnce keys of a job's messages.
+func startKey(id string) string  { return "start/" + id }
+func cancelKey(id string) string { return "cancel/" + id }

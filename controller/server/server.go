@@ -499,6 +499,12 @@ func (a *agentSet) SendOnce(nodeID, key string, m *gantrypb.ControlMessage) erro
 	return sess.SendOnce(key, m)
 }
 
+func (a *agentSet) Forget(nodeID, key string) {
+	if sess, ok := a.ingest.Session(nodeID); ok {
+		sess.Forget(key)
+	}
+}
+
 func (a *agentSet) AgentConnected(string) {
 	if a.wake != nil {
 		a.wake()
