@@ -217,9 +217,6 @@ func (a *API) jsonBody(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// Watchers is the number of connected WebSocket watchers.
-func (a *API) Watchers() int64 { return a.watchers.Load() }
-
 func (a *API) auth(h http.HandlerFunc) http.HandlerFunc {
 	if a.opts.Token == "" {
 		return h
