@@ -646,7 +646,7 @@ func liveGroupMembers(pgid int) []int {
 // procStat reads the state and process group of pid from /proc/pid/stat.
 // ok is false if the process is gone or the file is unreadable.
 func procStat(pid int) (state byte, pgrp int, ok bool) {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	data, err := os.ReadFile(statPath(pid))
 	if err != nil {
 		return 0, 0, false
 	}
@@ -656,21 +656,15 @@ func procStat(pid int) (state byte, pgrp int, ok bool) {
 // parseProcStat extracts the state and process group from the contents of a
 // /proc/pid/stat file.
 func parseProcStat(data []byte) (state byte, pgrp int, ok bool) {
-	// "pid (comm) state ppid pgrp ...": comm may hold spaces and parens,
-	// so split after the last ')'.
-	i := strings.LastIndexByte(string(data), ')')
-	if i < 0 {
-		return 0, 0, false
-	}
-	fields := strings.Fields(string(data[i+1:]))
-	if len(fields) < 3 || len(fields[0]) != 1 {
-		return 0, 0, false
-	}
-	pgrp, err := strconv.Atoi(fields[2])
+	fields, err := statFields(data, statPgrp+1)
 	if err != nil {
 		return 0, 0, false
 	}
-	return fields[0][0], pgrp, true
+	pgrp, err = strconv.Atoi(fields[statPgrp])
+	if err != nil {
+		return 0, 0, false
+	}
+	return fields[statState][0], pgrp, true
 }
 
 // validate rejects specs the runner cannot run faithfully.
