@@ -50,6 +50,12 @@ func IsTerminal(s gantrypb.JobState) bool {
 	return false
 }
 
+// HoldsGPUs reports whether a job in this state holds the GPUs it was
+// assigned: from assignment until it ends. Placement counts them as used.
+func HoldsGPUs(s gantrypb.JobState) bool {
+	return s == gantrypb.JobState_JOB_STATE_ASSIGNED || s == gantrypb.JobState_JOB_STATE_RUNNING
+}
+
 // IsTerminalName is IsTerminal for a state's API name, for the clients
 // that only see the API.
 func IsTerminalName(name string) bool {

@@ -66,6 +66,15 @@ func TestStates(t *testing.T) {
 	if !slices.Equal(names, want) {
 		t.Fatalf("enum names %v, StateNames %v", names, want)
 	}
+	for s, holds := range map[gantrypb.JobState]bool{
+		gantrypb.JobState_JOB_STATE_QUEUED: false, gantrypb.JobState_JOB_STATE_ASSIGNED: true,
+		gantrypb.JobState_JOB_STATE_RUNNING: true, gantrypb.JobState_JOB_STATE_SUCCEEDED: false,
+		gantrypb.JobState_JOB_STATE_LOST: false,
+	} {
+		if HoldsGPUs(s) != holds {
+			t.Errorf("HoldsGPUs(%v) = %v", s, !holds)
+		}
+	}
 	if StateName(gantrypb.JobState_JOB_STATE_LOST) != StateLost || !IsTerminalName(StateLost) || IsTerminalName(StateRunning) {
 		t.Fatal("state names changed")
 	}

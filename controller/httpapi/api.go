@@ -519,7 +519,7 @@ func (a *API) listNodes(w http.ResponseWriter, r *http.Request) {
 	err := a.opts.Store.View(func(tx *store.Tx) error {
 		holders := map[string]map[uint32]string{}
 		if err := tx.Jobs(func(j *gantrypb.Job) bool {
-			if j.State == gantrypb.JobState_JOB_STATE_ASSIGNED || j.State == gantrypb.JobState_JOB_STATE_RUNNING {
+			if lifecycle.HoldsGPUs(j.State) {
 				if holders[j.Node] == nil {
 					holders[j.Node] = map[uint32]string{}
 				}

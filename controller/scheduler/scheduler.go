@@ -175,7 +175,7 @@ func (s *Scheduler) Reconcile() {
 	s.forgetEnded(snap.jobs)
 	used := map[string]map[uint32]bool{}
 	for _, j := range snap.jobs {
-		if j.State == gantrypb.JobState_JOB_STATE_ASSIGNED || j.State == gantrypb.JobState_JOB_STATE_RUNNING {
+		if lifecycle.HoldsGPUs(j.State) {
 			if used[j.Node] == nil {
 				used[j.Node] = map[uint32]bool{}
 			}
@@ -204,7 +204,7 @@ func (s *Scheduler) Reconcile() {
 
 	for _, j := range snap.jobs {
 		if since, down := downSince[j.Node]; down && j.Node != "" && !s.agents.Connected(j.Node) &&
-			(j.State == gantrypb.JobState_JOB_STATE_ASSIGNED || j.State == gantrypb.JobState_JOB_STATE_RUNNING) {
+			lifecycle.HoldsGPUs(j.State) {
 			if s.now().Sub(since) >= s.LostGrace {
 				s.markLost(j, since)
 			}
