@@ -14,8 +14,8 @@ import (
 	"github.com/gantry-ml/gantry/agent/metricsfile"
 	"github.com/gantry-ml/gantry/agent/runner"
 	"github.com/gantry-ml/gantry/agent/safefile"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
-	protolink "github.com/gantry-ml/gantry/proto/link"
 )
 
 // Re-adoption of jobs after an agent restart.
@@ -43,10 +43,6 @@ import (
 // hundred megabytes) and costs nothing while the job runs. (If the file was
 // truncated during the run, keys seen only before the truncation are lost
 // from the final metrics; the controller's latest_metrics still has them.)
-
-// EventReadopted is the job event a restarted agent reports for each job it
-// takes over.
-const EventReadopted = "readopted"
 
 // Reasons a saved job cannot be followed after a restart.
 var (
@@ -102,7 +98,7 @@ func (a *Agent) recover() error {
 		default:
 			log.Info("re-adopted job", "metrics_offset", st.MetricsOffset, "log_offset", st.LogOffset)
 		}
-		j.append(j.event(EventReadopted, msg, 0))
+		j.append(j.event(lifecycle.EventReadopted, msg, 0))
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
@@ -128,7 +124,7 @@ func (j *job) adopt() (*runner.Process, error) {
 	if err != nil {
 		// The job is still worth following; its final metrics may lack
 		// keys last written before the restart, and the user is told.
-		j.append(j.event(protolink.EventReadError,
+		j.append(j.event(lifecycle.EventReadError,
 			fmt.Sprintf("final metrics may miss values written before the agent restarted: %v", err), 0))
 		j.a.log.Error("rebuild final metrics", "job", j.id, "err", err)
 	}
@@ -145,7 +141,7 @@ func (j *job) adopt() (*runner.Process, error) {
 		ad.Deadline = unixTime(st.StartedAt).Add(time.Duration(ms) * time.Millisecond)
 	}
 	if st.CancelReason != "" {
-		ad.CancelReason, ad.CancelAt = st.CancelReason, unixTime(st.CancelAt)
+		ad.CancelReason, ad.CancelAt = lifecycle.ExitReason(st.CancelReason), unixTime(st.CancelAt)
 	}
 	proc, err := runner.Adopt(ad, j.runnerEvent)
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/gantry-ml/gantry/agent/safefile"
 	"github.com/gantry-ml/gantry/agent/spool"
 	"github.com/gantry-ml/gantry/internal/testutil"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
@@ -228,7 +229,7 @@ func TestRestartResumesFromStoredOffsets(t *testing.T) {
 			}
 			log.Write(b.Log.Data)
 		case *gantrypb.Record_Event:
-			readopted = readopted || b.Event.Kind == EventReadopted
+			readopted = readopted || b.Event.Kind == string(lifecycle.EventReadopted)
 		}
 	}
 	var wantSteps []int64
@@ -269,10 +270,10 @@ func TestRestartCancelAdoptedJob(t *testing.T) {
 	}
 	(*linkHandler)(second.Agent).Cancel(&gantrypb.CancelJob{JobId: id})
 	exit := waitExit(t, sp, id)
-	if exit.Reason != runner.ReasonCancelled || exit.Signal != "SIGTERM" {
+	if exit.Reason != string(lifecycle.ReasonCancelled) || exit.Signal != "SIGTERM" {
 		t.Fatalf("exit = %v, want cancelled by SIGTERM", exit)
 	}
-	if st := savedJob(t, sp, id); st.CancelReason != runner.ReasonCancelled || st.CancelAt == 0 {
+	if st := savedJob(t, sp, id); st.CancelReason != string(lifecycle.ReasonCancelled) || st.CancelAt == 0 {
 		t.Fatalf("cancel not persisted: %v", st)
 	}
 }

@@ -18,9 +18,9 @@ import (
 	"github.com/gantry-ml/gantry/agent/metricsfile"
 	"github.com/gantry-ml/gantry/agent/runner"
 	"github.com/gantry-ml/gantry/agent/safefile"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
-	protolink "github.com/gantry-ml/gantry/proto/link"
 )
 
 // File names inside a job's directory.
@@ -53,10 +53,6 @@ var (
 	drainMaxBytes int64 = 64 << 20
 	drainMaxTime        = 10 * time.Second
 )
-
-// EventMetricKeysDropped reports metric values left out because of the
-// key caps (key length, keys per line, distinct keys per job).
-const EventMetricKeysDropped = "metric_keys_dropped"
 
 // The caps above must stay within the shared limits; these fail to compile
 // otherwise.
@@ -106,7 +102,7 @@ func (j *job) cancel() {
 	proc := j.proc
 	j.mu.Unlock()
 	if proc != nil {
-		proc.Cancel(runner.ReasonCancelled)
+		proc.Cancel(lifecycle.ReasonCancelled)
 	}
 }
 
@@ -201,9 +197,9 @@ func (j *job) runnerEvent(ev runner.Event) {
 
 // event is a job event record, with its kind and message cut to the
 // limits and made valid UTF-8 (a protobuf string must be).
-func (j *job) event(kind, msg string, count uint64) *gantrypb.Record {
+func (j *job) event(kind lifecycle.EventKind, msg string, count uint64) *gantrypb.Record {
 	return &gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
-		Ts: now(), Kind: clip(kind, limits.MaxEventKindBytes), Message: clip(msg, limits.MaxEventMessageBytes),
+		Ts: now(), Kind: clip(string(kind), limits.MaxEventKindBytes), Message: clip(msg, limits.MaxEventMessageBytes),
 		Count: count}}}
 }
 
@@ -223,13 +219,13 @@ func clip(s string, n int) string {
 
 // cancelling persists a cancel that has sent SIGTERM, so that an agent
 // restarted before the job ends still escalates and reports it cancelled.
-func (j *job) cancelling(reason string, at time.Time) {
+func (j *job) cancelling(reason lifecycle.ExitReason, at time.Time) {
 	j.stMu.Lock()
 	defer j.stMu.Unlock()
 	if j.state.ExitIndex != 0 {
 		return // reported already; the state may be gone with the ack
 	}
-	j.state.CancelReason = reason
+	j.state.CancelReason = string(reason)
 	j.state.CancelAt = float64(at.UnixNano()) / 1e9
 	if err := j.a.saveJob(j.state); err != nil {
 		j.a.log.Error("save cancel", "job", j.id, "err", err)
@@ -244,7 +240,7 @@ func (j *job) setProc(proc *runner.Process) {
 	cancelled := j.cancelled
 	j.mu.Unlock()
 	if cancelled {
-		proc.Cancel(runner.ReasonCancelled)
+		proc.Cancel(lifecycle.ReasonCancelled)
 	}
 }
 
@@ -349,7 +345,7 @@ func (j *job) tailFailed(dead *atomic.Bool, what string, err error) {
 		return
 	}
 	j.a.log.Warn("not reading a job file", "job", j.id, "file", what, "err", err)
-	j.append(j.event(protolink.EventReadError, fmt.Sprintf("%s not read: %v", what, err), 0))
+	j.append(j.event(lifecycle.EventReadError, fmt.Sprintf("%s not read: %v", what, err), 0))
 }
 
 // drain reads what is left of one file after the process exited, by
@@ -427,7 +423,7 @@ func (j *job) finish(res runner.Result, logPath, metricsCut, logsCut string) {
 	}
 	for _, c := range []struct{ what, cut string }{{"metrics file", metricsCut}, {"log file", logsCut}} {
 		if c.cut != "" {
-			recs = append(recs, j.event(protolink.EventReadError,
+			recs = append(recs, j.event(lifecycle.EventReadError,
 				fmt.Sprintf("stopped reading the %s: %s; the rest of it is not reported", c.what, c.cut), 0))
 		}
 	}
@@ -441,7 +437,7 @@ func (j *job) finish(res runner.Result, logPath, metricsCut, logsCut string) {
 	}
 	exit := &gantrypb.JobExit{
 		Signal: clip(res.Signal, limits.MaxSignalBytes), Ts: now(), FinalMetrics: j.final.Metrics(),
-		LogTail: clip(tail, limits.MaxLogTailBytes), Reason: clip(res.Reason, limits.MaxEventKindBytes),
+		LogTail: clip(tail, limits.MaxLogTailBytes), Reason: clip(string(res.Reason), limits.MaxEventKindBytes),
 	}
 	if !res.EndedAt.IsZero() {
 		// The supervisor saw the end; for a job that ended while the
@@ -457,7 +453,7 @@ func (j *job) finish(res runner.Result, logPath, metricsCut, logsCut string) {
 	}
 	for _, e := range drainErrs {
 		// Reading the files failed after exit: the user must hear of it.
-		recs = append(recs, j.event(protolink.EventReadError, e.Error(), 0))
+		recs = append(recs, j.event(lifecycle.EventReadError, e.Error(), 0))
 		log.Error("draining job files after exit", "err", e)
 	}
 	recs = append(recs, &gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Exit{Exit: exit}})
@@ -585,7 +581,7 @@ func (j *job) retrySpool(n int, write func() error) error {
 func (j *job) metricRecords(b metricsfile.Batch) []*gantrypb.Record {
 	recs := make([]*gantrypb.Record, 0, len(b.Lines)+2)
 	if b.Truncated {
-		recs = append(recs, j.event(protolink.EventMetricsTruncated,
+		recs = append(recs, j.event(lifecycle.EventMetricsTruncated,
 			"the metrics file shrank or was replaced; reading restarted from its beginning", 0))
 	}
 	var dropped int
@@ -601,7 +597,7 @@ func (j *job) metricRecords(b metricsfile.Batch) []*gantrypb.Record {
 	if len(b.Bad) > 0 {
 		first := b.Bad[0]
 		msg := fmt.Sprintf("skipped %d bad metrics line(s); first at byte %d: %s", len(b.Bad), first.Offset, first.Reason)
-		recs = append(recs, j.event(protolink.EventBadMetricLines, msg, uint64(len(b.Bad))))
+		recs = append(recs, j.event(lifecycle.EventBadMetricLines, msg, uint64(len(b.Bad))))
 	}
 	if dropped > 0 {
 		j.dropMu.Lock()
@@ -625,7 +621,7 @@ func (j *job) dropEvent(final bool) *gantrypb.Record {
 	}
 	n := j.dropped
 	j.dropped, j.lastDropSent = 0, time.Now()
-	return j.event(EventMetricKeysDropped, fmt.Sprintf("dropped %d metric value(s): a job keeps at most %d distinct "+
+	return j.event(lifecycle.EventMetricKeysDropped, fmt.Sprintf("dropped %d metric value(s): a job keeps at most %d distinct "+
 		"metric keys, %d per line, each at most %d bytes long", n, metricsfile.MaxJobKeys, limits.MaxKeysPerPoint,
 		limits.MaxMetricKeyBytes), n)
 }

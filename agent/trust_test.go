@@ -20,9 +20,9 @@ import (
 	"github.com/gantry-ml/gantry/agent/spool"
 	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
-	protolink "github.com/gantry-ml/gantry/proto/link"
 )
 
 // The agent's trust boundary with its jobs (issue 9): jobs get none of the
@@ -198,7 +198,7 @@ func TestUnsafeMetricsFiles(t *testing.T) {
 			}
 			var refused bool
 			for _, e := range eventsOf(t, sp, id) {
-				refused = refused || (e.Kind == protolink.EventReadError && strings.Contains(e.Message, "refused"))
+				refused = refused || (e.Kind == string(lifecycle.EventReadError) && strings.Contains(e.Message, "refused"))
 			}
 			if !refused {
 				t.Fatalf("no read_error event saying the file was refused: %v", eventsOf(t, sp, id))
@@ -225,7 +225,7 @@ func TestUnsafeMetricsFiles(t *testing.T) {
 			return j.proc != nil
 		})
 		(*linkHandler)(a.Agent).Cancel(&gantrypb.CancelJob{JobId: id})
-		if exit := waitExit(t, sp, id); exit.Reason != runner.ReasonCancelled {
+		if exit := waitExit(t, sp, id); exit.Reason != string(lifecycle.ReasonCancelled) {
 			t.Fatalf("exit = %v, want cancelled", exit)
 		}
 	})
@@ -278,7 +278,7 @@ with open(os.environ["GANTRY_METRICS_FILE"], "w") as f:
 				t.Errorf("point with %d keys", len(p.Values))
 			}
 		}
-		if e := r.GetEvent(); e != nil && e.Kind == EventMetricKeysDropped {
+		if e := r.GetEvent(); e != nil && e.Kind == string(lifecycle.EventMetricKeysDropped) {
 			dropped += e.Count
 		}
 	}
@@ -463,7 +463,7 @@ func TestDrainAfterExitIsBounded(t *testing.T) {
 	}
 	cut := false
 	for _, e := range eventsOf(t, sp, id) {
-		cut = cut || (e.Kind == protolink.EventReadError && strings.Contains(e.Message, "stopped reading the metrics file"))
+		cut = cut || (e.Kind == string(lifecycle.EventReadError) && strings.Contains(e.Message, "stopped reading the metrics file"))
 	}
 	if !cut {
 		t.Fatalf("no event saying the drain was cut: %v", eventsOf(t, sp, id))
@@ -483,7 +483,7 @@ func TestEventAndExitCaps(t *testing.T) {
 	a := newTestAgent(t, dir, sp)
 	j := &job{a: a.Agent, id: "caps", state: &gantrypb.AgentJob{JobId: "caps"}}
 	huge := strings.Repeat("é\xff", 1<<20)
-	ev := j.event(strings.Repeat("k", 1000), huge, 1).GetEvent()
+	ev := j.event(lifecycle.EventKind(strings.Repeat("k", 1000)), huge, 1).GetEvent()
 	if len(ev.Message) > limits.MaxEventMessageBytes || len(ev.Kind) > limits.MaxEventKindBytes {
 		t.Fatalf("event of %d/%d bytes", len(ev.Kind), len(ev.Message))
 	}

@@ -14,12 +14,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
 	"strings"
-	"time"
 
 	"github.com/gantry-ml/gantry/agent/filewatch"
+	"github.com/gantry-ml/gantry/agent/follow"
 	"github.com/gantry-ml/gantry/agent/safefile"
 )
 
@@ -53,19 +51,12 @@ type Chunk struct {
 // Follower follows a log file. It is not safe for concurrent use: cancel
 // Next's context, then call Drain or Close.
 type Follower struct {
-	path     string
+	src      follow.File
 	maxChunk int
-	poll     time.Duration
-	owner    int // uid the file must belong to, or safefile.AnyOwner
 
-	f      *os.File
 	offset int64 // next byte to read
 	// truncated is set from a restart until the next chunk carries it.
 	truncated bool
-
-	watch  *filewatch.Watcher
-	err    error // a read error held back until the chunks before it are delivered
-	closed bool
 }
 
 // NewFollower returns a Follower for path from startOffset, in chunks of at
@@ -76,32 +67,26 @@ func NewFollower(path string, startOffset int64, maxChunk int) *Follower {
 		maxChunk = DefaultMaxChunk
 	}
 	return &Follower{
-		path:     path,
+		src:      follow.New(path, "log file", ErrClosed),
 		maxChunk: maxChunk,
-		poll:     filewatch.DefaultPollInterval,
-		owner:    safefile.AnyOwner,
 		offset:   startOffset,
 	}
 }
 
 // RequireOwner makes the Follower refuse a file that does not belong to
 // uid (the job's user). Call it before the first Next.
-func (f *Follower) RequireOwner(uid int) { f.owner = uid }
+func (f *Follower) RequireOwner(uid int) { f.src.Owner = uid }
 
 // Poll is Next without the wait: the bytes available now, up to about
 // 1 MiB, possibly none. It is for reading what is left after the process
 // has exited, in bounded steps.
 func (f *Follower) Poll() ([]Chunk, error) {
-	if f.closed {
-		return nil, ErrClosed
-	}
-	if err := f.err; err != nil {
-		f.err = nil
+	if err := f.src.Ready(); err != nil {
 		return nil, err
 	}
 	chunks, err := f.read(maxBytesPerNext)
 	if err != nil && len(chunks) > 0 {
-		f.err = err
+		f.src.Hold(err)
 		return chunks, nil
 	}
 	return chunks, err
@@ -111,11 +96,7 @@ func (f *Follower) Poll() ([]Chunk, error) {
 // call) in chunks of at most maxChunk bytes. It returns ctx.Err() once ctx is
 // done, without consuming anything.
 func (f *Follower) Next(ctx context.Context) ([]Chunk, error) {
-	if f.closed {
-		return nil, ErrClosed
-	}
-	if err := f.err; err != nil {
-		f.err = nil
+	if err := f.src.Ready(); err != nil {
 		return nil, err
 	}
 	for {
@@ -127,13 +108,13 @@ func (f *Follower) Next(ctx context.Context) ([]Chunk, error) {
 			if len(chunks) == 0 {
 				return nil, err
 			}
-			f.err = err
+			f.src.Hold(err)
 			return chunks, nil
 		}
 		if len(chunks) > 0 {
 			return chunks, nil
 		}
-		if err := f.wait(ctx); err != nil {
+		if err := f.src.Wait(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -143,11 +124,7 @@ func (f *Follower) Next(ctx context.Context) ([]Chunk, error) {
 // for after the process has exited. On error the chunks read before it are
 // returned with it. A file that never appeared yields no chunks.
 func (f *Follower) Drain() ([]Chunk, error) {
-	if f.closed {
-		return nil, ErrClosed
-	}
-	if err := f.err; err != nil {
-		f.err = nil
+	if err := f.src.Ready(); err != nil {
 		return nil, err
 	}
 	return f.read(0)
@@ -159,39 +136,7 @@ func (f *Follower) Offset() int64 {
 }
 
 // Close releases the file and the watcher. Later calls return ErrClosed.
-func (f *Follower) Close() error {
-	if f.closed {
-		return nil
-	}
-	f.closed = true
-	var errs []error
-	if f.watch != nil {
-		errs = append(errs, f.watch.Close())
-	}
-	if f.f != nil {
-		if err := f.f.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close log file: %w", err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func (f *Follower) wait(ctx context.Context) error {
-	if f.watch == nil {
-		w, err := filewatch.New(f.path, f.poll)
-		if err != nil {
-			return fmt.Errorf("watch log file: %w", err)
-		}
-		f.watch = w
-		// Bytes written before the watch existed raised no event: look
-		// once more before sleeping.
-		return nil
-	}
-	if err := f.watch.Wait(ctx); err != nil {
-		return fmt.Errorf("wait for log file: %w", err)
-	}
-	return nil
-}
+func (f *Follower) Close() error { return f.src.Close() }
 
 // read returns the bytes available now, up to limit (0: no limit).
 func (f *Follower) read(limit int) ([]Chunk, error) {
@@ -199,13 +144,13 @@ func (f *Follower) read(limit int) ([]Chunk, error) {
 	total := 0
 	checked := false
 	for limit <= 0 || total < limit {
-		if f.f == nil {
+		if f.src.F == nil {
 			ok, err := f.open()
 			if err != nil || !ok {
 				return chunks, err
 			}
 		}
-		fi, err := f.f.Stat()
+		fi, err := f.src.F.Stat()
 		if err != nil {
 			return chunks, fmt.Errorf("stat log file: %w", err)
 		}
@@ -232,7 +177,7 @@ func (f *Follower) read(limit int) ([]Chunk, error) {
 			want = min(want, int64(limit-total))
 		}
 		buf := make([]byte, want)
-		n, err := f.f.ReadAt(buf, f.offset)
+		n, err := f.src.F.ReadAt(buf, f.offset)
 		for i := 0; i < n; i += f.maxChunk {
 			j := min(i+f.maxChunk, n)
 			// The full slice expression caps each chunk so that an
@@ -244,7 +189,7 @@ func (f *Follower) read(limit int) ([]Chunk, error) {
 		total += n
 		switch {
 		case err != nil && !errors.Is(err, io.EOF):
-			return chunks, fmt.Errorf("read %s at offset %d: %w", f.path, f.offset, err)
+			return chunks, fmt.Errorf("read %s at offset %d: %w", f.src.Path, f.offset, err)
 		case n == 0:
 			// Shrunk between Stat and ReadAt; the next call sees it.
 			return chunks, nil
@@ -253,39 +198,22 @@ func (f *Follower) read(limit int) ([]Chunk, error) {
 	return chunks, nil
 }
 
+// open opens the file (through safefile: the job owns its directory and
+// could replace its log with a FIFO or a link to a file outside it); false
+// when it does not exist yet.
 func (f *Follower) open() (bool, error) {
 	if f.offset < 0 {
 		return false, fmt.Errorf("%w: %d", ErrBadOffset, f.offset)
 	}
-	// The job owns its directory and could replace its log with a FIFO or
-	// a link to a file outside it: safefile refuses both (ErrUnsafe).
-	file, err := safefile.Open(f.path, f.owner)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("open log file: %w", err)
-	}
-	f.f = file
-	return true, nil
+	return f.src.Open()
 }
 
-// checkFile restarts at offset 0 when the file shrank or was replaced.
+// checkFile restarts at offset 0 when the file shrank or was replaced (then
+// read reopens the path).
 func (f *Follower) checkFile() (bool, error) {
-	change, err := filewatch.Check(f.f, f.path, f.offset)
-	if err != nil {
+	change, err := f.src.Check(f.offset)
+	if err != nil || change == filewatch.Unchanged {
 		return false, err
-	}
-	switch change {
-	case filewatch.Shrunk:
-	case filewatch.Replaced:
-		old := f.f
-		f.f = nil // read reopens the path
-		if err := old.Close(); err != nil {
-			return false, fmt.Errorf("close replaced log file: %w", err)
-		}
-	default:
-		return false, nil
 	}
 	f.offset = 0
 	f.truncated = true

@@ -105,7 +105,7 @@ func TestFollowerChunks(t *testing.T) {
 		t.Fatalf("Offset = %d, want %d", f.Offset(), len(content))
 	}
 
-	f.poll = noPoll
+	f.src.Poll = noPoll
 	ch := nextAsync(t, f)
 	appendTo(t, path, "progress 50%\r")
 	if got := checkChunks(t, <-ch, int64(len(content)), 64); got != "progress 50%\r" {
@@ -135,7 +135,7 @@ func TestFollowerBoundsOneNext(t *testing.T) {
 func TestFollowerFileCreatedLater(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "job.log")
 	f := newFollower(t, path, 0, 0)
-	f.poll = noPoll
+	f.src.Poll = noPoll
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if _, err := f.Next(ctx); !errors.Is(err, context.DeadlineExceeded) {

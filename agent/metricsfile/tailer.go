@@ -6,12 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"time"
 
 	"github.com/gantry-ml/gantry/agent/filewatch"
-	"github.com/gantry-ml/gantry/agent/safefile"
+	"github.com/gantry-ml/gantry/agent/follow"
 )
 
 const (
@@ -64,12 +61,8 @@ func (b *Batch) count() int {
 // Tailer follows a metrics file line by line. It is not safe for concurrent
 // use: cancel Next's context, then call Drain or Close.
 type Tailer struct {
-	path  string
-	poll  time.Duration
-	owner int // uid the file must belong to, or safefile.AnyOwner
-
-	f *os.File
-	r *bufio.Reader
+	src follow.File
+	r   *bufio.Reader
 	// offset is the start of the first unconsumed line: the resume point.
 	offset int64
 	// readPos is how far into the file r has handed bytes to us: offset
@@ -80,10 +73,6 @@ type Tailer struct {
 	partial []byte
 	// discarding is set while skipping the rest of an over-long line.
 	discarding bool
-
-	watch  *filewatch.Watcher
-	err    error // a read error held back until the lines before it are delivered
-	closed bool
 }
 
 // NewTailer returns a Tailer for path, starting at startOffset (0, or a Batch
@@ -91,9 +80,7 @@ type Tailer struct {
 // Drain, and the file need not exist yet.
 func NewTailer(path string, startOffset int64) *Tailer {
 	return &Tailer{
-		path:    path,
-		poll:    filewatch.DefaultPollInterval,
-		owner:   safefile.AnyOwner,
+		src:     follow.New(path, "metrics file", ErrClosed),
 		offset:  startOffset,
 		readPos: startOffset,
 	}
@@ -102,22 +89,18 @@ func NewTailer(path string, startOffset int64) *Tailer {
 // RequireOwner makes the Tailer refuse a file that does not belong to uid
 // (the job's user): a hard link to someone else's file is not the job's
 // metrics. Call it before the first Next.
-func (t *Tailer) RequireOwner(uid int) { t.owner = uid }
+func (t *Tailer) RequireOwner(uid int) { t.src.Owner = uid }
 
 // Poll is Next without the wait: it returns what is available now, up to
 // 4096 lines, possibly nothing. It is for reading what is left after the
 // training process has exited, in bounded steps.
 func (t *Tailer) Poll() (Batch, error) {
-	if t.closed {
-		return Batch{Offset: t.offset}, ErrClosed
-	}
-	if err := t.err; err != nil {
-		t.err = nil
+	if err := t.src.Ready(); err != nil {
 		return Batch{Offset: t.offset}, err
 	}
 	b, err := t.read(false, maxBatchLines)
 	if err != nil && !b.empty() {
-		t.err = err
+		t.src.Hold(err)
 		return b, nil
 	}
 	return b, err
@@ -132,11 +115,7 @@ func (t *Tailer) ReadPos() int64 { return t.readPos }
 // returns ctx.Err() once ctx is done, without consuming anything. The file may
 // not exist yet: Next waits for it to appear.
 func (t *Tailer) Next(ctx context.Context) (Batch, error) {
-	if t.closed {
-		return Batch{Offset: t.offset}, ErrClosed
-	}
-	if err := t.err; err != nil {
-		t.err = nil
+	if err := t.src.Ready(); err != nil {
 		return Batch{Offset: t.offset}, err
 	}
 	for {
@@ -150,7 +129,7 @@ func (t *Tailer) Next(ctx context.Context) (Batch, error) {
 				return b, err
 			}
 			// Deliver what was read; the error comes with the next call.
-			t.err = err
+			t.src.Hold(err)
 			return b, nil
 		}
 		if !b.empty() {
@@ -159,7 +138,7 @@ func (t *Tailer) Next(ctx context.Context) (Batch, error) {
 		if t.readPos != before {
 			continue // stopped by maxReadBytes inside a line: more is there
 		}
-		if err := t.wait(ctx); err != nil {
+		if err := t.src.Wait(ctx); err != nil {
 			return Batch{Offset: t.offset}, err
 		}
 	}
@@ -171,11 +150,7 @@ func (t *Tailer) Next(ctx context.Context) (Batch, error) {
 // error the Batch still holds the lines read before it. A file that never
 // appeared yields an empty Batch.
 func (t *Tailer) Drain() (Batch, error) {
-	if t.closed {
-		return Batch{Offset: t.offset}, ErrClosed
-	}
-	if err := t.err; err != nil {
-		t.err = nil
+	if err := t.src.Ready(); err != nil {
 		return Batch{Offset: t.offset}, err
 	}
 	return t.read(true, 0)
@@ -188,39 +163,7 @@ func (t *Tailer) Offset() int64 {
 }
 
 // Close releases the file and the watcher. Later calls return ErrClosed.
-func (t *Tailer) Close() error {
-	if t.closed {
-		return nil
-	}
-	t.closed = true
-	var errs []error
-	if t.watch != nil {
-		errs = append(errs, t.watch.Close())
-	}
-	if t.f != nil {
-		if err := t.f.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close metrics file: %w", err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func (t *Tailer) wait(ctx context.Context) error {
-	if t.watch == nil {
-		w, err := filewatch.New(t.path, t.poll)
-		if err != nil {
-			return fmt.Errorf("watch metrics file: %w", err)
-		}
-		t.watch = w
-		// A line written between our read and the watch being set up
-		// raised no event: look once more before sleeping.
-		return nil
-	}
-	if err := t.watch.Wait(ctx); err != nil {
-		return fmt.Errorf("wait for metrics file: %w", err)
-	}
-	return nil
-}
+func (t *Tailer) Close() error { return t.src.Close() }
 
 // read consumes complete lines up to limit (0: no limit). With final, the
 // partial line at EOF is taken as complete.
@@ -237,7 +180,7 @@ func (t *Tailer) fill(final bool, limit int) (Batch, error) {
 		if limit > 0 && t.readPos-from >= maxReadBytes {
 			return b, nil
 		}
-		if t.f == nil {
+		if t.src.F == nil {
 			ok, err := t.open()
 			if err != nil || !ok {
 				return b, err
@@ -269,7 +212,7 @@ func (t *Tailer) fill(final bool, limit int) (Batch, error) {
 			}
 			return b, nil
 		default:
-			return b, fmt.Errorf("read %s at offset %d: %w", t.path, t.readPos, err)
+			return b, fmt.Errorf("read %s at offset %d: %w", t.src.Path, t.readPos, err)
 		}
 	}
 	return b, nil
@@ -277,23 +220,21 @@ func (t *Tailer) fill(final bool, limit int) (Batch, error) {
 
 // open opens the file at the resume point; false when it does not exist yet.
 // The job writes the file and owns its directory, so it is opened through
-// safefile: a FIFO, a device or a link out of the job directory is refused
-// (an error wrapping safefile.ErrUnsafe) and never read.
+// safefile (follow.File.Open): a FIFO, a device or a link out of the job
+// directory is refused (an error wrapping safefile.ErrUnsafe) and never read.
 func (t *Tailer) open() (bool, error) {
 	if t.offset < 0 {
 		return false, fmt.Errorf("%w: %d", ErrBadOffset, t.offset)
 	}
-	f, err := safefile.Open(t.path, t.owner)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
+	ok, err := t.src.Open()
+	if err != nil || !ok {
+		return ok, err
 	}
-	if err != nil {
-		return false, fmt.Errorf("open metrics file: %w", err)
-	}
+	f := t.src.F
 	if _, err := f.Seek(t.offset, io.SeekStart); err != nil {
-		return false, errors.Join(fmt.Errorf("seek %s to %d: %w", t.path, t.offset, err), f.Close())
+		t.src.F = nil
+		return false, errors.Join(fmt.Errorf("seek %s to %d: %w", t.src.Path, t.offset, err), f.Close())
 	}
-	t.f = f
 	if t.r == nil {
 		t.r = bufio.NewReaderSize(f, readBufferSize)
 	} else {
@@ -306,22 +247,18 @@ func (t *Tailer) open() (bool, error) {
 // checkFile restarts from offset 0 when the file shrank below what we read
 // or was replaced, and reports whether it did.
 func (t *Tailer) checkFile() (bool, error) {
-	change, err := filewatch.Check(t.f, t.path, t.readPos)
+	change, err := t.src.Check(t.readPos)
 	if err != nil {
 		return false, err
 	}
 	switch change {
 	case filewatch.Shrunk:
-		if _, err := t.f.Seek(0, io.SeekStart); err != nil {
-			return false, fmt.Errorf("seek %s to 0 after truncation: %w", t.path, err)
+		if _, err := t.src.F.Seek(0, io.SeekStart); err != nil {
+			return false, fmt.Errorf("seek %s to 0 after truncation: %w", t.src.Path, err)
 		}
-		t.r.Reset(t.f)
+		t.r.Reset(t.src.F)
 	case filewatch.Replaced:
-		old := t.f
-		t.f = nil // fill reopens the path
-		if err := old.Close(); err != nil {
-			return false, fmt.Errorf("close replaced metrics file: %w", err)
-		}
+		// t.src.F is nil now: fill reopens the path.
 	default:
 		return false, nil
 	}

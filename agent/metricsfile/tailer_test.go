@@ -106,7 +106,7 @@ func TestTailerPartialLineWaits(t *testing.T) {
 	first := stepLine(1)
 	appendTo(t, path, first+`{"step":2,"lo`)
 	tl := newTailer(t, path, 0)
-	tl.poll = noPoll
+	tl.src.Poll = noPoll
 
 	b := next(t, tl)
 	if got := steps(b); !slices.Equal(got, []int64{1}) {
@@ -138,7 +138,7 @@ func TestTailerSeesAppendQuickly(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "m.jsonl")
 	appendTo(t, path, "")
 	tl := newTailer(t, path, 0)
-	tl.poll = noPoll
+	tl.src.Poll = noPoll
 	expectNothing(t, tl) // sets up the watch and blocks once
 
 	ch := nextAsync(tl)
@@ -165,7 +165,7 @@ func TestTailerFileCreatedLater(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "m.jsonl")
 	tl := newTailer(t, path, 0)
-	tl.poll = noPoll
+	tl.src.Poll = noPoll
 
 	expectNothing(t, tl)
 	ch := nextAsync(tl)
@@ -189,7 +189,7 @@ func TestTailerFileCreatedLaterByPoll(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "run")
 	path := filepath.Join(dir, "m.jsonl")
 	tl := newTailer(t, path, 0)
-	tl.poll = 10 * time.Millisecond
+	tl.src.Poll = 10 * time.Millisecond
 	expectNothing(t, tl) // waiting, with no directory to watch
 
 	ch := nextAsync(tl)
@@ -317,7 +317,7 @@ func TestTailerStartBeyondEOF(t *testing.T) {
 func TestTailerLongLine(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "m.jsonl")
 	tl := newTailer(t, path, 0)
-	tl.poll = 10 * time.Millisecond
+	tl.src.Poll = 10 * time.Millisecond
 
 	good := stepLine(1)
 	appendTo(t, path, good)

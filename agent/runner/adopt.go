@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gantry-ml/gantry/lifecycle"
 )
 
 // Re-adoption.
@@ -68,10 +70,10 @@ type Adoption struct {
 	// before the agent restarted (as told to Spec.OnCancel): SIGTERM is not
 	// sent again, SIGKILL follows at CancelAt + KillGrace, and the Result
 	// carries the reason.
-	CancelReason string
+	CancelReason lifecycle.ExitReason
 	CancelAt     time.Time
 	// OnCancel is as in Spec.
-	OnCancel func(reason string, at time.Time)
+	OnCancel func(reason lifecycle.ExitReason, at time.Time)
 }
 
 // Adopt takes over a job that an earlier agent process started with Start.
@@ -128,7 +130,7 @@ func Adopt(a Adoption, onEvent func(Event)) (*Process, error) {
 		p.killTimer = time.AfterFunc(time.Until(p.killAt), p.escalate)
 	}
 	if !a.Deadline.IsZero() {
-		p.maxDurTimer = time.AfterFunc(time.Until(a.Deadline), func() { p.Cancel(ReasonMaxDuration) })
+		p.maxDurTimer = time.AfterFunc(time.Until(a.Deadline), func() { p.Cancel(lifecycle.ReasonMaxDuration) })
 	}
 	p.mu.Unlock()
 	go p.watchAdopted(pidfd)
@@ -284,7 +286,7 @@ type procStart struct {
 // readProcStart reads /proc/PID/stat. A process that does not exist wraps
 // fs.ErrNotExist.
 func readProcStart(pid int) (procStart, error) {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	data, err := os.ReadFile(statPath(pid))
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
 		// ESRCH: the process died between open and read.
 		return procStart{}, fmt.Errorf("pid %d: %w", pid, fs.ErrNotExist)
@@ -302,22 +304,42 @@ func readProcStart(pid int) (procStart, error) {
 // parseProcStart extracts the state and the start time from the contents of
 // a /proc/PID/stat file.
 func parseProcStart(data []byte) (procStart, error) {
-	// "pid (comm) state ppid ...": comm may hold spaces and parens, so
-	// count fields after the last ')'. state is field 3 and starttime field
-	// 22 of the whole line, so indexes 0 and 19 after comm.
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return procStart{}, errors.New("stat: no command name")
+	fields, err := statFields(data, statStartTime+1)
+	if err != nil {
+		return procStart{}, err
 	}
-	fields := strings.Fields(string(data[i+1:]))
-	if len(fields) < 20 || len(fields[0]) != 1 {
-		return procStart{}, fmt.Errorf("stat: %d fields after the command name, want at least 20", len(fields))
-	}
-	start, err := strconv.ParseUint(fields[19], 10, 64)
+	start, err := strconv.ParseUint(fields[statStartTime], 10, 64)
 	if err != nil {
 		return procStart{}, fmt.Errorf("stat: starttime: %w", err)
 	}
-	return procStart{state: fields[0][0], startTime: start}, nil
+	return procStart{state: fields[statState][0], startTime: start}, nil
+}
+
+// statPath is the /proc/PID/stat file of pid.
+func statPath(pid int) string { return filepath.Join("/proc", strconv.Itoa(pid), "stat") }
+
+// Indexes of /proc/PID/stat fields in what statFields returns: state is
+// field 3 of the whole line, pgrp field 5, starttime field 22.
+const (
+	statState     = 0
+	statPgrp      = 2
+	statStartTime = 19
+)
+
+// statFields is the one parser of a /proc/PID/stat line: it returns the
+// fields after the command name, at least want of them, the first being a
+// one-letter state. The line is "pid (comm) state ppid pgrp ...", and comm
+// may hold spaces and parens, so the fields are counted after the last ')'.
+func statFields(data []byte, want int) ([]string, error) {
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return nil, errors.New("stat: no command name")
+	}
+	fields := strings.Fields(string(data[i+1:]))
+	if len(fields) < max(want, 1) || len(fields[statState]) != 1 {
+		return nil, fmt.Errorf("stat: %d fields after the command name, want at least %d", len(fields), want)
+	}
+	return fields, nil
 }
 
 // bootID is read once: it cannot change while this process runs.

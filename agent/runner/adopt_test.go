@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gantry-ml/gantry/lifecycle"
 )
 
 // fakeAgentEnv makes the test binary act as an agent that starts one job
@@ -125,21 +127,21 @@ func adopt(t *testing.T, a Adoption, rec *recorder) *Process {
 // cancelLog records OnCancel calls.
 type cancelLog struct {
 	mu      sync.Mutex
-	reasons []string
+	reasons []lifecycle.ExitReason
 	at      []time.Time
 }
 
-func (c *cancelLog) record(reason string, at time.Time) {
+func (c *cancelLog) record(reason lifecycle.ExitReason, at time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reasons = append(c.reasons, reason)
 	c.at = append(c.at, at)
 }
 
-func (c *cancelLog) calls() []string {
+func (c *cancelLog) calls() []lifecycle.ExitReason {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return append([]string(nil), c.reasons...)
+	return append([]lifecycle.ExitReason(nil), c.reasons...)
 }
 
 func TestParseProcStart(t *testing.T) {
@@ -326,16 +328,16 @@ func TestAdoptCancel(t *testing.T) {
 			rec, cancels := &recorder{}, &cancelLog{}
 			p := adopt(t, Adoption{Identity: o.Identity, StatusFile: o.StatusFile,
 				KillGrace: 200 * time.Millisecond, OnCancel: cancels.record}, rec)
-			p.Cancel(ReasonCancelled)
+			p.Cancel(lifecycle.ReasonCancelled)
 			res := waitDone(t, p)
-			if res.Signal != tt.sig || res.Reason != ReasonCancelled || res.ExitCode != nil {
+			if res.Signal != tt.sig || res.Reason != lifecycle.ReasonCancelled || res.ExitCode != nil {
 				t.Fatalf("result = %+v, want %s, cancelled", res, tt.sig)
 			}
-			if _, ok := rec.find(EventKillEscalated); ok != tt.escalates {
+			if _, ok := rec.find(lifecycle.EventKillEscalated); ok != tt.escalates {
 				t.Fatalf("kill escalated = %v, want %v (events %v)", ok, tt.escalates, rec.kinds())
 			}
-			if got := cancels.calls(); len(got) != 1 || got[0] != ReasonCancelled {
-				t.Fatalf("OnCancel calls = %v, want one with %q", got, ReasonCancelled)
+			if got := cancels.calls(); len(got) != 1 || got[0] != lifecycle.ReasonCancelled {
+				t.Fatalf("OnCancel calls = %v, want one with %q", got, lifecycle.ReasonCancelled)
 			}
 			waitGone(t, o.Identity)
 			if live := liveGroupMembers(o.Identity.PID); len(live) > 0 {
@@ -355,15 +357,15 @@ func TestAdoptFinishesCancelInProgress(t *testing.T) {
 	rec, cancels := &recorder{}, &cancelLog{}
 	began := time.Now()
 	p := adopt(t, Adoption{Identity: o.Identity, StatusFile: o.StatusFile, KillGrace: time.Hour,
-		CancelReason: ReasonMaxDuration, CancelAt: time.Now().Add(-time.Hour), OnCancel: cancels.record}, rec)
+		CancelReason: lifecycle.ReasonMaxDuration, CancelAt: time.Now().Add(-time.Hour), OnCancel: cancels.record}, rec)
 	res := waitDone(t, p)
 	if elapsed := time.Since(began); elapsed > 5*time.Second {
 		t.Fatalf("took %s: the overdue SIGKILL was not sent at once", elapsed)
 	}
-	if res.Signal != "SIGKILL" || res.Reason != ReasonMaxDuration {
-		t.Fatalf("result = %+v, want SIGKILL, %s", res, ReasonMaxDuration)
+	if res.Signal != "SIGKILL" || res.Reason != lifecycle.ReasonMaxDuration {
+		t.Fatalf("result = %+v, want SIGKILL, %s", res, lifecycle.ReasonMaxDuration)
 	}
-	if _, ok := rec.find(EventKillEscalated); !ok {
+	if _, ok := rec.find(lifecycle.EventKillEscalated); !ok {
 		t.Fatalf("no escalation event: %v", rec.kinds())
 	}
 	if got := cancels.calls(); len(got) != 0 {
@@ -381,10 +383,10 @@ func TestAdoptDeadline(t *testing.T) {
 	p := adopt(t, Adoption{Identity: o.Identity, StatusFile: o.StatusFile,
 		Deadline: time.Now().Add(100 * time.Millisecond), OnCancel: cancels.record}, nil)
 	res := waitDone(t, p)
-	if res.Signal != "SIGTERM" || res.Reason != ReasonMaxDuration {
-		t.Fatalf("result = %+v, want SIGTERM, %s", res, ReasonMaxDuration)
+	if res.Signal != "SIGTERM" || res.Reason != lifecycle.ReasonMaxDuration {
+		t.Fatalf("result = %+v, want SIGTERM, %s", res, lifecycle.ReasonMaxDuration)
 	}
-	if got := cancels.calls(); len(got) != 1 || got[0] != ReasonMaxDuration {
+	if got := cancels.calls(); len(got) != 1 || got[0] != lifecycle.ReasonMaxDuration {
 		t.Fatalf("OnCancel calls = %v", got)
 	}
 }
@@ -595,12 +597,12 @@ func TestOnCancelBeforeDone(t *testing.T) {
 	p := start(t, Spec{JobDir: dir, Run: "echo > ready; exec sleep 30", OnCancel: cancels.record}, nil)
 	waitFor(t, "job ready", func() bool { return fileExists(filepath.Join(dir, "ready")) })
 	before := time.Now()
-	p.Cancel(ReasonMaxDuration)
-	p.Cancel(ReasonCancelled)
+	p.Cancel(lifecycle.ReasonMaxDuration)
+	p.Cancel(lifecycle.ReasonCancelled)
 	<-p.Done()
 	cancels.mu.Lock()
 	defer cancels.mu.Unlock()
-	if len(cancels.reasons) != 1 || cancels.reasons[0] != ReasonMaxDuration || cancels.at[0].Before(before) {
+	if len(cancels.reasons) != 1 || cancels.reasons[0] != lifecycle.ReasonMaxDuration || cancels.at[0].Before(before) {
 		t.Fatalf("OnCancel calls = %v at %v", cancels.reasons, cancels.at)
 	}
 }

@@ -27,25 +27,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// Reasons a job was stopped by the agent rather than by itself.
-const (
-	// ReasonCancelled is a user (or controller) cancel.
-	ReasonCancelled = "cancelled"
-	// ReasonMaxDuration is the spec's max_duration running out.
-	ReasonMaxDuration = "max_duration"
-)
-
-// Event kinds passed to the onEvent callback of Start.
-const (
-	// EventKillEscalated means processes outlived kill_grace after SIGTERM
-	// and were sent SIGKILL.
-	EventKillEscalated = "kill_escalated"
-	// EventOrphansKilled means the job's main process exited while other
-	// processes of its group were still running; they were sent SIGKILL so
-	// that they do not keep GPUs busy.
-	EventOrphansKilled = "orphans_killed"
+	"github.com/gantry-ml/gantry/lifecycle"
 )
 
 // DefaultKillGrace is the SIGTERM → SIGKILL delay when Spec.KillGrace is 0.
@@ -121,7 +104,7 @@ type Spec struct {
 	// KillGrace is the delay between SIGTERM and SIGKILL on cancel;
 	// DefaultKillGrace when 0.
 	KillGrace time.Duration
-	// MaxDuration cancels the job with ReasonMaxDuration once it has run
+	// MaxDuration cancels the job with lifecycle.ReasonMaxDuration once it has run
 	// this long; 0 means no limit.
 	MaxDuration time.Duration
 	// StatusFile is where the job's supervisor records how the job ended.
@@ -138,7 +121,7 @@ type Spec struct {
 	// the reason and the time, so that the caller can persist it and a
 	// later Adopt can finish the cancel. It is called once, like onEvent:
 	// never concurrently with it, and before Done is closed.
-	OnCancel func(reason string, at time.Time)
+	OnCancel func(reason lifecycle.ExitReason, at time.Time)
 }
 
 // Result is how a job ended.
@@ -149,9 +132,9 @@ type Result struct {
 	// Signal names the signal that killed the main process ("SIGTERM"),
 	// empty if it exited normally.
 	Signal string
-	// Reason is ReasonCancelled or ReasonMaxDuration when the agent stopped
+	// Reason is lifecycle.ReasonCancelled or ReasonMaxDuration when the agent stopped
 	// the job, empty when the job ended by itself.
-	Reason string
+	Reason lifecycle.ExitReason
 	// Err is set when the exit status is unknown or the job could not run:
 	// waiting for the process failed (ExitCode and Signal may still be
 	// valid, but the rest of the group may not have been killed), the shell
@@ -166,8 +149,8 @@ type Result struct {
 
 // Event is something about the job's lifetime worth telling the user.
 type Event struct {
-	// Kind is one of the Event* constants.
-	Kind string
+	// Kind is lifecycle.EventKillEscalated or lifecycle.EventOrphansKilled.
+	Kind lifecycle.EventKind
 	// Message is human readable, e.g. "SIGKILL sent after kill_grace 10s".
 	Message string
 }
@@ -182,7 +165,7 @@ type Process struct {
 	tempStatus bool // statusFile is ours to remove once read
 	killGrace  time.Duration
 	onEvent    func(Event)
-	onCancel   func(reason string, at time.Time)
+	onCancel   func(reason lifecycle.ExitReason, at time.Time)
 
 	done   chan struct{}
 	result Result // written once before done is closed
@@ -196,9 +179,9 @@ type Process struct {
 	// leaderExited is set once the main process has exited: from then on
 	// the job has ended by itself and a late Cancel must not relabel it.
 	leaderExited bool
-	reason       string    // first cancel reason; "" if never cancelled
-	killAt       time.Time // when a cancel escalates to SIGKILL
-	escalated    bool      // SIGKILL was sent to the group
+	reason       lifecycle.ExitReason // first cancel reason; "" if never cancelled
+	killAt       time.Time            // when a cancel escalates to SIGKILL
+	escalated    bool                 // SIGKILL was sent to the group
 	killTimer    *time.Timer
 	maxDurTimer  *time.Timer
 	// events counts event deliveries in flight from timer goroutines, so
@@ -287,7 +270,7 @@ func Start(spec Spec, onEvent func(Event)) (*Process, error) {
 	p.tempStatus = tempStatus
 	if spec.MaxDuration > 0 {
 		p.mu.Lock()
-		p.maxDurTimer = time.AfterFunc(spec.MaxDuration, func() { p.Cancel(ReasonMaxDuration) })
+		p.maxDurTimer = time.AfterFunc(spec.MaxDuration, func() { p.Cancel(lifecycle.ReasonMaxDuration) })
 		p.mu.Unlock()
 	}
 	go p.wait()
@@ -327,7 +310,7 @@ func reap(cmd *exec.Cmd) error {
 
 // newProcess returns a Process for a job that is running now.
 func newProcess(ident Identity, statusFile string, killGrace time.Duration, onEvent func(Event),
-	onCancel func(string, time.Time)) *Process {
+	onCancel func(lifecycle.ExitReason, time.Time)) *Process {
 	if killGrace == 0 {
 		killGrace = DefaultKillGrace
 	}
@@ -399,11 +382,11 @@ func (p *Process) Result() Result {
 
 // Cancel stops the job: SIGTERM to its whole process group, then SIGKILL to
 // the group if anything of it is still alive after KillGrace. reason is
-// reported in Result.Reason (ReasonCancelled when empty). The first call
+// reported in Result.Reason (lifecycle.ReasonCancelled when empty). The first call
 // wins; later calls, and calls after the job has exited, do nothing.
-func (p *Process) Cancel(reason string) {
+func (p *Process) Cancel(reason lifecycle.ExitReason) {
 	if reason == "" {
-		reason = ReasonCancelled
+		reason = lifecycle.ReasonCancelled
 	}
 	p.mu.Lock()
 	if p.leaderExited || p.reason != "" {
@@ -446,7 +429,7 @@ func (p *Process) escalate() {
 
 	defer p.events.Done()
 	p.emit(Event{
-		Kind:    EventKillEscalated,
+		Kind:    lifecycle.EventKillEscalated,
 		Message: fmt.Sprintf("SIGKILL sent after kill_grace %s", p.killGrace),
 	})
 }
@@ -482,7 +465,7 @@ func (p *Process) wait() {
 
 // markExited records that the leader is gone for good (no signal may be
 // sent any more), stops the timers and returns the cancel reason.
-func (p *Process) markExited() string {
+func (p *Process) markExited() lifecycle.ExitReason {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.leaderExited = true
@@ -571,7 +554,7 @@ func (p *Process) cleanGroup(leaderHeld bool) {
 	}
 	if len(left) > 0 {
 		p.emit(Event{
-			Kind: EventOrphansKilled,
+			Kind: lifecycle.EventOrphansKilled,
 			Message: fmt.Sprintf("main process exited; SIGKILL sent to %d leftover process(es) of its group: %v",
 				len(left), left),
 		})
@@ -663,7 +646,7 @@ func liveGroupMembers(pgid int) []int {
 // procStat reads the state and process group of pid from /proc/pid/stat.
 // ok is false if the process is gone or the file is unreadable.
 func procStat(pid int) (state byte, pgrp int, ok bool) {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	data, err := os.ReadFile(statPath(pid))
 	if err != nil {
 		return 0, 0, false
 	}
@@ -673,21 +656,15 @@ func procStat(pid int) (state byte, pgrp int, ok bool) {
 // parseProcStat extracts the state and process group from the contents of a
 // /proc/pid/stat file.
 func parseProcStat(data []byte) (state byte, pgrp int, ok bool) {
-	// "pid (comm) state ppid pgrp ...": comm may hold spaces and parens,
-	// so split after the last ')'.
-	i := strings.LastIndexByte(string(data), ')')
-	if i < 0 {
-		return 0, 0, false
-	}
-	fields := strings.Fields(string(data[i+1:]))
-	if len(fields) < 3 || len(fields[0]) != 1 {
-		return 0, 0, false
-	}
-	pgrp, err := strconv.Atoi(fields[2])
+	fields, err := statFields(data, statPgrp+1)
 	if err != nil {
 		return 0, 0, false
 	}
-	return fields[0][0], pgrp, true
+	pgrp, err = strconv.Atoi(fields[statPgrp])
+	if err != nil {
+		return 0, 0, false
+	}
+	return fields[statState][0], pgrp, true
 }
 
 // validate rejects specs the runner cannot run faithfully.

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gantry-ml/gantry/internal/testutil"
+	"github.com/gantry-ml/gantry/lifecycle"
 )
 
 // testTimeout bounds every wait in these tests; real waits are far shorter.
@@ -83,17 +84,17 @@ func (r *recorder) record(ev Event) {
 	r.events = append(r.events, ev)
 }
 
-func (r *recorder) kinds() []string {
+func (r *recorder) kinds() []lifecycle.EventKind {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var kinds []string
+	var kinds []lifecycle.EventKind
 	for _, ev := range r.events {
 		kinds = append(kinds, ev.Kind)
 	}
 	return kinds
 }
 
-func (r *recorder) find(kind string) (Event, bool) {
+func (r *recorder) find(kind lifecycle.EventKind) (Event, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, ev := range r.events {
@@ -449,15 +450,15 @@ func TestCancelTerm(t *testing.T) {
 			if elapsed := time.Since(began); elapsed >= DefaultKillGrace {
 				t.Fatalf("cancel took %s: SIGTERM did not end the job", elapsed)
 			}
-			if res.Reason != ReasonCancelled {
-				t.Fatalf("reason = %q, want %q", res.Reason, ReasonCancelled)
+			if res.Reason != lifecycle.ReasonCancelled {
+				t.Fatalf("reason = %q, want %q", res.Reason, lifecycle.ReasonCancelled)
 			}
 			// The shell either dies of the signal or, if it handles it,
 			// exits with 128+15.
 			if res.Signal != "SIGTERM" && (res.ExitCode == nil || *res.ExitCode != 143) {
 				t.Fatalf("result = signal %q exit %s, want SIGTERM or 143", res.Signal, exitCode(res))
 			}
-			if _, ok := rec.find(EventKillEscalated); ok {
+			if _, ok := rec.find(lifecycle.EventKillEscalated); ok {
 				t.Fatal("kill escalated although the job obeyed SIGTERM")
 			}
 		})
@@ -475,17 +476,17 @@ func TestCancelEscalatesToSIGKILL(t *testing.T) {
 	}, rec)
 	waitFor(t, "trap installed", func() bool { return fileExists(filepath.Join(dir, "ready")) })
 	began := time.Now()
-	p.Cancel(ReasonCancelled)
+	p.Cancel(lifecycle.ReasonCancelled)
 	res := waitDone(t, p)
 	if elapsed := time.Since(began); elapsed < 200*time.Millisecond {
 		t.Fatalf("killed after %s, before the grace was over", elapsed)
 	}
-	if res.Signal != "SIGKILL" || res.ExitCode != nil || res.Reason != ReasonCancelled {
+	if res.Signal != "SIGKILL" || res.ExitCode != nil || res.Reason != lifecycle.ReasonCancelled {
 		t.Fatalf("result = %+v (exit %s), want SIGKILL, cancelled", res, exitCode(res))
 	}
-	ev, ok := rec.find(EventKillEscalated)
+	ev, ok := rec.find(lifecycle.EventKillEscalated)
 	if !ok {
-		t.Fatalf("no %s event; got %v", EventKillEscalated, rec.kinds())
+		t.Fatalf("no %s event; got %v", lifecycle.EventKillEscalated, rec.kinds())
 	}
 	if !strings.Contains(ev.Message, "SIGKILL") || !strings.Contains(ev.Message, "200ms") {
 		t.Fatalf("event message %q", ev.Message)
@@ -509,14 +510,14 @@ func TestCancelKillsGrandchild(t *testing.T) {
 	}
 	p.Cancel("")
 	res := waitDone(t, p)
-	if res.Reason != ReasonCancelled {
+	if res.Reason != lifecycle.ReasonCancelled {
 		t.Fatalf("reason = %q", res.Reason)
 	}
 	if !processGone(gc) {
 		t.Fatalf("grandchild %d still alive after Done", gc)
 	}
-	if _, ok := rec.find(EventKillEscalated); !ok {
-		t.Fatalf("no %s event for the TERM-ignoring grandchild; got %v", EventKillEscalated, rec.kinds())
+	if _, ok := rec.find(lifecycle.EventKillEscalated); !ok {
+		t.Fatalf("no %s event for the TERM-ignoring grandchild; got %v", lifecycle.EventKillEscalated, rec.kinds())
 	}
 }
 
@@ -545,7 +546,7 @@ while :; do sleep 0.05; done
 	if elapsed := time.Since(began); elapsed >= 5*time.Second {
 		t.Fatalf("Done waited %s, the whole grace, although the group had emptied", elapsed)
 	}
-	if res.Reason != ReasonCancelled {
+	if res.Reason != lifecycle.ReasonCancelled {
 		t.Fatalf("reason = %q", res.Reason)
 	}
 	if kinds := rec.kinds(); len(kinds) != 0 {
@@ -570,9 +571,9 @@ func TestOrphansKilledWhenMainExits(t *testing.T) {
 	}
 	bg := readPID(t, filepath.Join(dir, "bg.pid"))
 	waitFor(t, "orphan killed", func() bool { return processGone(bg) })
-	ev, ok := rec.find(EventOrphansKilled)
+	ev, ok := rec.find(lifecycle.EventOrphansKilled)
 	if !ok {
-		t.Fatalf("no %s event; got %v", EventOrphansKilled, rec.kinds())
+		t.Fatalf("no %s event; got %v", lifecycle.EventOrphansKilled, rec.kinds())
 	}
 	if !strings.Contains(ev.Message, strconv.Itoa(bg)) {
 		t.Fatalf("event %q does not name pid %d", ev.Message, bg)
@@ -587,8 +588,8 @@ func TestMaxDuration(t *testing.T) {
 	if elapsed := time.Since(began); elapsed < 200*time.Millisecond {
 		t.Fatalf("stopped after %s, before max_duration", elapsed)
 	}
-	if res.Reason != ReasonMaxDuration || res.Signal != "SIGTERM" {
-		t.Fatalf("result = %+v, want SIGTERM with reason %q", res, ReasonMaxDuration)
+	if res.Reason != lifecycle.ReasonMaxDuration || res.Signal != "SIGTERM" {
+		t.Fatalf("result = %+v, want SIGTERM with reason %q", res, lifecycle.ReasonMaxDuration)
 	}
 }
 
@@ -601,7 +602,7 @@ func TestCancelIdempotentAndSafeAfterExit(t *testing.T) {
 	for i := range 8 {
 		wg.Go(func() {
 			if i == 0 {
-				p.Cancel(ReasonMaxDuration)
+				p.Cancel(lifecycle.ReasonMaxDuration)
 			} else {
 				p.Cancel("")
 			}
@@ -609,7 +610,7 @@ func TestCancelIdempotentAndSafeAfterExit(t *testing.T) {
 	}
 	wg.Wait()
 	res := waitDone(t, p)
-	if !slices.Contains([]string{ReasonCancelled, ReasonMaxDuration}, res.Reason) {
+	if !slices.Contains([]lifecycle.ExitReason{lifecycle.ReasonCancelled, lifecycle.ReasonMaxDuration}, res.Reason) {
 		t.Fatalf("reason = %q", res.Reason)
 	}
 	p.Cancel("late") // after exit: must neither panic nor change the result

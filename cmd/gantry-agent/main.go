@@ -8,10 +8,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/gantry-ml/gantry/agent"
+	"github.com/gantry-ml/gantry/internal/cmdutil"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 )
@@ -48,11 +48,7 @@ func run() error {
 	if *tlsDir == "" {
 		*tlsDir = filepath.Join(*dataDir, "tls")
 	}
-	tlsFiles := tlsutil.Files{
-		CA:   filepath.Join(*tlsDir, "ca.pem"),
-		Cert: filepath.Join(*tlsDir, *nodeID+".pem"),
-		Key:  filepath.Join(*tlsDir, *nodeID+"-key.pem"),
-	}
+	tlsFiles := tlsutil.FilesIn(*tlsDir, *nodeID)
 	// Say what is wrong with the certificate now, not as every handshake
 	// being refused later: the controllers accept this agent only under
 	// gantry://agent/NODE_ID.
@@ -65,9 +61,9 @@ func run() error {
 			tlsFiles.Cert, id, want, *nodeID)
 	}
 	ag, err := agent.New(agent.Config{
-		NodeID: *nodeID, DataDir: *dataDir, Controllers: splitList(*controllers),
+		NodeID: *nodeID, DataDir: *dataDir, Controllers: cmdutil.SplitList(*controllers),
 		FakeGPUs: *fakeGPUs, Log: log,
-		SerfAddr: *serfAddr, SerfAdvertise: *serfAdv, Join: splitList(*join), GossipKey: *gossipKey,
+		SerfAddr: *serfAddr, SerfAdvertise: *serfAdv, Join: cmdutil.SplitList(*join), GossipKey: *gossipKey,
 		JobUser: *jobUser,
 		TLS:     tlsFiles,
 	})
@@ -79,14 +75,4 @@ func run() error {
 	defer stop()
 	log.Info("agent started", "node", *nodeID, "controllers", *controllers, "gpus", len(ag.GPUs()))
 	return ag.Run(ctx)
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }

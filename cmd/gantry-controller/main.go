@@ -26,6 +26,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/dashboard"
 	"github.com/gantry-ml/gantry/controller/server"
 	"github.com/gantry-ml/gantry/controller/store"
+	"github.com/gantry-ml/gantry/internal/cmdutil"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 )
@@ -157,17 +158,13 @@ func run() error {
 	cfg := server.Config{
 		NodeID: *nodeID, DataDir: *dataDir, HTTPAddr: *httpAddr, QUICAddr: *quicAddr, RaftAddr: *raftAddr,
 		Bootstrap: *bootstrap, Token: *token, Log: log,
-		SerfAddr: *serfAddr, SerfAdvertise: *serfAdv, Join: splitList(*join), BootstrapExpect: *expect,
+		SerfAddr: *serfAddr, SerfAdvertise: *serfAdv, Join: cmdutil.SplitList(*join), BootstrapExpect: *expect,
 		GossipKey: *gossipKey, AdvertiseHTTP: *advHTTP, AdvertiseQUIC: *advQUIC, AdvertiseRaft: *advRaft,
 		LostGrace:        *lostGrace,
-		HTTPAllowedHosts: splitList(*allowedHosts), HTTPTLSCert: *httpTLSCert, HTTPTLSKey: *httpTLSKey,
+		HTTPAllowedHosts: cmdutil.SplitList(*allowedHosts), HTTPTLSCert: *httpTLSCert, HTTPTLSKey: *httpTLSKey,
 		InsecureNoToken: *noToken,
 		Disk:            cluster.DiskConfig{MinFree: minFreeBytes},
-		TLS: tlsutil.Files{
-			CA:   filepath.Join(*tlsDir, "ca.pem"),
-			Cert: filepath.Join(*tlsDir, *tlsName+".pem"),
-			Key:  filepath.Join(*tlsDir, *tlsName+"-key.pem"),
-		},
+		TLS:             tlsutil.FilesIn(*tlsDir, *tlsName),
 		// The API's mux owns /v1/ and /metrics; "/" only catches the rest.
 		Extra: func(m *http.ServeMux) { m.Handle("/", dashboard.Handler()) },
 	}
@@ -276,16 +273,6 @@ func passable(dir string) error {
 		return fmt.Errorf("dev data dir: let jobs through: %w", err)
 	}
 	return nil
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 const tlsUsage = `usage:

@@ -22,15 +22,6 @@ import (
 	"github.com/gantry-ml/gantry/proto/limits"
 )
 
-// Job event kinds the controller itself records.
-const (
-	// EventRecordRejected replaces a record of the job that broke a limit;
-	// it keeps the record's seq, so the stream stays dense.
-	EventRecordRejected = "record_rejected"
-	// EventMetricKeysDropped says the job reached limits.MaxKeysPerJob.
-	EventMetricKeysDropped = "metric_keys_dropped"
-)
-
 // ErrRejected wraps every reason a record or hello is refused.
 var ErrRejected = errors.New("rejected")
 
@@ -150,15 +141,22 @@ func checkPoint(p *gantrypb.MetricPoint) error {
 	if err := checkTS("metric point", p.Ts); err != nil {
 		return err
 	}
-	if n := len(p.Values); n > limits.MaxKeysPerPoint {
-		return reject("metric point has %d keys; the limit is %d", n, limits.MaxKeysPerPoint)
+	return checkValues(p.Values, limits.MaxKeysPerPoint, "metric point has %d keys; the limit is %d", "metric")
+}
+
+// checkValues bounds a map of metric values: at most limit keys (else
+// tooMany, a format of the count and the limit), each key valid, each
+// value finite (else an error naming the key as a name).
+func checkValues(values map[string]float64, limit int, tooMany, name string) error {
+	if n := len(values); n > limit {
+		return reject(tooMany, n, limit)
 	}
-	for k, v := range p.Values {
+	for k, v := range values {
 		if err := CheckMetricKey(k); err != nil {
 			return err
 		}
 		if !finite(v) {
-			return reject("metric %q is not a finite number", k)
+			return reject("%s %q is not a finite number", name, k)
 		}
 	}
 	return nil
@@ -184,16 +182,8 @@ func checkExit(x *gantrypb.JobExit) error {
 	if err := checkTS("exit", x.Ts); err != nil {
 		return err
 	}
-	if n := len(x.FinalMetrics); n > limits.MaxKeysPerJob {
-		return reject("exit carries %d final metrics; the limit is %d", n, limits.MaxKeysPerJob)
-	}
-	for k, v := range x.FinalMetrics {
-		if err := CheckMetricKey(k); err != nil {
-			return err
-		}
-		if !finite(v) {
-			return reject("final metric %q is not a finite number", k)
-		}
+	if err := checkValues(x.FinalMetrics, limits.MaxKeysPerJob, "exit carries %d final metrics; the limit is %d", "final metric"); err != nil {
+		return err
 	}
 	if err := checkText("exit log tail", x.LogTail, limits.MaxLogTailBytes); err != nil {
 		return err

@@ -8,27 +8,25 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/gantry-ml/gantry/lifecycle"
 )
 
-// Job states, as they appear in the API.
+// Job states, as they appear in the API. They are the lifecycle package's
+// names, repeated here so that an API client has them beside the types.
 const (
-	StateQueued    = "queued"
-	StateAssigned  = "assigned"
-	StateRunning   = "running"
-	StateSucceeded = "succeeded"
-	StateFailed    = "failed"
-	StateCancelled = "cancelled"
-	StateLost      = "lost"
+	StateQueued    = lifecycle.StateQueued
+	StateAssigned  = lifecycle.StateAssigned
+	StateRunning   = lifecycle.StateRunning
+	StateSucceeded = lifecycle.StateSucceeded
+	StateFailed    = lifecycle.StateFailed
+	StateCancelled = lifecycle.StateCancelled
+	StateLost      = lifecycle.StateLost
 )
 
 // IsTerminal reports whether a job in this state will never change again.
-func IsTerminal(state string) bool {
-	switch state {
-	case StateSucceeded, StateFailed, StateCancelled, StateLost:
-		return true
-	}
-	return false
-}
+// The rule is lifecycle.IsTerminalName; this stays for API clients.
+func IsTerminal(state string) bool { return lifecycle.IsTerminalName(state) }
 
 // Resources is what a job asks of a node.
 type Resources struct {

@@ -13,6 +13,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/testutil"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
@@ -119,7 +120,7 @@ func TestSingleNode(t *testing.T) {
 		t.Fatal("applied job not in the store")
 	}
 	// A domain error comes back as the error, checkable with errors.Is.
-	if _, err := n.Apply(&gantrypb.SubmitJobCmd{JobId: "j1"}); !errors.Is(err, fsm.ErrJobExists) {
+	if _, err := n.Apply(&gantrypb.SubmitJobCmd{JobId: "j1"}); !errors.Is(err, lifecycle.ErrJobExists) {
 		t.Fatalf("duplicate submit err = %v, want ErrJobExists", err)
 	}
 	if err := n.Barrier(5 * time.Second); err != nil {
@@ -190,7 +191,7 @@ func TestRestartReplaysLog(t *testing.T) {
 		t.Fatal("restored from a snapshot that was never taken")
 	}
 	submit(t, n2, "after-restart")
-	if _, err := n2.Apply(&gantrypb.SubmitJobCmd{JobId: "j0"}); !errors.Is(err, fsm.ErrJobExists) {
+	if _, err := n2.Apply(&gantrypb.SubmitJobCmd{JobId: "j0"}); !errors.Is(err, lifecycle.ErrJobExists) {
 		t.Fatalf("replayed job not known to the FSM: %v", err)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/testutil"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
@@ -362,7 +363,7 @@ func TestWALWriteFailureReportedAndRestartRecovers(t *testing.T) {
 		if i == 100 {
 			t.Fatal("100 MiB of entries written without the log running out of space")
 		}
-		if _, err := nd.Apply(big); err != nil && !errors.Is(err, fsm.ErrJobExists) {
+		if _, err := nd.Apply(big); err != nil && !errors.Is(err, lifecycle.ErrJobExists) {
 			break
 		}
 	}

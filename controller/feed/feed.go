@@ -13,6 +13,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/fsm"
 	"github.com/gantry-ml/gantry/controller/hub"
 	"github.com/gantry-ml/gantry/controller/view"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
@@ -72,7 +73,7 @@ func (f *Feed) Applied(c *fsm.Changes) {
 		f.mu.Lock()
 		prev, seen := f.shown[id]
 		changed := !seen || prev != key
-		terminal := fsm.IsTerminal(job.State)
+		terminal := lifecycle.IsTerminal(job.State)
 		if terminal {
 			delete(f.shown, id)
 		} else {

@@ -20,16 +20,15 @@ import (
 
 	"github.com/gantry-ml/gantry/controller/command"
 	"github.com/gantry-ml/gantry/controller/store"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
-// Domain errors returned as Raft responses (not panics: the entry is valid,
-// the request is not).
+// Errors returned as Raft responses (not panics). A request that is valid
+// but not allowed by the job's state gets one of the lifecycle package's
+// domain errors (lifecycle.ErrJobExists and its siblings); these are the
+// FSM's own.
 var (
-	ErrJobExists   = errors.New("job already exists")
-	ErrJobNotFound = errors.New("job not found")
-	ErrTerminal    = errors.New("job already ended")
-	ErrNotQueued   = errors.New("job is not queued")
 	// ErrSkipped is the response to a committed entry that cannot be
 	// applied (it does not decode, or breaks a limit). Every voter skips
 	// it in the same way, so their states stay equal; retrying the same
@@ -299,8 +298,8 @@ func isDiskFull(err error) bool {
 }
 
 func isDomain(err error) bool {
-	return errors.Is(err, ErrJobExists) || errors.Is(err, ErrJobNotFound) ||
-		errors.Is(err, ErrTerminal) || errors.Is(err, ErrNotQueued)
+	return errors.Is(err, lifecycle.ErrJobExists) || errors.Is(err, lifecycle.ErrJobNotFound) ||
+		errors.Is(err, lifecycle.ErrTerminal) || errors.Is(err, lifecycle.ErrNotQueued)
 }
 
 func (f *FSM) apply(tx *store.Tx, msg proto.Message, ch *Changes) (any, error) {
@@ -325,7 +324,7 @@ func (f *FSM) apply(tx *store.Tx, msg proto.Message, ch *Changes) (any, error) {
 
 func (f *FSM) submit(tx *store.Tx, m *gantrypb.SubmitJobCmd, ch *Changes) (any, error) {
 	if _, err := tx.Job(m.JobId); err == nil {
-		return nil, fmt.Errorf("%w: %s", ErrJobExists, m.JobId)
+		return nil, fmt.Errorf("%w: %s", lifecycle.ErrJobExists, m.JobId)
 	}
 	job := &gantrypb.Job{
 		Id:          m.JobId,
@@ -343,7 +342,7 @@ func (f *FSM) submit(tx *store.Tx, m *gantrypb.SubmitJobCmd, ch *Changes) (any, 
 func (f *FSM) job(tx *store.Tx, id string) (*gantrypb.Job, error) {
 	job, err := tx.Job(id)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %s", ErrJobNotFound, id)
+		return nil, fmt.Errorf("%w: %s", lifecycle.ErrJobNotFound, id)
 	}
 	return job, err
 }
@@ -354,7 +353,7 @@ func (f *FSM) assign(tx *store.Tx, m *gantrypb.AssignJobCmd, ch *Changes) error 
 		return err
 	}
 	if job.State != gantrypb.JobState_JOB_STATE_QUEUED {
-		return fmt.Errorf("%w: %s is %s", ErrNotQueued, job.Id, job.State)
+		return fmt.Errorf("%w: %s is %s", lifecycle.ErrNotQueued, job.Id, job.State)
 	}
 	job.State = gantrypb.JobState_JOB_STATE_ASSIGNED
 	job.Node = m.NodeId
@@ -373,8 +372,8 @@ func (f *FSM) cancel(tx *store.Tx, m *gantrypb.CancelJobCmd, ch *Changes) error 
 		return err
 	}
 	switch {
-	case IsTerminal(job.State):
-		return fmt.Errorf("%w: %s is %s", ErrTerminal, job.Id, job.State)
+	case lifecycle.IsTerminal(job.State):
+		return fmt.Errorf("%w: %s is %s", lifecycle.ErrTerminal, job.Id, job.State)
 	case job.State == gantrypb.JobState_JOB_STATE_QUEUED:
 		// Never ran: there are no metrics to wait for, so it ends here.
 		finish(job, gantrypb.JobState_JOB_STATE_CANCELLED, "cancelled before it started", m.AtMs)
@@ -394,8 +393,8 @@ func (f *FSM) endJob(tx *store.Tx, m *gantrypb.EndJobCmd, ch *Changes) error {
 	if err != nil {
 		return err
 	}
-	if IsTerminal(job.State) {
-		return fmt.Errorf("%w: %s is %s", ErrTerminal, job.Id, job.State)
+	if lifecycle.IsTerminal(job.State) {
+		return fmt.Errorf("%w: %s is %s", lifecycle.ErrTerminal, job.Id, job.State)
 	}
 	finish(job, m.State, m.Error, m.AtMs)
 	if err := tx.PutJob(job); err != nil {
@@ -460,16 +459,6 @@ func (f *FSM) nodeDown(tx *store.Tx, m *gantrypb.NodeDownCmd, ch *Changes) error
 	}
 	ch.node(node)
 	return nil
-}
-
-// IsTerminal reports whether a job in this state never changes again.
-func IsTerminal(s gantrypb.JobState) bool {
-	switch s {
-	case gantrypb.JobState_JOB_STATE_SUCCEEDED, gantrypb.JobState_JOB_STATE_FAILED,
-		gantrypb.JobState_JOB_STATE_CANCELLED, gantrypb.JobState_JOB_STATE_LOST:
-		return true
-	}
-	return false
 }
 
 // finish makes a job terminal for a reason the controller established. The

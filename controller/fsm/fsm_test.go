@@ -18,16 +18,15 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/gantry-ml/gantry/controller/admission"
 	"github.com/gantry-ml/gantry/controller/command"
 	"github.com/gantry-ml/gantry/controller/fsm"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/controller/view"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/testutil"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
-	"github.com/gantry-ml/gantry/proto/link"
 )
 
 // recorder is an Observer that keeps every Changes and checks, at the
@@ -224,7 +223,7 @@ func TestSubmit(t *testing.T) {
 	dup := submit("j1")
 	dup.Spec.Name = "other"
 	err, _ := h.apply(dup).(error)
-	if !errors.Is(err, fsm.ErrJobExists) {
+	if !errors.Is(err, lifecycle.ErrJobExists) {
 		t.Fatalf("duplicate submit response = %v, want ErrJobExists", err)
 	}
 	if h.job("j1").Spec.GetName() != "j1" {
@@ -234,7 +233,7 @@ func TestSubmit(t *testing.T) {
 
 func TestAssign(t *testing.T) {
 	h := newHarness(t)
-	if err, _ := h.apply(assign("nope", "n1", 0)).(error); !errors.Is(err, fsm.ErrJobNotFound) {
+	if err, _ := h.apply(assign("nope", "n1", 0)).(error); !errors.Is(err, lifecycle.ErrJobNotFound) {
 		t.Fatalf("assign of unknown job = %v, want ErrJobNotFound", err)
 	}
 	h.mustOK(submit("j1"))
@@ -243,7 +242,7 @@ func TestAssign(t *testing.T) {
 	if j.State != gantrypb.JobState_JOB_STATE_ASSIGNED || j.Node != "n1" || len(j.Gpus) != 2 || j.Gpus[1] != 3 || j.AssignedAtMs != 2000 {
 		t.Fatalf("assigned job = %v", j)
 	}
-	if err, _ := h.apply(assign("j1", "n2", 0)).(error); !errors.Is(err, fsm.ErrNotQueued) {
+	if err, _ := h.apply(assign("j1", "n2", 0)).(error); !errors.Is(err, lifecycle.ErrNotQueued) {
 		t.Fatalf("second assign = %v, want ErrNotQueued", err)
 	}
 	if h.job("j1").Node != "n1" {
@@ -253,7 +252,7 @@ func TestAssign(t *testing.T) {
 
 func TestCancel(t *testing.T) {
 	h := newHarness(t)
-	if err, _ := h.apply(&gantrypb.CancelJobCmd{JobId: "nope"}).(error); !errors.Is(err, fsm.ErrJobNotFound) {
+	if err, _ := h.apply(&gantrypb.CancelJobCmd{JobId: "nope"}).(error); !errors.Is(err, lifecycle.ErrJobNotFound) {
 		t.Fatalf("cancel of unknown job = %v", err)
 	}
 
@@ -273,7 +272,7 @@ func TestCancel(t *testing.T) {
 	if len(calls) != 1 || calls[0].Jobs["queued"].FinalMetrics == nil {
 		t.Fatalf("observer's cancelled job has nil final metrics: %v", calls)
 	}
-	if err, _ := h.apply(&gantrypb.CancelJobCmd{JobId: "queued"}).(error); !errors.Is(err, fsm.ErrTerminal) {
+	if err, _ := h.apply(&gantrypb.CancelJobCmd{JobId: "queued"}).(error); !errors.Is(err, lifecycle.ErrTerminal) {
 		t.Fatalf("cancel of a terminal job = %v, want ErrTerminal", err)
 	}
 
@@ -444,7 +443,7 @@ func TestExitMakesTerminalWithFinalMetrics(t *testing.T) {
 				t.Fatalf("observer called %d times, want 1", len(calls))
 			}
 			c := calls[0]
-			if len(c.Points["j"]) != 5 || !fsm.IsTerminal(c.Jobs["j"].State) || !maps.Equal(c.Jobs["j"].FinalMetrics, want) {
+			if len(c.Points["j"]) != 5 || !lifecycle.IsTerminal(c.Jobs["j"].State) || !maps.Equal(c.Jobs["j"].FinalMetrics, want) {
 				t.Fatalf("observer changes: %d points, job %v", len(c.Points["j"]), c.Jobs["j"])
 			}
 		})
@@ -471,7 +470,7 @@ func TestLateExit(t *testing.T) {
 	if before.State != gantrypb.JobState_JOB_STATE_LOST || before.FinalMetrics["loss"] != 0.5 {
 		t.Fatalf("EndJob: %v", before)
 	}
-	if err, _ := h.apply(&gantrypb.EndJobCmd{JobId: "j", State: gantrypb.JobState_JOB_STATE_FAILED}).(error); !errors.Is(err, fsm.ErrTerminal) {
+	if err, _ := h.apply(&gantrypb.EndJobCmd{JobId: "j", State: gantrypb.JobState_JOB_STATE_FAILED}).(error); !errors.Is(err, lifecycle.ErrTerminal) {
 		t.Fatalf("EndJob of a terminal job = %v, want ErrTerminal", err)
 	}
 
@@ -492,11 +491,11 @@ func TestLateExit(t *testing.T) {
 func TestBadMetricLinesCounted(t *testing.T) {
 	h := newHarness(t)
 	h.running("j")
-	ev := func(seq uint64, kind string, n uint64) *gantrypb.Record {
-		return &gantrypb.Record{JobId: "j", Seq: seq, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{Kind: kind, Count: n, Message: "m"}}}
+	ev := func(seq uint64, kind lifecycle.EventKind, n uint64) *gantrypb.Record {
+		return &gantrypb.Record{JobId: "j", Seq: seq, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{Kind: string(kind), Count: n, Message: "m"}}}
 	}
-	h.mustOK(ingest("n1", ev(2, link.EventBadMetricLines, 3), ev(3, link.EventReadError, 100)))
-	h.mustOK(ingest("n1", ev(4, link.EventBadMetricLines, 4)))
+	h.mustOK(ingest("n1", ev(2, lifecycle.EventBadMetricLines, 3), ev(3, lifecycle.EventReadError, 100)))
+	h.mustOK(ingest("n1", ev(4, lifecycle.EventBadMetricLines, 4)))
 	j := h.job("j")
 	if j.BadLines != 7 || j.Events != 3 {
 		t.Fatalf("bad_lines=%d events=%d, want 7 and 3", j.BadLines, j.Events)
@@ -826,7 +825,7 @@ func TestIngestCapsKeysPerJob(t *testing.T) {
 	}
 	var dropEvents int
 	for _, e := range h.events("j") {
-		if e.Kind == admission.EventMetricKeysDropped {
+		if e.Kind == string(lifecycle.EventMetricKeysDropped) {
 			dropEvents++
 		}
 	}

@@ -8,9 +8,9 @@ import (
 
 	"github.com/gantry-ml/gantry/controller/admission"
 	"github.com/gantry-ml/gantry/controller/store"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
-	"github.com/gantry-ml/gantry/proto/link"
 )
 
 // ingest stores a batch of agent records. Each (stream, seq) is applied at
@@ -144,7 +144,7 @@ func (f *FSM) dropKeys(tx *store.Tx, job *gantrypb.Job, seq uint64, ts float64, 
 	if !first {
 		return nil
 	}
-	e := &gantrypb.JobEvent{Seq: seq, Ts: ts, Kind: admission.EventMetricKeysDropped, Count: uint64(n),
+	e := &gantrypb.JobEvent{Seq: seq, Ts: ts, Kind: string(lifecycle.EventMetricKeysDropped), Count: uint64(n),
 		Message: fmt.Sprintf("the job reached %d distinct metric keys; values of new keys are dropped from here on (see dropped_metric_keys)", limits.MaxKeysPerJob)}
 	if err := tx.PutEvent(job.Id, e); err != nil {
 		return err
@@ -187,10 +187,10 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 			return err
 		}
 		job.Events++
-		switch e.Kind {
-		case link.EventBadMetricLines:
+		switch lifecycle.EventKind(e.Kind) {
+		case lifecycle.EventBadMetricLines:
 			job.BadLines += e.Count
-		case admission.EventRecordRejected:
+		case lifecycle.EventRecordRejected:
 			job.RejectedRecords++
 		}
 		ch.event(job.Id, e)
@@ -212,12 +212,12 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 		job.StartedAtMs = secondsToMs(body.Started.Ts, atMs)
 
 	case *gantrypb.Record_Exit:
-		if IsTerminal(job.State) {
+		if lifecycle.IsTerminal(job.State) {
 			// Terminal means final: a late exit record (the job was
 			// declared lost while its agent was cut off) does not rewrite
 			// history, but it is kept as an event so nothing is hidden.
-			e := &gantrypb.JobEvent{Seq: rec.Seq, Ts: body.Exit.Ts, Kind: "late_exit",
-				Message: fmt.Sprintf("exit reported after the job was already %s: %s", job.State, describeExit(body.Exit))}
+			e := &gantrypb.JobEvent{Seq: rec.Seq, Ts: body.Exit.Ts, Kind: string(lifecycle.EventLateExit),
+				Message: fmt.Sprintf("exit reported after the job was already %s: %s", job.State, lifecycle.DescribeExit(body.Exit))}
 			if err := tx.PutEvent(job.Id, e); err != nil {
 				return err
 			}
@@ -239,7 +239,8 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 }
 
 // applyExit makes the job terminal with its final metrics, all in the same
-// write as the points that precede it.
+// write as the points that precede it. Which terminal state is the
+// lifecycle's rule (lifecycle.ClassifyExit).
 func (f *FSM) applyExit(job *gantrypb.Job, x *gantrypb.JobExit, atMs int64) {
 	final := copyMetrics(job.LatestMetrics)
 	for k, v := range x.FinalMetrics {
@@ -253,40 +254,7 @@ func (f *FSM) applyExit(job *gantrypb.Job, x *gantrypb.JobExit, atMs int64) {
 	if job.StartedAtMs == 0 {
 		job.StartedAtMs = job.FinishedAtMs
 	}
-	switch {
-	case x.Reason == "cancelled" || (job.CancelRequested && x.Reason == ""):
-		job.State = gantrypb.JobState_JOB_STATE_CANCELLED
-		job.Error = "cancelled: " + describeExit(x)
-		if x.ExitCode != nil && *x.ExitCode == 0 && x.Signal == "" {
-			// It finished on its own before the signal landed.
-			job.State = gantrypb.JobState_JOB_STATE_SUCCEEDED
-			job.Error = ""
-		}
-	case x.Error != "":
-		job.State = gantrypb.JobState_JOB_STATE_FAILED
-		job.Error = x.Error
-	case x.Reason == "max_duration":
-		job.State = gantrypb.JobState_JOB_STATE_FAILED
-		job.Error = "exceeded max_duration: " + describeExit(x)
-	case x.ExitCode != nil && *x.ExitCode == 0 && x.Signal == "":
-		job.State = gantrypb.JobState_JOB_STATE_SUCCEEDED
-		job.Error = ""
-	default:
-		job.State = gantrypb.JobState_JOB_STATE_FAILED
-		job.Error = describeExit(x)
-	}
-}
-
-func describeExit(x *gantrypb.JobExit) string {
-	switch {
-	case x.Signal != "":
-		return "killed by " + x.Signal
-	case x.ExitCode != nil:
-		return fmt.Sprintf("exited with code %d", *x.ExitCode)
-	case x.Error != "":
-		return x.Error
-	}
-	return "exit status unknown"
+	job.State, job.Error = lifecycle.ClassifyExit(x, job.CancelRequested)
 }
 
 // secondsToMs converts an agent timestamp, falling back to the leader's

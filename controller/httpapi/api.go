@@ -33,10 +33,10 @@ import (
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/cluster"
-	"github.com/gantry-ml/gantry/controller/fsm"
 	"github.com/gantry-ml/gantry/controller/hub"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/controller/view"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
@@ -217,9 +217,6 @@ func (a *API) jsonBody(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// Watchers is the number of connected WebSocket watchers.
-func (a *API) Watchers() int64 { return a.watchers.Load() }
-
 func (a *API) auth(h http.HandlerFunc) http.HandlerFunc {
 	if a.opts.Token == "" {
 		return h
@@ -262,9 +259,9 @@ func writeError(w http.ResponseWriter, status int, err error) {
 // writeApplyError maps a Raft/FSM error to a status.
 func (a *API) writeApplyError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
-	case errors.Is(err, fsm.ErrJobNotFound):
+	case errors.Is(err, lifecycle.ErrJobNotFound):
 		writeError(w, http.StatusNotFound, err)
-	case errors.Is(err, fsm.ErrTerminal), errors.Is(err, fsm.ErrJobExists):
+	case errors.Is(err, lifecycle.ErrTerminal), errors.Is(err, lifecycle.ErrJobExists):
 		writeError(w, http.StatusConflict, err)
 	case errors.Is(err, cluster.ErrNotLeader):
 		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("this controller is not the leader and cannot accept writes right now: %w", err))
@@ -330,8 +327,7 @@ func (a *API) submit(w http.ResponseWriter, r *http.Request) {
 }
 
 // jobStates are the values ?state= may take.
-var jobStates = []string{apiv1.StateQueued, apiv1.StateAssigned, apiv1.StateRunning,
-	apiv1.StateSucceeded, apiv1.StateFailed, apiv1.StateCancelled, apiv1.StateLost}
+var jobStates = lifecycle.StateNames
 
 func (a *API) listJobs(w http.ResponseWriter, r *http.Request) {
 	stateFilter := r.URL.Query().Get("state")
@@ -508,7 +504,7 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 		}
 		data, next := tx.Logs(id, offset, limit)
 		out = apiv1.Logs{Offset: offset, Next: next, Data: string(data),
-			Complete: fsm.IsTerminal(j.State) && next >= j.LogBytes}
+			Complete: lifecycle.IsTerminal(j.State) && next >= j.LogBytes}
 		return nil
 	})
 	if err != nil {
@@ -523,7 +519,7 @@ func (a *API) listNodes(w http.ResponseWriter, r *http.Request) {
 	err := a.opts.Store.View(func(tx *store.Tx) error {
 		holders := map[string]map[uint32]string{}
 		if err := tx.Jobs(func(j *gantrypb.Job) bool {
-			if j.State == gantrypb.JobState_JOB_STATE_ASSIGNED || j.State == gantrypb.JobState_JOB_STATE_RUNNING {
+			if lifecycle.HoldsGPUs(j.State) {
 				if holders[j.Node] == nil {
 					holders[j.Node] = map[uint32]string{}
 				}

@@ -19,6 +19,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/hub"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/controller/view"
+	"github.com/gantry-ml/gantry/lifecycle"
 )
 
 // WebSocket timings and limits.
@@ -168,7 +169,7 @@ func (a *API) live(w http.ResponseWriter, r *http.Request) {
 		c.close(websocket.CloseGoingAway, "write failed")
 		return
 	}
-	if apiv1.IsTerminal(snap.Job.State) {
+	if lifecycle.IsTerminalName(snap.Job.State) {
 		if err := c.writeFrame(apiv1.Frame{Type: apiv1.FrameFinal, Job: snap.Job}); err == nil {
 			c.close(websocket.CloseNormalClosure, "job ended")
 		}

@@ -13,9 +13,9 @@ import (
 	"github.com/quic-go/quic-go"
 	"google.golang.org/protobuf/encoding/protodelim"
 
-	"github.com/gantry-ml/gantry/controller/admission"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
 	"github.com/gantry-ml/gantry/proto/link"
@@ -126,7 +126,7 @@ func TestHostileAgentBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ev := range events {
-		if ev.Kind != admission.EventRecordRejected || !strings.Contains(ev.Message, "limit") {
+		if ev.Kind != string(lifecycle.EventRecordRejected) || !strings.Contains(ev.Message, "limit") {
 			t.Fatalf("event %v, want record_rejected naming the limit", ev)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/controller/admission"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
 )
@@ -88,7 +89,7 @@ func screen(node string, recs []*gantrypb.Record, owners map[string]string) scre
 				msg = strings.ToValidUTF8(msg[:limits.MaxEventMessageBytes], "")
 			}
 			rec = &gantrypb.Record{JobId: rec.JobId, Seq: rec.Seq, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
-				Ts: float64(time.Now().UnixMilli()) / 1000, Kind: admission.EventRecordRejected, Count: 1, Message: msg,
+				Ts: float64(time.Now().UnixMilli()) / 1000, Kind: string(lifecycle.EventRecordRejected), Count: 1, Message: msg,
 			}}}
 		}
 		out.records = append(out.records, rec)

@@ -16,8 +16,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/gantry-ml/gantry/controller/fsm"
 	"github.com/gantry-ml/gantry/controller/store"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
@@ -84,6 +84,10 @@ type Agents interface {
 	// SendOnce sends m to the node unless the same key was already sent on
 	// its current session.
 	SendOnce(nodeID, key string, m *gantrypb.ControlMessage) error
+	// Forget lets key be sent again on the node's current session, if it
+	// has one; the scheduler calls it once the job the key names has
+	// ended, so a session's record of what it sent does not only grow.
+	Forget(nodeID, key string)
 }
 
 // Scheduler is the reconcile loop.
@@ -99,6 +103,10 @@ type Scheduler struct {
 	// running jobs are declared lost.
 	LostGrace time.Duration
 	now       func() time.Time
+	// told maps each job whose start or cancel was sent (or tried) to its
+	// node, until the job ends: then its keys are forgotten. Only the
+	// reconcile pass uses it.
+	told map[string]string
 }
 
 // Wakeup asks a scheduler for a reconcile soon. It exists apart from the
@@ -121,7 +129,7 @@ func (w Wakeup) Wake() {
 // leads.
 func New(st *store.Store, r Raft, agents Agents, w Wakeup, log *slog.Logger) *Scheduler {
 	return &Scheduler{store: st, raft: r, agents: agents, log: log, wake: w,
-		Interval: time.Second, LostGrace: 60 * time.Second, now: time.Now}
+		Interval: time.Second, LostGrace: 60 * time.Second, now: time.Now, told: map[string]string{}}
 }
 
 // Wake asks for a reconcile soon. It never blocks.
@@ -155,7 +163,7 @@ func (s *Scheduler) read() (snapshot, error) {
 	var snap snapshot
 	err := s.store.View(func(tx *store.Tx) error {
 		if err := tx.Jobs(func(j *gantrypb.Job) bool {
-			if !fsm.IsTerminal(j.State) {
+			if !lifecycle.IsTerminal(j.State) {
 				snap.jobs = append(snap.jobs, j)
 			}
 			return true
@@ -171,16 +179,17 @@ func (s *Scheduler) read() (snapshot, error) {
 
 // Reconcile runs one pass: place queued jobs, then make sure every
 // connected agent has been told to start its assigned jobs and stop its
-// cancelled ones.
+// cancelled ones. It is not safe to run two passes at once.
 func (s *Scheduler) Reconcile() {
 	snap, err := s.read()
 	if err != nil {
 		s.log.Error("scheduler: read state", "err", err)
 		return
 	}
+	s.forgetEnded(snap.jobs)
 	used := map[string]map[uint32]bool{}
 	for _, j := range snap.jobs {
-		if j.State == gantrypb.JobState_JOB_STATE_ASSIGNED || j.State == gantrypb.JobState_JOB_STATE_RUNNING {
+		if lifecycle.HoldsGPUs(j.State) {
 			if used[j.Node] == nil {
 				used[j.Node] = map[uint32]bool{}
 			}
@@ -209,7 +218,7 @@ func (s *Scheduler) Reconcile() {
 
 	for _, j := range snap.jobs {
 		if since, down := downSince[j.Node]; down && j.Node != "" && !s.agents.Connected(j.Node) &&
-			(j.State == gantrypb.JobState_JOB_STATE_ASSIGNED || j.State == gantrypb.JobState_JOB_STATE_RUNNING) {
+			lifecycle.HoldsGPUs(j.State) {
 			if s.now().Sub(since) >= s.LostGrace {
 				s.markLost(j, since)
 			}
@@ -223,7 +232,7 @@ func (s *Scheduler) Reconcile() {
 			}
 			_, err := s.raft.Apply(&gantrypb.AssignJobCmd{JobId: j.Id, NodeId: node, Gpus: gpus, AtMs: time.Now().UnixMilli()})
 			if err != nil {
-				if !errors.Is(err, fsm.ErrNotQueued) {
+				if !errors.Is(err, lifecycle.ErrNotQueued) {
 					s.log.Warn("scheduler: assign failed", "job", j.Id, "node", node, "err", err)
 				}
 				continue
@@ -238,7 +247,8 @@ func (s *Scheduler) Reconcile() {
 			s.start(j)
 		}
 		if j.CancelRequested && s.agents.Connected(j.Node) {
-			err := s.agents.SendOnce(j.Node, "cancel/"+j.Id, &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Cancel{
+			s.told[j.Id] = j.Node
+			err := s.agents.SendOnce(j.Node, cancelKey(j.Id), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Cancel{
 				Cancel: &gantrypb.CancelJob{JobId: j.Id, Reason: "cancelled by user"}}})
 			if err != nil {
 				s.log.Warn("scheduler: send cancel", "job", j.Id, "node", j.Node, "err", err)
@@ -252,7 +262,7 @@ func (s *Scheduler) Reconcile() {
 func (s *Scheduler) markLost(j *gantrypb.Job, since time.Time) {
 	reason := fmt.Sprintf("node %s unreachable since %s (more than %s)", j.Node, since.UTC().Format(time.RFC3339), s.LostGrace)
 	_, err := s.raft.Apply(&gantrypb.EndJobCmd{JobId: j.Id, State: gantrypb.JobState_JOB_STATE_LOST, Error: reason, AtMs: s.now().UnixMilli()})
-	if err != nil && !errors.Is(err, fsm.ErrTerminal) {
+	if err != nil && !errors.Is(err, lifecycle.ErrTerminal) {
 		s.log.Warn("scheduler: mark lost", "job", j.Id, "err", err)
 		return
 	}
@@ -263,9 +273,35 @@ func (s *Scheduler) start(j *gantrypb.Job) {
 	if !s.agents.Connected(j.Node) {
 		return
 	}
-	err := s.agents.SendOnce(j.Node, "start/"+j.Id, &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Start{
+	s.told[j.Id] = j.Node
+	err := s.agents.SendOnce(j.Node, startKey(j.Id), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Start{
 		Start: &gantrypb.StartJob{JobId: j.Id, Spec: j.Spec, Gpus: j.Gpus}}})
 	if err != nil {
 		s.log.Warn("scheduler: send start", "job", j.Id, "node", j.Node, "err", err)
 	}
 }
+
+// forgetEnded forgets the start and cancel keys of every job told to an
+// agent that is no longer among the live jobs: it ended (or is gone), so
+// neither message will be needed again.
+func (s *Scheduler) forgetEnded(live []*gantrypb.Job) {
+	if len(s.told) == 0 {
+		return
+	}
+	alive := make(map[string]bool, len(live))
+	for _, j := range live {
+		alive[j.Id] = true
+	}
+	for id, node := range s.told {
+		if alive[id] {
+			continue
+		}
+		s.agents.Forget(node, startKey(id))
+		s.agents.Forget(node, cancelKey(id))
+		delete(s.told, id)
+	}
+}
+
+// startKey and cancelKey are the SendOnce keys of a job's messages.
+func startKey(id string) string  { return "start/" + id }
+func cancelKey(id string) string { return "cancel/" + id }

@@ -18,6 +18,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/testutil"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
@@ -139,7 +140,23 @@ type fakeAgents struct {
 	mu        sync.Mutex
 	connected map[string]bool
 	sent      []sent
+	forgot    []string // "node key"
 	fail      error
+}
+
+func (a *fakeAgents) Forget(node, key string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.forgot = append(a.forgot, node+" "+key)
+}
+
+func (a *fakeAgents) takeForgot() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := a.forgot
+	a.forgot = nil
+	slices.Sort(out)
+	return out
 }
 
 func (a *fakeAgents) Connected(id string) bool {
@@ -251,6 +268,48 @@ func TestReconcileAssignsAndStarts(t *testing.T) {
 	}
 	if s := e.agents.take(); len(s) != 1 || s[0].key != "start/j1" {
 		t.Fatalf("second pass sent %v, want start/j1 again", s)
+	}
+}
+
+// TestReconcileForgetsEndedJobs: once a job the scheduler told an agent
+// about has ended, its start and cancel keys are forgotten on the node's
+// session, once, so a long-lived session's record of what it sent stays
+// as small as its live jobs.
+func TestReconcileForgetsEndedJobs(t *testing.T) {
+	e := newEnv(t)
+	e.node("n1", 2, true)
+	e.submit("done", 1)
+	e.submit("stop", 1)
+	e.submit("live", 0)
+	e.s.Reconcile()
+	if s := e.agents.take(); len(s) != 3 {
+		t.Fatalf("sent %v, want three starts", s)
+	}
+	e.must(&gantrypb.CancelJobCmd{JobId: "stop"})
+	e.s.Reconcile()
+	if f := e.agents.takeForgot(); len(f) != 0 {
+		t.Fatalf("forgot %v while every job is live", f)
+	}
+	if s := e.agents.take(); !slices.ContainsFunc(s, func(m sent) bool { return m.key == "cancel/stop" }) {
+		t.Fatalf("sent %v, want cancel/stop", s)
+	}
+
+	code := int32(0)
+	e.must(&gantrypb.IngestCmd{NodeId: "n1", Records: []*gantrypb.Record{
+		{JobId: "done", Seq: 1, Body: &gantrypb.Record_Exit{Exit: &gantrypb.JobExit{ExitCode: &code}}},
+		{JobId: "stop", Seq: 1, Body: &gantrypb.Record_Exit{Exit: &gantrypb.JobExit{Reason: "cancelled", Signal: "SIGTERM"}}},
+	}})
+	e.s.Reconcile()
+	want := []string{"n1 cancel/done", "n1 cancel/stop", "n1 start/done", "n1 start/stop"}
+	if f := e.agents.takeForgot(); !slices.Equal(f, want) {
+		t.Fatalf("forgot %v, want %v", f, want)
+	}
+	e.s.Reconcile()
+	if f := e.agents.takeForgot(); len(f) != 0 {
+		t.Fatalf("forgot %v again", f)
+	}
+	if len(e.s.told) != 1 || e.s.told["live"] != "n1" {
+		t.Fatalf("told = %v, want only the live job", e.s.told)
 	}
 }
 
@@ -418,7 +477,7 @@ func TestReconcileMarksJobsLostAfterGrace(t *testing.T) {
 	e.s.now = func() time.Time { return down.Add(59 * time.Second) }
 	e.s.Reconcile()
 	for _, id := range []string{"run", "asg"} {
-		if fsm.IsTerminal(e.job(id).State) {
+		if lifecycle.IsTerminal(e.job(id).State) {
 			t.Fatalf("job %s ended inside the grace period", id)
 		}
 	}

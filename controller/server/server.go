@@ -463,6 +463,12 @@ func (a agentSet) SendOnce(nodeID, key string, m *gantrypb.ControlMessage) error
 	return sess.SendOnce(key, m)
 }
 
+func (a agentSet) Forget(nodeID, key string) {
+	if sess, ok := a.ingest.Session(nodeID); ok {
+		sess.Forget(key)
+	}
+}
+
 // agentEvents wakes the scheduler when agents come and go: a new agent may
 // take queued jobs, and one that left may hold jobs to re-send.
 type agentEvents struct{ wake scheduler.Wakeup }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
@@ -95,69 +96,27 @@ func (t *Tx) Jobs(fn func(*gantrypb.Job) bool) error {
 
 // PutPoint stores one metric point under its seq.
 func (t *Tx) PutPoint(jobID string, p *gantrypb.MetricPoint) error {
-	b, err := t.sub(bucketPoints, jobID)
-	if err != nil {
-		return err
-	}
-	return putProto(b, u64(p.Seq), p)
+	return t.putSeq(bucketPoints, jobID, p.Seq, p)
 }
 
 // Points returns up to limit points of a job with seq > after, in seq order.
 func (t *Tx) Points(jobID string, after uint64, limit int) ([]*gantrypb.MetricPoint, error) {
-	var out []*gantrypb.MetricPoint
-	err := t.walk(bucketPoints, jobID, after, limit, func(v []byte) error {
-		p := &gantrypb.MetricPoint{}
-		if err := proto.Unmarshal(v, p); err != nil {
-			return fmt.Errorf("store: decode point of %q: %w", jobID, err)
-		}
-		out = append(out, p)
-		return nil
-	})
-	return out, err
+	return decodeAfter[gantrypb.MetricPoint](t, bucketPoints, "point", jobID, after, limit)
 }
 
 // LastPoints returns the last n points of a job, in seq order.
 func (t *Tx) LastPoints(jobID string, n int) ([]*gantrypb.MetricPoint, error) {
-	b := t.tx.Bucket(bucketPoints).Bucket([]byte(jobID))
-	if b == nil || n <= 0 {
-		return nil, nil
-	}
-	out := make([]*gantrypb.MetricPoint, 0, n)
-	c := b.Cursor()
-	for k, v := c.Last(); k != nil && len(out) < n; k, v = c.Prev() {
-		p := &gantrypb.MetricPoint{}
-		if err := proto.Unmarshal(v, p); err != nil {
-			return nil, fmt.Errorf("store: decode point of %q: %w", jobID, err)
-		}
-		out = append(out, p)
-	}
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
-	}
-	return out, nil
+	return decodeLast[gantrypb.MetricPoint](t, bucketPoints, "point", jobID, n)
 }
 
 // PutEvent stores a job event under its seq.
 func (t *Tx) PutEvent(jobID string, e *gantrypb.JobEvent) error {
-	b, err := t.sub(bucketEvents, jobID)
-	if err != nil {
-		return err
-	}
-	return putProto(b, u64(e.Seq), e)
+	return t.putSeq(bucketEvents, jobID, e.Seq, e)
 }
 
 // Events returns up to limit events of a job with seq > after.
 func (t *Tx) Events(jobID string, after uint64, limit int) ([]*gantrypb.JobEvent, error) {
-	var out []*gantrypb.JobEvent
-	err := t.walk(bucketEvents, jobID, after, limit, func(v []byte) error {
-		e := &gantrypb.JobEvent{}
-		if err := proto.Unmarshal(v, e); err != nil {
-			return fmt.Errorf("store: decode event of %q: %w", jobID, err)
-		}
-		out = append(out, e)
-		return nil
-	})
-	return out, err
+	return decodeAfter[gantrypb.JobEvent](t, bucketEvents, "event", jobID, after, limit)
 }
 
 // PutLog stores a chunk of a job's log at its byte offset.
@@ -264,18 +223,56 @@ func (t *Tx) GPUSamples(nodeID string, n int) ([]*gantrypb.GPUSample, error) {
 	if b == nil || n <= 0 {
 		return nil, nil
 	}
-	var out []*gantrypb.GPUSample
+	return decodeLast[gantrypb.GPUSample](t, bucketGPU, "gpu sample", nodeID, n)
+}
+
+// message is a generated protobuf message type: *T implements proto.Message.
+type message[T any] interface {
+	*T
+	proto.Message
+}
+
+// putSeq stores m under seq in id's bucket inside top.
+func (t *Tx) putSeq(top []byte, id string, seq uint64, m proto.Message) error {
+	b, err := t.sub(top, id)
+	if err != nil {
+		return err
+	}
+	return putProto(b, u64(seq), m)
+}
+
+// decodeAfter decodes up to limit messages of id's bucket inside top with
+// seq > after, in seq order; what names them in errors.
+func decodeAfter[T any, P message[T]](t *Tx, top []byte, what, id string, after uint64, limit int) ([]P, error) {
+	var out []P
+	err := t.walk(top, id, after, limit, func(v []byte) error {
+		m := P(new(T))
+		if err := proto.Unmarshal(v, m); err != nil {
+			return fmt.Errorf("store: decode %s of %q: %w", what, id, err)
+		}
+		out = append(out, m)
+		return nil
+	})
+	return out, err
+}
+
+// decodeLast decodes the last n messages of id's bucket inside top, in seq
+// order; what names them in errors.
+func decodeLast[T any, P message[T]](t *Tx, top []byte, what, id string, n int) ([]P, error) {
+	b := t.tx.Bucket(top).Bucket([]byte(id))
+	if b == nil || n <= 0 {
+		return nil, nil
+	}
+	var out []P
 	c := b.Cursor()
 	for k, v := c.Last(); k != nil && len(out) < n; k, v = c.Prev() {
-		s := &gantrypb.GPUSample{}
-		if err := proto.Unmarshal(v, s); err != nil {
-			return nil, fmt.Errorf("store: decode gpu sample of %q: %w", nodeID, err)
+		m := P(new(T))
+		if err := proto.Unmarshal(v, m); err != nil {
+			return nil, fmt.Errorf("store: decode %s of %q: %w", what, id, err)
 		}
-		out = append(out, s)
+		out = append(out, m)
 	}
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
-	}
+	slices.Reverse(out)
 	return out, nil
 }
 

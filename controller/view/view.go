@@ -10,13 +10,13 @@ import (
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/cluster"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
-// State returns the API name of a job state.
+// State returns the API name of a job state (lifecycle.StateName).
 func State(s gantrypb.JobState) string {
-	name := strings.TrimPrefix(s.String(), "JOB_STATE_")
-	return strings.ToLower(name)
+	return lifecycle.StateName(s)
 }
 
 // NodeState returns the API name of a node state.
@@ -98,7 +98,7 @@ func Job(j *gantrypb.Job) apiv1.Job {
 		c := int(*j.ExitCode)
 		out.ExitCode = &c
 	}
-	if apiv1.IsTerminal(out.State) {
+	if lifecycle.IsTerminal(j.State) {
 		out.FinalMetrics = j.FinalMetrics
 		if out.FinalMetrics == nil {
 			out.FinalMetrics = map[string]float64{}

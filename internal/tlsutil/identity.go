@@ -206,7 +206,7 @@ func Check(dir string, role Role, name string) error {
 	if err := checkName(name); err != nil {
 		return err
 	}
-	f := filesFor(dir, name)
+	f := FilesIn(dir, name)
 	pair, err := tls.LoadX509KeyPair(f.Cert, f.Key)
 	if err != nil {
 		return fmt.Errorf("tlsutil: check %s: %w", f.Cert, err)

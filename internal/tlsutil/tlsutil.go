@@ -85,8 +85,10 @@ type Files struct {
 	Key string
 }
 
-// filesFor returns the paths of name's certificate and key in dir.
-func filesFor(dir, name string) Files {
+// FilesIn returns the paths of the CA certificate and of name's certificate
+// and key in the certificate directory dir, as InitCA, Issue and EnsureDev
+// write them: the one place that knows the file names.
+func FilesIn(dir, name string) Files {
 	return Files{
 		CA:   filepath.Join(dir, caCertFile),
 		Cert: filepath.Join(dir, name+".pem"),
@@ -205,7 +207,7 @@ func Issue(dir string, role Role, name string, hosts []string) (Files, error) {
 	if err != nil {
 		return Files{}, fmt.Errorf("tlsutil: issue %q: create certificate: %w", name, err)
 	}
-	f := filesFor(dir, name)
+	f := FilesIn(dir, name)
 	if err := writeKey(f.Key, key); err != nil {
 		return Files{}, fmt.Errorf("tlsutil: issue %q: %w", name, err)
 	}
@@ -248,7 +250,7 @@ func EnsureDev(dir, agentName string) (controller, agent Files, err error) {
 			ErrNoCA, caCertFile, caKeyFile, dir)
 	}
 	ensure := func(role Role, name string) (Files, error) {
-		f := filesFor(dir, name)
+		f := FilesIn(dir, name)
 		hasCert, err := fileExists(f.Cert)
 		if err != nil {
 			return Files{}, err

@@ -53,14 +53,6 @@ const (
 	CodeShuttingDown quic.ApplicationErrorCode = 3
 )
 
-// Job event kinds the agent reports. The controller counts
-// EventBadMetricLines into the job's bad_lines.
-const (
-	EventBadMetricLines   = "bad_metric_lines"
-	EventMetricsTruncated = "metrics_truncated"
-	EventReadError        = "read_error"
-)
-
 // ErrBadStreamType is returned for a stream whose first byte is unknown.
 var ErrBadStreamType = errors.New("link: unknown stream type")
 

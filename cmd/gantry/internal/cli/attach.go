@@ -9,6 +9,7 @@ import (
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/client"
+	"github.com/gantry-ml/gantry/lifecycle"
 )
 
 // errDetached reports that the user left the live view; the job goes on.
@@ -55,7 +56,7 @@ func (a *app) follow(ctx context.Context, c *client.Client, id string) (apiv1.Jo
 		return nil
 	})
 	switch {
-	case final && apiv1.IsTerminal(v.current().State):
+	case final && lifecycle.IsTerminalName(v.current().State):
 		v.finish()
 		return v.current(), v.error()
 	case ctx.Err() != nil:
@@ -109,7 +110,7 @@ func (a *app) poll(ctx context.Context, c *client.Client, id string, v *liveView
 			}
 		default:
 			v.job(job)
-			if apiv1.IsTerminal(job.State) {
+			if lifecycle.IsTerminalName(job.State) {
 				return job, nil
 			}
 		}

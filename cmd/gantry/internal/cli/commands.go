@@ -69,16 +69,23 @@ func (a *app) watchCmd() *cobra.Command {
 }
 
 func (a *app) psCmd() *cobra.Command {
+	return tableCmd(a, "ps", "List jobs", (*client.Client).Jobs, WriteJobsTable)
+}
+
+// tableCmd is a command without arguments that fetches a list from the
+// controller and writes it as a table.
+func tableCmd[T any](a *app, use, short string, fetch func(*client.Client, context.Context) (T, error),
+	write func(io.Writer, T, time.Time) error) *cobra.Command {
 	return &cobra.Command{
-		Use:   "ps",
-		Short: "List jobs",
+		Use:   use,
+		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			jobs, err := a.client().Jobs(cmd.Context())
+			list, err := fetch(a.client(), cmd.Context())
 			if err != nil {
 				return err
 			}
-			return WriteJobsTable(a.env.Stdout, jobs, a.env.Now())
+			return write(a.env.Stdout, list, a.env.Now())
 		},
 	}
 }
@@ -173,18 +180,7 @@ func (a *app) cancelCmd() *cobra.Command {
 }
 
 func (a *app) nodesCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "nodes",
-		Short: "List GPU nodes with free and total GPUs",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			nodes, err := a.client().Nodes(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return WriteNodesTable(a.env.Stdout, nodes, a.env.Now())
-		},
-	}
+	return tableCmd(a, "nodes", "List GPU nodes with free and total GPUs", (*client.Client).Nodes, WriteNodesTable)
 }
 
 func (a *app) clusterCmd() *cobra.Command {

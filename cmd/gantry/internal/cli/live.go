@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/lifecycle"
 )
 
 // Output pacing. A terminal panel is cheap to redraw but flickers above
@@ -103,7 +104,7 @@ func (v *liveView) tick() {
 	}
 	since := v.now().Sub(v.lastDraw)
 	if (v.dirty && since >= ttyRedrawEvery) ||
-		(v.panelLines > 0 && since >= ttyClockEvery && !apiv1.IsTerminal(v.p.Job.State)) {
+		(v.panelLines > 0 && since >= ttyClockEvery && !lifecycle.IsTerminalName(v.p.Job.State)) {
 		v.redraw()
 	}
 }
@@ -111,7 +112,7 @@ func (v *liveView) tick() {
 func (v *liveView) update(stateChanged bool) {
 	now := v.now()
 	// A terminal state is announced by the result that follows.
-	if stateChanged && !apiv1.IsTerminal(v.p.Job.State) {
+	if stateChanged && !lifecycle.IsTerminalName(v.p.Job.State) {
 		v.erasePanel()
 		v.printf("%s\n", stateLine(v.p.Job))
 	}
@@ -126,7 +127,7 @@ func (v *liveView) update(stateChanged bool) {
 		return
 	}
 	// The result follows a terminal state.
-	if apiv1.IsTerminal(v.p.Job.State) {
+	if lifecycle.IsTerminalName(v.p.Job.State) {
 		return
 	}
 	line := ProgressLine(&v.p, 0, false)

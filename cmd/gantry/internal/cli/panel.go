@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/lifecycle"
 )
 
 // Live panel geometry. A terminal of unknown size is assumed to be the
@@ -136,7 +137,7 @@ func panelHeader(j apiv1.Job, now time.Time) string {
 			state += " (GPUs " + joinInts(j.GPUs) + ")"
 		}
 	}
-	if j.CancelRequested && !apiv1.IsTerminal(j.State) {
+	if j.CancelRequested && !lifecycle.IsTerminalName(j.State) {
 		state += ", cancel requested"
 	}
 	parts = append(parts, state)
@@ -147,7 +148,7 @@ func panelHeader(j apiv1.Job, now time.Time) string {
 			end = *j.FinishedAt
 		}
 		parts = append(parts, "elapsed "+max(0, end.Sub(*j.StartedAt)).Round(time.Second).String())
-	case j.CreatedAt != nil && !apiv1.IsTerminal(j.State):
+	case j.CreatedAt != nil && !lifecycle.IsTerminalName(j.State):
 		parts = append(parts, "waiting "+max(0, now.Sub(*j.CreatedAt)).Round(time.Second).String())
 	}
 	return strings.Join(parts, "  ")

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/lifecycle"
 )
 
 // Keys with a meaning of their own in the metrics file contract.
@@ -398,7 +399,7 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 	row("ID", j.ID)
 	row("Name", orDash(j.Name))
 	state := j.State
-	if j.CancelRequested && !apiv1.IsTerminal(j.State) {
+	if j.CancelRequested && !lifecycle.IsTerminalName(j.State) {
 		state += " (cancel requested)"
 	}
 	row("State", state)

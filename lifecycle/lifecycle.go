@@ -1,0 +1,168 @@
+// Package lifecycle holds the rules of a job's life that more than one side
+// of Gantry must agree on: its states and which of them are final, how an
+// exit record classifies the job, the exit reasons and event kinds that
+// travel in records, and the domain errors the controller returns.
+//
+// It sits low in the import graph (it imports only proto/gantrypb) so that
+// the agent, the controller and the CLI can all use it without importing
+// each other. Changing the lifecycle means editing this package.
+//
+// Every string here is a contract: it is stored in the Raft log and the
+// state database, sent over the agent link, and shown by the API. Only add.
+package lifecycle
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+)
+
+// Job states by their API names (the lower-cased enum name without the
+// JOB_STATE_ prefix; see StateName).
+const (
+	StateQueued    = "queued"
+	StateAssigned  = "assigned"
+	StateRunning   = "running"
+	StateSucceeded = "succeeded"
+	StateFailed    = "failed"
+	StateCancelled = "cancelled"
+	StateLost      = "lost"
+)
+
+// StateNames lists every API state name, in lifecycle order.
+var StateNames = []string{StateQueued, StateAssigned, StateRunning,
+	StateSucceeded, StateFailed, StateCancelled, StateLost}
+
+// StateName returns the API name of a stored job state.
+func StateName(s gantrypb.JobState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "JOB_STATE_"))
+}
+
+// IsTerminal reports whether a job in this state never changes again.
+func IsTerminal(s gantrypb.JobState) bool {
+	switch s {
+	case gantrypb.JobState_JOB_STATE_SUCCEEDED, gantrypb.JobState_JOB_STATE_FAILED,
+		gantrypb.JobState_JOB_STATE_CANCELLED, gantrypb.JobState_JOB_STATE_LOST:
+		return true
+	}
+	return false
+}
+
+// HoldsGPUs reports whether a job in this state holds the GPUs it was
+// assigned: from assignment until it ends. Placement counts them as used.
+func HoldsGPUs(s gantrypb.JobState) bool {
+	return s == gantrypb.JobState_JOB_STATE_ASSIGNED || s == gantrypb.JobState_JOB_STATE_RUNNING
+}
+
+// IsTerminalName is IsTerminal for a state's API name, for the clients
+// that only see the API.
+func IsTerminalName(name string) bool {
+	switch name {
+	case StateSucceeded, StateFailed, StateCancelled, StateLost:
+		return true
+	}
+	return false
+}
+
+// Domain errors the controller returns for a request that is valid but
+// not allowed in the job's current state.
+var (
+	ErrJobExists   = errors.New("job already exists")
+	ErrJobNotFound = errors.New("job not found")
+	ErrTerminal    = errors.New("job already ended")
+	ErrNotQueued   = errors.New("job is not queued")
+)
+
+// ExitReason says why the agent, rather than the job itself, stopped a job.
+// It travels in JobExit.reason; empty means the job ended by itself.
+type ExitReason string
+
+// Exit reasons.
+const (
+	// ReasonCancelled is a user (or controller) cancel.
+	ReasonCancelled ExitReason = "cancelled"
+	// ReasonMaxDuration is the spec's max_duration running out.
+	ReasonMaxDuration ExitReason = "max_duration"
+)
+
+// EventKind is the kind of a job event (JobEvent.kind).
+type EventKind string
+
+// Job event kinds reported by the agent.
+const (
+	// EventBadMetricLines counts metrics lines the agent could not parse;
+	// the controller adds its count to the job's bad_lines.
+	EventBadMetricLines EventKind = "bad_metric_lines"
+	// EventMetricsTruncated says the metrics file shrank while the job ran.
+	EventMetricsTruncated EventKind = "metrics_truncated"
+	// EventReadError says the agent could not read a job file.
+	EventReadError EventKind = "read_error"
+	// EventKillEscalated means processes outlived kill_grace after SIGTERM
+	// and were sent SIGKILL.
+	EventKillEscalated EventKind = "kill_escalated"
+	// EventOrphansKilled means the job's main process exited while other
+	// processes of its group were still running; they were sent SIGKILL so
+	// that they do not keep GPUs busy.
+	EventOrphansKilled EventKind = "orphans_killed"
+	// EventReadopted is reported by a restarted agent for each job it
+	// takes over.
+	EventReadopted EventKind = "readopted"
+)
+
+// Job event kinds reported by either side.
+const (
+	// EventMetricKeysDropped says metric values were left out because of
+	// the key caps: the agent's (key length, keys per line, distinct keys
+	// per job) or the controller's limits.MaxKeysPerJob.
+	EventMetricKeysDropped EventKind = "metric_keys_dropped"
+)
+
+// Job event kinds the controller itself records.
+const (
+	// EventRecordRejected replaces a record of the job that broke a limit;
+	// it keeps the record's seq, so the stream stays dense.
+	EventRecordRejected EventKind = "record_rejected"
+	// EventLateExit keeps an exit record that arrived after the job was
+	// already terminal (declared lost while its agent was cut off): it does
+	// not rewrite the job, but nothing is hidden.
+	EventLateExit EventKind = "late_exit"
+)
+
+// ClassifyExit decides the terminal state of a job from its exit record and
+// whether a cancel was requested, and the error text stored with it ("" for
+// success). It is a pure function: every voter classifies alike.
+func ClassifyExit(x *gantrypb.JobExit, cancelRequested bool) (gantrypb.JobState, string) {
+	reason := ExitReason(x.Reason)
+	clean := x.ExitCode != nil && *x.ExitCode == 0 && x.Signal == ""
+	switch {
+	case reason == ReasonCancelled || (cancelRequested && reason == ""):
+		if clean {
+			// It finished on its own before the signal landed.
+			return gantrypb.JobState_JOB_STATE_SUCCEEDED, ""
+		}
+		return gantrypb.JobState_JOB_STATE_CANCELLED, "cancelled: " + DescribeExit(x)
+	case x.Error != "":
+		return gantrypb.JobState_JOB_STATE_FAILED, x.Error
+	case reason == ReasonMaxDuration:
+		return gantrypb.JobState_JOB_STATE_FAILED, "exceeded max_duration: " + DescribeExit(x)
+	case clean:
+		return gantrypb.JobState_JOB_STATE_SUCCEEDED, ""
+	default:
+		return gantrypb.JobState_JOB_STATE_FAILED, DescribeExit(x)
+	}
+}
+
+// DescribeExit says in words how a job's process ended.
+func DescribeExit(x *gantrypb.JobExit) string {
+	switch {
+	case x.Signal != "":
+		return "killed by " + x.Signal
+	case x.ExitCode != nil:
+		return fmt.Sprintf("exited with code %d", *x.ExitCode)
+	case x.Error != "":
+		return x.Error
+	}
+	return "exit status unknown"
+}
