@@ -26,7 +26,7 @@ import (
 	"github.com/gantry-ml/gantry/membership"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
-	protolink "github.com/gantry-ml/gantry/proto/link"
+	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 // Version is the agent's version string.
@@ -146,7 +146,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}
 
-	clientTLS, err := tlsutil.ClientConfig(cfg.TLS, protolink.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
+	clientTLS, err := tlsutil.ClientConfig(cfg.TLS, wire.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		a.Close()
 		return nil, fmt.Errorf("agent: TLS: %w", err)

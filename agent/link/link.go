@@ -24,7 +24,7 @@ import (
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
-	protolink "github.com/gantry-ml/gantry/proto/link"
+	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 // Limits of one batch and of the window of unacked batches. A batch's
@@ -208,12 +208,12 @@ func (l *Link) addrs() []string {
 // accepted (a session, not just a dial attempt).
 func (l *Link) session(ctx context.Context, addr string) (established bool, err error) {
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	conn, err := quic.DialAddr(dctx, addr, l.opts.TLS, protolink.QUICConfig())
+	conn, err := quic.DialAddr(dctx, addr, l.opts.TLS, wire.QUICConfig())
 	cancel()
 	if err != nil {
 		return false, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	defer conn.CloseWithError(protolink.CodeOK, "agent closing")
+	defer conn.CloseWithError(wire.CodeOK, "agent closing")
 
 	ctrl, err := l.hello(ctx, conn)
 	if err != nil {
@@ -223,7 +223,7 @@ func (l *Link) session(ctx context.Context, addr string) (established bool, err 
 	if err != nil {
 		return true, fmt.Errorf("open records stream: %w", err)
 	}
-	records, err := protolink.Open(qs, protolink.StreamRecords)
+	records, err := wire.Open(qs, wire.StreamRecords)
 	if err != nil {
 		return true, err
 	}
@@ -244,7 +244,7 @@ func (l *Link) session(ctx context.Context, addr string) (established bool, err 
 		// One failure closes all: closing the connection unblocks every
 		// reader and writer of this session.
 		<-gctx.Done()
-		conn.CloseWithError(protolink.CodeOK, "session ended")
+		conn.CloseWithError(wire.CodeOK, "session ended")
 		return nil
 	})
 	return true, g.Wait()
@@ -273,12 +273,12 @@ func (l *Link) watchController(ctx context.Context, addr string) error {
 	}
 }
 
-func (l *Link) hello(ctx context.Context, conn *quic.Conn) (*protolink.Stream, error) {
+func (l *Link) hello(ctx context.Context, conn *quic.Conn) (*wire.Stream, error) {
 	qs, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open control stream: %w", err)
 	}
-	ctrl, err := protolink.Open(qs, protolink.StreamControl)
+	ctrl, err := wire.Open(qs, wire.StreamControl)
 	if err != nil {
 		return nil, err
 	}
@@ -303,7 +303,7 @@ func (l *Link) hello(ctx context.Context, conn *quic.Conn) (*protolink.Stream, e
 	return ctrl, nil
 }
 
-func (l *Link) readControl(ctrl *protolink.Stream) error {
+func (l *Link) readControl(ctrl *wire.Stream) error {
 	for {
 		var m gantrypb.ControlMessage
 		if err := ctrl.Read(&m, 0); err != nil {
@@ -320,7 +320,7 @@ func (l *Link) readControl(ctrl *protolink.Stream) error {
 	}
 }
 
-func (l *Link) readAcks(records *protolink.Stream, window chan struct{}) error {
+func (l *Link) readAcks(records *wire.Stream, window chan struct{}) error {
 	for {
 		var ack gantrypb.BatchAck
 		if err := records.Read(&ack, 0); err != nil {
@@ -341,7 +341,7 @@ func (l *Link) readAcks(records *protolink.Stream, window chan struct{}) error {
 }
 
 // send streams the spool from the oldest unacked record, in index order.
-func (l *Link) send(ctx context.Context, records *protolink.Stream, window chan struct{}) error {
+func (l *Link) send(ctx context.Context, records *wire.Stream, window chan struct{}) error {
 	_, oldest, err := l.opts.Spool.Pending()
 	if err != nil {
 		return err

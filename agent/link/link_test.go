@@ -25,7 +25,7 @@ import (
 	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
-	protolink "github.com/gantry-ml/gantry/proto/link"
+	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 const waitLong = 20 * time.Second
@@ -54,7 +54,7 @@ func startController(t *testing.T) *controller {
 	if err := srv.WaitLeader(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	agentTLS, err := tlsutil.ClientConfig(agent, protolink.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
+	agentTLS, err := tlsutil.ClientConfig(agent, wire.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,7 +375,7 @@ func (notLeader) ApplyAsync(proto.Message) (*cluster.Pending, error) {
 
 func TestFollowsRedirectToLeader(t *testing.T) {
 	c := startController(t)
-	serverTLS, err := tlsutil.ServerConfig(c.ctrlTLS, protolink.ALPN, tlsutil.RoleAgent)
+	serverTLS, err := tlsutil.ServerConfig(c.ctrlTLS, wire.ALPN, tlsutil.RoleAgent)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,7 @@ import (
 	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
-	protolink "github.com/gantry-ml/gantry/proto/link"
+	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 // rogue is a process posing as a controller on the agent link: it accepts
@@ -40,8 +40,8 @@ func startRogue(t *testing.T, cert tls.Certificate) *rogue {
 	t.Helper()
 	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{
 		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
-		NextProtos: []string{protolink.ALPN}, ClientAuth: tls.RequireAnyClientCert,
-	}, protolink.QUICConfig())
+		NextProtos: []string{wire.ALPN}, ClientAuth: tls.RequireAnyClientCert,
+	}, wire.QUICConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,12 +67,12 @@ func startRogue(t *testing.T, cert tls.Certificate) *rogue {
 }
 
 func (r *rogue) serve(ctx context.Context, conn *quic.Conn) {
-	defer conn.CloseWithError(protolink.CodeOK, "rogue done")
+	defer conn.CloseWithError(wire.CodeOK, "rogue done")
 	qs, err := conn.AcceptStream(ctx)
 	if err != nil {
 		return
 	}
-	_, ctrl, err := protolink.Accept(qs, 5*time.Second)
+	_, ctrl, err := wire.Accept(qs, 5*time.Second)
 	if err != nil {
 		return
 	}
@@ -157,7 +157,7 @@ func TestRogueControllerRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	chainOnly := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{own},
-		NextProtos: []string{protolink.ALPN}, ServerName: "localhost"}
+		NextProtos: []string{wire.ALPN}, ServerName: "localhost"}
 
 	tests := []struct {
 		name   string

@@ -24,9 +24,9 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/gantry-ml/gantry/bench/cluster"
 	"github.com/gantry-ml/gantry/bench/proc"
 	"github.com/gantry-ml/gantry/bench/simagent"
+	"github.com/gantry-ml/gantry/bench/testcluster"
 )
 
 // Sentinel errors.
@@ -57,7 +57,7 @@ func Start(ctx context.Context, g *proc.Group, dir string, n int) (*Cluster, err
 	if err != nil {
 		return nil, ErrNotInstalled
 	}
-	ports, err := cluster.FreePorts(2 * n)
+	ports, err := testcluster.FreePorts(2 * n)
 	if err != nil {
 		return nil, err
 	}

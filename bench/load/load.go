@@ -16,9 +16,9 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/gantry-ml/gantry/bench/cluster"
 	"github.com/gantry-ml/gantry/bench/proc"
 	"github.com/gantry-ml/gantry/bench/simagent"
+	"github.com/gantry-ml/gantry/bench/testcluster"
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
@@ -48,7 +48,7 @@ type Fleet struct {
 // StartFleet starts n agents named prefix-0…, each with its own
 // certificate, and submits jobsPerAgent jobs pinned to each (no GPUs, so
 // they are placed at once).
-func StartFleet(ctx context.Context, c *cluster.Cluster, dir, prefix string, n, jobsPerAgent int) (*Fleet, error) {
+func StartFleet(ctx context.Context, c *testcluster.Cluster, dir, prefix string, n, jobsPerAgent int) (*Fleet, error) {
 	f := &Fleet{Jobs: make([][]string, n), steps: map[string]*atomic.Int64{}}
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("%s-%d", prefix, i)
@@ -243,7 +243,7 @@ type Sample struct {
 
 // Take samples every node's stored points, the leader's last Raft index and
 // its CPU time.
-func Take(ctx context.Context, c *cluster.Cluster, leader *cluster.Node) (Sample, error) {
+func Take(ctx context.Context, c *testcluster.Cluster, leader *testcluster.Node) (Sample, error) {
 	s := Sample{At: time.Now(), Stored: make([]uint64, len(c.Nodes)), NodeCPU: make([]time.Duration, len(c.Nodes))}
 	var err error
 	if s.LeaderCPU, err = leader.CPU(); err != nil {

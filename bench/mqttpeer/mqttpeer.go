@@ -20,8 +20,8 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/gantry-ml/gantry/bench/cluster"
 	"github.com/gantry-ml/gantry/bench/proc"
+	"github.com/gantry-ml/gantry/bench/testcluster"
 )
 
 // Sentinel errors.
@@ -64,7 +64,7 @@ func Start(ctx context.Context, g *proc.Group, dir string) (*Broker, error) {
 		}
 		bin = "/usr/sbin/mosquitto" // root's PATH has sbin; others may not
 	}
-	ports, err := cluster.FreePorts(2)
+	ports, err := testcluster.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}

@@ -22,7 +22,7 @@ import (
 	"github.com/gantry-ml/gantry/agent/spool"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
-	protolink "github.com/gantry-ml/gantry/proto/link"
+	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 // ErrNotStarted means the controller never sent StartJob for a job.
@@ -66,7 +66,7 @@ func Start(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("simagent %s: %w", opts.ID, err)
 	}
-	tlsConf, err := tlsutil.ClientConfig(opts.TLS, protolink.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
+	tlsConf, err := tlsutil.ClientConfig(opts.TLS, wire.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		sp.Close()
 		return nil, fmt.Errorf("simagent %s: %w", opts.ID, err)

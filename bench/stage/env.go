@@ -13,10 +13,10 @@ import (
 	"math"
 	"time"
 
-	"github.com/gantry-ml/gantry/bench/cluster"
 	"github.com/gantry-ml/gantry/bench/load"
 	"github.com/gantry-ml/gantry/bench/proc"
 	"github.com/gantry-ml/gantry/bench/report"
+	"github.com/gantry-ml/gantry/bench/testcluster"
 )
 
 // ErrTimeout means a stage waited too long for something it needs.
@@ -47,8 +47,8 @@ type Env struct {
 	// Out receives one progress line per step.
 	Out io.Writer
 
-	Cluster   *cluster.Cluster
-	Leader    *cluster.Node
+	Cluster   *testcluster.Cluster
+	Leader    *testcluster.Node
 	leaderIdx int
 	start     time.Time
 
@@ -93,7 +93,7 @@ func (e *Env) scale() float64 {
 // Setup starts the 3-node controller cluster.
 func (e *Env) Setup(ctx context.Context) error {
 	e.Progress("setup", "starting 3 gantry-controller processes on loopback")
-	c, err := cluster.Start(ctx, cluster.Options{BinDir: e.BinDir, Dir: e.RunDir, Nodes: 3, Group: e.Group, Pprof: e.Profile})
+	c, err := testcluster.Start(ctx, testcluster.Options{BinDir: e.BinDir, Dir: e.RunDir, Nodes: 3, Group: e.Group, Pprof: e.Profile})
 	if err != nil {
 		return err
 	}

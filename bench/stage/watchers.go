@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/gantry-ml/gantry/bench/cluster"
 	"github.com/gantry-ml/gantry/bench/load"
 	"github.com/gantry-ml/gantry/bench/mqttpeer"
 	"github.com/gantry-ml/gantry/bench/report"
 	"github.com/gantry-ml/gantry/bench/simagent"
 	"github.com/gantry-ml/gantry/bench/stats"
+	"github.com/gantry-ml/gantry/bench/testcluster"
 	"github.com/gantry-ml/gantry/bench/watch"
 )
 
@@ -189,13 +189,13 @@ func perWatcher(m, base map[string]float64, name string, n int) float64 {
 }
 
 // waitWatchers waits until the node's gantry_ws_watchers gauge is n.
-func waitWatchers(ctx context.Context, node *cluster.Node, n int) error {
+func waitWatchers(ctx context.Context, node *testcluster.Node, n int) error {
 	return waitFor(ctx, 60*time.Second, 50*time.Millisecond, fmt.Sprintf("gantry_ws_watchers = %d", n), func() (bool, error) {
 		m, err := node.Scrape(ctx)
 		if err != nil {
 			return false, nil
 		}
-		v, err := cluster.Metric(m, "gantry_ws_watchers")
+		v, err := testcluster.Metric(m, "gantry_ws_watchers")
 		if err != nil {
 			return false, err
 		}

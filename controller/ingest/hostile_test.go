@@ -18,17 +18,17 @@ import (
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
-	"github.com/gantry-ml/gantry/proto/link"
+	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 // records opens the records stream of a connected agent.
-func (a *agentConn) records(t *testing.T) *link.Stream {
+func (a *agentConn) records(t *testing.T) *wire.Stream {
 	t.Helper()
 	qs, err := a.conn.OpenStreamSync(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs, err := link.Open(qs, link.StreamRecords)
+	rs, err := wire.Open(qs, wire.StreamRecords)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func (a *agentConn) records(t *testing.T) *link.Stream {
 }
 
 // send writes a batch and waits for its ack.
-func send(t *testing.T, rs *link.Stream, b *gantrypb.RecordBatch) {
+func send(t *testing.T, rs *wire.Stream, b *gantrypb.RecordBatch) {
 	t.Helper()
 	if err := rs.Write(b); err != nil {
 		t.Fatal(err)
@@ -164,7 +164,7 @@ func TestHostileAgentFraming(t *testing.T) {
 	}
 	for name, payload := range map[string][]byte{
 		"garbage":        {0x05, 0xff, 0xff, 0xff, 0xff, 0xff},
-		"oversize frame": binary.AppendUvarint(nil, link.MaxMessageBytes+1),
+		"oversize frame": binary.AppendUvarint(nil, wire.MaxMessageBytes+1),
 		"too many recs":  framed.Bytes(),
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -173,7 +173,7 @@ func TestHostileAgentFraming(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := qs.Write(append([]byte{byte(link.StreamRecords)}, payload...)); err != nil {
+			if _, err := qs.Write(append([]byte{byte(wire.StreamRecords)}, payload...)); err != nil {
 				t.Fatal(err)
 			}
 			select {

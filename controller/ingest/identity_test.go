@@ -18,7 +18,7 @@ import (
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
-	"github.com/gantry-ml/gantry/proto/link"
+	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 // registerAs dials addr with f's certificate and says hello as nodeID. It
@@ -27,16 +27,16 @@ func (e *env) registerAs(addr string, f tlsutil.Files, nodeID string) error {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, err := quic.DialAddr(ctx, addr, e.clientTLS(f), link.QUICConfig())
+	conn, err := quic.DialAddr(ctx, addr, e.clientTLS(f), wire.QUICConfig())
 	if err != nil {
 		return err
 	}
-	defer conn.CloseWithError(link.CodeOK, "test done")
+	defer conn.CloseWithError(wire.CodeOK, "test done")
 	qs, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return err
 	}
-	ctrl, err := link.Open(qs, link.StreamControl)
+	ctrl, err := wire.Open(qs, wire.StreamControl)
 	if err != nil {
 		return err
 	}
@@ -104,7 +104,7 @@ func TestControllerCertificateCannotRegisterAsAgent(t *testing.T) {
 			t.Fatal("no CA certificate")
 		}
 		chainOnly := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
-			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool, NextProtos: []string{link.ALPN}}
+			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool, NextProtos: []string{wire.ALPN}}
 		srv, err := ingest.Listen(ingest.Options{Addr: "127.0.0.1:0", TLS: chainOnly, Raft: e.raft, Events: e.events,
 			Log: logging.Discard(), Version: "test"})
 		if err != nil {
@@ -124,7 +124,7 @@ func TestControllerCertificateCannotRegisterAsAgent(t *testing.T) {
 		for _, id := range []string{"c2", "agent1"} {
 			err := e.registerAs(srv.Addr().String(), c2, id)
 			var appErr *quic.ApplicationError
-			if !errors.As(err, &appErr) || appErr.ErrorCode != link.CodeProtocol || !strings.Contains(appErr.ErrorMessage, "only an agent certificate") {
+			if !errors.As(err, &appErr) || appErr.ErrorCode != wire.CodeProtocol || !strings.Contains(appErr.ErrorMessage, "only an agent certificate") {
 				t.Fatalf("hello as %q with a controller certificate: err = %v, want a protocol close naming the role", id, err)
 			}
 			assertNotRegistered(t, id)

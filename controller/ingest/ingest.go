@@ -26,7 +26,7 @@ import (
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
-	"github.com/gantry-ml/gantry/proto/link"
+	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 // Applier commits commands through Raft. ApplyAsync futures complete in the
@@ -82,8 +82,8 @@ func Listen(opts Options) (*Server, error) {
 		opts.MaxInflight = 32
 	}
 	tlsConf := opts.TLS.Clone()
-	tlsConf.NextProtos = []string{link.ALPN}
-	ln, err := quic.ListenAddr(opts.Addr, tlsConf, link.QUICConfig())
+	tlsConf.NextProtos = []string{wire.ALPN}
+	ln, err := quic.ListenAddr(opts.Addr, tlsConf, wire.QUICConfig())
 	if err != nil {
 		return nil, fmt.Errorf("ingest: listen on %s: %w", opts.Addr, err)
 	}
@@ -128,7 +128,7 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.mu.Lock()
 	for _, sess := range s.sessions {
-		sess.conn.CloseWithError(link.CodeShuttingDown, "controller shutting down")
+		sess.conn.CloseWithError(wire.CodeShuttingDown, "controller shutting down")
 	}
 	s.mu.Unlock()
 	return s.ln.Close()
@@ -163,7 +163,7 @@ type Session struct {
 	NodeID string
 	conn   *quic.Conn
 	ctrlMu sync.Mutex
-	ctrl   *link.Stream
+	ctrl   *wire.Stream
 
 	sentMu sync.Mutex
 	sent   map[string]bool // "start/<job>", "cancel/<job>" already sent on this session
@@ -209,10 +209,10 @@ func (s *Server) handle(ctx context.Context, conn *quic.Conn) {
 	sess, hello, err := s.handshake(ctx, conn)
 	if err != nil {
 		log.Warn("agent handshake failed", "err", err)
-		code := link.CodeProtocol
+		code := wire.CodeProtocol
 		var nl notLeaderError
 		if errors.As(err, &nl) {
-			code = link.CodeNotLeader
+			code = wire.CodeNotLeader
 		}
 		conn.CloseWithError(code, truncate(err.Error(), 200))
 		return
@@ -222,7 +222,7 @@ func (s *Server) handle(ctx context.Context, conn *quic.Conn) {
 
 	s.mu.Lock()
 	if old := s.sessions[sess.NodeID]; old != nil {
-		old.conn.CloseWithError(link.CodeProtocol, "replaced by a newer connection from the same node")
+		old.conn.CloseWithError(wire.CodeProtocol, "replaced by a newer connection from the same node")
 	}
 	s.sessions[sess.NodeID] = sess
 	s.mu.Unlock()
@@ -275,11 +275,11 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (*Session, *gan
 	if err != nil {
 		return nil, nil, fmt.Errorf("waiting for the control stream: %w", err)
 	}
-	typ, ctrl, err := link.Accept(qs, 10*time.Second)
+	typ, ctrl, err := wire.Accept(qs, 10*time.Second)
 	if err != nil {
 		return nil, nil, err
 	}
-	if typ != link.StreamControl {
+	if typ != wire.StreamControl {
 		return nil, nil, fmt.Errorf("first stream is type %d, want the control stream", typ)
 	}
 	var msg gantrypb.ControlMessage
@@ -355,11 +355,11 @@ func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) err
 		if err != nil {
 			return fmt.Errorf("waiting for the records stream: %w", err)
 		}
-		typ, rs, err := link.Accept(qs, 10*time.Second)
+		typ, rs, err := wire.Accept(qs, 10*time.Second)
 		if err != nil {
 			return err
 		}
-		if typ != link.StreamRecords {
+		if typ != wire.StreamRecords {
 			return fmt.Errorf("second stream is type %d, want the records stream", typ)
 		}
 		g.Go(func() error { return s.ack(gctx, rs, pending) })
@@ -391,9 +391,9 @@ func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) err
 	})
 	g.Go(func() error {
 		<-gctx.Done()
-		code := link.CodeOK
+		code := wire.CodeOK
 		if !s.opts.Raft.IsLeader() {
-			code = link.CodeNotLeader
+			code = wire.CodeNotLeader
 		}
 		sess.conn.CloseWithError(code, "session ended")
 		return nil
@@ -427,7 +427,7 @@ func (s *Server) screen(node string, recs []*gantrypb.Record, log *slog.Logger) 
 }
 
 // ack waits for each batch's commit in order and acks it.
-func (s *Server) ack(ctx context.Context, rs *link.Stream, pending <-chan pendingBatch) error {
+func (s *Server) ack(ctx context.Context, rs *wire.Stream, pending <-chan pendingBatch) error {
 	for p := range pending {
 		if _, err := p.pending.Wait(); err != nil {
 			if !errors.Is(err, fsm.ErrSkipped) {

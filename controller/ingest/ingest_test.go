@@ -21,7 +21,7 @@ import (
 	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
-	"github.com/gantry-ml/gantry/proto/link"
+	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 // events records the Events callbacks.
@@ -81,7 +81,7 @@ func newEnv(t *testing.T, raftApplier func(*cluster.Node) ingest.Applier, leader
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, 10*time.Second, node.IsLeader, "raft leadership")
-	serverTLS, err := tlsutil.ServerConfig(ctrl, link.ALPN, tlsutil.RoleAgent)
+	serverTLS, err := tlsutil.ServerConfig(ctrl, wire.ALPN, tlsutil.RoleAgent)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,33 +167,33 @@ func (e *env) job(id, node string) {
 
 func (e *env) clientTLS(f tlsutil.Files) *tls.Config {
 	e.t.Helper()
-	c, err := tlsutil.ClientConfig(f, link.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
+	c, err := tlsutil.ClientConfig(f, wire.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	return c
 }
 
-// agentConn is a hand-driven agent end of the link.
+// agentConn is a hand-driven agent end of the wire.
 type agentConn struct {
 	conn *quic.Conn
-	ctrl *link.Stream
+	ctrl *wire.Stream
 }
 
 func (e *env) dial(f tlsutil.Files) *agentConn {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, err := quic.DialAddr(ctx, e.srv.Addr().String(), e.clientTLS(f), link.QUICConfig())
+	conn, err := quic.DialAddr(ctx, e.srv.Addr().String(), e.clientTLS(f), wire.QUICConfig())
 	if err != nil {
 		e.t.Fatalf("dial: %v", err)
 	}
-	e.t.Cleanup(func() { conn.CloseWithError(link.CodeOK, "test done") })
+	e.t.Cleanup(func() { conn.CloseWithError(wire.CodeOK, "test done") })
 	qs, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	ctrl, err := link.Open(qs, link.StreamControl)
+	ctrl, err := wire.Open(qs, wire.StreamControl)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -226,7 +226,7 @@ func TestHelloNodeMustMatchCertificate(t *testing.T) {
 	a := e.dial(e.agent1)
 	_, err := a.hello(&gantrypb.Hello{NodeId: "agent2"})
 	var appErr *quic.ApplicationError
-	if !errors.As(err, &appErr) || appErr.ErrorCode != link.CodeProtocol || !strings.Contains(appErr.ErrorMessage, "certificate") {
+	if !errors.As(err, &appErr) || appErr.ErrorCode != wire.CodeProtocol || !strings.Contains(appErr.ErrorMessage, "certificate") {
 		t.Fatalf("hello naming another node: err = %v, want a protocol close mentioning the certificate", err)
 	}
 	if _, err := e.node("agent2"); !errors.Is(err, store.ErrNotFound) {
@@ -244,7 +244,7 @@ func TestFirstStreamMustBeControl(t *testing.T) {
 	e := newEnv(t, nil, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, err := quic.DialAddr(ctx, e.srv.Addr().String(), e.clientTLS(e.agent1), link.QUICConfig())
+	conn, err := quic.DialAddr(ctx, e.srv.Addr().String(), e.clientTLS(e.agent1), wire.QUICConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +253,7 @@ func TestFirstStreamMustBeControl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := link.Open(qs, link.StreamRecords); err != nil {
+	if _, err := wire.Open(qs, wire.StreamRecords); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -262,7 +262,7 @@ func TestFirstStreamMustBeControl(t *testing.T) {
 		t.Fatal("controller kept a connection whose first stream is not the control stream")
 	}
 	var appErr *quic.ApplicationError
-	if err := context.Cause(conn.Context()); !errors.As(err, &appErr) || appErr.ErrorCode != link.CodeProtocol {
+	if err := context.Cause(conn.Context()); !errors.As(err, &appErr) || appErr.ErrorCode != wire.CodeProtocol {
 		t.Fatalf("close cause = %v, want a protocol error", err)
 	}
 }
@@ -291,7 +291,7 @@ func TestSessionRecordsAckAndControl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs, err := link.Open(qs, link.StreamRecords)
+	rs, err := wire.Open(qs, wire.StreamRecords)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +359,7 @@ func TestSessionRecordsAckAndControl(t *testing.T) {
 
 	// Going away: the session ends, the node is recorded down, the
 	// scheduler is told.
-	a.conn.CloseWithError(link.CodeOK, "bye")
+	a.conn.CloseWithError(wire.CodeOK, "bye")
 	testutil.WaitFor(t, 10*time.Second, func() bool {
 		n, err := e.node("agent1")
 		return err == nil && n.State == gantrypb.NodeState_NODE_STATE_DOWN

@@ -24,7 +24,7 @@ import (
 	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
-	protolink "github.com/gantry-ml/gantry/proto/link"
+	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 // testCluster is n in-process controllers bootstrapped with
@@ -231,7 +231,7 @@ func TestClusterElectsForwardsAndFailsOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sp.Close()
-	clientTLS, err := tlsutil.ClientConfig(c.agent, protolink.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
+	clientTLS, err := tlsutil.ClientConfig(c.agent, wire.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +380,7 @@ func TestFollowerWatchersSeeWhatLeaderWatchersSee(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sp.Close()
-	clientTLS, err := tlsutil.ClientConfig(c.agent, protolink.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
+	clientTLS, err := tlsutil.ClientConfig(c.agent, wire.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		t.Fatal(err)
 	}

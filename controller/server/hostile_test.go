@@ -14,7 +14,7 @@ import (
 	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
-	protolink "github.com/gantry-ml/gantry/proto/link"
+	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 // Entries that no leader should ever propose, committed anyway (an older
@@ -91,22 +91,22 @@ func TestHostileAgentAgainstCluster(t *testing.T) {
 	// Pinned to a node that is not the hostile agent: never its job.
 	other := submit(t, leader, apiv1.JobSpec{Name: "not-yours", Run: "true", Node: "gpu-host-2"})
 
-	tlsConf, err := tlsutil.ClientConfig(c.agent, protolink.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
+	tlsConf, err := tlsutil.ClientConfig(c.agent, wire.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
 	if err != nil {
 		t.Fatal(err)
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := quic.DialAddr(dctx, leader.QUICAddr(), tlsConf, protolink.QUICConfig())
+	conn, err := quic.DialAddr(dctx, leader.QUICAddr(), tlsConf, wire.QUICConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.CloseWithError(protolink.CodeOK, "done")
+	defer conn.CloseWithError(wire.CodeOK, "done")
 	qs, err := conn.OpenStreamSync(dctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctrl, err := protolink.Open(qs, protolink.StreamControl)
+	ctrl, err := wire.Open(qs, wire.StreamControl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestHostileAgentAgainstCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs, err := protolink.Open(rqs, protolink.StreamRecords)
+	rs, err := wire.Open(rqs, wire.StreamRecords)
 	if err != nil {
 		t.Fatal(err)
 	}

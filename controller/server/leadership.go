@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gantry-ml/gantry/proto/link"
+	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 // leadershipLoop is the one place where this controller takes up the
@@ -93,7 +93,7 @@ func (s *Server) establishLeadership(parent context.Context) *leaderDuties {
 // revokeLeadership sends agents away: streaming to a deposed leader, they
 // would only see their batches fail. (The duties were stopped already.)
 func (s *Server) revokeLeadership() {
-	s.ingest.CloseAll(link.CodeNotLeader, "leadership lost")
+	s.ingest.CloseAll(wire.CodeNotLeader, "leadership lost")
 }
 
 // reconcileLoop turns serf membership into Raft voters and agent failures

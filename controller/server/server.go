@@ -28,7 +28,7 @@ import (
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/membership"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
-	"github.com/gantry-ml/gantry/proto/link"
+	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 // Version is the controller's version string.
@@ -195,7 +195,7 @@ func Start(cfg Config) (*Server, error) {
 
 	// The agent link serves agent certificates only: the session's node is
 	// the certificate's ID, and a controller certificate is no node.
-	tlsConf, err := tlsutil.ServerConfig(cfg.TLS, link.ALPN, tlsutil.RoleAgent)
+	tlsConf, err := tlsutil.ServerConfig(cfg.TLS, wire.ALPN, tlsutil.RoleAgent)
 	if err != nil {
 		return nil, fmt.Errorf("server: agent link TLS: %w", err)
 	}

@@ -1,4 +1,4 @@
-// Package link is the agent↔controller protocol over QUIC: the ALPN name,
+// Package wire is the agent↔controller protocol over QUIC: the ALPN name,
 // the stream type bytes, the QUIC settings both sides share, and
 // length-delimited protobuf framing with a deadline on every read and write.
 //
@@ -6,7 +6,7 @@
 // (Hello, then StartJob/CancelJob from the controller), then the records
 // stream (RecordBatch up, BatchAck down). Every stream opens with its type
 // byte.
-package link
+package wire
 
 import (
 	"bufio"

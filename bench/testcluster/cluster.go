@@ -3,7 +3,7 @@
 // through serf with -bootstrap-expect) and reads what a benchmark needs
 // from it: the leader, stored point counts per node, Prometheus gauges and
 // process CPU.
-package cluster
+package testcluster
 
 import (
 	"bufio"
