@@ -230,6 +230,12 @@ const (
 	FrameEvent    = "event"
 )
 
+// Encode is the one place a frame becomes the bytes a watcher receives:
+// the feed, the hub (merging a lagging watcher's points) and the live and
+// playback handlers all send what it returns. Only a non-finite number
+// can fail it, and admission keeps those out of stored state.
+func (f Frame) Encode() ([]byte, error) { return json.Marshal(f) }
+
 // Frame is one WebSocket message. Only the fields of its Type are set.
 type Frame struct {
 	Type string `json:"type"`

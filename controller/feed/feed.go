@@ -5,7 +5,6 @@
 package feed
 
 import (
-	"encoding/json"
 	"log/slog"
 	"sync"
 
@@ -105,7 +104,7 @@ func (f *Feed) publish(topic string, m hub.Message, frame apiv1.Frame) {
 	if !f.hub.Has(topic) {
 		return
 	}
-	data, err := json.Marshal(frame)
+	data, err := frame.Encode()
 	if err != nil {
 		// Only a non-finite float can fail here, and the agent never sends
 		// one; log rather than take the apply loop down.

@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -116,7 +115,7 @@ func (c *watcherConn) write(data []byte) error {
 }
 
 func (c *watcherConn) writeFrame(f apiv1.Frame) error {
-	data, err := json.Marshal(f)
+	data, err := f.Encode()
 	if err != nil {
 		return err
 	}
@@ -236,7 +235,7 @@ func (a *API) live(w http.ResponseWriter, r *http.Request) {
 // encodeNewPoints encodes a metrics frame of the points after seq.
 func encodeNewPoints(points []apiv1.Point, after uint64) []byte {
 	i := sort.Search(len(points), func(i int) bool { return points[i].Seq > after })
-	data, _ := json.Marshal(apiv1.Frame{Type: apiv1.FrameMetrics, Points: points[i:]}) // points encoded fine once already
+	data, _ := apiv1.Frame{Type: apiv1.FrameMetrics, Points: points[i:]}.Encode() // points encoded fine once already
 	return data
 }
 

@@ -10,7 +10,6 @@
 package hub
 
 import (
-	"encoding/json"
 	"sync"
 	"sync/atomic"
 
@@ -288,7 +287,7 @@ func (b *backlog) add(m Message) bool {
 // final frame last.
 func (b *backlog) flush(q []Message) []Message {
 	if len(b.points) > 0 {
-		data, err := json.Marshal(apiv1.Frame{Type: apiv1.FrameMetrics, Points: b.points})
+		data, err := apiv1.Frame{Type: apiv1.FrameMetrics, Points: b.points}.Encode()
 		if err == nil { // points were encoded once already; this cannot fail
 			q = append(q, Message{Data: data, Kind: apiv1.FrameMetrics, MaxSeq: b.maxSeq, Points: b.points})
 		}
