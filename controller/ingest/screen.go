@@ -58,8 +58,10 @@ func screen(node string, recs []*gantrypb.Record, owners map[string]string) scre
 			refuse(reasonLimit, fmt.Errorf("nil record"))
 			continue
 		}
+		mine := false // a job this leader knows is assigned to node
 		if rec.JobId != "" {
 			owner, known := owners[rec.JobId]
+			mine = known && owner == node
 			switch {
 			case !known:
 				// This leader's state may lag its log (it has just been
@@ -81,8 +83,11 @@ func screen(node string, recs []*gantrypb.Record, owners map[string]string) scre
 		}
 		if err != nil {
 			refuse(reasonLimit, fmt.Errorf("record %d of job %q: %w", rec.Seq, rec.JobId, err))
-			if rec.JobId == "" || rec.Seq == 0 {
-				continue // nothing to report it on
+			if !mine || rec.Seq == 0 {
+				// Nothing to report it on: a node record, or a job this
+				// leader cannot vouch for (an event there would carry the
+				// same bad id into the log).
+				continue
 			}
 			msg := "the controller refused a record of this job: " + err.Error()
 			if len(msg) > limits.MaxEventMessageBytes {
