@@ -23,12 +23,18 @@ func (s *Server) leadershipLoop(ctx context.Context) {
 		case leader := <-s.raft.LeaderCh():
 			s.cfg.Log.Info("raft leadership changed", "leader", leader)
 			s.leaderChanges.Inc()
+			if duties != nil {
+				duties.cancel() // stop asking; wait for them below
+			}
+			if !leader {
+				// Send agents to the new leader now, not once the old
+				// duties' pass (handshakes, a barrier) has wound down.
+				s.revokeLeadership()
+			}
 			duties.stop()
 			duties = nil
 			if leader {
 				duties = s.establishLeadership(ctx)
-			} else {
-				s.revokeLeadership()
 			}
 		}
 	}

@@ -91,8 +91,9 @@ const verifyTimeout = 3 * time.Second
 // refusedRetry: whoever holds the gossip key can advertise many fake
 // controllers at addresses that never answer, and the membership loop
 // (which also turns agent failures into node state) must not spend a
-// handshake timeout on each of them every second. It runs on the
-// membership loop only, which owns s.refused.
+// handshake timeout on each of them every second. Both the membership
+// loop (bootstrap) and the leader's reconcile loop call it: s.refused is
+// guarded by s.refusedMu, never held across a handshake.
 func (s *Server) verifyController(m membership.Member) bool {
 	if m.Name == s.cfg.NodeID {
 		return true
@@ -106,6 +107,8 @@ func (s *Server) verifyController(m membership.Member) bool {
 // recordVerify keeps the outcome of a handshake with m, logging a
 // refusal once per reason.
 func (s *Server) recordVerify(m membership.Member, err error) bool {
+	s.refusedMu.Lock()
+	defer s.refusedMu.Unlock()
 	if err == nil {
 		if _, was := s.refused[m.Name]; was {
 			s.cfg.Log.Info("controller identity verified", "member", m.Name, "addr", m.RaftAddr)
@@ -174,6 +177,8 @@ func (s *Server) recentlyRefused(m membership.Member) bool {
 	if s.cfg.Fast {
 		wait = time.Second
 	}
+	s.refusedMu.Lock()
+	defer s.refusedMu.Unlock()
 	r, ok := s.refused[m.Name]
 	return ok && r.addr == m.RaftAddr && time.Since(r.at) < wait
 }
@@ -183,6 +188,10 @@ var errRecentlyRefused = errors.New("refused recently at this address")
 func (s *Server) tryBootstrap() {
 	expect := s.cfg.BootstrapExpect
 	if expect == 0 || s.raft.HasState() {
+		return
+	}
+	if servers, err := s.raft.Servers(); err == nil && len(servers) > 0 {
+		// Joined an existing cluster since it opened: its leader added it.
 		return
 	}
 	seen := s.members.Controllers()

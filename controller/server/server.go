@@ -113,6 +113,7 @@ type Server struct {
 	// address; refused maps each such member to its last refusal, so the
 	// membership loop logs it once and does not dial it every second.
 	votersRefused prometheus.Counter
+	refusedMu     sync.Mutex
 	refused       map[string]refusal
 
 	// fatal receives the error that made this controller unable to go on
@@ -359,12 +360,13 @@ func (s *Server) Close() error {
 		if s.ingest != nil {
 			errs = append(errs, s.ingest.Close())
 		}
-		s.wg.Wait()
 		if s.fsm != nil {
-			// Let an apply that waits for disk space give up, or Raft's
-			// shutdown would wait for it.
+			// Let an apply that waits for disk space give up first: a
+			// barrier or an ingest ack waiting on it would otherwise keep
+			// the goroutines below, and Raft's shutdown, from ending.
 			s.fsm.Close()
 		}
+		s.wg.Wait()
 		if s.members != nil {
 			// Shut down, not Leave: a controller that is stopping (restart,
 			// upgrade) must stay a Raft voter. Leave makes the leader remove
