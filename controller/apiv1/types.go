@@ -107,6 +107,30 @@ type PointPage struct {
 	Next   uint64  `json:"next"`
 }
 
+// Bucket summarizes one metric over a range of a job's points: the last
+// point's step and ts, and the min, max and last value, so spikes survive
+// downsampling.
+type Bucket struct {
+	FirstSeq uint64  `json:"first_seq"`
+	LastSeq  uint64  `json:"last_seq"`
+	Step     *int64  `json:"step"`
+	TS       float64 `json:"ts"`
+	Min      float64 `json:"min"`
+	Max      float64 `json:"max"`
+	Last     float64 `json:"last"`
+	Count    int     `json:"count"`
+}
+
+// Downsampled answers GET /v1/jobs/{id}/metrics?max_points=N: at most N
+// buckets per metric covering points 1..LastSeq. BucketSeqs is how many
+// seqs one bucket spans.
+type Downsampled struct {
+	Series     map[string][]Bucket `json:"series"`
+	Points     uint64              `json:"points"`
+	LastSeq    uint64              `json:"last_seq"`
+	BucketSeqs uint64              `json:"bucket_seqs"`
+}
+
 // Event is a job event (bad metric lines, kill escalation, …).
 type Event struct {
 	Seq     uint64  `json:"seq"`

@@ -308,6 +308,21 @@ func (c *Client) Metrics(ctx context.Context, id string, after uint64, limit int
 	return p, nil
 }
 
+// Downsampled returns at most maxPoints buckets per metric over the
+// whole run (min, max and last of each), for the given keys (every metric
+// when none).
+func (c *Client) Downsampled(ctx context.Context, id string, maxPoints int, keys ...string) (apiv1.Downsampled, error) {
+	q := url.Values{"max_points": {strconv.Itoa(maxPoints)}}
+	if len(keys) > 0 {
+		q.Set("keys", strings.Join(keys, ","))
+	}
+	var d apiv1.Downsampled
+	if err := c.do(ctx, http.MethodGet, c.endpoint(q, "v1", "jobs", id, "metrics"), nil, &d); err != nil {
+		return apiv1.Downsampled{}, fmt.Errorf("get downsampled metrics of job %s: %w", id, err)
+	}
+	return d, nil
+}
+
 // Events returns a job's events.
 func (c *Client) Events(ctx context.Context, id string) ([]apiv1.Event, error) {
 	var r apiv1.EventList

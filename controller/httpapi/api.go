@@ -33,6 +33,7 @@ import (
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/cluster"
+	"github.com/gantry-ml/gantry/controller/downsample"
 	"github.com/gantry-ml/gantry/controller/hub"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/controller/view"
@@ -431,12 +432,111 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
+	var keys []string
+	if q := r.URL.Query(); q.Has("keys") {
+		for _, k := range strings.Split(q.Get("keys"), ",") {
+			if k = strings.TrimSpace(k); k != "" {
+				keys = append(keys, k)
+			}
+		}
+		if len(keys) == 0 || len(keys) > maxDownsampleKeys {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("query parameter keys: want 1..%d comma-separated metric names", maxDownsampleKeys))
+			return
+		}
+	}
+	if r.URL.Query().Has("max_points") {
+		a.downsampled(w, r, id, keys)
+		return
+	}
 	page, err := a.readPoints(id, after, limit)
 	if err != nil {
 		a.writeReadError(w, r, err)
 		return
 	}
+	if keys != nil {
+		keep := map[string]bool{}
+		for _, k := range keys {
+			keep[k] = true
+		}
+		for _, p := range page.Points {
+			for k := range p.Values {
+				if !keep[k] {
+					delete(p.Values, k)
+				}
+			}
+		}
+	}
 	writeJSON(w, http.StatusOK, page)
+}
+
+// Bounds of a downsampled read: buckets per key, keys, and the points read
+// per store transaction (each read is short, whatever the run's length).
+const (
+	maxDownsamplePoints  = 10000
+	maxDownsampleKeys    = 64
+	maxDownsampleBuckets = 200000
+	downsamplePage       = 5000
+)
+
+// downsampled answers ?max_points=N: at most N buckets per metric over the
+// whole run, read in pages of short transactions.
+func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, keys []string) {
+	n, err := queryUint(r, "max_points", 0)
+	if err == nil && (n == 0 || n > maxDownsamplePoints) {
+		err = fmt.Errorf("query parameter max_points=%d: want 1..%d", n, maxDownsamplePoints)
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	var last uint64
+	var known int
+	if err := a.opts.Store.View(func(tx *store.Tx) error {
+		job, err := tx.Job(id)
+		if err == nil {
+			last, known = job.LastSeq, len(job.LatestMetrics)
+		}
+		return err
+	}); err != nil {
+		a.writeReadError(w, r, err)
+		return
+	}
+	if keys == nil && uint64(known)*n > maxDownsampleBuckets {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("the job has %d metrics: at %d points each that is over %d buckets; name the ones to chart with keys=a,b",
+			known, n, maxDownsampleBuckets))
+		return
+	}
+	series := downsample.New(last, int(n), keys)
+	for after := uint64(0); after < last; {
+		if err := r.Context().Err(); err != nil {
+			return // the client went away
+		}
+		var pts []*gantrypb.MetricPoint
+		if err := a.opts.Store.View(func(tx *store.Tx) (err error) {
+			pts, err = tx.Points(id, after, downsamplePage)
+			return err
+		}); err != nil {
+			a.writeReadError(w, r, err)
+			return
+		}
+		if len(pts) == 0 {
+			break
+		}
+		for _, p := range pts {
+			series.Add(p)
+		}
+		after = pts[len(pts)-1].Seq
+	}
+	out := apiv1.Downsampled{Series: map[string][]apiv1.Bucket{}, Points: series.Points(), LastSeq: last, BucketSeqs: series.Width()}
+	for k, bs := range series.Result() {
+		conv := make([]apiv1.Bucket, len(bs))
+		for i, b := range bs {
+			conv[i] = apiv1.Bucket{FirstSeq: b.FirstSeq, LastSeq: b.LastSeq, Step: b.Step, TS: b.TS,
+				Min: b.Min, Max: b.Max, Last: b.Last, Count: b.N}
+		}
+		out.Series[k] = conv
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // readPoints reads one page of points in its own short transaction.

@@ -629,3 +629,55 @@ func TestSubmitOnFullDiskIs507(t *testing.T) {
 		t.Fatalf("submit on a full disk: %d %s, want 507 naming disk space", status, body)
 	}
 }
+
+// ?max_points=N returns at most N buckets per metric covering the whole
+// run (min, max and last per bucket), read in short pages; ?keys= picks
+// metrics, also on plain pages; bad values are 400s.
+func TestMetricsDownsampled(t *testing.T) {
+	e := newEnv(t, "")
+	const n = 12000 // more than one downsampling page
+	e.runningJob(t, "j", n)
+	var ds apiv1.Downsampled
+	status, body := e.do("GET", "/v1/jobs/j/metrics?max_points=100&keys=v", nil, false)
+	if status != 200 {
+		t.Fatalf("downsampled read: %d %s", status, body)
+	}
+	if err := json.Unmarshal(body, &ds); err != nil {
+		t.Fatal(err)
+	}
+	bs := ds.Series["v"]
+	if len(bs) == 0 || len(bs) > 100 || ds.Points != n || ds.LastSeq != n+1 {
+		t.Fatalf("%d buckets over %d points (last seq %d), want 1..100 over %d", len(bs), ds.Points, ds.LastSeq, n)
+	}
+	total := 0
+	for i, b := range bs {
+		total += b.Count
+		if b.Min != float64(b.FirstSeq) || b.Max != float64(b.LastSeq) || b.Last != float64(b.LastSeq) || *b.Step != int64(b.LastSeq) {
+			t.Fatalf("bucket %d = %+v: min/max/last/step do not match its seqs", i, b)
+		}
+		if i > 0 && b.FirstSeq != bs[i-1].LastSeq+1 {
+			t.Fatalf("bucket %d starts at %d, the one before ended at %d", i, b.FirstSeq, bs[i-1].LastSeq)
+		}
+	}
+	if total != n || bs[0].FirstSeq != 2 || bs[len(bs)-1].LastSeq != n+1 {
+		t.Fatalf("buckets hold %d points from %d to %d, want %d from 2 to %d", total, bs[0].FirstSeq, bs[len(bs)-1].LastSeq, n, n+1)
+	}
+
+	status, body = e.do("GET", "/v1/jobs/j/metrics?max_points=100&keys=nope", nil, false)
+	if status != 200 || !strings.Contains(string(body), `"series":{}`) {
+		t.Fatalf("a key the job does not have: %d %s", status, body)
+	}
+	var page apiv1.PointPage
+	status, body = e.do("GET", "/v1/jobs/j/metrics?limit=3&keys=nope", nil, false)
+	if status != 200 || json.Unmarshal(body, &page) != nil || len(page.Points) != 3 || len(page.Points[0].Values) != 0 {
+		t.Fatalf("paged read with keys=nope: %d %s", status, body)
+	}
+	for _, q := range []string{"max_points=0", "max_points=10001", "max_points=x", "max_points=10&keys=", "max_points=10&keys=,,"} {
+		if status, body := e.do("GET", "/v1/jobs/j/metrics?"+q, nil, false); status != http.StatusBadRequest {
+			t.Errorf("?%s: %d %s, want 400", q, status, body)
+		}
+	}
+	if status, _ := e.do("GET", "/v1/jobs/nope/metrics?max_points=10", nil, false); status != http.StatusNotFound {
+		t.Errorf("unknown job: %d, want 404", status)
+	}
+}
