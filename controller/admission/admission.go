@@ -208,10 +208,7 @@ func checkGPUSample(s *gantrypb.GPUSample) error {
 		if g == nil {
 			return reject("GPU sample has an empty entry")
 		}
-		if err := checkText("GPU uuid", g.Uuid, limits.MaxGPUStringBytes); err != nil {
-			return err
-		}
-		if err := checkText("GPU name", g.Name, limits.MaxGPUStringBytes); err != nil {
+		if err := checkGPUStrings(g.Uuid, g.Name); err != nil {
 			return err
 		}
 		if !finite(g.UtilizationPct) || !finite(g.TemperatureC) || !finite(g.PowerW) {
@@ -219,6 +216,15 @@ func checkGPUSample(s *gantrypb.GPUSample) error {
 		}
 	}
 	return nil
+}
+
+// checkGPUStrings bounds a GPU's uuid and name, in samples and hellos
+// alike.
+func checkGPUStrings(uuid, name string) error {
+	if err := checkText("GPU uuid", uuid, limits.MaxGPUStringBytes); err != nil {
+		return err
+	}
+	return checkText("GPU name", name, limits.MaxGPUStringBytes)
 }
 
 // CheckHello checks an agent's hello: its node id, GPUs and active jobs.
@@ -242,10 +248,7 @@ func CheckHello(h *gantrypb.Hello) error {
 		if g == nil {
 			return reject("hello has an empty GPU entry")
 		}
-		if err := checkText("GPU uuid", g.Uuid, limits.MaxGPUStringBytes); err != nil {
-			return err
-		}
-		if err := checkText("GPU name", g.Name, limits.MaxGPUStringBytes); err != nil {
+		if err := checkGPUStrings(g.Uuid, g.Name); err != nil {
 			return err
 		}
 	}

@@ -95,13 +95,7 @@ const verifyTimeout = 3 * time.Second
 // loop (bootstrap) and the leader's reconcile loop call it: s.refused is
 // guarded by s.refusedMu, never held across a handshake.
 func (s *Server) verifyController(m membership.Member) bool {
-	if m.Name == s.cfg.NodeID {
-		return true
-	}
-	if s.recentlyRefused(m) {
-		return false
-	}
-	return s.recordVerify(m, s.raft.VerifyPeer(m.Name, m.RaftAddr, verifyTimeout))
+	return len(s.verifyAll([]membership.Member{m})) == 1
 }
 
 // recordVerify keeps the outcome of a handshake with m, logging a
