@@ -446,17 +446,6 @@ func (p *nsProc) current() (*exec.Cmd, chan struct{}) {
 	return p.cmd, p.done
 }
 
-// running reports whether the process is alive.
-func (p *nsProc) running() bool {
-	_, done := p.current()
-	select {
-	case <-done:
-		return false
-	default:
-		return true
-	}
-}
-
 // kill sends SIGKILL and waits for the exit.
 func (p *nsProc) kill() {
 	cmd, done := p.current()
@@ -588,17 +577,6 @@ func startNetCluster(t *testing.T) *netCluster {
 	c.waitAgentsUp(30*time.Second, leader)
 	t.Logf("cluster up in %s: leader %s", time.Since(start).Round(time.Millisecond), leader.name)
 	return c
-}
-
-// ctrl returns the controller by name.
-func (c *netCluster) ctrl(name string) *netNode {
-	for _, n := range c.ctrls {
-		if n.name == name {
-			return n
-		}
-	}
-	c.t.Fatalf("no controller %s", name)
-	return nil
 }
 
 // others returns the controllers other than n.
