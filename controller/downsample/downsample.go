@@ -28,12 +28,23 @@ type Bucket struct {
 	N    int
 }
 
+// bucket is a Bucket being folded; its step is a value, so folding
+// allocates nothing.
+type bucket struct {
+	firstSeq, lastSeq uint64
+	step              int64
+	hasStep           bool
+	ts                float64
+	min, max, last    float64
+	n                 int
+}
+
 // Series accumulates points into buckets.
 type Series struct {
 	lastSeq uint64
 	width   uint64
 	keys    map[string]bool // nil: every key
-	out     map[string][]Bucket
+	out     map[string][]bucket
 	points  uint64
 }
 
@@ -47,7 +58,7 @@ func New(lastSeq uint64, maxBuckets int, keys []string) *Series {
 	if lastSeq%uint64(maxBuckets) != 0 {
 		w++
 	}
-	s := &Series{lastSeq: lastSeq, width: max(w, 1), out: map[string][]Bucket{}}
+	s := &Series{lastSeq: lastSeq, width: max(w, 1), out: map[string][]bucket{}}
 	if len(keys) > 0 {
 		s.keys = map[string]bool{}
 		for _, k := range keys {
@@ -63,30 +74,88 @@ func (s *Series) Width() uint64 { return s.width }
 // Points is how many points were added.
 func (s *Series) Points() uint64 { return s.points }
 
+// Wants reports whether key is charted.
+func (s *Series) Wants(key string) bool { return s.keys == nil || s.keys[key] }
+
 // Add folds in one point. Points past the last seq given to New (written
 // while the series was being read) are ignored; points must come in seq
 // order.
 func (s *Series) Add(p *gantrypb.MetricPoint) {
-	if p.Seq == 0 || p.Seq > s.lastSeq {
+	if !s.AddPoint(p.Seq) {
 		return
 	}
-	s.points++
-	idx := (p.Seq - 1) / s.width
 	for k, v := range p.Values {
-		if s.keys != nil && !s.keys[k] {
-			continue
-		}
-		bs := s.out[k]
-		if n := len(bs); n > 0 && (bs[n-1].FirstSeq-1)/s.width == idx {
-			b := &bs[n-1]
-			b.LastSeq, b.Step, b.TS, b.Last = p.Seq, p.Step, p.Ts, v
-			b.Min, b.Max = math.Min(b.Min, v), math.Max(b.Max, v)
-			b.N++
-			continue
-		}
-		s.out[k] = append(bs, Bucket{FirstSeq: p.Seq, LastSeq: p.Seq, Step: p.Step, TS: p.Ts, Min: v, Max: v, Last: v, N: 1})
+		s.AddValue(k, p.Seq, p.GetStep(), p.Step != nil, p.Ts, v)
 	}
 }
 
+// AddPoint counts a point about to be folded value by value (AddValue),
+// and reports whether it is in range (false: skip its values).
+func (s *Series) AddPoint(seq uint64) bool {
+	if seq == 0 || seq > s.lastSeq {
+		return false
+	}
+	s.points++
+	return true
+}
+
+// AddValue folds in one metric value of a point AddPoint accepted.
+func (s *Series) AddValue(key string, seq uint64, step int64, hasStep bool, ts, v float64) {
+	if s.keys != nil && !s.keys[key] {
+		return
+	}
+	s.fold(key, bucket{firstSeq: seq, lastSeq: seq, step: step, hasStep: hasStep, ts: ts, min: v, max: v, last: v, n: 1})
+}
+
+// fold merges in into key's last bucket if they share a bucket, else
+// starts a new one. in must come after everything folded so far.
+func (s *Series) fold(key string, in bucket) {
+	idx := (in.firstSeq - 1) / s.width
+	bs := s.out[key]
+	if k := len(bs); k > 0 && (bs[k-1].firstSeq-1)/s.width == idx {
+		b := &bs[k-1]
+		b.lastSeq, b.step, b.hasStep, b.ts, b.last = in.lastSeq, in.step, in.hasStep, in.ts, in.last
+		b.min, b.max = math.Min(b.min, in.min), math.Max(b.max, in.max)
+		b.n += in.n
+		return
+	}
+	s.out[key] = append(bs, in)
+}
+
+// Fits reports whether the seqs first..last all fall in one bucket, so
+// that a summary of them can be folded in whole (AddSummary).
+func (s *Series) Fits(first, last uint64) bool {
+	return first > 0 && first <= last && last <= s.lastSeq && (first-1)/s.width == (last-1)/s.width
+}
+
+// AddPoints counts n points whose values come as summaries (AddSummary).
+func (s *Series) AddPoints(n int) { s.points += uint64(n) }
+
+// AddSummary folds in one key's values over a range of seqs that Fits,
+// already folded (a stored chunk's column summary): the same buckets as
+// adding the values one by one, without decoding them. lastStep and
+// lastTs are the range's last value's.
+func (s *Series) AddSummary(key string, firstSeq, lastSeq uint64, n int, lastStep int64, hasStep bool, lastTs, min, max, last float64) {
+	if s.keys != nil && !s.keys[key] {
+		return
+	}
+	s.fold(key, bucket{firstSeq: firstSeq, lastSeq: lastSeq, step: lastStep, hasStep: hasStep, ts: lastTs,
+		min: min, max: max, last: last, n: n})
+}
+
 // Result returns the buckets per key, in seq order.
-func (s *Series) Result() map[string][]Bucket { return s.out }
+func (s *Series) Result() map[string][]Bucket {
+	out := make(map[string][]Bucket, len(s.out))
+	for k, bs := range s.out {
+		conv := make([]Bucket, len(bs))
+		for i, b := range bs {
+			conv[i] = Bucket{FirstSeq: b.firstSeq, LastSeq: b.lastSeq, TS: b.ts, Min: b.min, Max: b.max, Last: b.last, N: b.n}
+			if b.hasStep {
+				st := b.step
+				conv[i].Step = &st
+			}
+		}
+		out[k] = conv
+	}
+	return out
+}

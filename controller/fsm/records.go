@@ -94,6 +94,10 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, err
 			continue
 		}
 		if err := f.applyJobRecord(tx, job, rec, m.AtMs, ch); err != nil {
+			if errors.Is(err, errStalePoint) {
+				res.Rejected++
+				continue
+			}
 			return nil, err
 		}
 		res.Stored++
@@ -113,6 +117,10 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, err
 	}
 	return res, nil
 }
+
+// errStalePoint is applyJobRecord's word that it skipped a point below the
+// job's stored ones.
+var errStalePoint = errors.New("point below the job's stored points")
 
 // admitKeys removes from values the keys that would take the job past
 // limits.MaxKeysPerJob distinct metrics, and returns how many it removed.
@@ -159,8 +167,6 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 	case *gantrypb.Record_Point:
 		p := body.Point
 		p.Seq = rec.Seq
-		job.Points++
-		job.LastSeq = rec.Seq
 		if job.LatestMetrics == nil {
 			job.LatestMetrics = map[string]float64{}
 		}
@@ -170,8 +176,16 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 			}
 		}
 		if err := tx.PutPoint(job.Id, p); err != nil {
+			if errors.Is(err, store.ErrStalePoint) {
+				// The job's points went backwards (its stream restarted
+				// under a new mark): keep what is stored, on every voter.
+				f.log.Warn("metric point below the job's last point skipped", "job", job.Id, "seq", rec.Seq, "err", err)
+				return errStalePoint
+			}
 			return err
 		}
+		job.Points++
+		job.LastSeq = rec.Seq
 		for k, v := range p.Values {
 			job.LatestMetrics[k] = v
 		}

@@ -469,13 +469,12 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, page)
 }
 
-// Bounds of a downsampled read: buckets per key, keys, and the points read
-// per store transaction (each read is short, whatever the run's length).
+// Bounds of a downsampled read: buckets per key and keys (each store read
+// is short whatever the run's length: downsample.ChunksPerRead).
 const (
 	maxDownsamplePoints  = 10000
 	maxDownsampleKeys    = 64
 	maxDownsampleBuckets = 200000
-	downsamplePage       = 5000
 )
 
 // downsampled answers ?max_points=N: at most N buckets per metric over the
@@ -506,26 +505,13 @@ func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, key
 			known, n, maxDownsampleBuckets))
 		return
 	}
-	series := downsample.New(last, int(n), keys)
-	for after := uint64(0); after < last; {
-		if err := r.Context().Err(); err != nil {
+	series, err := downsample.Read(r.Context(), a.opts.Store, id, last, int(n), keys)
+	if err != nil {
+		if r.Context().Err() != nil {
 			return // the client went away
 		}
-		var pts []*gantrypb.MetricPoint
-		if err := a.opts.Store.View(func(tx *store.Tx) (err error) {
-			pts, err = tx.Points(id, after, downsamplePage)
-			return err
-		}); err != nil {
-			a.writeReadError(w, r, err)
-			return
-		}
-		if len(pts) == 0 {
-			break
-		}
-		for _, p := range pts {
-			series.Add(p)
-		}
-		after = pts[len(pts)-1].Seq
+		a.writeReadError(w, r, err)
+		return
 	}
 	out := apiv1.Downsampled{Series: map[string][]apiv1.Bucket{}, Points: series.Points(), LastSeq: last, BucketSeqs: series.Width()}
 	for k, bs := range series.Result() {

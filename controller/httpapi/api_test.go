@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/cluster"
+	"github.com/gantry-ml/gantry/controller/downsample"
 	"github.com/gantry-ml/gantry/controller/server"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/testutil"
@@ -679,5 +681,97 @@ func TestMetricsDownsampled(t *testing.T) {
 	}
 	if status, _ := e.do("GET", "/v1/jobs/nope/metrics?max_points=10", nil, false); status != http.StatusNotFound {
 		t.Errorf("unknown job: %d, want 404", status)
+	}
+}
+
+// TestDownsampledMatchesPointByPoint: the downsampled read folds whole
+// chunks from their headers and decodes only those across a bucket edge;
+// its buckets must equal folding every point one by one, for sparse keys,
+// points without a step, spikes, and every bucket width.
+func TestDownsampledMatchesPointByPoint(t *testing.T) {
+	e := newEnv(t, "")
+	const n = 9000
+	recs := []*gantrypb.Record{{JobId: "d", Seq: 1, Body: &gantrypb.Record_Started{Started: &gantrypb.JobStarted{Pid: 1, Ts: 1}}}}
+	for i := 0; i < n; i++ {
+		seq := uint64(i + 2)
+		if i%50 == 0 { // events share the seq stream, leaving gaps
+			recs = append(recs, &gantrypb.Record{JobId: "d", Seq: seq, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{Kind: "note", Message: "x"}}})
+			continue
+		}
+		vals := map[string]float64{"loss": math.Exp(-float64(i)/2000) + math.Sin(float64(i))/50, "noise": math.Mod(float64(i)*0.618, 1)}
+		if i%13 == 0 {
+			vals["eval"] = float64(i) / 100
+		}
+		if i == 4321 {
+			vals["loss"] = 1e9
+		}
+		p := &gantrypb.MetricPoint{Ts: 1.7e9 + float64(i)/20, Values: vals}
+		if i%9 != 4 {
+			st := int64(i / 2)
+			p.Step = &st
+		}
+		recs = append(recs, &gantrypb.Record{JobId: "d", Seq: seq, Body: &gantrypb.Record_Point{Point: p}})
+	}
+	e.raftApply(t, &gantrypb.SubmitJobCmd{JobId: "d", Spec: &gantrypb.JobSpec{Name: "d", Run: "x"}, AtMs: 1},
+		&gantrypb.AssignJobCmd{JobId: "d", NodeId: "n1", AtMs: 2})
+	for len(recs) > 0 { // several entries, so chunks are reopened across transactions
+		k := min(len(recs), 1700)
+		e.raftApply(t, &gantrypb.IngestCmd{NodeId: "n1", Records: recs[:k], AtMs: 3})
+		recs = recs[k:]
+	}
+	// Every point, read through the plain paged API.
+	var all []*gantrypb.MetricPoint
+	var last uint64
+	for after := uint64(0); ; {
+		status, body := e.do("GET", fmt.Sprintf("/v1/jobs/d/metrics?after=%d&limit=1000", after), nil, false)
+		var page apiv1.PointPage
+		if status != 200 || json.Unmarshal(body, &page) != nil {
+			t.Fatalf("page after %d: %d %s", after, status, body)
+		}
+		if len(page.Points) == 0 {
+			break
+		}
+		for _, p := range page.Points {
+			all = append(all, &gantrypb.MetricPoint{Seq: p.Seq, Step: p.Step, Ts: p.TS, Values: p.Values})
+			last = p.Seq
+		}
+		after = page.Next
+	}
+	if len(all) != n-n/50 {
+		t.Fatalf("read %d points, want %d", len(all), n-n/50)
+	}
+	for _, q := range []struct {
+		max  int
+		keys []string
+	}{{1, nil}, {7, nil}, {100, nil}, {333, []string{"eval"}}, {2000, []string{"loss", "eval"}}, {10000, nil}} {
+		naive := downsample.New(last, q.max, q.keys)
+		for _, p := range all {
+			naive.Add(p)
+		}
+		url := fmt.Sprintf("/v1/jobs/d/metrics?max_points=%d", q.max)
+		if q.keys != nil {
+			url += "&keys=" + strings.Join(q.keys, ",")
+		}
+		status, body := e.do("GET", url, nil, false)
+		var ds apiv1.Downsampled
+		if status != 200 || json.Unmarshal(body, &ds) != nil {
+			t.Fatalf("%s: %d %s", url, status, body)
+		}
+		if ds.Points != naive.Points() || len(ds.Series) != len(naive.Result()) {
+			t.Fatalf("%s: %d points in %d series, want %d in %d", url, ds.Points, len(ds.Series), naive.Points(), len(naive.Result()))
+		}
+		for k, want := range naive.Result() {
+			got := ds.Series[k]
+			if len(got) != len(want) {
+				t.Fatalf("%s key %s: %d buckets, want %d", url, k, len(got), len(want))
+			}
+			for i, w := range want {
+				g := got[i]
+				if g.FirstSeq != w.FirstSeq || g.LastSeq != w.LastSeq || g.Min != w.Min || g.Max != w.Max || g.Last != w.Last ||
+					g.Count != w.N || g.TS != w.TS || (g.Step == nil) != (w.Step == nil) || (g.Step != nil && *g.Step != *w.Step) {
+					t.Fatalf("%s key %s bucket %d:\n got %+v\nwant %+v", url, k, i, g, w)
+				}
+			}
+		}
 	}
 }

@@ -18,22 +18,31 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// SchemaVersion is the layout this code reads and writes.
-const SchemaVersion = 1
+// SchemaVersion is the layout this code reads and writes. Version 1 kept
+// one value per metric point (points/JOB/SEQ); version 2 keeps chunks of
+// points (chunks/JOB/FIRSTSEQ, see points.go). A version 1 database (a
+// snapshot written by an older controller) is migrated when opened.
+const SchemaVersion = 2
+
+// migrateBatch is how many version 1 points one migration transaction
+// moves, so that migrating a long run never builds one huge transaction.
+const migrateBatch = 100_000
 
 // Bucket names: the whole schema lives in this block.
 var (
-	bucketMeta    = []byte("meta")    // schema version, applied index
-	bucketJobs    = []byte("jobs")    // job id → gantrypb.Job
-	bucketPoints  = []byte("points")  // job id → (seq BE → gantrypb.MetricPoint)
-	bucketEvents  = []byte("events")  // job id → (seq BE → gantrypb.JobEvent)
-	bucketLogs    = []byte("logs")    // job id → (offset BE → raw bytes)
-	bucketStreams = []byte("streams") // stream key → highest applied seq (BE)
-	bucketNodes   = []byte("nodes")   // node id → gantrypb.Node
-	bucketGPU     = []byte("gpu")     // node id → (seq BE → gantrypb.GPUSample)
-	keySchema     = []byte("schema")  // in meta
-	keyApplied    = []byte("applied") // in meta
-	topBuckets    = [][]byte{bucketMeta, bucketJobs, bucketPoints, bucketEvents, bucketLogs, bucketStreams, bucketNodes, bucketGPU}
+	bucketMeta       = []byte("meta")       // schema version, applied index
+	bucketJobs       = []byte("jobs")       // job id → gantrypb.Job
+	bucketChunks     = []byte("chunks")     // job id → (first seq BE → chunk.Chunk)
+	bucketMetricKeys = []byte("metrickeys") // job id → metric names, in id order
+	bucketPointsV1   = []byte("points")     // schema 1: job id → (seq BE → gantrypb.MetricPoint)
+	bucketEvents     = []byte("events")     // job id → (seq BE → gantrypb.JobEvent)
+	bucketLogs       = []byte("logs")       // job id → (offset BE → raw bytes)
+	bucketStreams    = []byte("streams")    // stream key → highest applied seq (BE)
+	bucketNodes      = []byte("nodes")      // node id → gantrypb.Node
+	bucketGPU        = []byte("gpu")        // node id → (seq BE → gantrypb.GPUSample)
+	keySchema        = []byte("schema")     // in meta
+	keyApplied       = []byte("applied")    // in meta
+	topBuckets       = [][]byte{bucketMeta, bucketJobs, bucketChunks, bucketMetricKeys, bucketEvents, bucketLogs, bucketStreams, bucketNodes, bucketGPU}
 )
 
 var (
@@ -173,21 +182,33 @@ func openDBUnguarded(path string) (*bolt.DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
+	var migrate bool
 	err = db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if v := meta.Get(keySchema); v != nil {
+			got := binary.BigEndian.Uint64(v)
+			switch {
+			case got == 1:
+				migrate = true
+			case got != SchemaVersion:
+				return fmt.Errorf("%w: %d (this build reads %d and migrates 1); upgrade this controller to the release of the others", ErrSchema, got, SchemaVersion)
+			}
+		} else if err := meta.Put(keySchema, u64(SchemaVersion)); err != nil {
+			return err
+		}
 		for _, name := range topBuckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
-		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(keySchema); v != nil {
-			if got := binary.BigEndian.Uint64(v); got != SchemaVersion {
-				return fmt.Errorf("%w: %d (this build reads %d)", ErrSchema, got, SchemaVersion)
-			}
-			return nil
-		}
-		return meta.Put(keySchema, u64(SchemaVersion))
+		return nil
 	})
+	if err == nil && migrate {
+		err = migratePoints(db, migrateBatch)
+	}
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: init %s: %w", path, err)
@@ -206,7 +227,13 @@ func (s *Store) Close() error {
 func (s *Store) Update(fn func(*Tx) error) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.db.Update(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) })
+	return s.db.Update(func(btx *bolt.Tx) error {
+		tx := &Tx{tx: btx, w: newWriteState()}
+		if err := fn(tx); err != nil {
+			return err
+		}
+		return tx.flush()
+	})
 }
 
 // View runs fn in one read transaction. fn must not do network I/O or

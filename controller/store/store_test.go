@@ -220,19 +220,24 @@ func TestHighWaterAndAppliedIndex(t *testing.T) {
 	})
 }
 
+// putPoints stores points 1..n of job in transactions of random sizes, so
+// open chunks are reopened across transactions as well as appended within
+// one.
 func putPoints(t *testing.T, s *Store, job string, n int) {
 	t.Helper()
-	seqs := rand.Perm(n) // out of order: storage order must not matter
-	update(t, s, func(tx *Tx) error {
-		for _, i := range seqs {
-			seq := uint64(i + 1)
-			step := int64(seq * 10)
-			if err := tx.PutPoint(job, &gantrypb.MetricPoint{Seq: seq, Step: &step, Values: map[string]float64{"v": float64(seq)}}); err != nil {
-				return err
+	for seq := uint64(1); seq <= uint64(n); {
+		end := min(seq+uint64(rand.IntN(400)), uint64(n))
+		update(t, s, func(tx *Tx) error {
+			for ; seq <= end; seq++ {
+				step := int64(seq * 10)
+				if err := tx.PutPoint(job, &gantrypb.MetricPoint{Seq: seq, Step: &step, Ts: 1.7e9 + float64(seq)/8,
+					Values: map[string]float64{"v": float64(seq), "noise": rand.Float64()}}); err != nil {
+					return err
+				}
 			}
-		}
-		return nil
-	})
+			return nil
+		})
+	}
 }
 
 func seqsOf(pts []*gantrypb.MetricPoint) []uint64 {
@@ -253,9 +258,9 @@ func span(from, to uint64) []uint64 {
 
 func TestPointsPaging(t *testing.T) {
 	s := openTest(t)
-	// 300 crosses the 255/256 byte boundary, which only sorts right with
-	// big-endian keys.
-	putPoints(t, s, "j", 300)
+	// 3000 points make several chunks, and seqs cross the 255/256 byte
+	// boundary, which only sorts right with big-endian keys.
+	putPoints(t, s, "j", 3000)
 	putPoints(t, s, "other", 5)
 	tests := []struct {
 		after uint64
@@ -265,11 +270,11 @@ func TestPointsPaging(t *testing.T) {
 		{0, 10, span(1, 10)},
 		{10, 10, span(11, 20)},
 		{250, 10, span(251, 260)},
-		{295, 10, span(296, 300)},
-		{300, 10, nil},
-		{1000, 10, nil},
-		{0, 0, span(1, 300)}, // no limit
-		{298, -1, span(299, 300)},
+		{2995, 10, span(2996, 3000)},
+		{3000, 10, nil},
+		{10000, 10, nil},
+		{0, 0, span(1, 3000)}, // no limit
+		{2998, -1, span(2999, 3000)},
 	}
 	for _, tt := range tests {
 		view(t, s, func(tx *Tx) error {
@@ -300,8 +305,8 @@ func TestPointsPaging(t *testing.T) {
 		all = append(all, seqsOf(page)...)
 		after = page[len(page)-1].Seq
 	}
-	if !equalU64(all, span(1, 300)) {
-		t.Fatalf("paging visited %d points, want 1..300 in order", len(all))
+	if !equalU64(all, span(1, 3000)) {
+		t.Fatalf("paging visited %d points, want 1..3000 in order", len(all))
 	}
 	view(t, s, func(tx *Tx) error {
 		pts, err := tx.Points("nope", 0, 10)
@@ -314,14 +319,15 @@ func TestPointsPaging(t *testing.T) {
 
 func TestLastPoints(t *testing.T) {
 	s := openTest(t)
-	putPoints(t, s, "j", 300)
+	putPoints(t, s, "j", 3000)
 	tests := []struct {
 		n    int
 		want []uint64
 	}{
-		{3, span(298, 300)},
-		{1, []uint64{300}},
-		{500, span(1, 300)},
+		{3, span(2998, 3000)},
+		{1, []uint64{3000}},
+		{2500, span(501, 3000)},
+		{5000, span(1, 3000)},
 		{0, nil},
 		{-1, nil},
 	}

@@ -19,6 +19,7 @@ const GPUSampleRetention = 3600
 // Tx is a typed view of one bbolt transaction.
 type Tx struct {
 	tx *bolt.Tx
+	w  *writeState // nil in a read transaction
 }
 
 // StreamKeyJob is the dedupe stream of a job's records as it was keyed
@@ -92,21 +93,6 @@ func (t *Tx) Jobs(fn func(*gantrypb.Job) bool) error {
 		}
 	}
 	return nil
-}
-
-// PutPoint stores one metric point under its seq.
-func (t *Tx) PutPoint(jobID string, p *gantrypb.MetricPoint) error {
-	return t.putSeq(bucketPoints, jobID, p.Seq, p)
-}
-
-// Points returns up to limit points of a job with seq > after, in seq order.
-func (t *Tx) Points(jobID string, after uint64, limit int) ([]*gantrypb.MetricPoint, error) {
-	return decodeAfter[gantrypb.MetricPoint](t, bucketPoints, "point", jobID, after, limit)
-}
-
-// LastPoints returns the last n points of a job, in seq order.
-func (t *Tx) LastPoints(jobID string, n int) ([]*gantrypb.MetricPoint, error) {
-	return decodeLast[gantrypb.MetricPoint](t, bucketPoints, "point", jobID, n)
 }
 
 // PutEvent stores a job event under its seq.
@@ -306,6 +292,8 @@ func (t *Tx) walk(top []byte, id string, after uint64, limit int, fn func(v []by
 	}
 	return nil
 }
+
+func unmarshal(b []byte, m proto.Message) error { return proto.Unmarshal(b, m) }
 
 func putProto(b *bolt.Bucket, key []byte, m proto.Message) error {
 	v, err := proto.Marshal(m)

@@ -1,0 +1,529 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/gantry-ml/gantry/controller/chunk"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+)
+
+// Metric points are stored as chunks (controller/chunk): per job, bucket
+// chunks/JOB maps a chunk's first seq (big-endian) to the chunk, and
+// metrickeys/JOB lists the job's metric names in id order, so a chunk
+// names its columns by small ids. The last chunk of a job is its open
+// chunk until it is full; a write transaction keeps the open chunks it
+// touches in memory and writes each once, when the transaction ends, so a
+// batch of a thousand points rewrites one chunk, not a thousand values.
+
+// ErrStalePoint means a point's seq is not above the job's last stored
+// point: the stream went backwards (the high-water marks normally drop
+// such a record before it gets here).
+var ErrStalePoint = errors.New("store: point seq not above the job's last point")
+
+// MaxMetricKeysStored bounds a job's interned metric names. Admission caps
+// distinct keys per job lower (limits.MaxKeysPerJob); this is the store's
+// own guard on the dictionary's size.
+const MaxMetricKeysStored = chunk.MaxColumns
+
+// writeState is what a write transaction keeps in memory until it ends.
+type writeState struct {
+	open map[string]*openChunk
+	keys map[string]*keyDict
+	// order is the jobs with an open chunk, in first-touch order, so
+	// flushing is deterministic.
+	order []string
+}
+
+type openChunk struct {
+	c     *chunk.Chunk
+	dirty bool
+}
+
+// keyDict is one job's interned metric names.
+type keyDict struct {
+	names []string
+	ids   map[string]uint32
+	dirty bool
+}
+
+func (d *keyDict) encode() []byte {
+	var b []byte
+	for _, n := range d.names {
+		b = binary.AppendUvarint(b, uint64(len(n)))
+		b = append(b, n...)
+	}
+	return b
+}
+
+func decodeKeyDict(b []byte) (*keyDict, error) {
+	d := &keyDict{ids: map[string]uint32{}}
+	for len(b) > 0 {
+		l, n := binary.Uvarint(b)
+		if n <= 0 || l > uint64(len(b)-n) || len(d.names) >= MaxMetricKeysStored {
+			return nil, fmt.Errorf("%w: metric key dictionary", ErrCorrupt)
+		}
+		name := string(b[n : n+int(l)])
+		b = b[n+int(l):]
+		d.ids[name] = uint32(len(d.names))
+		d.names = append(d.names, name)
+	}
+	return d, nil
+}
+
+// keyDict returns the job's dictionary (nil, nil when it has none and
+// create is false).
+func (t *Tx) keyDict(jobID string, create bool) (*keyDict, error) {
+	if t.w != nil {
+		if d, ok := t.w.keys[jobID]; ok {
+			return d, nil
+		}
+	}
+	v := t.tx.Bucket(bucketMetricKeys).Get([]byte(jobID))
+	if v == nil && !create {
+		return nil, nil
+	}
+	d, err := decodeKeyDict(v)
+	if err != nil {
+		return nil, fmt.Errorf("job %q: %w", jobID, err)
+	}
+	if t.w != nil {
+		t.w.keys[jobID] = d
+	}
+	return d, nil
+}
+
+// PutPoint appends a metric point to the job's open chunk. Its seq must be
+// above every stored point of the job (ErrStalePoint otherwise).
+func (t *Tx) PutPoint(jobID string, p *gantrypb.MetricPoint) error {
+	if t.w == nil {
+		return errors.New("store: PutPoint outside a write transaction")
+	}
+	d, err := t.keyDict(jobID, true)
+	if err != nil {
+		return err
+	}
+	// New names get ids in sorted order, never map order, so every voter
+	// numbers them alike.
+	var fresh []string
+	for k := range p.Values {
+		if _, ok := d.ids[k]; !ok {
+			fresh = append(fresh, k)
+		}
+	}
+	if len(fresh) > 0 {
+		if len(d.names)+len(fresh) > MaxMetricKeysStored {
+			return fmt.Errorf("store: job %q would have more than %d metric names", jobID, MaxMetricKeysStored)
+		}
+		slices.Sort(fresh)
+		for _, k := range fresh {
+			d.ids[k] = uint32(len(d.names))
+			d.names = append(d.names, k)
+		}
+		d.dirty = true
+	}
+	cp := chunk.Point{Seq: p.Seq, Ts: p.Ts, Keys: make([]uint32, 0, len(p.Values)), Vals: make([]float64, 0, len(p.Values))}
+	if p.Step != nil {
+		cp.Step, cp.HasStep = *p.Step, true
+	}
+	for k, v := range p.Values {
+		cp.Keys = append(cp.Keys, d.ids[k])
+		cp.Vals = append(cp.Vals, v)
+	}
+	oc, err := t.openChunk(jobID)
+	if err != nil {
+		return err
+	}
+	if oc.c.Len() > 0 && p.Seq <= oc.c.LastSeq() {
+		return fmt.Errorf("%w: job %q seq %d, last %d", ErrStalePoint, jobID, p.Seq, oc.c.LastSeq())
+	}
+	if oc.c.Full() {
+		if err := t.writeChunk(jobID, oc); err != nil {
+			return err
+		}
+		oc.c, oc.dirty = chunk.New(), false
+	}
+	if err := oc.c.Append(cp); err != nil {
+		return fmt.Errorf("store: job %q: %w", jobID, err)
+	}
+	oc.dirty = true
+	return nil
+}
+
+// openChunk returns the job's open chunk, loading the last stored chunk
+// the first time this transaction touches the job.
+func (t *Tx) openChunk(jobID string) (*openChunk, error) {
+	if oc, ok := t.w.open[jobID]; ok {
+		return oc, nil
+	}
+	oc := &openChunk{c: chunk.New()}
+	if b := t.tx.Bucket(bucketChunks).Bucket([]byte(jobID)); b != nil {
+		if k, v := b.Cursor().Last(); k != nil {
+			c, err := chunk.Decode(v)
+			if err != nil {
+				return nil, fmt.Errorf("store: job %q chunk %x: %w", jobID, k, err)
+			}
+			oc.c = c
+		}
+	}
+	t.w.open[jobID] = oc
+	t.w.order = append(t.w.order, jobID)
+	return oc, nil
+}
+
+func (t *Tx) writeChunk(jobID string, oc *openChunk) error {
+	if !oc.dirty || oc.c.Len() == 0 {
+		return nil
+	}
+	b, err := t.sub(bucketChunks, jobID)
+	if err != nil {
+		return err
+	}
+	oc.dirty = false
+	return b.Put(u64(oc.c.FirstSeq()), oc.c.Encode())
+}
+
+// flush writes the open chunks and dictionaries this transaction changed.
+// Store.Update calls it before committing, and reads within a write
+// transaction call it first so they see every point put.
+func (t *Tx) flush() error {
+	if t.w == nil {
+		return nil
+	}
+	for _, id := range t.w.order {
+		if err := t.writeChunk(id, t.w.open[id]); err != nil {
+			return err
+		}
+	}
+	ids := make([]string, 0, len(t.w.keys))
+	for id, d := range t.w.keys {
+		if d.dirty {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		d := t.w.keys[id]
+		if err := t.tx.Bucket(bucketMetricKeys).Put([]byte(id), d.encode()); err != nil {
+			return fmt.Errorf("store: metric keys of %q: %w", id, err)
+		}
+		d.dirty = false
+	}
+	return nil
+}
+
+// PointChunk is one stored chunk as a reader sees it, valid only inside
+// the callback it is passed to.
+type PointChunk struct {
+	c     *chunk.Chunk
+	names []string
+}
+
+// FirstSeq and LastSeq bound the chunk's seqs.
+func (pc PointChunk) FirstSeq() uint64 { return pc.c.FirstSeq() }
+
+// LastSeq is the seq of the chunk's last point.
+func (pc PointChunk) LastSeq() uint64 { return pc.c.LastSeq() }
+
+// Len is the number of points in the chunk.
+func (pc PointChunk) Len() int { return pc.c.Len() }
+
+// ColumnSummary is one metric over one chunk: the count, minimum, maximum
+// and last value, and where its first and last point are.
+type ColumnSummary struct {
+	Key               string
+	Count             int
+	FirstSeq, LastSeq uint64
+	// LastStep (when LastHasStep) and LastTs are the column's last point's.
+	LastStep    int64
+	LastHasStep bool
+	LastTs      float64
+	Min, Max    float64
+	Last        float64
+}
+
+// EachSummary calls fn with the summary of each metric in the chunk for
+// which want is true (every metric when want is nil), read from the
+// chunk's header without decoding its points. fn must not keep c.
+func (pc PointChunk) EachSummary(want func(key string) bool, fn func(c *ColumnSummary)) error {
+	var bad error
+	var cs ColumnSummary
+	pc.c.EachSummary(func(s *chunk.Summary) {
+		if bad != nil {
+			return
+		}
+		if int(s.Key) >= len(pc.names) {
+			bad = fmt.Errorf("%w: chunk column %d has no name", ErrCorrupt, s.Key)
+			return
+		}
+		name := pc.names[s.Key]
+		if want != nil && !want(name) {
+			return
+		}
+		cs = ColumnSummary{Key: name, Count: s.Count, FirstSeq: s.FirstSeq, LastSeq: s.LastSeq, LastStep: s.LastStep,
+			LastHasStep: s.LastHasStep, LastTs: s.LastTs, Min: s.Min, Max: s.Max, Last: s.Last}
+		fn(&cs)
+	})
+	return bad
+}
+
+// EachValue decodes the chunk's points with seq > after: point(seq) is
+// called first for each, and when it returns true, value is called with
+// every metric of the point that want accepts (want nil: every one).
+// Nothing is allocated per point.
+func (pc PointChunk) EachValue(after uint64, want func(key string) bool, point func(seq uint64) bool,
+	value func(key string, seq uint64, step int64, hasStep bool, ts, v float64)) error {
+	wanted := make([]bool, len(pc.names))
+	for i, n := range pc.names {
+		wanted[i] = want == nil || want(n)
+	}
+	var bad error
+	keep := func(k uint32) bool {
+		if int(k) >= len(wanted) {
+			bad = fmt.Errorf("%w: chunk column %d has no name", ErrCorrupt, k)
+			return false
+		}
+		return wanted[k]
+	}
+	err := pc.c.PointsOf(keep, func(p chunk.Point) bool {
+		if p.Seq <= after || !point(p.Seq) {
+			return true
+		}
+		for i, k := range p.Keys {
+			value(pc.names[k], p.Seq, p.Step, p.HasStep, p.Ts, p.Vals[i])
+		}
+		return bad == nil
+	})
+	if err == nil {
+		err = bad
+	}
+	return err
+}
+
+// Points decodes the chunk's points.
+func (pc PointChunk) Points() ([]*gantrypb.MetricPoint, error) {
+	var out []*gantrypb.MetricPoint
+	err := pc.each(0, func(p *gantrypb.MetricPoint) bool { out = append(out, p); return true })
+	return out, err
+}
+
+// each calls fn with every point of the chunk with seq > after.
+func (pc PointChunk) each(after uint64, fn func(*gantrypb.MetricPoint) bool) error {
+	var bad error
+	err := pc.c.Points(func(p chunk.Point) bool {
+		if p.Seq <= after {
+			return true
+		}
+		m := &gantrypb.MetricPoint{Seq: p.Seq, Ts: p.Ts, Values: make(map[string]float64, len(p.Keys))}
+		if p.HasStep {
+			st := p.Step
+			m.Step = &st
+		}
+		for i, k := range p.Keys {
+			if int(k) >= len(pc.names) {
+				bad = fmt.Errorf("%w: chunk column %d has no name", ErrCorrupt, k)
+				return false
+			}
+			m.Values[pc.names[k]] = p.Vals[i]
+		}
+		return fn(m)
+	})
+	if err == nil {
+		err = bad
+	}
+	return err
+}
+
+// PointChunks calls fn with the job's chunks in seq order, starting with
+// the one that holds seq after+1, at most limit chunks (all when limit <=
+// 0). The chunk handed to fn is valid only during the call.
+func (t *Tx) PointChunks(jobID string, after uint64, limit int, fn func(PointChunk) error) error {
+	if err := t.flush(); err != nil {
+		return err
+	}
+	b := t.tx.Bucket(bucketChunks).Bucket([]byte(jobID))
+	if b == nil {
+		return nil
+	}
+	d, err := t.keyDict(jobID, true)
+	if err != nil {
+		return err
+	}
+	c := b.Cursor()
+	k, v := c.Seek(u64(after + 1))
+	if k == nil || binary.BigEndian.Uint64(k) > after+1 {
+		// The chunk holding after+1 starts before it.
+		if pk, pv := c.Prev(); pk != nil {
+			k, v = pk, pv
+		} else {
+			k, v = c.First()
+		}
+	}
+	var rd chunk.Reader
+	for n := 0; k != nil && (limit <= 0 || n < limit); k, v = c.Next() {
+		h, err := rd.Header(v)
+		if err != nil {
+			return fmt.Errorf("store: job %q chunk %x: %w", jobID, k, err)
+		}
+		if h.LastSeq() <= after {
+			continue
+		}
+		if err := fn(PointChunk{c: h, names: d.names}); err != nil {
+			return err
+		}
+		n++
+	}
+	return nil
+}
+
+// Points returns up to limit points of a job with seq > after, in seq order
+// (every one when limit <= 0).
+func (t *Tx) Points(jobID string, after uint64, limit int) ([]*gantrypb.MetricPoint, error) {
+	var out []*gantrypb.MetricPoint
+	errFull := errors.New("full")
+	err := t.PointChunks(jobID, after, 0, func(pc PointChunk) error {
+		err := pc.each(after, func(p *gantrypb.MetricPoint) bool {
+			out = append(out, p)
+			return limit <= 0 || len(out) < limit
+		})
+		if err != nil {
+			return fmt.Errorf("store: points of %q: %w", jobID, err)
+		}
+		if limit > 0 && len(out) >= limit {
+			return errFull
+		}
+		return nil
+	})
+	if errors.Is(err, errFull) {
+		err = nil
+	}
+	return out, err
+}
+
+// LastPoints returns the last n points of a job, in seq order.
+func (t *Tx) LastPoints(jobID string, n int) ([]*gantrypb.MetricPoint, error) {
+	if err := t.flush(); err != nil {
+		return nil, err
+	}
+	b := t.tx.Bucket(bucketChunks).Bucket([]byte(jobID))
+	if b == nil || n <= 0 {
+		return nil, nil
+	}
+	d, err := t.keyDict(jobID, true)
+	if err != nil {
+		return nil, err
+	}
+	var chunks [][]*gantrypb.MetricPoint
+	have := 0
+	c := b.Cursor()
+	for k, v := c.Last(); k != nil && have < n; k, v = c.Prev() {
+		h, err := chunk.Header(v)
+		if err != nil {
+			return nil, fmt.Errorf("store: job %q chunk %x: %w", jobID, k, err)
+		}
+		pts, err := PointChunk{c: h, names: d.names}.Points()
+		if err != nil {
+			return nil, fmt.Errorf("store: points of %q: %w", jobID, err)
+		}
+		chunks = append(chunks, pts)
+		have += len(pts)
+	}
+	out := make([]*gantrypb.MetricPoint, 0, min(have, n))
+	for i := len(chunks) - 1; i >= 0; i-- {
+		out = append(out, chunks[i]...)
+	}
+	return out[len(out)-min(len(out), n):], nil
+}
+
+// migratePoints moves schema 1's points (one value per point in
+// points/JOB) into chunks, in transactions of at most batch points, and
+// drops the old bucket. It is restartable: a job's points already in
+// chunks are skipped.
+func migratePoints(db *bolt.DB, batch int) error {
+	var jobs []string
+	if err := db.View(func(tx *bolt.Tx) error {
+		old := tx.Bucket(bucketPointsV1)
+		if old == nil {
+			return nil
+		}
+		return old.ForEachBucket(func(k []byte) error {
+			jobs = append(jobs, string(k))
+			return nil
+		})
+	}); err != nil {
+		return err
+	}
+	for _, job := range jobs {
+		for done := false; !done; {
+			err := db.Update(func(btx *bolt.Tx) error {
+				t := &Tx{tx: btx, w: newWriteState()}
+				after := uint64(0)
+				if b := btx.Bucket(bucketChunks).Bucket([]byte(job)); b != nil {
+					if k, v := b.Cursor().Last(); k != nil {
+						h, err := chunk.Header(v)
+						if err != nil {
+							return fmt.Errorf("job %q chunk %x: %w", job, k, err)
+						}
+						after = h.LastSeq()
+					}
+				}
+				old := btx.Bucket(bucketPointsV1).Bucket([]byte(job))
+				c := old.Cursor()
+				n := 0
+				for k, v := c.Seek(u64(after + 1)); k != nil; k, v = c.Next() {
+					if n == batch {
+						return t.flush()
+					}
+					if len(k) != 8 || binary.BigEndian.Uint64(k) <= after {
+						return fmt.Errorf("%w: points/%s key %x", ErrCorrupt, job, k)
+					}
+					p := &gantrypb.MetricPoint{}
+					if err := unmarshal(v, p); err != nil {
+						return fmt.Errorf("%w: points/%s/%x: %v", ErrCorrupt, job, k, err)
+					}
+					p.Seq = binary.BigEndian.Uint64(k)
+					if err := t.PutPoint(job, p); err != nil {
+						return err
+					}
+					n++
+				}
+				done = true
+				return t.flush()
+			})
+			if err != nil {
+				return fmt.Errorf("store: migrating the points of job %q to chunks: %w", job, err)
+			}
+		}
+	}
+	return db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketPointsV1) != nil {
+			if err := tx.DeleteBucket(bucketPointsV1); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketMeta).Put(keySchema, u64(SchemaVersion))
+	})
+}
+
+func newWriteState() *writeState {
+	return &writeState{open: map[string]*openChunk{}, keys: map[string]*keyDict{}}
+}
+
+// PointBytes is how many bytes the job's chunks take in their values
+// (without bbolt's page overhead): what a point costs on disk.
+func (t *Tx) PointBytes(jobID string) (int64, error) {
+	b := t.tx.Bucket(bucketChunks).Bucket([]byte(jobID))
+	if b == nil {
+		return 0, nil
+	}
+	var n int64
+	err := b.ForEach(func(k, v []byte) error {
+		n += int64(len(k) + len(v))
+		return nil
+	})
+	return n, err
+}
