@@ -275,6 +275,8 @@ func TestDashboard(t *testing.T) {
 		b.waitJS(t, 10*time.Second, "the local node with 2 GPUs", `document.querySelectorAll('section[data-node-id="local"] tr[data-gpu]').length === 2`)
 	})
 
+	t.Run("LongJobChartIsDownsampled", func(t *testing.T) { testLongJobDownsampled(t, b, d) })
+
 	t.Run("AsksForToken", func(t *testing.T) { testAsksForToken(t, b) })
 
 	b.checkNoErrors(t)
@@ -316,5 +318,74 @@ func testAsksForToken(t *testing.T, b *browser) {
 	}
 	if stored := evalJS[string](t, b, `localStorage.getItem('gantry.token') || ''`); stored != token {
 		t.Errorf("localStorage holds %q, want the token", stored)
+	}
+}
+
+// longTrainer writes longJobLines lines at once, loss 1 everywhere but one
+// spike of 5000 at step 12345.
+const longTrainer = `#!/bin/sh
+i=1
+while [ $i -le 20000 ]; do
+  l=1
+  if [ $i -eq 12345 ]; then l=5000; fi
+  printf '{"step": %d, "loss": %d}\n' $i $l
+  i=$((i + 1))
+done >> "$GANTRY_METRICS_FILE"
+`
+
+const longJobLines = 20000
+
+// testLongJobDownsampled: a long run's chart is built from the controller's
+// downsampled buckets (GET /metrics?max_points=N), not from every point,
+// and the one-point spike survives.
+func testLongJobDownsampled(t *testing.T, b *browser, d *devController) {
+	script := filepath.Join(t.TempDir(), "long.sh")
+	if err := os.WriteFile(script, []byte(longTrainer), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	id, err := d.api.Submit(context.Background(), apiv1.JobSpec{Name: "dash-long", Run: script})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := waitTerminal(t, d.api, id, 60*time.Second)
+	if job.State != apiv1.StateSucceeded || job.Points != longJobLines {
+		t.Fatalf("long job ended %s with %d points, want succeeded with %d", job.State, job.Points, longJobLines)
+	}
+	b.do(t, "open the long job's page", chromedp.Navigate(d.addr+"/jobs/"+id))
+	b.waitJS(t, 15*time.Second, "the loss chart drawn from buckets", `Number(document.querySelector('.chart[data-key="loss"]')?.dataset.buckets) > 0`)
+	buckets := evalJS[int](t, b, `Number(document.querySelector('.chart[data-key="loss"]').dataset.buckets)`)
+	points := b.chartPoints(t, "loss")
+	ymax := evalJS[float64](t, b, `Number(document.querySelector('.chart[data-key="loss"]').dataset.ymax)`)
+	bands := evalJS[int](t, b, `document.querySelectorAll('.chart[data-key="loss"] path.band').length`)
+	asked := evalJS[[]string](t, b, `performance.getEntriesByType('resource').map((e) => e.name).filter((n) => n.includes('/metrics?'))`)
+	if testing.Verbose() {
+		png, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatalf("screenshot: %v", err)
+		}
+		if err := os.WriteFile("/tmp/gantry-dashboard-long.png", png, 0o644); err != nil {
+			t.Errorf("write screenshot: %v", err)
+		}
+	}
+	t.Logf("loss chart: %d buckets, %d points drawn, y max %v; metrics requests %q", buckets, points, ymax, asked)
+	// The dashboard asks for 1000 buckets; those before the snapshot's
+	// newest 500 points are drawn, then those points.
+	if buckets > 1000 || points >= longJobLines/4 {
+		t.Errorf("loss chart has %d buckets and %d points for a %d-point run; want at most 1000 buckets and far fewer points than the run", buckets, points, longJobLines)
+	}
+	if ymax < 5000 || bands != 1 {
+		t.Errorf("loss chart's y max is %v with %d band paths; the spike of 5000 must stay visible as a bucket's max", ymax, bands)
+	}
+	sawDownsampled := false
+	for _, u := range asked {
+		sawDownsampled = sawDownsampled || strings.Contains(u, "max_points=")
+	}
+	if !sawDownsampled {
+		t.Errorf("the page never asked for max_points: %q", asked)
+	}
+	// Raw pages may fill in only the points after the last whole bucket.
+	raw := evalJS[int](t, b, `performance.getEntriesByType('resource').map((e) => new URL(e.name)).filter((u) => u.pathname.endsWith('/metrics')).reduce((n, u) => n + Number(u.searchParams.get('limit') || 0), 0)`)
+	if raw >= longJobLines/4 {
+		t.Errorf("the page asked for %d raw points of a %d-point run", raw, longJobLines)
 	}
 }
