@@ -9,6 +9,7 @@ require (
 	github.com/hashicorp/go-hclog v1.6.3
 	github.com/hashicorp/raft v1.8.0
 	github.com/hashicorp/raft-wal v0.4.0
+	github.com/valyala/fastjson v1.6.10
 	go.etcd.io/bbolt v1.4.3
 	golang.org/x/sync v0.25.0
 	google.golang.org/protobuf v1.36.12

@@ -275,6 +275,8 @@ func TestDashboard(t *testing.T) {
 		b.waitJS(t, 10*time.Second, "the local node with 2 GPUs", `document.querySelectorAll('section[data-node-id="local"] tr[data-gpu]').length === 2`)
 	})
 
+	t.Run("LongJobChartIsDownsampled", func(t *testing.T) { testLongJobDownsampled(t, b, d) })
+
 	t.Run("AsksForToken", func(t *testing.T) { testAsksForToken(t, b) })
 
 	b.checkNoErrors(t)
@@ -316,5 +318,111 @@ func testAsksForToken(t *testing.T, b *browser) {
 	}
 	if stored := evalJS[string](t, b, `localStorage.getItem('gantry.token') || ''`); stored != token {
 		t.Errorf("localStorage holds %q, want the token", stored)
+	}
+}
+
+// longTrainer writes longJobLines lines at once, loss 1 everywhere but one
+// spike of 5000 at step 12345, then a line every 50 ms until the file
+// named by $1 exists (the test has seen the page grow live) or 400 more.
+const longTrainer = `#!/bin/sh
+i=1
+while [ $i -le 20000 ]; do
+  l=1
+  if [ $i -eq 12345 ]; then l=5000; fi
+  printf '{"step": %d, "loss": %d}\n' $i $l
+  i=$((i + 1))
+done >> "$GANTRY_METRICS_FILE"
+while [ $i -le 20400 ] && [ ! -e "$1" ]; do
+  printf '{"step": %d, "loss": 2}\n' $i >> "$GANTRY_METRICS_FILE"
+  sleep 0.05
+  i=$((i + 1))
+done
+`
+
+const longJobLines = 20000
+
+// testLongJobDownsampled: a long run's chart is built from the controller's
+// downsampled buckets (GET /metrics?max_points=N), not from every point,
+// the one-point spike survives, and live points keep being appended.
+func testLongJobDownsampled(t *testing.T, b *browser, d *devController) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	script, stop := filepath.Join(dir, "long.sh"), filepath.Join(dir, "stop")
+	if err := os.WriteFile(script, []byte(longTrainer), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	id, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "dash-long", Run: script + " " + stop})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "the long job's first 20,000 points", func() bool {
+		j, err := d.api.Job(ctx, id)
+		if err != nil {
+			t.Fatalf("job %s: %v", id, err)
+		}
+		if apiv1.IsTerminal(j.State) {
+			t.Fatalf("long job ended %s with %d points before the test looked", j.State, j.Points)
+		}
+		return j.Points >= longJobLines
+	})
+	b.do(t, "open the long job's page", chromedp.Navigate(d.addr+"/jobs/"+id))
+	b.waitJS(t, 15*time.Second, "the loss chart drawn from buckets", `Number(document.querySelector('.chart[data-key="loss"]')?.dataset.buckets) > 0`)
+	buckets := evalJS[int](t, b, `Number(document.querySelector('.chart[data-key="loss"]').dataset.buckets)`)
+	points := b.chartPoints(t, "loss")
+	ymax := evalJS[float64](t, b, `Number(document.querySelector('.chart[data-key="loss"]').dataset.ymax)`)
+	bands := evalJS[int](t, b, `document.querySelectorAll('.chart[data-key="loss"] path.band').length`)
+	asked := evalJS[[]string](t, b, `performance.getEntriesByType('resource').map((e) => e.name).filter((n) => n.includes('/metrics?'))`)
+	t.Logf("loss chart: %d buckets, %d points drawn, y max %v; metrics requests %q", buckets, points, ymax, asked)
+	// The dashboard asks for 1000 buckets; those before the snapshot's
+	// newest points are drawn, then those points.
+	if buckets > 1000 || points >= longJobLines/4 {
+		t.Errorf("loss chart has %d buckets and %d points for a %d-point run; want at most 1000 buckets and far fewer points than the run", buckets, points, longJobLines)
+	}
+	if ymax < 5000 || bands != 1 {
+		t.Errorf("loss chart's y max is %v with %d band paths; the spike of 5000 must stay visible as a bucket's max", ymax, bands)
+	}
+	sawDownsampled := false
+	for _, u := range asked {
+		sawDownsampled = sawDownsampled || strings.Contains(u, "max_points=")
+	}
+	if !sawDownsampled {
+		t.Errorf("the page never asked for max_points: %q", asked)
+	}
+	// Raw pages may fill in only the points after the last whole bucket.
+	raw := evalJS[int](t, b, `performance.getEntriesByType('resource').map((e) => new URL(e.name)).filter((u) => u.pathname.endsWith('/metrics')).reduce((n, u) => n + Number(u.searchParams.get('limit') || 0), 0)`)
+	if raw >= longJobLines/4 {
+		t.Errorf("the page asked for %d raw points of a %d-point run", raw, longJobLines)
+	}
+
+	// Live points go on after the history.
+	var grown int
+	waitFor(t, 10*time.Second, "the long job's chart to grow live", func() bool {
+		grown = b.chartPoints(t, "loss")
+		return grown > points
+	})
+	if n := evalJS[int](t, b, `Number(document.querySelector('.chart[data-key="loss"]').dataset.buckets)`); n != buckets {
+		t.Errorf("buckets %d → %d while live points arrived; want the history kept", buckets, n)
+	}
+	if st := b.text(t, "#job-state"); st != apiv1.StateRunning {
+		t.Errorf("long job page shows %q while its chart grew; want running", st)
+	}
+	if testing.Verbose() {
+		png, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatalf("screenshot: %v", err)
+		}
+		if err := os.WriteFile("/tmp/gantry-dashboard-long.png", png, 0o644); err != nil {
+			t.Errorf("write screenshot: %v", err)
+		}
+	}
+	if err := os.WriteFile(stop, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if j := waitTerminal(t, d.api, id, 30*time.Second); j.State != apiv1.StateSucceeded || j.Points < longJobLines {
+		t.Fatalf("long job ended %s with %d points, want succeeded with %d or more", j.State, j.Points, longJobLines)
+	}
+	b.waitJS(t, 10*time.Second, "the long job's final panel", `!document.querySelector('#final-panel').hidden`)
+	if n := evalJS[int](t, b, `Number(document.querySelector('.chart[data-key="loss"]').dataset.buckets)`); n != buckets {
+		t.Errorf("buckets %d → %d after the end; want the history kept", buckets, n)
 	}
 }

@@ -11,14 +11,13 @@ package metricsfile
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"slices"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/gantry-ml/gantry/proto/limits"
 )
@@ -76,76 +75,141 @@ type Line struct {
 // trainers pass it through float arithmetic. "3.5", a string or a bool is
 // ErrBadStep. Negative steps are accepted as written. A non-numeric "ts" is
 // ignored like any other non-numeric field.
+//
+// The line is read as encoding/json would read it into a map[string]any
+// (the test file keeps that reading as the reference, and FuzzParseLineDiff
+// holds the two equal): keys are unescaped, invalid UTF-8 in them becomes
+// U+FFFD, a duplicate key's last value wins, nesting deeper than 10,000 is
+// not JSON, and a NaN or Infinity literal is told apart where the first
+// syntax error is. When a line has several semantic faults (a bad step and
+// an overflowing metric), the first in the line is reported. ParseLine
+// keeps no reference to b.
 func ParseLine(b []byte) (Line, error) {
 	if len(b) > MaxLineBytes {
 		return Line{}, ErrTooLong
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	// json.Number keeps the literal, so a step beyond 2^53 stays exact and
-	// an overflowing number is seen as such instead of failing the decode.
-	dec.UseNumber()
-	var obj map[string]any
-	if err := dec.Decode(&obj); err != nil {
-		return Line{}, decodeError(b, err)
+	var buf [32]field // most lines fit, so scanning allocates nothing
+	fields, err := scanLine(b, buf[:0])
+	if err != nil {
+		return Line{}, err
 	}
-	if obj == nil {
-		return Line{}, fmt.Errorf("%w: null", ErrNotObject)
-	}
-	if rest := b[dec.InputOffset():]; !isJSONSpace(rest) {
-		return Line{}, fmt.Errorf("%w: trailing data after the object at byte %d", ErrNotJSON, dec.InputOffset())
-	}
+	shadowed := shadowedFields(fields)
 
-	l := Line{Values: make(map[string]float64, min(len(obj), limits.MaxKeysPerPoint))}
-	var keys []string // numeric metric keys within the key length cap
-	for k, v := range obj {
-		switch k {
+	var l Line
+	kept := 0 // numeric metric fields with valid keys, in fields[:kept] after compaction
+	for i := range fields {
+		f := fields[i]
+		if shadowed != nil && shadowed[i] {
+			continue // a later duplicate key wins
+		}
+		switch string(f.key) {
 		case keyStep:
-			step, err := parseStep(v)
+			step, err := parseStep(f)
 			if err != nil {
 				return Line{}, err
 			}
 			l.Step = step
 		case keyTS:
-			n, ok := v.(json.Number)
-			if !ok {
+			if f.kind != kindNumber {
 				continue
 			}
-			ts, err := parseFinite(n)
+			ts, err := parseFinite(f.num)
 			if err != nil {
-				return Line{}, fmt.Errorf("%w: %q", err, k)
+				return Line{}, fmt.Errorf("%w: %q", err, keyTS)
 			}
 			if limits.ValidTimestamp(ts) {
 				l.TS = ts // else as if absent: the agent stamps the line itself
 			}
 		default:
-			n, ok := v.(json.Number)
-			if !ok {
+			if f.kind != kindNumber {
 				continue
 			}
-			if _, err := parseFinite(n); err != nil {
-				return Line{}, fmt.Errorf("%w: %q", err, clip(k))
+			v, err := parseFinite(f.num)
+			if err != nil {
+				return Line{}, fmt.Errorf("%w: %q", err, clip(string(f.key)))
 			}
-			if !limits.ValidMetricKey(k) {
+			if !validMetricKey(f.key) {
 				// Too long, empty or with control characters: the
 				// controller would refuse the whole point (or exit) for it.
 				l.Dropped++
 				continue
 			}
-			keys = append(keys, k)
+			f.val = v
+			fields[kept] = f // kept <= i: compaction in place
+			kept++
 		}
 	}
-	if len(keys) > limits.MaxKeysPerPoint {
-		// Which keys survive must not depend on map order: the same
-		// line always yields the same point.
-		slices.Sort(keys)
-		l.Dropped += len(keys) - limits.MaxKeysPerPoint
-		keys = keys[:limits.MaxKeysPerPoint]
+	metrics := fields[:kept]
+	if kept > limits.MaxKeysPerPoint {
+		// Which keys survive must not depend on the order in the line
+		// beyond the keys themselves: the same set of keys always yields
+		// the same point.
+		slices.SortFunc(metrics, func(a, b field) int { return bytes.Compare(a.key, b.key) })
+		l.Dropped += kept - limits.MaxKeysPerPoint
+		metrics = metrics[:limits.MaxKeysPerPoint]
 	}
-	for _, k := range keys {
-		f, _ := parseFinite(obj[k].(json.Number)) // checked above
-		l.Values[k] = f
+	l.Values = make(map[string]float64, len(metrics))
+	for _, f := range metrics {
+		l.Values[string(f.key)] = f.val
 	}
 	return l, nil
+}
+
+// validMetricKey is limits.ValidMetricKey without converting the key to a
+// string first; plain printable ASCII, the usual case, is checked inline.
+func validMetricKey(k []byte) bool {
+	if len(k) == 0 || len(k) > limits.MaxMetricKeyBytes {
+		return false
+	}
+	for _, c := range k {
+		if c < ' ' || c >= 0x7f {
+			return limits.ValidMetricKey(string(k))
+		}
+	}
+	return true
+}
+
+// shadowedFields marks the fields whose key appears again later in the
+// line: encoding/json, which defines the contract, keeps a duplicate key's
+// last value. It returns nil when no key repeats, the usual case.
+func shadowedFields(fields []field) []bool {
+	var shadowed []bool
+	mark := func(i int) {
+		if shadowed == nil {
+			shadowed = make([]bool, len(fields))
+		}
+		shadowed[i] = true
+	}
+	if len(fields) <= 32 {
+		for i := range fields {
+			for j := i + 1; j < len(fields); j++ {
+				if bytes.Equal(fields[i].key, fields[j].key) {
+					mark(i)
+					break
+				}
+			}
+		}
+		return shadowed
+	}
+	// Many fields (a hostile line can hold ~100,000): sort indexes by
+	// key, then by position, so that each run of equal keys ends with
+	// the one that wins.
+	idx := make([]int32, len(fields))
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	slices.SortFunc(idx, func(a, b int32) int {
+		if c := bytes.Compare(fields[a].key, fields[b].key); c != 0 {
+			return c
+		}
+		return int(a - b)
+	})
+	for n := 0; n+1 < len(idx); n++ {
+		if bytes.Equal(fields[idx[n]].key, fields[idx[n+1]].key) {
+			mark(int(idx[n]))
+		}
+	}
+	return shadowed
 }
 
 // clip shortens a key quoted in an error, which ends up in a job event.
@@ -156,88 +220,57 @@ func clip(k string) string {
 	return strings.ToValidUTF8(k[:limits.MaxMetricKeyBytes], "") + "..."
 }
 
-// decodeError classifies a Decode failure.
-func decodeError(b []byte, err error) error {
-	var typeErr *json.UnmarshalTypeError
-	var syntaxErr *json.SyntaxError
-	switch {
-	case errors.Is(err, io.EOF):
-		return fmt.Errorf("%w: empty line", ErrNotJSON)
-	case errors.As(err, &typeErr):
-		return fmt.Errorf("%w: top-level %s", ErrNotObject, typeErr.Value)
-	case errors.As(err, &syntaxErr) && isNonFiniteLiteral(b, syntaxErr.Offset):
-		// Worth its own reason: the fix (allow_nan=False, or filtering
-		// NaN losses) is on the trainer side and not obvious from
-		// "invalid character 'N'".
-		return fmt.Errorf("%w: NaN or Infinity literal at byte %d (not valid JSON)", ErrNonFinite, syntaxErr.Offset-1)
-	default:
-		return fmt.Errorf("%w: %w", ErrNotJSON, err)
+// clipLiteral shortens a number quoted in an error: a hostile line can
+// hold a million-digit literal.
+func clipLiteral(n []byte) string {
+	const max = 40
+	if len(n) <= max {
+		return string(n)
 	}
+	return string(n[:max]) + "..."
 }
 
-// isNonFiniteLiteral reports whether the syntax error at offset (bytes read
-// including the offending one) is a NaN, Infinity or -Infinity literal.
-func isNonFiniteLiteral(b []byte, offset int64) bool {
-	i := offset - 1
-	if i < 0 || i >= int64(len(b)) {
-		return false
-	}
-	rest := b[i:]
-	return bytes.HasPrefix(rest, []byte("NaN")) || bytes.HasPrefix(rest, []byte("Infinity"))
-}
-
-// parseFinite converts a JSON number, rejecting values that overflow float64.
-func parseFinite(n json.Number) (float64, error) {
-	f, err := strconv.ParseFloat(string(n), 64)
+// parseFinite converts a JSON number literal (already checked against the
+// JSON grammar by the scanner), rejecting values that overflow float64.
+func parseFinite(n []byte) (float64, error) {
+	// The string shares n's bytes only for the call: strconv copies what
+	// it keeps in its errors, and n is not written to meanwhile.
+	f, err := strconv.ParseFloat(unsafe.String(unsafe.SliceData(n), len(n)), 64)
 	switch {
 	case errors.Is(err, strconv.ErrRange) && math.IsInf(f, 0):
-		return 0, fmt.Errorf("%w: %s overflows float64", ErrNonFinite, n)
+		return 0, fmt.Errorf("%w: %s overflows float64", ErrNonFinite, clipLiteral(n))
 	case err != nil:
-		// The decoder validated the literal, so this is not expected;
+		// The scanner validated the literal, so this is not expected;
 		// underflow to zero is not an error in strconv.
-		return 0, fmt.Errorf("%w: number %s: %w", ErrNotJSON, n, err)
+		return 0, fmt.Errorf("%w: number %s: %w", ErrNotJSON, clipLiteral(n), err)
 	case math.IsInf(f, 0) || math.IsNaN(f):
-		return 0, fmt.Errorf("%w: %s", ErrNonFinite, n)
+		return 0, fmt.Errorf("%w: %s", ErrNonFinite, clipLiteral(n))
 	}
 	return f, nil
 }
 
 // parseStep accepts an integer, or an integral float within int64; null means
 // no step.
-func parseStep(v any) (*int64, error) {
-	n, ok := v.(json.Number)
-	if !ok {
-		if v == nil {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("%w: %s", ErrBadStep, jsonKind(v))
+func parseStep(f field) (*int64, error) {
+	switch f.kind {
+	case kindNull:
+		return nil, nil
+	case kindNumber:
+	default:
+		return nil, fmt.Errorf("%w: %s", ErrBadStep, f.kind)
 	}
-	if i, err := strconv.ParseInt(string(n), 10, 64); err == nil {
+	s := unsafe.String(unsafe.SliceData(f.num), len(f.num)) // as in parseFinite
+	if i, err := strconv.ParseInt(s, 10, 64); err == nil {
 		return &i, nil
 	}
-	f, err := strconv.ParseFloat(string(n), 64)
+	v, err := strconv.ParseFloat(s, 64)
 	// -2^63 and 2^63 are exact in float64, so these bounds admit exactly
 	// the floats that convert to int64 without overflow.
-	if err != nil || f != math.Trunc(f) || f < -(1<<63) || f >= 1<<63 {
-		return nil, fmt.Errorf("%w: %s", ErrBadStep, n)
+	if err != nil || v != math.Trunc(v) || v < -(1<<63) || v >= 1<<63 {
+		return nil, fmt.Errorf("%w: %s", ErrBadStep, clipLiteral(f.num))
 	}
-	i := int64(f)
+	i := int64(v)
 	return &i, nil
-}
-
-func jsonKind(v any) string {
-	switch v.(type) {
-	case string:
-		return "string"
-	case bool:
-		return "bool"
-	case []any:
-		return "array"
-	case map[string]any:
-		return "object"
-	default:
-		return fmt.Sprintf("%T", v)
-	}
 }
 
 // isJSONSpace reports whether b holds only JSON whitespace. Stricter than

@@ -123,22 +123,7 @@ func TestParseLineNaNReasonNamesTheLiteral(t *testing.T) {
 }
 
 func FuzzParseLine(f *testing.F) {
-	for _, s := range []string{
-		`{"step":1,"ts":1718000000.5,"loss":0.25}`,
-		`{"step":3.0}`,
-		`{"step":-1,"x":1e308}`,
-		`{"loss":NaN}`,
-		`{"loss":-Infinity}`,
-		`{"x":1e999}`,
-		`{"a":{"b":[1,2,{"c":null}]},"d":"s","e":true}`,
-		`[1,2]`,
-		`null`,
-		`{}`,
-		`{"x":1} {"y":2}`,
-		"{\"\xff\":1}",
-		``,
-		`{"step":"7"}`,
-	} {
+	for _, s := range fuzzSeeds {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -7,7 +7,15 @@
   const POLL_MS = 2000;
   const DRAW_MS = 200; // charts redraw at most 5 times a second
   const HISTORY_PAGE = 5000; // points per GET /metrics page
-  const HISTORY_MAX = 100000; // older points fetched at most, per job page
+  // A job page fetches the points older than the live snapshot one by one
+  // up to DOWNSAMPLE_ABOVE of them; beyond, it asks the controller for
+  // DOWNSAMPLE_POINTS min/max/last buckets per metric over the whole run
+  // (GET /metrics?max_points=N&keys=…, at most DOWNSAMPLE_KEYS keys a
+  // request, the API's cap), so a run of millions of points costs the
+  // browser a few thousand and a spike stays visible.
+  const DOWNSAMPLE_ABOVE = 5000;
+  const DOWNSAMPLE_POINTS = 1000;
+  const DOWNSAMPLE_KEYS = 64;
   const DRAW_MAX = 1200; // drawn points per series; min/max-decimated beyond
   const GPU_KEEP = 900; // GPU samples kept per job page (15 min at 1 Hz)
   const STATES = ['queued', 'assigned', 'running', 'succeeded', 'failed', 'cancelled', 'lost'];
@@ -321,7 +329,10 @@
     constructor(key, title, opts) {
       this.key = key;
       this.opts = Object.assign({ xFmt: fmtAxis, yFmt: fmtAxis, valueFmt: fmtNum, xName: 'step', height: 170 }, opts);
-      this.series = []; // [{name, color, xs, ys}]
+      // [{name, color, xs, ys, band}]; band, when set, is {xs, lo, hi}:
+      // the min and max of each downsampled bucket at xs, drawn as a
+      // vertical segment so that a spike inside a bucket stays visible.
+      this.series = [];
       this.last = el('span', { class: 'chart-last' });
       this.legend = el('div', { class: 'legend' });
       this.svg = svg('svg', { role: 'img', 'aria-label': title });
@@ -351,6 +362,7 @@
       s.setAttribute('viewBox', `0 0 ${width} ${height}`);
       const n = this.points();
       this.el.setAttribute('data-points', n);
+      this.el.setAttribute('data-buckets', this.series.reduce((m, ser) => m + (ser.band ? ser.band.xs.length : 0), 0));
       const drawn = this.series.filter((ser) => ser.xs.length > 0);
       if (drawn.length === 0) {
         const t = svg('text', { x: width / 2, y: height / 2, 'text-anchor': 'middle', class: 'axis' });
@@ -370,7 +382,14 @@
           if (y < y0) y0 = y;
           if (y > y1) y1 = y;
         }
+        const b = ser.band;
+        for (let i = 0; b && i < b.xs.length; i++) {
+          if (b.lo[i] < y0) y0 = b.lo[i];
+          if (b.hi[i] > y1) y1 = b.hi[i];
+        }
       }
+      this.el.setAttribute('data-ymin', y0);
+      this.el.setAttribute('data-ymax', y1);
       if (this.opts.yMin !== undefined) y0 = Math.min(y0, this.opts.yMin);
       if (this.opts.yMax !== undefined) y1 = Math.max(y1, this.opts.yMax);
       if (x0 === x1) { x0 -= 1; x1 += 1; }
@@ -408,6 +427,17 @@
       }
       s.appendChild(axis);
 
+      for (const ser of drawn) {
+        const b = ser.band;
+        if (!b || b.xs.length === 0) continue;
+        let path = '';
+        for (let i = 0; i < b.xs.length; i++) {
+          if (b.hi[i] === b.lo[i]) continue; // the line shows it
+          const x = sx(b.xs[i]).toFixed(1);
+          path += 'M' + x + ' ' + sy(b.lo[i]).toFixed(1) + 'V' + sy(b.hi[i]).toFixed(1);
+        }
+        if (path) s.appendChild(svg('path', { d: path, class: 'band', stroke: ser.color }));
+      }
       for (const ser of drawn) {
         const d = decimate(ser.xs, ser.ys, DRAW_MAX);
         let path = '';
@@ -455,7 +485,10 @@
         const i = nearest(ser.xs, x);
         if (i < 0) continue;
         if (at === null) at = ser.xs[i];
-        lines.push((this.series.length > 1 ? ser.name + ' ' : '') + this.opts.valueFmt(ser.ys[i]));
+        let v = this.opts.valueFmt(ser.ys[i]);
+        const b = ser.band;
+        if (b && i < b.xs.length && b.lo[i] !== b.hi[i]) v += ` (${this.opts.valueFmt(b.lo[i])} – ${this.opts.valueFmt(b.hi[i])})`;
+        lines.push((this.series.length > 1 ? ser.name + ' ' : '') + v);
       }
       if (at === null) return this.hover(null);
       this.tip.textContent = this.opts.xName + ' ' + this.opts.xFmt(at) + ' · ' + lines.join(' · ');
@@ -578,7 +611,12 @@
     const st = {
       job: null,
       points: [], // by seq, no duplicates
-      series: new Map(), // metric key → {xs, ys}
+      series: new Map(), // metric key → {seqs, xs, ys} of the points above
+      // Downsampled history of a long run: metric key → {cut, xs, lo, hi,
+      // last}, buckets for seqs up to cut (the points array holds later
+      // ones). Empty for a short run, whose points are all fetched.
+      hist: new Map(),
+      histCut: 0, // every metric's buckets cover the seqs up to here
       gpus: new Map(), // GPU index → {ts: [], util: [], mem: [], last: stat}
       gpuSeq: 0,
       events: new Map(), // seq → event
@@ -631,7 +669,8 @@
     function addToSeries(pt) {
       for (const [k, v] of Object.entries(pt.values || {})) {
         let s = st.series.get(k);
-        if (!s) st.series.set(k, (s = { xs: [], ys: [] }));
+        if (!s) st.series.set(k, (s = { seqs: [], xs: [], ys: [] }));
+        s.seqs.push(pt.seq);
         s.xs.push(xOf(pt));
         s.ys.push(v);
       }
@@ -797,8 +836,24 @@
       drawAll();
     }
 
+    // seriesOf is one metric's chart series: its downsampled buckets, if
+    // any, then the points after them. The line runs through each bucket's
+    // last value; the band holds its min and max.
+    function seriesOf(k) {
+      const raw = st.series.get(k) || { seqs: [], xs: [], ys: [] };
+      const h = st.hist.get(k);
+      if (!h) return { name: k, color: PALETTE[0], xs: raw.xs, ys: raw.ys };
+      let i = 0;
+      while (i < raw.seqs.length && raw.seqs[i] <= h.cut) i++;
+      return {
+        name: k, color: PALETTE[0],
+        xs: h.xs.concat(raw.xs.slice(i)), ys: h.last.concat(raw.ys.slice(i)),
+        band: { xs: h.xs, lo: h.lo, hi: h.hi },
+      };
+    }
+
     function drawAll() {
-      const keys = [...st.series.keys()].filter((k) => k !== 'total_steps').sort();
+      const keys = [...new Set([...st.series.keys(), ...st.hist.keys()])].filter((k) => k !== 'total_steps').sort();
       metricsNote.hidden = keys.length > 0;
       if (keys.length === 0 && ended) metricsNote.textContent = 'This job wrote no metrics.';
       let added = false;
@@ -811,8 +866,7 @@
       if (added) replace(chartGrid, keys.map((k) => charts.get(k).el));
       for (const k of keys) {
         const c = charts.get(k);
-        const s = st.series.get(k);
-        c.setSeries([{ name: k, color: PALETTE[0], xs: s.xs, ys: s.ys }]);
+        c.setSeries([seriesOf(k)]);
         c.draw();
       }
       const idx = [...st.gpus.keys()].sort((a, b) => a - b);
@@ -842,28 +896,92 @@
       }
     }
 
-    // loadHistory pages in the points older than the snapshot's first
-    // (the snapshot holds only the newest 500), up to HISTORY_MAX of them.
+    // loadHistory fills in the points older than before, the snapshot's
+    // first seq (the snapshot holds only the newest 500). A few are
+    // fetched as they are; for a long run, the older part comes as
+    // downsampled buckets and only the points after the last whole bucket
+    // are fetched.
     async function loadHistory(before) {
       if (historyLoading || before <= 1) return;
       historyLoading = true;
-      let after = Math.max(0, before - 1 - HISTORY_MAX);
-      const got = [];
       try {
-        while (!stopped && after < before - 1) {
-          const limit = Math.min(HISTORY_PAGE, before - 1 - after);
-          const page = await api(`/v1/jobs/${encodeURIComponent(id)}/metrics?after=${after}&limit=${limit}`);
-          const pts = (page.points || []).filter((p) => p.seq < before);
-          if (pts.length === 0) break;
-          got.push(...pts);
-          after = page.next;
+        // Seqs up to from are already here: as points, or in buckets.
+        let from = 0;
+        for (let i = st.points.length - 1; i >= 0; i--) {
+          if (st.points[i].seq < before) {
+            from = st.points[i].seq;
+            break;
+          }
         }
-        if (!stopped) mergePoints(got);
+        from = Math.max(from, Math.min(st.histCut, before - 1));
+        if (before - 1 - from > DOWNSAMPLE_ABOVE) {
+          const cut = await loadBuckets(before);
+          // Without buckets (an older controller), only the newest points.
+          from = cut === null ? before - 1 - DOWNSAMPLE_ABOVE : cut;
+        }
+        await loadPoints(from, before);
       } catch (e) {
         showError(e);
       } finally {
         historyLoading = false;
       }
+    }
+
+    // loadPoints fetches the points with seqs in (after, before).
+    async function loadPoints(after, before) {
+      const got = [];
+      while (!stopped && after < before - 1) {
+        const limit = Math.min(HISTORY_PAGE, before - 1 - after);
+        const page = await api(`/v1/jobs/${encodeURIComponent(id)}/metrics?after=${after}&limit=${limit}`);
+        const pts = (page.points || []).filter((p) => p.seq < before);
+        if (pts.length === 0) break;
+        got.push(...pts);
+        after = page.next;
+      }
+      if (stopped) return;
+      mergePoints(got);
+      scheduleDraw();
+    }
+
+    // loadBuckets replaces st.hist with the run's downsampled buckets that
+    // end before seq before, and returns the last seq they cover (the
+    // smallest such over the requests), or null when the controller has
+    // no downsampling or the job no metric keys yet.
+    async function loadBuckets(before) {
+      const keys = [...new Set([...st.series.keys(), ...Object.keys((st.job && st.job.latest_metrics) || {})])]
+        // "step" in latest_metrics is the last step, not a metric; and the
+        // API splits keys=a,b on commas, so such a key cannot be named.
+        .filter((k) => k !== 'step' && !k.includes(','));
+      if (keys.length === 0) return null;
+      const hist = new Map();
+      let cut = Infinity;
+      for (let i = 0; i < keys.length; i += DOWNSAMPLE_KEYS) {
+        const names = keys.slice(i, i + DOWNSAMPLE_KEYS).map(encodeURIComponent).join(',');
+        const r = await api(`/v1/jobs/${encodeURIComponent(id)}/metrics?max_points=${DOWNSAMPLE_POINTS}&keys=${names}`);
+        if (stopped) return null;
+        if (!r || !r.series || !r.bucket_seqs) return null;
+        // Buckets are fixed seq ranges (i·w, (i+1)·w]: those wholly before
+        // the snapshot are kept, and points follow the last of them. Each
+        // request has its own w if the run grew in between.
+        const w = r.bucket_seqs;
+        const reqCut = Math.floor((before - 1) / w) * w;
+        cut = Math.min(cut, reqCut);
+        for (const [k, bs] of Object.entries(r.series)) {
+          if (bs.length === 0) continue;
+          const h = { cut: reqCut, xs: [], lo: [], hi: [], last: [] };
+          for (const b of bs) {
+            if (b.last_seq > reqCut) break;
+            h.xs.push(b.step === null || b.step === undefined ? b.last_seq : b.step);
+            h.lo.push(b.min);
+            h.hi.push(b.max);
+            h.last.push(b.last);
+          }
+          hist.set(k, h);
+        }
+      }
+      st.hist = hist;
+      st.histCut = cut;
+      return cut;
     }
 
     // loadGPUHistory fills the GPU charts with the node's recent samples
@@ -915,8 +1033,8 @@
           setJob(f.job);
           const pts = f.points || [];
           const gap = st.points.length > 0 && pts.length > 0 && pts[0].seq > st.points[st.points.length - 1].seq + 1;
+          mergePoints(pts); // first: loadHistory asks for buckets of the keys seen
           if (pts.length > 0 && (first || gap)) loadHistory(pts[0].seq);
-          mergePoints(pts);
           // A finished job's node sample is someone else's load by now.
           if (!TERMINAL.has(f.job.state)) addGPU(f.gpu);
           if (first) {
