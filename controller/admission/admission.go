@@ -82,7 +82,12 @@ func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 
 // CheckRecord checks one record's shape and sizes. It does not know who
 // owns the record's job: that is the caller's check.
-func CheckRecord(rec *gantrypb.Record) error {
+func CheckRecord(rec *gantrypb.Record) error { return CheckRecordIn(rec, 0) }
+
+// CheckRecordIn is CheckRecord for a record of a batch (or Raft entry)
+// whose key table (CheckKeyTable) has nkeys names: a flat point may index
+// only those.
+func CheckRecordIn(rec *gantrypb.Record, nkeys int) error {
 	if rec == nil {
 		return reject("nil record")
 	}
@@ -102,7 +107,7 @@ func CheckRecord(rec *gantrypb.Record) error {
 	}
 	switch body := rec.Body.(type) {
 	case *gantrypb.Record_Point:
-		return checkPoint(body.Point)
+		return checkPoint(body.Point, nkeys)
 	case *gantrypb.Record_Event:
 		return checkEvent(body.Event)
 	case *gantrypb.Record_Log:
@@ -134,14 +139,60 @@ func CheckRecord(rec *gantrypb.Record) error {
 	return reject("record of unknown type %T", rec.Body)
 }
 
-func checkPoint(p *gantrypb.MetricPoint) error {
+func checkPoint(p *gantrypb.MetricPoint, nkeys int) error {
 	if p == nil {
 		return reject("empty metric point")
 	}
 	if err := checkTS("metric point", p.Ts); err != nil {
 		return err
 	}
-	return checkValues(p.Values, limits.MaxKeysPerPoint, "metric point has %d keys; the limit is %d", "metric")
+	if len(p.KeyIdx) == 0 && len(p.Vals) == 0 {
+		return checkValues(p.Values, limits.MaxKeysPerPoint, "metric point has %d keys; the limit is %d", "metric")
+	}
+	// The flat form: indexes into the batch's key table, which
+	// CheckKeyTable has checked once for every point.
+	switch {
+	case len(p.Values) > 0:
+		return reject("metric point has both values and flat values")
+	case len(p.KeyIdx) != len(p.Vals):
+		return reject("metric point has %d key indexes for %d values", len(p.KeyIdx), len(p.Vals))
+	case len(p.KeyIdx) > limits.MaxKeysPerPoint:
+		return reject("metric point has %d keys; the limit is %d", len(p.KeyIdx), limits.MaxKeysPerPoint)
+	}
+	var seen [limits.MaxBatchKeys / 64]uint64
+	for i, k := range p.KeyIdx {
+		if int(k) >= nkeys {
+			return reject("metric point indexes key %d of a table of %d", k, nkeys)
+		}
+		if seen[k/64]&(1<<(k%64)) != 0 {
+			return reject("metric point has key %d twice", k)
+		}
+		seen[k/64] |= 1 << (k % 64)
+		if !finite(p.Vals[i]) {
+			return reject("metric %d is not a finite number", k)
+		}
+	}
+	return nil
+}
+
+// CheckKeyTable checks the metric names a batch's or a Raft entry's flat
+// points index: at most limits.MaxBatchKeys, each a valid metric key,
+// none twice.
+func CheckKeyTable(keys []string) error {
+	if len(keys) > limits.MaxBatchKeys {
+		return reject("key table has %d names; the limit is %d", len(keys), limits.MaxBatchKeys)
+	}
+	seen := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		if err := CheckMetricKey(k); err != nil {
+			return err
+		}
+		if seen[k] {
+			return reject("key table lists %q twice", k)
+		}
+		seen[k] = true
+	}
+	return nil
 }
 
 // checkValues bounds a map of metric values: at most limit keys (else

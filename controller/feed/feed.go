@@ -56,7 +56,7 @@ func (f *Feed) Applied(c *fsm.Changes) {
 	for _, id := range c.JobOrder {
 		topic := hub.JobTopic(id)
 		if pts := c.Points[id]; len(pts) > 0 && f.hub.Has(topic) {
-			points := view.Points(pts)
+			points := view.PointsIn(pts, c.Keys)
 			f.publish(topic, hub.Message{Kind: apiv1.FrameMetrics, MaxSeq: pts[len(pts)-1].Seq, Points: points},
 				apiv1.Frame{Type: apiv1.FrameMetrics, Points: points})
 		}

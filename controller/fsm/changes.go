@@ -9,8 +9,12 @@ type Changes struct {
 	JobOrder []string
 	// Jobs holds each changed job's state after the batch.
 	Jobs map[string]*gantrypb.Job
-	// Points holds the points stored per job, in seq order.
+	// Points holds the points stored per job, in seq order. A point in the
+	// flat form (KeyIdx, Vals) indexes Keys.
 	Points map[string][]*gantrypb.MetricPoint
+	// Keys are the metric names flat points in Points index.
+	Keys   []string
+	keyIdx map[string]uint32
 	// Events holds the events stored per job, in seq order.
 	Events map[string][]*gantrypb.JobEvent
 	// GPU holds the GPU samples stored per node, in seq order.
@@ -52,6 +56,20 @@ func (c *Changes) touch(id string) {
 func (c *Changes) job(j *gantrypb.Job) {
 	c.touch(j.Id)
 	c.Jobs[j.Id] = j
+}
+
+// key returns the index of name in Keys, adding it.
+func (c *Changes) key(name string) uint32 {
+	if i, ok := c.keyIdx[name]; ok {
+		return i
+	}
+	if c.keyIdx == nil {
+		c.keyIdx = map[string]uint32{}
+	}
+	i := uint32(len(c.Keys))
+	c.Keys = append(c.Keys, name)
+	c.keyIdx[name] = i
+	return i
 }
 
 func (c *Changes) point(jobID string, p *gantrypb.MetricPoint) {

@@ -49,6 +49,11 @@ func checkCommand(msg proto.Message) error {
 		if err := admission.CheckID("node id", m.NodeId); err != nil {
 			return bad(err)
 		}
+		// The key table serves every point of the entry: a bad one makes
+		// the whole entry unappliable.
+		if err := admission.CheckKeyTable(m.Keys); err != nil {
+			return bad(err)
+		}
 	case *gantrypb.NodeUpCmd:
 		if m.Node == nil {
 			return bad(errors.New("no node"))

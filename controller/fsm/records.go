@@ -26,13 +26,14 @@ import (
 func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, error) {
 	res := IngestResult{}
 	jobs := map[string]*gantrypb.Job{} // jobs touched by this entry, written once at the end
-	hw := map[string]uint64{}          // high-water marks touched by this entry
+	sc := pointScratch{tr: make([]uint32, len(m.Keys))}
+	hw := map[string]uint64{} // high-water marks touched by this entry
 	var order []string
 
 	for _, rec := range m.Records {
-		err := admission.CheckRecord(rec)
+		err := admission.CheckRecordIn(rec, len(m.Keys))
 		if err != nil && rec.GetJobId() != "" && admission.Repair(rec) {
-			err = admission.CheckRecord(rec) // a pure function: every voter repairs alike
+			err = admission.CheckRecordIn(rec, len(m.Keys)) // a pure function: every voter repairs alike
 		}
 		if err != nil {
 			res.Rejected++
@@ -93,7 +94,7 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, err
 			res.Stored++
 			continue
 		}
-		if err := f.applyJobRecord(tx, job, rec, m.AtMs, ch); err != nil {
+		if err := f.applyJobRecord(tx, job, rec, m, ch, &sc); err != nil {
 			if errors.Is(err, errStalePoint) {
 				res.Rejected++
 				continue
@@ -122,26 +123,109 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, err
 // job's stored ones.
 var errStalePoint = errors.New("point below the job's stored points")
 
-// admitKeys removes from values the keys that would take the job past
-// limits.MaxKeysPerJob distinct metrics, and returns how many it removed.
-// Which keys go is decided in sorted order, never by map order, so every
-// voter drops the same ones.
-func admitKeys(known map[string]float64, values map[string]float64) int {
+// overCap returns the names among names that would take the job past
+// limits.MaxKeysPerJob distinct metrics, given the ones it has (known).
+// Which ones is decided in sorted order, never by map order, so every
+// voter drops the same ones. It is nil when all fit.
+func overCap(known map[string]float64, names []string) []string {
 	var fresh []string
-	for k := range values {
+	for _, k := range names {
 		if _, ok := known[k]; !ok {
 			fresh = append(fresh, k)
 		}
 	}
 	room := max(limits.MaxKeysPerJob-len(known), 0)
 	if len(fresh) <= room {
-		return 0
+		return nil
 	}
 	slices.Sort(fresh)
-	for _, k := range fresh[room:] {
+	return fresh[room:]
+}
+
+// admitKeys removes from values the keys that would take the job past
+// limits.MaxKeysPerJob distinct metrics (overCap), and returns how many
+// it removed.
+func admitKeys(known map[string]float64, values map[string]float64) int {
+	names := make([]string, 0, len(values))
+	for k := range values {
+		names = append(names, k)
+	}
+	drop := overCap(known, names)
+	for _, k := range drop {
 		delete(values, k)
 	}
-	return len(fresh) - room
+	return len(drop)
+}
+
+// pointScratch is reused across the points of one entry.
+type pointScratch struct {
+	names []string
+	vals  []float64
+	// tr maps the entry's key table to Changes.Keys, 1-based (0: not yet).
+	tr []uint32
+}
+
+// storePoint stores a metric point of job, in either form, and updates
+// the job's counters and latest metrics. A flat point is rewritten to
+// index ch.Keys, for the feed.
+func (f *FSM) storePoint(tx *store.Tx, job *gantrypb.Job, p *gantrypb.MetricPoint, keys []string, ch *Changes, sc *pointScratch) error {
+	if job.LatestMetrics == nil {
+		job.LatestMetrics = map[string]float64{}
+	}
+	flat := len(p.KeyIdx) > 0
+	names, vals := sc.names[:0], sc.vals[:0]
+	if flat {
+		for i, k := range p.KeyIdx {
+			names, vals = append(names, keys[k]), append(vals, p.Vals[i])
+		}
+	} else {
+		for k, v := range p.Values {
+			names, vals = append(names, k), append(vals, v)
+		}
+	}
+	if drop := overCap(job.LatestMetrics, names); len(drop) > 0 {
+		if err := f.dropKeys(tx, job, p.Seq, p.Ts, len(drop), ch); err != nil {
+			return err
+		}
+		n := 0
+		for i, k := range names {
+			if slices.Contains(drop, k) {
+				delete(p.Values, k)
+				continue
+			}
+			names[n], vals[n] = k, vals[i]
+			if flat {
+				p.KeyIdx[n], p.Vals[n] = p.KeyIdx[i], p.Vals[i]
+			}
+			n++
+		}
+		names, vals = names[:n], vals[:n]
+		if flat {
+			p.KeyIdx, p.Vals = p.KeyIdx[:n], p.Vals[:n]
+		}
+	}
+	sc.names, sc.vals = names, vals
+	if err := tx.PutNamed(job.Id, store.Point{Seq: p.Seq, Step: p.Step, Ts: p.Ts, Names: names, Vals: vals}); err != nil {
+		return err
+	}
+	for i, k := range names {
+		job.LatestMetrics[k] = vals[i]
+	}
+	if p.Step != nil {
+		job.LatestMetrics["step"] = float64(*p.Step)
+	}
+	job.Points++
+	job.LastSeq = p.Seq
+	if flat {
+		for i, k := range p.KeyIdx {
+			if sc.tr[k] == 0 {
+				sc.tr[k] = ch.key(keys[k]) + 1
+			}
+			p.KeyIdx[i] = sc.tr[k] - 1
+		}
+	}
+	ch.point(job.Id, p)
+	return nil
 }
 
 // dropKeys records that n metric values of job were refused by admitKeys,
@@ -162,20 +246,13 @@ func (f *FSM) dropKeys(tx *store.Tx, job *gantrypb.Job, seq uint64, ts float64, 
 	return nil
 }
 
-func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Record, atMs int64, ch *Changes) error {
+func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Record, m *gantrypb.IngestCmd, ch *Changes, sc *pointScratch) error {
+	atMs := m.AtMs
 	switch body := rec.Body.(type) {
 	case *gantrypb.Record_Point:
 		p := body.Point
 		p.Seq = rec.Seq
-		if job.LatestMetrics == nil {
-			job.LatestMetrics = map[string]float64{}
-		}
-		if n := admitKeys(job.LatestMetrics, p.Values); n > 0 {
-			if err := f.dropKeys(tx, job, rec.Seq, p.Ts, n, ch); err != nil {
-				return err
-			}
-		}
-		if err := tx.PutPoint(job.Id, p); err != nil {
+		if err := f.storePoint(tx, job, p, m.Keys, ch, sc); err != nil {
 			if errors.Is(err, store.ErrStalePoint) {
 				// The job's points went backwards (its stream restarted
 				// under a new mark): keep what is stored, on every voter.
@@ -184,15 +261,6 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 			}
 			return err
 		}
-		job.Points++
-		job.LastSeq = rec.Seq
-		for k, v := range p.Values {
-			job.LatestMetrics[k] = v
-		}
-		if p.Step != nil {
-			job.LatestMetrics["step"] = float64(*p.Step)
-		}
-		ch.point(job.Id, p)
 
 	case *gantrypb.Record_Event:
 		e := body.Event

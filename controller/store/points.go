@@ -97,21 +97,45 @@ func (t *Tx) keyDict(jobID string, create bool) (*keyDict, error) {
 	return d, nil
 }
 
-// PutPoint appends a metric point to the job's open chunk. Its seq must be
-// above every stored point of the job (ErrStalePoint otherwise).
+// Point is a metric point to store: Names[i] is the name of Vals[i], and
+// no name comes twice.
+type Point struct {
+	Seq   uint64
+	Step  *int64
+	Ts    float64
+	Names []string
+	Vals  []float64
+}
+
+// PutPoint appends a metric point in the map form to the job's open chunk
+// (PutNamed).
 func (t *Tx) PutPoint(jobID string, p *gantrypb.MetricPoint) error {
+	np := Point{Seq: p.Seq, Step: p.Step, Ts: p.Ts, Names: make([]string, 0, len(p.Values)), Vals: make([]float64, 0, len(p.Values))}
+	for k, v := range p.Values {
+		np.Names = append(np.Names, k)
+		np.Vals = append(np.Vals, v)
+	}
+	return t.PutNamed(jobID, np)
+}
+
+// PutNamed appends a metric point to the job's open chunk. Its seq must be
+// above every stored point of the job (ErrStalePoint otherwise).
+func (t *Tx) PutNamed(jobID string, p Point) error {
 	if t.w == nil {
 		return errors.New("store: PutPoint outside a write transaction")
+	}
+	if len(p.Names) != len(p.Vals) {
+		return fmt.Errorf("store: point %d of %q has %d names for %d values", p.Seq, jobID, len(p.Names), len(p.Vals))
 	}
 	d, err := t.keyDict(jobID, true)
 	if err != nil {
 		return err
 	}
-	// New names get ids in sorted order, never map order, so every voter
-	// numbers them alike.
+	// New names get ids in sorted order, never in the order a map gave
+	// them, so every voter numbers them alike.
 	var fresh []string
-	for k := range p.Values {
-		if _, ok := d.ids[k]; !ok {
+	for _, k := range p.Names {
+		if _, ok := d.ids[k]; !ok && !slices.Contains(fresh, k) {
 			fresh = append(fresh, k)
 		}
 	}
@@ -126,13 +150,19 @@ func (t *Tx) PutPoint(jobID string, p *gantrypb.MetricPoint) error {
 		}
 		d.dirty = true
 	}
-	cp := chunk.Point{Seq: p.Seq, Ts: p.Ts, Keys: make([]uint32, 0, len(p.Values)), Vals: make([]float64, 0, len(p.Values))}
+	cp := chunk.Point{Seq: p.Seq, Ts: p.Ts, Keys: make([]uint32, len(p.Names)), Vals: make([]float64, len(p.Vals))}
 	if p.Step != nil {
 		cp.Step, cp.HasStep = *p.Step, true
 	}
-	for k, v := range p.Values {
-		cp.Keys = append(cp.Keys, d.ids[k])
-		cp.Vals = append(cp.Vals, v)
+	// Columns in id order: a chunk's bytes then depend only on the points,
+	// whatever order their values came in.
+	for i, k := range p.Names {
+		id := d.ids[k]
+		j := i
+		for ; j > 0 && cp.Keys[j-1] > id; j-- {
+			cp.Keys[j], cp.Vals[j] = cp.Keys[j-1], cp.Vals[j-1]
+		}
+		cp.Keys[j], cp.Vals[j] = id, p.Vals[i]
 	}
 	oc, err := t.openChunk(jobID)
 	if err != nil {

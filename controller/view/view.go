@@ -108,15 +108,32 @@ func Job(j *gantrypb.Job) apiv1.Job {
 }
 
 // Point converts a stored metric point.
-func Point(p *gantrypb.MetricPoint) apiv1.Point {
-	return apiv1.Point{Seq: p.Seq, Step: p.Step, TS: p.Ts, Values: p.Values}
+func Point(p *gantrypb.MetricPoint) apiv1.Point { return PointIn(p, nil) }
+
+// PointIn converts a point whose flat values (KeyIdx, Vals) index keys;
+// a point in the map form ignores keys, and an index past keys is left
+// out (the FSM built both, so that does not happen).
+func PointIn(p *gantrypb.MetricPoint, keys []string) apiv1.Point {
+	out := apiv1.Point{Seq: p.Seq, Step: p.Step, TS: p.Ts, Values: p.Values}
+	if len(p.KeyIdx) > 0 {
+		out.Values = make(map[string]float64, len(p.KeyIdx))
+		for i, k := range p.KeyIdx {
+			if int(k) < len(keys) && i < len(p.Vals) {
+				out.Values[keys[k]] = p.Vals[i]
+			}
+		}
+	}
+	return out
 }
 
 // Points converts stored points; the result is never nil.
-func Points(ps []*gantrypb.MetricPoint) []apiv1.Point {
+func Points(ps []*gantrypb.MetricPoint) []apiv1.Point { return PointsIn(ps, nil) }
+
+// PointsIn converts points whose flat values index keys (PointIn).
+func PointsIn(ps []*gantrypb.MetricPoint, keys []string) []apiv1.Point {
 	out := make([]apiv1.Point, len(ps))
 	for i, p := range ps {
-		out[i] = Point(p)
+		out[i] = PointIn(p, keys)
 	}
 	return out
 }

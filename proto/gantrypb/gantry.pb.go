@@ -535,13 +535,21 @@ func (x *Job) GetRejectedRecords() uint64 {
 	return 0
 }
 
-// MetricPoint is one parsed line of a job's metrics file.
+// MetricPoint is one parsed line of a job's metrics file. Its metrics come
+// in one of two forms. On the link and in Raft entries they are flat:
+// key_idx[i] is an index into the enclosing RecordBatch's or IngestCmd's
+// keys, and vals[i] its value, both packed, so a point carries no strings
+// and decodes without a map. values is the older form (agents and log
+// entries from before the flat one), still read everywhere; a point has
+// one form or the other, never both.
 type MetricPoint struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	Step          *int64                 `protobuf:"varint,2,opt,name=step,proto3,oneof" json:"step,omitempty"`
 	Ts            float64                `protobuf:"fixed64,3,opt,name=ts,proto3" json:"ts,omitempty"`
 	Values        map[string]float64     `protobuf:"bytes,4,rep,name=values,proto3" json:"values,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	KeyIdx        []uint32               `protobuf:"varint,5,rep,packed,name=key_idx,json=keyIdx,proto3" json:"key_idx,omitempty"`
+	Vals          []float64              `protobuf:"fixed64,6,rep,packed,name=vals,proto3" json:"vals,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -600,6 +608,20 @@ func (x *MetricPoint) GetTs() float64 {
 func (x *MetricPoint) GetValues() map[string]float64 {
 	if x != nil {
 		return x.Values
+	}
+	return nil
+}
+
+func (x *MetricPoint) GetKeyIdx() []uint32 {
+	if x != nil {
+		return x.KeyIdx
+	}
+	return nil
+}
+
+func (x *MetricPoint) GetVals() []float64 {
+	if x != nil {
+		return x.Vals
 	}
 	return nil
 }
@@ -1745,9 +1767,11 @@ func (*ControlMessage_Cancel) isControlMessage_Msg() {}
 // RecordBatch travels agent→controller on the records stream. batch_id is
 // the spool index of the last record in the batch.
 type RecordBatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	BatchId       uint64                 `protobuf:"varint,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
-	Records       []*Record              `protobuf:"bytes,2,rep,name=records,proto3" json:"records,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BatchId uint64                 `protobuf:"varint,1,opt,name=batch_id,json=batchId,proto3" json:"batch_id,omitempty"`
+	Records []*Record              `protobuf:"bytes,2,rep,name=records,proto3" json:"records,omitempty"`
+	// keys are the metric names the batch's flat points index (key_idx).
+	Keys          []string `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1792,6 +1816,13 @@ func (x *RecordBatch) GetBatchId() uint64 {
 func (x *RecordBatch) GetRecords() []*Record {
 	if x != nil {
 		return x.Records
+	}
+	return nil
+}
+
+func (x *RecordBatch) GetKeys() []string {
+	if x != nil {
+		return x.Keys
 	}
 	return nil
 }
@@ -2030,10 +2061,12 @@ func (x *CancelJobCmd) GetAtMs() int64 {
 }
 
 type IngestCmd struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Records       []*Record              `protobuf:"bytes,2,rep,name=records,proto3" json:"records,omitempty"`
-	AtMs          int64                  `protobuf:"varint,3,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	NodeId  string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Records []*Record              `protobuf:"bytes,2,rep,name=records,proto3" json:"records,omitempty"`
+	AtMs    int64                  `protobuf:"varint,3,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	// keys are the metric names the entry's flat points index (key_idx).
+	Keys          []string `protobuf:"bytes,4,rep,name=keys,proto3" json:"keys,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2087,6 +2120,13 @@ func (x *IngestCmd) GetAtMs() int64 {
 		return x.AtMs
 	}
 	return 0
+}
+
+func (x *IngestCmd) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
 }
 
 type NodeUpCmd struct {
@@ -2480,12 +2520,14 @@ const file_gantry_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\f\n" +
 	"\n" +
-	"_exit_code\"\xc8\x01\n" +
+	"_exit_code\"\xf5\x01\n" +
 	"\vMetricPoint\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x17\n" +
 	"\x04step\x18\x02 \x01(\x03H\x00R\x04step\x88\x01\x01\x12\x0e\n" +
 	"\x02ts\x18\x03 \x01(\x01R\x02ts\x12:\n" +
-	"\x06values\x18\x04 \x03(\v2\".gantry.v1.MetricPoint.ValuesEntryR\x06values\x1a9\n" +
+	"\x06values\x18\x04 \x03(\v2\".gantry.v1.MetricPoint.ValuesEntryR\x06values\x12\x17\n" +
+	"\akey_idx\x18\x05 \x03(\rR\x06keyIdx\x12\x12\n" +
+	"\x04vals\x18\x06 \x03(\x01R\x04vals\x1a9\n" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\a\n" +
@@ -2582,10 +2624,11 @@ const file_gantry_proto_rawDesc = "" +
 	"helloReply\x12+\n" +
 	"\x05start\x18\x03 \x01(\v2\x13.gantry.v1.StartJobH\x00R\x05start\x12.\n" +
 	"\x06cancel\x18\x04 \x01(\v2\x14.gantry.v1.CancelJobH\x00R\x06cancelB\x05\n" +
-	"\x03msg\"U\n" +
+	"\x03msg\"i\n" +
 	"\vRecordBatch\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\x04R\abatchId\x12+\n" +
-	"\arecords\x18\x02 \x03(\v2\x11.gantry.v1.RecordR\arecords\";\n" +
+	"\arecords\x18\x02 \x03(\v2\x11.gantry.v1.RecordR\arecords\x12\x12\n" +
+	"\x04keys\x18\x03 \x03(\tR\x04keys\";\n" +
 	"\bBatchAck\x12\x19\n" +
 	"\bbatch_id\x18\x01 \x01(\x04R\abatchId\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\"b\n" +
@@ -2600,11 +2643,12 @@ const file_gantry_proto_rawDesc = "" +
 	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\":\n" +
 	"\fCancelJobCmd\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x13\n" +
-	"\x05at_ms\x18\x02 \x01(\x03R\x04atMs\"f\n" +
+	"\x05at_ms\x18\x02 \x01(\x03R\x04atMs\"z\n" +
 	"\tIngestCmd\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12+\n" +
 	"\arecords\x18\x02 \x03(\v2\x11.gantry.v1.RecordR\arecords\x12\x13\n" +
-	"\x05at_ms\x18\x03 \x01(\x03R\x04atMs\"f\n" +
+	"\x05at_ms\x18\x03 \x01(\x03R\x04atMs\x12\x12\n" +
+	"\x04keys\x18\x04 \x03(\tR\x04keys\"f\n" +
 	"\tNodeUpCmd\x12#\n" +
 	"\x04node\x18\x01 \x01(\v2\x0f.gantry.v1.NodeR\x04node\x12\x1f\n" +
 	"\vactive_jobs\x18\x02 \x03(\tR\n" +

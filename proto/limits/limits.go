@@ -61,6 +61,10 @@ const (
 	MaxBatchBytes = 4 << 20
 	// MaxActiveJobs caps the active job ids an agent reports in its hello.
 	MaxActiveJobs = 4096
+	// MaxBatchKeys caps the metric names one batch (or Raft entry) lists
+	// for its flat points; an agent starts a new batch rather than go
+	// past it.
+	MaxBatchKeys = 4096
 )
 
 // Timestamps.
