@@ -106,6 +106,17 @@ type Chunk struct {
 // New returns an empty chunk.
 func New() *Chunk { return &Chunk{} }
 
+// Reset empties the chunk for reuse, keeping the memory of its streams so
+// that the next points of a job with the same metrics allocate nothing.
+func (c *Chunk) Reset() {
+	cols := c.cols
+	for i := range cols {
+		cols[i] = column{data: cols[i].data[:0]}
+	}
+	*c = Chunk{seqs: c.seqs[:0], steps: c.steps[:0], tss: c.tss[:0], cols: cols[:0], lens: c.lens[:0], colIdx: c.colIdx}
+	clear(c.colIdx)
+}
+
 // Len is the number of points.
 func (c *Chunk) Len() int { return c.n }
 
@@ -189,8 +200,12 @@ func (c *Chunk) Append(p Point) error {
 		ci, ok := c.colIdx[k]
 		if !ok {
 			ci = len(c.cols)
+			var data []byte
+			if ci < cap(c.cols) {
+				data = c.cols[:ci+1][ci].data[:0] // memory a Reset kept
+			}
 			c.cols = append(c.cols, column{Summary: Summary{Key: k, FirstSeq: p.Seq,
-				Min: math.Inf(1), Max: math.Inf(-1)}, lastRow: -1})
+				Min: math.Inf(1), Max: math.Inf(-1)}, lastRow: -1, data: data})
 			c.colIdx[k] = ci
 		}
 		col := &c.cols[ci]
@@ -478,7 +493,8 @@ func (c *Chunk) decode(b []byte, copyStreams bool) error {
 	take := func(l uint64) []byte {
 		s := r.take(l)
 		if copyStreams && s != nil {
-			s = append([]byte(nil), s...)
+			// Room to grow: a decoded chunk is decoded to be appended to.
+			s = append(make([]byte, 0, len(s)+len(s)/4+16), s...)
 		}
 		return s
 	}

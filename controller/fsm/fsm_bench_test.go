@@ -21,7 +21,7 @@ import (
 // like a training run's) for one job: decode, dedupe, one bbolt write
 // transaction, the job's record updated once.
 func BenchmarkApplyIngest(b *testing.B) {
-	for _, n := range []int{100} {
+	for _, n := range []int{1, 100} {
 		b.Run(fmt.Sprintf("points=%d", n), func(b *testing.B) {
 			st, err := store.Open(filepath.Join(b.TempDir(), "state.db"))
 			if err != nil {

@@ -15,10 +15,25 @@ import (
 // Metric points are stored as chunks (controller/chunk): per job, bucket
 // chunks/JOB maps a chunk's first seq (big-endian) to the chunk, and
 // metrickeys/JOB lists the job's metric names in id order, so a chunk
-// names its columns by small ids. The last chunk of a job is its open
-// chunk until it is full; a write transaction keeps the open chunks it
-// touches in memory and writes each once, when the transaction ends, so a
-// batch of a thousand points rewrites one chunk, not a thousand values.
+// names its columns by small ids.
+//
+// New points go to the job's head chunk, its last, which lives apart in
+// heads/JOB and stays small (HeadBytes): a job that logs a line at a time
+// rewrites a page or so per transaction, not a whole chunk. (Apart,
+// because bbolt keeps at least two values per page node, so a head stored
+// beside a large chunk would rewrite that chunk with it.) A full head is
+// folded into the last chunk in chunks/JOB, the body, while that has room
+// (chunk.TargetBytes), and otherwise becomes the next body; so stored
+// chunks end up large, which is what long reads want, while each append
+// stays cheap. When a head folds depends only on the chunks' contents, so
+// every voter stores the same chunks however its applies were grouped.
+// A write transaction keeps the head and body it touches in memory and
+// writes each once when it ends, so a batch of a thousand points rewrites
+// two values, not a thousand.
+
+// HeadBytes is the size past which a job's head chunk is folded into the
+// chunk before it.
+const HeadBytes = 2 << 10
 
 // ErrStalePoint means a point's seq is not above the job's last stored
 // point: the stream went backwards (the high-water marks normally drop
@@ -32,16 +47,26 @@ const MaxMetricKeysStored = chunk.MaxColumns
 
 // writeState is what a write transaction keeps in memory until it ends.
 type writeState struct {
-	open map[string]*openChunk
+	open map[string]*jobChunks
 	keys map[string]*keyDict
 	// order is the jobs with an open chunk, in first-touch order, so
 	// flushing is deterministic.
 	order []string
 }
 
-type openChunk struct {
+// jobChunks is a job's head and body chunks within one write transaction.
+type jobChunks struct {
+	head, body *chunkState
+	// bodyLoaded tells whether body was looked up (it may be nil: the
+	// head is the job's first chunk).
+	bodyLoaded bool
+}
+
+type chunkState struct {
 	c     *chunk.Chunk
 	dirty bool
+	// stored tells whether the chunk is in bbolt under its first seq.
+	stored bool
 }
 
 // keyDict is one job's interned metric names.
@@ -164,57 +189,153 @@ func (t *Tx) PutNamed(jobID string, p Point) error {
 		}
 		cp.Keys[j], cp.Vals[j] = id, p.Vals[i]
 	}
-	oc, err := t.openChunk(jobID)
+	jc, err := t.jobChunks(jobID)
 	if err != nil {
 		return err
 	}
-	if oc.c.Len() > 0 && p.Seq <= oc.c.LastSeq() {
-		return fmt.Errorf("%w: job %q seq %d, last %d", ErrStalePoint, jobID, p.Seq, oc.c.LastSeq())
+	head := jc.head
+	if last := jc.lastSeq(); last > 0 && p.Seq <= last {
+		return fmt.Errorf("%w: job %q seq %d, last %d", ErrStalePoint, jobID, p.Seq, last)
 	}
-	if oc.c.Full() {
-		if err := t.writeChunk(jobID, oc); err != nil {
-			return err
-		}
-		oc.c, oc.dirty = chunk.New(), false
-	}
-	if err := oc.c.Append(cp); err != nil {
+	if err := head.c.Append(cp); err != nil {
 		return fmt.Errorf("store: job %q: %w", jobID, err)
 	}
-	oc.dirty = true
+	head.dirty = true
+	if head.c.Size() < HeadBytes && head.c.Len() < chunk.MaxPoints {
+		return nil
+	}
+	return t.sealHead(jobID, jc)
+}
+
+// lastSeq is the seq of the job's last stored point (0: none).
+func (jc *jobChunks) lastSeq() uint64 {
+	if jc.head.c.Len() > 0 {
+		return jc.head.c.LastSeq()
+	}
+	if jc.body != nil {
+		return jc.body.c.LastSeq()
+	}
+	return 0
+}
+
+// sealHead folds a full head into the body when the body has room, or
+// else makes the head the next body; either way the job gets an empty
+// head.
+func (t *Tx) sealHead(jobID string, jc *jobChunks) error {
+	if err := t.loadBody(jobID, jc); err != nil {
+		return err
+	}
+	head, body := jc.head, jc.body
+	if body != nil && body.c.Size() < chunk.TargetBytes && body.c.Len()+head.c.Len() <= chunk.MaxPoints {
+		var err error
+		if perr := head.c.Points(func(p chunk.Point) bool {
+			err = body.c.Append(p)
+			return err == nil
+		}); perr != nil || err != nil {
+			return fmt.Errorf("store: job %q: folding chunk %d into %d: %w", jobID, head.c.FirstSeq(), body.c.FirstSeq(), errors.Join(perr, err))
+		}
+		body.dirty = true
+		stored := head.stored
+		head.c.Reset() // its memory serves the next head
+		jc.head = &chunkState{c: head.c}
+		return t.dropStoredHead(jobID, stored)
+	} else {
+		if body != nil {
+			if err := t.writeBody(jobID, body); err != nil {
+				return err
+			}
+		}
+		head.dirty = true
+		jc.body = head
+	}
+	stored := head.stored
+	head.stored = false
+	jc.head = &chunkState{c: chunk.New()}
+	return t.dropStoredHead(jobID, stored)
+}
+
+// dropStoredHead deletes the job's head from heads/ once it has been
+// folded or has become a body.
+func (t *Tx) dropStoredHead(jobID string, stored bool) error {
+	if !stored {
+		return nil
+	}
+	if err := t.tx.Bucket(bucketHeads).Delete([]byte(jobID)); err != nil {
+		return fmt.Errorf("store: job %q head: %w", jobID, err)
+	}
 	return nil
 }
 
-// openChunk returns the job's open chunk, loading the last stored chunk
-// the first time this transaction touches the job.
-func (t *Tx) openChunk(jobID string) (*openChunk, error) {
-	if oc, ok := t.w.open[jobID]; ok {
-		return oc, nil
+// jobChunks returns the job's head (and, once needed, body) chunks,
+// loading the head the first time this transaction touches the job.
+func (t *Tx) jobChunks(jobID string) (*jobChunks, error) {
+	if jc, ok := t.w.open[jobID]; ok {
+		return jc, nil
 	}
-	oc := &openChunk{c: chunk.New()}
-	if b := t.tx.Bucket(bucketChunks).Bucket([]byte(jobID)); b != nil {
-		if k, v := b.Cursor().Last(); k != nil {
-			c, err := chunk.Decode(v)
-			if err != nil {
-				return nil, fmt.Errorf("store: job %q chunk %x: %w", jobID, k, err)
-			}
-			oc.c = c
+	jc := &jobChunks{head: &chunkState{c: chunk.New()}}
+	if v := t.tx.Bucket(bucketHeads).Get([]byte(jobID)); v != nil {
+		c, err := chunk.Decode(v)
+		if err != nil {
+			return nil, fmt.Errorf("store: job %q head chunk: %w", jobID, err)
 		}
+		jc.head = &chunkState{c: c, stored: true}
+	} else if err := t.loadBody(jobID, jc); err != nil {
+		// Without a head the last point is the body's: needed for the
+		// seq check.
+		return nil, err
 	}
-	t.w.open[jobID] = oc
+	t.w.open[jobID] = jc
 	t.w.order = append(t.w.order, jobID)
-	return oc, nil
+	return jc, nil
 }
 
-func (t *Tx) writeChunk(jobID string, oc *openChunk) error {
-	if !oc.dirty || oc.c.Len() == 0 {
+// loadBody reads the job's last chunk in chunks/JOB, once per
+// transaction.
+func (t *Tx) loadBody(jobID string, jc *jobChunks) error {
+	if jc.bodyLoaded {
+		return nil
+	}
+	jc.bodyLoaded = true
+	b := t.tx.Bucket(bucketChunks).Bucket([]byte(jobID))
+	if b == nil {
+		return nil
+	}
+	k, v := b.Cursor().Last()
+	if k == nil {
+		return nil
+	}
+	body, err := chunk.Decode(v)
+	if err != nil {
+		return fmt.Errorf("store: job %q chunk %x: %w", jobID, k, err)
+	}
+	jc.body = &chunkState{c: body, stored: true}
+	return nil
+}
+
+func (t *Tx) writeBody(jobID string, cs *chunkState) error {
+	if !cs.dirty || cs.c.Len() == 0 {
 		return nil
 	}
 	b, err := t.sub(bucketChunks, jobID)
 	if err != nil {
 		return err
 	}
-	oc.dirty = false
-	return b.Put(u64(oc.c.FirstSeq()), oc.c.Encode())
+	if err := b.Put(u64(cs.c.FirstSeq()), cs.c.Encode()); err != nil {
+		return fmt.Errorf("store: job %q chunk %d: %w", jobID, cs.c.FirstSeq(), err)
+	}
+	cs.dirty, cs.stored = false, true
+	return nil
+}
+
+func (t *Tx) writeHead(jobID string, cs *chunkState) error {
+	if !cs.dirty || cs.c.Len() == 0 {
+		return nil
+	}
+	if err := t.tx.Bucket(bucketHeads).Put([]byte(jobID), cs.c.Encode()); err != nil {
+		return fmt.Errorf("store: job %q head: %w", jobID, err)
+	}
+	cs.dirty, cs.stored = false, true
+	return nil
 }
 
 // flush writes the open chunks and dictionaries this transaction changed.
@@ -225,7 +346,13 @@ func (t *Tx) flush() error {
 		return nil
 	}
 	for _, id := range t.w.order {
-		if err := t.writeChunk(id, t.w.open[id]); err != nil {
+		jc := t.w.open[id]
+		if jc.body != nil {
+			if err := t.writeBody(id, jc.body); err != nil {
+				return err
+			}
+		}
+		if err := t.writeHead(id, jc.head); err != nil {
 			return err
 		}
 	}
@@ -375,37 +502,42 @@ func (t *Tx) PointChunks(jobID string, after uint64, limit int, fn func(PointChu
 	if err := t.flush(); err != nil {
 		return err
 	}
-	b := t.tx.Bucket(bucketChunks).Bucket([]byte(jobID))
-	if b == nil {
-		return nil
-	}
 	d, err := t.keyDict(jobID, true)
 	if err != nil {
 		return err
 	}
-	c := b.Cursor()
-	k, v := c.Seek(u64(after + 1))
-	if k == nil || binary.BigEndian.Uint64(k) > after+1 {
-		// The chunk holding after+1 starts before it.
-		if pk, pv := c.Prev(); pk != nil {
-			k, v = pk, pv
-		} else {
-			k, v = c.First()
-		}
-	}
 	var rd chunk.Reader
-	for n := 0; k != nil && (limit <= 0 || n < limit); k, v = c.Next() {
+	n := 0
+	visit := func(k, v []byte) error {
 		h, err := rd.Header(v)
 		if err != nil {
 			return fmt.Errorf("store: job %q chunk %x: %w", jobID, k, err)
 		}
 		if h.LastSeq() <= after {
-			continue
-		}
-		if err := fn(PointChunk{c: h, names: d.names}); err != nil {
-			return err
+			return nil
 		}
 		n++
+		return fn(PointChunk{c: h, names: d.names})
+	}
+	if b := t.tx.Bucket(bucketChunks).Bucket([]byte(jobID)); b != nil {
+		c := b.Cursor()
+		k, v := c.Seek(u64(after + 1))
+		if k == nil || binary.BigEndian.Uint64(k) > after+1 {
+			// The chunk holding after+1 starts before it.
+			if pk, pv := c.Prev(); pk != nil {
+				k, v = pk, pv
+			} else {
+				k, v = c.First()
+			}
+		}
+		for ; k != nil && (limit <= 0 || n < limit); k, v = c.Next() {
+			if err := visit(k, v); err != nil {
+				return err
+			}
+		}
+	}
+	if v := t.tx.Bucket(bucketHeads).Get([]byte(jobID)); v != nil && (limit <= 0 || n < limit) {
+		return visit([]byte("head"), v)
 	}
 	return nil
 }
@@ -439,8 +571,7 @@ func (t *Tx) LastPoints(jobID string, n int) ([]*gantrypb.MetricPoint, error) {
 	if err := t.flush(); err != nil {
 		return nil, err
 	}
-	b := t.tx.Bucket(bucketChunks).Bucket([]byte(jobID))
-	if b == nil || n <= 0 {
+	if n <= 0 {
 		return nil, nil
 	}
 	d, err := t.keyDict(jobID, true)
@@ -449,18 +580,34 @@ func (t *Tx) LastPoints(jobID string, n int) ([]*gantrypb.MetricPoint, error) {
 	}
 	var chunks [][]*gantrypb.MetricPoint
 	have := 0
-	c := b.Cursor()
-	for k, v := c.Last(); k != nil && have < n; k, v = c.Prev() {
+	take := func(k, v []byte) error {
 		h, err := chunk.Header(v)
 		if err != nil {
-			return nil, fmt.Errorf("store: job %q chunk %x: %w", jobID, k, err)
+			return fmt.Errorf("store: job %q chunk %x: %w", jobID, k, err)
 		}
 		pts, err := PointChunk{c: h, names: d.names}.Points()
 		if err != nil {
-			return nil, fmt.Errorf("store: points of %q: %w", jobID, err)
+			return fmt.Errorf("store: points of %q: %w", jobID, err)
 		}
 		chunks = append(chunks, pts)
 		have += len(pts)
+		return nil
+	}
+	if v := t.tx.Bucket(bucketHeads).Get([]byte(jobID)); v != nil {
+		if err := take([]byte("head"), v); err != nil {
+			return nil, err
+		}
+	}
+	if b := t.tx.Bucket(bucketChunks).Bucket([]byte(jobID)); b != nil {
+		c := b.Cursor()
+		for k, v := c.Last(); k != nil && have < n; k, v = c.Prev() {
+			if err := take(k, v); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if have == 0 {
+		return nil, nil
 	}
 	out := make([]*gantrypb.MetricPoint, 0, min(have, n))
 	for i := len(chunks) - 1; i >= 0; i-- {
@@ -491,16 +638,11 @@ func migratePoints(db *bolt.DB, batch int) error {
 		for done := false; !done; {
 			err := db.Update(func(btx *bolt.Tx) error {
 				t := &Tx{tx: btx, w: newWriteState()}
-				after := uint64(0)
-				if b := btx.Bucket(bucketChunks).Bucket([]byte(job)); b != nil {
-					if k, v := b.Cursor().Last(); k != nil {
-						h, err := chunk.Header(v)
-						if err != nil {
-							return fmt.Errorf("job %q chunk %x: %w", job, k, err)
-						}
-						after = h.LastSeq()
-					}
+				jc, err := t.jobChunks(job)
+				if err != nil {
+					return err
 				}
+				after := jc.lastSeq()
 				old := btx.Bucket(bucketPointsV1).Bucket([]byte(job))
 				c := old.Cursor()
 				n := 0
@@ -540,17 +682,20 @@ func migratePoints(db *bolt.DB, batch int) error {
 }
 
 func newWriteState() *writeState {
-	return &writeState{open: map[string]*openChunk{}, keys: map[string]*keyDict{}}
+	return &writeState{open: map[string]*jobChunks{}, keys: map[string]*keyDict{}}
 }
 
 // PointBytes is how many bytes the job's chunks take in their values
 // (without bbolt's page overhead): what a point costs on disk.
 func (t *Tx) PointBytes(jobID string) (int64, error) {
+	var n int64
+	if v := t.tx.Bucket(bucketHeads).Get([]byte(jobID)); v != nil {
+		n += int64(len(jobID) + len(v))
+	}
 	b := t.tx.Bucket(bucketChunks).Bucket([]byte(jobID))
 	if b == nil {
-		return 0, nil
+		return n, nil
 	}
-	var n int64
 	err := b.ForEach(func(k, v []byte) error {
 		n += int64(len(k) + len(v))
 		return nil

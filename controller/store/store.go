@@ -33,6 +33,7 @@ var (
 	bucketMeta       = []byte("meta")       // schema version, applied index
 	bucketJobs       = []byte("jobs")       // job id → gantrypb.Job
 	bucketChunks     = []byte("chunks")     // job id → (first seq BE → chunk.Chunk)
+	bucketHeads      = []byte("heads")      // job id → the job's head chunk (its newest points)
 	bucketMetricKeys = []byte("metrickeys") // job id → metric names, in id order
 	bucketPointsV1   = []byte("points")     // schema 1: job id → (seq BE → gantrypb.MetricPoint)
 	bucketEvents     = []byte("events")     // job id → (seq BE → gantrypb.JobEvent)
@@ -42,7 +43,7 @@ var (
 	bucketGPU        = []byte("gpu")        // node id → (seq BE → gantrypb.GPUSample)
 	keySchema        = []byte("schema")     // in meta
 	keyApplied       = []byte("applied")    // in meta
-	topBuckets       = [][]byte{bucketMeta, bucketJobs, bucketChunks, bucketMetricKeys, bucketEvents, bucketLogs, bucketStreams, bucketNodes, bucketGPU}
+	topBuckets       = [][]byte{bucketMeta, bucketJobs, bucketChunks, bucketHeads, bucketMetricKeys, bucketEvents, bucketLogs, bucketStreams, bucketNodes, bucketGPU}
 )
 
 var (
