@@ -46,6 +46,7 @@ var Stages = []Stage{
 	{"ingest", stage.Ingest},
 	{"freshness", stage.Freshness},
 	{"final", stage.FinalMetrics},
+	{"storage", stage.Storage},
 	{"gobench", stage.GoBench},
 }
 

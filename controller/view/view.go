@@ -11,6 +11,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/lifecycle"
+	"github.com/gantry-ml/gantry/proto/flat"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
@@ -114,16 +115,7 @@ func Point(p *gantrypb.MetricPoint) apiv1.Point { return PointIn(p, nil) }
 // a point in the map form ignores keys, and an index past keys is left
 // out (the FSM built both, so that does not happen).
 func PointIn(p *gantrypb.MetricPoint, keys []string) apiv1.Point {
-	out := apiv1.Point{Seq: p.Seq, Step: p.Step, TS: p.Ts, Values: p.Values}
-	if len(p.KeyIdx) > 0 {
-		out.Values = make(map[string]float64, len(p.KeyIdx))
-		for i, k := range p.KeyIdx {
-			if int(k) < len(keys) && i < len(p.Vals) {
-				out.Values[keys[k]] = p.Vals[i]
-			}
-		}
-	}
-	return out
+	return apiv1.Point{Seq: p.Seq, Step: p.Step, TS: p.Ts, Values: flat.Values(p, keys)}
 }
 
 // Points converts stored points; the result is never nil.
