@@ -155,3 +155,27 @@ func TestPointBelowStoredOnesSkipped(t *testing.T) {
 		t.Fatalf("events: %v", evs)
 	}
 }
+
+// TestJobWrittenOncePerBatchStaysCoherent: ingest entries of one batch
+// share the job (written once at the end), and a command between them
+// sees, and keeps, what the entries before it did.
+func TestJobWrittenOncePerBatchStaysCoherent(t *testing.T) {
+	h := newHarness(t)
+	h.running("j")
+	rs := h.batch(
+		ingest("n1", points("j", 2, 5)...),
+		ingest("n1", points("j", 6, 9)...),
+		&gantrypb.CancelJobCmd{JobId: "j", AtMs: 7000},
+		ingest("n1", append(points("j", 10, 11), exitRec("j", 12, &gantrypb.JobExit{ExitCode: code(143), Signal: "SIGTERM", Reason: "cancelled"}))...),
+	)
+	for i, r := range rs {
+		if err, ok := r.(error); ok {
+			t.Fatalf("entry %d: %v", i, err)
+		}
+	}
+	j := h.job("j")
+	if j.Points != 10 || j.LastSeq != 11 || !j.CancelRequested || j.State != gantrypb.JobState_JOB_STATE_CANCELLED ||
+		j.FinalMetrics["step"] != 11 || j.LatestMetrics["acc"] != 0.11 {
+		t.Fatalf("job after the batch: points %d last %d cancel %v state %s final %v", j.Points, j.LastSeq, j.CancelRequested, j.State, j.FinalMetrics)
+	}
+}

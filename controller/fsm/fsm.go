@@ -197,6 +197,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 		var last uint64
 		bad, badErr := -1, error(nil)
 		err := f.store.Update(func(tx *store.Tx) error {
+			jobs := newJobCache()
 			for i, l := range logs {
 				last = l.Index
 				if l.Type != raft.LogCommand {
@@ -206,7 +207,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 					responses[i] = fmt.Errorf("%w: entry %d: %v", ErrSkipped, l.Index, why)
 					continue
 				}
-				resp, err := f.applyEntry(tx, l.Index, msgs[i], changes)
+				resp, err := f.applyEntry(tx, l.Index, msgs[i], changes, jobs)
 				if err != nil {
 					if isDomain(err) {
 						responses[i] = err
@@ -219,6 +220,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 					rejected += r.Rejected
 				}
 				responses[i] = resp
+			}
+			if err := jobs.flush(tx); err != nil {
+				return err
 			}
 			return tx.SetAppliedIndex(last)
 		})
@@ -253,13 +257,13 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 
 // applyEntry applies one decoded entry, turning a panic in a handler into
 // an error so that one bad entry cannot crash the node.
-func (f *FSM) applyEntry(tx *store.Tx, index uint64, msg proto.Message, ch *Changes) (resp any, err error) {
+func (f *FSM) applyEntry(tx *store.Tx, index uint64, msg proto.Message, ch *Changes, jobs *jobCache) (resp any, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			resp, err = nil, fmt.Errorf("panic applying entry %d: %v", index, r)
 		}
 	}()
-	return f.apply(tx, msg, ch)
+	return f.apply(tx, msg, ch, jobs)
 }
 
 func (f *FSM) stopResponses(responses []any) []any {
@@ -302,7 +306,14 @@ func isDomain(err error) bool {
 		errors.Is(err, lifecycle.ErrTerminal) || errors.Is(err, lifecycle.ErrNotQueued)
 }
 
-func (f *FSM) apply(tx *store.Tx, msg proto.Message, ch *Changes) (any, error) {
+func (f *FSM) apply(tx *store.Tx, msg proto.Message, ch *Changes, jobs *jobCache) (any, error) {
+	if m, ok := msg.(*gantrypb.IngestCmd); ok {
+		return f.ingest(tx, m, ch, jobs)
+	}
+	// Other commands read and write jobs in the store directly.
+	if err := jobs.flush(tx); err != nil {
+		return nil, err
+	}
 	switch m := msg.(type) {
 	case *gantrypb.SubmitJobCmd:
 		return f.submit(tx, m, ch)
@@ -310,8 +321,6 @@ func (f *FSM) apply(tx *store.Tx, msg proto.Message, ch *Changes) (any, error) {
 		return nil, f.assign(tx, m, ch)
 	case *gantrypb.CancelJobCmd:
 		return nil, f.cancel(tx, m, ch)
-	case *gantrypb.IngestCmd:
-		return f.ingest(tx, m, ch)
 	case *gantrypb.NodeUpCmd:
 		return nil, f.nodeUp(tx, m, ch)
 	case *gantrypb.NodeDownCmd:

@@ -23,9 +23,9 @@ import (
 // to the sending node: one agent can never write into another node's job,
 // whatever its leader let through. Streams are keyed by (node, job), so
 // records forged under another node's name cannot move a job's mark.
-func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, error) {
+func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes, jobs *jobCache) (any, error) {
 	res := IngestResult{}
-	jobs := map[string]*gantrypb.Job{} // jobs touched by this entry, written once at the end
+	touched := map[string]bool{} // jobs this entry changed
 	sc := pointScratch{tr: make([]uint32, len(m.Keys))}
 	hw := map[string]uint64{} // high-water marks touched by this entry
 	var order []string
@@ -43,26 +43,26 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, err
 		stream := store.StreamKeyNode(m.NodeId)
 		var job *gantrypb.Job
 		if rec.JobId != "" {
-			var ok bool
-			if job, ok = jobs[rec.JobId]; !ok {
-				var err error
-				job, err = tx.Job(rec.JobId)
-				if err != nil && !errors.Is(err, store.ErrNotFound) {
-					return nil, err // an unreadable job is corruption, not "unknown"
-				}
-				if err != nil {
-					res.Rejected++
-					f.log.Warn("records for unknown job rejected", "job", rec.JobId, "node", m.NodeId, "seq", rec.Seq)
-					continue
-				}
-				if job.Node != m.NodeId {
-					res.Rejected++
-					f.log.Warn("records for a job of another node rejected",
-						"job", rec.JobId, "job_node", job.Node, "node", m.NodeId, "seq", rec.Seq)
-					continue
-				}
-				jobs[rec.JobId] = job
+			var err error
+			job, err = jobs.get(tx, rec.JobId)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return nil, err // an unreadable job is corruption, not "unknown"
+			}
+			if err != nil {
+				res.Rejected++
+				f.log.Warn("records for unknown job rejected", "job", rec.JobId, "node", m.NodeId, "seq", rec.Seq)
+				continue
+			}
+			if job.Node != m.NodeId {
+				res.Rejected++
+				f.log.Warn("records for a job of another node rejected",
+					"job", rec.JobId, "job_node", job.Node, "node", m.NodeId, "seq", rec.Seq)
+				continue
+			}
+			if !touched[rec.JobId] {
+				touched[rec.JobId] = true
 				order = append(order, rec.JobId)
+				jobs.dirty(rec.JobId)
 			}
 			stream = store.StreamKeyNodeJob(m.NodeId, rec.JobId)
 		}
@@ -110,13 +110,57 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes) (any, err
 		}
 	}
 	for _, id := range order {
-		job := jobs[id]
-		if err := tx.PutJob(job); err != nil {
-			return nil, err
-		}
-		ch.job(job)
+		ch.job(jobs.jobs[id])
 	}
 	return res, nil
+}
+
+// jobCache holds the jobs that ingest entries of one batch touch, so a
+// job is read and written once per batch of Raft entries, however many of
+// its entries the batch holds. Any other command flushes it first: they
+// read and write jobs in the store directly.
+type jobCache struct {
+	jobs    map[string]*gantrypb.Job
+	order   []string // dirty jobs, in first-touch order
+	isDirty map[string]bool
+}
+
+func newJobCache() *jobCache {
+	return &jobCache{jobs: map[string]*gantrypb.Job{}, isDirty: map[string]bool{}}
+}
+
+// get returns the cached job, reading it the first time.
+func (c *jobCache) get(tx *store.Tx, id string) (*gantrypb.Job, error) {
+	if j, ok := c.jobs[id]; ok {
+		return j, nil
+	}
+	j, err := tx.Job(id)
+	if err != nil {
+		return nil, err
+	}
+	c.jobs[id] = j
+	return j, nil
+}
+
+// dirty marks a cached job as changed.
+func (c *jobCache) dirty(id string) {
+	if !c.isDirty[id] {
+		c.isDirty[id] = true
+		c.order = append(c.order, id)
+	}
+}
+
+// flush writes the changed jobs and empties the cache.
+func (c *jobCache) flush(tx *store.Tx) error {
+	for _, id := range c.order {
+		if err := tx.PutJob(c.jobs[id]); err != nil {
+			return err
+		}
+	}
+	clear(c.jobs)
+	clear(c.isDirty)
+	c.order = c.order[:0]
+	return nil
 }
 
 // errStalePoint is applyJobRecord's word that it skipped a point below the
