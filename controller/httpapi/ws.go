@@ -296,13 +296,8 @@ func (w *watcher) writeWaiting() bool {
 		w.close(websocket.CloseGoingAway, "server shutting down")
 		return false
 	}
-	select {
-	case <-w.sub.Dropped():
-		// Delivering what is queued would only delay the close; the
-		// watcher reconnects and gets a fresh snapshot.
-		w.close(closeTryAgainLater, "watcher too slow: reconnect for a fresh snapshot")
+	if w.dropped() {
 		return false
-	default:
 	}
 	if ping {
 		_ = w.ws.SetWriteDeadline(time.Now().Add(wsWriteWait))
@@ -316,7 +311,7 @@ func (w *watcher) writeWaiting() bool {
 		}
 		w.mu.Unlock()
 	}
-	for {
+	for !w.dropped() {
 		m, ok := w.sub.Next()
 		if !ok {
 			return true
@@ -343,6 +338,20 @@ func (w *watcher) writeWaiting() bool {
 			w.close(websocket.CloseNormalClosure, "job ended")
 			return false
 		}
+	}
+	return false // dropped, and closed
+}
+
+// dropped closes the watcher with 1013 if the hub dropped it for falling
+// too far behind. Delivering what is still queued would only delay the
+// close; the watcher reconnects and gets a fresh snapshot.
+func (w *watcher) dropped() bool {
+	select {
+	case <-w.sub.Dropped():
+		w.close(closeTryAgainLater, "watcher too slow: reconnect for a fresh snapshot")
+		return true
+	default:
+		return false
 	}
 }
 
