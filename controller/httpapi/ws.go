@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -123,36 +124,52 @@ func writeFrame(ws *websocket.Conn, f apiv1.Frame) error {
 }
 
 // watcher is one live view (WS /v1/jobs/{id}/live) once its handler has
-// returned. While idle it costs one goroutine, the reader, parked in the
-// runtime's netpoller until a pong or close frame comes (I1: it holds no
-// store handle, and the HTTP server's request, buffers and goroutine are
-// gone). Frames are written by a flusher goroutine that exists only while
-// something is waiting to be written: the hub's notify and the ping timer
-// start it, and it ends when it finds nothing left. Only the flusher
-// writes data frames, so writes never interleave.
+// returned (I1: it holds no store handle, and the HTTP server's request,
+// buffers and goroutine are gone). An idle watcher has no goroutine: on
+// plain TCP the process's one readPoller reads its socket when the client
+// sends something (pongs, close frames); over TLS, which the poller cannot
+// read, a reader goroutine does. Frames are written by a flusher goroutine
+// that exists only while something is waiting to be written: the hub's
+// notify, the ping timer and the poller start it, and it ends when it
+// finds nothing left. Only the flusher writes data frames, so writes never
+// interleave, and each write has its own deadline.
 //
-// Teardown has one owner, the reader: every way out (the peer leaves or
-// goes silent past the pong wait, a write fails and closes the socket, a
-// close frame was sent and the peer answered or the close wait passed)
-// ends its read, and then it releases the subscription, the timer and the
-// socket.
+// Every way out ends in teardown, which runs once and is the only place
+// the socket is closed (after the poller has forgotten its descriptor):
+// the client leaves or breaks the protocol, answers no ping for the pong
+// wait, a write fails, or a close frame was sent and the client answered
+// or the close wait passed.
 type watcher struct {
-	a    *API
-	id   string
-	ws   *websocket.Conn
-	sub  *hub.Sub
-	ping *time.Timer
+	a   *API
+	id  string
+	ws  *websocket.Conn
+	sub *hub.Sub
 
-	lastSeq uint64 // the highest point seq sent; flusher only
+	// Polled reading (plain TCP): the raw socket, its descriptor in the
+	// poller (-1 with a reader goroutine instead), and the parser, which
+	// only the poller's goroutine touches.
+	poller *readPoller
+	rc     syscall.RawConn
+	fd     int
+	frames clientFrames
 
-	closing atomic.Bool // a close frame is out: pongs no longer extend the read deadline
+	lastSeq  uint64       // the highest point seq sent; flusher only
+	lastPong atomic.Int64 // unix nanoseconds of the last pong (or the start)
+	closing  atomic.Bool  // a close frame is out: pongs no longer extend the read deadline
+	once     sync.Once    // teardown
 
-	mu       sync.Mutex
-	running  bool // a flusher (or the handler) owns the writes
-	again    bool // something arrived while it ran
-	pingDue  bool
-	shutdown bool // the server is shutting down
-	finished bool // no more writes: closing or closed
+	mu         sync.Mutex
+	ping       *time.Timer
+	closeTimer *time.Timer
+	running    bool   // a flusher (or the handler) owns the writes
+	again      bool   // something arrived while it ran
+	pingDue    bool   // the ping timer fired
+	pong       []byte // the client pinged: answer with this payload
+	pongDue    bool
+	closeCode  int  // the client earned a close (1002, 1009)
+	peerClosed bool // the client sent a close frame: answer it and end
+	shutdown   bool // the server is shutting down
+	finished   bool // no more writes: closing or closed
 }
 
 // live serves WS /v1/jobs/{id}/live: subscribe first, then a snapshot read
@@ -165,11 +182,13 @@ func (a *API) live(w http.ResponseWriter, r *http.Request) {
 	}
 	// The handler owns the writes (running) until it has sent the
 	// snapshot, so frames published meanwhile wait for it.
-	wt := &watcher{a: a, id: r.PathValue("id"), ws: ws, running: true}
+	wt := &watcher{a: a, id: r.PathValue("id"), ws: ws, fd: -1, running: true}
+	wt.lastPong.Store(time.Now().UnixNano())
 	ws.SetPongHandler(func(string) error {
 		if wt.closing.Load() {
 			return nil
 		}
+		wt.lastPong.Store(time.Now().UnixNano())
 		return ws.SetReadDeadline(time.Now().Add(a.pongWait))
 	})
 	wt.sub = a.opts.Hub.SubscribeFunc(a.opts.WatchQueue, wt.kick, hub.JobTopic(wt.id))
@@ -177,7 +196,10 @@ func (a *API) live(w http.ResponseWriter, r *http.Request) {
 	wt.ping = time.AfterFunc(a.pingPeriod, wt.pingTick)
 	wt.mu.Unlock()
 	a.addWatcher(wt)
-	go wt.read()
+	if err := wt.poll(); err != nil {
+		a.opts.Log.Debug("live: reading with a goroutine", "job", wt.id, "why", err)
+		go wt.read()
+	}
 
 	snap, err := a.snapshot(wt.id)
 	if err != nil {
@@ -188,7 +210,7 @@ func (a *API) live(w http.ResponseWriter, r *http.Request) {
 			a.opts.Log.Error("live: snapshot", "job", wt.id, "err", err)
 		}
 		if err := writeFrame(ws, apiv1.Frame{Type: apiv1.FrameError, Error: err.Error()}); err != nil {
-			wt.abort(err)
+			wt.teardown(err)
 			return
 		}
 		wt.close(code, reason)
@@ -198,12 +220,12 @@ func (a *API) live(w http.ResponseWriter, r *http.Request) {
 		wt.sub.Add(hub.NodeTopic(snap.Job.Node))
 	}
 	if err := writeFrame(ws, snap.frame); err != nil {
-		wt.abort(err)
+		wt.teardown(err)
 		return
 	}
 	if lifecycle.IsTerminalName(snap.Job.State) {
 		if err := writeFrame(ws, apiv1.Frame{Type: apiv1.FrameFinal, Job: snap.Job}); err != nil {
-			wt.abort(err)
+			wt.teardown(err)
 			return
 		}
 		wt.close(websocket.CloseNormalClosure, "job ended")
@@ -215,23 +237,107 @@ func (a *API) live(w http.ResponseWriter, r *http.Request) {
 	wt.flush()
 }
 
-// read is the watcher's one lasting goroutine: it processes pongs and
-// close frames (clients have nothing else to say; data is discarded, an
-// oversize message ends the connection) and tears the watcher down when
-// the connection ends.
+// poll hands the watcher's socket to the shared poller; an error means it
+// needs a reader goroutine (TLS, or no poller).
+func (w *watcher) poll() error {
+	tcp, ok := w.ws.UnderlyingConn().(*net.TCPConn)
+	if !ok {
+		return errors.New("not a plain TCP connection")
+	}
+	p, err := sharedPoller()
+	if err != nil {
+		return err
+	}
+	rc, err := tcp.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("raw connection: %w", err)
+	}
+	fd := -1
+	if err := rc.Control(func(s uintptr) { fd = int(s) }); err != nil {
+		return fmt.Errorf("raw connection: %w", err)
+	}
+	// Nothing reads through the runtime's poller any more, and its read
+	// deadline would fail the poller's raw reads: the keep-alive is
+	// pingTick's.
+	if err := tcp.SetReadDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("clear read deadline: %w", err)
+	}
+	w.poller, w.rc, w.fd = p, rc, fd
+	if err := p.add(fd, w); err != nil {
+		w.poller, w.rc, w.fd = nil, nil, -1
+		return err
+	}
+	return nil
+}
+
+// pollRead is called on the poller's goroutine when the socket has bytes
+// (or ended). It never blocks: one non-blocking read, then what it holds is
+// handed to the flusher.
+func (w *watcher) pollRead(buf []byte) {
+	var n int
+	var rerr error
+	err := w.rc.Read(func(fd uintptr) bool {
+		n, rerr = syscall.Read(int(fd), buf)
+		return true // done: never wait in the runtime's poller
+	})
+	if err == nil {
+		err = rerr
+	}
+	switch {
+	case errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR):
+		return
+	case err != nil:
+		w.teardown(fmt.Errorf("read: %w", err))
+		return
+	case n == 0:
+		w.teardown(io.EOF)
+		return
+	}
+	code := w.frames.feed(buf[:n], wsMaxClientBytes, w.control)
+	if code != 0 {
+		w.mu.Lock()
+		if w.closeCode == 0 {
+			w.closeCode = code
+		}
+		w.mu.Unlock()
+		w.kick()
+	}
+}
+
+// control handles a client's control frame read by the poller.
+func (w *watcher) control(op byte, payload []byte) {
+	switch op {
+	case opPong:
+		if !w.closing.Load() {
+			w.lastPong.Store(time.Now().UnixNano())
+		}
+		return
+	case opPing:
+		w.mu.Lock()
+		w.pong, w.pongDue = append(w.pong[:0], payload...), true
+		w.mu.Unlock()
+	case opClose:
+		if w.closing.Load() {
+			w.teardown(nil) // the answer to ours
+			return
+		}
+		w.mu.Lock()
+		w.peerClosed = true
+		w.mu.Unlock()
+	}
+	w.kick()
+}
+
+// read is the reader goroutine of a watcher the poller cannot read (TLS):
+// it processes pongs and close frames (clients have nothing else to say;
+// data is discarded, an oversize message ends the connection) until the
+// connection ends.
 func (w *watcher) read() {
 	var err error
 	for err == nil {
 		err = discardMessage(w.ws)
 	}
-	w.a.opts.Log.Debug("live: watcher gone", "job", w.id, "err", err)
-	w.mu.Lock()
-	w.finished = true
-	w.ping.Stop()
-	w.mu.Unlock()
-	w.sub.Close()
-	_ = w.ws.Close()
-	w.a.removeWatcher(w)
+	w.teardown(err)
 }
 
 // discardMessage reads one client message to its end, processing the
@@ -246,9 +352,31 @@ func discardMessage(ws *websocket.Conn) error {
 	return err
 }
 
+// teardown releases everything the watcher holds, once.
+func (w *watcher) teardown(err error) {
+	w.once.Do(func() {
+		w.mu.Lock()
+		w.finished = true
+		w.ping.Stop()
+		if w.closeTimer != nil {
+			w.closeTimer.Stop()
+		}
+		w.mu.Unlock()
+		if w.poller != nil {
+			if perr := w.poller.remove(w.fd); perr != nil {
+				w.a.opts.Log.Warn("live: poller", "job", w.id, "err", perr)
+			}
+		}
+		w.sub.Close()
+		_ = w.ws.Close()
+		w.a.removeWatcher(w)
+		w.a.opts.Log.Debug("live: watcher gone", "job", w.id, "err", err)
+	})
+}
+
 // kick makes sure a flusher will look at the watcher: it starts one, or
 // tells the running one to look again. It never blocks (the hub calls it
-// on the publisher's goroutine).
+// on the publisher's goroutine, the poller on its own).
 func (w *watcher) kick() {
 	w.mu.Lock()
 	if w.running || w.finished {
@@ -261,9 +389,20 @@ func (w *watcher) kick() {
 	go w.flush()
 }
 
+// pingTick runs every ping period: a client that answered no ping for the
+// pong wait is taken for dead; else a ping is due.
 func (w *watcher) pingTick() {
+	if silent := time.Since(time.Unix(0, w.lastPong.Load())); silent > w.a.pongWait {
+		w.teardown(fmt.Errorf("no pong for %s", silent.Round(time.Millisecond)))
+		return
+	}
 	w.mu.Lock()
+	if w.finished {
+		w.mu.Unlock()
+		return
+	}
 	w.pingDue = true
+	w.ping.Reset(w.a.pingPeriod)
 	w.mu.Unlock()
 	w.kick()
 }
@@ -285,31 +424,46 @@ func (w *watcher) flush() {
 	}
 }
 
-// writeWaiting writes a due close, ping and the queued frames; false when
-// the watcher is done with writing.
+// writeWaiting writes what is due: an answer to the client's close, a
+// close it earned, the shutdown's, a pong, a ping and the queued frames.
+// False when the watcher is done with writing.
 func (w *watcher) writeWaiting() bool {
 	w.mu.Lock()
-	ping, shutdown := w.pingDue, w.shutdown
-	w.pingDue = false
+	peerClosed, code, shutdown := w.peerClosed, w.closeCode, w.shutdown
+	ping, pongDue := w.pingDue, w.pongDue
+	pong := w.pong
+	w.pingDue, w.pongDue, w.pong = false, false, nil
 	w.mu.Unlock()
-	if shutdown {
+	switch {
+	case peerClosed:
+		w.closing.Store(true)
+		msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
+		err := w.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(wsCloseWait))
+		w.teardown(err)
+		return false
+	case code != 0:
+		w.close(code, "")
+		return false
+	case shutdown:
 		w.close(websocket.CloseGoingAway, "server shutting down")
 		return false
 	}
 	if w.dropped() {
 		return false
 	}
+	if pongDue {
+		_ = w.ws.SetWriteDeadline(time.Now().Add(wsWriteWait))
+		if err := w.ws.WriteMessage(websocket.PongMessage, pong); err != nil {
+			w.teardown(fmt.Errorf("websocket pong: %w", err))
+			return false
+		}
+	}
 	if ping {
 		_ = w.ws.SetWriteDeadline(time.Now().Add(wsWriteWait))
 		if err := w.ws.WriteMessage(websocket.PingMessage, nil); err != nil {
-			w.abort(fmt.Errorf("websocket ping: %w", err))
+			w.teardown(fmt.Errorf("websocket ping: %w", err))
 			return false
 		}
-		w.mu.Lock()
-		if !w.finished {
-			w.ping.Reset(w.a.pingPeriod)
-		}
-		w.mu.Unlock()
 	}
 	for !w.dropped() {
 		m, ok := w.sub.Next()
@@ -331,7 +485,7 @@ func (w *watcher) writeWaiting() bool {
 			w.sub.Add(hub.NodeTopic(m.Node))
 		}
 		if err := writeData(w.ws, m.Data); err != nil {
-			w.abort(err)
+			w.teardown(err)
 			return false
 		}
 		if m.Terminal {
@@ -355,18 +509,8 @@ func (w *watcher) dropped() bool {
 	}
 }
 
-// abort ends a watcher whose write failed: closing the socket ends the
-// reader, which releases the rest.
-func (w *watcher) abort(err error) {
-	w.mu.Lock()
-	w.finished = true
-	w.mu.Unlock()
-	w.a.opts.Log.Debug("live: watcher write failed", "job", w.id, "err", err)
-	_ = w.ws.Close()
-}
-
-// close sends a close frame and leaves the rest to the reader: it ends
-// when the peer answers, or at the latest after wsCloseWait.
+// close sends a close frame and leaves the end to the client's answer or,
+// at the latest, the close wait.
 func (w *watcher) close(code int, reason string) {
 	w.mu.Lock()
 	w.finished = true
@@ -374,10 +518,12 @@ func (w *watcher) close(code int, reason string) {
 	w.closing.Store(true)
 	msg := websocket.FormatCloseMessage(code, reason)
 	if err := w.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(wsCloseWait)); err != nil {
-		w.abort(fmt.Errorf("websocket close: %w", err))
+		w.teardown(fmt.Errorf("websocket close: %w", err))
 		return
 	}
-	_ = w.ws.SetReadDeadline(time.Now().Add(wsCloseWait))
+	w.mu.Lock()
+	w.closeTimer = time.AfterFunc(wsCloseWait, func() { w.teardown(errors.New("no answer to the close frame")) })
+	w.mu.Unlock()
 }
 
 func (a *API) addWatcher(w *watcher) {
