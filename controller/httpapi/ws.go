@@ -30,9 +30,10 @@ const (
 	wsWriteWait      = 10 * time.Second
 	wsCloseWait      = time.Second // for the peer's answer to our close frame
 	wsMaxClientBytes = 4096
-	// wsReadBuffer is a watcher's read buffer. Clients send only pongs and
-	// close frames (control payloads are at most 125 bytes); anything
-	// longer is read through it in pieces and discarded.
+	// wsReadBuffer is the read buffer of connections read through
+	// gorilla (TLS watchers, playback). Clients send only pongs and close
+	// frames (control payloads are at most 125 bytes); anything longer is
+	// read through it in pieces and discarded.
 	wsReadBuffer   = 256
 	wsSocketBuffer = 64 << 10
 	snapshotPoints = 500
@@ -41,8 +42,9 @@ const (
 	closeTryAgainLater = 1013
 )
 
-// The keep-alive: a watcher that answers no ping for wsPongWait is taken
-// for dead. Variables only so that tests can shorten them; New copies them.
+// The keep-alive: a ping every wsPingPeriod, and a watcher that has
+// answered none for wsPongWait is taken for dead at the next tick.
+// Variables only so that tests can shorten them; New copies them.
 var (
 	wsPongWait   = 30 * time.Second
 	wsPingPeriod = wsPongWait * 9 / 10
@@ -166,10 +168,11 @@ type watcher struct {
 	pingDue    bool   // the ping timer fired
 	pong       []byte // the client pinged: answer with this payload
 	pongDue    bool
-	closeCode  int  // the client earned a close (1002, 1009)
-	peerClosed bool // the client sent a close frame: answer it and end
-	shutdown   bool // the server is shutting down
-	finished   bool // no more writes: closing or closed
+	closeCode  int    // the client earned a close (1002, 1009)
+	peerClosed bool   // the client sent a close frame: answer it and end
+	peerCode   []byte // its status code, if it gave one
+	shutdown   bool   // the server is shutting down
+	finished   bool   // no more writes: closing or closed
 }
 
 // live serves WS /v1/jobs/{id}/live: subscribe first, then a snapshot read
@@ -323,6 +326,9 @@ func (w *watcher) control(op byte, payload []byte) {
 		}
 		w.mu.Lock()
 		w.peerClosed = true
+		if len(payload) >= 2 {
+			w.peerCode = append([]byte(nil), payload[:2]...) // echoed, as RFC 6455 asks
+		}
 		w.mu.Unlock()
 	}
 	w.kick()
@@ -429,7 +435,7 @@ func (w *watcher) flush() {
 // False when the watcher is done with writing.
 func (w *watcher) writeWaiting() bool {
 	w.mu.Lock()
-	peerClosed, code, shutdown := w.peerClosed, w.closeCode, w.shutdown
+	peerClosed, peerCode, code, shutdown := w.peerClosed, w.peerCode, w.closeCode, w.shutdown
 	ping, pongDue := w.pingDue, w.pongDue
 	pong := w.pong
 	w.pingDue, w.pongDue, w.pong = false, false, nil
@@ -437,8 +443,7 @@ func (w *watcher) writeWaiting() bool {
 	switch {
 	case peerClosed:
 		w.closing.Store(true)
-		msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
-		err := w.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(wsCloseWait))
+		err := w.ws.WriteControl(websocket.CloseMessage, peerCode, time.Now().Add(wsCloseWait))
 		w.teardown(err)
 		return false
 	case code != 0:

@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"runtime"
@@ -292,4 +293,56 @@ func TestShutdownClosesWatchers(t *testing.T) {
 	if code := readClose(t, c); code != websocket.CloseGoingAway {
 		t.Fatalf("close code %d at shutdown, want %d", code, websocket.CloseGoingAway)
 	}
+}
+
+// What a client may say is answered: a ping gets a pong with its payload,
+// a close gets a close with the client's code back, and the watcher is
+// freed.
+func TestClientPingAndClose(t *testing.T) {
+	e := newEnv(t, "")
+	e.runningJob(t, "j", 1)
+	c, _, err := websocket.DefaultDialer.Dial(e.ws("/v1/jobs/j/live"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	readFrame(t, c)
+	pongs := make(chan string, 1)
+	c.SetPongHandler(func(data string) error {
+		pongs <- data
+		return nil
+	})
+	if err := c.WriteControl(websocket.PingMessage, []byte("are you there"), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	select {
+	case got := <-pongs:
+		if got != "are you there" {
+			t.Fatalf("pong %q, want the ping's payload", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no pong")
+	}
+	if err := c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4000, "bye"), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ended:
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != 4000 {
+			t.Fatalf("after the client's close: %v, want its code 4000 back", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no answer to the client's close")
+	}
+	testutil.WaitFor(t, 10*time.Second, func() bool { return e.gauge("gantry_ws_watchers") == 0 }, "the watcher freed")
 }
