@@ -124,12 +124,13 @@ type API struct {
 	pongWait, pingPeriod time.Duration // WebSocket keep-alive
 	liveMu               sync.Mutex
 	liveViews            map[*watcher]struct{} // live views, for closing them on shutdown
+	flushWork            chan *watcher         // to idle flusher goroutines (unbuffered)
 }
 
 // New builds the handler.
 func New(opts Options) *API {
 	a := &API{opts: opts, mux: http.NewServeMux(), reg: opts.Registry,
-		pongWait: wsPongWait, pingPeriod: wsPingPeriod, liveViews: map[*watcher]struct{}{}}
+		pongWait: wsPongWait, pingPeriod: wsPingPeriod, liveViews: map[*watcher]struct{}{}, flushWork: make(chan *watcher)}
 	if a.reg == nil {
 		a.reg = prometheus.NewRegistry()
 	}

@@ -392,7 +392,43 @@ func (w *watcher) kick() {
 	}
 	w.running = true
 	w.mu.Unlock()
-	go w.flush()
+	w.a.startFlusher(w)
+}
+
+// flusherIdle is how long a flusher goroutine waits for another watcher
+// to flush before it ends. Reusing warm flushers through a fan-out burst
+// spares ten thousand goroutine starts and stack growths per frame; the
+// wait is short so that idle watchers soon cost no goroutine again.
+const flusherIdle = 500 * time.Millisecond
+
+// startFlusher hands w to an idle flusher goroutine, or starts one. A
+// flusher blocked on a slow watcher's write never delays another watcher:
+// there is always a new goroutine when no idle one takes the work.
+func (a *API) startFlusher(w *watcher) {
+	select {
+	case a.flushWork <- w:
+	default:
+		go a.runFlusher(w)
+	}
+}
+
+func (a *API) runFlusher(w *watcher) {
+	idle := time.NewTimer(flusherIdle)
+	defer idle.Stop()
+	for {
+		if !w.flush() {
+			// A watcher that ended (a close answered, a failed write)
+			// announces no burst to come: watchers leaving together
+			// leave no idle flushers behind.
+			return
+		}
+		idle.Reset(flusherIdle)
+		select {
+		case w = <-a.flushWork:
+		case <-idle.C:
+			return
+		}
+	}
 }
 
 // pingTick runs every ping period: a client that answered no ping for the
@@ -413,17 +449,18 @@ func (w *watcher) pingTick() {
 	w.kick()
 }
 
-// flush writes until nothing is waiting, then gives up the writes.
-func (w *watcher) flush() {
+// flush writes until nothing is waiting, then gives up the writes; false
+// when the watcher is done with writing (closing or closed).
+func (w *watcher) flush() bool {
 	for {
 		if !w.writeWaiting() {
-			return
+			return false
 		}
 		w.mu.Lock()
 		if !w.again {
 			w.running = false
 			w.mu.Unlock()
-			return
+			return true
 		}
 		w.again = false
 		w.mu.Unlock()
