@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -119,11 +120,17 @@ type API struct {
 	mux      *http.ServeMux
 	watchers atomic.Int64
 	reg      *prometheus.Registry
+
+	pongWait, pingPeriod time.Duration // WebSocket keep-alive
+	liveMu               sync.Mutex
+	liveViews            map[*watcher]struct{} // live views, for closing them on shutdown
+	flushWork            chan *watcher         // to idle flusher goroutines (unbuffered)
 }
 
 // New builds the handler.
 func New(opts Options) *API {
-	a := &API{opts: opts, mux: http.NewServeMux(), reg: opts.Registry}
+	a := &API{opts: opts, mux: http.NewServeMux(), reg: opts.Registry,
+		pongWait: wsPongWait, pingPeriod: wsPingPeriod, liveViews: map[*watcher]struct{}{}, flushWork: make(chan *watcher)}
 	if a.reg == nil {
 		a.reg = prometheus.NewRegistry()
 	}

@@ -64,7 +64,7 @@ func (l Limits) withDefaults() Limits {
 // Limits. The caller sets TLSConfig and calls Serve or ServeTLS.
 func (a *API) NewHTTPServer() *http.Server {
 	l := a.opts.Limits.withDefaults()
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           a,
 		ReadHeaderTimeout: l.ReadHeaderTimeout,
 		ReadTimeout:       l.ReadTimeout,
@@ -76,6 +76,10 @@ func (a *API) NewHTTPServer() *http.Server {
 		// controller that a scanner probes.
 		ErrorLog: slog.NewLogLogger(a.opts.Log.Handler(), slog.LevelDebug),
 	}
+	// Live views outlive their handlers (hijacked, untracked by the
+	// server), so Shutdown has to tell them itself.
+	srv.RegisterOnShutdown(a.closeWatchers)
+	return srv
 }
 
 // hostAllowed says whether a tokenless API may answer a request for host

@@ -82,7 +82,8 @@ func (h *Hub) Coalesced() int64 { return h.merged.Load() }
 // Sub is one subscription. Its methods are safe for concurrent use.
 type Sub struct {
 	hub     *Hub
-	ready   chan struct{} // capacity 1: "there may be something to read"
+	ready   chan struct{} // capacity 1: "there may be something to read"; nil with notify
+	notify  func()        // called instead of signalling ready (SubscribeFunc)
 	dropped chan struct{}
 	once    sync.Once
 
@@ -109,10 +110,24 @@ type backlog struct {
 // Subscribe returns a subscription to topics with a queue of queueLen
 // messages (DefaultQueue when <= 0).
 func (h *Hub) Subscribe(queueLen int, topics ...string) *Sub {
+	return h.subscribe(&Sub{ready: make(chan struct{}, 1)}, queueLen, topics)
+}
+
+// SubscribeFunc is Subscribe for a subscriber that has no goroutine waiting
+// on it: instead of signalling Ready, the hub calls notify whenever
+// messages may be waiting or the subscriber was dropped. notify runs on
+// the publisher's goroutine with no lock held, so it must return at once
+// (start or wake a writer, never write); it may be called again before the
+// messages of an earlier call were read. Ready is nil for such a Sub.
+func (h *Hub) SubscribeFunc(queueLen int, notify func(), topics ...string) *Sub {
+	return h.subscribe(&Sub{notify: notify}, queueLen, topics)
+}
+
+func (h *Hub) subscribe(s *Sub, queueLen int, topics []string) *Sub {
 	if queueLen <= 0 {
 		queueLen = DefaultQueue
 	}
-	s := &Sub{hub: h, ready: make(chan struct{}, 1), dropped: make(chan struct{}), limit: queueLen}
+	s.hub, s.dropped, s.limit = h, make(chan struct{}), queueLen
 	h.subs.Add(1)
 	for _, t := range topics {
 		s.Add(t)
@@ -121,8 +136,20 @@ func (h *Hub) Subscribe(queueLen int, topics ...string) *Sub {
 }
 
 // Ready receives when messages may be waiting; read them with Next until
-// it reports none.
+// it reports none. It is nil for a Sub made by SubscribeFunc.
 func (s *Sub) Ready() <-chan struct{} { return s.ready }
+
+// signal tells the subscriber that something changed.
+func (s *Sub) signal() {
+	if s.notify != nil {
+		s.notify()
+		return
+	}
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
 
 // Dropped is closed when the hub dropped this subscriber because it fell
 // too far behind. Messages already queued are still readable.
@@ -227,6 +254,9 @@ func (h *Hub) Publish(topic string, m Message) {
 		h.dropped.Add(1)
 		close(s.dropped)
 		s.Close()
+		// Only now, with Dropped closed: a subscriber woken earlier could
+		// find its queue empty, not see the drop yet, and never be told.
+		s.signal()
 	}
 }
 
@@ -253,9 +283,8 @@ func (s *Sub) offer(m Message) bool {
 		}
 	}
 	s.mu.Unlock()
-	select {
-	case s.ready <- struct{}{}:
-	default:
+	if ok {
+		s.signal() // a dropped subscriber is signalled by Publish
 	}
 	return ok
 }

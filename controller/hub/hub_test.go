@@ -300,3 +300,42 @@ func TestConcurrent(t *testing.T) {
 		t.Fatal("topics still subscribed after every subscriber closed")
 	}
 }
+
+// A SubscribeFunc subscriber is told through its notify function, on the
+// publisher's goroutine, and when it is dropped the notify comes after
+// Dropped is closed, so a writer woken by it always sees the drop.
+func TestSubscribeFuncNotifies(t *testing.T) {
+	h := New()
+	var s *Sub
+	calls, sawDrop := 0, false
+	s = h.SubscribeFunc(2, func() {
+		calls++
+		sawDrop = dropped(s)
+	}, JobTopic("1"))
+	defer s.Close()
+	if s.Ready() != nil {
+		t.Fatal("a notify subscriber has a Ready channel")
+	}
+	h.Publish(JobTopic("1"), msg(1))
+	if calls != 1 || sawDrop {
+		t.Fatalf("after one publish: %d notifies, dropped %v; want 1, false", calls, sawDrop)
+	}
+	if got := drain(s); len(got) != 1 || got[0].MaxSeq != 1 {
+		t.Fatalf("got %v, want message 1", got)
+	}
+	big := make([]apiv1.Point, 1000)
+	for i := 2; !dropped(s); i++ {
+		if i > MaxBacklogPoints/len(big)+5 {
+			t.Fatal("never dropped past the backlog bound")
+		}
+		h.Publish(JobTopic("1"), Message{Kind: apiv1.FrameMetrics, MaxSeq: uint64(i), Data: []byte("x"), Points: big})
+	}
+	if !sawDrop {
+		t.Fatal("the last notify came before Dropped was closed")
+	}
+	n := calls
+	h.Publish(JobTopic("1"), msg(99))
+	if calls != n {
+		t.Fatal("a dropped subscriber is still notified")
+	}
+}
