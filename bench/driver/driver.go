@@ -47,6 +47,7 @@ var Stages = []Stage{
 	{"freshness", stage.Freshness},
 	{"final", stage.FinalMetrics},
 	{"storage", stage.Storage},
+	{"devmode", stage.DevMode},
 	{"gobench", stage.GoBench},
 }
 

@@ -146,6 +146,9 @@ func checkPoint(p *gantrypb.MetricPoint, nkeys int) error {
 	if err := checkTS("metric point", p.Ts); err != nil {
 		return err
 	}
+	if len(p.Names) > 0 {
+		return reject("metric point in the agent's spool form (names); the link sends points flat")
+	}
 	if len(p.KeyIdx) == 0 && len(p.Vals) == 0 {
 		return checkValues(p.Values, limits.MaxKeysPerPoint, "metric point has %d keys; the limit is %d", "metric")
 	}

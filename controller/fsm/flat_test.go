@@ -64,8 +64,8 @@ func TestFlatPointsStoredLikeMapPoints(t *testing.T) {
 }
 
 // TestFlatPointsChecked: a flat point that indexes past the table, names
-// a key twice, mixes both forms or has mismatched lengths is rejected on
-// its own; a key table that is itself bad makes the whole entry
+// a key twice, mixes forms, has mismatched lengths or comes in the spool's
+// named form is rejected on its own; a key table that is itself bad makes the whole entry
 // unappliable on every voter.
 func TestFlatPointsChecked(t *testing.T) {
 	h := newHarness(t)
@@ -75,11 +75,13 @@ func TestFlatPointsChecked(t *testing.T) {
 		flat("j", 3, []uint32{0, 0}, []float64{1, 2}),
 		flat("j", 4, []uint32{0, 1}, []float64{1}),
 		flat("j", 5, []uint32{0}, []float64{1}),
+		flat("j", 6, nil, []float64{1}),
 	)
 	cmd.Records[3].GetPoint().Values = map[string]float64{"x": 1}
+	cmd.Records[4].GetPoint().Names = []string{"a"} // the spool's form never goes on the wire
 	cmd.Keys = []string{"a", "b"}
-	if r := h.apply(cmd); r != (fsm.IngestResult{Rejected: 4}) {
-		t.Fatalf("ingest = %v, want 4 rejected", r)
+	if r := h.apply(cmd); r != (fsm.IngestResult{Rejected: 5}) {
+		t.Fatalf("ingest = %v, want 5 rejected", r)
 	}
 	for _, keys := range [][]string{{"a", "a"}, {""}, {"bad\x00key"}, make([]string, limits.MaxBatchKeys+1)} {
 		c := ingest("n1", flat("j", 6, []uint32{0}, []float64{1}))

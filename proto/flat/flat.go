@@ -56,13 +56,33 @@ func (t *Table) intern(k string) uint32 {
 	return i
 }
 
-// Flatten rewrites a point in the map form into the flat form indexing
-// the table. It reports false, leaving the point as it was, when the
-// table would go past limits.MaxBatchKeys (the caller starts a new
-// batch). A point already flat is left alone: it belongs to another table
-// (see Merge).
+// Flatten rewrites a point in the named form (names, vals) or the map
+// form into the flat form indexing the table. It reports false, leaving
+// the point as it was, when the table would go past limits.MaxBatchKeys
+// (the caller starts a new batch). A point already flat is left alone: it
+// belongs to another table (see Merge).
 func (t *Table) Flatten(p *gantrypb.MetricPoint) bool {
-	if len(p.KeyIdx) > 0 || len(p.Values) == 0 {
+	if len(p.KeyIdx) > 0 {
+		return true
+	}
+	if len(p.Names) > 0 {
+		if !t.room(func(yield func(string) bool) {
+			for _, k := range p.Names {
+				if !yield(k) {
+					return
+				}
+			}
+		}) {
+			return false
+		}
+		p.KeyIdx = make([]uint32, len(p.Names))
+		for i, k := range p.Names {
+			p.KeyIdx[i] = t.intern(k)
+		}
+		p.Names = nil
+		return true
+	}
+	if len(p.Values) == 0 {
 		return true
 	}
 	if !t.room(func(yield func(string) bool) {
@@ -119,9 +139,25 @@ func (t *Table) Merge(keys []string, recs []*gantrypb.Record) bool {
 	return true
 }
 
-// Values returns a flat point's metrics as a map, names from keys; a map
-// point's own values. An index past keys is skipped.
+// Named returns a point in the named form: names[i] names vals[i]. It is
+// what the agent spools.
+func Named(names []string, vals []float64) *gantrypb.MetricPoint {
+	return &gantrypb.MetricPoint{Names: names, Vals: vals}
+}
+
+// Values returns a point's metrics as a map: a flat point's names come
+// from keys, a named point's from itself, a map point's map is its own.
+// An index past keys is skipped.
 func Values(p *gantrypb.MetricPoint, keys []string) map[string]float64 {
+	if len(p.Names) > 0 {
+		out := make(map[string]float64, len(p.Names))
+		for i, k := range p.Names {
+			if i < len(p.Vals) {
+				out[k] = p.Vals[i]
+			}
+		}
+		return out
+	}
 	if len(p.KeyIdx) == 0 {
 		return p.Values
 	}

@@ -87,3 +87,18 @@ func TestMergeKeepsBadIndexesOutOfRange(t *testing.T) {
 		t.Fatalf("indexes %v with table %v", idx, tab.Keys())
 	}
 }
+
+func TestNamedFlattens(t *testing.T) {
+	var tab Table
+	tab.Flatten(pointRec(map[string]float64{"lr": 1}).GetPoint())
+	p := Named([]string{"loss", "lr"}, []float64{0.5, 2})
+	if got := Values(p, nil); !maps.Equal(got, map[string]float64{"loss": 0.5, "lr": 2}) {
+		t.Fatalf("named values %v", got)
+	}
+	if !tab.Flatten(p) || p.Names != nil || len(p.KeyIdx) != 2 {
+		t.Fatalf("flatten: %v", p)
+	}
+	if got := Values(p, tab.Keys()); !maps.Equal(got, map[string]float64{"loss": 0.5, "lr": 2}) || tab.Len() != 2 {
+		t.Fatalf("flat values %v, table %v", got, tab.Keys())
+	}
+}

@@ -536,12 +536,16 @@ func (x *Job) GetRejectedRecords() uint64 {
 }
 
 // MetricPoint is one parsed line of a job's metrics file. Its metrics come
-// in one of two forms. On the link and in Raft entries they are flat:
-// key_idx[i] is an index into the enclosing RecordBatch's or IngestCmd's
-// keys, and vals[i] its value, both packed, so a point carries no strings
-// and decodes without a map. values is the older form (agents and log
-// entries from before the flat one), still read everywhere; a point has
-// one form or the other, never both.
+// in one of three forms, never mixed in one point:
+//   - On the link and in Raft entries they are flat: key_idx[i] indexes
+//     the enclosing RecordBatch's or IngestCmd's keys, and vals[i] is its
+//     value, both packed, so a point carries no strings and decodes
+//     without a map.
+//   - In the agent's spool, names[i] names vals[i]: a record stands alone
+//     there, and this marshals without the reflection a map costs. The
+//     link turns it into the flat form; it never goes on the wire.
+//   - values is the older form (spools, agents and log entries from
+//     before the flat one), still read everywhere.
 type MetricPoint struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -550,6 +554,7 @@ type MetricPoint struct {
 	Values        map[string]float64     `protobuf:"bytes,4,rep,name=values,proto3" json:"values,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
 	KeyIdx        []uint32               `protobuf:"varint,5,rep,packed,name=key_idx,json=keyIdx,proto3" json:"key_idx,omitempty"`
 	Vals          []float64              `protobuf:"fixed64,6,rep,packed,name=vals,proto3" json:"vals,omitempty"`
+	Names         []string               `protobuf:"bytes,7,rep,name=names,proto3" json:"names,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -622,6 +627,13 @@ func (x *MetricPoint) GetKeyIdx() []uint32 {
 func (x *MetricPoint) GetVals() []float64 {
 	if x != nil {
 		return x.Vals
+	}
+	return nil
+}
+
+func (x *MetricPoint) GetNames() []string {
+	if x != nil {
+		return x.Names
 	}
 	return nil
 }
@@ -2520,14 +2532,15 @@ const file_gantry_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\f\n" +
 	"\n" +
-	"_exit_code\"\xf5\x01\n" +
+	"_exit_code\"\x8b\x02\n" +
 	"\vMetricPoint\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x17\n" +
 	"\x04step\x18\x02 \x01(\x03H\x00R\x04step\x88\x01\x01\x12\x0e\n" +
 	"\x02ts\x18\x03 \x01(\x01R\x02ts\x12:\n" +
 	"\x06values\x18\x04 \x03(\v2\".gantry.v1.MetricPoint.ValuesEntryR\x06values\x12\x17\n" +
 	"\akey_idx\x18\x05 \x03(\rR\x06keyIdx\x12\x12\n" +
-	"\x04vals\x18\x06 \x03(\x01R\x04vals\x1a9\n" +
+	"\x04vals\x18\x06 \x03(\x01R\x04vals\x12\x14\n" +
+	"\x05names\x18\a \x03(\tR\x05names\x1a9\n" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\a\n" +

@@ -48,7 +48,7 @@ func run() error {
 	fs := flag.NewFlagSet("gantry-bench", flag.ExitOnError)
 	bin := fs.String("bin", "bin", "directory with gantry-controller and gantry-agent (make build)")
 	out := fs.String("out", "bench", "directory for results.md, results.json and profiles/")
-	stages := fs.String("stages", "", "comma-separated stages to run (default all: watchers,ingest,freshness,final,storage,gobench)")
+	stages := fs.String("stages", "", "comma-separated stages to run (default all: watchers,ingest,freshness,final,storage,devmode,gobench)")
 	keep := fs.Bool("keep", false, "keep the run's temporary directory (logs, data)")
 	profile := fs.Bool("profile", true, "profile the leader (CPU during the ingest flood and fan-out, heap with idle watchers)")
 	cpuProfile := fs.String("cpuprofile", "", "write the driver's own CPU profile to this file")
