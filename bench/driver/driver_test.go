@@ -15,7 +15,7 @@ func TestPick(t *testing.T) {
 		want  []string
 		err   error
 	}{
-		{nil, []string{"watchers", "ingest", "freshness", "final", "gobench"}, nil},
+		{nil, []string{"watchers", "ingest", "freshness", "final", "storage", "devmode", "gobench"}, nil},
 		{[]string{"final", "ingest"}, []string{"final", "ingest"}, nil},
 		{[]string{"nope"}, nil, ErrUnknownStage},
 	}
