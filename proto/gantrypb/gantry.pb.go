@@ -1490,10 +1490,15 @@ func (x *Hello) GetActiveJobs() []string {
 }
 
 type HelloReply struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ok            bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
-	Error         string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
-	LeaderAddr    string                 `protobuf:"bytes,3,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Ok         bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	Error      string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	LeaderAddr string                 `protobuf:"bytes,3,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
+	// flat_points says the controller reads metric points in the flat form
+	// (MetricPoint.key_idx with RecordBatch.keys). An agent sends the map
+	// form to a controller that does not say so: an older one would take
+	// flat points for points without metrics.
+	FlatPoints    bool `protobuf:"varint,4,opt,name=flat_points,json=flatPoints,proto3" json:"flat_points,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1547,6 +1552,13 @@ func (x *HelloReply) GetLeaderAddr() string {
 		return x.LeaderAddr
 	}
 	return ""
+}
+
+func (x *HelloReply) GetFlatPoints() bool {
+	if x != nil {
+		return x.FlatPoints
+	}
+	return false
 }
 
 type StartJob struct {
@@ -2617,13 +2629,15 @@ const file_gantry_proto_rawDesc = "" +
 	"\x04gpus\x18\x03 \x03(\v2\x12.gantry.v1.GPUInfoR\x04gpus\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12\x1f\n" +
 	"\vactive_jobs\x18\x05 \x03(\tR\n" +
-	"activeJobs\"S\n" +
+	"activeJobs\"t\n" +
 	"\n" +
 	"HelloReply\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x1f\n" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
-	"leaderAddr\"]\n" +
+	"leaderAddr\x12\x1f\n" +
+	"\vflat_points\x18\x04 \x01(\bR\n" +
+	"flatPoints\"]\n" +
 	"\bStartJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.gantry.v1.JobSpecR\x04spec\x12\x12\n" +
