@@ -115,6 +115,20 @@ func (f *File) Check(pos int64) (filewatch.Change, error) {
 	return change, nil
 }
 
+// Size is the open file's size now (0 before it exists): the drain after
+// a job's exit reads what the file held at the exit without a time limit,
+// and times only what is written after it.
+func (f *File) Size() (int64, error) {
+	if f.F == nil {
+		return 0, nil
+	}
+	fi, err := f.F.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("stat %s: %w", f.Name, err)
+	}
+	return fi.Size(), nil
+}
+
 // Close releases the file and the watcher. Later Ready calls return the
 // closed error; a second Close does nothing.
 func (f *File) Close() error {

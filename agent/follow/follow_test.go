@@ -84,3 +84,21 @@ func TestOpenWaitCheck(t *testing.T) {
 		t.Fatalf("Open of a directory = %v, %v", ok, err)
 	}
 }
+
+func TestSize(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.jsonl")
+	f := New(path, "metrics file", errors.New("closed"))
+	defer f.Close()
+	if n, err := f.Size(); n != 0 || err != nil {
+		t.Fatalf("before the file exists: %d, %v", n, err)
+	}
+	if err := os.WriteFile(path, []byte("12345"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := f.Open(); !ok || err != nil {
+		t.Fatalf("open: %v %v", ok, err)
+	}
+	if n, err := f.Size(); n != 5 || err != nil {
+		t.Fatalf("size = %d, %v; want 5", n, err)
+	}
+}

@@ -135,6 +135,9 @@ func (f *Follower) Offset() int64 {
 	return f.offset
 }
 
+// Size is the log file's size now (follow.File.Size).
+func (f *Follower) Size() (int64, error) { return f.src.Size() }
+
 // Close releases the file and the watcher. Later calls return ErrClosed.
 func (f *Follower) Close() error { return f.src.Close() }
 

@@ -162,6 +162,9 @@ func (t *Tailer) Offset() int64 {
 	return t.offset
 }
 
+// Size is the metrics file's size now (follow.File.Size).
+func (t *Tailer) Size() (int64, error) { return t.src.Size() }
+
 // Close releases the file and the watcher. Later calls return ErrClosed.
 func (t *Tailer) Close() error { return t.src.Close() }
 
