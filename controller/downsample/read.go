@@ -36,7 +36,7 @@ func Read(ctx context.Context, st Viewer, job string, lastSeq uint64, maxBuckets
 				if pc.FirstSeq() > after && series.Fits(pc.FirstSeq(), pc.LastSeq()) {
 					series.AddPoints(pc.Len())
 					err = pc.EachSummary(series.Wants, func(c *store.ColumnSummary) {
-						series.AddSummary(c.Key, c.FirstSeq, c.LastSeq, c.Count, c.LastStep, c.LastHasStep, c.LastTs, c.Min, c.Max, c.Last)
+						series.AddSummary(c.Name, c.FirstSeq, c.LastSeq, c.Count, c.LastStep, c.LastHasStep, c.LastTs, c.Min, c.Max, c.Last)
 					})
 				} else {
 					err = pc.EachValue(after, series.Wants, series.AddPoint, series.AddValue)

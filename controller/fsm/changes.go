@@ -1,6 +1,9 @@
 package fsm
 
-import "github.com/gantry-ml/gantry/proto/gantrypb"
+import (
+	"github.com/gantry-ml/gantry/proto/flat"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+)
 
 // Changes is what one applied batch changed, in apply order per job. The
 // messages are the FSM's own copies: observers must treat them as read-only.
@@ -13,8 +16,8 @@ type Changes struct {
 	// flat form (KeyIdx, Vals) indexes Keys.
 	Points map[string][]*gantrypb.MetricPoint
 	// Keys are the metric names flat points in Points index.
-	Keys   []string
-	keyIdx map[string]uint32
+	Keys []string
+	keys flat.Table
 	// Events holds the events stored per job, in seq order.
 	Events map[string][]*gantrypb.JobEvent
 	// GPU holds the GPU samples stored per node, in seq order.
@@ -60,15 +63,8 @@ func (c *Changes) job(j *gantrypb.Job) {
 
 // key returns the index of name in Keys, adding it.
 func (c *Changes) key(name string) uint32 {
-	if i, ok := c.keyIdx[name]; ok {
-		return i
-	}
-	if c.keyIdx == nil {
-		c.keyIdx = map[string]uint32{}
-	}
-	i := uint32(len(c.Keys))
-	c.Keys = append(c.Keys, name)
-	c.keyIdx[name] = i
+	i := c.keys.Intern(name)
+	c.Keys = c.keys.Keys()
 	return i
 }
 

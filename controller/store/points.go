@@ -389,18 +389,11 @@ func (pc PointChunk) LastSeq() uint64 { return pc.c.LastSeq() }
 // Len is the number of points in the chunk.
 func (pc PointChunk) Len() int { return pc.c.Len() }
 
-// ColumnSummary is one metric over one chunk: the count, minimum, maximum
-// and last value, and where its first and last point are.
+// ColumnSummary is one metric over one chunk (chunk.Summary) with its
+// name.
 type ColumnSummary struct {
-	Key               string
-	Count             int
-	FirstSeq, LastSeq uint64
-	// LastStep (when LastHasStep) and LastTs are the column's last point's.
-	LastStep    int64
-	LastHasStep bool
-	LastTs      float64
-	Min, Max    float64
-	Last        float64
+	Name string
+	chunk.Summary
 }
 
 // EachSummary calls fn with the summary of each metric in the chunk for
@@ -421,8 +414,7 @@ func (pc PointChunk) EachSummary(want func(key string) bool, fn func(c *ColumnSu
 		if want != nil && !want(name) {
 			return
 		}
-		cs = ColumnSummary{Key: name, Count: s.Count, FirstSeq: s.FirstSeq, LastSeq: s.LastSeq, LastStep: s.LastStep,
-			LastHasStep: s.LastHasStep, LastTs: s.LastTs, Min: s.Min, Max: s.Max, Last: s.Last}
+		cs = ColumnSummary{Name: name, Summary: *s}
 		fn(&cs)
 	})
 	return bad

@@ -43,7 +43,10 @@ func (t *Table) room(names func(yield func(string) bool)) bool {
 	return len(t.keys)+fresh <= limits.MaxBatchKeys
 }
 
-func (t *Table) intern(k string) uint32 {
+// Intern returns the index of k, adding it. Unlike Flatten and Merge it
+// does not stop at limits.MaxBatchKeys: it is for tables that never go on
+// the wire.
+func (t *Table) Intern(k string) uint32 {
 	if i, ok := t.idx[k]; ok {
 		return i
 	}
@@ -77,7 +80,7 @@ func (t *Table) Flatten(p *gantrypb.MetricPoint) bool {
 		}
 		p.KeyIdx = make([]uint32, len(p.Names))
 		for i, k := range p.Names {
-			p.KeyIdx[i] = t.intern(k)
+			p.KeyIdx[i] = t.Intern(k)
 		}
 		p.Names = nil
 		return true
@@ -97,7 +100,7 @@ func (t *Table) Flatten(p *gantrypb.MetricPoint) bool {
 	p.KeyIdx = make([]uint32, 0, len(p.Values))
 	p.Vals = make([]float64, 0, len(p.Values))
 	for k, v := range p.Values {
-		p.KeyIdx = append(p.KeyIdx, t.intern(k))
+		p.KeyIdx = append(p.KeyIdx, t.Intern(k))
 		p.Vals = append(p.Vals, v)
 	}
 	p.Values = nil
@@ -121,7 +124,7 @@ func (t *Table) Merge(keys []string, recs []*gantrypb.Record) bool {
 	}
 	tr := make([]uint32, len(keys))
 	for i, k := range keys {
-		tr[i] = t.intern(k)
+		tr[i] = t.Intern(k)
 	}
 	for _, r := range recs {
 		p := r.GetPoint()
