@@ -59,9 +59,8 @@ var (
 // in its files meanwhile). A job that writes faster than the controller
 // takes would otherwise fill the spool, and however fairly the link picks
 // from the spool, what it cannot see it cannot pick: the link reads ahead
-// a bounded window. A variable so that a test can make a flood with a few
-// lines.
-var jobSpoolShare = 2048
+// a bounded window (24,576 records, twelve jobs' shares).
+const jobSpoolShare = 2048
 
 // The caps above must stay within the shared limits; these fail to compile
 // otherwise.
@@ -99,6 +98,9 @@ type job struct {
 	// spoolWait is the time, in nanoseconds, spent waiting for the spool
 	// to take a write.
 	spoolWait atomic.Int64
+	// holding is true while the job's tails wait for its share of the
+	// spool (waitShare).
+	holding atomic.Bool
 
 	mu        sync.Mutex
 	proc      *runner.Process
@@ -546,7 +548,11 @@ func (j *job) waitShare() error {
 		return nil
 	}
 	start := time.Now()
-	defer func() { j.spoolWait.Add(int64(time.Since(start))) }()
+	j.holding.Store(true)
+	defer func() {
+		j.holding.Store(false)
+		j.spoolWait.Add(int64(time.Since(start)))
+	}()
 	if err := j.a.spool.WaitStreamBelow(j.a.runCtx(), j.id, jobSpoolShare); err != nil {
 		j.a.log.Warn("agent stopping while the job's records wait for acks; the next agent reads them again", "job", j.id, "err", err)
 		return err

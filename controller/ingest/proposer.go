@@ -26,8 +26,8 @@ import (
 // committed entries in one store transaction, so smaller entries cost Raft
 // a little bookkeeping, not the store an extra write.
 const (
-	DefaultEntryBytes    = 256 << 10
-	DefaultInflightBytes = 768 << 10
+	DefaultEntryBytes    = 64 << 10
+	DefaultInflightBytes = 256 << 10
 )
 
 // errSessionGone is what a batch offered by a session that has been
@@ -40,10 +40,15 @@ var errSessionGone = errors.New("ingest: session replaced or ended")
 //   - Bounded work in flight. At most InflightBytes of records (and at
 //     least one entry) are proposed and not yet applied, so a node's batch
 //     never waits behind dozens of another node's big entries.
-//   - Fair choice. The next entry is cut from the session whose head batch
-//     has the smallest virtual finish time (self-clocked fair queueing,
-//     weighted by encoded bytes): a node that was idle, or sends a line at
-//     a time, goes ahead of a node that floods, which still gets the rest.
+//   - Fair choice. The next entry is cut from the node with the least in
+//     flight, counting that entry: a node with a line to send and nothing
+//     in Raft goes ahead of every node with a backlog, and flooding nodes
+//     take turns. Ties go by virtual finish time (self-clocked fair
+//     queueing weighted by encoded bytes).
+//   - Express lane. With the budget spent, a node whose entries in flight
+//     and queued records come to at most expressBytes (a trickle of lines,
+//     not a backlog) still proposes now: its lines wait for what is in
+//     flight, never for the budget to free up behind the floods.
 //   - Group commit. An entry takes the head batch and as many of the same
 //     session's following batches as fit in EntryBytes (one IngestCmd, one
 //     node); a batch larger than that is cut into several entries, all in
@@ -76,6 +81,10 @@ type proposer struct {
 // that the completer's channel never blocks the proposer.
 const maxInflightEntries = 256
 
+// expressBytes is the most a node may have in flight through the express
+// lane, past a spent budget (see next): some 35 training lines.
+const expressBytes = 16 << 10
+
 func newProposer(raft Applier, entryBytes, inflightBytes int) *proposer {
 	if entryBytes <= 0 {
 		entryBytes = DefaultEntryBytes
@@ -94,6 +103,8 @@ type queue struct {
 	batches    []*queuedBatch
 	lastFinish uint64 // finish tag of this queue's last batch
 	closed     bool   // guarded by proposer.mu
+	queued     int    // bytes of records queued, guarded by proposer.mu
+	inflight   int    // bytes proposed and not yet applied, guarded by proposer.mu
 
 	resMu   sync.Mutex
 	results []result
@@ -131,7 +142,7 @@ func (p *proposer) register(node string) *queue {
 	defer p.mu.Unlock()
 	if old := p.queues[node]; old != nil {
 		old.closed = true
-		old.batches = nil
+		old.batches, old.queued = nil, 0
 	}
 	p.queues[node] = q
 	return q
@@ -143,7 +154,7 @@ func (p *proposer) unregister(q *queue) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	q.closed = true
-	q.batches = nil
+	q.batches, q.queued = nil, 0
 	if p.queues[q.node] == q {
 		delete(p.queues, q.node)
 	}
@@ -167,6 +178,7 @@ func (p *proposer) offer(q *queue, id uint64, records []*gantrypb.Record) error 
 	b.finish = max(p.vtime, q.lastFinish) + uint64(max(cost, 1))
 	q.lastFinish = b.finish
 	q.batches = append(q.batches, b)
+	q.queued += cost
 	p.mu.Unlock()
 	p.wake()
 	return nil
@@ -204,13 +216,21 @@ func (p *proposer) run(ctx context.Context) {
 func (p *proposer) next() *entry {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.entries >= maxInflightEntries || (p.entries > 0 && p.inflight >= p.inflightBytes) {
+	if p.entries >= maxInflightEntries {
 		return nil
 	}
+	// With the budget spent, only the express lane is open: a node with
+	// little in flight and queued together (a trickle of lines, not a
+	// backlog) proposes what it has now rather than after the floods'
+	// entries. The lane holds at most expressBytes per node, so what it
+	// adds to the work in flight is bounded too.
+	express := p.entries > 0 && p.inflight >= p.inflightBytes
 	var q *queue
 	for _, c := range p.queues {
-		if len(c.batches) > 0 && (q == nil || c.batches[0].finish < q.batches[0].finish ||
-			(c.batches[0].finish == q.batches[0].finish && c.node < q.node)) {
+		if len(c.batches) == 0 || (express && c.inflight+c.queued > expressBytes) {
+			continue
+		}
+		if q == nil || p.before(c, q) {
 			q = c
 		}
 	}
@@ -240,7 +260,27 @@ func (p *proposer) next() *entry {
 	}
 	p.inflight += e.bytes
 	p.entries++
+	q.queued -= e.bytes
+	q.inflight += e.bytes
 	return e
+}
+
+// before reports whether queue a's next entry goes before queue b's. First
+// the one with less in flight, counting the next entry itself: a node with
+// nothing in Raft and a line to send goes ahead of every node with a
+// backlog, and each flooding node gets its turn before any gets a second
+// entry in flight. Among equals, the smaller virtual finish time (fair
+// queueing by bytes), then the node id, so the choice is deterministic.
+func (p *proposer) before(a, b *queue) bool {
+	ka := a.inflight + min(a.queued, p.entryBytes)
+	kb := b.inflight + min(b.queued, p.entryBytes)
+	if ka != kb {
+		return ka < kb
+	}
+	if fa, fb := a.batches[0].finish, b.batches[0].finish; fa != fb {
+		return fa < fb
+	}
+	return a.node < b.node
 }
 
 // complete waits for the proposed entries in proposal order (Raft applies
@@ -268,6 +308,7 @@ func (p *proposer) release(e *entry) {
 	p.mu.Lock()
 	p.inflight -= e.bytes
 	p.entries--
+	e.q.inflight -= e.bytes
 	p.mu.Unlock()
 	p.wake()
 }

@@ -36,9 +36,10 @@ func drain(p *proposer) []*entry {
 }
 
 // TestProposerServesAQuietNodeNext: with one node's flood queued far
-// beyond the in-flight budget, the first entry cut after a quiet node's
-// batch arrives is that batch, not more of the flood; the flood is served
-// again right after.
+// beyond the in-flight budget, a quiet node's line is proposed at once
+// through the express lane, budget spent or not; a quiet node with more
+// than a trickle waits for the budget, and then takes turns with the
+// flood, one entry each.
 func TestProposerServesAQuietNodeNext(t *testing.T) {
 	p := newProposer(nil, 4<<10, 8<<10)
 	flood := p.register("flood")
@@ -55,20 +56,37 @@ func TestProposerServesAQuietNodeNext(t *testing.T) {
 	if err := p.offer(quiet, 7, lines("job-b", 1, 1)); err != nil {
 		t.Fatal(err)
 	}
-	if e := p.next(); e != nil {
-		t.Fatalf("an entry of %s was cut with the budget spent", e.q.node)
-	}
-	p.release(inflight[0])
 	e := p.next()
-	if e == nil || e.q != quiet {
-		t.Fatalf("after the flood's entry was applied, the next entry is %v, want the quiet node's", e)
+	if e == nil || e.q != quiet || !slices.Equal(e.ids, []uint64{7}) || len(e.recs) != 1 {
+		t.Fatalf("with the budget spent, the next entry is %+v, want the quiet node's batch 7 by the express lane", e)
 	}
-	if !slices.Equal(e.ids, []uint64{7}) || len(e.recs) != 1 {
-		t.Fatalf("quiet entry acks %v with %d records, want batch 7 with its one record", e.ids, len(e.recs))
+	if e := p.next(); e != nil {
+		t.Fatalf("an entry of %s was cut with the budget spent and no trickle waiting", e.q.node)
+	}
+
+	// More than a trickle: 60 lines, some 27 KiB, over expressBytes.
+	if err := p.offer(quiet, 8, lines("job-b", 2, 60)); err != nil {
+		t.Fatal(err)
+	}
+	if e := p.next(); e != nil {
+		t.Fatalf("an entry of %s went past the spent budget with a backlog", e.q.node)
 	}
 	p.release(e)
-	if e := p.next(); e == nil || e.q != flood {
-		t.Fatalf("then %v, want the flood again", e)
+	for _, f := range inflight {
+		p.release(f)
+	}
+	// Both now have nothing in flight: they take turns, the flood first
+	// (its batches came first), then the quiet node, then the flood.
+	var order []string
+	for range 3 {
+		e := p.next()
+		if e == nil {
+			t.Fatal("nothing to propose with the budget free")
+		}
+		order = append(order, e.q.node)
+	}
+	if !slices.Equal(order, []string{"flood", "quiet", "flood"}) {
+		t.Fatalf("entries went to %v, want the two nodes in turn", order)
 	}
 }
 
