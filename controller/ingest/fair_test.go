@@ -36,6 +36,16 @@ type countingApplier struct {
 
 func (c *countingApplier) ApplyAsync(m proto.Message) (*cluster.Pending, error) {
 	if cmd, ok := m.(*gantrypb.IngestCmd); ok {
+		// Read the records as a voter will: the proposer passes them on
+		// encoded.
+		b, err := proto.Marshal(cmd)
+		if err != nil {
+			return nil, err
+		}
+		cmd = &gantrypb.IngestCmd{}
+		if err := proto.Unmarshal(b, cmd); err != nil {
+			return nil, err
+		}
 		c.mu.Lock()
 		c.entries++
 		for _, r := range cmd.Records {

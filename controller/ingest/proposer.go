@@ -7,7 +7,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -111,18 +113,23 @@ type queue struct {
 	ready   chan struct{} // a result was added
 }
 
+// queuedBatch holds its records encoded, each as the IngestCmd field that
+// carries it (tag, length, record), one after the other in raw: waiting
+// records are bytes, not trees of pointers for the garbage collector to
+// walk, and an entry is assembled by copying them, not by marshalling.
 type queuedBatch struct {
-	id      uint64
-	records []*gantrypb.Record
-	sizes   []int // encoded size of each record
-	finish  uint64
+	id     uint64
+	raw    []byte
+	ends   []int // where each record's field ends in raw
+	finish uint64
 }
 
 // entry is one proposed IngestCmd.
 type entry struct {
 	q       *queue
 	bytes   int
-	recs    []*gantrypb.Record
+	raw     []byte   // the records field of the IngestCmd, encoded
+	n       int      // records in raw
 	ids     []uint64 // batches whose last record is in this entry
 	pending *cluster.Pending
 	err     error // the proposal itself failed
@@ -160,14 +167,23 @@ func (p *proposer) unregister(q *queue) {
 	}
 }
 
+// recordsField is the IngestCmd field that holds its records.
+var recordsField = (&gantrypb.IngestCmd{}).ProtoReflect().Descriptor().Fields().ByName("records").Number()
+
 // offer queues a screened batch of q's session.
 func (p *proposer) offer(q *queue, id uint64, records []*gantrypb.Record) error {
-	b := &queuedBatch{id: id, records: records, sizes: make([]int, len(records))}
-	cost := 0
+	b := &queuedBatch{id: id, ends: make([]int, len(records))}
+	var rec []byte
 	for i, r := range records {
-		b.sizes[i] = proto.Size(r)
-		cost += b.sizes[i]
+		var err error
+		if rec, err = (proto.MarshalOptions{}).MarshalAppend(rec[:0], r); err != nil {
+			return fmt.Errorf("ingest: encode record %d of batch %d: %w", i, id, err)
+		}
+		b.raw = protowire.AppendTag(b.raw, recordsField, protowire.BytesType)
+		b.raw = protowire.AppendBytes(b.raw, rec)
+		b.ends[i] = len(b.raw)
 	}
+	cost := len(b.raw)
 	p.mu.Lock()
 	if q.closed {
 		p.mu.Unlock()
@@ -204,10 +220,14 @@ func (p *proposer) run(ctx context.Context) {
 			}
 			continue
 		}
-		cmd := &gantrypb.IngestCmd{NodeId: e.q.node, AtMs: time.Now().UnixMilli(), Records: e.recs}
+		cmd := &gantrypb.IngestCmd{NodeId: e.q.node, AtMs: time.Now().UnixMilli()}
+		// The records go in as they were encoded at offer: unknown fields
+		// are written out verbatim, and every voter decodes them as the
+		// command's records field.
+		cmd.ProtoReflect().SetUnknown(protoreflect.RawFields(e.raw))
 		e.pending, e.err = p.raft.ApplyAsync(cmd)
-		e.recs = nil // encoded now; let the records go
-		p.done <- e  // never blocks: at most maxInflightEntries are out
+		e.raw = nil // encoded now; let the records go
+		p.done <- e // never blocks: at most maxInflightEntries are out
 	}
 }
 
@@ -241,20 +261,27 @@ func (p *proposer) next() *entry {
 	for len(q.batches) > 0 {
 		b := q.batches[0]
 		n := 0
-		for n < len(b.records) && len(e.recs) < limits.MaxRecordsPerBatch &&
-			(len(e.recs) == 0 || e.bytes+b.sizes[n] <= p.entryBytes) {
-			e.bytes += b.sizes[n]
-			e.recs = append(e.recs, b.records[n])
+		for n < len(b.ends) && e.n < limits.MaxRecordsPerBatch && (e.n == 0 || e.bytes+b.ends[n]-start(b, n) <= p.entryBytes) {
+			e.bytes += b.ends[n] - start(b, n)
+			e.n++
 			n++
 		}
-		b.records, b.sizes = b.records[n:], b.sizes[n:]
-		if len(b.records) > 0 {
+		if n > 0 {
+			cut := b.ends[n-1]
+			e.raw = append(e.raw, b.raw[:cut]...)
+			b.raw = b.raw[cut:]
+			b.ends = b.ends[n:]
+			for i := range b.ends {
+				b.ends[i] -= cut
+			}
+		}
+		if len(b.ends) > 0 {
 			break // the entry is full; the rest of b goes in the next one
 		}
 		e.ids = append(e.ids, b.id)
 		p.vtime = b.finish
 		q.batches = q.batches[1:]
-		if e.bytes >= p.entryBytes || len(e.recs) >= limits.MaxRecordsPerBatch {
+		if e.bytes >= p.entryBytes || e.n >= limits.MaxRecordsPerBatch {
 			break
 		}
 	}
@@ -281,6 +308,14 @@ func (p *proposer) before(a, b *queue) bool {
 		return fa < fb
 	}
 	return a.node < b.node
+}
+
+// start is where record n's field begins in b.raw.
+func start(b *queuedBatch, n int) int {
+	if n == 0 {
+		return 0
+	}
+	return b.ends[n-1]
 }
 
 // complete waits for the proposed entries in proposal order (Raft applies
