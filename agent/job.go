@@ -543,8 +543,15 @@ func (j *job) commit(update func(*gantrypb.AgentJob), exit bool, recs ...*gantry
 // waitShare waits while the job has jobSpoolShare records unacked in the
 // spool, or until the agent stops (then the next agent reads those lines
 // again). The time waited counts as spool waiting (see drain).
+//
+// Only while the link is up: the share keeps the link's picks fair, and
+// with no link nothing is picked. During a cut the spool is the outbox it
+// always was (a job's records, its exit above all, are safe there, not
+// left to a file the job may still change); a backlog built up then is
+// sent in turn with the other jobs' records after the reconnect, as far as
+// the link's read-ahead sees.
 func (j *job) waitShare() error {
-	if j.a.spool.StreamPending(j.id) < jobSpoolShare {
+	if j.a.linkUp == nil || !j.a.linkUp() || j.a.spool.StreamPending(j.id) < jobSpoolShare {
 		return nil
 	}
 	start := time.Now()
