@@ -81,6 +81,10 @@ type Agent struct {
 	// jobUser is who jobs run as; nil when they run as the agent's user.
 	jobUser *runner.User
 
+	// linkUp reports whether the controller link is up; jobs are held to
+	// their share of the spool only then (job.waitShare). nil: never.
+	linkUp func() bool
+
 	mu   sync.Mutex
 	jobs map[string]*job // jobs started by this process, until their exit is acked
 	wg   sync.WaitGroup
@@ -159,6 +163,7 @@ func New(cfg Config) (*Agent, error) {
 		Addrs: cfg.Controllers, Discover: a.controllerAddrs, TLS: clientTLS, Spool: sp, Handler: (*linkHandler)(a),
 		Log: cfg.Log.With("component", "link"),
 	})
+	a.linkUp = a.link.Connected
 	return a, nil
 }
 

@@ -54,6 +54,14 @@ var (
 	drainMaxTime        = 10 * time.Second
 )
 
+// jobSpoolShare is how many of a job's records may wait in the spool for
+// the controller's ack before the job's tails stop reading (its data waits
+// in its files meanwhile). A job that writes faster than the controller
+// takes would otherwise fill the spool, and however fairly the link picks
+// from the spool, what it cannot see it cannot pick: the link reads ahead
+// a bounded window (24,576 records, twelve jobs' shares).
+const jobSpoolShare = 2048
+
 // The caps above must stay within the shared limits; these fail to compile
 // otherwise.
 var (
@@ -90,6 +98,9 @@ type job struct {
 	// spoolWait is the time, in nanoseconds, spent waiting for the spool
 	// to take a write.
 	spoolWait atomic.Int64
+	// holding is true while the job's tails wait for its share of the
+	// spool (waitShare).
+	holding atomic.Bool
 
 	mu        sync.Mutex
 	proc      *runner.Process
@@ -504,6 +515,13 @@ func (j *job) commit(update func(*gantrypb.AgentJob), exit bool, recs ...*gantry
 	if update != nil {
 		update(next)
 	}
+	if !exit {
+		// The exit record never waits: it ends the job, and nothing of
+		// the job comes after it.
+		if err := j.waitShare(); err != nil {
+			return 0
+		}
+	}
 	var idx uint64
 	err := j.retrySpool(len(recs), func() error {
 		var err error
@@ -520,6 +538,33 @@ func (j *job) commit(update func(*gantrypb.AgentJob), exit bool, recs ...*gantry
 	}
 	j.state = next
 	return idx
+}
+
+// waitShare waits while the job has jobSpoolShare records unacked in the
+// spool, or until the agent stops (then the next agent reads those lines
+// again). The time waited counts as spool waiting (see drain).
+//
+// Only while the link is up: the share keeps the link's picks fair, and
+// with no link nothing is picked. During a cut the spool is the outbox it
+// always was (a job's records, its exit above all, are safe there, not
+// left to a file the job may still change); a backlog built up then is
+// sent in turn with the other jobs' records after the reconnect, as far as
+// the link's read-ahead sees.
+func (j *job) waitShare() error {
+	if j.a.linkUp == nil || !j.a.linkUp() || j.a.spool.StreamPending(j.id) < jobSpoolShare {
+		return nil
+	}
+	start := time.Now()
+	j.holding.Store(true)
+	defer func() {
+		j.holding.Store(false)
+		j.spoolWait.Add(int64(time.Since(start)))
+	}()
+	if err := j.a.spool.WaitStreamBelow(j.a.runCtx(), j.id, jobSpoolShare); err != nil {
+		j.a.log.Warn("agent stopping while the job's records wait for acks; the next agent reads them again", "job", j.id, "err", err)
+		return err
+	}
+	return nil
 }
 
 // append spools records that move no offset (events) and returns the index

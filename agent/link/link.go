@@ -1,8 +1,14 @@
 // Package link is the agent's end of the QUIC link to the controller. It
 // keeps one connection up (reconnecting with jittered backoff), says Hello,
-// streams the spool in order and deletes records only once the controller
-// has acked them after Raft commit. After a reconnect it replays everything
-// unacked; the controller drops what it already has (invariant I3).
+// streams the spool and deletes records only once the controller has acked
+// them after Raft commit. After a reconnect it replays everything unacked;
+// the controller drops what it already has (invariant I3).
+//
+// Batches take the spool's streams (one per job, and the node's own)
+// round-robin, not in spool order: a job that floods cannot put its backlog
+// ahead of another job's next line. Order within a stream is kept, which is
+// all the controller needs (seqs are dense per stream, and an exit record
+// stays after its job's points, invariant I2).
 package link
 
 import (
@@ -13,6 +19,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,11 +43,18 @@ const (
 	MaxInflight     = 8
 )
 
-// batchOverhead is what a batch's encoding adds to its records' own: per
-// record a field tag and a length varint (under 4 MiB: at most 4 bytes),
-// and the batch id. The spool is read within MaxBatchBytes less this, so
-// the encoded batch stays within MaxBatchBytes.
-const batchOverhead = MaxBatchRecords*5 + 16
+// What the sender keeps in flight and in hand. Everything sent and not yet
+// acked is ahead, at the leader, of the next batch, which carries the next
+// line of every job: so batches are small (SendBatchBytes) and few are out
+// at once (InflightBytes), enough to keep the leader busy but never seconds
+// of work. The lookahead is how much of the spool the sender reads ahead to
+// find every stream's next records.
+const (
+	SendBatchBytes   = 256 << 10
+	InflightBytes    = 1 << 20
+	lookaheadRecords = 24576
+	lookaheadBytes   = 16 << 20
+)
 
 var errRejected = errors.New("controller rejected hello")
 
@@ -74,6 +88,9 @@ type Options struct {
 	Log      *slog.Logger
 	// MinBackoff and MaxBackoff bound reconnect delays.
 	MinBackoff, MaxBackoff time.Duration
+	// BatchBytes and InflightBytes override SendBatchBytes and
+	// InflightBytes when positive (tests make a flood of a few lines).
+	BatchBytes, InflightBytes int
 }
 
 // Link is the running link.
@@ -84,6 +101,11 @@ type Link struct {
 	tlsErr    error
 	connected atomic.Bool
 	connects  atomic.Int64
+	// batchID numbers batches; unique across sessions, so a stray ack of
+	// an older session can never match.
+	batchID atomic.Uint64
+	// maxAcked is the highest spool index acked so far.
+	maxAcked atomic.Uint64
 }
 
 // New returns a link; call Run. Whatever opts.TLS itself checks, the link
@@ -97,6 +119,12 @@ func New(opts Options) *Link {
 	}
 	if opts.MaxBackoff == 0 {
 		opts.MaxBackoff = 5 * time.Second
+	}
+	if opts.BatchBytes <= 0 {
+		opts.BatchBytes = SendBatchBytes
+	}
+	if opts.InflightBytes <= 0 {
+		opts.InflightBytes = InflightBytes
 	}
 	l := &Link{opts: opts}
 	l.opts.TLS, l.tlsErr = tlsutil.RequirePeer(opts.TLS, tlsutil.Identity{Role: tlsutil.RoleController})
@@ -233,10 +261,10 @@ func (l *Link) session(ctx context.Context, addr string) (established bool, err 
 	l.opts.Log.Info("connected to controller", "addr", addr)
 
 	g, gctx := errgroup.WithContext(ctx)
-	window := make(chan struct{}, MaxInflight)
+	out := &outbox{freed: make(chan struct{}, 1), maxBytes: l.opts.InflightBytes}
 	g.Go(func() error { return l.readControl(ctrl) })
-	g.Go(func() error { return l.readAcks(records, window) })
-	g.Go(func() error { return l.send(gctx, records, window) })
+	g.Go(func() error { return l.readAcks(records, out) })
+	g.Go(func() error { return l.send(gctx, records, out) })
 	if l.opts.Discover != nil {
 		g.Go(func() error { return l.watchController(gctx, addr) })
 	}
@@ -320,7 +348,9 @@ func (l *Link) readControl(ctrl *wire.Stream) error {
 	}
 }
 
-func (l *Link) readAcks(records *wire.Stream, window chan struct{}) error {
+// readAcks deletes each batch from the spool once the controller acks it.
+// Acks come in the order the batches were sent.
+func (l *Link) readAcks(records *wire.Stream, out *outbox) error {
 	for {
 		var ack gantrypb.BatchAck
 		if err := records.Read(&ack, 0); err != nil {
@@ -329,33 +359,128 @@ func (l *Link) readAcks(records *wire.Stream, window chan struct{}) error {
 		if ack.Error != "" {
 			return fmt.Errorf("controller refused batch %d: %s", ack.BatchId, ack.Error)
 		}
-		if err := l.opts.Spool.Ack(ack.BatchId); err != nil {
-			return fmt.Errorf("spool ack %d: %w", ack.BatchId, err)
+		b, ok := out.oldest()
+		if !ok || b.id != ack.BatchId {
+			return fmt.Errorf("controller acked batch %d, which is not the oldest unacked one", ack.BatchId)
 		}
-		l.opts.Handler.Acked(ack.BatchId)
+		if err := l.opts.Spool.AckEntries(b.entries); err != nil {
+			return fmt.Errorf("spool ack of batch %d: %w", ack.BatchId, err)
+		}
+		for _, e := range b.entries {
+			if e.Index > l.maxAcked.Load() {
+				l.maxAcked.Store(e.Index)
+			}
+		}
+		out.pop()
+		upTo, err := l.ackedUpTo()
+		if err != nil {
+			return err
+		}
+		l.opts.Handler.Acked(upTo)
+	}
+}
+
+// ackedUpTo is the spool index up to which every record is acked: below
+// the oldest one left, or, with none left, the highest acked.
+func (l *Link) ackedUpTo() (uint64, error) {
+	n, oldest, err := l.opts.Spool.Pending()
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 || oldest == 0 {
+		return l.maxAcked.Load(), nil
+	}
+	return min(oldest-1, l.maxAcked.Load()), nil
+}
+
+// outbox is one session's batches sent and not yet acked, oldest first.
+type outbox struct {
+	maxBytes int
+	mu       sync.Mutex
+	sent     []sentBatch
+	bytes    int
+	freed    chan struct{} // a batch was acked
+}
+
+type sentBatch struct {
+	id      uint64
+	entries []spool.Entry
+	bytes   int
+}
+
+func (o *outbox) oldest() (sentBatch, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.sent) == 0 {
+		return sentBatch{}, false
+	}
+	return o.sent[0], true
+}
+
+func (o *outbox) pop() {
+	o.mu.Lock()
+	o.bytes -= o.sent[0].bytes
+	o.sent[0] = sentBatch{}
+	o.sent = o.sent[1:]
+	o.mu.Unlock()
+	select {
+	case o.freed <- struct{}{}:
+	default:
+	}
+}
+
+func (o *outbox) add(b sentBatch) {
+	o.mu.Lock()
+	o.sent = append(o.sent, b)
+	o.bytes += b.bytes
+	o.mu.Unlock()
+}
+
+// wait waits until another batch may go out: fewer than MaxInflight
+// batches and maxBytes are unacked (one batch always may).
+func (o *outbox) wait(ctx context.Context) error {
+	for {
+		o.mu.Lock()
+		ok := len(o.sent) == 0 || (len(o.sent) < MaxInflight && o.bytes < o.maxBytes)
+		o.mu.Unlock()
+		if ok {
+			return nil
+		}
 		select {
-		case <-window:
-		default:
+		case <-o.freed:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }
 
-// send streams the spool from the oldest unacked record, in index order.
-func (l *Link) send(ctx context.Context, records *wire.Stream, window chan struct{}) error {
-	_, oldest, err := l.opts.Spool.Pending()
-	if err != nil {
-		return err
-	}
-	sent := uint64(0)
-	if oldest > 0 {
-		sent = oldest - 1
-	}
-	for {
-		entries, err := l.opts.Spool.Read(sent, MaxBatchRecords, MaxBatchBytes-batchOverhead)
+// send streams the spool from the oldest unacked record: it reads ahead
+// into one queue per stream and cuts each batch from the streams
+// round-robin.
+func (l *Link) send(ctx context.Context, records *wire.Stream, out *outbox) error {
+	q := newStreams()
+	read := uint64(0) // the highest index read into q
+	refill := func() error {
+		if q.n >= lookaheadRecords || q.bytes >= lookaheadBytes {
+			return nil
+		}
+		entries, err := l.opts.Spool.Read(read, lookaheadRecords-q.n, lookaheadBytes-q.bytes)
 		if err != nil {
 			return fmt.Errorf("spool read: %w", err)
 		}
-		if len(entries) == 0 {
+		for _, e := range entries {
+			q.push(e)
+		}
+		if len(entries) > 0 {
+			read = entries[len(entries)-1].Index
+		}
+		return nil
+	}
+	for {
+		if err := refill(); err != nil {
+			return err
+		}
+		if q.n == 0 {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -365,12 +490,15 @@ func (l *Link) send(ctx context.Context, records *wire.Stream, window chan struc
 			}
 			continue
 		}
-		select {
-		case window <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
+		if err := out.wait(ctx); err != nil {
+			return err
 		}
-		batch := &gantrypb.RecordBatch{BatchId: entries[len(entries)-1].Index, Records: make([]*gantrypb.Record, len(entries))}
+		// What arrived while the window was full goes in this batch.
+		if err := refill(); err != nil {
+			return err
+		}
+		entries, size := q.take(MaxBatchRecords, l.opts.BatchBytes)
+		batch := &gantrypb.RecordBatch{BatchId: l.batchID.Add(1), Records: make([]*gantrypb.Record, len(entries))}
 		for i, e := range entries {
 			batch.Records[i] = e.Record
 		}
@@ -385,9 +513,115 @@ func (l *Link) send(ctx context.Context, records *wire.Stream, window chan struc
 			}
 		}
 		l.opts.Log.Debug("sending batch", "batch", batch.BatchId, "records", len(batch.Records))
+		out.add(sentBatch{id: batch.BatchId, entries: entries, bytes: size})
 		if err := records.Write(batch); err != nil {
 			return err
 		}
-		sent = batch.BatchId
+	}
+}
+
+// streams is the sender's read-ahead: unsent spool entries, one queue per
+// stream in spool order, and the streams that have any in round-robin
+// order.
+type streams struct {
+	by   map[string]*streamQueue
+	ring []*streamQueue
+	next int // where the next batch starts in ring
+	n    int // entries held
+	// bytes is the entries' encoded size.
+	bytes int
+}
+
+type streamQueue struct {
+	id      string
+	entries []spool.Entry
+}
+
+func newStreams() *streams { return &streams{by: map[string]*streamQueue{}} }
+
+func (s *streams) push(e spool.Entry) {
+	id := e.Record.GetJobId()
+	sq := s.by[id]
+	if sq == nil {
+		sq = &streamQueue{id: id}
+		s.by[id] = sq
+		s.ring = append(s.ring, sq)
+	}
+	sq.entries = append(sq.entries, e)
+	s.n++
+	s.bytes += e.Size
+}
+
+// take cuts a batch of at most maxRecords entries and about maxBytes of
+// encoded batch (one entry always, however big): round after round, each
+// stream in turn gives up to an equal share of what room is left, in
+// records and in bytes, and at least one record while the batch has room,
+// starting one stream further than the last batch did. It returns the
+// entries and the batch's encoded size.
+func (s *streams) take(maxRecords, maxBytes int) ([]spool.Entry, int) {
+	var out []spool.Entry
+	size := 0
+	encoded := func(extraRecs, extraBytes int) int {
+		return size + extraBytes + (len(out)+extraRecs)*5 + 16
+	}
+	full := false
+	for !full && len(s.ring) > 0 {
+		shareRecs := max(1, (maxRecords-len(out))/len(s.ring))
+		shareBytes := max(1, (maxBytes-encoded(0, 0))/len(s.ring))
+		progressed := false
+		for i := 0; i < len(s.ring) && !full; i++ {
+			sq := s.ring[(s.next+i)%len(s.ring)]
+			took, tookBytes := 0, 0
+			for took < shareRecs && len(sq.entries) > 0 {
+				e := sq.entries[0]
+				if len(out) > 0 && (len(out) >= maxRecords || encoded(1, e.Size) > maxBytes) {
+					full = true
+					break
+				}
+				if took > 0 && tookBytes+e.Size > shareBytes {
+					break
+				}
+				out = append(out, e)
+				size += e.Size
+				took++
+				tookBytes += e.Size
+				sq.entries[0] = spool.Entry{}
+				sq.entries = sq.entries[1:]
+				progressed = true
+			}
+		}
+		s.compact()
+		if !progressed {
+			break
+		}
+	}
+	if len(s.ring) > 0 {
+		s.next = (s.next + 1) % len(s.ring)
+	}
+	s.n -= len(out)
+	s.bytes -= size
+	return out, encoded(0, 0)
+}
+
+// compact drops the streams that have nothing left from the ring, keeping
+// the round-robin position on the same stream where it can.
+func (s *streams) compact() {
+	kept := s.ring[:0]
+	next := 0
+	for i, sq := range s.ring {
+		if len(sq.entries) == 0 {
+			delete(s.by, sq.id)
+			continue
+		}
+		if i < s.next {
+			next++
+		}
+		kept = append(kept, sq)
+	}
+	clear(s.ring[len(kept):])
+	s.ring = kept
+	s.next = 0
+	if len(kept) > 0 {
+		s.next = next % len(kept)
 	}
 }

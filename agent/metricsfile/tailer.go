@@ -14,8 +14,11 @@ import (
 const (
 	// maxBatchLines caps one Next so that a large backlog (an agent
 	// restart, a trainer dumping history) is streamed in pieces instead of
-	// being parsed into memory at once.
-	maxBatchLines = 4096
+	// being parsed into memory at once. A batch is one spool transaction,
+	// and the spool has one writer at a time: small ones let the next line
+	// of every other job in between (8 jobs dumping 4,096-line batches held
+	// a ninth job's lines for most of a second; at 256, a few ms).
+	maxBatchLines = 256
 	// readBufferSize is the bufio buffer. Lines longer than this are
 	// assembled in Tailer.partial.
 	readBufferSize = 64 << 10
@@ -92,7 +95,7 @@ func NewTailer(path string, startOffset int64) *Tailer {
 func (t *Tailer) RequireOwner(uid int) { t.src.Owner = uid }
 
 // Poll is Next without the wait: it returns what is available now, up to
-// 4096 lines, possibly nothing. It is for reading what is left after the
+// maxBatchLines lines, possibly nothing. It is for reading what is left after the
 // training process has exited, in bounded steps.
 func (t *Tailer) Poll() (Batch, error) {
 	if err := t.src.Ready(); err != nil {

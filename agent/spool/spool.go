@@ -9,17 +9,26 @@
 // drop the duplicate.
 //
 // The layout follows rqlite's cdc/fifo.go: a bbolt bucket keyed by a
-// big-endian uint64 index, so that key order is append order and acking is
-// deleting a prefix.
+// big-endian uint64 index, so that key order is append order. Acks may
+// delete records out of that order (the link sends the streams of several
+// jobs round-robin, see AckEntries), never out of order within a stream.
+//
+// The spool also keeps, in memory, how many records of each stream are
+// unacked, so that a job that produces faster than the controller takes can
+// be held back (WaitStreamBelow) instead of filling the spool ahead of the
+// other jobs' records.
 package spool
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -66,6 +75,8 @@ type Entry struct {
 	// Record is the decoded record, with Seq set; it shares no memory with
 	// the database.
 	Record *gantrypb.Record
+	// Size is the record's encoded size.
+	Size int
 }
 
 // Spool is a durable FIFO of records backed by a bbolt file. It is safe for
@@ -73,6 +84,13 @@ type Entry struct {
 type Spool struct {
 	db       *bolt.DB
 	appended chan struct{}
+
+	// mu guards the unacked counts, which follow every committed append
+	// and delete.
+	mu      sync.Mutex
+	streams map[string]int // unacked records per stream ("" is the node stream)
+	total   int
+	acked   chan struct{} // closed and replaced after every delete
 }
 
 // Open opens the spool at path, creating the file (mode 0600) and its buckets
@@ -92,7 +110,56 @@ func Open(path string) (*Spool, error) {
 		}
 		return nil, fmt.Errorf("spool: open %s: %w", path, err)
 	}
-	return &Spool{db: db, appended: make(chan struct{}, 1)}, nil
+	sp := &Spool{db: db, appended: make(chan struct{}, 1), streams: map[string]int{}, acked: make(chan struct{})}
+	if err := db.View(sp.countTx); err != nil {
+		if cerr := db.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("spool: close: %w", cerr))
+		}
+		return nil, fmt.Errorf("spool: open %s: %w", path, err)
+	}
+	return sp, nil
+}
+
+// countTx counts the unacked records of every stream, once at Open.
+func (s *Spool) countTx(tx *bolt.Tx) error {
+	return tx.Bucket(bucketRecords).ForEach(func(k, v []byte) error {
+		stream, err := recordStream(v)
+		if err != nil {
+			idx, _ := index(k)
+			return fmt.Errorf("%w: record %d: %w", ErrCorrupt, idx, err)
+		}
+		s.streams[stream]++
+		s.total++
+		return nil
+	})
+}
+
+// recordStream reads a stored record's job id (field 1) without decoding
+// the rest of it.
+func recordStream(b []byte) (string, error) {
+	stream := ""
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return "", protowire.ParseError(n)
+		}
+		b = b[n:]
+		if num == 1 && typ == protowire.BytesType {
+			v, m := protowire.ConsumeBytes(b)
+			if m < 0 {
+				return "", protowire.ParseError(m)
+			}
+			stream = string(v) // the last one wins, as in proto.Unmarshal
+			b = b[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			return "", protowire.ParseError(m)
+		}
+		b = b[m:]
+	}
+	return stream, nil
 }
 
 // initSchema creates the buckets and checks or writes the schema version.
@@ -204,6 +271,12 @@ func (s *Spool) appendWith(also func(tx *bolt.Tx, last uint64) error, recs []*ga
 		return 0, fmt.Errorf("spool: append: %w", err)
 	}
 	if len(recs) > 0 {
+		s.mu.Lock()
+		for _, r := range recs {
+			s.streams[r.JobId]++
+		}
+		s.total += len(recs)
+		s.mu.Unlock()
 		select {
 		case s.appended <- struct{}{}:
 		default: // a signal is already pending; one is enough to wake the sender
@@ -286,7 +359,7 @@ func (s *Spool) Read(after uint64, maxRecords, maxBytes int) ([]Entry, error) {
 				return fmt.Errorf("%w: record %d: %w", ErrCorrupt, idx, err)
 			}
 			size += len(v)
-			out = append(out, Entry{Index: idx, Record: rec})
+			out = append(out, Entry{Index: idx, Record: rec, Size: len(v)})
 		}
 		return nil
 	})
@@ -299,13 +372,14 @@ func (s *Spool) Read(after uint64, maxRecords, maxBytes int) ([]Entry, error) {
 // Ack deletes every entry with Index <= upTo. Acking an index that is already
 // gone is a no-op, so a repeated or reordered ack is harmless.
 func (s *Spool) Ack(upTo uint64) error {
+	gone := map[string]int{}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketRecords).Cursor()
 		// Re-seek to First after every delete rather than rely on where the
 		// cursor stands after Cursor.Delete (older bbolt releases skipped a
 		// key on the following Next); the prefix being deleted makes First
 		// the next key anyway.
-		for k, _ := c.First(); k != nil; k, _ = c.First() {
+		for k, v := c.First(); k != nil; k, v = c.First() {
 			idx, err := index(k)
 			if err != nil {
 				return err
@@ -313,47 +387,116 @@ func (s *Spool) Ack(upTo uint64) error {
 			if idx > upTo {
 				break
 			}
+			stream, err := recordStream(v)
+			if err != nil {
+				return fmt.Errorf("%w: record %d: %w", ErrCorrupt, idx, err)
+			}
 			if err := c.Delete(); err != nil {
 				return fmt.Errorf("delete record %d: %w", idx, err)
 			}
+			gone[stream]++
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("spool: ack up to %d: %w", upTo, err)
 	}
+	s.forget(gone)
 	return nil
+}
+
+// AckEntries deletes the given entries, which need not be a prefix of the
+// spool: the link acks what a batch held, and a batch holds the records of
+// several streams. Each entry's Record must be the one Read returned for
+// its Index (its JobId is what the stream counts go by). Entries already
+// gone are skipped, so a repeated ack is harmless.
+func (s *Spool) AckEntries(entries []Entry) error {
+	gone := map[string]int{}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRecords)
+		for _, e := range entries {
+			k := u64(e.Index)
+			if b.Get(k) == nil {
+				continue
+			}
+			if err := b.Delete(k); err != nil {
+				return fmt.Errorf("delete record %d: %w", e.Index, err)
+			}
+			gone[e.Record.GetJobId()]++
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("spool: ack %d entries: %w", len(entries), err)
+	}
+	s.forget(gone)
+	return nil
+}
+
+// forget takes deleted records off the unacked counts and wakes waiters.
+func (s *Spool) forget(gone map[string]int) {
+	if len(gone) == 0 {
+		return
+	}
+	s.mu.Lock()
+	for stream, n := range gone {
+		if s.streams[stream] -= n; s.streams[stream] <= 0 {
+			delete(s.streams, stream)
+		}
+		s.total -= n
+	}
+	close(s.acked)
+	s.acked = make(chan struct{})
+	s.mu.Unlock()
 }
 
 // Pending returns how many entries are unacked and the lowest unacked index
 // (0 if none).
 func (s *Spool) Pending() (n int, oldest uint64, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketRecords).Cursor()
-		fk, _ := c.First()
+		fk, _ := tx.Bucket(bucketRecords).Cursor().First()
 		if fk == nil {
 			return nil
 		}
-		lk, _ := c.Last()
-		first, err := index(fk)
-		if err != nil {
-			return err
-		}
-		last, err := index(lk)
-		if err != nil {
-			return err
-		}
-		// Indexes are assigned densely (NextSequence, rolled back with a
-		// failed txn) and Ack only deletes a prefix, so the unacked entries
-		// are exactly first..last: no need to walk them.
-		n = int(last - first + 1)
-		oldest = first
-		return nil
+		var err error
+		oldest, err = index(fk)
+		return err
 	})
 	if err != nil {
 		return 0, 0, fmt.Errorf("spool: pending: %w", err)
 	}
+	s.mu.Lock()
+	n = s.total
+	s.mu.Unlock()
 	return n, oldest, nil
+}
+
+// StreamPending is how many records of stream (a job id, "" for the node
+// stream) are unacked.
+func (s *Spool) StreamPending(stream string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.streams[stream]
+}
+
+// WaitStreamBelow waits until fewer than n records of stream are unacked,
+// or ctx ends. A job's tails call it before they read on, so that one job
+// cannot fill the spool ahead of the others: its data waits in its files
+// meanwhile, as it does while the disk is full.
+func (s *Spool) WaitStreamBelow(ctx context.Context, stream string, n int) error {
+	for {
+		s.mu.Lock()
+		ok, ch := s.streams[stream] < n, s.acked
+		s.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("spool: waiting for acks of stream %q: %w", stream, ctx.Err())
+		}
+	}
 }
 
 // Appended returns a channel that receives after every successful Append.

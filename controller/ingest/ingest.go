@@ -52,8 +52,13 @@ type Options struct {
 	Log    *slog.Logger
 	// Version is reported to agents in HelloReply (informational).
 	Version string
-	// MaxInflight bounds the batches of one agent waiting for commit.
+	// MaxInflight bounds the batches of one agent received and not yet
+	// acked (queued, proposed or committing).
 	MaxInflight int
+	// EntryBytes caps the records of one Raft entry (DefaultEntryBytes when
+	// 0); InflightBytes caps the records proposed and not yet applied,
+	// across all agents (DefaultInflightBytes when 0). See proposer.
+	EntryBytes, InflightBytes int
 	// LeaderAddr returns the leader's agent-link address, sent to agents
 	// that reach a follower so they reconnect there directly.
 	LeaderAddr func() string
@@ -74,6 +79,7 @@ type Server struct {
 	sessions map[string]*Session
 
 	refused *prometheus.CounterVec
+	prop    *proposer
 }
 
 // Listen starts the QUIC listener.
@@ -88,6 +94,7 @@ func Listen(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("ingest: listen on %s: %w", opts.Addr, err)
 	}
 	s := &Server{opts: opts, ln: ln, sessions: map[string]*Session{},
+		prop: newProposer(opts.Raft, opts.EntryBytes, opts.InflightBytes),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gantry_ingest_refused_records_total",
 			Help: "Agent records the leader refused before proposing them, by reason (limit, foreign_job, unknown_job).",
@@ -108,6 +115,11 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 func (s *Server) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	pctx, stop := context.WithCancel(ctx)
+	defer stop() // before wg.Wait, deferred later: the proposer's goroutines end first
+	wg.Add(2)
+	go func() { defer wg.Done(); s.prop.run(pctx) }()
+	go func() { defer wg.Done(); s.prop.complete(pctx) }()
 	for {
 		conn, err := s.ln.Accept(ctx)
 		if err != nil {
@@ -336,7 +348,12 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (*Session, *gan
 // connection, so one failure closes all.
 func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) error {
 	g, gctx := errgroup.WithContext(ctx)
-	pending := make(chan pendingBatch, s.opts.MaxInflight)
+	// One queue per node at the proposer: registering drops what an older
+	// session of this node left unproposed, before this one reads a batch.
+	q := s.prop.register(sess.NodeID)
+	defer s.prop.unregister(q)
+	// slots bounds the batches received and not yet acked.
+	slots := make(chan struct{}, s.opts.MaxInflight)
 
 	g.Go(func() error {
 		// Control stream: the agent sends nothing after hello today; reading
@@ -350,7 +367,6 @@ func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) err
 		}
 	})
 	g.Go(func() error {
-		defer close(pending)
 		qs, err := sess.conn.AcceptStream(gctx)
 		if err != nil {
 			return fmt.Errorf("waiting for the records stream: %w", err)
@@ -362,7 +378,7 @@ func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) err
 		if typ != wire.StreamRecords {
 			return fmt.Errorf("second stream is type %d, want the records stream", typ)
 		}
-		g.Go(func() error { return s.ack(gctx, rs, pending) })
+		g.Go(func() error { return s.ack(gctx, rs, q, slots) })
 		for {
 			var batch gantrypb.RecordBatch
 			if err := rs.Read(&batch, 0); err != nil {
@@ -376,16 +392,19 @@ func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) err
 			if err != nil {
 				return err
 			}
-			f, err := s.opts.Raft.ApplyAsync(&gantrypb.IngestCmd{
-				NodeId: sess.NodeID, Records: records, AtMs: time.Now().UnixMilli(),
-			})
-			if err != nil {
-				return err
-			}
 			select {
-			case pending <- pendingBatch{id: batch.BatchId, pending: f}:
+			case slots <- struct{}{}:
 			case <-gctx.Done():
 				return gctx.Err()
+			}
+			// Not leading, the proposal fails and the session ends with
+			// it; checked here too, so that a deposed leader stops taking
+			// batches at once.
+			if !s.opts.Raft.IsLeader() {
+				return cluster.ErrNotLeader
+			}
+			if err := s.prop.offer(q, batch.BatchId, records); err != nil {
+				return err
 			}
 		}
 	})
@@ -399,11 +418,6 @@ func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) err
 		return nil
 	})
 	return g.Wait()
-}
-
-type pendingBatch struct {
-	id      uint64
-	pending *cluster.Pending
 }
 
 // screen returns the records of a batch that may be proposed, and counts
@@ -426,23 +440,33 @@ func (s *Server) screen(node string, recs []*gantrypb.Record, log *slog.Logger) 
 	return out.records, nil
 }
 
-// ack waits for each batch's commit in order and acks it.
-func (s *Server) ack(ctx context.Context, rs *wire.Stream, pending <-chan pendingBatch) error {
-	for p := range pending {
-		if _, err := p.pending.Wait(); err != nil {
-			if !errors.Is(err, fsm.ErrSkipped) {
-				return fmt.Errorf("batch %d: %w", p.id, err)
-			}
-			// Every voter skipped it, and would skip it again: resending
-			// can never succeed, so the agent may drop it.
-			s.opts.Log.Error("batch was committed but could not be applied; acking it so the agent moves on", "batch", p.id, "err", err)
-		}
-		s.opts.Log.Debug("batch committed", "batch", p.id)
-		if err := rs.Write(&gantrypb.BatchAck{BatchId: p.id}); err != nil {
+// ack acks the session's batches as the proposer reports their entries
+// applied, in order: a batch only once the entry holding its last record
+// is (invariant I3).
+func (s *Server) ack(ctx context.Context, rs *wire.Stream, q *queue, slots <-chan struct{}) error {
+	for {
+		rss, err := q.take(ctx)
+		if err != nil {
 			return err
 		}
+		for _, r := range rss {
+			if r.err != nil {
+				if !errors.Is(r.err, fsm.ErrSkipped) {
+					return fmt.Errorf("batches %v: %w", r.ids, r.err)
+				}
+				// Every voter skipped it, and would skip it again:
+				// resending can never succeed, so the agent may drop it.
+				s.opts.Log.Error("batch was committed but could not be applied; acking it so the agent moves on", "batches", r.ids, "err", r.err)
+			}
+			for _, id := range r.ids {
+				s.opts.Log.Debug("batch committed", "batch", id)
+				if err := rs.Write(&gantrypb.BatchAck{BatchId: id}); err != nil {
+					return err
+				}
+				<-slots
+			}
+		}
 	}
-	return ctx.Err()
 }
 
 func truncate(s string, n int) string {

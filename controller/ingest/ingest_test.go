@@ -65,6 +65,12 @@ type env struct {
 
 func newEnv(t *testing.T, raftApplier func(*cluster.Node) ingest.Applier, leaderAddr func() string) *env {
 	t.Helper()
+	return newEnvWith(t, raftApplier, leaderAddr, nil)
+}
+
+// newEnvWith is newEnv with the server's options changed by tweak.
+func newEnvWith(t *testing.T, raftApplier func(*cluster.Node) ingest.Applier, leaderAddr func() string, tweak func(*ingest.Options)) *env {
+	t.Helper()
 	dir := t.TempDir()
 	st, err := store.Open(filepath.Join(dir, "state.db"))
 	if err != nil {
@@ -91,8 +97,12 @@ func newEnv(t *testing.T, raftApplier func(*cluster.Node) ingest.Applier, leader
 	if raftApplier != nil {
 		applier = raftApplier(node)
 	}
-	srv, err := ingest.Listen(ingest.Options{Addr: "127.0.0.1:0", TLS: serverTLS, Raft: applier, Events: ev,
-		Log: logging.Discard(), Version: "test", LeaderAddr: leaderAddr, Owners: owners})
+	opts := ingest.Options{Addr: "127.0.0.1:0", TLS: serverTLS, Raft: applier, Events: ev,
+		Log: logging.Discard(), Version: "test", LeaderAddr: leaderAddr, Owners: owners}
+	if tweak != nil {
+		tweak(&opts)
+	}
+	srv, err := ingest.Listen(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,174 @@
+package ingest
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+)
+
+// lines returns n training lines (20 metrics each, about 450 bytes) of job.
+func lines(job string, from, n int) []*gantrypb.Record {
+	out := make([]*gantrypb.Record, n)
+	for i := range out {
+		vals := make(map[string]float64, 20)
+		for k := range 20 {
+			vals[fmt.Sprintf("metric_%02d", k)] = float64(from+i) + float64(k)/100
+		}
+		out[i] = &gantrypb.Record{JobId: job, Seq: uint64(from + i), Body: &gantrypb.Record_Point{Point: &gantrypb.MetricPoint{
+			Step: proto.Int64(int64(from + i)), Values: vals}}}
+	}
+	return out
+}
+
+// decode returns the records of an entry, as a voter decodes them.
+func decode(t *testing.T, e *entry) []*gantrypb.Record {
+	t.Helper()
+	var cmd gantrypb.IngestCmd
+	if err := proto.Unmarshal(e.raw, &cmd); err != nil {
+		t.Fatal(err)
+	}
+	if len(cmd.Records) != e.n {
+		t.Fatalf("entry decodes to %d records, counted %d", len(cmd.Records), e.n)
+	}
+	return cmd.Records
+}
+
+// drain cuts entries until the budget or the queues run out, as the
+// proposer's loop would propose them.
+func drain(p *proposer) []*entry {
+	var out []*entry
+	for e := p.next(); e != nil; e = p.next() {
+		out = append(out, e)
+	}
+	return out
+}
+
+// TestProposerServesAQuietNodeNext: with one node's flood queued far
+// beyond the in-flight budget, a quiet node's line is proposed at once
+// through the express lane, budget spent or not; a quiet node with more
+// than a trickle waits for the budget, and then takes turns with the
+// flood, one entry each.
+func TestProposerServesAQuietNodeNext(t *testing.T) {
+	p := newProposer(nil, 4<<10, 8<<10)
+	flood := p.register("flood")
+	for i := 1; i <= 50; i++ {
+		if err := p.offer(flood, uint64(i), lines("job-a", 20*i, 20)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inflight := drain(p)
+	if len(inflight) == 0 || len(inflight) > 3 {
+		t.Fatalf("%d entries in flight, want 1 to 3 for a budget of two entries' bytes", len(inflight))
+	}
+	quiet := p.register("quiet")
+	if err := p.offer(quiet, 7, lines("job-b", 1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	e := p.next()
+	if e == nil || e.q != quiet || !slices.Equal(e.ids, []uint64{7}) || len(decode(t, e)) != 1 {
+		t.Fatalf("with the budget spent, the next entry is %+v, want the quiet node's batch 7 by the express lane", e)
+	}
+	if e := p.next(); e != nil {
+		t.Fatalf("an entry of %s was cut with the budget spent and no trickle waiting", e.q.node)
+	}
+
+	// More than a trickle: 60 lines, some 27 KiB, over expressBytes.
+	if err := p.offer(quiet, 8, lines("job-b", 2, 60)); err != nil {
+		t.Fatal(err)
+	}
+	if e := p.next(); e != nil {
+		t.Fatalf("an entry of %s went past the spent budget with a backlog", e.q.node)
+	}
+	p.release(e)
+	for _, f := range inflight {
+		p.release(f)
+	}
+	// Both now have nothing in flight: they take turns, the flood first
+	// (its batches came first), then the quiet node, then the flood.
+	var order []string
+	for range 3 {
+		e := p.next()
+		if e == nil {
+			t.Fatal("nothing to propose with the budget free")
+		}
+		order = append(order, e.q.node)
+	}
+	if !slices.Equal(order, []string{"flood", "quiet", "flood"}) {
+		t.Fatalf("entries went to %v, want the two nodes in turn", order)
+	}
+}
+
+// TestProposerCutsAndCoalesces: a batch over the entry cap is cut into
+// several entries in order and acked with the last; small batches of one
+// node share an entry and are all acked with it.
+func TestProposerCutsAndCoalesces(t *testing.T) {
+	p := newProposer(nil, 4<<10, 1<<30)
+	q := p.register("n")
+	big := lines("job-a", 1, 40) // about 18 KiB
+	if err := p.offer(q, 1, big); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(2); i <= 4; i++ {
+		if err := p.offer(q, i, lines("job-a", 39+int(i), 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	es := drain(p)
+	var got []*gantrypb.Record
+	var acks []uint64
+	for i, e := range es {
+		got = append(got, decode(t, e)...)
+		acks = append(acks, e.ids...)
+		if e.bytes > 4<<10 && e.n > 1 {
+			t.Errorf("entry %d holds %d bytes in %d records, over the cap", i, e.bytes, e.n)
+		}
+		if i < len(es)-1 && len(e.ids) > 0 && e.ids[len(e.ids)-1] == 1 && len(got) < len(big) {
+			t.Errorf("batch 1 acked with entry %d before all its records were in", i)
+		}
+	}
+	if len(es) < 5 {
+		t.Fatalf("%d entries for 18 KiB under a 4 KiB cap", len(es))
+	}
+	if !slices.Equal(acks, []uint64{1, 2, 3, 4}) {
+		t.Fatalf("acks %v, want 1..4 in order", acks)
+	}
+	for i, r := range got {
+		if r.Seq != uint64(i+1) {
+			t.Fatalf("record %d has seq %d: order lost", i, r.Seq)
+		}
+	}
+	if last := es[len(es)-1]; !slices.Contains(last.ids, 4) || len(last.ids) < 2 {
+		t.Fatalf("the small batches were not coalesced: last entry acks %v", last.ids)
+	}
+}
+
+// TestProposerNewSessionDropsOldQueue: a node's new session drops what the
+// old one had queued, and the old one can queue no more, so nothing read
+// before a reconnect is proposed after the replay.
+func TestProposerNewSessionDropsOldQueue(t *testing.T) {
+	p := newProposer(nil, 4<<10, 1<<30)
+	old := p.register("n")
+	if err := p.offer(old, 1, lines("job-a", 1, 2)); err != nil {
+		t.Fatal(err)
+	}
+	cur := p.register("n")
+	if err := p.offer(old, 2, lines("job-a", 3, 2)); !errors.Is(err, errSessionGone) {
+		t.Fatalf("offer on a replaced session: %v, want errSessionGone", err)
+	}
+	if err := p.offer(cur, 9, lines("job-a", 1, 4)); err != nil {
+		t.Fatal(err)
+	}
+	es := drain(p)
+	if len(es) != 1 || es[0].q != cur || !slices.Equal(es[0].ids, []uint64{9}) {
+		t.Fatalf("entries %v, want only the new session's batch 9", es)
+	}
+	p.unregister(cur)
+	if err := p.offer(cur, 10, lines("job-a", 5, 1)); !errors.Is(err, errSessionGone) {
+		t.Fatalf("offer on an ended session: %v, want errSessionGone", err)
+	}
+}
