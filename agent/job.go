@@ -19,6 +19,7 @@ import (
 	"github.com/gantry-ml/gantry/agent/runner"
 	"github.com/gantry-ml/gantry/agent/safefile"
 	"github.com/gantry-ml/gantry/lifecycle"
+	"github.com/gantry-ml/gantry/proto/flat"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
 )
@@ -326,7 +327,7 @@ func (j *job) follow(ctx context.Context, proc *runner.Process) {
 	}
 	stopTails()
 	tails.Wait()
-	metricsCut := j.drain(ctx, &j.metricsDead, j.metrics.ReadPos(), func() (int64, bool, error) {
+	metricsCut := j.drain(ctx, &j.metricsDead, j.metrics.ReadPos(), j.metrics.Size, func() (int64, bool, error) {
 		b, err := j.metrics.Poll()
 		got := len(b.Lines) > 0 || len(b.Bad) > 0 || b.Truncated
 		if got {
@@ -334,7 +335,7 @@ func (j *job) follow(ctx context.Context, proc *runner.Process) {
 		}
 		return j.metrics.ReadPos(), got, err
 	})
-	logsCut := j.drain(ctx, &j.logsDead, j.logs.Offset(), func() (int64, bool, error) {
+	logsCut := j.drain(ctx, &j.logsDead, j.logs.Offset(), j.logs.Size, func() (int64, bool, error) {
 		chunks, err := j.logs.Poll()
 		if len(chunks) > 0 {
 			end := j.logs.Offset()
@@ -362,16 +363,27 @@ func (j *job) tailFailed(dead *atomic.Bool, what string, err error) {
 // drain reads what is left of one file after the process exited, by
 // repeated non-blocking polls (each committing what it read to the spool)
 // until one reads nothing at all: first is the read position before the
-// first poll, and poll returns the position after it and whether it
-// produced records. It stops early, and returns a reason, once
-// drainMaxBytes have been read or drainMaxTime has passed, not counting
-// time spent waiting for the spool. A dead tail is not drained.
-func (j *job) drain(ctx context.Context, dead *atomic.Bool, first int64, poll func() (pos int64, got bool, err error)) string {
+// first poll, size(err) the file's size then, and poll returns the
+// position after it and whether it produced records. It stops early, and
+// returns a reason, once drainMaxBytes have been read, or once it has
+// spent drainMaxTime reading bytes written after the exit (past size),
+// not counting time spent waiting for the spool. What the file held at the
+// exit is the job's output, read to the end however long that takes
+// (within drainMaxBytes); only a file that keeps growing is cut off by
+// time. A dead tail is not drained.
+func (j *job) drain(ctx context.Context, dead *atomic.Bool, first int64, size func() (int64, error), poll func() (pos int64, got bool, err error)) string {
 	if dead.Load() {
 		return ""
 	}
-	start := time.Now()
-	waitedAtStart := j.spoolWait.Load()
+	atExit, err := size()
+	if err != nil {
+		j.tailFailed(dead, "job file after exit", err)
+		return ""
+	}
+	var start time.Time // when the drain got past what was there at the exit
+	var waitedAtStart int64
+	var read int64   // bytes read, summed over truncations
+	changed := false // the file shrank or was replaced: written after the exit
 	last := first
 	for ctx.Err() == nil {
 		pos, got, err := poll()
@@ -382,15 +394,23 @@ func (j *job) drain(ctx context.Context, dead *atomic.Bool, first int64, poll fu
 		if !got && pos == last {
 			return "" // the end: nothing read, not even part of a line
 		}
+		if pos >= last {
+			read += pos - last
+		} else {
+			read += pos // a truncation restarted at 0
+			changed = true
+		}
 		last = pos
-		// The position can go back (a truncation restarts at 0); what
-		// counts is the bytes read, which only grow.
-		read := max(pos-first, 0)
-		spent := time.Since(start) - time.Duration(j.spoolWait.Load()-waitedAtStart)
-		switch {
-		case read >= drainMaxBytes:
+		if read >= drainMaxBytes {
 			return fmt.Sprintf("more than %d MiB were still unread when the process exited", drainMaxBytes>>20)
-		case spent >= drainMaxTime:
+		}
+		if pos <= atExit && !changed {
+			continue
+		}
+		if start.IsZero() {
+			start, waitedAtStart = time.Now(), j.spoolWait.Load()
+		}
+		if spent := time.Since(start) - time.Duration(j.spoolWait.Load()-waitedAtStart); spent >= drainMaxTime {
 			return fmt.Sprintf("the file was still being written %s after the process exited", drainMaxTime)
 		}
 	}
@@ -630,14 +650,17 @@ func (j *job) metricRecords(b metricsfile.Batch) []*gantrypb.Record {
 			"the metrics file shrank or was replaced; reading restarted from its beginning", 0))
 	}
 	var dropped int
-	for _, l := range b.Lines {
+	for i := range b.Lines {
+		l := &b.Lines[i]
 		dropped += l.Dropped + j.final.Observe(l)
 		ts := l.TS
 		if ts == 0 {
 			ts = now()
 		}
-		recs = append(recs, &gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Point{Point: &gantrypb.MetricPoint{
-			Step: l.Step, Ts: ts, Values: l.Values}}})
+		// The named form: what the spool stores, and the link flattens.
+		p := flat.Named(l.Names, l.Vals)
+		p.Step, p.Ts = l.Step, ts
+		recs = append(recs, &gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Point{Point: p}})
 	}
 	if len(b.Bad) > 0 {
 		first := b.Bad[0]

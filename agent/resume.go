@@ -184,7 +184,7 @@ func replayFinal(path string, offset int64) (metricsfile.Final, error) {
 		case err == nil:
 			if !tooLong {
 				if l, perr := metricsfile.ParseLine(line[:len(line)-1]); perr == nil {
-					final.Observe(l)
+					final.Observe(&l)
 				}
 			}
 			line, tooLong = line[:0], false

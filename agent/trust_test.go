@@ -8,8 +8,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
@@ -21,6 +24,7 @@ import (
 	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/lifecycle"
+	"github.com/gantry-ml/gantry/proto/flat"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
 )
@@ -274,8 +278,8 @@ with open(os.environ["GANTRY_METRICS_FILE"], "w") as f:
 		}
 		if p := r.GetPoint(); p != nil {
 			points++
-			if len(p.Values) > limits.MaxKeysPerPoint {
-				t.Errorf("point with %d keys", len(p.Values))
+			if n := len(flat.Values(p, nil)); n > limits.MaxKeysPerPoint {
+				t.Errorf("point with %d keys", n)
 			}
 		}
 		if e := r.GetEvent(); e != nil && e.Kind == string(lifecycle.EventMetricKeysDropped) {
@@ -496,5 +500,47 @@ func TestEventAndExitCaps(t *testing.T) {
 		if !utf8.ValidString(s) {
 			t.Fatalf("invalid UTF-8: %q", s[:20])
 		}
+	}
+}
+
+// TestDrainReadsWhatTheFileHeldAtExit: the drain after the exit is not cut
+// by time while it reads what the file held when the process exited, so a
+// job that wrote faster than the pipeline drains keeps its last line
+// (invariant I2); only a file that keeps growing after the exit is.
+func TestDrainReadsWhatTheFileHeldAtExit(t *testing.T) {
+	oldTime := drainMaxTime
+	drainMaxTime = time.Nanosecond // every poll past what was there is over time
+	t.Cleanup(func() { drainMaxTime = oldTime })
+	dir := t.TempDir()
+	sp := openSpool(t, dir)
+	a := newTestAgent(t, dir, sp)
+	const lines = 3000 // many polls' worth
+	exit := startJob(t, a, "burst", fmt.Sprintf(`i=1; while [ $i -le %d ]; do echo "{\"step\": $i, \"loss\": $i}"; i=$((i+1)); done > "$GANTRY_METRICS_FILE"`, lines))
+	if exit.GetExitCode() != 0 || exit.FinalMetrics["step"] != lines || exit.FinalMetrics["loss"] != lines {
+		t.Fatalf("exit %v: want the last line in the final metrics", exit)
+	}
+	for _, e := range eventsOf(t, sp, "burst") {
+		if e.Kind == string(lifecycle.EventReadError) {
+			t.Fatalf("the drain was cut: %s", e.Message)
+		}
+	}
+
+	// A process that escaped the job's group keeps appending: cut.
+	drainMaxTime = 200 * time.Millisecond
+	pidFile := filepath.Join(dir, "writer.pid")
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	exit = startJob(t, a, "grows", fmt.Sprintf(`setsid sh -c 'echo $$ > %s; while :; do echo "{\"x\": 1}"; done' >> "$GANTRY_METRICS_FILE" 2>/dev/null & sleep 0.2`, pidFile))
+	cut := false
+	for _, e := range eventsOf(t, sp, "grows") {
+		cut = cut || (e.Kind == string(lifecycle.EventReadError) && strings.Contains(e.Message, "still being written"))
+	}
+	if !cut {
+		t.Fatalf("a file growing after the exit was not cut: exit %v, events %v", exit, eventsOf(t, sp, "grows"))
 	}
 }

@@ -243,7 +243,7 @@ func (l *Link) session(ctx context.Context, addr string) (established bool, err 
 	}
 	defer conn.CloseWithError(wire.CodeOK, "agent closing")
 
-	ctrl, err := l.hello(ctx, conn)
+	ctrl, flatOK, err := l.hello(ctx, conn)
 	if err != nil {
 		return false, err
 	}
@@ -264,7 +264,7 @@ func (l *Link) session(ctx context.Context, addr string) (established bool, err 
 	out := &outbox{freed: make(chan struct{}, 1), maxBytes: l.opts.InflightBytes}
 	g.Go(func() error { return l.readControl(ctrl) })
 	g.Go(func() error { return l.readAcks(records, out) })
-	g.Go(func() error { return l.send(gctx, records, out) })
+	g.Go(func() error { return l.send(gctx, records, out, flatOK) })
 	if l.opts.Discover != nil {
 		g.Go(func() error { return l.watchController(gctx, addr) })
 	}
@@ -301,34 +301,36 @@ func (l *Link) watchController(ctx context.Context, addr string) error {
 	}
 }
 
-func (l *Link) hello(ctx context.Context, conn *quic.Conn) (*wire.Stream, error) {
+// hello runs the handshake and reports whether the controller reads points
+// in the flat form.
+func (l *Link) hello(ctx context.Context, conn *quic.Conn) (*wire.Stream, bool, error) {
 	qs, err := conn.OpenStreamSync(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("open control stream: %w", err)
+		return nil, false, fmt.Errorf("open control stream: %w", err)
 	}
 	ctrl, err := wire.Open(qs, wire.StreamControl)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	hello := l.opts.Handler.Hello()
 	if err := ctrl.Write(&gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Hello{Hello: hello}}); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	var reply gantrypb.ControlMessage
 	if err := ctrl.Read(&reply, 15*time.Second); err != nil {
-		return nil, fmt.Errorf("waiting for hello reply: %w", err)
+		return nil, false, fmt.Errorf("waiting for hello reply: %w", err)
 	}
 	hr := reply.GetHelloReply()
 	if hr == nil {
-		return nil, fmt.Errorf("%w: unexpected %T", errRejected, reply.Msg)
+		return nil, false, fmt.Errorf("%w: unexpected %T", errRejected, reply.Msg)
 	}
 	if !hr.Ok {
 		if hr.LeaderAddr != "" {
-			return nil, redirectError{leader: hr.LeaderAddr}
+			return nil, false, redirectError{leader: hr.LeaderAddr}
 		}
-		return nil, fmt.Errorf("%w: %s", errRejected, hr.Error)
+		return nil, false, fmt.Errorf("%w: %s", errRejected, hr.Error)
 	}
-	return ctrl, nil
+	return ctrl, hr.FlatPoints, nil
 }
 
 func (l *Link) readControl(ctrl *wire.Stream) error {
@@ -457,7 +459,7 @@ func (o *outbox) wait(ctx context.Context) error {
 // send streams the spool from the oldest unacked record: it reads ahead
 // into one queue per stream and cuts each batch from the streams
 // round-robin.
-func (l *Link) send(ctx context.Context, records *wire.Stream, out *outbox) error {
+func (l *Link) send(ctx context.Context, records *wire.Stream, out *outbox, flatOK bool) error {
 	q := newStreams()
 	read := uint64(0) // the highest index read into q
 	refill := func() error {
@@ -498,10 +500,7 @@ func (l *Link) send(ctx context.Context, records *wire.Stream, out *outbox) erro
 			return err
 		}
 		entries, size := q.take(MaxBatchRecords, l.opts.BatchBytes)
-		batch := &gantrypb.RecordBatch{BatchId: l.batchID.Add(1), Records: make([]*gantrypb.Record, len(entries))}
-		for i, e := range entries {
-			batch.Records[i] = e.Record
-		}
+		batch := wireBatch(l.batchID.Add(1), entries, flatOK)
 		if len(batch.Records) == 1 && proto.Size(batch) > MaxBatchBytes {
 			// The spool returns one record alone even when it is over
 			// the budget. This agent's records are capped well below

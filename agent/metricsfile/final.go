@@ -3,6 +3,7 @@ package metricsfile
 import (
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/gantry-ml/gantry/proto/limits"
 )
@@ -25,28 +26,46 @@ type Final struct {
 // means last written, not largest.
 //
 // The keys seen so far are the job's keys, capped at MaxJobKeys:
-// once that many are known, a new key is dropped (deleted from l.Values,
-// so the point sent for the line carries only the job's keys) and counted
-// in the return value. This bounds the final metrics, and so the exit
-// record, whatever the job writes.
-func (f *Final) Observe(l Line) (dropped int) {
+// once that many are known, a new key is dropped (removed from the line,
+// so the point sent for it carries only the job's keys) and counted in the
+// return value. This bounds the final metrics, and so the exit record,
+// whatever the job writes.
+func (f *Final) Observe(l *Line) (dropped int) {
 	const max = MaxJobKeys
-	if len(l.Values) > 0 && f.values == nil {
-		f.values = make(map[string]float64, len(l.Values))
+	if len(l.Names) > 0 && f.values == nil {
+		f.values = make(map[string]float64, len(l.Names))
 	}
-	if len(f.values)+len(l.Values) <= max {
-		maps.Copy(f.values, l.Values)
+	if len(f.values)+len(l.Names) <= max {
+		for i, k := range l.Names {
+			f.values[k] = l.Vals[i]
+		}
 	} else {
-		// Near the cap, which new keys get in must not depend on map
-		// order: sorted, so a replay after a restart admits the same.
-		for _, k := range slices.Sorted(maps.Keys(l.Values)) {
+		// Near the cap, which new keys get in must not depend on the
+		// order in the line: sorted, so a replay after a restart admits
+		// the same.
+		order := make([]int, len(l.Names))
+		for i := range order {
+			order[i] = i
+		}
+		slices.SortFunc(order, func(a, b int) int { return strings.Compare(l.Names[a], l.Names[b]) })
+		keep := make([]bool, len(l.Names))
+		for _, i := range order {
+			k := l.Names[i]
 			if _, known := f.values[k]; !known && len(f.values) >= max {
-				delete(l.Values, k)
 				dropped++
 				continue
 			}
-			f.values[k] = l.Values[k]
+			keep[i] = true
+			f.values[k] = l.Vals[i]
 		}
+		n := 0
+		for i := range l.Names {
+			if keep[i] {
+				l.Names[n], l.Vals[n] = l.Names[i], l.Vals[i]
+				n++
+			}
+		}
+		l.Names, l.Vals = l.Names[:n], l.Vals[:n]
 	}
 	if l.Step != nil {
 		f.step = *l.Step

@@ -27,7 +27,7 @@ func TestFinal(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f.Observe(l)
+		f.Observe(&l)
 	}
 	want := map[string]float64{"loss": 1.25, "lr": 0.1, "eval": 0.5, "step": 1}
 	got := f.Metrics()
@@ -55,9 +55,9 @@ func TestFinalKeysPerJob(t *testing.T) {
 		for i := range 200 {
 			vals[fmt.Sprintf("l%02d_k%03d", line, i)] = 1
 		}
-		l := Line{Step: &step, Values: vals}
-		dropped += f.Observe(l)
-		if _, ok := l.Values["loss"]; !ok {
+		l := lineOf(&step, vals)
+		dropped += f.Observe(&l)
+		if _, ok := l.Values()["loss"]; !ok {
 			t.Fatalf("line %d: a known key was dropped", line)
 		}
 	}
@@ -71,4 +71,13 @@ func TestFinalKeysPerJob(t *testing.T) {
 	if m["loss"] != 13 {
 		t.Fatalf("loss = %v, want the last value 13", m["loss"])
 	}
+}
+
+// lineOf is a parsed line with these values.
+func lineOf(step *int64, vals map[string]float64) Line {
+	l := Line{Step: step, Names: []string{}, Vals: []float64{}}
+	for k, v := range vals {
+		l.Names, l.Vals = append(l.Names, k), append(l.Vals, v)
+	}
+	return l
 }

@@ -59,12 +59,28 @@ type Line struct {
 	Step *int64
 	// TS is the line's "ts" in unix seconds, 0 when absent or not a number.
 	TS float64
-	// Values holds every other numeric field. Non-nil on success, possibly
-	// empty. It never holds a key longer than limits.MaxMetricKeyBytes,
-	// nor more than limits.MaxKeysPerPoint keys.
-	Values map[string]float64
-	// Dropped counts the numeric fields left out of Values by those caps.
+	// Names and Vals hold every other numeric field: Names[i] is the name
+	// of Vals[i], each name once, in no particular order. They are non-nil
+	// on success, possibly empty, and never hold a key longer than
+	// limits.MaxMetricKeyBytes nor more than limits.MaxKeysPerPoint keys.
+	// (Slices, not a map: the agent spools the point in this form, which
+	// marshals without the reflection a protobuf map costs.)
+	Names []string
+	Vals  []float64
+	// Dropped counts the numeric fields left out by those caps.
 	Dropped int
+}
+
+// Values returns the line's metrics as a map.
+func (l Line) Values() map[string]float64 {
+	if l.Names == nil {
+		return nil
+	}
+	out := make(map[string]float64, len(l.Names))
+	for i, k := range l.Names {
+		out[k] = l.Vals[i]
+	}
+	return out
 }
 
 // ParseLine parses one line, b, given without its trailing newline. On error
@@ -148,9 +164,10 @@ func ParseLine(b []byte) (Line, error) {
 		l.Dropped += kept - limits.MaxKeysPerPoint
 		metrics = metrics[:limits.MaxKeysPerPoint]
 	}
-	l.Values = make(map[string]float64, len(metrics))
-	for _, f := range metrics {
-		l.Values[string(f.key)] = f.val
+	l.Names = make([]string, len(metrics))
+	l.Vals = make([]float64, len(metrics))
+	for i, f := range metrics {
+		l.Names[i], l.Vals[i] = string(f.key), f.val
 	}
 	return l, nil
 }

@@ -116,7 +116,7 @@ func checkAgainstReference(t *testing.T, b []byte) {
 		if !ok {
 			t.Fatalf("%q: error %v, reference %v", clipQ(b), err, wantErrs)
 		}
-		if got.Step != nil || got.TS != 0 || got.Values != nil || got.Dropped != 0 {
+		if got.Step != nil || got.TS != 0 || got.Names != nil || got.Dropped != 0 {
 			t.Fatalf("%q: error %v with non-zero line %+v", clipQ(b), err, got)
 		}
 		return
@@ -133,13 +133,14 @@ func checkAgainstReference(t *testing.T, b []byte) {
 	if got.Dropped != want.Dropped {
 		t.Fatalf("%q: dropped %d, reference %d", clipQ(b), got.Dropped, want.Dropped)
 	}
-	if got.Values == nil || len(got.Values) != len(want.Values) {
-		t.Fatalf("%q: values %v, reference %v", clipQ(b), got.Values, want.Values)
+	gotValues := got.Values()
+	if got.Names == nil || len(got.Names) != len(want.Values) || len(gotValues) != len(got.Names) {
+		t.Fatalf("%q: values %v, reference %v", clipQ(b), gotValues, want.Values)
 	}
 	for k, w := range want.Values {
 		// Bits, not ==: -0 must stay -0.
-		if g, ok := got.Values[k]; !ok || math.Float64bits(g) != math.Float64bits(w) {
-			t.Fatalf("%q: values %v, reference %v (key %q)", clipQ(b), got.Values, want.Values, k)
+		if g, ok := gotValues[k]; !ok || math.Float64bits(g) != math.Float64bits(w) {
+			t.Fatalf("%q: values %v, reference %v (key %q)", clipQ(b), gotValues, want.Values, k)
 		}
 	}
 }

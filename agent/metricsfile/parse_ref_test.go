@@ -20,9 +20,17 @@ import (
 // refParseLine reads b as the encoding/json parser did. On failure it
 // returns every error that parser could have returned (it picked among
 // several faults in map order), else the line.
-func refParseLine(b []byte) (Line, []error) {
+// refLine is what the reference parser returns: Line as it was, with a map.
+type refLine struct {
+	Step    *int64
+	TS      float64
+	Values  map[string]float64
+	Dropped int
+}
+
+func refParseLine(b []byte) (refLine, []error) {
 	if len(b) > MaxLineBytes {
-		return Line{}, []error{ErrTooLong}
+		return refLine{}, []error{ErrTooLong}
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	// json.Number keeps the literal, so a step beyond 2^53 stays exact and
@@ -30,16 +38,16 @@ func refParseLine(b []byte) (Line, []error) {
 	dec.UseNumber()
 	var obj map[string]any
 	if err := dec.Decode(&obj); err != nil {
-		return Line{}, []error{refDecodeError(b, err)}
+		return refLine{}, []error{refDecodeError(b, err)}
 	}
 	if obj == nil {
-		return Line{}, []error{fmt.Errorf("%w: null", ErrNotObject)}
+		return refLine{}, []error{fmt.Errorf("%w: null", ErrNotObject)}
 	}
 	if rest := b[dec.InputOffset():]; !isJSONSpace(rest) {
-		return Line{}, []error{fmt.Errorf("%w: trailing data after the object at byte %d", ErrNotJSON, dec.InputOffset())}
+		return refLine{}, []error{fmt.Errorf("%w: trailing data after the object at byte %d", ErrNotJSON, dec.InputOffset())}
 	}
 
-	l := Line{Values: make(map[string]float64, min(len(obj), limits.MaxKeysPerPoint))}
+	l := refLine{Values: make(map[string]float64, min(len(obj), limits.MaxKeysPerPoint))}
 	var keys []string // numeric metric keys within the key length cap
 	// Which fault of several the old parser reported depended on map
 	// order, so every fault found is an acceptable answer.
@@ -85,7 +93,7 @@ func refParseLine(b []byte) (Line, []error) {
 		}
 	}
 	if len(errs) > 0 {
-		return Line{}, errs
+		return refLine{}, errs
 	}
 	if len(keys) > limits.MaxKeysPerPoint {
 		// Which keys survive must not depend on map order: the same

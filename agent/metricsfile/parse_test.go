@@ -81,7 +81,7 @@ func TestParseLine(t *testing.T) {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("err = %v, want %v", err, tt.wantErr)
 				}
-				if got.Step != nil || got.TS != 0 || got.Values != nil {
+				if got.Step != nil || got.TS != 0 || got.Names != nil {
 					t.Fatalf("line = %+v alongside an error, want zero", got)
 				}
 				return
@@ -95,8 +95,8 @@ func TestParseLine(t *testing.T) {
 			if got.TS != tt.ts {
 				t.Errorf("ts = %v, want %v", got.TS, tt.ts)
 			}
-			if got.Values == nil || !maps.Equal(got.Values, tt.values) {
-				t.Errorf("values = %v, want %v", got.Values, tt.values)
+			if got.Names == nil || !maps.Equal(got.Values(), tt.values) || len(got.Names) != len(got.Vals) {
+				t.Errorf("values = %v, want %v", got.Values(), tt.values)
 			}
 		})
 	}
@@ -129,7 +129,7 @@ func FuzzParseLine(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		l, err := ParseLine(b)
 		if err != nil {
-			if l.Step != nil || l.TS != 0 || l.Values != nil {
+			if l.Step != nil || l.TS != 0 || l.Names != nil {
 				t.Fatalf("error %v with non-zero line %+v", err, l)
 			}
 			known := false
@@ -141,8 +141,8 @@ func FuzzParseLine(f *testing.F) {
 			}
 			return
 		}
-		if l.Values == nil {
-			t.Fatal("nil Values without an error")
+		if l.Names == nil || l.Vals == nil {
+			t.Fatal("nil Names or Vals without an error")
 		}
 		if !json.Valid(b) {
 			t.Fatalf("accepted invalid JSON %q", b)
@@ -150,7 +150,7 @@ func FuzzParseLine(f *testing.F) {
 		if math.IsNaN(l.TS) || math.IsInf(l.TS, 0) {
 			t.Fatalf("non-finite ts %v", l.TS)
 		}
-		for k, v := range l.Values {
+		for k, v := range l.Values() {
 			if math.IsNaN(v) || math.IsInf(v, 0) {
 				t.Fatalf("non-finite value %s=%v", k, v)
 			}
@@ -204,12 +204,12 @@ func TestParseLineCaps(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(l.Values) != limits.MaxKeysPerPoint || l.Dropped != n-limits.MaxKeysPerPoint+1 {
-			t.Fatalf("%d values, %d dropped; want %d and %d", len(l.Values), l.Dropped,
+		if len(l.Names) != limits.MaxKeysPerPoint || l.Dropped != n-limits.MaxKeysPerPoint+1 {
+			t.Fatalf("%d values, %d dropped; want %d and %d", len(l.Names), l.Dropped,
 				limits.MaxKeysPerPoint, n-limits.MaxKeysPerPoint+1)
 		}
 		for i := range limits.MaxKeysPerPoint {
-			if _, ok := l.Values[fmt.Sprintf("k%05d", i)]; !ok {
+			if _, ok := l.Values()[fmt.Sprintf("k%05d", i)]; !ok {
 				t.Fatalf("k%05d missing: the kept keys must be the first in order", i)
 			}
 		}
@@ -231,8 +231,8 @@ func TestParseLineDropsKeysTheControllerRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(l.Values) != 1 || l.Values["loss"] != 0.5 || l.Dropped != 3 {
-		t.Fatalf("values %v, dropped %d; want only loss and 3 dropped", l.Values, l.Dropped)
+	if len(l.Names) != 1 || l.Values()["loss"] != 0.5 || l.Dropped != 3 {
+		t.Fatalf("values %v, dropped %d; want only loss and 3 dropped", l.Values(), l.Dropped)
 	}
 	if l.TS != 0 {
 		t.Fatalf("ts = %v, want 0 (out of range, ignored)", l.TS)

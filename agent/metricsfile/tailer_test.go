@@ -126,7 +126,7 @@ func TestTailerPartialLineWaits(t *testing.T) {
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	if got := steps(r.b); !slices.Equal(got, []int64{2}) || r.b.Lines[0].Values["loss"] != 2 {
+	if got := steps(r.b); !slices.Equal(got, []int64{2}) || r.b.Lines[0].Values()["loss"] != 2 {
 		t.Fatalf("lines = %+v, want step 2 loss 2", r.b.Lines)
 	}
 	if fi, _ := os.Stat(path); r.b.Offset != fi.Size() {
@@ -352,7 +352,7 @@ func TestTailerLongLine(t *testing.T) {
 	if !slices.Equal(b.Bad, want) {
 		t.Fatalf("bad = %+v, want %+v", b.Bad, want)
 	}
-	if b.Lines[0].Values["v"] != 1 || !slices.Equal(steps(Batch{Lines: b.Lines[1:]}), []int64{2}) {
+	if b.Lines[0].Values()["v"] != 1 || !slices.Equal(steps(Batch{Lines: b.Lines[1:]}), []int64{2}) {
 		t.Fatalf("lines = %d, want the exactly-1-MiB line then step 2", len(b.Lines))
 	}
 }
@@ -379,7 +379,7 @@ func TestTailerDrain(t *testing.T) {
 	if time.Since(start) > time.Second {
 		t.Fatalf("Drain took %v; it must not wait", time.Since(start))
 	}
-	if got := steps(b); !slices.Equal(got, []int64{3}) || b.Lines[0].Values["loss"] != 0.125 {
+	if got := steps(b); !slices.Equal(got, []int64{3}) || b.Lines[0].Values()["loss"] != 0.125 {
 		t.Fatalf("Drain = %+v, want the unterminated step 3", b)
 	}
 	if b.Offset != int64(len(content)) {

@@ -162,10 +162,17 @@ func TestHostileAgentFraming(t *testing.T) {
 	if _, err := protodelim.MarshalTo(&framed, over); err != nil {
 		t.Fatal(err)
 	}
+	badTable := &gantrypb.RecordBatch{BatchId: 1, Keys: []string{"loss", "loss"}, Records: []*gantrypb.Record{
+		{JobId: "own", Seq: 1, Body: &gantrypb.Record_Point{Point: &gantrypb.MetricPoint{KeyIdx: []uint32{0}, Vals: []float64{1}}}}}}
+	var tableFramed bytes.Buffer
+	if _, err := protodelim.MarshalTo(&tableFramed, badTable); err != nil {
+		t.Fatal(err)
+	}
 	for name, payload := range map[string][]byte{
 		"garbage":        {0x05, 0xff, 0xff, 0xff, 0xff, 0xff},
 		"oversize frame": binary.AppendUvarint(nil, wire.MaxMessageBytes+1),
 		"too many recs":  framed.Bytes(),
+		"bad key table":  tableFramed.Bytes(),
 	} {
 		t.Run(name, func(t *testing.T) {
 			a := e.connect("mallory")
@@ -187,10 +194,16 @@ func TestHostileAgentFraming(t *testing.T) {
 			}
 		})
 	}
-	a := e.connect("mallory")
-	send(t, a.records(t), &gantrypb.RecordBatch{BatchId: 2, Records: []*gantrypb.Record{pt("own", 1, map[string]float64{"ok": 1})}})
+	rs := e.connect("mallory").records(t)
+	send(t, rs, &gantrypb.RecordBatch{BatchId: 2, Records: []*gantrypb.Record{pt("own", 1, map[string]float64{"ok": 1})}})
 	if j := e.readJob("own"); j.Points != 1 {
 		t.Fatalf("points after reconnect = %d, want 1", j.Points)
+	}
+	// A flat point in a good table is taken.
+	send(t, rs, &gantrypb.RecordBatch{BatchId: 3, Keys: []string{"ok", "loss"}, Records: []*gantrypb.Record{
+		{JobId: "own", Seq: 2, Body: &gantrypb.Record_Point{Point: &gantrypb.MetricPoint{KeyIdx: []uint32{1}, Vals: []float64{0.25}}}}}})
+	if j := e.readJob("own"); j.Points != 2 || j.LatestMetrics["loss"] != 0.25 {
+		t.Fatalf("after a flat point: %d points, latest %v", j.Points, j.LatestMetrics)
 	}
 }
 

@@ -310,7 +310,7 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (*Session, *gan
 	}
 	reply := func(ok bool, reason, leader string) error {
 		return ctrl.Write(&gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_HelloReply{
-			HelloReply: &gantrypb.HelloReply{Ok: ok, Error: reason, LeaderAddr: leader}}})
+			HelloReply: &gantrypb.HelloReply{Ok: ok, Error: reason, LeaderAddr: leader, FlatPoints: true}}})
 	}
 	if !s.opts.Raft.IsLeader() {
 		leader := ""
@@ -388,7 +388,13 @@ func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) err
 			if n := len(batch.Records); n > limits.MaxRecordsPerBatch {
 				return fmt.Errorf("batch %d has %d records; the limit is %d", batch.BatchId, n, limits.MaxRecordsPerBatch)
 			}
-			records, err := s.screen(sess.NodeID, batch.Records, log)
+			// The key table serves every flat point of the batch: one
+			// that is not a table of metric names is framing gone wrong,
+			// like an oversize batch.
+			if err := admission.CheckKeyTable(batch.Keys); err != nil {
+				return fmt.Errorf("batch %d: %w", batch.BatchId, err)
+			}
+			records, err := s.screen(sess.NodeID, batch.Records, len(batch.Keys), log)
 			if err != nil {
 				return err
 			}
@@ -403,7 +409,7 @@ func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) err
 			if !s.opts.Raft.IsLeader() {
 				return cluster.ErrNotLeader
 			}
-			if err := s.prop.offer(q, batch.BatchId, records); err != nil {
+			if err := s.prop.offer(q, batch.BatchId, batch.Keys, records); err != nil {
 				return err
 			}
 		}
@@ -422,7 +428,7 @@ func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) err
 
 // screen returns the records of a batch that may be proposed, and counts
 // and logs (once per batch) the ones refused.
-func (s *Server) screen(node string, recs []*gantrypb.Record, log *slog.Logger) ([]*gantrypb.Record, error) {
+func (s *Server) screen(node string, recs []*gantrypb.Record, nkeys int, log *slog.Logger) ([]*gantrypb.Record, error) {
 	if s.opts.Owners == nil {
 		return recs, nil
 	}
@@ -430,7 +436,7 @@ func (s *Server) screen(node string, recs []*gantrypb.Record, log *slog.Logger) 
 	if err != nil {
 		return nil, fmt.Errorf("looking up the batch's jobs: %w", err)
 	}
-	out := screen(node, recs, owners)
+	out := screen(node, recs, nkeys, owners)
 	if len(out.refused) > 0 {
 		for reason, n := range out.refused {
 			s.refused.WithLabelValues(reason).Add(float64(n))

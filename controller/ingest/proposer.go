@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/gantry-ml/gantry/controller/cluster"
+	"github.com/gantry-ml/gantry/proto/flat"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
 )
@@ -111,7 +112,22 @@ type queue struct {
 	resMu   sync.Mutex
 	results []result
 	ready   chan struct{} // a result was added
+
+	// tab is the queue's key table: every batch's flat points are
+	// re-indexed into it at offer, so the records of several batches
+	// concatenate into one entry, whose IngestCmd.keys is the table as
+	// it stood when the entry was cut. It only grows (an entry's indexes
+	// stay valid in any later table) and starts again, within bounds,
+	// when nothing is queued. Only offer, on the session's goroutine,
+	// touches tab; keys is its current slice, read under proposer.mu.
+	tab  flat.Table
+	keys []string
 }
+
+// tableReset is the key table size past which a queue's table starts
+// again once nothing refers to it, so that it stays a small part of each
+// entry.
+const tableReset = 1024
 
 // queuedBatch holds its records encoded, each as the IngestCmd field that
 // carries it (tag, length, record), one after the other in raw: waiting
@@ -129,6 +145,7 @@ type entry struct {
 	q       *queue
 	bytes   int
 	raw     []byte   // the records field of the IngestCmd, encoded
+	keys    []string // the key table the records' flat points index
 	n       int      // records in raw
 	ids     []uint64 // batches whose last record is in this entry
 	pending *cluster.Pending
@@ -170,8 +187,26 @@ func (p *proposer) unregister(q *queue) {
 // recordsField is the IngestCmd field that holds its records.
 var recordsField = (&gantrypb.IngestCmd{}).ProtoReflect().Descriptor().Fields().ByName("records").Number()
 
-// offer queues a screened batch of q's session.
-func (p *proposer) offer(q *queue, id uint64, records []*gantrypb.Record) error {
+// offer queues a screened batch of q's session; keys is the batch's key
+// table, which its flat points index (the screen has checked them).
+func (p *proposer) offer(q *queue, id uint64, keys []string, records []*gantrypb.Record) error {
+	p.mu.Lock()
+	idle := len(q.batches) == 0
+	p.mu.Unlock()
+	if idle && q.tab.Len() > tableReset {
+		// Nothing queued refers to the table; entries in flight carry
+		// their own copy.
+		q.tab = flat.Table{}
+	}
+	if len(keys) > 0 && !q.tab.Merge(keys, records) {
+		// The queue's table is full: this batch's points go in the map
+		// form, which needs no table.
+		for _, r := range records {
+			if pt := r.GetPoint(); pt != nil && len(pt.KeyIdx) > 0 {
+				pt.Values, pt.KeyIdx, pt.Vals = flat.Values(pt, keys), nil, nil
+			}
+		}
+	}
 	b := &queuedBatch{id: id, ends: make([]int, len(records))}
 	var rec []byte
 	for i, r := range records {
@@ -194,6 +229,7 @@ func (p *proposer) offer(q *queue, id uint64, records []*gantrypb.Record) error 
 	b.finish = max(p.vtime, q.lastFinish) + uint64(max(cost, 1))
 	q.lastFinish = b.finish
 	q.batches = append(q.batches, b)
+	q.keys = q.tab.Keys()
 	q.queued += cost
 	p.mu.Unlock()
 	p.wake()
@@ -220,7 +256,7 @@ func (p *proposer) run(ctx context.Context) {
 			}
 			continue
 		}
-		cmd := &gantrypb.IngestCmd{NodeId: e.q.node, AtMs: time.Now().UnixMilli()}
+		cmd := &gantrypb.IngestCmd{NodeId: e.q.node, AtMs: time.Now().UnixMilli(), Keys: e.keys}
 		// The records go in as they were encoded at offer: unknown fields
 		// are written out verbatim, and every voter decodes them as the
 		// command's records field.
@@ -257,7 +293,7 @@ func (p *proposer) next() *entry {
 	if q == nil {
 		return nil
 	}
-	e := &entry{q: q}
+	e := &entry{q: q, keys: q.keys}
 	for len(q.batches) > 0 {
 		b := q.batches[0]
 		n := 0

@@ -3,11 +3,13 @@ package ingest
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/gantry-ml/gantry/proto/flat"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
@@ -57,7 +59,7 @@ func TestProposerServesAQuietNodeNext(t *testing.T) {
 	p := newProposer(nil, 4<<10, 8<<10)
 	flood := p.register("flood")
 	for i := 1; i <= 50; i++ {
-		if err := p.offer(flood, uint64(i), lines("job-a", 20*i, 20)); err != nil {
+		if err := p.offer(flood, uint64(i), nil, lines("job-a", 20*i, 20)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -66,7 +68,7 @@ func TestProposerServesAQuietNodeNext(t *testing.T) {
 		t.Fatalf("%d entries in flight, want 1 to 3 for a budget of two entries' bytes", len(inflight))
 	}
 	quiet := p.register("quiet")
-	if err := p.offer(quiet, 7, lines("job-b", 1, 1)); err != nil {
+	if err := p.offer(quiet, 7, nil, lines("job-b", 1, 1)); err != nil {
 		t.Fatal(err)
 	}
 	e := p.next()
@@ -78,7 +80,7 @@ func TestProposerServesAQuietNodeNext(t *testing.T) {
 	}
 
 	// More than a trickle: 60 lines, some 27 KiB, over expressBytes.
-	if err := p.offer(quiet, 8, lines("job-b", 2, 60)); err != nil {
+	if err := p.offer(quiet, 8, nil, lines("job-b", 2, 60)); err != nil {
 		t.Fatal(err)
 	}
 	if e := p.next(); e != nil {
@@ -110,11 +112,11 @@ func TestProposerCutsAndCoalesces(t *testing.T) {
 	p := newProposer(nil, 4<<10, 1<<30)
 	q := p.register("n")
 	big := lines("job-a", 1, 40) // about 18 KiB
-	if err := p.offer(q, 1, big); err != nil {
+	if err := p.offer(q, 1, nil, big); err != nil {
 		t.Fatal(err)
 	}
 	for i := uint64(2); i <= 4; i++ {
-		if err := p.offer(q, i, lines("job-a", 39+int(i), 1)); err != nil {
+		if err := p.offer(q, i, nil, lines("job-a", 39+int(i), 1)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -153,14 +155,14 @@ func TestProposerCutsAndCoalesces(t *testing.T) {
 func TestProposerNewSessionDropsOldQueue(t *testing.T) {
 	p := newProposer(nil, 4<<10, 1<<30)
 	old := p.register("n")
-	if err := p.offer(old, 1, lines("job-a", 1, 2)); err != nil {
+	if err := p.offer(old, 1, nil, lines("job-a", 1, 2)); err != nil {
 		t.Fatal(err)
 	}
 	cur := p.register("n")
-	if err := p.offer(old, 2, lines("job-a", 3, 2)); !errors.Is(err, errSessionGone) {
+	if err := p.offer(old, 2, nil, lines("job-a", 3, 2)); !errors.Is(err, errSessionGone) {
 		t.Fatalf("offer on a replaced session: %v, want errSessionGone", err)
 	}
-	if err := p.offer(cur, 9, lines("job-a", 1, 4)); err != nil {
+	if err := p.offer(cur, 9, nil, lines("job-a", 1, 4)); err != nil {
 		t.Fatal(err)
 	}
 	es := drain(p)
@@ -168,7 +170,58 @@ func TestProposerNewSessionDropsOldQueue(t *testing.T) {
 		t.Fatalf("entries %v, want only the new session's batch 9", es)
 	}
 	p.unregister(cur)
-	if err := p.offer(cur, 10, lines("job-a", 5, 1)); !errors.Is(err, errSessionGone) {
+	if err := p.offer(cur, 10, nil, lines("job-a", 5, 1)); !errors.Is(err, errSessionGone) {
 		t.Fatalf("offer on an ended session: %v, want errSessionGone", err)
+	}
+}
+
+// flatLines returns lines of job in the flat form, indexing their own key
+// table, as one agent batch carries them.
+func flatLines(job string, from, n int, names ...string) ([]string, []*gantrypb.Record) {
+	var tab flat.Table
+	recs := make([]*gantrypb.Record, n)
+	for i := range recs {
+		p := &gantrypb.MetricPoint{Step: proto.Int64(int64(from + i)), Values: map[string]float64{}}
+		for k, name := range names {
+			p.Values[name] = float64(from+i) + float64(k)/10
+		}
+		tab.Flatten(p)
+		recs[i] = &gantrypb.Record{JobId: job, Seq: uint64(from + i), Body: &gantrypb.Record_Point{Point: p}}
+	}
+	return tab.Keys(), recs
+}
+
+// TestProposerKeyTables: batches of one node with key tables of their
+// own are re-indexed into the queue's table, so they share an entry, and
+// each entry's keys name every metric its flat points index.
+func TestProposerKeyTables(t *testing.T) {
+	p := newProposer(nil, 1<<20, 4<<20)
+	q := p.register("n1")
+	k1, b1 := flatLines("job-a", 1, 3, "loss", "lr")
+	k2, b2 := flatLines("job-a", 4, 3, "acc", "loss")
+	if err := p.offer(q, 1, k1, b1); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.offer(q, 2, k2, b2); err != nil {
+		t.Fatal(err)
+	}
+	es := drain(p)
+	if len(es) != 1 || !slices.Equal(es[0].ids, []uint64{1, 2}) {
+		t.Fatalf("%d entries; want the two batches in one", len(es))
+	}
+	recs := decode(t, es[0])
+	for i, r := range recs {
+		step := r.GetPoint().GetStep()
+		got := flat.Values(r.GetPoint(), es[0].keys)
+		want := map[string]float64{"loss": float64(step), "lr": float64(step) + 0.1}
+		if i >= 3 {
+			want = map[string]float64{"acc": float64(step), "loss": float64(step) + 0.1}
+		}
+		if !maps.Equal(got, want) {
+			t.Fatalf("record %d: %v, want %v (keys %v)", i, got, want, es[0].keys)
+		}
+	}
+	if len(es[0].keys) != 3 {
+		t.Fatalf("entry keys %v, want loss, lr, acc once each", es[0].keys)
 	}
 }

@@ -45,7 +45,9 @@ type screened struct {
 // checks ownership at the entry's place in the log: an assignment is never
 // taken back, so "another node's" is final while "unknown" may not be.
 // Records are never reordered.
-func screen(node string, recs []*gantrypb.Record, owners map[string]string) screened {
+//
+// nkeys is the size of the batch's key table, which flat points index.
+func screen(node string, recs []*gantrypb.Record, nkeys int, owners map[string]string) screened {
 	out := screened{records: make([]*gantrypb.Record, 0, len(recs)), refused: map[string]int{}}
 	refuse := func(reason string, err error) {
 		out.refused[reason]++
@@ -73,11 +75,11 @@ func screen(node string, recs []*gantrypb.Record, owners map[string]string) scre
 				continue
 			}
 		}
-		err := admission.CheckRecord(rec)
+		err := admission.CheckRecordIn(rec, nkeys)
 		if err != nil && rec.JobId != "" && admission.Repair(rec) {
 			// A started or exit record is repaired, never refused: the
 			// job's lifecycle hangs on it.
-			if err = admission.CheckRecord(rec); err == nil {
+			if err = admission.CheckRecordIn(rec, nkeys); err == nil {
 				out.refused[reasonRepaired]++
 			}
 		}

@@ -27,7 +27,9 @@ func TestScreen(t *testing.T) {
 		point(huge, 1, map[string]float64{"loss": 1}),
 		point("unknown-yet", 2, map[string]float64{"": 1}),
 		nil,
-	}, owners)
+		{JobId: "mine", Seq: 3, Body: &gantrypb.Record_Point{Point: &gantrypb.MetricPoint{KeyIdx: []uint32{1}, Vals: []float64{1}}}},
+		{JobId: "mine", Seq: 4, Body: &gantrypb.Record_Point{Point: &gantrypb.MetricPoint{KeyIdx: []uint32{0}, Vals: []float64{1}}}},
+	}, 1, owners)
 	var got []string
 	for _, r := range out.records {
 		kind := "point"
@@ -36,14 +38,17 @@ func TestScreen(t *testing.T) {
 		}
 		got = append(got, r.JobId+"/"+kind)
 	}
-	want := []string{"mine/point", "mine/" + string(lifecycle.EventRecordRejected), "unknown-yet/point"}
+	// Seq 3 indexes past the batch's one-name key table; seq 4 is a good
+	// flat point.
+	want := []string{"mine/point", "mine/" + string(lifecycle.EventRecordRejected), "unknown-yet/point",
+		"mine/" + string(lifecycle.EventRecordRejected), "mine/point"}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("kept %v, want %v", got, want)
 	}
 	if out.records[1].Seq != 2 {
 		t.Fatalf("the rejection event has seq %d, want the refused record's 2", out.records[1].Seq)
 	}
-	if out.refused[reasonForeignJob] != 1 || out.refused[reasonLimit] != 4 {
-		t.Fatalf("refused = %v, want 1 foreign_job and 4 limit", out.refused)
+	if out.refused[reasonForeignJob] != 1 || out.refused[reasonLimit] != 5 {
+		t.Fatalf("refused = %v, want 1 foreign_job and 5 limit", out.refused)
 	}
 }
