@@ -26,7 +26,15 @@ import (
 func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes, jobs *jobCache) (any, error) {
 	res := IngestResult{}
 	touched := map[string]bool{} // jobs this entry changed
-	sc := pointScratch{tr: make([]uint32, len(m.Keys))}
+	// Jobs with many points in this entry have them stored in bulk
+	// (store.Point.Bulk): a property of the entry, the same on every voter.
+	points := map[string]int{}
+	for _, rec := range m.Records {
+		if rec.GetPoint() != nil {
+			points[rec.GetJobId()]++
+		}
+	}
+	sc := pointScratch{tr: make([]uint32, len(m.Keys)), points: points}
 	hw := map[string]uint64{} // high-water marks touched by this entry
 	var order []string
 
@@ -201,10 +209,16 @@ func admitKeys(known map[string]float64, values map[string]float64) int {
 	return len(drop)
 }
 
+// bulkPoints is how many points of one job an entry must hold for them to
+// be stored in bulk (store.Point.Bulk).
+const bulkPoints = 32
+
 // pointScratch is reused across the points of one entry.
 type pointScratch struct {
 	names []string
 	vals  []float64
+	// points counts the entry's points per job.
+	points map[string]int
 	// tr maps the entry's key table to Changes.Keys, 1-based (0: not yet).
 	tr []uint32
 }
@@ -249,7 +263,8 @@ func (f *FSM) storePoint(tx *store.Tx, job *gantrypb.Job, p *gantrypb.MetricPoin
 		}
 	}
 	sc.names, sc.vals = names, vals
-	if err := tx.PutNamed(job.Id, store.Point{Seq: p.Seq, Step: p.Step, Ts: p.Ts, Names: names, Vals: vals}); err != nil {
+	if err := tx.PutNamed(job.Id, store.Point{Seq: p.Seq, Step: p.Step, Ts: p.Ts, Names: names, Vals: vals,
+		Bulk: sc.points[job.Id] >= bulkPoints}); err != nil {
 		return err
 	}
 	for i, k := range names {

@@ -130,6 +130,13 @@ type Point struct {
 	Ts    float64
 	Names []string
 	Vals  []float64
+	// Bulk marks one of many points of the job arriving together (the
+	// FSM sets it for a job with many points in one Raft entry): while
+	// the head is empty, bulk points go straight into the job's last
+	// chunk, so a flood is written once rather than into the head and
+	// then folded. It must depend only on the entries, so that every
+	// voter stores the same chunks.
+	Bulk bool
 }
 
 // PutPoint appends a metric point in the map form to the job's open chunk
@@ -197,6 +204,9 @@ func (t *Tx) PutNamed(jobID string, p Point) error {
 	if last := jc.lastSeq(); last > 0 && p.Seq <= last {
 		return fmt.Errorf("%w: job %q seq %d, last %d", ErrStalePoint, jobID, p.Seq, last)
 	}
+	if p.Bulk && head.c.Len() == 0 {
+		return t.appendBody(jobID, jc, cp)
+	}
 	if err := head.c.Append(cp); err != nil {
 		return fmt.Errorf("store: job %q: %w", jobID, err)
 	}
@@ -205,6 +215,29 @@ func (t *Tx) PutNamed(jobID string, p Point) error {
 		return nil
 	}
 	return t.sealHead(jobID, jc)
+}
+
+// appendBody appends a bulk point to the job's last chunk, or to a new
+// one when that is full.
+func (t *Tx) appendBody(jobID string, jc *jobChunks, cp chunk.Point) error {
+	if err := t.loadBody(jobID, jc); err != nil {
+		return err
+	}
+	body := jc.body
+	if body == nil || body.c.Size() >= chunk.TargetBytes || body.c.Len() >= chunk.MaxPoints {
+		if body != nil {
+			if err := t.writeBody(jobID, body); err != nil {
+				return err
+			}
+		}
+		body = &chunkState{c: chunk.New()}
+		jc.body = body
+	}
+	if err := body.c.Append(cp); err != nil {
+		return fmt.Errorf("store: job %q: %w", jobID, err)
+	}
+	body.dirty = true
+	return nil
 }
 
 // lastSeq is the seq of the job's last stored point (0: none).
