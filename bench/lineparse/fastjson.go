@@ -113,6 +113,10 @@ func FastJSONParseLine(b []byte) (metricsfile.Line, error) {
 			delete(vals, k)
 		}
 	}
-	l.Values = vals
+	l.Names = make([]string, 0, len(vals))
+	l.Vals = make([]float64, 0, len(vals))
+	for k, v := range vals {
+		l.Names, l.Vals = append(l.Names, k), append(l.Vals, v)
+	}
 	return l, nil
 }

@@ -19,7 +19,7 @@ const benchLine = `{"step": 123456, "ts": 1718000123.456789, "loss": 2.3456789, 
 
 func sameLine(a, b metricsfile.Line) bool {
 	return (a.Step == nil) == (b.Step == nil) && (a.Step == nil || *a.Step == *b.Step) &&
-		a.TS == b.TS && a.Dropped == b.Dropped && maps.Equal(a.Values, b.Values)
+		a.TS == b.TS && a.Dropped == b.Dropped && maps.Equal(a.Values(), b.Values())
 }
 
 // TestFastJSONAgreesOnOrdinaryLines: on what trainers write, the variant

@@ -24,8 +24,8 @@ func TestLineIsAValidMetricsLine(t *testing.T) {
 	if l.Step == nil || *l.Step != 7 || l.TS != 1700000000.25 {
 		t.Fatalf("step %v ts %v", l.Step, l.TS)
 	}
-	if len(l.Values) != 21 || l.Values[WallKey] != l.TS {
-		t.Fatalf("values %v", l.Values)
+	if vals := l.Values(); len(vals) != 21 || vals[WallKey] != l.TS {
+		t.Fatalf("values %v", vals)
 	}
 }
 
