@@ -56,8 +56,10 @@ type Options struct {
 	// acked (queued, proposed or committing).
 	MaxInflight int
 	// EntryBytes caps the records of one Raft entry (DefaultEntryBytes when
-	// 0); InflightBytes caps the records proposed and not yet applied,
-	// across all agents (DefaultInflightBytes when 0). See proposer.
+	// 0). InflightBytes is the least the records proposed and not yet
+	// applied, across all agents, may come to (DefaultInflightBytes when
+	// 0); above it the proposer allows what Raft applies in about 25 ms at
+	// the rate it measures. See proposer.
 	EntryBytes, InflightBytes int
 	// LeaderAddr returns the leader's agent-link address, sent to agents
 	// that reach a follower so they reconnect there directly.

@@ -40,9 +40,10 @@ var errSessionGone = errors.New("ingest: session replaced or ended")
 // proposer turns the screened batches of every agent session into Raft
 // entries. It is where fairness between nodes lives:
 //
-//   - Bounded work in flight. At most InflightBytes of records (and at
-//     least one entry) are proposed and not yet applied, so a node's batch
-//     never waits behind dozens of another node's big entries.
+//   - Bounded work in flight. Only what Raft applies in about
+//     inflightTarget (at the rate measured, at least InflightBytes, and at
+//     least one entry) is proposed and not yet applied, so a node's batch
+//     never waits behind seconds of another node's entries.
 //   - Fair choice. The next entry is cut from the node with the least in
 //     flight, counting that entry: a node with a line to send and nothing
 //     in Raft goes ahead of every node with a backlog, and flooding nodes
@@ -71,8 +72,14 @@ type proposer struct {
 	entryBytes    int
 	inflightBytes int
 
+	// now is the clock (tests set it).
+	now func() time.Time
+
 	mu       sync.Mutex
 	queues   map[string]*queue // the current session's queue, by node
+	rate     float64           // bytes applied per second, smoothed (see release)
+	sampleAt time.Time         // start of the current rate sample
+	sampled  int               // bytes applied in it
 	vtime    uint64            // finish tag of the batch proposed last
 	inflight int               // bytes proposed and not yet applied
 	entries  int               // entries proposed and not yet applied
@@ -95,7 +102,7 @@ func newProposer(raft Applier, entryBytes, inflightBytes int) *proposer {
 	if inflightBytes <= 0 {
 		inflightBytes = DefaultInflightBytes
 	}
-	return &proposer{raft: raft, entryBytes: entryBytes, inflightBytes: inflightBytes,
+	return &proposer{raft: raft, entryBytes: entryBytes, inflightBytes: inflightBytes, now: time.Now,
 		queues: map[string]*queue{}, kick: make(chan struct{}, 1), done: make(chan *entry, maxInflightEntries)}
 }
 
@@ -280,7 +287,7 @@ func (p *proposer) next() *entry {
 	// backlog) proposes what it has now rather than after the floods'
 	// entries. The lane holds at most expressBytes per node, so what it
 	// adds to the work in flight is bounded too.
-	express := p.entries > 0 && p.inflight >= p.inflightBytes
+	express := p.entries > 0 && p.inflight >= p.budget()
 	var q *queue
 	for _, c := range p.queues {
 		if len(c.batches) == 0 || (express && c.inflight+c.queued > expressBytes) {
@@ -374,12 +381,49 @@ func (p *proposer) complete(ctx context.Context) {
 	}
 }
 
-// release returns an applied (or failed) entry's share of the budget.
+// Budget in time. The budget is what Raft applies in inflightTarget at the
+// rate measured, and never less than InflightBytes: a line that arrives
+// waits about that long for what is ahead of it, however fast or slow the
+// FSM is, and a faster FSM gets a deeper pipeline, not a byte cap. The
+// rate is sampled over rateSample of completions and smoothed.
+const (
+	inflightTarget = 25 * time.Millisecond
+	rateSample     = 100 * time.Millisecond
+	maxBudgetBytes = 64 << 20
+)
+
+// budget is the bytes that may be in flight now. Call with mu held.
+func (p *proposer) budget() int {
+	b := int(p.rate * inflightTarget.Seconds())
+	return min(max(b, p.inflightBytes), maxBudgetBytes)
+}
+
+// release returns an applied (or failed) entry's share of the budget and
+// counts its bytes into the applied rate. A sample covers only time with
+// work in flight, so idle spells do not read as a slow FSM.
 func (p *proposer) release(e *entry) {
+	now := p.now()
 	p.mu.Lock()
+	if p.sampleAt.IsZero() {
+		p.sampleAt = now
+	}
+	p.sampled += e.bytes
+	if dt := now.Sub(p.sampleAt); dt >= rateSample {
+		inst := float64(p.sampled) / dt.Seconds()
+		if p.rate == 0 {
+			p.rate = inst
+		} else {
+			p.rate = 0.7*p.rate + 0.3*inst
+		}
+		p.sampleAt, p.sampled = now, 0
+	}
 	p.inflight -= e.bytes
 	p.entries--
 	e.q.inflight -= e.bytes
+	if p.entries == 0 {
+		// Idle from here: the next sample starts with the next entry.
+		p.sampleAt, p.sampled = time.Time{}, 0
+	}
 	p.mu.Unlock()
 	p.wake()
 }

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -40,6 +41,12 @@ func decode(t *testing.T, e *entry) []*gantrypb.Record {
 	return cmd.Records
 }
 
+// stoppedClock is a clock that never moves.
+func stoppedClock() func() time.Time {
+	at := time.Unix(1e9, 0)
+	return func() time.Time { return at }
+}
+
 // drain cuts entries until the budget or the queues run out, as the
 // proposer's loop would propose them.
 func drain(p *proposer) []*entry {
@@ -57,6 +64,7 @@ func drain(p *proposer) []*entry {
 // flood, one entry each.
 func TestProposerServesAQuietNodeNext(t *testing.T) {
 	p := newProposer(nil, 4<<10, 8<<10)
+	p.now = stoppedClock() // no rate measured: the budget stays 8 KiB
 	flood := p.register("flood")
 	for i := 1; i <= 50; i++ {
 		if err := p.offer(flood, uint64(i), nil, lines("job-a", 20*i, 20)); err != nil {
@@ -223,5 +231,56 @@ func TestProposerKeyTables(t *testing.T) {
 	}
 	if len(es[0].keys) != 3 {
 		t.Fatalf("entry keys %v, want loss, lr, acc once each", es[0].keys)
+	}
+}
+
+// TestProposerBudgetFollowsTheApplyRate: the in-flight budget is what Raft
+// applies in inflightTarget at the measured rate, never below the floor,
+// and an idle spell does not count as a slow apply.
+func TestProposerBudgetFollowsTheApplyRate(t *testing.T) {
+	const floor = 64 << 10
+	p := newProposer(nil, 64<<10, floor)
+	at := time.Unix(1e9, 0)
+	p.now = func() time.Time { return at }
+	q := p.register("n")
+	if got := p.budget(); got != floor {
+		t.Fatalf("budget with no rate measured = %d, want the floor %d", got, floor)
+	}
+	// Apply 20 MB/s for a second, entries completing in order, with more
+	// queued and in flight all along.
+	var inflight []*entry
+	for i := 0; at.Before(time.Unix(1e9, 0).Add(time.Second)); i++ {
+		if err := p.offer(q, uint64(i+1), nil, lines("job-a", 140*i+1, 140)); err != nil {
+			t.Fatal(err)
+		}
+		inflight = append(inflight, drain(p)...)
+		if len(inflight) < 2 {
+			continue
+		}
+		e := inflight[0]
+		inflight = inflight[1:]
+		at = at.Add(time.Duration(float64(e.bytes) / 20e6 * float64(time.Second)))
+		p.release(e)
+	}
+	want := 20e6 * inflightTarget.Seconds() // 1 MB
+	if got := float64(p.budget()); got < 0.8*want || got > 1.2*want {
+		t.Fatalf("budget at 20 MB/s = %.0f bytes, want about %.0f", got, want)
+	}
+	// A long idle spell, then a trickle: the rate is not dragged down by
+	// the time nothing was in flight.
+	for _, e := range append(inflight, drain(p)...) {
+		p.release(e)
+	}
+	before := p.budget()
+	at = at.Add(time.Minute)
+	if err := p.offer(q, 1e6, nil, lines("job-a", 1e6, 1)); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range drain(p) {
+		at = at.Add(time.Millisecond)
+		p.release(e)
+	}
+	if got := p.budget(); got != before {
+		t.Fatalf("budget after an idle minute = %d, want it unchanged at %d", got, before)
 	}
 }
