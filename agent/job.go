@@ -580,12 +580,38 @@ func (j *job) waitShare() error {
 		j.holding.Store(false)
 		j.spoolWait.Add(int64(time.Since(start)))
 	}()
-	if err := j.a.spool.WaitStreamBelow(j.a.runCtx(), j.id, jobSpoolShare); err != nil {
+	// No acks come while the link is down: the wait ends then too, and
+	// the job spools everything until it is back.
+	ctx, cancel := context.WithCancel(j.a.runCtx())
+	defer cancel()
+	go func() {
+		tick := time.NewTicker(linkCheckEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if !j.a.linkUp() {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	if err := j.a.spool.WaitStreamBelow(ctx, j.id, jobSpoolShare); err != nil {
+		if j.a.runCtx().Err() == nil {
+			return nil // the link went down
+		}
 		j.a.log.Warn("agent stopping while the job's records wait for acks; the next agent reads them again", "job", j.id, "err", err)
 		return err
 	}
 	return nil
 }
+
+// linkCheckEvery is how often a job held to its share of the spool checks
+// that the link is still up.
+const linkCheckEvery = 100 * time.Millisecond
 
 // append spools records that move no offset (events) and returns the index
 // of the last one. Like commit, it retries until the spool takes them.

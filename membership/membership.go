@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,6 +37,9 @@ const (
 	TagGPUs          = "gpus"
 	TagExpect        = "expect"
 	TagRaftBootstrap = "bootstrapped"
+	// TagFeatures lists, comma-separated, what a controller's release
+	// reads in Raft entries that older ones do not (FeatureFlatPoints).
+	TagFeatures = "features"
 )
 
 // Member statuses as the API shows them.
@@ -61,7 +66,16 @@ type Member struct {
 	Expect   int
 	// Bootstrapped is set on controllers that have Raft state.
 	Bootstrapped bool
+	// Features is what the member's release reads (TagFeatures).
+	Features []string
 }
+
+// FeatureFlatPoints: the controller applies Raft entries whose metric
+// points are in the flat form (MetricPoint.key_idx with IngestCmd.keys).
+const FeatureFlatPoints = "flat_points"
+
+// Has reports whether the member's release has feature f.
+func (m Member) Has(f string) bool { return slices.Contains(m.Features, f) }
 
 // Config configures a member.
 type Config struct {
@@ -229,6 +243,9 @@ func (n *Node) Members() []Member {
 			QUICAddr:     m.Tags[TagQUICAddr],
 			HTTPAddr:     m.Tags[TagHTTPAddr],
 			Bootstrapped: m.Tags[TagRaftBootstrap] == "1",
+		}
+		if f := m.Tags[TagFeatures]; f != "" {
+			mm.Features = strings.Split(f, ",")
 		}
 		mm.GPUs, _ = strconv.Atoi(m.Tags[TagGPUs])
 		mm.Expect, _ = strconv.Atoi(m.Tags[TagExpect])

@@ -10,9 +10,10 @@ import (
 // wireBatch builds the batch sent for spooled entries. Metric points go in
 // the flat form, indexing the batch's key table, to a controller that reads
 // it (HelloReply.flat_points); to an older one, and for a point the table
-// has no room for, in the map form. The spooled records are never changed:
-// a batch sent again after a reconnect is built again, maybe for another
-// controller.
+// has no room for, in the map form. Points are copies, so the spooled
+// records keep their form: a batch sent again after a reconnect is built
+// again, maybe for another controller. (A map point's copy shares its map,
+// which only trimRecord changes, for a record it trims anyway.)
 func wireBatch(id uint64, entries []spool.Entry, flatOK bool) *gantrypb.RecordBatch {
 	batch := &gantrypb.RecordBatch{BatchId: id, Records: make([]*gantrypb.Record, len(entries))}
 	var tab flat.Table

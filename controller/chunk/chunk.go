@@ -381,6 +381,9 @@ func Decode(b []byte) (*Chunk, error) {
 	if err := c.decode(b, true); err != nil {
 		return nil, err
 	}
+	if err := c.checkRows(); err != nil {
+		return nil, err
+	}
 	if err := c.checkColumns(); err != nil {
 		return nil, err
 	}
@@ -518,6 +521,39 @@ func (c *Chunk) colsBeyond256() bool {
 		}
 	}
 	return false
+}
+
+// checkRows walks the seq, step and ts streams through every row and
+// checks them against the header: each used up exactly, seqs rising from
+// the first to the last, and the last step and ts the header's (the next
+// append continues from them).
+func (c *Chunk) checkRows() error {
+	seqs, steps, tss := c.seqs, c.steps, c.tss
+	seq, step, hasStep, tsBits := c.firstSeq, int64(0), false, uint64(0)
+	for row := 0; row < c.n; row++ {
+		d, n := binary.Uvarint(seqs)
+		if n <= 0 || (row == 0) != (d == 0) || d > c.lastSeq-seq {
+			return fmt.Errorf("%w: seq stream at row %d", ErrCorrupt, row)
+		}
+		seqs, seq = seqs[n:], seq+d
+		has, st, rest, err := readStep(steps, step)
+		if err != nil {
+			return fmt.Errorf("%w: step stream at row %d: %v", ErrCorrupt, row, err)
+		}
+		steps, hasStep = rest, has
+		if has {
+			step = st
+		}
+		z, n := binary.Uvarint(tss)
+		if n <= 0 {
+			return fmt.Errorf("%w: ts stream at row %d", ErrCorrupt, row)
+		}
+		tss, tsBits = tss[n:], tsBits+uint64(unzigzag(z))
+	}
+	if len(seqs)+len(steps)+len(tss) != 0 || seq != c.lastSeq || hasStep != c.lastHasStep || step != c.lastStep || tsBits != c.lastTsBits {
+		return fmt.Errorf("%w: seq, step and ts streams disagree with the header", ErrCorrupt)
+	}
+	return nil
 }
 
 // checkColumns walks every column stream to its end and checks it against

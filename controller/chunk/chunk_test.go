@@ -320,3 +320,33 @@ func TestResetReusesMemoryAndGivesTheSameBytes(t *testing.T) {
 	}
 	samePoints(t, readAll(t, c), took)
 }
+
+// TestDecodeChecksRowStreams: a chunk whose seq, step or ts stream is
+// damaged does not decode: Decode is what the store appends to, and Points
+// would only find the damage later.
+func TestDecodeChecksRowStreams(t *testing.T) {
+	c := New()
+	for s := uint64(1); s <= 3; s++ {
+		if err := c.Append(Point{Seq: s, Step: int64(s), HasStep: true, Ts: float64(s), Keys: []uint32{0}, Vals: []float64{float64(s)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good := c.Encode()
+	streams := len(good) - len(c.cols[0].data) - len(c.tss) - len(c.steps) - len(c.seqs)
+	for name, at := range map[string]int{
+		"seq":  streams + len(c.seqs) - 1,
+		"step": streams + len(c.seqs) + len(c.steps) - 1,
+		"ts":   streams + len(c.seqs) + len(c.steps) + len(c.tss) - 1,
+	} {
+		b := slices.Clone(good)
+		b[at] ^= 0x01 // the last delta of the stream changes
+		if _, err := Decode(b); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s stream damaged: Decode err = %v, want ErrCorrupt", name, err)
+		}
+		b = slices.Clone(good)
+		b[at] |= 0x80 // the last varint runs on
+		if _, err := Decode(b); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s stream cut: Decode err = %v, want ErrCorrupt", name, err)
+		}
+	}
+}

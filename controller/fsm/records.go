@@ -227,6 +227,11 @@ type pointScratch struct {
 // the job's counters and latest metrics. A flat point is rewritten to
 // index ch.Keys, for the feed.
 func (f *FSM) storePoint(tx *store.Tx, job *gantrypb.Job, p *gantrypb.MetricPoint, keys []string, ch *Changes, sc *pointScratch) error {
+	if job.LastSeq > 0 && p.Seq <= job.LastSeq {
+		// Below the job's last point: refused before it counts or drops
+		// anything (the store would refuse it too).
+		return fmt.Errorf("%w: job %q seq %d, last %d", store.ErrStalePoint, job.Id, p.Seq, job.LastSeq)
+	}
 	if job.LatestMetrics == nil {
 		job.LatestMetrics = map[string]float64{}
 	}

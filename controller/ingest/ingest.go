@@ -68,6 +68,11 @@ type Options struct {
 	// the leader proposes records of any job and only the FSM's own
 	// ownership check stands between agents (tests of the FSM's check).
 	Owners Owners
+	// FlatEntries reports whether every voter reads metric points in the
+	// flat form, so entries may carry them so; when it says no, points go
+	// into entries in the map form every release reads (a rolling
+	// upgrade). nil: flat always (one controller, or tests).
+	FlatEntries func() bool
 	// Registry, when set, gets the ingest counters.
 	Registry prometheus.Registerer
 }
@@ -96,7 +101,7 @@ func Listen(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("ingest: listen on %s: %w", opts.Addr, err)
 	}
 	s := &Server{opts: opts, ln: ln, sessions: map[string]*Session{},
-		prop: newProposer(opts.Raft, opts.EntryBytes, opts.InflightBytes),
+		prop: newProposer(opts.Raft, opts.EntryBytes, opts.InflightBytes, opts.FlatEntries),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gantry_ingest_refused_records_total",
 			Help: "Agent records the leader refused before proposing them, by reason (limit, foreign_job, unknown_job).",

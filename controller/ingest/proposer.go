@@ -71,6 +71,8 @@ type proposer struct {
 	raft          Applier
 	entryBytes    int
 	inflightBytes int
+	// flatEntries says whether entries may carry flat points (nil: yes).
+	flatEntries func() bool
 
 	// now is the clock (tests set it).
 	now func() time.Time
@@ -95,14 +97,14 @@ const maxInflightEntries = 256
 // lane, past a spent budget (see next): some 35 training lines.
 const expressBytes = 16 << 10
 
-func newProposer(raft Applier, entryBytes, inflightBytes int) *proposer {
+func newProposer(raft Applier, entryBytes, inflightBytes int, flatEntries func() bool) *proposer {
 	if entryBytes <= 0 {
 		entryBytes = DefaultEntryBytes
 	}
 	if inflightBytes <= 0 {
 		inflightBytes = DefaultInflightBytes
 	}
-	return &proposer{raft: raft, entryBytes: entryBytes, inflightBytes: inflightBytes, now: time.Now,
+	return &proposer{raft: raft, entryBytes: entryBytes, inflightBytes: inflightBytes, flatEntries: flatEntries, now: time.Now,
 		queues: map[string]*queue{}, kick: make(chan struct{}, 1), done: make(chan *entry, maxInflightEntries)}
 }
 
@@ -129,6 +131,8 @@ type queue struct {
 	// touches tab; keys is its current slice, read under proposer.mu.
 	tab  flat.Table
 	keys []string
+	// keysBytes is keys' encoded size, counted in every entry's bytes.
+	keysBytes int
 }
 
 // tableReset is the key table size past which a queue's table starts
@@ -200,14 +204,16 @@ func (p *proposer) offer(q *queue, id uint64, keys []string, records []*gantrypb
 	p.mu.Lock()
 	idle := len(q.batches) == 0
 	p.mu.Unlock()
-	if idle && q.tab.Len() > tableReset {
+	reset := idle && q.tab.Len() > tableReset
+	if reset {
 		// Nothing queued refers to the table; entries in flight carry
 		// their own copy.
 		q.tab = flat.Table{}
 	}
-	if len(keys) > 0 && !q.tab.Merge(keys, records) {
-		// The queue's table is full: this batch's points go in the map
-		// form, which needs no table.
+	if len(keys) > 0 && ((p.flatEntries != nil && !p.flatEntries()) || !q.tab.Merge(keys, records)) {
+		// A voter of an older release (a rolling upgrade) or a full
+		// table: this batch's points go in the map form, which every
+		// release reads and which needs no table.
 		for _, r := range records {
 			if pt := r.GetPoint(); pt != nil && len(pt.KeyIdx) > 0 {
 				pt.Values, pt.KeyIdx, pt.Vals = flat.Values(pt, keys), nil, nil
@@ -236,7 +242,13 @@ func (p *proposer) offer(q *queue, id uint64, keys []string, records []*gantrypb
 	b.finish = max(p.vtime, q.lastFinish) + uint64(max(cost, 1))
 	q.lastFinish = b.finish
 	q.batches = append(q.batches, b)
-	q.keys = q.tab.Keys()
+	if keys := q.tab.Keys(); reset || len(keys) != len(q.keys) {
+		q.keysBytes = 0
+		for _, k := range keys {
+			q.keysBytes += protowire.SizeTag(4) + protowire.SizeBytes(len(k))
+		}
+		q.keys = keys
+	}
 	q.queued += cost
 	p.mu.Unlock()
 	p.wake()
@@ -300,7 +312,8 @@ func (p *proposer) next() *entry {
 	if q == nil {
 		return nil
 	}
-	e := &entry{q: q, keys: q.keys}
+	// The key table travels in every entry: it counts against the budget.
+	e := &entry{q: q, keys: q.keys, bytes: q.keysBytes}
 	for len(q.batches) > 0 {
 		b := q.batches[0]
 		n := 0
@@ -330,7 +343,7 @@ func (p *proposer) next() *entry {
 	}
 	p.inflight += e.bytes
 	p.entries++
-	q.queued -= e.bytes
+	q.queued -= e.bytes - q.keysBytes // queued counts records only
 	q.inflight += e.bytes
 	return e
 }

@@ -63,7 +63,7 @@ func drain(p *proposer) []*entry {
 // than a trickle waits for the budget, and then takes turns with the
 // flood, one entry each.
 func TestProposerServesAQuietNodeNext(t *testing.T) {
-	p := newProposer(nil, 4<<10, 8<<10)
+	p := newProposer(nil, 4<<10, 8<<10, nil)
 	p.now = stoppedClock() // no rate measured: the budget stays 8 KiB
 	flood := p.register("flood")
 	for i := 1; i <= 50; i++ {
@@ -117,7 +117,7 @@ func TestProposerServesAQuietNodeNext(t *testing.T) {
 // several entries in order and acked with the last; small batches of one
 // node share an entry and are all acked with it.
 func TestProposerCutsAndCoalesces(t *testing.T) {
-	p := newProposer(nil, 4<<10, 1<<30)
+	p := newProposer(nil, 4<<10, 1<<30, nil)
 	q := p.register("n")
 	big := lines("job-a", 1, 40) // about 18 KiB
 	if err := p.offer(q, 1, nil, big); err != nil {
@@ -161,7 +161,7 @@ func TestProposerCutsAndCoalesces(t *testing.T) {
 // old one had queued, and the old one can queue no more, so nothing read
 // before a reconnect is proposed after the replay.
 func TestProposerNewSessionDropsOldQueue(t *testing.T) {
-	p := newProposer(nil, 4<<10, 1<<30)
+	p := newProposer(nil, 4<<10, 1<<30, nil)
 	old := p.register("n")
 	if err := p.offer(old, 1, nil, lines("job-a", 1, 2)); err != nil {
 		t.Fatal(err)
@@ -203,7 +203,7 @@ func flatLines(job string, from, n int, names ...string) ([]string, []*gantrypb.
 // own are re-indexed into the queue's table, so they share an entry, and
 // each entry's keys name every metric its flat points index.
 func TestProposerKeyTables(t *testing.T) {
-	p := newProposer(nil, 1<<20, 4<<20)
+	p := newProposer(nil, 1<<20, 4<<20, nil)
 	q := p.register("n1")
 	k1, b1 := flatLines("job-a", 1, 3, "loss", "lr")
 	k2, b2 := flatLines("job-a", 4, 3, "acc", "loss")
@@ -239,7 +239,7 @@ func TestProposerKeyTables(t *testing.T) {
 // and an idle spell does not count as a slow apply.
 func TestProposerBudgetFollowsTheApplyRate(t *testing.T) {
 	const floor = 64 << 10
-	p := newProposer(nil, 64<<10, floor)
+	p := newProposer(nil, 64<<10, floor, nil)
 	at := time.Unix(1e9, 0)
 	p.now = func() time.Time { return at }
 	q := p.register("n")
@@ -282,5 +282,28 @@ func TestProposerBudgetFollowsTheApplyRate(t *testing.T) {
 	}
 	if got := p.budget(); got != before {
 		t.Fatalf("budget after an idle minute = %d, want it unchanged at %d", got, before)
+	}
+}
+
+// TestProposerMapFormForOlderVoters: while a voter's release does not read
+// flat points, entries carry the batches' points in the map form, with no
+// key table.
+func TestProposerMapFormForOlderVoters(t *testing.T) {
+	p := newProposer(nil, 1<<20, 4<<20, func() bool { return false })
+	q := p.register("n1")
+	keys, recs := flatLines("job-a", 1, 3, "loss", "lr")
+	if err := p.offer(q, 1, keys, recs); err != nil {
+		t.Fatal(err)
+	}
+	es := drain(p)
+	if len(es) != 1 || len(es[0].keys) != 0 {
+		t.Fatalf("%d entries, keys %v; want one entry without a table", len(es), es[0].keys)
+	}
+	for i, r := range decode(t, es[0]) {
+		pt := r.GetPoint()
+		step := float64(pt.GetStep())
+		if len(pt.KeyIdx) != 0 || len(pt.Vals) != 0 || !maps.Equal(pt.Values, map[string]float64{"loss": step, "lr": step + 0.1}) {
+			t.Fatalf("record %d: %v", i, pt)
+		}
 	}
 }

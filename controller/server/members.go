@@ -25,6 +25,8 @@ func (s *Server) startMembership() error {
 		membership.TagQUICAddr: advertised(cfg.AdvertiseQUIC, s.QUICAddr()),
 		membership.TagHTTPAddr: advertised(cfg.AdvertiseHTTP, s.HTTPAddr()),
 		membership.TagExpect:   strconv.Itoa(cfg.BootstrapExpect),
+		// What this release reads in Raft entries that older ones do not.
+		membership.TagFeatures: membership.FeatureFlatPoints,
 	}
 	if s.raft.HasState() {
 		tags[membership.TagRaftBootstrap] = "1"
@@ -280,9 +282,17 @@ func (s *Server) reconcileMembers() {
 }
 
 // addVoters adds the candidates that prove their identity, all verified
-// at once.
+// at once. Once every voter reads flat points, the leader writes them into
+// Raft entries, and a controller of an older release could not apply
+// those: it is refused, with what to do, until it is upgraded.
 func (s *Server) addVoters(candidates []membership.Member) {
+	flat := s.flatEntries()
 	for _, m := range s.verifyAll(candidates) {
+		if flat && !m.Has(membership.FeatureFlatPoints) {
+			s.cfg.Log.Error("not adding a controller of an older release as a raft voter: the cluster writes entries it cannot apply; upgrade it to this release",
+				"id", m.Name, "addr", m.RaftAddr)
+			continue
+		}
 		s.cfg.Log.Info("adding raft voter", "id", m.Name, "addr", m.RaftAddr)
 		if err := s.raft.AddVoter(m.Name, m.RaftAddr); err != nil {
 			s.cfg.Log.Warn("add voter failed", "id", m.Name, "err", err)
@@ -319,4 +329,52 @@ func (s *Server) leaderMember() (membership.Member, error) {
 		return membership.Member{}, fmt.Errorf("leader %s is not a known member", id)
 	}
 	return m, nil
+}
+
+// flatCheckEvery is how long the answer of flatEntries is reused.
+const flatCheckEvery = time.Second
+
+// flatEntries reports whether every Raft voter's release reads flat
+// points (membership.FeatureFlatPoints), so that the leader may write
+// them into entries. During a rolling upgrade, while any voter is older
+// (or not seen in serf yet), entries carry points in the map form that
+// every release reads. A controller without clustering is its only voter.
+func (s *Server) flatEntries() bool {
+	if s.members == nil {
+		return true
+	}
+	now := time.Now().UnixNano()
+	if last := s.flatCheckedAt.Load(); last != 0 && now-last < int64(flatCheckEvery) {
+		return s.flatOK.Load()
+	}
+	ok := s.votersReadFlat()
+	s.flatOK.Store(ok)
+	s.flatCheckedAt.Store(now)
+	return ok
+}
+
+func (s *Server) votersReadFlat() bool {
+	servers, err := s.raft.Servers()
+	if err != nil {
+		return false
+	}
+	return votersHave(servers, s.members.Members(), membership.FeatureFlatPoints)
+}
+
+// votersHave reports whether every voter among servers is a member whose
+// release has feature f; a voter serf does not list counts as without.
+func votersHave(servers []raft.Server, members []membership.Member, f string) bool {
+	byName := map[string]membership.Member{}
+	for _, m := range members {
+		byName[m.Name] = m
+	}
+	for _, srv := range servers {
+		if srv.Suffrage != raft.Voter {
+			continue
+		}
+		if m, ok := byName[string(srv.ID)]; !ok || !m.Has(f) {
+			return false
+		}
+	}
+	return true
 }

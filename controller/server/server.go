@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -103,7 +104,11 @@ type Server struct {
 	http    *http.Server
 	httpLn  net.Listener
 	members *membership.Node
-	reg     *prometheus.Registry
+	// flatOK caches flatEntries' answer, computed at flatCheckedAt
+	// (unix ns, 0: never).
+	flatOK        atomic.Bool
+	flatCheckedAt atomic.Int64
+	reg           *prometheus.Registry
 	// membersChanged tells the leader's reconcile loop that serf
 	// membership changed.
 	membersChanged <-chan struct{}
@@ -202,7 +207,7 @@ func Start(cfg Config) (*Server, error) {
 	}
 	s.ingest, err = ingest.Listen(ingest.Options{
 		Addr: cfg.QUICAddr, TLS: tlsConf, Raft: s.raft, Events: agentEvents{wake},
-		Owners: jobOwners{s.store}, Registry: s.reg,
+		Owners: jobOwners{s.store}, Registry: s.reg, FlatEntries: s.flatEntries,
 		Log: cfg.Log.With("component", "ingest"), Version: Version,
 		LeaderAddr: func() string {
 			m, err := s.leaderMember()

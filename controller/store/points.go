@@ -159,6 +159,15 @@ func (t *Tx) PutNamed(jobID string, p Point) error {
 	if len(p.Names) != len(p.Vals) {
 		return fmt.Errorf("store: point %d of %q has %d names for %d values", p.Seq, jobID, len(p.Names), len(p.Vals))
 	}
+	jc, err := t.jobChunks(jobID)
+	if err != nil {
+		return err
+	}
+	// Checked before the names are interned: a refused point must not
+	// grow the job's dictionary.
+	if last := jc.lastSeq(); last > 0 && p.Seq <= last {
+		return fmt.Errorf("%w: job %q seq %d, last %d", ErrStalePoint, jobID, p.Seq, last)
+	}
 	d, err := t.keyDict(jobID, true)
 	if err != nil {
 		return err
@@ -196,14 +205,7 @@ func (t *Tx) PutNamed(jobID string, p Point) error {
 		}
 		cp.Keys[j], cp.Vals[j] = id, p.Vals[i]
 	}
-	jc, err := t.jobChunks(jobID)
-	if err != nil {
-		return err
-	}
 	head := jc.head
-	if last := jc.lastSeq(); last > 0 && p.Seq <= last {
-		return fmt.Errorf("%w: job %q seq %d, last %d", ErrStalePoint, jobID, p.Seq, last)
-	}
 	if p.Bulk && head.c.Len() == 0 {
 		return t.appendBody(jobID, jc, cp)
 	}
