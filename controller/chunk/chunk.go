@@ -197,7 +197,12 @@ func (c *Chunk) Append(p Point) error {
 	c.lastTsBits = tsBits
 	c.n++
 	for i, k := range p.Keys {
-		ci, ok := c.colIdx[k]
+		// A job logs the same metrics line after line, so column i is
+		// most often metric i: try that before the map.
+		ci, ok := i, i < len(c.cols) && c.cols[i].Key == k
+		if !ok {
+			ci, ok = c.colIdx[k]
+		}
 		if !ok {
 			ci = len(c.cols)
 			var data []byte

@@ -217,10 +217,41 @@ const bulkPoints = 32
 type pointScratch struct {
 	names []string
 	vals  []float64
+	dict  []uint32
+	// ids maps, per job, the entry's key table to the job's dictionary
+	// ids, 1-based (0: not stored for the job in this entry yet).
+	ids map[string]tableIDs
 	// points counts the entry's points per job.
 	points map[string]int
 	// tr maps the entry's key table to Changes.Keys, 1-based (0: not yet).
 	tr []uint32
+}
+
+// tableIDs is one job's map from an entry's key table to its dictionary
+// ids, 1-based.
+type tableIDs []uint32
+
+// all reports whether every index in idx has an id.
+func (t tableIDs) all(idx []uint32) bool {
+	for _, k := range idx {
+		if int(k) >= len(t) || t[k] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// idsOf returns job's table map for this entry.
+func (sc *pointScratch) idsOf(job string, n int) tableIDs {
+	if sc.ids == nil {
+		sc.ids = map[string]tableIDs{}
+	}
+	t, ok := sc.ids[job]
+	if !ok {
+		t = make(tableIDs, n)
+		sc.ids[job] = t
+	}
+	return t
 }
 
 // storePoint stores a metric point of job, in either form, and updates
@@ -236,6 +267,22 @@ func (f *FSM) storePoint(tx *store.Tx, job *gantrypb.Job, p *gantrypb.MetricPoin
 		job.LatestMetrics = map[string]float64{}
 	}
 	flat := len(p.KeyIdx) > 0
+	bulk := sc.points[job.Id] >= bulkPoints
+	// A flat point whose every metric this entry has already stored for
+	// the job takes the fast path: its table indexes map straight to the
+	// job's dictionary ids, with no name looked up again.
+	ids := sc.idsOf(job.Id, len(keys))
+	if fast := flat && ids.all(p.KeyIdx); fast {
+		names, vals, dict := sc.names[:0], p.Vals, sc.dict[:0]
+		for _, k := range p.KeyIdx {
+			names, dict = append(names, keys[k]), append(dict, ids[k]-1)
+		}
+		sc.names, sc.dict = names, dict
+		if err := tx.PutIDs(job.Id, p.Seq, p.Step, p.Ts, dict, vals, bulk); err != nil {
+			return err
+		}
+		return f.pointStored(job, p, names, vals, keys, ch, sc)
+	}
 	names, vals := sc.names[:0], sc.vals[:0]
 	if flat {
 		for i, k := range p.KeyIdx {
@@ -268,10 +315,28 @@ func (f *FSM) storePoint(tx *store.Tx, job *gantrypb.Job, p *gantrypb.MetricPoin
 		}
 	}
 	sc.names, sc.vals = names, vals
-	if err := tx.PutNamed(job.Id, store.Point{Seq: p.Seq, Step: p.Step, Ts: p.Ts, Names: names, Vals: vals,
-		Bulk: sc.points[job.Id] >= bulkPoints}); err != nil {
+	dict, err := tx.MetricIDs(job.Id, names, sc.dict[:0])
+	if err != nil {
 		return err
 	}
+	sc.dict = dict
+	if err := tx.PutIDs(job.Id, p.Seq, p.Step, p.Ts, dict, vals, bulk); err != nil {
+		return err
+	}
+	if flat {
+		// These metrics are the job's now: the next points of the entry
+		// that hold only them take the fast path.
+		for i, k := range p.KeyIdx {
+			ids[k] = dict[i] + 1
+		}
+	}
+	return f.pointStored(job, p, names, vals, keys, ch, sc)
+}
+
+// pointStored updates the job for a point just stored and hands the point
+// to the feed (a flat one re-indexed to ch.Keys).
+func (f *FSM) pointStored(job *gantrypb.Job, p *gantrypb.MetricPoint, names []string, vals []float64, keys []string, ch *Changes, sc *pointScratch) error {
+	flat := len(p.KeyIdx) > 0
 	for i, k := range names {
 		job.LatestMetrics[k] = vals[i]
 	}

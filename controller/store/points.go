@@ -47,8 +47,11 @@ const MaxMetricKeysStored = chunk.MaxColumns
 
 // writeState is what a write transaction keeps in memory until it ends.
 type writeState struct {
-	open map[string]*jobChunks
-	keys map[string]*keyDict
+	// ptKeys and ptVals are PutIDs' scratch.
+	ptKeys []uint32
+	ptVals []float64
+	open   map[string]*jobChunks
+	keys   map[string]*keyDict
 	// order is the jobs with an open chunk, in first-touch order, so
 	// flushing is deterministic.
 	order []string
@@ -150,7 +153,7 @@ func (t *Tx) PutPoint(jobID string, p *gantrypb.MetricPoint) error {
 	return t.PutNamed(jobID, np)
 }
 
-// PutNamed appends a metric point to the job's open chunk. Its seq must be
+// PutNamed appends a metric point to the job's head chunk. Its seq must be
 // above every stored point of the job (ErrStalePoint otherwise).
 func (t *Tx) PutNamed(jobID string, p Point) error {
 	if t.w == nil {
@@ -168,21 +171,34 @@ func (t *Tx) PutNamed(jobID string, p Point) error {
 	if last := jc.lastSeq(); last > 0 && p.Seq <= last {
 		return fmt.Errorf("%w: job %q seq %d, last %d", ErrStalePoint, jobID, p.Seq, last)
 	}
-	d, err := t.keyDict(jobID, true)
+	ids, err := t.MetricIDs(jobID, p.Names, nil)
 	if err != nil {
 		return err
 	}
-	// New names get ids in sorted order, never in the order a map gave
-	// them, so every voter numbers them alike.
+	return t.PutIDs(jobID, p.Seq, p.Step, p.Ts, ids, p.Vals, p.Bulk)
+}
+
+// MetricIDs returns the ids of names in the job's dictionary, appended to
+// ids, adding the names it does not hold yet. New names get ids in sorted
+// order, never in the order a map gave them, so every voter numbers them
+// alike.
+func (t *Tx) MetricIDs(jobID string, names []string, ids []uint32) ([]uint32, error) {
+	if t.w == nil {
+		return nil, errors.New("store: MetricIDs outside a write transaction")
+	}
+	d, err := t.keyDict(jobID, true)
+	if err != nil {
+		return nil, err
+	}
 	var fresh []string
-	for _, k := range p.Names {
+	for _, k := range names {
 		if _, ok := d.ids[k]; !ok && !slices.Contains(fresh, k) {
 			fresh = append(fresh, k)
 		}
 	}
 	if len(fresh) > 0 {
 		if len(d.names)+len(fresh) > MaxMetricKeysStored {
-			return fmt.Errorf("store: job %q would have more than %d metric names", jobID, MaxMetricKeysStored)
+			return nil, fmt.Errorf("store: job %q would have more than %d metric names", jobID, MaxMetricKeysStored)
 		}
 		slices.Sort(fresh)
 		for _, k := range fresh {
@@ -191,22 +207,55 @@ func (t *Tx) PutNamed(jobID string, p Point) error {
 		}
 		d.dirty = true
 	}
-	cp := chunk.Point{Seq: p.Seq, Ts: p.Ts, Keys: make([]uint32, len(p.Names)), Vals: make([]float64, len(p.Vals))}
-	if p.Step != nil {
-		cp.Step, cp.HasStep = *p.Step, true
+	for _, k := range names {
+		ids = append(ids, d.ids[k])
+	}
+	return ids, nil
+}
+
+// PutIDs appends a metric point whose metrics are named by the job's
+// dictionary ids (MetricIDs): ids[i] names vals[i], each id once. bulk is
+// Point.Bulk. Its seq must be above every stored point of the job.
+func (t *Tx) PutIDs(jobID string, seq uint64, step *int64, ts float64, ids []uint32, vals []float64, bulk bool) error {
+	if t.w == nil {
+		return errors.New("store: PutIDs outside a write transaction")
+	}
+	if len(ids) != len(vals) {
+		return fmt.Errorf("store: point %d of %q has %d ids for %d values", seq, jobID, len(ids), len(vals))
+	}
+	jc, err := t.jobChunks(jobID)
+	if err != nil {
+		return err
+	}
+	if last := jc.lastSeq(); last > 0 && seq <= last {
+		return fmt.Errorf("%w: job %q seq %d, last %d", ErrStalePoint, jobID, seq, last)
+	}
+	d, err := t.keyDict(jobID, true)
+	if err != nil {
+		return err
+	}
+	// The chunk copies what it appends, so the point's slices are the
+	// transaction's scratch, reused point after point.
+	t.w.ptKeys = slices.Grow(t.w.ptKeys[:0], len(ids))[:len(ids)]
+	t.w.ptVals = slices.Grow(t.w.ptVals[:0], len(vals))[:len(vals)]
+	cp := chunk.Point{Seq: seq, Ts: ts, Keys: t.w.ptKeys, Vals: t.w.ptVals}
+	if step != nil {
+		cp.Step, cp.HasStep = *step, true
 	}
 	// Columns in id order: a chunk's bytes then depend only on the points,
 	// whatever order their values came in.
-	for i, k := range p.Names {
-		id := d.ids[k]
+	for i, id := range ids {
+		if int(id) >= len(d.names) {
+			return fmt.Errorf("store: point %d of %q: metric id %d is not in the job's dictionary", seq, jobID, id)
+		}
 		j := i
 		for ; j > 0 && cp.Keys[j-1] > id; j-- {
 			cp.Keys[j], cp.Vals[j] = cp.Keys[j-1], cp.Vals[j-1]
 		}
-		cp.Keys[j], cp.Vals[j] = id, p.Vals[i]
+		cp.Keys[j], cp.Vals[j] = id, vals[i]
 	}
 	head := jc.head
-	if p.Bulk && head.c.Len() == 0 {
+	if bulk && head.c.Len() == 0 {
 		return t.appendBody(jobID, jc, cp)
 	}
 	if err := head.c.Append(cp); err != nil {
