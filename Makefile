@@ -20,19 +20,24 @@ export GOWORK := off
 # only, so the targets below visit each module.
 MODULES := . bench bench/logstore e2e
 
-.PHONY: all build test unit e2e lint demo proto bench clean
+.PHONY: all build test test-deps unit e2e lint demo proto bench clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-# The README's test command: lint, then every test with the race detector.
-# A failing module does not stop the others: every failure is reported.
-test: lint
+# The README's test command: install what the tests need (as root, with
+# apt-get: scripts/test-deps.sh), lint, then every test with the race
+# detector. A failing module does not stop the others: every failure is
+# reported.
+test: test-deps lint
 	fail=0; for m in $(MODULES); do \
 	  echo "== $$m"; (cd $$m && $(GO) test -race -count=1 -timeout 20m ./...) || fail=1; \
 	done; exit $$fail
+
+test-deps:
+	./scripts/test-deps.sh
 
 unit:
 	fail=0; for m in $(MODULES); do \
