@@ -61,6 +61,7 @@ echo "==> jobs on this controller (API at $addr):"
 "$bin/gantry" ps
 echo
 echo "To keep a controller running and explore the API yourself:"
-echo "  $bin/gantry-controller -dev -data-dir $data -fake-gpus 2 &"
+echo "  $bin/gantry-controller -dev -data-dir $data -fake-gpus 2 -http-addr 127.0.0.1:$port &"
+echo "  export GANTRY_ADDR=$addr"
 echo "  $bin/gantry ps; $bin/gantry status <id>; curl $addr/v1/nodes"
 exit $rc

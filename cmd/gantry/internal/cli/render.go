@@ -339,6 +339,9 @@ func jobStep(j apiv1.Job) string {
 	if s, ok := j.FinalMetrics[keyStep]; ok {
 		return formatExact(s)
 	}
+	if s, ok := j.LatestMetrics[keyStep]; ok {
+		return formatExact(s) // running: the step it has reached
+	}
 	return "-"
 }
 
@@ -365,7 +368,10 @@ func WriteNodesTable(w io.Writer, nodes []apiv1.Node, now time.Time) error {
 	fmt.Fprintln(tw, "ID\tHOSTNAME\tSTATE\tGPUS FREE/TOTAL\tCONNECTED\tLAST SEEN")
 	for _, n := range nodes {
 		seen := "-"
-		if n.LastSeen != nil {
+		switch {
+		case n.Connected:
+			seen = "now" // its link is up: last_seen is when it connected
+		case n.LastSeen != nil:
 			seen = FormatAge(now.Sub(*n.LastSeen)) + " ago"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\n",
@@ -442,8 +448,14 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 		row("Error", j.Error)
 	}
 	_ = tw.Flush() // write errors stick in sw
-	fmt.Fprintln(w, "\nFinal metrics:")
-	_ = WriteFinalMetrics(indent(w), j.FinalMetrics)
+	if len(j.FinalMetrics) == 0 && len(j.LatestMetrics) > 0 {
+		// Not over yet: what it has reported so far.
+		fmt.Fprintln(w, "\nLatest metrics:")
+		_ = WriteFinalMetrics(indent(w), j.LatestMetrics)
+	} else {
+		fmt.Fprintln(w, "\nFinal metrics:")
+		_ = WriteFinalMetrics(indent(w), j.FinalMetrics)
+	}
 	fmt.Fprintln(w, "\nEvents:")
 	if len(events) == 0 {
 		fmt.Fprintln(w, "  (none)")

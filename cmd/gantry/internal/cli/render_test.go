@@ -295,13 +295,17 @@ var (
 func TestWriteJobsTable(t *testing.T) {
 	var b bytes.Buffer
 	queued := apiv1.Job{ID: "j-2", State: apiv1.StateQueued, CreatedAt: &ended}
-	if err := WriteJobsTable(&b, []apiv1.Job{doneJob, queued}, now); err != nil {
+	running := apiv1.Job{ID: "j-3", State: apiv1.StateRunning, CreatedAt: &ended, Points: 31,
+		LatestMetrics: map[string]float64{"step": 29, "loss": 1.5}}
+	if err := WriteJobsTable(&b, []apiv1.Job{doneJob, queued, running}, now); err != nil {
 		t.Fatal(err)
 	}
+	// A running job shows the step it has reached, from its latest metrics.
 	want := "" +
-		"ID   NAME  STATE   NODE   GPUS  STEP/POINTS  AGE\n" +
-		"j-1  bert  failed  gpu-a  0,1   120/121      1h\n" +
-		"j-2  -     queued  -      -     -/0          10m\n"
+		"ID   NAME  STATE    NODE   GPUS  STEP/POINTS  AGE\n" +
+		"j-1  bert  failed   gpu-a  0,1   120/121      1h\n" +
+		"j-2  -     queued   -      -     -/0          10m\n" +
+		"j-3  -     running  -      -     29/31        10m\n"
 	if b.String() != want {
 		t.Errorf("table =\n%s\nwant\n%s", b.String(), want)
 	}
@@ -317,12 +321,25 @@ func TestWriteNodesTable(t *testing.T) {
 	if err := WriteNodesTable(&b, nodes, now); err != nil {
 		t.Fatal(err)
 	}
+	// A connected node is seen now, whenever it connected.
 	want := "" +
 		"ID     HOSTNAME  STATE  GPUS FREE/TOTAL  CONNECTED  LAST SEEN\n" +
-		"gpu-a  host-a    ready  6/8              yes        5s ago\n" +
+		"gpu-a  host-a    ready  6/8              yes        now\n" +
 		"gpu-b  -         down   0/4              no         -\n"
 	if b.String() != want {
 		t.Errorf("table =\n%s\nwant\n%s", b.String(), want)
+	}
+}
+
+// A running job's status shows the metrics it has reported so far.
+func TestWriteJobStatusRunning(t *testing.T) {
+	var b bytes.Buffer
+	j := apiv1.Job{ID: "j-3", State: apiv1.StateRunning, CreatedAt: &ended, LatestMetrics: map[string]float64{"step": 29, "loss": 1.5}}
+	if err := WriteJobStatus(&b, j, nil, now); err != nil {
+		t.Fatal(err)
+	}
+	if out := b.String(); !strings.Contains(out, "Latest metrics:\n  METRIC  VALUE\n  step    29\n  loss    1.5\n") || strings.Contains(out, "no final metrics") {
+		t.Errorf("running status:\n%s", out)
 	}
 }
 
