@@ -8,12 +8,17 @@ process exits.
 
     import gantry_metrics
     gantry_metrics.log(step=10, loss=0.52, lr=3e-4)
+    gantry_metrics.log({"train/loss": 0.52, "lr": 3e-4}, step=10)  # wandb style
+
+Numbers may be Python numbers, numpy scalars (np.int64, np.float32, ...)
+or one-element torch tensors: they are written as plain JSON numbers.
 
 The file is ``$GANTRY_METRICS_FILE`` (set by the agent), else the path given
 to ``MetricsLogger``, else ``metrics.jsonl`` in the working directory.
 
-Non-finite values (NaN, inf) are dropped from the line with a warning:
-the agent rejects a whole line that holds one. With Hugging Face
+Non-finite values (NaN, inf) are dropped from the line, with a warning
+the first time for each key and again as the count of drops grows (10,
+100, ...): the agent rejects a whole line that holds one. With Hugging Face
 ``transformers`` installed, ``GantryCallback`` forwards Trainer logs.
 
 Standard library only.
@@ -23,6 +28,7 @@ import atexit
 import json
 import math
 import numbers
+import operator
 import os
 import sys
 import threading
@@ -41,12 +47,28 @@ def _warn(msg):
 
 
 def _scalar(v):
-    """Unwrap numpy scalars and 0-d torch tensors to Python numbers."""
-    if not isinstance(v, numbers.Number) and hasattr(v, "item"):
+    """Turn numpy scalars and one-element torch tensors into Python int or
+    float; anything else comes back as it was."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)):
+        return v
+    # numpy registers its scalar types with the numbers ABCs, and they
+    # (like torch's integer tensors) convert exactly.
+    if isinstance(v, numbers.Integral):
         try:
-            return v.item()
+            return operator.index(v)
+        except TypeError:
+            return v
+    if isinstance(v, numbers.Real):
+        return float(v)
+    if hasattr(v, "item"):
+        try:
+            item = v.item()
         except (TypeError, ValueError, RuntimeError):
             return v
+        if isinstance(item, (bool, int, float)):
+            return item
     return v
 
 
@@ -57,11 +79,12 @@ class MetricsLogger:
         self.path = os.environ.get(ENV_FILE) or path or DEFAULT_FILE
         self._file = None
         self._lock = threading.Lock()
-        self._warned = set()
+        self._dropped = {}
 
-    def log(self, step=None, **metrics):
-        """Write one line: ``step`` (an integer, optional) and the metrics."""
-        self.log_dict(metrics, step=step)
+    def log(self, *args, step=None, **metrics):
+        """Write one line: ``step`` (an integer, optional) and the metrics,
+        given as keywords, or as a dict (``log({"loss": 0.3}, step=5)``)."""
+        self.log_dict(_merge(args, metrics), step=step)
 
     def log_dict(self, metrics, step=None):
         """Like ``log`` for a dict whose keys need not be identifiers."""
@@ -125,11 +148,37 @@ class MetricsLogger:
         return step
 
     def _warn_once(self, key, value):
-        if key in self._warned:
+        # First time for each key, then at 10, 100, ... drops: a run that
+        # keeps logging NaN keeps being told, without a line per step.
+        n = self._dropped.get(key, 0) + 1
+        self._dropped[key] = n
+        if n != 1 and not _power_of_ten(n):
             return
-        self._warned.add(key)
         kind = "non-finite" if isinstance(value, float) else "non-numeric"
-        _warn("dropping %s value %r of %r (warned once per key)" % (kind, value, key))
+        if n == 1:
+            _warn("dropping %s value %r of %r" % (kind, value, key))
+        else:
+            _warn("dropped %d values of %r so far (the last %s: %r)" % (n, key, kind, value))
+
+
+def _power_of_ten(n):
+    while n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
+def _merge(args, metrics):
+    """The metrics of a log call: keywords, and at most one dict given
+    positionally (wandb's ``log({...})``)."""
+    if len(args) > 1:
+        raise TypeError("log takes at most one dict of metrics and keywords, got %d positional arguments" % len(args))
+    if not args:
+        return metrics
+    if not isinstance(args[0], dict):
+        raise TypeError("log's positional argument must be a dict of metrics, got %r" % (args[0],))
+    merged = dict(args[0])
+    merged.update(metrics)
+    return merged
 
 
 _default = None
@@ -145,9 +194,9 @@ def _default_logger():
         return _default
 
 
-def log(step=None, **metrics):
-    """Write one line to the default logger's file."""
-    _default_logger().log_dict(metrics, step=step)
+def log(*args, step=None, **metrics):
+    """Write one line to the default logger's file (see MetricsLogger.log)."""
+    _default_logger().log_dict(_merge(args, metrics), step=step)
 
 
 def close():

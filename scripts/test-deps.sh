@@ -16,6 +16,7 @@ command -v ansible-lint >/dev/null || need+=(ansible-lint)        # lint of depl
 command -v /usr/sbin/sshd >/dev/null || need+=(openssh-server)    # one sshd per netns host (e2e)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)        # ssh, ssh-keygen (e2e)
 command -v ip >/dev/null || need+=(iproute2)                      # network namespaces (e2e)
+dpkg -s python3-numpy >/dev/null 2>&1 || need+=(python3-numpy)    # the metrics helper with numpy scalars (e2e)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
