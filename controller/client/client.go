@@ -198,21 +198,37 @@ func (c *Client) do(ctx context.Context, method, endpoint string, body, out any)
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, endpoint, rd)
-	if err != nil {
-		return fmt.Errorf("build %s %s: %w", method, endpoint, err)
-	}
-	if body != nil || method != http.MethodGet {
-		// The API refuses state-changing requests without it (CSRF
-		// defence), bodyless ones such as cancel included.
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Accept", "application/json")
-	c.authorize(req.Header)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		// *url.Error already names the method and URL.
-		return err
+	var resp *http.Response
+	start := time.Now()
+	for {
+		req, err := http.NewRequestWithContext(ctx, method, endpoint, rd)
+		if err != nil {
+			return fmt.Errorf("build %s %s: %w", method, endpoint, err)
+		}
+		if body != nil || method != http.MethodGet {
+			// The API refuses state-changing requests without it (CSRF
+			// defence), bodyless ones such as cancel included.
+			req.Header.Set("Content-Type", "application/json")
+		}
+		req.Header.Set("Accept", "application/json")
+		c.authorize(req.Header)
+		resp, err = c.http.Do(req)
+		if err != nil {
+			// *url.Error already names the method and URL.
+			return err
+		}
+		// A read answered "unavailable, retry after" (a controller that has
+		// just started and is catching up) is asked again, within
+		// unavailableRetryFor: a job that exists must not look gone.
+		wait, retry := retryAfter(resp)
+		if method != http.MethodGet || !retry || time.Since(start) > unavailableRetryFor {
+			break
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err := sleepCtx(ctx, wait); err != nil {
+			return err
+		}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
@@ -235,6 +251,34 @@ func (c *Client) do(ctx context.Context, method, endpoint string, body, out any)
 func (c *Client) authorize(h http.Header) {
 	if c.token != "" {
 		h.Set("Authorization", "Bearer "+c.token)
+	}
+}
+
+// unavailableRetryFor bounds how long a read keeps asking a controller
+// that answers 503 with Retry-After.
+const unavailableRetryFor = time.Minute
+
+// retryAfter reports whether resp is a 503 that says when to ask again,
+// and how long to wait (at most 2 s).
+func retryAfter(resp *http.Response) (time.Duration, bool) {
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		return 0, false
+	}
+	secs, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	if err != nil || secs < 0 {
+		return 0, false
+	}
+	return min(time.Duration(secs)*time.Second, 2*time.Second), true
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 

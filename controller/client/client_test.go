@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -344,5 +346,39 @@ func TestBadAddress(t *testing.T) {
 		if err := c.Watch(testCtx(t), "j", func(apiv1.Frame) error { return nil }); err == nil {
 			t.Errorf("%s: Watch succeeded", addr)
 		}
+	}
+}
+
+// A read answered 503 with Retry-After (a controller catching up after a
+// start) is asked again until it answers; a write is not, and a 503
+// without Retry-After is an error at once.
+func TestReadsRetryUnavailable(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := calls.Add(1)
+		switch {
+		case r.URL.Path == "/v1/jobs/nort":
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case n <= 2 || r.Method != http.MethodGet:
+			w.Header().Set("Retry-After", "0")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprint(w, `{"error":"catching up"}`)
+		default:
+			fmt.Fprint(w, `{"id":"j1","state":"running"}`)
+		}
+	}))
+	defer srv.Close()
+	c := New(srv.URL)
+	j, err := c.Job(context.Background(), "j1")
+	if err != nil || j.ID != "j1" || calls.Load() != 3 {
+		t.Fatalf("Job = %+v, %v after %d calls; want it after two 503s", j, err, calls.Load())
+	}
+	calls.Store(10)
+	if _, err := c.Submit(context.Background(), apiv1.JobSpec{Run: "x"}); err == nil || calls.Load() != 11 {
+		t.Fatalf("a write was retried or succeeded: %v after %d calls", err, calls.Load()-10)
+	}
+	calls.Store(10)
+	if _, err := c.Job(context.Background(), "nort"); err == nil || calls.Load() != 11 {
+		t.Fatalf("a 503 without Retry-After was retried: %v after %d calls", err, calls.Load()-10)
 	}
 }

@@ -169,6 +169,19 @@ func (c *Client) dialLive(ctx context.Context, id string) (*websocket.Conn, erro
 	h := http.Header{}
 	c.authorize(h)
 	conn, resp, err := d.DialContext(ctx, endpoint, h)
+	for start := time.Now(); err != nil && resp != nil && time.Since(start) < unavailableRetryFor; {
+		// As for reads (Client.do): a controller catching up after a start
+		// says when to ask again.
+		wait, retry := retryAfter(resp)
+		if !retry {
+			break
+		}
+		resp.Body.Close()
+		if err := sleepCtx(ctx, wait); err != nil {
+			return nil, err
+		}
+		conn, resp, err = d.DialContext(ctx, endpoint, h)
+	}
 	if err != nil {
 		if resp != nil {
 			defer resp.Body.Close()

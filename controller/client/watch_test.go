@@ -32,6 +32,12 @@ func liveServer(t *testing.T, play func(t *testing.T, conn *websocket.Conn)) (*h
 		handlers.Add(1)
 		defer handlers.Done()
 		auth.Store(r.Header.Get("Authorization"))
+		if r.PathValue("id") == "starting" && starting.Add(-1) >= 0 {
+			// A controller catching up after a start, twice.
+			w.Header().Set("Retry-After", "0")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
 		if r.PathValue("id") == "missing-404" {
 			w.WriteHeader(http.StatusNotFound)
 			_, _ = w.Write([]byte(`{"error":"job missing-404 not found"}`))
@@ -49,6 +55,28 @@ func liveServer(t *testing.T, play func(t *testing.T, conn *websocket.Conn)) (*h
 	t.Cleanup(srv.Close)
 	t.Cleanup(handlers.Wait)
 	return srv, &auth
+}
+
+// starting is how many more times the "starting" job's live stream
+// answers 503 with Retry-After.
+var starting atomic.Int32
+
+// TestWatchRetriesAStartingController: a live stream answered 503 with
+// Retry-After is dialled again, so `gantry watch` waits for a controller
+// catching up after a start instead of leaving the job unwatched.
+func TestWatchRetriesAStartingController(t *testing.T) {
+	starting.Store(2)
+	srv, _ := liveServer(t, func(t *testing.T, conn *websocket.Conn) {
+		send(t, conn, played[0])
+		closeWith(t, conn, websocket.CloseNormalClosure, "final")
+	})
+	var got int
+	if err := New(srv.URL).Watch(testCtx(t), "starting", func(apiv1.Frame) error { got++; return nil }); err != nil || got != 1 {
+		t.Fatalf("Watch = %v with %d frames, want nil with 1", err, got)
+	}
+	if n := starting.Load(); n >= 0 {
+		t.Fatalf("the stream was dialled %d times too few", n+1)
+	}
 }
 
 func send(t *testing.T, conn *websocket.Conn, f apiv1.Frame) {

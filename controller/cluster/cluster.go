@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -70,6 +71,11 @@ type Node struct {
 	check     LogCheck
 	disk      *DiskGuard
 	writes    *writeWatch
+	// bootIndex is the last index of the local log when the node opened,
+	// and openedAt when: see CaughtUp.
+	bootIndex uint64
+	openedAt  time.Time
+	caughtUp  atomic.Bool
 }
 
 // Open starts Raft over fsm.
@@ -173,7 +179,8 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 		closeLog()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
-	n := &Node{cfg: cfg, raft: r, log: logStore, meta: meta, transport: transport, stream: stream, fsm: fsm, hadState: has || cfg.Bootstrap, check: check, writes: writes}
+	n := &Node{cfg: cfg, raft: r, log: logStore, meta: meta, transport: transport, stream: stream, fsm: fsm, hadState: has || cfg.Bootstrap, check: check, writes: writes,
+		bootIndex: r.LastIndex(), openedAt: time.Now()}
 	n.disk = startDiskGuard(cfg.DataDir, cfg.Disk, cfg.Log, n.stepDownForDisk)
 	return n, nil
 }
@@ -258,6 +265,35 @@ func (n *Node) Barrier(timeout time.Duration) error {
 
 // Snapshot forces a snapshot (tests, operators).
 func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }
+
+// CaughtUp reports whether this node's state is at least as new as what
+// it could serve before it (re)started. On start the state is rebuilt from
+// the latest snapshot, and the log entries after it are applied only once
+// a leader says they are committed; until then a read would miss jobs that
+// exist (a 404 for a job created after the snapshot). It is caught up once
+// it has applied its whole log as it was at start, or, after hearing from
+// a leader (or being one), everything the cluster has committed (a tail of
+// entries that were never committed is dropped by the new leader and never
+// applied). Once caught up it stays so. applied and want say how far it
+// is when it is not.
+func (n *Node) CaughtUp() (ok bool, applied, want uint64) {
+	if n.caughtUp.Load() {
+		return true, 0, 0
+	}
+	applied = n.raft.AppliedIndex()
+	if applied >= n.bootIndex {
+		n.caughtUp.Store(true)
+		return true, applied, n.bootIndex
+	}
+	if n.raft.State() == raft.Leader || n.raft.LastContact().After(n.openedAt) {
+		commit, _ := strconv.ParseUint(n.raft.Stats()["commit_index"], 10, 64)
+		if commit > 0 && applied >= commit {
+			n.caughtUp.Store(true)
+			return true, applied, commit
+		}
+	}
+	return false, applied, n.bootIndex
+}
 
 // Status is this node's view of the Raft cluster.
 type Status struct {

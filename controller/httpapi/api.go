@@ -68,9 +68,14 @@ type Options struct {
 	Store   *store.Store
 	Raft    Raft
 	Applied func() uint64
-	Hub     *hub.Hub
-	Agents  Agents
-	Log     *slog.Logger
+	// Ready returns why reads would be stale (the controller is still
+	// catching up with its Raft log after a start), or nil. Reads of jobs
+	// and nodes answer 503 with Retry-After meanwhile, never a 404 for a
+	// job that exists. nil: always ready.
+	Ready  func() error
+	Hub    *hub.Hub
+	Agents Agents
+	Log    *slog.Logger
 	// Token, when set, is required as "Authorization: Bearer TOKEN" on
 	// /v1 endpoints (WebSocket upgrades may pass ?token= as browsers
 	// cannot set headers there; nothing else may, so the token does not
@@ -159,16 +164,16 @@ func New(opts Options) *API {
 
 	m := a.mux
 	m.HandleFunc("POST /v1/jobs", a.auth(a.jsonBody(a.forwardToLeader(a.submit))))
-	m.HandleFunc("GET /v1/jobs", a.auth(a.consistent(a.listJobs)))
-	m.HandleFunc("GET /v1/jobs/{id}", a.auth(a.consistent(a.getJob)))
+	m.HandleFunc("GET /v1/jobs", a.auth(a.ready(a.consistent(a.listJobs))))
+	m.HandleFunc("GET /v1/jobs/{id}", a.auth(a.ready(a.consistent(a.getJob))))
 	m.HandleFunc("POST /v1/jobs/{id}/cancel", a.auth(a.jsonBody(a.forwardToLeader(a.cancel))))
-	m.HandleFunc("GET /v1/jobs/{id}/metrics", a.auth(a.consistent(a.metrics)))
-	m.HandleFunc("GET /v1/jobs/{id}/events", a.auth(a.events))
-	m.HandleFunc("GET /v1/jobs/{id}/logs", a.auth(a.logs))
-	m.HandleFunc("GET /v1/jobs/{id}/live", a.auth(a.live))
-	m.HandleFunc("GET /v1/jobs/{id}/playback", a.auth(a.playback))
-	m.HandleFunc("GET /v1/nodes", a.auth(a.consistent(a.listNodes)))
-	m.HandleFunc("GET /v1/nodes/{id}/gpus", a.auth(a.nodeGPUs))
+	m.HandleFunc("GET /v1/jobs/{id}/metrics", a.auth(a.ready(a.consistent(a.metrics))))
+	m.HandleFunc("GET /v1/jobs/{id}/events", a.auth(a.ready(a.events)))
+	m.HandleFunc("GET /v1/jobs/{id}/logs", a.auth(a.ready(a.logs)))
+	m.HandleFunc("GET /v1/jobs/{id}/live", a.auth(a.ready(a.live)))
+	m.HandleFunc("GET /v1/jobs/{id}/playback", a.auth(a.ready(a.playback)))
+	m.HandleFunc("GET /v1/nodes", a.auth(a.ready(a.consistent(a.listNodes))))
+	m.HandleFunc("GET /v1/nodes/{id}/gpus", a.auth(a.ready(a.nodeGPUs)))
 	m.HandleFunc("GET /v1/cluster", a.clusterRoute())
 	m.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
 	m.HandleFunc("/v1/", a.noRoute)
@@ -474,6 +479,23 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, page)
+}
+
+// ready answers 503 with Retry-After while the controller's state is
+// still catching up with its Raft log (Options.Ready), so that a client
+// retries rather than take a job that exists for one that does not.
+func (a *API) ready(h http.HandlerFunc) http.HandlerFunc {
+	if a.opts.Ready == nil {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := a.opts.Ready(); err != nil {
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		h(w, r)
+	}
 }
 
 // Bounds of a downsampled read: buckets per key and keys (each store read

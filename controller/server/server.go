@@ -230,7 +230,7 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.api = httpapi.New(httpapi.Options{
-		Store: s.store, Raft: s.raft, Applied: s.fsm.AppliedIndex, Hub: s.hub, Agents: s.ingest,
+		Store: s.store, Raft: s.raft, Applied: s.fsm.AppliedIndex, Ready: s.caughtUp, Hub: s.hub, Agents: s.ingest,
 		Log: cfg.Log.With("component", "api"), Token: cfg.Token, Extra: cfg.Extra,
 		AllowedHosts: allowedHosts(cfg), Limits: cfg.HTTPLimits, TLS: httpTLS != nil, PeerTransport: peerTransport,
 		Registry: s.reg, NodeID: cfg.NodeID, Peers: s.peerHTTPAddrs,
@@ -336,12 +336,19 @@ func (s *Server) Raft() *cluster.Node { return s.raft }
 // Store exposes the store (tests).
 func (s *Server) Store() *store.Store { return s.store }
 
-// WaitLeader waits until this node is the leader.
+// WaitLeader waits until this node is the leader and serves reads.
 func (s *Server) WaitLeader(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for !s.raft.IsLeader() {
 		if time.Now().After(deadline) {
 			return cluster.ErrNoLeader
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A new leader serves reads once it has applied what it committed.
+	for s.caughtUp() != nil {
+		if time.Now().After(deadline) {
+			return s.caughtUp()
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -482,3 +489,12 @@ type agentEvents struct{ wake scheduler.Wakeup }
 
 func (a agentEvents) AgentConnected(string)    { a.wake.Wake() }
 func (a agentEvents) AgentDisconnected(string) { a.wake.Wake() }
+
+// caughtUp is the API's readiness: nil once this controller's state is as
+// new as what it could serve before it started (cluster.Node.CaughtUp).
+func (s *Server) caughtUp() error {
+	if ok, applied, want := s.raft.CaughtUp(); !ok {
+		return fmt.Errorf("this controller has just started and is catching up with its Raft log (applied %d of %d); retry in a moment", applied, want)
+	}
+	return nil
+}
