@@ -20,6 +20,7 @@ import (
 
 	"github.com/gantry-ml/gantry/agent/gpu"
 	"github.com/gantry-ml/gantry/agent/link"
+	"github.com/gantry-ml/gantry/agent/pyhelper"
 	"github.com/gantry-ml/gantry/agent/runner"
 	"github.com/gantry-ml/gantry/agent/spool"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
@@ -80,6 +81,8 @@ type Agent struct {
 	members  *membership.Node // nil without serf
 	// jobUser is who jobs run as; nil when they run as the agent's user.
 	jobUser *runner.User
+	// pythonDir holds gantry_metrics.py, on every job's PYTHONPATH.
+	pythonDir string
 
 	// linkUp reports whether the controller link is up; jobs are held to
 	// their share of the spool only then (job.waitShare). nil: never.
@@ -89,6 +92,18 @@ type Agent struct {
 	jobs map[string]*job // jobs started by this process, until their exit is acked
 	wg   sync.WaitGroup
 	ctx  context.Context
+}
+
+// installHelper writes the Python metrics helper into the data directory,
+// so that every job can `import gantry_metrics` with nothing installed:
+// the directory goes on each job's PYTHONPATH.
+func (a *Agent) installHelper() error {
+	dir, err := pyhelper.Install(filepath.Join(a.cfg.DataDir, "python"))
+	if err != nil {
+		return fmt.Errorf("agent: metrics helper: %w", err)
+	}
+	a.pythonDir = dir
+	return nil
 }
 
 // New opens the agent's state; Run starts it.
@@ -118,6 +133,10 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, spool: sp, jobs: map[string]*job{}, jobUser: jobUser}
 	a.hostname, _ = os.Hostname()
+	if err := a.installHelper(); err != nil {
+		sp.Close()
+		return nil, err
+	}
 
 	switch {
 	case cfg.FakeGPUs > 0:

@@ -175,7 +175,7 @@ func (j *job) run(ctx context.Context) {
 	}
 	proc, err := runner.Start(runner.Spec{
 		JobID: j.id, Setup: spec.GetSetup(), Run: spec.GetRun(), JobDir: dir, Workdir: spec.GetWorkdir(),
-		Env: spec.GetEnv(), GPUs: gpus, MetricsFile: filepath.Join(dir, MetricsFileName),
+		Env: spec.GetEnv(), GPUs: gpus, MetricsFile: filepath.Join(dir, MetricsFileName), PythonPath: a.pythonDir,
 		LogFile:     filepath.Join(dir, LogFileName),
 		KillGrace:   time.Duration(spec.GetKillGraceMs()) * time.Millisecond,
 		MaxDuration: time.Duration(spec.GetMaxDurationMs()) * time.Millisecond,
@@ -363,7 +363,8 @@ func (j *job) tailFailed(dead *atomic.Bool, what string, err error) {
 // drain reads what is left of one file after the process exited, by
 // repeated non-blocking polls (each committing what it read to the spool)
 // until one reads nothing at all: first is the read position before the
-// first poll, size(err) the file's size then, and poll returns the
+// first poll, size the file's size (taken right after the first poll,
+// which opens a file the tail had not opened yet), and poll returns the
 // position after it and whether it produced records. It stops early, and
 // returns a reason, once drainMaxBytes have been read, or once it has
 // spent drainMaxTime reading bytes written after the exit (past size),
@@ -375,11 +376,10 @@ func (j *job) drain(ctx context.Context, dead *atomic.Bool, first int64, size fu
 	if dead.Load() {
 		return ""
 	}
-	atExit, err := size()
-	if err != nil {
-		j.tailFailed(dead, "job file after exit", err)
-		return ""
-	}
+	// The file's size at the exit, taken after the first poll: a job that
+	// wrote and exited before its tail first looked has its file opened
+	// by that poll.
+	atExit := int64(-1)
 	var start time.Time // when the drain got past what was there at the exit
 	var waitedAtStart int64
 	var read int64   // bytes read, summed over truncations
@@ -387,6 +387,9 @@ func (j *job) drain(ctx context.Context, dead *atomic.Bool, first int64, size fu
 	last := first
 	for ctx.Err() == nil {
 		pos, got, err := poll()
+		if err == nil && atExit < 0 {
+			atExit, err = size()
+		}
 		if err != nil {
 			j.tailFailed(dead, "job file after exit", err)
 			return ""

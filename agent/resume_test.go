@@ -48,6 +48,9 @@ func newTestAgent(t *testing.T, dataDir string, sp *spool.Spool) *testAgent {
 		log:   slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 		spool: sp, jobs: map[string]*job{}, ctx: ctx,
 	}
+	if err := a.installHelper(); err != nil {
+		t.Fatal(err)
+	}
 	ta := &testAgent{Agent: a, cancel: cancel}
 	t.Cleanup(ta.stop)
 	return ta

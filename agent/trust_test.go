@@ -544,3 +544,23 @@ func TestDrainReadsWhatTheFileHeldAtExit(t *testing.T) {
 		t.Fatalf("a file growing after the exit was not cut: exit %v, events %v", exit, eventsOf(t, sp, "grows"))
 	}
 }
+
+// TestJobImportsTheMetricsHelper: a job's Python finds gantry_metrics with
+// nothing installed and no sys.path edit: the agent ships it on the job's
+// PYTHONPATH. (The demo's trainer, run as the job user by a root dev
+// controller, imports it the same way.)
+func TestJobImportsTheMetricsHelper(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("no python3")
+	}
+	dir := reachableDir(t)
+	sp := openSpool(t, dir)
+	a := newTestAgent(t, dir, sp)
+	exit := startJob(t, a, "py", `cd / && python3 -c 'import gantry_metrics; gantry_metrics.log(step=3, loss=0.25)'`)
+	if exit.GetExitCode() != 0 {
+		t.Fatalf("the job failed: %v", exit)
+	}
+	if exit.FinalMetrics["loss"] != 0.25 || exit.FinalMetrics["step"] != 3 {
+		t.Fatalf("final metrics %v, want the helper's line", exit.FinalMetrics)
+	}
+}

@@ -40,9 +40,9 @@ done
 # As root, dev mode runs jobs as an unprivileged user, who may not read
 # the checkout (under /root, say): the trainer goes where it can.
 # (Python finds modules only in directories it may list: hence 0755.)
+# (gantry_metrics needs no copy: the agent ships it on the job's PYTHONPATH.)
 install -d -m 0755 "$data/scripts" "$data/scripts/demo"
 install -m 0644 "$repo/scripts/demo/train.py" "$data/scripts/demo/train.py"
-install -m 0644 "$repo/scripts/gantry_metrics.py" "$data/scripts/gantry_metrics.py"
 cat >"$data/demo-job.yaml" <<YAML
 name: demo-train
 run: python3 $data/scripts/demo/train.py --steps $steps

@@ -98,6 +98,10 @@ type Spec struct {
 	GPUs []int
 	// MetricsFile is exported as GANTRY_METRICS_FILE.
 	MetricsFile string
+	// PythonPath, when set, is appended to the job's PYTHONPATH (after
+	// the spec's own, so a job can bring its own version of what is
+	// there): the directory of the agent's metrics helper.
+	PythonPath string
 	// LogFile receives the job's stdout and stderr, appended. Empty
 	// discards them.
 	LogFile string
@@ -754,6 +758,13 @@ func buildEnv(spec Spec) []string {
 	sort.Strings(keys)
 	for _, k := range keys {
 		set(k, spec.Env[k])
+	}
+	if spec.PythonPath != "" {
+		pp := spec.PythonPath
+		if own := spec.Env["PYTHONPATH"]; own != "" {
+			pp = own + ":" + pp
+		}
+		set("PYTHONPATH", pp)
 	}
 	set("CUDA_VISIBLE_DEVICES", cudaVisibleDevices(spec.GPUs))
 	set("CUDA_DEVICE_ORDER", "PCI_BUS_ID")

@@ -289,6 +289,27 @@ func TestBuildEnvDeduplicates(t *testing.T) {
 	}
 }
 
+// The agent's metrics helper goes on PYTHONPATH after the spec's own.
+func TestBuildEnvPythonPath(t *testing.T) {
+	get := func(env []string) string {
+		for _, kv := range env {
+			if v, ok := strings.CutPrefix(kv, "PYTHONPATH="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	if got := get(buildEnv(Spec{JobID: "j", PythonPath: "/agent/python"})); got != "/agent/python" {
+		t.Fatalf("PYTHONPATH = %q", got)
+	}
+	if got := get(buildEnv(Spec{JobID: "j", PythonPath: "/agent/python", Env: map[string]string{"PYTHONPATH": "/mine"}})); got != "/mine:/agent/python" {
+		t.Fatalf("with the spec's own: PYTHONPATH = %q", got)
+	}
+	if got := get(buildEnv(Spec{JobID: "j"})); got != "" {
+		t.Fatalf("without a helper: PYTHONPATH = %q", got)
+	}
+}
+
 func TestLogFileAppendsStdoutAndStderr(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()

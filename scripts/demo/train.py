@@ -10,15 +10,14 @@ Standard library only.
 
 import argparse
 import math
-import os
 import random
 import signal
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
-
-import gantry_metrics  # noqa: E402  (needs the path above)
+# No sys.path edit: the agent puts its copy of gantry_metrics on every
+# job's PYTHONPATH.
+import gantry_metrics
 
 
 def parse_args(argv=None):
