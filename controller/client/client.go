@@ -313,9 +313,17 @@ func (c *Client) Submit(ctx context.Context, spec apiv1.JobSpec) (string, error)
 }
 
 // Jobs lists every job.
-func (c *Client) Jobs(ctx context.Context) ([]apiv1.Job, error) {
+func (c *Client) Jobs(ctx context.Context) ([]apiv1.Job, error) { return c.JobsIn(ctx, "") }
+
+// JobsIn returns the jobs in state (every job when state is empty); an
+// unknown state is a 400.
+func (c *Client) JobsIn(ctx context.Context, state string) ([]apiv1.Job, error) {
+	var q url.Values
+	if state != "" {
+		q = url.Values{"state": {state}}
+	}
 	var r apiv1.JobList
-	if err := c.do(ctx, http.MethodGet, c.endpoint(nil, "v1", "jobs"), nil, &r); err != nil {
+	if err := c.do(ctx, http.MethodGet, c.endpoint(q, "v1", "jobs"), nil, &r); err != nil {
 		return nil, fmt.Errorf("list jobs: %w", err)
 	}
 	return r.Jobs, nil

@@ -32,6 +32,7 @@ const (
 	exitOK       = 0
 	exitFailure  = 1
 	exitUsage    = 2   // bad command line or spec
+	exitNotFound = 4   // no job with that id or name (1: any other failure, such as an unreachable controller)
 	exitDetached = 130 // Ctrl-C, as shells report SIGINT
 )
 

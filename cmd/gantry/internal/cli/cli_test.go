@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -385,7 +386,7 @@ func TestWatchCommand(t *testing.T) {
 	}
 
 	r = runCLI(t, t.Context(), nil, "--addr", fc.srv.URL, "watch", "nope")
-	if r.code != 1 || !strings.Contains(r.stderr, "no job nope") {
+	if r.code != exitNotFound || !strings.Contains(r.stderr, "no job has id or name \"nope\"") {
 		t.Errorf("unknown job: code %d stderr %q", r.code, r.stderr)
 	}
 }
@@ -437,7 +438,7 @@ func TestInspectCommands(t *testing.T) {
 		}
 	}
 	r := runCLI(t, t.Context(), addr, "status", "nope")
-	if r.code != 1 || !strings.Contains(r.stderr, "job nope not found") {
+	if r.code != exitNotFound || !strings.Contains(r.stderr, "no job has id or name \"nope\"") || !strings.Contains(r.stderr, "job nope not found") {
 		t.Errorf("status of unknown job: code %d stderr %q", r.code, r.stderr)
 	}
 }
@@ -471,4 +472,95 @@ func TestLogs(t *testing.T) {
 			t.Errorf("offsets asked = %s", got)
 		}
 	})
+}
+
+// Jobs can be named instead of given by id, and ps filters and prints JSON.
+func TestNamesAndPsFlags(t *testing.T) {
+	jobs := []apiv1.Job{
+		{ID: "a1", Name: "tiny-lm", State: apiv1.StateSucceeded},
+		{ID: "a2", Name: "tiny-lm", State: apiv1.StateRunning},
+		{ID: "b1", Name: "solo", State: apiv1.StateRunning},
+		{ID: "c1", Name: "twin", State: apiv1.StateRunning},
+		{ID: "c2", Name: "twin", State: apiv1.StateQueued},
+	}
+	var mu sync.Mutex
+	var cancelled []string
+	var states []string
+	mux := http.NewServeMux()
+	reply := func(w http.ResponseWriter, status int, v any) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(v)
+	}
+	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
+		state := r.URL.Query().Get("state")
+		mu.Lock()
+		states = append(states, state)
+		mu.Unlock()
+		if state == "bogus" {
+			reply(w, 400, apiv1.Error{Error: `query parameter state="bogus": want one of queued, ...`})
+			return
+		}
+		out := apiv1.JobList{Jobs: []apiv1.Job{}}
+		for _, j := range jobs {
+			if state == "" || j.State == state {
+				out.Jobs = append(out.Jobs, j)
+			}
+		}
+		reply(w, 200, out)
+	})
+	mux.HandleFunc("GET /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		for _, j := range jobs {
+			if j.ID == r.PathValue("id") {
+				reply(w, 200, j)
+				return
+			}
+		}
+		reply(w, 404, apiv1.Error{Error: "job " + r.PathValue("id") + " not found"})
+	})
+	mux.HandleFunc("GET /v1/jobs/{id}/events", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, 200, apiv1.EventList{Events: []apiv1.Event{}})
+	})
+	mux.HandleFunc("POST /v1/jobs/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		cancelled = append(cancelled, r.PathValue("id"))
+		mu.Unlock()
+		reply(w, 202, map[string]string{})
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	env := map[string]string{EnvAddr: srv.URL}
+
+	r := runCLI(t, t.Context(), env, "ps", "--state", "running", "-o", "json")
+	var list apiv1.JobList
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &list) != nil || len(list.Jobs) != 3 || states[len(states)-1] != "running" {
+		t.Fatalf("ps --state running -o json: code %d, %d jobs, stdout %s", r.code, len(list.Jobs), r.stdout)
+	}
+	if r := runCLI(t, t.Context(), env, "ps", "--state", "bogus"); r.code != exitUsage || !strings.Contains(r.stderr, "bogus") {
+		t.Fatalf("ps --state bogus: code %d stderr %q", r.code, r.stderr)
+	}
+	if r := runCLI(t, t.Context(), env, "ps", "-o", "yaml"); r.code != exitUsage {
+		t.Fatalf("ps -o yaml: code %d", r.code)
+	}
+
+	r = runCLI(t, t.Context(), env, "status", "tiny-lm")
+	if r.code != 0 || !strings.Contains(r.stdout, "a2") || !strings.Contains(r.stderr, "2 jobs are named") {
+		t.Fatalf("status by a shared name: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if r := runCLI(t, t.Context(), env, "status", "nope"); r.code != exitNotFound {
+		t.Fatalf("status of nothing: code %d", r.code)
+	}
+	for name, want := range map[string]string{"solo": "b1", "tiny-lm": "a2"} { // tiny-lm: a1 has ended
+		if r := runCLI(t, t.Context(), env, "cancel", name); r.code != 0 || !strings.Contains(r.stdout, want) {
+			t.Fatalf("cancel %s: code %d stdout %q stderr %q", name, r.code, r.stdout, r.stderr)
+		}
+	}
+	if r := runCLI(t, t.Context(), env, "cancel", "twin"); r.code != exitUsage || !strings.Contains(r.stderr, "give an id") {
+		t.Fatalf("cancel of an ambiguous name: code %d stderr %q", r.code, r.stderr)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(cancelled) != "[b1 a2]" {
+		t.Fatalf("cancelled %v, want b1 then a2", cancelled)
+	}
 }

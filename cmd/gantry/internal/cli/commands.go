@@ -2,14 +2,18 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/client"
 )
 
@@ -59,17 +63,89 @@ func (a *app) runCmd() *cobra.Command {
 
 func (a *app) watchCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "watch ID",
+		Use:   "watch ID|NAME",
 		Short: "Follow an existing job live (exit status as for run)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.attach(cmd.Context(), a.client(), args[0])
+			c := a.client()
+			id, err := a.resolve(cmd.Context(), c, args[0], false)
+			if err != nil {
+				return err
+			}
+			return a.attach(cmd.Context(), c, id)
 		},
 	}
 }
 
 func (a *app) psCmd() *cobra.Command {
-	return tableCmd(a, "ps", "List jobs", (*client.Client).Jobs, WriteJobsTable)
+	var state, output string
+	cmd := &cobra.Command{
+		Use:   "ps",
+		Short: "List jobs",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return &exitError{code: exitUsage, err: fmt.Errorf("--output %q: want table or json", output)}
+			}
+			jobs, err := a.client().JobsIn(cmd.Context(), state)
+			var apiErr *client.APIError
+			if errors.As(err, &apiErr) && apiErr.Status == http.StatusBadRequest {
+				return &exitError{code: exitUsage, err: fmt.Errorf("ps: %s", apiErr.Message)}
+			}
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				enc := json.NewEncoder(a.env.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(apiv1.JobList{Jobs: jobs})
+			}
+			return WriteJobsTable(a.env.Stdout, jobs, a.env.Now())
+		},
+	}
+	cmd.Flags().StringVar(&state, "state", "", "only jobs in this state (queued, assigned, running, succeeded, failed, cancelled, lost)")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, or json (the API's job objects)")
+	return cmd
+}
+
+// resolve turns what the user typed into a job id: an id as it is, or a
+// job name. A name several jobs share means the most recent of them (ids
+// sort by creation), said on stderr; with live, only jobs not yet ended
+// count, and then the name must be unique (cancelling the wrong run is
+// not undone).
+func (a *app) resolve(ctx context.Context, c *client.Client, arg string, live bool) (string, error) {
+	_, err := c.Job(ctx, arg)
+	if err == nil || !errors.Is(err, client.ErrNotFound) {
+		return arg, err
+	}
+	notFound := err
+	jobs, err := c.Jobs(ctx)
+	if err != nil {
+		return "", err
+	}
+	var ids []string
+	for _, j := range jobs {
+		if j.Name == arg && (!live || !terminalState(j.State)) {
+			ids = append(ids, j.ID)
+		}
+	}
+	switch {
+	case len(ids) == 0:
+		return "", &exitError{code: exitNotFound, err: fmt.Errorf("no job has id or name %q (%v)", termSafe(arg), notFound)}
+	case len(ids) > 1 && live:
+		return "", &exitError{code: exitUsage, err: fmt.Errorf("%d jobs named %q have not ended (%s): give an id", len(ids), termSafe(arg), termSafe(strings.Join(ids, ", ")))}
+	case len(ids) > 1:
+		fmt.Fprintf(a.env.Stderr, "%d jobs are named %q; using the most recent, %s\n", len(ids), termSafe(arg), termSafe(slices.Max(ids)))
+	}
+	return slices.Max(ids), nil
+}
+
+func terminalState(s string) bool {
+	switch s {
+	case apiv1.StateSucceeded, apiv1.StateFailed, apiv1.StateCancelled, apiv1.StateLost:
+		return true
+	}
+	return false
 }
 
 // tableCmd is a command without arguments that fetches a list from the
@@ -92,16 +168,20 @@ func tableCmd[T any](a *app, use, short string, fetch func(*client.Client, conte
 
 func (a *app) statusCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "status ID",
+		Use:   "status ID|NAME",
 		Short: "Show every field of a job, its final metrics and events",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.client()
-			job, err := c.Job(cmd.Context(), args[0])
+			id, err := a.resolve(cmd.Context(), c, args[0], false)
 			if err != nil {
 				return err
 			}
-			events, err := c.Events(cmd.Context(), args[0])
+			job, err := c.Job(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			events, err := c.Events(cmd.Context(), id)
 			if err != nil {
 				return err
 			}
@@ -113,11 +193,16 @@ func (a *app) statusCmd() *cobra.Command {
 func (a *app) logsCmd() *cobra.Command {
 	var follow bool
 	cmd := &cobra.Command{
-		Use:   "logs ID",
+		Use:   "logs ID|NAME",
 		Short: "Print a job's log (-f follows it until the job ends)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			err := a.copyLogs(cmd.Context(), a.client(), args[0], follow)
+			c := a.client()
+			id, err := a.resolve(cmd.Context(), c, args[0], false)
+			if err != nil {
+				return err
+			}
+			err = a.copyLogs(cmd.Context(), c, id, follow)
 			if err != nil && cmd.Context().Err() != nil {
 				return &exitError{code: exitDetached}
 			}
@@ -166,14 +251,19 @@ func (a *app) copyLogs(ctx context.Context, c *client.Client, id string, follow 
 
 func (a *app) cancelCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "cancel ID",
+		Use:   "cancel ID|NAME",
 		Short: "Cancel a job gracefully (SIGTERM, then SIGKILL after its kill_grace)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := a.client().Cancel(cmd.Context(), args[0]); err != nil {
+			c := a.client()
+			id, err := a.resolve(cmd.Context(), c, args[0], true)
+			if err != nil {
 				return err
 			}
-			_, err := fmt.Fprintf(a.env.Stdout, "cancel requested for job %s\n", args[0])
+			if err := c.Cancel(cmd.Context(), id); err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(a.env.Stdout, "cancel requested for job %s\n", id)
 			return err
 		},
 	}
