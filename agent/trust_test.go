@@ -535,7 +535,13 @@ func TestDrainReadsWhatTheFileHeldAtExit(t *testing.T) {
 			}
 		}
 	})
-	exit = startJob(t, a, "grows", fmt.Sprintf(`setsid sh -c 'echo $$ > %s; while :; do echo "{\"x\": 1}"; done' >> "$GANTRY_METRICS_FILE" 2>/dev/null & sleep 0.2`, pidFile))
+	// The job's process exits once the writer has written 200 lines: what
+	// the file holds at the exit (those, and the few written while the
+	// process ends) is read in full, what keeps coming after it is cut by
+	// time.
+	exit = startJob(t, a, "grows", fmt.Sprintf(`ready="$GANTRY_METRICS_FILE.ready"; `+
+		`setsid sh -c 'echo $$ > %s; i=0; while :; do echo "{\"x\": 1}"; i=$((i+1)); if [ $i = 200 ]; then : > "$0"; fi; done' "$ready" >> "$GANTRY_METRICS_FILE" 2>/dev/null & `+
+		`while [ ! -e "$ready" ]; do :; done`, pidFile))
 	cut := false
 	for _, e := range eventsOf(t, sp, "grows") {
 		cut = cut || (e.Kind == string(lifecycle.EventReadError) && strings.Contains(e.Message, "still being written"))

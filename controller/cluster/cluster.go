@@ -274,25 +274,26 @@ func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }
 // it has applied its whole log as it was at start, or, after hearing from
 // a leader (or being one), everything the cluster has committed (a tail of
 // entries that were never committed is dropped by the new leader and never
-// applied). Once caught up it stays so. applied and want say how far it
-// is when it is not.
-func (n *Node) CaughtUp() (ok bool, applied, want uint64) {
+// applied). Once caught up it stays so. want says how far it
+// is when it is not. applied is the index the FSM has applied and
+// committed to its store (Raft's own applied index runs ahead of it: it
+// counts entries handed to the FSM, not stored).
+func (n *Node) CaughtUp(applied uint64) (ok bool, want uint64) {
 	if n.caughtUp.Load() {
-		return true, 0, 0
+		return true, 0
 	}
-	applied = n.raft.AppliedIndex()
 	if applied >= n.bootIndex {
 		n.caughtUp.Store(true)
-		return true, applied, n.bootIndex
+		return true, n.bootIndex
 	}
 	if n.raft.State() == raft.Leader || n.raft.LastContact().After(n.openedAt) {
 		commit, _ := strconv.ParseUint(n.raft.Stats()["commit_index"], 10, 64)
 		if commit > 0 && applied >= commit {
 			n.caughtUp.Store(true)
-			return true, applied, commit
+			return true, commit
 		}
 	}
-	return false, applied, n.bootIndex
+	return false, n.bootIndex
 }
 
 // Status is this node's view of the Raft cluster.

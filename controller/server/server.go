@@ -493,7 +493,8 @@ func (a agentEvents) AgentDisconnected(string) { a.wake.Wake() }
 // caughtUp is the API's readiness: nil once this controller's state is as
 // new as what it could serve before it started (cluster.Node.CaughtUp).
 func (s *Server) caughtUp() error {
-	if ok, applied, want := s.raft.CaughtUp(); !ok {
+	applied := s.fsm.AppliedIndex()
+	if ok, want := s.raft.CaughtUp(applied); !ok {
 		return fmt.Errorf("this controller has just started and is catching up with its Raft log (applied %d of %d); retry in a moment", applied, want)
 	}
 	return nil
