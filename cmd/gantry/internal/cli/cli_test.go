@@ -550,9 +550,9 @@ func TestNamesAndPsFlags(t *testing.T) {
 	if r := runCLI(t, t.Context(), env, "status", "nope"); r.code != exitNotFound {
 		t.Fatalf("status of nothing: code %d", r.code)
 	}
-	for name, want := range map[string]string{"solo": "b1", "tiny-lm": "a2"} { // tiny-lm: a1 has ended
-		if r := runCLI(t, t.Context(), env, "cancel", name); r.code != 0 || !strings.Contains(r.stdout, want) {
-			t.Fatalf("cancel %s: code %d stdout %q stderr %q", name, r.code, r.stdout, r.stderr)
+	for _, c := range []struct{ name, want string }{{"solo", "b1"}, {"tiny-lm", "a2"}} { // tiny-lm: a1 has ended
+		if r := runCLI(t, t.Context(), env, "cancel", c.name); r.code != 0 || !strings.Contains(r.stdout, c.want) {
+			t.Fatalf("cancel %s: code %d stdout %q stderr %q", c.name, r.code, r.stdout, r.stderr)
 		}
 	}
 	if r := runCLI(t, t.Context(), env, "cancel", "twin"); r.code != exitUsage || !strings.Contains(r.stderr, "give an id") {
