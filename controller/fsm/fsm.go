@@ -382,7 +382,7 @@ func (f *FSM) cancel(tx *store.Tx, m *gantrypb.CancelJobCmd, ch *Changes) error 
 	}
 	switch {
 	case lifecycle.IsTerminal(job.State):
-		return fmt.Errorf("%w: %s is %s", lifecycle.ErrTerminal, job.Id, job.State)
+		return fmt.Errorf("%w: job %s is %s", lifecycle.ErrTerminal, job.Id, lifecycle.StateName(job.State))
 	case job.State == gantrypb.JobState_JOB_STATE_QUEUED:
 		// Never ran: there are no metrics to wait for, so it ends here.
 		finish(job, gantrypb.JobState_JOB_STATE_CANCELLED, "cancelled before it started", m.AtMs)
@@ -403,7 +403,7 @@ func (f *FSM) endJob(tx *store.Tx, m *gantrypb.EndJobCmd, ch *Changes) error {
 		return err
 	}
 	if lifecycle.IsTerminal(job.State) {
-		return fmt.Errorf("%w: %s is %s", lifecycle.ErrTerminal, job.Id, job.State)
+		return fmt.Errorf("%w: job %s is %s", lifecycle.ErrTerminal, job.Id, lifecycle.StateName(job.State))
 	}
 	finish(job, m.State, m.Error, m.AtMs)
 	if err := tx.PutJob(job); err != nil {

@@ -272,8 +272,9 @@ func TestCancel(t *testing.T) {
 	if len(calls) != 1 || calls[0].Jobs["queued"].FinalMetrics == nil {
 		t.Fatalf("observer's cancelled job has nil final metrics: %v", calls)
 	}
-	if err, _ := h.apply(&gantrypb.CancelJobCmd{JobId: "queued"}).(error); !errors.Is(err, lifecycle.ErrTerminal) {
-		t.Fatalf("cancel of a terminal job = %v, want ErrTerminal", err)
+	if err, _ := h.apply(&gantrypb.CancelJobCmd{JobId: "queued"}).(error); !errors.Is(err, lifecycle.ErrTerminal) ||
+		!strings.HasSuffix(err.Error(), "job queued is cancelled") {
+		t.Fatalf("cancel of a terminal job = %v, want ErrTerminal saying the state by its API name", err)
 	}
 
 	h.running("run")
