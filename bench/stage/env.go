@@ -17,6 +17,7 @@ import (
 	"github.com/gantry-ml/gantry/bench/proc"
 	"github.com/gantry-ml/gantry/bench/report"
 	"github.com/gantry-ml/gantry/bench/testcluster"
+	"github.com/gantry-ml/gantry/internal/ctxwait"
 )
 
 // ErrTimeout means a stage waited too long for something it needs.
@@ -143,18 +144,6 @@ func (e *Env) refreshLeader(ctx context.Context, stage string) (moved bool, err 
 	return true, nil
 }
 
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // waitFor polls cond every interval until it holds, ctx ends or timeout
 // passes.
 func waitFor(ctx context.Context, timeout, interval time.Duration, what string, cond func() (bool, error)) error {
@@ -170,7 +159,7 @@ func waitFor(ctx context.Context, timeout, interval time.Duration, what string, 
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w after %s waiting for %s", ErrTimeout, timeout, what)
 		}
-		if err := sleep(ctx, interval); err != nil {
+		if err := ctxwait.Sleep(ctx, interval); err != nil {
 			return err
 		}
 	}

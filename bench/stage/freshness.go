@@ -10,6 +10,7 @@ import (
 	"github.com/gantry-ml/gantry/bench/stats"
 	"github.com/gantry-ml/gantry/bench/watch"
 	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/internal/ctxwait"
 )
 
 // freshInterval is the trainer's line interval in the freshness runs.
@@ -53,7 +54,7 @@ func Freshness(ctx context.Context, e *Env) error {
 			return stopFlood()
 		}
 		loaded, complete, err := func() ([]time.Duration, bool, error) {
-			if err := sleep(ctx, 2*time.Second); err != nil {
+			if err := ctxwait.Sleep(ctx, 2*time.Second); err != nil {
 				return nil, false, err
 			}
 			if _, err := e.refreshLeader(ctx, stage); err != nil {

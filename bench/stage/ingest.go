@@ -13,6 +13,7 @@ import (
 	"github.com/gantry-ml/gantry/bench/proc"
 	"github.com/gantry-ml/gantry/bench/rawlimit"
 	"github.com/gantry-ml/gantry/bench/report"
+	"github.com/gantry-ml/gantry/internal/ctxwait"
 )
 
 // floodBatch is how many points a flooding job appends to its spool at a
@@ -91,7 +92,7 @@ func Ingest(ctx context.Context, e *Env) error {
 	if e.Profile {
 		prof = make(chan error, 1)
 		go func() {
-			if err := sleep(ctx, warm); err != nil {
+			if err := ctxwait.Sleep(ctx, warm); err != nil {
 				prof <- err
 				return
 			}
@@ -181,14 +182,14 @@ func Ingest(ctx context.Context, e *Env) error {
 
 // window samples the cluster after warm, waits dur and samples again.
 func (e *Env) window(ctx context.Context, warm, dur time.Duration) (load.Window, error) {
-	if err := sleep(ctx, warm); err != nil {
+	if err := ctxwait.Sleep(ctx, warm); err != nil {
 		return load.Window{}, err
 	}
 	s0, err := load.Take(ctx, e.Cluster, e.Leader)
 	if err != nil {
 		return load.Window{}, err
 	}
-	if err := sleep(ctx, dur); err != nil {
+	if err := ctxwait.Sleep(ctx, dur); err != nil {
 		return load.Window{}, err
 	}
 	s1, err := load.Take(ctx, e.Cluster, e.Leader)

@@ -13,6 +13,7 @@ import (
 	"github.com/gantry-ml/gantry/bench/stats"
 	"github.com/gantry-ml/gantry/bench/testcluster"
 	"github.com/gantry-ml/gantry/bench/watch"
+	"github.com/gantry-ml/gantry/internal/ctxwait"
 )
 
 // dialConcurrency is how many watchers connect at once.
@@ -64,7 +65,7 @@ func Watchers(ctx context.Context, e *Env) error {
 		}
 		if n == counts[len(counts)-1] {
 			// Idle memory: let the connection burst settle first.
-			if err := sleep(ctx, 3*time.Second); err != nil {
+			if err := ctxwait.Sleep(ctx, 3*time.Second); err != nil {
 				return err
 			}
 			m, err := node.Scrape(ctx)
@@ -92,7 +93,7 @@ func Watchers(ctx context.Context, e *Env) error {
 			}
 			want := before + int64(i+1)*int64(n)
 			ws.WaitPoints(ctx, want, 10*time.Second)
-			if err := sleep(ctx, 20*time.Millisecond); err != nil {
+			if err := ctxwait.Sleep(ctx, 20*time.Millisecond); err != nil {
 				return err
 			}
 		}
@@ -112,7 +113,7 @@ func Watchers(ctx context.Context, e *Env) error {
 				if _, err := ag.Append(simagent.Point(job, step, simagent.Now())); err != nil {
 					return err
 				}
-				if err := sleep(ctx, 100*time.Millisecond); err != nil {
+				if err := ctxwait.Sleep(ctx, 100*time.Millisecond); err != nil {
 					return err
 				}
 			}
@@ -231,7 +232,7 @@ func (e *Env) mosquitto(ctx context.Context, counts []int, pubs int) ([]fanout, 
 			return out, 0, fmt.Errorf("stage: %d mosquitto subscribers: %w", n, err)
 		}
 		if n == counts[len(counts)-1] {
-			if err := sleep(ctx, 3*time.Second); err != nil {
+			if err := ctxwait.Sleep(ctx, 3*time.Second); err != nil {
 				return out, 0, err
 			}
 			rss, err := b.RSS()
@@ -251,11 +252,11 @@ func (e *Env) mosquitto(ctx context.Context, counts []int, pubs int) ([]fanout, 
 			want := before + int64(i+1)*int64(n)
 			deadline := time.Now().Add(10 * time.Second)
 			for subs.Received() < want && time.Now().Before(deadline) {
-				if err := sleep(ctx, 5*time.Millisecond); err != nil {
+				if err := ctxwait.Sleep(ctx, 5*time.Millisecond); err != nil {
 					return out, 0, err
 				}
 			}
-			if err := sleep(ctx, 20*time.Millisecond); err != nil {
+			if err := ctxwait.Sleep(ctx, 20*time.Millisecond); err != nil {
 				return out, 0, err
 			}
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/gantry-ml/gantry/bench/proc"
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/client"
+	"github.com/gantry-ml/gantry/internal/ctxwait"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
 )
 
@@ -133,7 +134,7 @@ func waitHTTP(ctx context.Context, n *Node, timeout time.Duration) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("cluster: controller %s did not answer in %s:\n%s", n.ID, timeout, n.Proc.Tail(2000))
 		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+		if err := ctxwait.Sleep(ctx, 50*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -150,7 +151,7 @@ func (c *Cluster) Leader(ctx context.Context, timeout time.Duration) (*Node, err
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("%w after %s", ErrNoLeader, timeout)
 		}
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+		if err := ctxwait.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return nil, err
 		}
 	}
@@ -189,7 +190,7 @@ func (c *Cluster) Submit(ctx context.Context, spec apiv1.JobSpec) (string, error
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return "", fmt.Errorf("cluster: submit %s: %w", spec.Name, err)
 		}
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+		if err := ctxwait.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return "", err
 		}
 	}
@@ -330,17 +331,6 @@ func FreePorts(n int) ([]int, error) {
 		return nil, fmt.Errorf("cluster: found only %d free ports of %d", len(ports), n)
 	}
 	return ports, nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // Profile fetches a CPU profile of seconds from a node's pprof endpoint

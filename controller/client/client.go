@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/internal/ctxwait"
 )
 
 // Errors callers test for with errors.Is.
@@ -226,7 +227,7 @@ func (c *Client) do(ctx context.Context, method, endpoint string, body, out any)
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		if err := sleepCtx(ctx, wait); err != nil {
+		if err := ctxwait.Sleep(ctx, wait); err != nil {
 			return err
 		}
 	}
@@ -269,17 +270,6 @@ func retryAfter(resp *http.Response) (time.Duration, bool) {
 		return 0, false
 	}
 	return min(time.Duration(secs)*time.Second, 2*time.Second), true
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // readAPIError turns a non-2xx answer into *APIError, preferring the

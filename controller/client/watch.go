@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/internal/ctxwait"
 )
 
 const (
@@ -177,7 +178,7 @@ func (c *Client) dialLive(ctx context.Context, id string) (*websocket.Conn, erro
 			break
 		}
 		resp.Body.Close()
-		if err := sleepCtx(ctx, wait); err != nil {
+		if err := ctxwait.Sleep(ctx, wait); err != nil {
 			return nil, err
 		}
 		conn, resp, err = d.DialContext(ctx, endpoint, h)
