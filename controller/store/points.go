@@ -275,7 +275,7 @@ func (t *Tx) appendBody(jobID string, jc *jobChunks, cp chunk.Point) error {
 		return err
 	}
 	body := jc.body
-	if body == nil || body.c.Size() >= chunk.TargetBytes || body.c.Len() >= chunk.MaxPoints {
+	if body == nil || body.c.Full() {
 		if body != nil {
 			if err := t.writeBody(jobID, body); err != nil {
 				return err

@@ -111,7 +111,7 @@ func TestPointsExact(t *testing.T) {
 			p.Step = &st
 		}
 		if seq%10 == 0 {
-			p.Values["eval/loss"] = -0.0
+			p.Values["eval/loss"] = math.Copysign(0, -1) // negative zero: its sign must survive
 			p.Values["ü"] = math.MaxFloat64
 		}
 		want = append(want, p)
