@@ -10,22 +10,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/internal/testutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
 
-// fixturePoint is a point as expected.json lists it.
-type fixturePoint struct {
-	Seq    uint64             `json:"seq"`
-	Step   *int64             `json:"step"`
-	Ts     float64            `json:"ts"`
-	Values map[string]float64 `json:"values"`
-}
-
 type fixtureJob struct {
-	Points        []fixturePoint     `json:"points"`
+	Points        []apiv1.Point      `json:"points"`
 	State         string             `json:"state"`
 	FinalMetrics  map[string]float64 `json:"final_metrics"`
 	LatestMetrics map[string]float64 `json:"latest_metrics"`
@@ -153,8 +146,8 @@ func TestUpgradeFromSchema1DataDirectory(t *testing.T) {
 	}
 }
 
-func samePoint(got *gantrypb.MetricPoint, want fixturePoint) bool {
-	if got.Seq != want.Seq || got.Ts != want.Ts || (got.Step == nil) != (want.Step == nil) ||
+func samePoint(got *gantrypb.MetricPoint, want apiv1.Point) bool {
+	if got.Seq != want.Seq || got.Ts != want.TS || (got.Step == nil) != (want.Step == nil) ||
 		(got.Step != nil && *got.Step != *want.Step) {
 		return false
 	}
