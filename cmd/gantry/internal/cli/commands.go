@@ -68,11 +68,11 @@ func (a *app) watchCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.client()
-			id, err := a.resolve(cmd.Context(), c, args[0], false)
+			job, err := a.resolve(cmd.Context(), c, args[0], false)
 			if err != nil {
 				return err
 			}
-			return a.attach(cmd.Context(), c, id)
+			return a.attach(cmd.Context(), c, job.ID)
 		},
 	}
 }
@@ -108,36 +108,44 @@ func (a *app) psCmd() *cobra.Command {
 	return cmd
 }
 
-// resolve turns what the user typed into a job id: an id as it is, or a
+// resolve turns what the user typed into a job: one with that id, or a
 // job name. A name several jobs share means the most recent of them (ids
 // sort by creation), said on stderr; with live, only jobs not yet ended
 // count, and then the name must be unique (cancelling the wrong run is
-// not undone).
-func (a *app) resolve(ctx context.Context, c *client.Client, arg string, live bool) (string, error) {
-	_, err := c.Job(ctx, arg)
-	if err == nil || !errors.Is(err, client.ErrNotFound) {
-		return arg, err
+// not undone). The job is as the controller answered just now.
+func (a *app) resolve(ctx context.Context, c *client.Client, arg string, live bool) (apiv1.Job, error) {
+	job, err := c.Job(ctx, arg)
+	if err == nil {
+		job.ID = arg // the id asked for is the one to use from here on
+		return job, nil
+	}
+	if !errors.Is(err, client.ErrNotFound) {
+		return apiv1.Job{}, err
 	}
 	notFound := err
 	jobs, err := c.Jobs(ctx)
 	if err != nil {
-		return "", err
+		return apiv1.Job{}, err
 	}
-	var ids []string
+	var named []apiv1.Job
 	for _, j := range jobs {
 		if j.Name == arg && (!live || !terminalState(j.State)) {
-			ids = append(ids, j.ID)
+			named = append(named, j)
 		}
 	}
-	switch {
-	case len(ids) == 0:
-		return "", &exitError{code: exitNotFound, err: fmt.Errorf("no job has id or name %q (%v)", termSafe(arg), notFound)}
-	case len(ids) > 1 && live:
-		return "", &exitError{code: exitUsage, err: fmt.Errorf("%d jobs named %q have not ended (%s): give an id", len(ids), termSafe(arg), termSafe(strings.Join(ids, ", ")))}
-	case len(ids) > 1:
-		fmt.Fprintf(a.env.Stderr, "%d jobs are named %q; using the most recent, %s\n", len(ids), termSafe(arg), termSafe(slices.Max(ids)))
+	ids := make([]string, len(named))
+	for i, j := range named {
+		ids[i] = j.ID
 	}
-	return slices.Max(ids), nil
+	switch {
+	case len(named) == 0:
+		return apiv1.Job{}, &exitError{code: exitNotFound, err: fmt.Errorf("no job has id or name %q (%v)", termSafe(arg), notFound)}
+	case len(named) > 1 && live:
+		return apiv1.Job{}, &exitError{code: exitUsage, err: fmt.Errorf("%d jobs named %q have not ended (%s): give an id", len(named), termSafe(arg), termSafe(strings.Join(ids, ", ")))}
+	case len(named) > 1:
+		fmt.Fprintf(a.env.Stderr, "%d jobs are named %q; using the most recent, %s\n", len(named), termSafe(arg), termSafe(slices.Max(ids)))
+	}
+	return slices.MaxFunc(named, func(x, y apiv1.Job) int { return strings.Compare(x.ID, y.ID) }), nil
 }
 
 func terminalState(s string) bool {
@@ -173,15 +181,11 @@ func (a *app) statusCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.client()
-			id, err := a.resolve(cmd.Context(), c, args[0], false)
+			job, err := a.resolve(cmd.Context(), c, args[0], false)
 			if err != nil {
 				return err
 			}
-			job, err := c.Job(cmd.Context(), id)
-			if err != nil {
-				return err
-			}
-			events, err := c.Events(cmd.Context(), id)
+			events, err := c.Events(cmd.Context(), job.ID)
 			if err != nil {
 				return err
 			}
@@ -198,11 +202,11 @@ func (a *app) logsCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.client()
-			id, err := a.resolve(cmd.Context(), c, args[0], false)
+			job, err := a.resolve(cmd.Context(), c, args[0], false)
 			if err != nil {
 				return err
 			}
-			err = a.copyLogs(cmd.Context(), c, id, follow)
+			err = a.copyLogs(cmd.Context(), c, job.ID, follow)
 			if err != nil && cmd.Context().Err() != nil {
 				return &exitError{code: exitDetached}
 			}
@@ -256,14 +260,14 @@ func (a *app) cancelCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.client()
-			id, err := a.resolve(cmd.Context(), c, args[0], true)
+			job, err := a.resolve(cmd.Context(), c, args[0], true)
 			if err != nil {
 				return err
 			}
-			if err := c.Cancel(cmd.Context(), id); err != nil {
+			if err := c.Cancel(cmd.Context(), job.ID); err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(a.env.Stdout, "cancel requested for job %s\n", id)
+			_, err = fmt.Fprintf(a.env.Stdout, "cancel requested for job %s\n", job.ID)
 			return err
 		},
 	}
