@@ -45,6 +45,16 @@ type JobSpec struct {
 	Node        string            `json:"node,omitempty" yaml:"node"`
 	MaxDuration Duration          `json:"max_duration,omitempty" yaml:"max_duration"`
 	KillGrace   Duration          `json:"kill_grace,omitempty" yaml:"kill_grace"`
+	// QueueTimeout fails the job if it is still queued this long after
+	// submit; zero waits as long as it takes.
+	QueueTimeout Duration `json:"queue_timeout,omitempty" yaml:"queue_timeout"`
+	// CodeArchive is the digest ("sha256:" and 64 hex digits) of a
+	// gzip-compressed tar of the job's code, uploaded with PUT
+	// /v1/blobs/{digest} before submit. The agent unpacks it into the
+	// job's working directory (Workdir when set) before Setup. The CLI
+	// fills it from the spec file's `code:` directory; it is not
+	// written in YAML.
+	CodeArchive string `json:"code_archive,omitempty" yaml:"-"`
 }
 
 // Job is a job as the API shows it.
@@ -61,6 +71,9 @@ type Job struct {
 	FinishedAt   *time.Time         `json:"finished_at"`
 	FinalMetrics map[string]float64 `json:"final_metrics"`
 	Error        string             `json:"error,omitempty"`
+	// Reason says why a queued job is not running yet, e.g. "waiting for
+	// 8 free GPUs; most free now: 4 on gpu-host-2". Empty in other states.
+	Reason string `json:"reason,omitempty"`
 
 	// Extensions beyond the list in docs/ARCHITECTURE.md.
 	Spec            JobSpec `json:"spec"`

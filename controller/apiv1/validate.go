@@ -41,6 +41,12 @@ func (s *JobSpec) Validate() error {
 	if s.KillGrace < 0 {
 		return fmt.Errorf("spec.kill_grace = %s; want a positive duration or none", time.Duration(s.KillGrace))
 	}
+	if s.QueueTimeout < 0 {
+		return fmt.Errorf("spec.queue_timeout = %s; want a positive duration or none", time.Duration(s.QueueTimeout))
+	}
+	if s.CodeArchive != "" && !IsDigest(s.CodeArchive) {
+		return fmt.Errorf("spec.code_archive %q is not a digest; want \"sha256:\" and 64 lowercase hex digits", s.CodeArchive)
+	}
 	if len(s.Env) > MaxEnvVars {
 		return fmt.Errorf("spec.env has %d variables; the limit is %d", len(s.Env), MaxEnvVars)
 	}
@@ -72,4 +78,23 @@ func printable(name string) error {
 		}
 	}
 	return nil
+}
+
+// DigestPrefix starts every content digest the API takes.
+const DigestPrefix = "sha256:"
+
+// IsDigest reports whether d is "sha256:" and 64 lowercase hex digits,
+// the only form of content address the controllers store.
+func IsDigest(d string) bool {
+	hex, ok := strings.CutPrefix(d, DigestPrefix)
+	if !ok || len(hex) != 64 {
+		return false
+	}
+	for i := 0; i < len(hex); i++ {
+		c := hex[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }

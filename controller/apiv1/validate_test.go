@@ -19,3 +19,30 @@ func TestNameMustBePrintable(t *testing.T) {
 		}
 	}
 }
+
+func TestIsDigest(t *testing.T) {
+	good := "sha256:" + strings.Repeat("ab", 32)
+	for _, tt := range []struct {
+		d    string
+		want bool
+	}{
+		{good, true},
+		{"sha256:" + strings.Repeat("AB", 32), false},
+		{"sha256:" + strings.Repeat("a", 63), false},
+		{"sha256:" + strings.Repeat("g", 64), false},
+		{"md5:" + strings.Repeat("a", 64), false},
+		{"", false},
+	} {
+		if got := IsDigest(tt.d); got != tt.want {
+			t.Errorf("IsDigest(%q) = %v, want %v", tt.d, got, tt.want)
+		}
+	}
+	s := JobSpec{Run: "true", CodeArchive: "sha256:nope"}
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "code_archive") {
+		t.Errorf("Validate(bad code_archive) = %v, want a code_archive error", err)
+	}
+	s = JobSpec{Run: "true", QueueTimeout: -1}
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "queue_timeout") {
+		t.Errorf("Validate(negative queue_timeout) = %v, want a queue_timeout error", err)
+	}
+}

@@ -36,15 +36,17 @@ func msTime(ms int64) *time.Time {
 // Spec converts an API spec to its stored form.
 func Spec(s apiv1.JobSpec) *gantrypb.JobSpec {
 	return &gantrypb.JobSpec{
-		Name:          s.Name,
-		Run:           s.Run,
-		Setup:         s.Setup,
-		Env:           s.Env,
-		Workdir:       s.Workdir,
-		Resources:     &gantrypb.Resources{Gpus: uint32(s.Resources.GPUs), GpuType: s.Resources.GPUType},
-		Node:          s.Node,
-		MaxDurationMs: time.Duration(s.MaxDuration).Milliseconds(),
-		KillGraceMs:   time.Duration(s.KillGrace).Milliseconds(),
+		Name:           s.Name,
+		Run:            s.Run,
+		Setup:          s.Setup,
+		Env:            s.Env,
+		Workdir:        s.Workdir,
+		Resources:      &gantrypb.Resources{Gpus: uint32(s.Resources.GPUs), GpuType: s.Resources.GPUType},
+		Node:           s.Node,
+		MaxDurationMs:  time.Duration(s.MaxDuration).Milliseconds(),
+		KillGraceMs:    time.Duration(s.KillGrace).Milliseconds(),
+		QueueTimeoutMs: time.Duration(s.QueueTimeout).Milliseconds(),
+		CodeArchive:    s.CodeArchive,
 	}
 }
 
@@ -54,15 +56,17 @@ func APISpec(s *gantrypb.JobSpec) apiv1.JobSpec {
 		return apiv1.JobSpec{}
 	}
 	return apiv1.JobSpec{
-		Name:        s.Name,
-		Run:         s.Run,
-		Setup:       s.Setup,
-		Env:         s.Env,
-		Workdir:     s.Workdir,
-		Resources:   apiv1.Resources{GPUs: int(s.GetResources().GetGpus()), GPUType: s.GetResources().GetGpuType()},
-		Node:        s.Node,
-		MaxDuration: apiv1.Duration(time.Duration(s.MaxDurationMs) * time.Millisecond),
-		KillGrace:   apiv1.Duration(time.Duration(s.KillGraceMs) * time.Millisecond),
+		Name:         s.Name,
+		Run:          s.Run,
+		Setup:        s.Setup,
+		Env:          s.Env,
+		Workdir:      s.Workdir,
+		Resources:    apiv1.Resources{GPUs: int(s.GetResources().GetGpus()), GPUType: s.GetResources().GetGpuType()},
+		Node:         s.Node,
+		MaxDuration:  apiv1.Duration(time.Duration(s.MaxDurationMs) * time.Millisecond),
+		KillGrace:    apiv1.Duration(time.Duration(s.KillGraceMs) * time.Millisecond),
+		QueueTimeout: apiv1.Duration(time.Duration(s.QueueTimeoutMs) * time.Millisecond),
+		CodeArchive:  s.CodeArchive,
 	}
 }
 

@@ -204,6 +204,13 @@ type JobSpec struct {
 	Node          string                 `protobuf:"bytes,7,opt,name=node,proto3" json:"node,omitempty"`
 	MaxDurationMs int64                  `protobuf:"varint,8,opt,name=max_duration_ms,json=maxDurationMs,proto3" json:"max_duration_ms,omitempty"`
 	KillGraceMs   int64                  `protobuf:"varint,9,opt,name=kill_grace_ms,json=killGraceMs,proto3" json:"kill_grace_ms,omitempty"`
+	// queue_timeout_ms fails the job when it is still queued this long
+	// after submit; 0 waits forever.
+	QueueTimeoutMs int64 `protobuf:"varint,10,opt,name=queue_timeout_ms,json=queueTimeoutMs,proto3" json:"queue_timeout_ms,omitempty"`
+	// code_archive is the digest ("sha256:HEX") of a tar.gz of the job's
+	// code, uploaded before submit; the agent unpacks it into the job's
+	// working directory before setup.
+	CodeArchive   string `protobuf:"bytes,11,opt,name=code_archive,json=codeArchive,proto3" json:"code_archive,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -299,6 +306,20 @@ func (x *JobSpec) GetKillGraceMs() int64 {
 		return x.KillGraceMs
 	}
 	return 0
+}
+
+func (x *JobSpec) GetQueueTimeoutMs() int64 {
+	if x != nil {
+		return x.QueueTimeoutMs
+	}
+	return 0
+}
+
+func (x *JobSpec) GetCodeArchive() string {
+	if x != nil {
+		return x.CodeArchive
+	}
+	return ""
 }
 
 // Job is the controller's record of a job, as stored in the FSM.
@@ -2497,7 +2518,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\fgantry.proto\x12\tgantry.v1\":\n" +
 	"\tResources\x12\x12\n" +
 	"\x04gpus\x18\x01 \x01(\rR\x04gpus\x12\x19\n" +
-	"\bgpu_type\x18\x02 \x01(\tR\agpuType\"\xda\x02\n" +
+	"\bgpu_type\x18\x02 \x01(\tR\agpuType\"\xa7\x03\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03run\x18\x02 \x01(\tR\x03run\x12\x14\n" +
@@ -2507,7 +2528,10 @@ const file_gantry_proto_rawDesc = "" +
 	"\tresources\x18\x06 \x01(\v2\x14.gantry.v1.ResourcesR\tresources\x12\x12\n" +
 	"\x04node\x18\a \x01(\tR\x04node\x12&\n" +
 	"\x0fmax_duration_ms\x18\b \x01(\x03R\rmaxDurationMs\x12\"\n" +
-	"\rkill_grace_ms\x18\t \x01(\x03R\vkillGraceMs\x1a6\n" +
+	"\rkill_grace_ms\x18\t \x01(\x03R\vkillGraceMs\x12(\n" +
+	"\x10queue_timeout_ms\x18\n" +
+	" \x01(\x03R\x0equeueTimeoutMs\x12!\n" +
+	"\fcode_archive\x18\v \x01(\tR\vcodeArchive\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xce\a\n" +
