@@ -1,0 +1,178 @@
+package codearchive
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+)
+
+// Limits bound what one archive may make on a host. The archive's own
+// size is bounded by the controllers; these bound what it expands to
+// (a gzip bomb) and how many inodes it takes.
+type Limits struct {
+	MaxBytes   int64 // total size of the files made
+	MaxEntries int   // files, directories and symlinks made
+}
+
+// DefaultLimits: 4 GiB and 200,000 entries, far past a code tree and far
+// below what fills a host's disk or inode table.
+var DefaultLimits = Limits{MaxBytes: 4 << 30, MaxEntries: 200_000}
+
+// Owner is who the unpacked entries belong to; a negative Uid leaves
+// them to the unpacking process.
+type Owner struct{ Uid, Gid int }
+
+// Unpacked counts what Unpack made and left out.
+type Unpacked struct {
+	Files, Dirs, Symlinks int
+	Bytes                 int64
+	// Skipped counts entries of other kinds (hard links, devices, FIFOs),
+	// which are never made.
+	Skipped int
+}
+
+// ErrUnsafe is returned for an archive that tries to write outside its
+// destination or past its limits.
+var ErrUnsafe = errors.New("code archive refused")
+
+// Unpack expands the tar.gz in r into the existing directory dst. Every
+// path is opened through an os.Root, so neither "../", an absolute name
+// nor a symlink made by an earlier entry can reach outside dst, even when
+// the agent runs as root. Modes keep only the permission bits (no setuid),
+// and entries are handed to owner.
+func Unpack(r io.Reader, dst string, lim Limits, owner Owner) (Unpacked, error) {
+	var u Unpacked
+	root, err := os.OpenRoot(dst)
+	if err != nil {
+		return u, fmt.Errorf("code archive: %w", err)
+	}
+	defer root.Close()
+	gz, err := gzip.NewReader(r)
+	if err != nil {
+		return u, fmt.Errorf("code archive: not gzip: %w", err)
+	}
+	tr := tar.NewReader(gz)
+	entries := 0
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return u, fmt.Errorf("code archive: %w", err)
+		}
+		name, err := cleanName(hdr.Name)
+		if err != nil {
+			return u, err
+		}
+		if name == "." {
+			continue
+		}
+		if entries++; entries > lim.MaxEntries {
+			return u, fmt.Errorf("%w: more than %d entries", ErrUnsafe, lim.MaxEntries)
+		}
+		perm := fs.FileMode(hdr.Mode).Perm()
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			if err := mkdirs(root, name, owner); err != nil {
+				return u, err
+			}
+			u.Dirs++
+		case tar.TypeReg:
+			if hdr.Size < 0 || u.Bytes+hdr.Size > lim.MaxBytes {
+				return u, fmt.Errorf("%w: it expands to more than %d bytes", ErrUnsafe, lim.MaxBytes)
+			}
+			if err := mkdirs(root, path.Dir(name), owner); err != nil {
+				return u, err
+			}
+			// O_EXCL: an entry never replaces another, or a symlink
+			// planted first could redirect the write.
+			f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm|0o200)
+			if err != nil {
+				return u, fmt.Errorf("code archive: %w", err)
+			}
+			n, err := io.Copy(f, io.LimitReader(tr, hdr.Size))
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err == nil && n != hdr.Size {
+				err = io.ErrUnexpectedEOF
+			}
+			if err != nil {
+				return u, fmt.Errorf("code archive: %s: %w", name, err)
+			}
+			u.Bytes += n
+			u.Files++
+			if err := chown(root, name, owner); err != nil {
+				return u, err
+			}
+		case tar.TypeSymlink:
+			if err := mkdirs(root, path.Dir(name), owner); err != nil {
+				return u, err
+			}
+			// The link is made as it is; following it later happens as
+			// the job's user, who gains nothing the link points to.
+			if err := root.Symlink(hdr.Linkname, name); err != nil {
+				return u, fmt.Errorf("code archive: %w", err)
+			}
+			u.Symlinks++
+			if err := chown(root, name, owner); err != nil {
+				return u, err
+			}
+		default:
+			u.Skipped++
+		}
+	}
+	return u, nil
+}
+
+// cleanName turns an archive path into a relative, clean one, refusing
+// absolute paths and any ".." component outright: os.Root would stop
+// them too, but a clear error says the archive is hostile, not broken.
+func cleanName(name string) (string, error) {
+	if strings.ContainsRune(name, 0) || strings.HasPrefix(name, "/") || strings.Contains(name, `\`) {
+		return "", fmt.Errorf("%w: entry %q is not a relative path", ErrUnsafe, name)
+	}
+	for _, part := range strings.Split(name, "/") {
+		if part == ".." {
+			return "", fmt.Errorf("%w: entry %q leaves the directory", ErrUnsafe, name)
+		}
+	}
+	return path.Clean(name), nil
+}
+
+// mkdirs makes dir and its parents inside root, owned by owner.
+func mkdirs(root *os.Root, dir string, owner Owner) error {
+	if dir == "." {
+		return nil
+	}
+	if fi, err := root.Lstat(dir); err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("code archive: %s is not a directory", dir)
+		}
+		return nil
+	}
+	if err := mkdirs(root, path.Dir(dir), owner); err != nil {
+		return err
+	}
+	if err := root.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("code archive: %w", err)
+	}
+	return chown(root, dir, owner)
+}
+
+func chown(root *os.Root, name string, owner Owner) error {
+	if owner.Uid < 0 {
+		return nil
+	}
+	if err := root.Lchown(name, owner.Uid, owner.Gid); err != nil {
+		return fmt.Errorf("code archive: %w", err)
+	}
+	return nil
+}
