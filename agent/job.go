@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -173,9 +174,27 @@ func (j *job) run(ctx context.Context) {
 	if err != nil {
 		log.Error("save job state", "err", err)
 	}
+	workdir, env := spec.GetWorkdir(), spec.GetEnv()
+	if digest := spec.GetCodeArchive(); digest != "" {
+		codeDir, summary, err := j.fetchCode(ctx, a.link, dir, digest)
+		if err != nil {
+			log.Warn("job's code archive could not be unpacked", "err", err)
+			j.fail(fmt.Sprintf("code archive: %v", err))
+			return
+		}
+		j.codeEvent(summary)
+		workdir = workdirWithCode(codeDir, workdir)
+		// The spec cannot set GANTRY_ variables (apiv1 validation), so
+		// this one is the agent's word.
+		env = maps.Clone(env)
+		if env == nil {
+			env = map[string]string{}
+		}
+		env["GANTRY_CODE_DIR"] = codeDir
+	}
 	proc, err := runner.Start(runner.Spec{
-		JobID: j.id, Setup: spec.GetSetup(), Run: spec.GetRun(), JobDir: dir, Workdir: spec.GetWorkdir(),
-		Env: spec.GetEnv(), GPUs: gpus, MetricsFile: filepath.Join(dir, MetricsFileName), PythonPath: a.pythonDir,
+		JobID: j.id, Setup: spec.GetSetup(), Run: spec.GetRun(), JobDir: dir, Workdir: workdir,
+		Env: env, GPUs: gpus, MetricsFile: filepath.Join(dir, MetricsFileName), PythonPath: a.pythonDir,
 		LogFile:     filepath.Join(dir, LogFileName),
 		KillGrace:   time.Duration(spec.GetKillGraceMs()) * time.Millisecond,
 		MaxDuration: time.Duration(spec.GetMaxDurationMs()) * time.Millisecond,

@@ -109,6 +109,9 @@ const (
 	// EventReadopted is reported by a restarted agent for each job it
 	// takes over.
 	EventReadopted EventKind = "readopted"
+	// EventCodeUnpacked says the job's code archive was fetched and
+	// unpacked into its working directory, with what it held.
+	EventCodeUnpacked EventKind = "code_unpacked"
 )
 
 // Job event kinds reported by either side.

@@ -37,23 +37,25 @@ for _ in $(seq 1 100); do
 done
 "$bin/gantry" nodes
 
-# As root, dev mode runs jobs as an unprivileged user, who may not read
-# the checkout (under /root, say): the trainer goes where it can.
-# (Python finds modules only in directories it may list: hence 0755.)
-# (gantry_metrics needs no copy: the agent ships it on the job's PYTHONPATH.)
-install -d -m 0755 "$data/scripts" "$data/scripts/demo"
-install -m 0644 "$repo/scripts/demo/train.py" "$data/scripts/demo/train.py"
-cat >"$data/demo-job.yaml" <<YAML
+# The demo is a project directory as it would be on a laptop: the trainer
+# and its spec side by side. `gantry run` ships the directory to the GPU
+# host (here the local agent), which unpacks it as the job's user, so the
+# spec runs `python3 train.py` from the job's own copy. (gantry_metrics
+# needs no copy either: the agent puts it on the job's PYTHONPATH.)
+project="$data/project"
+mkdir -p "$project"
+cp "$repo/scripts/demo/train.py" "$project/train.py"
+cat >"$project/demo-job.yaml" <<YAML
 name: demo-train
-run: python3 $data/scripts/demo/train.py --steps $steps
+run: python3 train.py --steps $steps
 resources:
   gpus: 1
 kill_grace: 10s
 YAML
 
-echo "==> gantry run $data/demo-job.yaml"
+echo "==> gantry run $project/demo-job.yaml"
 set +e
-"$bin/gantry" run "$data/demo-job.yaml"
+"$bin/gantry" run "$project/demo-job.yaml"
 rc=$?
 set -e
 echo

@@ -106,6 +106,8 @@ type Link struct {
 	batchID atomic.Uint64
 	// maxAcked is the highest spool index acked so far.
 	maxAcked atomic.Uint64
+	// cur is the live session's connection, nil between sessions.
+	cur atomic.Pointer[current]
 }
 
 // New returns a link; call Run. Whatever opts.TLS itself checks, the link
@@ -243,7 +245,7 @@ func (l *Link) session(ctx context.Context, addr string) (established bool, err 
 	}
 	defer conn.CloseWithError(wire.CodeOK, "agent closing")
 
-	ctrl, flatOK, err := l.hello(ctx, conn)
+	ctrl, flatOK, blobsOK, err := l.hello(ctx, conn)
 	if err != nil {
 		return false, err
 	}
@@ -257,6 +259,8 @@ func (l *Link) session(ctx context.Context, addr string) (established bool, err 
 	}
 	l.connected.Store(true)
 	l.connects.Add(1)
+	l.cur.Store(&current{conn: conn, blobs: blobsOK})
+	defer l.cur.Store(nil)
 	defer l.connected.Store(false)
 	l.opts.Log.Info("connected to controller", "addr", addr)
 
@@ -302,35 +306,35 @@ func (l *Link) watchController(ctx context.Context, addr string) error {
 }
 
 // hello runs the handshake and reports whether the controller reads points
-// in the flat form.
-func (l *Link) hello(ctx context.Context, conn *quic.Conn) (*wire.Stream, bool, error) {
+// in the flat form and serves code archives.
+func (l *Link) hello(ctx context.Context, conn *quic.Conn) (*wire.Stream, bool, bool, error) {
 	qs, err := conn.OpenStreamSync(ctx)
 	if err != nil {
-		return nil, false, fmt.Errorf("open control stream: %w", err)
+		return nil, false, false, fmt.Errorf("open control stream: %w", err)
 	}
 	ctrl, err := wire.Open(qs, wire.StreamControl)
 	if err != nil {
-		return nil, false, err
+		return nil, false, false, err
 	}
 	hello := l.opts.Handler.Hello()
 	if err := ctrl.Write(&gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Hello{Hello: hello}}); err != nil {
-		return nil, false, err
+		return nil, false, false, err
 	}
 	var reply gantrypb.ControlMessage
 	if err := ctrl.Read(&reply, 15*time.Second); err != nil {
-		return nil, false, fmt.Errorf("waiting for hello reply: %w", err)
+		return nil, false, false, fmt.Errorf("waiting for hello reply: %w", err)
 	}
 	hr := reply.GetHelloReply()
 	if hr == nil {
-		return nil, false, fmt.Errorf("%w: unexpected %T", errRejected, reply.Msg)
+		return nil, false, false, fmt.Errorf("%w: unexpected %T", errRejected, reply.Msg)
 	}
 	if !hr.Ok {
 		if hr.LeaderAddr != "" {
-			return nil, false, redirectError{leader: hr.LeaderAddr}
+			return nil, false, false, redirectError{leader: hr.LeaderAddr}
 		}
-		return nil, false, fmt.Errorf("%w: %s", errRejected, hr.Error)
+		return nil, false, false, fmt.Errorf("%w: %s", errRejected, hr.Error)
 	}
-	return ctrl, hr.FlatPoints, nil
+	return ctrl, hr.FlatPoints, hr.CodeArchives, nil
 }
 
 func (l *Link) readControl(ctrl *wire.Stream) error {

@@ -125,6 +125,7 @@ func run() error {
 		httpTLSCert  = fs.String("http-tls-cert", "", "PEM certificate (chain) to serve the API over HTTPS; needs -http-tls-key")
 		httpTLSKey   = fs.String("http-tls-key", "", "PEM private key of -http-tls-cert")
 		noToken      = fs.Bool("insecure-no-token", false, "allow serving the API without a token on a non-loopback -http-addr (anyone who reaches it can run jobs)")
+		maxArchive   = fs.String("max-code-archive", "64MiB", "largest code archive (a job's shipped working directory, compressed) the cluster takes")
 		minFree      = fs.String("min-free-disk", "128MiB", "refuse writes (and hand Raft leadership to a peer) while -data-dir has less free space than this; 0 turns the check off")
 	)
 	_ = fs.Parse(os.Args[1:])
@@ -141,6 +142,10 @@ func run() error {
 	minFreeBytes, err := parseSize(*minFree)
 	if err != nil {
 		return fmt.Errorf("-min-free-disk: %w", err)
+	}
+	maxArchiveBytes, err := parseSize(*maxArchive)
+	if err != nil || maxArchiveBytes == 0 {
+		return fmt.Errorf("-max-code-archive: want a positive size such as 64MiB (got %q)", *maxArchive)
 	}
 	if minFreeBytes == 0 {
 		minFreeBytes = -1 // cluster.DiskConfig: negative turns the guard off
@@ -162,9 +167,9 @@ func run() error {
 		GossipKey: *gossipKey, AdvertiseHTTP: *advHTTP, AdvertiseQUIC: *advQUIC, AdvertiseRaft: *advRaft,
 		LostGrace:        *lostGrace,
 		HTTPAllowedHosts: cmdutil.SplitList(*allowedHosts), HTTPTLSCert: *httpTLSCert, HTTPTLSKey: *httpTLSKey,
-		InsecureNoToken: *noToken,
-		Disk:            cluster.DiskConfig{MinFree: minFreeBytes},
-		TLS:             tlsutil.FilesIn(*tlsDir, *tlsName),
+		InsecureNoToken: *noToken, MaxCodeArchive: maxArchiveBytes,
+		Disk: cluster.DiskConfig{MinFree: minFreeBytes},
+		TLS:  tlsutil.FilesIn(*tlsDir, *tlsName),
 		// The API's mux owns /v1/ and /metrics; "/" only catches the rest.
 		Extra: func(m *http.ServeMux) { m.Handle("/", dashboard.Handler()) },
 	}

@@ -99,6 +99,14 @@ type SubmitResponse struct {
 	ID string `json:"id"`
 }
 
+// Blob answers PUT /v1/blobs/{digest}: the stored code archive and how
+// many controllers hold it.
+type Blob struct {
+	Digest   string `json:"digest"`
+	Size     int64  `json:"size"`
+	Replicas int    `json:"replicas"`
+}
+
 // JobList answers GET /v1/jobs.
 type JobList struct {
 	Jobs []Job `json:"jobs"`

@@ -103,6 +103,8 @@ type Options struct {
 	WatchQueue int
 	// Registry receives the API's Prometheus metrics; nil makes one.
 	Registry *prometheus.Registry
+	// Blobs stores code archives (PUT /v1/blobs); nil refuses them.
+	Blobs Blobs
 	// Extra lets the embedding server mount more handlers (the dashboard).
 	Extra func(mux *http.ServeMux)
 
@@ -174,6 +176,8 @@ func New(opts Options) *API {
 	m.HandleFunc("GET /v1/jobs/{id}/playback", a.auth(a.ready(a.playback)))
 	m.HandleFunc("GET /v1/nodes", a.auth(a.ready(a.consistent(a.listNodes))))
 	m.HandleFunc("GET /v1/nodes/{id}/gpus", a.auth(a.ready(a.nodeGPUs)))
+	m.HandleFunc("PUT /v1/blobs/{digest}", a.auth(a.putBlob))
+	m.HandleFunc("GET /v1/blobs/{digest}", a.auth(a.getBlob)) // and HEAD
 	m.HandleFunc("GET /v1/cluster", a.clusterRoute())
 	m.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
 	m.HandleFunc("/v1/", a.noRoute)
@@ -324,6 +328,10 @@ func (a *API) submit(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := spec.Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("invalid job spec: %w", err))
+		return
+	}
+	if status, err := a.checkCodeArchive(r.Context(), spec.CodeArchive); err != nil {
+		writeError(w, status, err)
 		return
 	}
 	now := time.Now()

@@ -75,6 +75,8 @@ type Options struct {
 	FlatEntries func() bool
 	// Registry, when set, gets the ingest counters.
 	Registry prometheus.Registerer
+	// Blobs serves code archives on blob streams; nil refuses them.
+	Blobs Blobs
 }
 
 // Server accepts agent connections.
@@ -317,7 +319,8 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (*Session, *gan
 	}
 	reply := func(ok bool, reason, leader string) error {
 		return ctrl.Write(&gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_HelloReply{
-			HelloReply: &gantrypb.HelloReply{Ok: ok, Error: reason, LeaderAddr: leader, FlatPoints: true}}})
+			HelloReply: &gantrypb.HelloReply{Ok: ok, Error: reason, LeaderAddr: leader, FlatPoints: true,
+				CodeArchives: s.opts.Blobs != nil}}})
 	}
 	if !s.opts.Raft.IsLeader() {
 		leader := ""
@@ -386,6 +389,7 @@ func (s *Server) serve(ctx context.Context, sess *Session, log *slog.Logger) err
 			return fmt.Errorf("second stream is type %d, want the records stream", typ)
 		}
 		g.Go(func() error { return s.ack(gctx, rs, q, slots) })
+		g.Go(func() error { return s.serveBlobStreams(gctx, sess, log) })
 		for {
 			var batch gantrypb.RecordBatch
 			if err := rs.Read(&batch, 0); err != nil {

@@ -4,6 +4,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gantry-ml/gantry/controller/blobpeers"
 	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/controller/feed"
 	"github.com/gantry-ml/gantry/controller/fsm"
@@ -87,6 +89,9 @@ type Config struct {
 	// HTTPLimits are the API server's timeouts and header cap (zero fields
 	// take httpapi's defaults).
 	HTTPLimits httpapi.Limits
+	// MaxCodeArchive is the largest code archive (PUT /v1/blobs) taken;
+	// 0 means DefaultMaxCodeArchive.
+	MaxCodeArchive int64
 	// Disk is the free-space guard on DataDir (cluster.DiskConfig).
 	Disk cluster.DiskConfig
 }
@@ -104,6 +109,8 @@ type Server struct {
 	http    *http.Server
 	httpLn  net.Listener
 	members *membership.Node
+	// blobs holds code archives (beside the Raft log, on every voter).
+	blobs *blobpeers.Peers
 	// flatOK caches flatEntries' answer, computed at flatCheckedAt
 	// (unix ns, 0: never).
 	flatOK        atomic.Bool
@@ -205,8 +212,17 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: agent link TLS: %w", err)
 	}
+	maxArchive := cmp.Or(cfg.MaxCodeArchive, DefaultMaxCodeArchive)
+	scheme := "http"
+	if cfg.HTTPTLSCert != "" {
+		scheme = "https"
+	}
+	if s.blobs, err = s.openBlobs(filepath.Join(cfg.DataDir, "blobs"), maxArchive, scheme); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	s.ingest, err = ingest.Listen(ingest.Options{
-		Addr: cfg.QUICAddr, TLS: tlsConf, Raft: s.raft, Events: agentEvents{wake},
+		Blobs: blobSource{st: s.store, blobs: s.blobs},
+		Addr:  cfg.QUICAddr, TLS: tlsConf, Raft: s.raft, Events: agentEvents{wake},
 		Owners: jobOwners{s.store}, Registry: s.reg, FlatEntries: s.flatEntries,
 		Log: cfg.Log.With("component", "ingest"), Version: Version,
 		LeaderAddr: func() string {
@@ -229,7 +245,9 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.blobs.Transport = cmp.Or[http.RoundTripper](peerTransport, http.DefaultTransport)
 	s.api = httpapi.New(httpapi.Options{
+		Blobs: s.blobs,
 		Store: s.store, Raft: s.raft, Applied: s.fsm.AppliedIndex, Ready: s.caughtUp, Hub: s.hub, Agents: s.ingest,
 		Log: cfg.Log.With("component", "api"), Token: cfg.Token, Extra: cfg.Extra,
 		AllowedHosts: allowedHosts(cfg), Limits: cfg.HTTPLimits, TLS: httpTLS != nil, PeerTransport: peerTransport,
@@ -272,6 +290,7 @@ func Start(cfg Config) (*Server, error) {
 		}
 	})
 	s.goRun(func() { s.leadershipLoop(ctx) })
+	s.goRun(func() { s.blobGCLoop(ctx) })
 	s.goRun(func() {
 		restartAfterLogFailure(ctx, s.raft.LogWriteFailed, func() bool { _, full := s.raft.DiskFree(); return full }, time.Second, s.fail)
 	})

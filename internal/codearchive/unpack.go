@@ -47,12 +47,19 @@ var ErrUnsafe = errors.New("code archive refused")
 // the agent runs as root. Modes keep only the permission bits (no setuid),
 // and entries are handed to owner.
 func Unpack(r io.Reader, dst string, lim Limits, owner Owner) (Unpacked, error) {
-	var u Unpacked
 	root, err := os.OpenRoot(dst)
 	if err != nil {
-		return u, fmt.Errorf("code archive: %w", err)
+		return Unpacked{}, fmt.Errorf("code archive: %w", err)
 	}
 	defer root.Close()
+	return UnpackIn(r, root, lim, owner)
+}
+
+// UnpackIn is Unpack into an open root: a caller whose destination's
+// parents are writable by others opens it through a root of its own, so
+// that no one can swap the destination for a symlink meanwhile.
+func UnpackIn(r io.Reader, root *os.Root, lim Limits, owner Owner) (Unpacked, error) {
+	var u Unpacked
 	gz, err := gzip.NewReader(r)
 	if err != nil {
 		return u, fmt.Errorf("code archive: not gzip: %w", err)

@@ -1519,7 +1519,11 @@ type HelloReply struct {
 	// (MetricPoint.key_idx with RecordBatch.keys). An agent sends the map
 	// form to a controller that does not say so: an older one would take
 	// flat points for points without metrics.
-	FlatPoints    bool `protobuf:"varint,4,opt,name=flat_points,json=flatPoints,proto3" json:"flat_points,omitempty"`
+	FlatPoints bool `protobuf:"varint,4,opt,name=flat_points,json=flatPoints,proto3" json:"flat_points,omitempty"`
+	// code_archives says the controller serves blob streams (BlobRequest):
+	// an agent fails a job with a code archive plainly, instead of waiting
+	// on a stream an older controller never accepts.
+	CodeArchives  bool `protobuf:"varint,5,opt,name=code_archives,json=codeArchives,proto3" json:"code_archives,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1582,6 +1586,172 @@ func (x *HelloReply) GetFlatPoints() bool {
 	return false
 }
 
+func (x *HelloReply) GetCodeArchives() bool {
+	if x != nil {
+		return x.CodeArchives
+	}
+	return false
+}
+
+// BlobRequest opens a blob stream (agent→controller): the code archive of
+// a job assigned to the agent's node. The controller answers BlobReply,
+// then, when ok, BlobChunks holding exactly size bytes, then closes.
+type BlobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Digest        string                 `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlobRequest) Reset() {
+	*x = BlobRequest{}
+	mi := &file_gantry_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlobRequest) ProtoMessage() {}
+
+func (x *BlobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlobRequest.ProtoReflect.Descriptor instead.
+func (*BlobRequest) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *BlobRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *BlobRequest) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+type BlobReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ok            bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	Error         string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	Size          int64                  `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlobReply) Reset() {
+	*x = BlobReply{}
+	mi := &file_gantry_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlobReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlobReply) ProtoMessage() {}
+
+func (x *BlobReply) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlobReply.ProtoReflect.Descriptor instead.
+func (*BlobReply) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *BlobReply) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *BlobReply) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *BlobReply) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+type BlobChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlobChunk) Reset() {
+	*x = BlobChunk{}
+	mi := &file_gantry_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlobChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlobChunk) ProtoMessage() {}
+
+func (x *BlobChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlobChunk.ProtoReflect.Descriptor instead.
+func (*BlobChunk) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *BlobChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type StartJob struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -1593,7 +1763,7 @@ type StartJob struct {
 
 func (x *StartJob) Reset() {
 	*x = StartJob{}
-	mi := &file_gantry_proto_msgTypes[15]
+	mi := &file_gantry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1605,7 +1775,7 @@ func (x *StartJob) String() string {
 func (*StartJob) ProtoMessage() {}
 
 func (x *StartJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[15]
+	mi := &file_gantry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1618,7 +1788,7 @@ func (x *StartJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJob.ProtoReflect.Descriptor instead.
 func (*StartJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{15}
+	return file_gantry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StartJob) GetJobId() string {
@@ -1652,7 +1822,7 @@ type CancelJob struct {
 
 func (x *CancelJob) Reset() {
 	*x = CancelJob{}
-	mi := &file_gantry_proto_msgTypes[16]
+	mi := &file_gantry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1664,7 +1834,7 @@ func (x *CancelJob) String() string {
 func (*CancelJob) ProtoMessage() {}
 
 func (x *CancelJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[16]
+	mi := &file_gantry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1677,7 +1847,7 @@ func (x *CancelJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJob.ProtoReflect.Descriptor instead.
 func (*CancelJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{16}
+	return file_gantry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CancelJob) GetJobId() string {
@@ -1710,7 +1880,7 @@ type ControlMessage struct {
 
 func (x *ControlMessage) Reset() {
 	*x = ControlMessage{}
-	mi := &file_gantry_proto_msgTypes[17]
+	mi := &file_gantry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1722,7 +1892,7 @@ func (x *ControlMessage) String() string {
 func (*ControlMessage) ProtoMessage() {}
 
 func (x *ControlMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[17]
+	mi := &file_gantry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1735,7 +1905,7 @@ func (x *ControlMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlMessage.ProtoReflect.Descriptor instead.
 func (*ControlMessage) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{17}
+	return file_gantry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ControlMessage) GetMsg() isControlMessage_Msg {
@@ -1823,7 +1993,7 @@ type RecordBatch struct {
 
 func (x *RecordBatch) Reset() {
 	*x = RecordBatch{}
-	mi := &file_gantry_proto_msgTypes[18]
+	mi := &file_gantry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1835,7 +2005,7 @@ func (x *RecordBatch) String() string {
 func (*RecordBatch) ProtoMessage() {}
 
 func (x *RecordBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[18]
+	mi := &file_gantry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1848,7 +2018,7 @@ func (x *RecordBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordBatch.ProtoReflect.Descriptor instead.
 func (*RecordBatch) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{18}
+	return file_gantry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RecordBatch) GetBatchId() uint64 {
@@ -1883,7 +2053,7 @@ type BatchAck struct {
 
 func (x *BatchAck) Reset() {
 	*x = BatchAck{}
-	mi := &file_gantry_proto_msgTypes[19]
+	mi := &file_gantry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1895,7 +2065,7 @@ func (x *BatchAck) String() string {
 func (*BatchAck) ProtoMessage() {}
 
 func (x *BatchAck) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[19]
+	mi := &file_gantry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1908,7 +2078,7 @@ func (x *BatchAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchAck.ProtoReflect.Descriptor instead.
 func (*BatchAck) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{19}
+	return file_gantry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BatchAck) GetBatchId() uint64 {
@@ -1936,7 +2106,7 @@ type SubmitJobCmd struct {
 
 func (x *SubmitJobCmd) Reset() {
 	*x = SubmitJobCmd{}
-	mi := &file_gantry_proto_msgTypes[20]
+	mi := &file_gantry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1948,7 +2118,7 @@ func (x *SubmitJobCmd) String() string {
 func (*SubmitJobCmd) ProtoMessage() {}
 
 func (x *SubmitJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[20]
+	mi := &file_gantry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1961,7 +2131,7 @@ func (x *SubmitJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobCmd.ProtoReflect.Descriptor instead.
 func (*SubmitJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{20}
+	return file_gantry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SubmitJobCmd) GetJobId() string {
@@ -1997,7 +2167,7 @@ type AssignJobCmd struct {
 
 func (x *AssignJobCmd) Reset() {
 	*x = AssignJobCmd{}
-	mi := &file_gantry_proto_msgTypes[21]
+	mi := &file_gantry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2179,7 @@ func (x *AssignJobCmd) String() string {
 func (*AssignJobCmd) ProtoMessage() {}
 
 func (x *AssignJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[21]
+	mi := &file_gantry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2192,7 @@ func (x *AssignJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignJobCmd.ProtoReflect.Descriptor instead.
 func (*AssignJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{21}
+	return file_gantry_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AssignJobCmd) GetJobId() string {
@@ -2063,7 +2233,7 @@ type CancelJobCmd struct {
 
 func (x *CancelJobCmd) Reset() {
 	*x = CancelJobCmd{}
-	mi := &file_gantry_proto_msgTypes[22]
+	mi := &file_gantry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2075,7 +2245,7 @@ func (x *CancelJobCmd) String() string {
 func (*CancelJobCmd) ProtoMessage() {}
 
 func (x *CancelJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[22]
+	mi := &file_gantry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2088,7 +2258,7 @@ func (x *CancelJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobCmd.ProtoReflect.Descriptor instead.
 func (*CancelJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{22}
+	return file_gantry_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CancelJobCmd) GetJobId() string {
@@ -2118,7 +2288,7 @@ type IngestCmd struct {
 
 func (x *IngestCmd) Reset() {
 	*x = IngestCmd{}
-	mi := &file_gantry_proto_msgTypes[23]
+	mi := &file_gantry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2130,7 +2300,7 @@ func (x *IngestCmd) String() string {
 func (*IngestCmd) ProtoMessage() {}
 
 func (x *IngestCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[23]
+	mi := &file_gantry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2143,7 +2313,7 @@ func (x *IngestCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestCmd.ProtoReflect.Descriptor instead.
 func (*IngestCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{23}
+	return file_gantry_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *IngestCmd) GetNodeId() string {
@@ -2185,7 +2355,7 @@ type NodeUpCmd struct {
 
 func (x *NodeUpCmd) Reset() {
 	*x = NodeUpCmd{}
-	mi := &file_gantry_proto_msgTypes[24]
+	mi := &file_gantry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2197,7 +2367,7 @@ func (x *NodeUpCmd) String() string {
 func (*NodeUpCmd) ProtoMessage() {}
 
 func (x *NodeUpCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[24]
+	mi := &file_gantry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2210,7 +2380,7 @@ func (x *NodeUpCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeUpCmd.ProtoReflect.Descriptor instead.
 func (*NodeUpCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{24}
+	return file_gantry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NodeUpCmd) GetNode() *Node {
@@ -2244,7 +2414,7 @@ type NodeDownCmd struct {
 
 func (x *NodeDownCmd) Reset() {
 	*x = NodeDownCmd{}
-	mi := &file_gantry_proto_msgTypes[25]
+	mi := &file_gantry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2256,7 +2426,7 @@ func (x *NodeDownCmd) String() string {
 func (*NodeDownCmd) ProtoMessage() {}
 
 func (x *NodeDownCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[25]
+	mi := &file_gantry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2269,7 +2439,7 @@ func (x *NodeDownCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDownCmd.ProtoReflect.Descriptor instead.
 func (*NodeDownCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{25}
+	return file_gantry_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *NodeDownCmd) GetNodeId() string {
@@ -2300,7 +2470,7 @@ type EndJobCmd struct {
 
 func (x *EndJobCmd) Reset() {
 	*x = EndJobCmd{}
-	mi := &file_gantry_proto_msgTypes[26]
+	mi := &file_gantry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2312,7 +2482,7 @@ func (x *EndJobCmd) String() string {
 func (*EndJobCmd) ProtoMessage() {}
 
 func (x *EndJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[26]
+	mi := &file_gantry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2325,7 +2495,7 @@ func (x *EndJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndJobCmd.ProtoReflect.Descriptor instead.
 func (*EndJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{26}
+	return file_gantry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *EndJobCmd) GetJobId() string {
@@ -2392,7 +2562,7 @@ type AgentJob struct {
 
 func (x *AgentJob) Reset() {
 	*x = AgentJob{}
-	mi := &file_gantry_proto_msgTypes[27]
+	mi := &file_gantry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2404,7 +2574,7 @@ func (x *AgentJob) String() string {
 func (*AgentJob) ProtoMessage() {}
 
 func (x *AgentJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[27]
+	mi := &file_gantry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2417,7 +2587,7 @@ func (x *AgentJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentJob.ProtoReflect.Descriptor instead.
 func (*AgentJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{27}
+	return file_gantry_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AgentJob) GetJobId() string {
@@ -2653,7 +2823,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\x04gpus\x18\x03 \x03(\v2\x12.gantry.v1.GPUInfoR\x04gpus\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12\x1f\n" +
 	"\vactive_jobs\x18\x05 \x03(\tR\n" +
-	"activeJobs\"t\n" +
+	"activeJobs\"\x99\x01\n" +
 	"\n" +
 	"HelloReply\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x14\n" +
@@ -2661,7 +2831,17 @@ const file_gantry_proto_rawDesc = "" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
 	"leaderAddr\x12\x1f\n" +
 	"\vflat_points\x18\x04 \x01(\bR\n" +
-	"flatPoints\"]\n" +
+	"flatPoints\x12#\n" +
+	"\rcode_archives\x18\x05 \x01(\bR\fcodeArchives\"<\n" +
+	"\vBlobRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\"E\n" +
+	"\tBlobReply\x12\x0e\n" +
+	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\"\x1f\n" +
+	"\tBlobChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"]\n" +
 	"\bStartJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.gantry.v1.JobSpecR\x04spec\x12\x12\n" +
@@ -2760,7 +2940,7 @@ func file_gantry_proto_rawDescGZIP() []byte {
 }
 
 var file_gantry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_gantry_proto_goTypes = []any{
 	(JobState)(0),          // 0: gantry.v1.JobState
 	(NodeState)(0),         // 1: gantry.v1.NodeState
@@ -2779,35 +2959,38 @@ var file_gantry_proto_goTypes = []any{
 	(*Node)(nil),           // 14: gantry.v1.Node
 	(*Hello)(nil),          // 15: gantry.v1.Hello
 	(*HelloReply)(nil),     // 16: gantry.v1.HelloReply
-	(*StartJob)(nil),       // 17: gantry.v1.StartJob
-	(*CancelJob)(nil),      // 18: gantry.v1.CancelJob
-	(*ControlMessage)(nil), // 19: gantry.v1.ControlMessage
-	(*RecordBatch)(nil),    // 20: gantry.v1.RecordBatch
-	(*BatchAck)(nil),       // 21: gantry.v1.BatchAck
-	(*SubmitJobCmd)(nil),   // 22: gantry.v1.SubmitJobCmd
-	(*AssignJobCmd)(nil),   // 23: gantry.v1.AssignJobCmd
-	(*CancelJobCmd)(nil),   // 24: gantry.v1.CancelJobCmd
-	(*IngestCmd)(nil),      // 25: gantry.v1.IngestCmd
-	(*NodeUpCmd)(nil),      // 26: gantry.v1.NodeUpCmd
-	(*NodeDownCmd)(nil),    // 27: gantry.v1.NodeDownCmd
-	(*EndJobCmd)(nil),      // 28: gantry.v1.EndJobCmd
-	(*AgentJob)(nil),       // 29: gantry.v1.AgentJob
-	nil,                    // 30: gantry.v1.JobSpec.EnvEntry
-	nil,                    // 31: gantry.v1.Job.FinalMetricsEntry
-	nil,                    // 32: gantry.v1.Job.LatestMetricsEntry
-	nil,                    // 33: gantry.v1.MetricPoint.ValuesEntry
-	nil,                    // 34: gantry.v1.JobExit.FinalMetricsEntry
+	(*BlobRequest)(nil),    // 17: gantry.v1.BlobRequest
+	(*BlobReply)(nil),      // 18: gantry.v1.BlobReply
+	(*BlobChunk)(nil),      // 19: gantry.v1.BlobChunk
+	(*StartJob)(nil),       // 20: gantry.v1.StartJob
+	(*CancelJob)(nil),      // 21: gantry.v1.CancelJob
+	(*ControlMessage)(nil), // 22: gantry.v1.ControlMessage
+	(*RecordBatch)(nil),    // 23: gantry.v1.RecordBatch
+	(*BatchAck)(nil),       // 24: gantry.v1.BatchAck
+	(*SubmitJobCmd)(nil),   // 25: gantry.v1.SubmitJobCmd
+	(*AssignJobCmd)(nil),   // 26: gantry.v1.AssignJobCmd
+	(*CancelJobCmd)(nil),   // 27: gantry.v1.CancelJobCmd
+	(*IngestCmd)(nil),      // 28: gantry.v1.IngestCmd
+	(*NodeUpCmd)(nil),      // 29: gantry.v1.NodeUpCmd
+	(*NodeDownCmd)(nil),    // 30: gantry.v1.NodeDownCmd
+	(*EndJobCmd)(nil),      // 31: gantry.v1.EndJobCmd
+	(*AgentJob)(nil),       // 32: gantry.v1.AgentJob
+	nil,                    // 33: gantry.v1.JobSpec.EnvEntry
+	nil,                    // 34: gantry.v1.Job.FinalMetricsEntry
+	nil,                    // 35: gantry.v1.Job.LatestMetricsEntry
+	nil,                    // 36: gantry.v1.MetricPoint.ValuesEntry
+	nil,                    // 37: gantry.v1.JobExit.FinalMetricsEntry
 }
 var file_gantry_proto_depIdxs = []int32{
-	30, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
+	33, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
 	2,  // 1: gantry.v1.JobSpec.resources:type_name -> gantry.v1.Resources
 	3,  // 2: gantry.v1.Job.spec:type_name -> gantry.v1.JobSpec
 	0,  // 3: gantry.v1.Job.state:type_name -> gantry.v1.JobState
-	31, // 4: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
-	32, // 5: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
-	33, // 6: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
+	34, // 4: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
+	35, // 5: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
+	36, // 6: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
 	6,  // 7: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
-	34, // 8: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
+	37, // 8: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
 	5,  // 9: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
 	9,  // 10: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
 	10, // 11: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
@@ -2820,8 +3003,8 @@ var file_gantry_proto_depIdxs = []int32{
 	3,  // 18: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
 	15, // 19: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
 	16, // 20: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
-	17, // 21: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
-	18, // 22: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
+	20, // 21: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
+	21, // 22: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
 	13, // 23: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
 	3,  // 24: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
 	13, // 25: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
@@ -2851,7 +3034,7 @@ func file_gantry_proto_init() {
 		(*Record_Exit)(nil),
 		(*Record_Gpu)(nil),
 	}
-	file_gantry_proto_msgTypes[17].OneofWrappers = []any{
+	file_gantry_proto_msgTypes[20].OneofWrappers = []any{
 		(*ControlMessage_Hello)(nil),
 		(*ControlMessage_HelloReply)(nil),
 		(*ControlMessage_Start)(nil),
@@ -2863,7 +3046,7 @@ func file_gantry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_proto_rawDesc), len(file_gantry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   33,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

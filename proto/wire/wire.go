@@ -30,6 +30,8 @@ type StreamType byte
 const (
 	StreamControl StreamType = 1
 	StreamRecords StreamType = 2
+	// StreamBlob carries one code archive to the agent (BlobRequest).
+	StreamBlob StreamType = 3
 )
 
 // Limits and timeouts shared by both ends.
@@ -52,6 +54,10 @@ const (
 	CodeNotLeader    quic.ApplicationErrorCode = 2
 	CodeShuttingDown quic.ApplicationErrorCode = 3
 )
+
+// QUICStreamCanceled is the error code of a stream one end abandons
+// (a failed archive download), as opposed to a clean close.
+const QUICStreamCanceled quic.StreamErrorCode = 1
 
 // ErrBadStreamType is returned for a stream whose first byte is unknown.
 var ErrBadStreamType = errors.New("link: unknown stream type")
@@ -100,7 +106,7 @@ func Accept(s *quic.Stream, timeout time.Duration) (StreamType, *Stream, error) 
 	}
 	t := StreamType(b[0])
 	switch t {
-	case StreamControl, StreamRecords:
+	case StreamControl, StreamRecords, StreamBlob:
 	default:
 		return 0, nil, fmt.Errorf("%w: %d", ErrBadStreamType, b[0])
 	}

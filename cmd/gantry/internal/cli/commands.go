@@ -22,19 +22,27 @@ func (a *app) runCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run SPEC.yaml",
 		Short: "Submit a job and follow it live",
-		Long: "run submits the job described by SPEC.yaml, prints its id and, unless -d is given,\n" +
+		Long: "run uploads the job's code (the spec file's directory, or its code: directory;\n" +
+			".gitignore and .gantryignore are honoured; code: none ships nothing), submits the\n" +
+			"job described by SPEC.yaml, prints its id and, unless -d is given,\n" +
 			"shows it live until it ends. The exit status follows the job: 0 when it succeeded,\n" +
 			"its exit code when it failed, 1 otherwise. Ctrl-C detaches; the job keeps running.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			spec, err := LoadSpec(args[0])
+			file, err := loadSpecFile(args[0])
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
+			spec := file.JobSpec
 			if err := spec.Validate(); err != nil {
 				return &exitError{code: exitUsage, err: fmt.Errorf("spec %s: %w", args[0], err)}
 			}
 			c := a.client()
+			if dir := codeDir(args[0], file); dir != "" {
+				if spec.CodeArchive, err = a.shipCode(cmd.Context(), c, dir); err != nil {
+					return err
+				}
+			}
 			id, err := c.Submit(cmd.Context(), spec)
 			var apiErr *client.APIError
 			if errors.As(err, &apiErr) && apiErr.Status == http.StatusBadRequest {

@@ -23,19 +23,33 @@ const maxSpecBytes = 1 << 20
 // Durations accept "30s", "1h30m" or a number of seconds (apiv1.Duration's
 // yaml.v2-style unmarshaler, which yaml/v3 still honours).
 func ParseSpec(data []byte) (apiv1.JobSpec, error) {
-	var spec apiv1.JobSpec
+	f, err := parseSpecFile(data)
+	return f.JobSpec, err
+}
+
+// specFile is a spec file: the API's spec plus what only the CLI reads.
+type specFile struct {
+	apiv1.JobSpec `yaml:",inline"`
+	// Code is the local directory shipped as the job's code, relative to
+	// the spec file; "none" ships nothing. Unset: the spec file's
+	// directory, unless workdir names an absolute path on the host.
+	Code *string `yaml:"code"`
+}
+
+func parseSpecFile(data []byte) (specFile, error) {
+	var spec specFile
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&spec); err != nil {
 		if errors.Is(err, io.EOF) {
-			return apiv1.JobSpec{}, errors.New("spec is empty")
+			return specFile{}, errors.New("spec is empty")
 		}
-		return apiv1.JobSpec{}, err
+		return specFile{}, err
 	}
 	// A second document would be ignored by the server; say so instead.
 	var extra any
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return apiv1.JobSpec{}, errors.New("spec holds more than one YAML document")
+		return specFile{}, errors.New("spec holds more than one YAML document")
 	}
 	return spec, nil
 }
@@ -44,21 +58,26 @@ func ParseSpec(data []byte) (apiv1.JobSpec, error) {
 // is named after its file ("train.yaml" → "train"), so `gantry ps` shows
 // something recognisable.
 func LoadSpec(path string) (apiv1.JobSpec, error) {
+	f, err := loadSpecFile(path)
+	return f.JobSpec, err
+}
+
+func loadSpecFile(path string) (specFile, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return apiv1.JobSpec{}, fmt.Errorf("read spec: %w", err)
+		return specFile{}, fmt.Errorf("read spec: %w", err)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxSpecBytes+1))
 	if err != nil {
-		return apiv1.JobSpec{}, fmt.Errorf("read spec %s: %w", path, err)
+		return specFile{}, fmt.Errorf("read spec %s: %w", path, err)
 	}
 	if len(data) > maxSpecBytes {
-		return apiv1.JobSpec{}, fmt.Errorf("spec %s is larger than %d bytes", path, maxSpecBytes)
+		return specFile{}, fmt.Errorf("spec %s is larger than %d bytes", path, maxSpecBytes)
 	}
-	spec, err := ParseSpec(data)
+	spec, err := parseSpecFile(data)
 	if err != nil {
-		return apiv1.JobSpec{}, fmt.Errorf("spec %s: %w", path, err)
+		return specFile{}, fmt.Errorf("spec %s: %w", path, err)
 	}
 	if spec.Name == "" {
 		base := filepath.Base(path)

@@ -1,0 +1,76 @@
+package cli
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+
+	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/controller/client"
+	"github.com/gantry-ml/gantry/internal/codearchive"
+)
+
+// codeNone is the `code:` value that ships nothing.
+const codeNone = "none"
+
+// codeDir decides which local directory a spec file ships: its `code:`
+// (relative to the spec file), else the spec file's own directory, unless
+// the spec runs in an absolute workdir on the host, where the code lives
+// already. "" ships nothing.
+func codeDir(specPath string, f specFile) string {
+	base := filepath.Dir(specPath)
+	switch {
+	case f.Code != nil && *f.Code == codeNone:
+		return ""
+	case f.Code != nil && filepath.IsAbs(*f.Code):
+		return *f.Code
+	case f.Code != nil:
+		return filepath.Join(base, *f.Code)
+	case filepath.IsAbs(f.Workdir):
+		return ""
+	default:
+		return base
+	}
+}
+
+// shipCode packs dir, uploads it, and returns its digest. Progress goes
+// to stderr, so that `run -d` prints only the job id on stdout.
+func (a *app) shipCode(ctx context.Context, c *client.Client, dir string) (string, error) {
+	tmp, err := os.CreateTemp("", "gantry-code-*.tar.gz")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	h := sha256.New()
+	st, err := codearchive.Pack(dir, io.MultiWriter(tmp, h), 0)
+	if err != nil {
+		return "", &exitError{code: exitUsage, err: fmt.Errorf("pack code from %s: %w", dir, err)}
+	}
+	digest := apiv1.DigestPrefix + hex.EncodeToString(h.Sum(nil))
+	size, err := tmp.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return "", err
+	}
+	fmt.Fprintf(a.env.Stderr, "uploading code from %s: %d files, %s (%s compressed)\n",
+		termSafe(dir), st.Files, codearchive.HumanBytes(st.Bytes), codearchive.HumanBytes(size))
+	_, err = c.PutBlob(ctx, digest, tmp)
+	var apiErr *client.APIError
+	if errors.As(err, &apiErr) && apiErr.Status == http.StatusRequestEntityTooLarge {
+		msg := apiErr.Message
+		if len(st.Largest) > 0 {
+			msg += "\nlargest files: " + st.Describe()
+		}
+		return "", &exitError{code: exitUsage, err: errors.New(msg)}
+	}
+	if err != nil {
+		return "", err
+	}
+	return digest, nil
+}

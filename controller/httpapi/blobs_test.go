@@ -1,0 +1,119 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/controller/server"
+	"github.com/gantry-ml/gantry/internal/logging"
+	"github.com/gantry-ml/gantry/internal/tlsutil"
+)
+
+func sha(b []byte) string {
+	s := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(s[:])
+}
+
+// TestBlobUploadErrors: every way an upload can be wrong gets its own
+// status and a reason, and a good one is stored, listed and usable by a
+// submit.
+func TestBlobUploadErrors(t *testing.T) {
+	ctrl, _, err := tlsutil.EnsureDev(t.TempDir(), "agent1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.Start(server.Config{
+		NodeID: "c1", DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", QUICAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0",
+		Bootstrap: true, Fast: true, TLS: ctrl, Token: "tok", Log: logging.Discard(), MaxCodeArchive: 64,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	if err := srv.WaitLeader(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + srv.HTTPAddr()
+	put := func(digest, ctype string, body []byte, auth bool) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPut, base+"/v1/blobs/"+digest, bytes.NewReader(body))
+		req.Header.Set("Content-Type", ctype)
+		if auth {
+			req.Header.Set("Authorization", "Bearer tok")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	good := []byte("small archive")
+	big := bytes.Repeat([]byte("x"), 100)
+	for _, tt := range []struct {
+		name, digest, ctype string
+		body                []byte
+		auth                bool
+		status              int
+		reason              string
+	}{
+		{"no token", sha(good), "application/gzip", good, false, http.StatusUnauthorized, "token"},
+		{"form content type", sha(good), "application/x-www-form-urlencoded", good, true, http.StatusUnsupportedMediaType, "Content-Type"},
+		{"not a digest", "sha256:abc", "application/gzip", good, true, http.StatusBadRequest, "not a digest"},
+		{"forged digest", sha([]byte("other")), "application/gzip", good, true, http.StatusBadRequest, "does not match"},
+		{"too large", sha(big), "application/gzip", big, true, http.StatusRequestEntityTooLarge, ".gantryignore"},
+		{"good", sha(good), "application/gzip", good, true, http.StatusCreated, ""},
+	} {
+		status, body := put(tt.digest, tt.ctype, tt.body, tt.auth)
+		if status != tt.status || !strings.Contains(body, tt.reason) {
+			t.Errorf("%s: %d %s, want %d with %q", tt.name, status, body, tt.status, tt.reason)
+		}
+		if tt.status == http.StatusCreated {
+			var b apiv1.Blob
+			if err := json.Unmarshal([]byte(body), &b); err != nil || b.Digest != sha(good) || b.Size != int64(len(good)) || b.Replicas != 1 {
+				t.Errorf("%s: answer %s (%v)", tt.name, body, err)
+			}
+		}
+	}
+	// Only the good one is stored.
+	for digest, want := range map[string]int{sha(good): http.StatusOK, sha(big): http.StatusNotFound, sha([]byte("other")): http.StatusNotFound} {
+		req, _ := http.NewRequest(http.MethodHead, base+"/v1/blobs/"+digest, nil)
+		req.Header.Set("Authorization", "Bearer tok")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("HEAD %s = %d, want %d", digest, resp.StatusCode, want)
+		}
+	}
+	submit := func(digest string) (int, string) {
+		spec, _ := json.Marshal(apiv1.JobSpec{Run: "true", CodeArchive: digest})
+		req, _ := http.NewRequest(http.MethodPost, base+"/v1/jobs", bytes.NewReader(spec))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer tok")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if status, body := submit(sha(big)); status != http.StatusBadRequest || !strings.Contains(body, "was not uploaded") {
+		t.Errorf("submit naming a missing archive: %d %s", status, body)
+	}
+	if status, body := submit(sha(good)); status != http.StatusCreated {
+		t.Errorf("submit naming an uploaded archive: %d %s", status, body)
+	}
+}
