@@ -73,6 +73,9 @@ var (
 	ErrJobNotFound = errors.New("job not found")
 	ErrTerminal    = errors.New("job already ended")
 	ErrNotQueued   = errors.New("job is not queued")
+	// ErrNotDue refuses a queue timeout committed before the job's
+	// deadline (created_at + queue_timeout), or for a job without one.
+	ErrNotDue = errors.New("job's queue timeout is not due")
 )
 
 // ExitReason says why the agent, rather than the job itself, stopped a job.
@@ -128,6 +131,10 @@ const (
 	// already terminal (declared lost while its agent was cut off): it does
 	// not rewrite the job, but nothing is hidden.
 	EventLateExit EventKind = "late_exit"
+	// EventQueueTimeout says the job failed because it was still queued
+	// when its spec's queue_timeout ran out; the message says what it was
+	// waiting for.
+	EventQueueTimeout EventKind = "queue_timeout"
 )
 
 // ClassifyExit decides the terminal state of a job from its exit record and

@@ -2356,6 +2356,72 @@ func (x *EndJobCmd) GetAtMs() int64 {
 	return 0
 }
 
+// QueueTimeoutCmd fails a job still queued past its spec's
+// queue_timeout_ms. The leader decides that the deadline has passed and
+// says why the job waited in error; every voter applies it only while the
+// job is still queued and at_ms is at or past created_at_ms +
+// queue_timeout_ms, so a job placed (or cancelled) between the decision and
+// the commit is left as it is.
+type QueueTimeoutCmd struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Error         string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	AtMs          int64                  `protobuf:"varint,3,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueueTimeoutCmd) Reset() {
+	*x = QueueTimeoutCmd{}
+	mi := &file_gantry_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueTimeoutCmd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueTimeoutCmd) ProtoMessage() {}
+
+func (x *QueueTimeoutCmd) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueTimeoutCmd.ProtoReflect.Descriptor instead.
+func (*QueueTimeoutCmd) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *QueueTimeoutCmd) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *QueueTimeoutCmd) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *QueueTimeoutCmd) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
 // AgentJob is the agent's durable record of a job it started, kept in its
 // spool until the controller acks the job's exit record.
 type AgentJob struct {
@@ -2392,7 +2458,7 @@ type AgentJob struct {
 
 func (x *AgentJob) Reset() {
 	*x = AgentJob{}
-	mi := &file_gantry_proto_msgTypes[27]
+	mi := &file_gantry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2404,7 +2470,7 @@ func (x *AgentJob) String() string {
 func (*AgentJob) ProtoMessage() {}
 
 func (x *AgentJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[27]
+	mi := &file_gantry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2417,7 +2483,7 @@ func (x *AgentJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentJob.ProtoReflect.Descriptor instead.
 func (*AgentJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{27}
+	return file_gantry_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AgentJob) GetJobId() string {
@@ -2712,7 +2778,11 @@ const file_gantry_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.gantry.v1.JobStateR\x05state\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x13\n" +
-	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\"\x8e\x03\n" +
+	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\"S\n" +
+	"\x0fQueueTimeoutCmd\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x13\n" +
+	"\x05at_ms\x18\x03 \x01(\x03R\x04atMs\"\x8e\x03\n" +
 	"\bAgentJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.gantry.v1.JobSpecR\x04spec\x12\x12\n" +
@@ -2760,54 +2830,55 @@ func file_gantry_proto_rawDescGZIP() []byte {
 }
 
 var file_gantry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_gantry_proto_goTypes = []any{
-	(JobState)(0),          // 0: gantry.v1.JobState
-	(NodeState)(0),         // 1: gantry.v1.NodeState
-	(*Resources)(nil),      // 2: gantry.v1.Resources
-	(*JobSpec)(nil),        // 3: gantry.v1.JobSpec
-	(*Job)(nil),            // 4: gantry.v1.Job
-	(*MetricPoint)(nil),    // 5: gantry.v1.MetricPoint
-	(*GPUStat)(nil),        // 6: gantry.v1.GPUStat
-	(*GPUSample)(nil),      // 7: gantry.v1.GPUSample
-	(*GPUInfo)(nil),        // 8: gantry.v1.GPUInfo
-	(*JobEvent)(nil),       // 9: gantry.v1.JobEvent
-	(*LogChunk)(nil),       // 10: gantry.v1.LogChunk
-	(*JobStarted)(nil),     // 11: gantry.v1.JobStarted
-	(*JobExit)(nil),        // 12: gantry.v1.JobExit
-	(*Record)(nil),         // 13: gantry.v1.Record
-	(*Node)(nil),           // 14: gantry.v1.Node
-	(*Hello)(nil),          // 15: gantry.v1.Hello
-	(*HelloReply)(nil),     // 16: gantry.v1.HelloReply
-	(*StartJob)(nil),       // 17: gantry.v1.StartJob
-	(*CancelJob)(nil),      // 18: gantry.v1.CancelJob
-	(*ControlMessage)(nil), // 19: gantry.v1.ControlMessage
-	(*RecordBatch)(nil),    // 20: gantry.v1.RecordBatch
-	(*BatchAck)(nil),       // 21: gantry.v1.BatchAck
-	(*SubmitJobCmd)(nil),   // 22: gantry.v1.SubmitJobCmd
-	(*AssignJobCmd)(nil),   // 23: gantry.v1.AssignJobCmd
-	(*CancelJobCmd)(nil),   // 24: gantry.v1.CancelJobCmd
-	(*IngestCmd)(nil),      // 25: gantry.v1.IngestCmd
-	(*NodeUpCmd)(nil),      // 26: gantry.v1.NodeUpCmd
-	(*NodeDownCmd)(nil),    // 27: gantry.v1.NodeDownCmd
-	(*EndJobCmd)(nil),      // 28: gantry.v1.EndJobCmd
-	(*AgentJob)(nil),       // 29: gantry.v1.AgentJob
-	nil,                    // 30: gantry.v1.JobSpec.EnvEntry
-	nil,                    // 31: gantry.v1.Job.FinalMetricsEntry
-	nil,                    // 32: gantry.v1.Job.LatestMetricsEntry
-	nil,                    // 33: gantry.v1.MetricPoint.ValuesEntry
-	nil,                    // 34: gantry.v1.JobExit.FinalMetricsEntry
+	(JobState)(0),           // 0: gantry.v1.JobState
+	(NodeState)(0),          // 1: gantry.v1.NodeState
+	(*Resources)(nil),       // 2: gantry.v1.Resources
+	(*JobSpec)(nil),         // 3: gantry.v1.JobSpec
+	(*Job)(nil),             // 4: gantry.v1.Job
+	(*MetricPoint)(nil),     // 5: gantry.v1.MetricPoint
+	(*GPUStat)(nil),         // 6: gantry.v1.GPUStat
+	(*GPUSample)(nil),       // 7: gantry.v1.GPUSample
+	(*GPUInfo)(nil),         // 8: gantry.v1.GPUInfo
+	(*JobEvent)(nil),        // 9: gantry.v1.JobEvent
+	(*LogChunk)(nil),        // 10: gantry.v1.LogChunk
+	(*JobStarted)(nil),      // 11: gantry.v1.JobStarted
+	(*JobExit)(nil),         // 12: gantry.v1.JobExit
+	(*Record)(nil),          // 13: gantry.v1.Record
+	(*Node)(nil),            // 14: gantry.v1.Node
+	(*Hello)(nil),           // 15: gantry.v1.Hello
+	(*HelloReply)(nil),      // 16: gantry.v1.HelloReply
+	(*StartJob)(nil),        // 17: gantry.v1.StartJob
+	(*CancelJob)(nil),       // 18: gantry.v1.CancelJob
+	(*ControlMessage)(nil),  // 19: gantry.v1.ControlMessage
+	(*RecordBatch)(nil),     // 20: gantry.v1.RecordBatch
+	(*BatchAck)(nil),        // 21: gantry.v1.BatchAck
+	(*SubmitJobCmd)(nil),    // 22: gantry.v1.SubmitJobCmd
+	(*AssignJobCmd)(nil),    // 23: gantry.v1.AssignJobCmd
+	(*CancelJobCmd)(nil),    // 24: gantry.v1.CancelJobCmd
+	(*IngestCmd)(nil),       // 25: gantry.v1.IngestCmd
+	(*NodeUpCmd)(nil),       // 26: gantry.v1.NodeUpCmd
+	(*NodeDownCmd)(nil),     // 27: gantry.v1.NodeDownCmd
+	(*EndJobCmd)(nil),       // 28: gantry.v1.EndJobCmd
+	(*QueueTimeoutCmd)(nil), // 29: gantry.v1.QueueTimeoutCmd
+	(*AgentJob)(nil),        // 30: gantry.v1.AgentJob
+	nil,                     // 31: gantry.v1.JobSpec.EnvEntry
+	nil,                     // 32: gantry.v1.Job.FinalMetricsEntry
+	nil,                     // 33: gantry.v1.Job.LatestMetricsEntry
+	nil,                     // 34: gantry.v1.MetricPoint.ValuesEntry
+	nil,                     // 35: gantry.v1.JobExit.FinalMetricsEntry
 }
 var file_gantry_proto_depIdxs = []int32{
-	30, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
+	31, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
 	2,  // 1: gantry.v1.JobSpec.resources:type_name -> gantry.v1.Resources
 	3,  // 2: gantry.v1.Job.spec:type_name -> gantry.v1.JobSpec
 	0,  // 3: gantry.v1.Job.state:type_name -> gantry.v1.JobState
-	31, // 4: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
-	32, // 5: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
-	33, // 6: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
+	32, // 4: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
+	33, // 5: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
+	34, // 6: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
 	6,  // 7: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
-	34, // 8: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
+	35, // 8: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
 	5,  // 9: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
 	9,  // 10: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
 	10, // 11: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
@@ -2863,7 +2934,7 @@ func file_gantry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_proto_rawDesc), len(file_gantry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
