@@ -56,6 +56,21 @@ func TestQueueTimeoutFailsAWaitingJob(t *testing.T) {
 	}
 }
 
+// A node that is up in the store but whose agent is not connected to the
+// leader cannot take the job: the timeout says it waits for that node.
+func TestQueueTimeoutReasonCountsOnlyConnectedNodes(t *testing.T) {
+	e := newEnv(t)
+	e.node("n1", 2, false)
+	created := time.UnixMilli(1_000_000)
+	e.submitTimed("j", 1, created.UnixMilli(), time.Minute)
+	e.s.now = func() time.Time { return created.Add(time.Minute) }
+	e.s.Reconcile()
+	if j := e.job("j"); j.State != gantrypb.JobState_JOB_STATE_FAILED ||
+		j.Error != "still queued after 1m0s: waiting for node n1 (down)" {
+		t.Fatalf("job: %s %q", j.State, j.Error)
+	}
+}
+
 // A job that fits when its deadline comes is placed, not failed.
 func TestQueueTimeoutPlacesAJobThatFitsAtTheDeadline(t *testing.T) {
 	e := newEnv(t)

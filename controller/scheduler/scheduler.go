@@ -250,7 +250,7 @@ func (s *Scheduler) Reconcile() {
 			if !ok {
 				if due, ok := s.queueDeadline(j); ok {
 					if fleet == nil {
-						fleet = NewFleet(snap.nodes, snap.jobs)
+						fleet = s.fleet(snap)
 					}
 					s.queueTimeout(j, fleet.Reason(j.Id))
 				} else if !due.IsZero() && (s.nextDeadline.IsZero() || due.Before(s.nextDeadline)) {
@@ -283,6 +283,22 @@ func (s *Scheduler) Reconcile() {
 			}
 		}
 	}
+}
+
+// fleet builds the reasons a queue timeout reports. Unlike a reader of the
+// store, the leader knows which agents are connected to it, and Place
+// skips the others: such a node is shown as down, so a timed-out job never
+// claims it "fits now" on a node the scheduler cannot use.
+func (s *Scheduler) fleet(snap snapshot) *Fleet {
+	nodes := make([]*gantrypb.Node, len(snap.nodes))
+	for i, n := range snap.nodes {
+		if n.State == gantrypb.NodeState_NODE_STATE_UP && !s.agents.Connected(n.Id) {
+			n = proto.Clone(n).(*gantrypb.Node)
+			n.State = gantrypb.NodeState_NODE_STATE_DOWN
+		}
+		nodes[i] = n
+	}
+	return NewFleet(nodes, snap.jobs)
 }
 
 // queueDeadline returns when a queued job's queue_timeout runs out (zero
