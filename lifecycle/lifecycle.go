@@ -14,6 +14,7 @@ package lifecycle
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -64,6 +65,19 @@ func IsTerminalName(name string) bool {
 		return true
 	}
 	return false
+}
+
+// QueueDeadlineMs is when a queued job's queue_timeout runs out (unix
+// milliseconds: created_at + queue_timeout) and whether it has one. The
+// leader's scheduler and every voter's FSM both use it, so they agree on
+// the deadline; a timeout too large to add to created_at (only a hand-made
+// entry has one) never runs out rather than wrapping into the past.
+func QueueDeadlineMs(j *gantrypb.Job) (int64, bool) {
+	ms := j.GetSpec().GetQueueTimeoutMs()
+	if ms <= 0 || j.GetCreatedAtMs() > math.MaxInt64-ms {
+		return 0, false
+	}
+	return j.GetCreatedAtMs() + ms, true
 }
 
 // Domain errors the controller returns for a request that is valid but

@@ -432,10 +432,9 @@ func (f *FSM) queueTimeout(tx *store.Tx, m *gantrypb.QueueTimeoutCmd, ch *Change
 	if job.State != gantrypb.JobState_JOB_STATE_QUEUED {
 		return fmt.Errorf("%w: %s is %s", lifecycle.ErrNotQueued, job.Id, lifecycle.StateName(job.State))
 	}
-	timeout := job.GetSpec().GetQueueTimeoutMs()
-	if timeout <= 0 || m.AtMs < job.CreatedAtMs+timeout {
+	if due, ok := lifecycle.QueueDeadlineMs(job); !ok || m.AtMs < due {
 		return fmt.Errorf("%w: %s (created at %d ms, queue timeout %d ms, entry at %d ms)",
-			lifecycle.ErrNotDue, job.Id, job.CreatedAtMs, timeout, m.AtMs)
+			lifecycle.ErrNotDue, job.Id, job.CreatedAtMs, job.GetSpec().GetQueueTimeoutMs(), m.AtMs)
 	}
 	finish(job, gantrypb.JobState_JOB_STATE_FAILED, m.Error, m.AtMs)
 	// A queued job was never assigned, so no agent stream has written an

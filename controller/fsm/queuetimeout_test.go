@@ -2,6 +2,7 @@ package fsm_test
 
 import (
 	"errors"
+	"math"
 	"testing"
 
 	"github.com/gantry-ml/gantry/controller/fsm"
@@ -75,6 +76,9 @@ func TestQueueTimeoutRefusals(t *testing.T) {
 	h := newHarness(t)
 	h.mustOK(submitWithTimeout("j"))
 	h.mustOK(submit("forever")) // no queue_timeout
+	huge := submit("huge")      // a hand-made entry: created_at + timeout overflows
+	huge.Spec.QueueTimeoutMs = math.MaxInt64
+	h.mustOK(huge)
 	h.mustOK(submitWithTimeout("cancelled"))
 	h.mustOK(&gantrypb.CancelJobCmd{JobId: "cancelled", AtMs: 2000})
 	for _, tt := range []struct {
@@ -84,6 +88,7 @@ func TestQueueTimeoutRefusals(t *testing.T) {
 	}{
 		{"before the deadline", timeout("j", 60_999), lifecycle.ErrNotDue},
 		{"a job without a queue timeout", timeout("forever", 1<<40), lifecycle.ErrNotDue},
+		{"a timeout too large to add", timeout("huge", math.MaxInt64), lifecycle.ErrNotDue},
 		{"a cancelled job", timeout("cancelled", 61_000), lifecycle.ErrNotQueued},
 		{"an unknown job", timeout("nope", 61_000), lifecycle.ErrJobNotFound},
 	} {
@@ -93,6 +98,7 @@ func TestQueueTimeoutRefusals(t *testing.T) {
 	}
 	for id, want := range map[string]gantrypb.JobState{
 		"j": gantrypb.JobState_JOB_STATE_QUEUED, "forever": gantrypb.JobState_JOB_STATE_QUEUED,
+		"huge":      gantrypb.JobState_JOB_STATE_QUEUED,
 		"cancelled": gantrypb.JobState_JOB_STATE_CANCELLED,
 	} {
 		if got := h.job(id).State; got != want {

@@ -305,11 +305,11 @@ func (s *Scheduler) fleet(snap snapshot) *Fleet {
 // without one) and whether that moment has come. It is computed from the
 // stored created_at, so a new leader finds the same deadlines.
 func (s *Scheduler) queueDeadline(j *gantrypb.Job) (time.Time, bool) {
-	ms := j.GetSpec().GetQueueTimeoutMs()
-	if ms <= 0 {
+	ms, ok := lifecycle.QueueDeadlineMs(j)
+	if !ok {
 		return time.Time{}, false
 	}
-	due := time.UnixMilli(j.CreatedAtMs + ms)
+	due := time.UnixMilli(ms)
 	return due, !s.now().Before(due)
 }
 
