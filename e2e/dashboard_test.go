@@ -270,6 +270,43 @@ func TestDashboard(t *testing.T) {
 		}
 	})
 
+	t.Run("QueuedJobShowsItsReason", func(t *testing.T) {
+		// A job holding both GPUs makes the next one wait; the list and the
+		// job page say what it waits for.
+		holder, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "dash-holder", Run: "sleep 300", Resources: apiv1.Resources{GPUs: 2}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waiter, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "dash-waiter", Run: "true", Resources: apiv1.Resources{GPUs: 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			for _, id := range []string{waiter, holder} {
+				if err := d.api.Cancel(ctx, id); err != nil && !strings.Contains(err.Error(), "409") {
+					t.Errorf("cancel %s: %v", id, err)
+				}
+			}
+		}()
+		const want = "waiting for 1 free GPU; most free now: 0 on local"
+		b.do(t, "open the jobs list", chromedp.Navigate(d.addr+"/"))
+		row := fmt.Sprintf(`tr[data-job-id=%q] .reason`, waiter)
+		b.waitJS(t, 10*time.Second, "the waiting job's reason in the list", fmt.Sprintf(`document.querySelector(%q)?.textContent === %q`, row, want))
+		if n := evalJS[int](t, b, `document.querySelectorAll('#jobs .reason').length`); n != 1 {
+			t.Errorf("%d reasons in the list, want only the queued job's", n)
+		}
+		b.do(t, "open the waiting job's page", chromedp.Navigate(d.addr+"/jobs/"+waiter), chromedp.WaitVisible(chromedp.CSS(`#job-state`)))
+		b.waitJS(t, 10*time.Second, "the reason on the job page", fmt.Sprintf(`document.querySelector('#job-reason')?.textContent === %q`, want))
+		// The waiter runs once the holder is cancelled; its page drops the reason.
+		if err := d.api.Cancel(ctx, holder); err != nil {
+			t.Fatal(err)
+		}
+		b.waitJS(t, 30*time.Second, "the waiter to end on its page", `document.querySelector('#job-state')?.textContent === 'succeeded'`)
+		if evalJS[bool](t, b, `!!document.querySelector('#job-reason')`) {
+			t.Error("the job page still shows a reason after the job ran")
+		}
+	})
+
 	t.Run("NodesPage", func(t *testing.T) {
 		b.do(t, "open the nodes page", chromedp.Navigate(d.addr+"/nodes"))
 		b.waitJS(t, 10*time.Second, "the local node with 2 GPUs", `document.querySelectorAll('section[data-node-id="local"] tr[data-gpu]').length === 2`)

@@ -14,6 +14,7 @@ package lifecycle
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -66,6 +67,19 @@ func IsTerminalName(name string) bool {
 	return false
 }
 
+// QueueDeadlineMs is when a queued job's queue_timeout runs out (unix
+// milliseconds: created_at + queue_timeout) and whether it has one. The
+// leader's scheduler and every voter's FSM both use it, so they agree on
+// the deadline; a timeout too large to add to created_at (only a hand-made
+// entry has one) never runs out rather than wrapping into the past.
+func QueueDeadlineMs(j *gantrypb.Job) (int64, bool) {
+	ms := j.GetSpec().GetQueueTimeoutMs()
+	if ms <= 0 || j.GetCreatedAtMs() > math.MaxInt64-ms {
+		return 0, false
+	}
+	return j.GetCreatedAtMs() + ms, true
+}
+
 // Domain errors the controller returns for a request that is valid but
 // not allowed in the job's current state.
 var (
@@ -73,6 +87,9 @@ var (
 	ErrJobNotFound = errors.New("job not found")
 	ErrTerminal    = errors.New("job already ended")
 	ErrNotQueued   = errors.New("job is not queued")
+	// ErrNotDue refuses a queue timeout committed before the job's
+	// deadline (created_at + queue_timeout), or for a job without one.
+	ErrNotDue = errors.New("job's queue timeout is not due")
 )
 
 // ExitReason says why the agent, rather than the job itself, stopped a job.
@@ -131,6 +148,10 @@ const (
 	// already terminal (declared lost while its agent was cut off): it does
 	// not rewrite the job, but nothing is hidden.
 	EventLateExit EventKind = "late_exit"
+	// EventQueueTimeout says the job failed because it was still queued
+	// when its spec's queue_timeout ran out; the message says what it was
+	// waiting for.
+	EventQueueTimeout EventKind = "queue_timeout"
 )
 
 // ClassifyExit decides the terminal state of a job from its exit record and

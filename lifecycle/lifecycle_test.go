@@ -1,6 +1,7 @@
 package lifecycle
 
 import (
+	"math"
 	"slices"
 	"testing"
 
@@ -77,5 +78,29 @@ func TestStates(t *testing.T) {
 	}
 	if StateName(gantrypb.JobState_JOB_STATE_LOST) != StateLost || !IsTerminalName(StateLost) || IsTerminalName(StateRunning) {
 		t.Fatal("state names changed")
+	}
+}
+
+func TestQueueDeadlineMs(t *testing.T) {
+	job := func(created, timeout int64) *gantrypb.Job {
+		return &gantrypb.Job{CreatedAtMs: created, Spec: &gantrypb.JobSpec{QueueTimeoutMs: timeout}}
+	}
+	for _, tt := range []struct {
+		name   string
+		j      *gantrypb.Job
+		want   int64
+		wantOK bool
+	}{
+		{"created plus timeout", job(1000, 60_000), 61_000, true},
+		{"no timeout", job(1000, 0), 0, false},
+		{"negative timeout", job(1000, -5), 0, false},
+		{"too large to add never runs out", job(1000, math.MaxInt64-999), 0, false},
+		{"largest that adds", job(1000, math.MaxInt64-1000), math.MaxInt64, true},
+		{"no spec", &gantrypb.Job{CreatedAtMs: 5}, 0, false},
+	} {
+		got, ok := QueueDeadlineMs(tt.j)
+		if got != tt.want || ok != tt.wantOK {
+			t.Errorf("%s: QueueDeadlineMs = %d, %v; want %d, %v", tt.name, got, ok, tt.want, tt.wantOK)
+		}
 	}
 }

@@ -73,6 +73,9 @@ type Job struct {
 	Error        string             `json:"error,omitempty"`
 	// Reason says why a queued job is not running yet, e.g. "waiting for
 	// 8 free GPUs; most free now: 4 on gpu-host-2". Empty in other states.
+	// It is computed on every read (GET, the list, the live snapshot) from
+	// the nodes and held GPUs; live state frames, encoded once per change
+	// for every watcher, leave it empty.
 	Reason string `json:"reason,omitempty"`
 
 	// Extensions beyond the list in docs/ARCHITECTURE.md.

@@ -38,6 +38,10 @@ const (
 	NodeUp    Type = 5
 	NodeDown  Type = 6
 	EndJob    Type = 7
+	// QueueTimeout is appended after EndJob: controllers older than it
+	// skip it as an unknown type, so upgrade every controller before a
+	// spec with queue_timeout is submitted.
+	QueueTimeout Type = 8
 )
 
 // checksumFlag marks an entry that ends with a CRC-32C trailer.
@@ -90,6 +94,8 @@ func (t Type) String() string {
 		return "node_down"
 	case EndJob:
 		return "end_job"
+	case QueueTimeout:
+		return "queue_timeout"
 	}
 	return fmt.Sprintf("type(%d)", byte(t))
 }
@@ -111,6 +117,8 @@ func TypeOf(m proto.Message) (Type, error) {
 		return NodeDown, nil
 	case *gantrypb.EndJobCmd:
 		return EndJob, nil
+	case *gantrypb.QueueTimeoutCmd:
+		return QueueTimeout, nil
 	}
 	return 0, fmt.Errorf("%w: %T", ErrUnknownType, m)
 }
@@ -202,6 +210,8 @@ func Decode(b []byte) (proto.Message, error) {
 		m = &gantrypb.NodeDownCmd{}
 	case EndJob:
 		m = &gantrypb.EndJobCmd{}
+	case QueueTimeout:
+		m = &gantrypb.QueueTimeoutCmd{}
 	default:
 		return nil, fmt.Errorf("%w: %w: %d", ErrMalformed, ErrUnknownType, byte(t))
 	}

@@ -31,6 +31,7 @@ func TestRoundTrip(t *testing.T) {
 		{NodeUp, &gantrypb.NodeUpCmd{Node: &gantrypb.Node{Id: "h1", Hostname: "host", Gpus: []*gantrypb.GPUInfo{{Index: 0, Name: "A100"}}}, ActiveJobs: []string{"j1"}, AtMs: 46}},
 		{NodeDown, &gantrypb.NodeDownCmd{NodeId: "h1", AtMs: 47}},
 		{EndJob, &gantrypb.EndJobCmd{JobId: "j1", State: gantrypb.JobState_JOB_STATE_LOST, Error: "gone", AtMs: 48}},
+		{QueueTimeout, &gantrypb.QueueTimeoutCmd{JobId: "j1", Error: "still queued after 1m0s", AtMs: 49}},
 	}
 	seen := map[Type]bool{}
 	for _, tt := range tests {
@@ -86,8 +87,8 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty", []byte{}, ErrEmpty},
 		{"type zero", []byte{0}, ErrUnknownType},
 		{"unknown legacy type", []byte{100, 1, 2}, ErrUnknownType},
-		{"next unassigned type", []byte{byte(EndJob) + 1}, ErrUnknownType},
-		{"checksummed unknown type", withCRC(byte(EndJob)+1|checksumFlag, nil), ErrUnknownType},
+		{"next unassigned type", []byte{byte(QueueTimeout) + 1}, ErrUnknownType},
+		{"checksummed unknown type", withCRC(byte(QueueTimeout)+1|checksumFlag, nil), ErrUnknownType},
 		{"checksummed type zero", withCRC(checksumFlag, []byte{8, 1}), ErrUnknownType},
 	}
 	for _, tt := range tests {

@@ -43,6 +43,13 @@ func checkCommand(msg proto.Message) error {
 		if err := admission.CheckID("job id", m.JobId); err != nil {
 			return bad(err)
 		}
+	case *gantrypb.QueueTimeoutCmd:
+		if err := admission.CheckID("job id", m.JobId); err != nil {
+			return bad(err)
+		}
+		if len(m.Error) > limits.MaxEventMessageBytes {
+			return bad(fmt.Errorf("error of %d bytes", len(m.Error)))
+		}
 	case *gantrypb.IngestCmd:
 		// Records are checked one by one in ingest, so that one bad record
 		// does not take the good ones of its batch down with it.

@@ -303,7 +303,8 @@ func isDiskFull(err error) bool {
 
 func isDomain(err error) bool {
 	return errors.Is(err, lifecycle.ErrJobExists) || errors.Is(err, lifecycle.ErrJobNotFound) ||
-		errors.Is(err, lifecycle.ErrTerminal) || errors.Is(err, lifecycle.ErrNotQueued)
+		errors.Is(err, lifecycle.ErrTerminal) || errors.Is(err, lifecycle.ErrNotQueued) ||
+		errors.Is(err, lifecycle.ErrNotDue)
 }
 
 func (f *FSM) apply(tx *store.Tx, msg proto.Message, ch *Changes, jobs *jobCache) (any, error) {
@@ -327,6 +328,8 @@ func (f *FSM) apply(tx *store.Tx, msg proto.Message, ch *Changes, jobs *jobCache
 		return nil, f.nodeDown(tx, m, ch)
 	case *gantrypb.EndJobCmd:
 		return nil, f.endJob(tx, m, ch)
+	case *gantrypb.QueueTimeoutCmd:
+		return nil, f.queueTimeout(tx, m, ch)
 	}
 	return nil, fmt.Errorf("no handler for %T", msg)
 }
@@ -409,6 +412,42 @@ func (f *FSM) endJob(tx *store.Tx, m *gantrypb.EndJobCmd, ch *Changes) error {
 	if err := tx.PutJob(job); err != nil {
 		return err
 	}
+	ch.job(job)
+	return nil
+}
+
+// queueTimeout fails a job that was still queued at its deadline. The
+// leader decided the deadline passed, but between its decision and this
+// entry the job may have been placed or cancelled: only the state at this
+// point of the log counts, so every voter refuses such an entry alike and
+// the job keeps running. The job ends failed rather than cancelled: no one
+// asked to stop it, the cluster could not run it in the time its owner
+// allowed, and scripts that wait for a job treat failed as "look at the
+// error".
+func (f *FSM) queueTimeout(tx *store.Tx, m *gantrypb.QueueTimeoutCmd, ch *Changes) error {
+	job, err := f.job(tx, m.JobId)
+	if err != nil {
+		return err
+	}
+	if job.State != gantrypb.JobState_JOB_STATE_QUEUED {
+		return fmt.Errorf("%w: %s is %s", lifecycle.ErrNotQueued, job.Id, lifecycle.StateName(job.State))
+	}
+	if due, ok := lifecycle.QueueDeadlineMs(job); !ok || m.AtMs < due {
+		return fmt.Errorf("%w: %s (created at %d ms, queue timeout %d ms, entry at %d ms)",
+			lifecycle.ErrNotDue, job.Id, job.CreatedAtMs, job.GetSpec().GetQueueTimeoutMs(), m.AtMs)
+	}
+	finish(job, gantrypb.JobState_JOB_STATE_FAILED, m.Error, m.AtMs)
+	// A queued job was never assigned, so no agent stream has written an
+	// event for it: seq 1 is free, and nothing will come after it.
+	e := &gantrypb.JobEvent{Seq: 1, Ts: float64(m.AtMs) / 1000, Kind: string(lifecycle.EventQueueTimeout), Message: m.Error}
+	if err := tx.PutEvent(job.Id, e); err != nil {
+		return err
+	}
+	job.Events++
+	if err := tx.PutJob(job); err != nil {
+		return err
+	}
+	ch.event(job.Id, e)
 	ch.job(job)
 	return nil
 }

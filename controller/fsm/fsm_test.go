@@ -710,13 +710,15 @@ func TestDamagedEntryStopsTheNode(t *testing.T) {
 func TestUnstorableCommandsSkipped(t *testing.T) {
 	huge := strings.Repeat("x", 40000)
 	for name, m := range map[string]proto.Message{
-		"submit huge id":    submit(huge),
-		"assign huge node":  assign("j", huge),
-		"node up no node":   &gantrypb.NodeUpCmd{},
-		"node up huge id":   &gantrypb.NodeUpCmd{Node: &gantrypb.Node{Id: huge}},
-		"node down huge id": &gantrypb.NodeDownCmd{NodeId: huge},
-		"cancel empty id":   &gantrypb.CancelJobCmd{},
-		"ingest huge node":  ingest(huge, points("j", 1, 1)...),
+		"submit huge id":           submit(huge),
+		"assign huge node":         assign("j", huge),
+		"node up no node":          &gantrypb.NodeUpCmd{},
+		"node up huge id":          &gantrypb.NodeUpCmd{Node: &gantrypb.Node{Id: huge}},
+		"node down huge id":        &gantrypb.NodeDownCmd{NodeId: huge},
+		"cancel empty id":          &gantrypb.CancelJobCmd{},
+		"ingest huge node":         ingest(huge, points("j", 1, 1)...),
+		"queue timeout huge id":    &gantrypb.QueueTimeoutCmd{JobId: huge, AtMs: 1},
+		"queue timeout huge error": &gantrypb.QueueTimeoutCmd{JobId: "j", Error: huge, AtMs: 1},
 	} {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t)

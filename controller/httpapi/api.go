@@ -36,6 +36,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/controller/downsample"
 	"github.com/gantry-ml/gantry/controller/hub"
+	"github.com/gantry-ml/gantry/controller/scheduler"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/controller/view"
 	"github.com/gantry-ml/gantry/lifecycle"
@@ -330,6 +331,14 @@ func (a *API) submit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("invalid job spec: %w", err))
 		return
 	}
+	if err := a.checkFit(spec); err != nil {
+		if errors.Is(err, scheduler.ErrNeverFits) {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		a.writeReadError(w, r, err)
+		return
+	}
 	if status, err := a.checkCodeArchive(r.Context(), spec.CodeArchive); err != nil {
 		writeError(w, status, err)
 		return
@@ -347,6 +356,61 @@ func (a *API) submit(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, apiv1.SubmitResponse{ID: id})
 }
 
+// checkFit refuses a job no registered node could ever run (wrapping
+// scheduler.ErrNeverFits), so that it is not queued forever in silence. It
+// runs where the submit is applied: a follower forwards the whole request
+// to the leader first, so the verdict comes from the leader's store, in one
+// short read of the nodes. A node that registers between this read and the
+// apply can only make a refused job fit, never the reverse, so the race
+// refuses at worst a job that its user can resubmit at once.
+func (a *API) checkFit(spec apiv1.JobSpec) error {
+	var nodes []*gantrypb.Node
+	if err := a.opts.Store.View(func(tx *store.Tx) error {
+		var err error
+		nodes, err = tx.Nodes()
+		return err
+	}); err != nil {
+		return err
+	}
+	return scheduler.CheckFit(view.Spec(spec), nodes)
+}
+
+// fleet reads what queue reasons need (every node and every non-terminal
+// job) inside the caller's read transaction.
+func fleet(tx *store.Tx) (*scheduler.Fleet, error) {
+	var live []*gantrypb.Job
+	if err := tx.Jobs(func(j *gantrypb.Job) bool {
+		if !lifecycle.IsTerminal(j.State) {
+			live = append(live, j)
+		}
+		return true
+	}); err != nil {
+		return nil, err
+	}
+	nodes, err := tx.Nodes()
+	if err != nil {
+		return nil, err
+	}
+	return scheduler.NewFleet(nodes, live), nil
+}
+
+// jobView maps a stored job for the API and, for a queued one, says why
+// it waits. The reason is computed here, at read time, from the nodes and
+// held GPUs in this controller's store, so every controller answers alike
+// and nothing is written to the Raft log while a job waits.
+func jobView(tx *store.Tx, j *gantrypb.Job) (apiv1.Job, error) {
+	out := view.Job(j)
+	if j.State != gantrypb.JobState_JOB_STATE_QUEUED {
+		return out, nil
+	}
+	f, err := fleet(tx)
+	if err != nil {
+		return out, err
+	}
+	out.Reason = f.Reason(j.Id)
+	return out, nil
+}
+
 // jobStates are the values ?state= may take.
 var jobStates = lifecycle.StateNames
 
@@ -359,13 +423,37 @@ func (a *API) listJobs(w http.ResponseWriter, r *http.Request) {
 	}
 	out := apiv1.JobList{Jobs: []apiv1.Job{}}
 	err := a.opts.Store.View(func(tx *store.Tx) error {
-		return tx.Jobs(func(j *gantrypb.Job) bool {
+		// One pass over the jobs gathers both the page and what the
+		// reasons need; the nodes are read once for the whole list.
+		var live []*gantrypb.Job
+		var queued []int // indexes of queued jobs in out.Jobs
+		if err := tx.Jobs(func(j *gantrypb.Job) bool {
+			if !lifecycle.IsTerminal(j.State) {
+				live = append(live, j)
+			}
 			v := view.Job(j)
 			if stateFilter == "" || v.State == stateFilter {
+				if j.State == gantrypb.JobState_JOB_STATE_QUEUED {
+					queued = append(queued, len(out.Jobs))
+				}
 				out.Jobs = append(out.Jobs, v)
 			}
 			return true
-		})
+		}); err != nil {
+			return err
+		}
+		if len(queued) == 0 {
+			return nil
+		}
+		nodes, err := tx.Nodes()
+		if err != nil {
+			return err
+		}
+		f := scheduler.NewFleet(nodes, live)
+		for _, i := range queued {
+			out.Jobs[i].Reason = f.Reason(out.Jobs[i].ID)
+		}
+		return nil
 	})
 	if err != nil {
 		a.writeReadError(w, r, err)
@@ -381,8 +469,8 @@ func (a *API) readJob(id string) (apiv1.Job, error) {
 		if err != nil {
 			return err
 		}
-		out = view.Job(j)
-		return nil
+		out, err = jobView(tx, j)
+		return err
 	})
 	return out, err
 }

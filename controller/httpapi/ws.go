@@ -622,7 +622,10 @@ func (a *API) snapshot(id string) (liveSnapshot, error) {
 		if err != nil {
 			return err
 		}
-		job := view.Job(j)
+		job, err := jobView(tx, j)
+		if err != nil {
+			return err
+		}
 		s.Job = &job
 		pts, err := tx.LastPoints(id, snapshotPoints)
 		if err != nil {

@@ -13,12 +13,14 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
 )
 
 // Candidate is a node as placement sees it.
@@ -107,6 +109,9 @@ type Scheduler struct {
 	// node, until the job ends: then its keys are forgotten. Only the
 	// reconcile pass uses it.
 	told map[string]string
+	// nextDeadline is the earliest queue_timeout deadline still ahead
+	// after the last pass (zero: none); Run sets a timer for it.
+	nextDeadline time.Time
 }
 
 // Wakeup asks a scheduler for a reconcile soon. It exists apart from the
@@ -138,18 +143,29 @@ func (s *Scheduler) Wake() { s.wake.Wake() }
 // Run reconciles until ctx ends. The server runs it only while this
 // controller leads (after a barrier); the IsLeader check below only
 // covers the moment between losing leadership and ctx ending.
+//
+// Besides the ticker and wake-ups, a timer fires at the earliest queue
+// timeout deadline the last pass saw ahead, so a job fails at its deadline
+// rather than up to an interval later, whatever the interval.
 func (s *Scheduler) Run(ctx context.Context) {
 	t := time.NewTicker(s.Interval)
 	defer t.Stop()
+	deadline := time.NewTimer(time.Hour)
+	deadline.Stop()
+	defer deadline.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-s.wake:
+		case <-deadline.C:
 		}
 		if s.raft.IsLeader() {
 			s.Reconcile()
+			if next := s.nextDeadline; !next.IsZero() {
+				deadline.Reset(max(next.Sub(s.now()), 0))
+			}
 		}
 	}
 }
@@ -216,6 +232,10 @@ func (s *Scheduler) Reconcile() {
 		}
 	}
 
+	s.nextDeadline = time.Time{}
+	// fleet explains why jobs wait; built once per pass, and only when a
+	// queue timeout needs the explanation.
+	var fleet *Fleet
 	for _, j := range snap.jobs {
 		if since, down := downSince[j.Node]; down && j.Node != "" && !s.agents.Connected(j.Node) &&
 			lifecycle.HoldsGPUs(j.State) {
@@ -228,6 +248,14 @@ func (s *Scheduler) Reconcile() {
 		case gantrypb.JobState_JOB_STATE_QUEUED:
 			node, gpus, ok := Place(j.Spec, candidates)
 			if !ok {
+				if due, ok := s.queueDeadline(j); ok {
+					if fleet == nil {
+						fleet = s.fleet(snap)
+					}
+					s.queueTimeout(j, fleet.Reason(j.Id))
+				} else if !due.IsZero() && (s.nextDeadline.IsZero() || due.Before(s.nextDeadline)) {
+					s.nextDeadline = due
+				}
 				continue
 			}
 			_, err := s.raft.Apply(&gantrypb.AssignJobCmd{JobId: j.Id, NodeId: node, Gpus: gpus, AtMs: time.Now().UnixMilli()})
@@ -255,6 +283,62 @@ func (s *Scheduler) Reconcile() {
 			}
 		}
 	}
+}
+
+// fleet builds the reasons a queue timeout reports. Unlike a reader of the
+// store, the leader knows which agents are connected to it, and Place
+// skips the others: such a node is shown as down, so a timed-out job never
+// claims it "fits now" on a node the scheduler cannot use.
+func (s *Scheduler) fleet(snap snapshot) *Fleet {
+	nodes := make([]*gantrypb.Node, len(snap.nodes))
+	for i, n := range snap.nodes {
+		if n.State == gantrypb.NodeState_NODE_STATE_UP && !s.agents.Connected(n.Id) {
+			n = proto.Clone(n).(*gantrypb.Node)
+			n.State = gantrypb.NodeState_NODE_STATE_DOWN
+		}
+		nodes[i] = n
+	}
+	return NewFleet(nodes, snap.jobs)
+}
+
+// queueDeadline returns when a queued job's queue_timeout runs out (zero
+// without one) and whether that moment has come. It is computed from the
+// stored created_at, so a new leader finds the same deadlines.
+func (s *Scheduler) queueDeadline(j *gantrypb.Job) (time.Time, bool) {
+	ms, ok := lifecycle.QueueDeadlineMs(j)
+	if !ok {
+		return time.Time{}, false
+	}
+	due := time.UnixMilli(ms)
+	return due, !s.now().Before(due)
+}
+
+// queueTimeout fails a job still queued at its deadline, saying what it
+// waited for. The FSM refuses the entry if the job was placed or cancelled
+// in the meantime (ErrNotQueued), which is not worth a warning.
+func (s *Scheduler) queueTimeout(j *gantrypb.Job, reason string) {
+	wait := time.Duration(j.GetSpec().GetQueueTimeoutMs()) * time.Millisecond
+	msg := clip(fmt.Sprintf("still queued after %s: %s", wait, reason), limits.MaxEventMessageBytes)
+	_, err := s.raft.Apply(&gantrypb.QueueTimeoutCmd{JobId: j.Id, Error: msg, AtMs: s.now().UnixMilli()})
+	if err != nil {
+		if !errors.Is(err, lifecycle.ErrNotQueued) && !errors.Is(err, lifecycle.ErrTerminal) {
+			s.log.Warn("scheduler: queue timeout", "job", j.Id, "err", err)
+		}
+		return
+	}
+	s.log.Info("job failed: queue timeout", "job", j.Id, "reason", msg)
+}
+
+// clip cuts s to at most n bytes without splitting a UTF-8 sequence.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut]
 }
 
 // markLost ends a job whose node has been down past the grace period. Its

@@ -2526,6 +2526,72 @@ func (x *EndJobCmd) GetAtMs() int64 {
 	return 0
 }
 
+// QueueTimeoutCmd fails a job still queued past its spec's
+// queue_timeout_ms. The leader decides that the deadline has passed and
+// says why the job waited in error; every voter applies it only while the
+// job is still queued and at_ms is at or past created_at_ms +
+// queue_timeout_ms, so a job placed (or cancelled) between the decision and
+// the commit is left as it is.
+type QueueTimeoutCmd struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Error         string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	AtMs          int64                  `protobuf:"varint,3,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueueTimeoutCmd) Reset() {
+	*x = QueueTimeoutCmd{}
+	mi := &file_gantry_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueTimeoutCmd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueTimeoutCmd) ProtoMessage() {}
+
+func (x *QueueTimeoutCmd) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueTimeoutCmd.ProtoReflect.Descriptor instead.
+func (*QueueTimeoutCmd) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *QueueTimeoutCmd) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *QueueTimeoutCmd) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *QueueTimeoutCmd) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
 // AgentJob is the agent's durable record of a job it started, kept in its
 // spool until the controller acks the job's exit record.
 type AgentJob struct {
@@ -2562,7 +2628,7 @@ type AgentJob struct {
 
 func (x *AgentJob) Reset() {
 	*x = AgentJob{}
-	mi := &file_gantry_proto_msgTypes[30]
+	mi := &file_gantry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2574,7 +2640,7 @@ func (x *AgentJob) String() string {
 func (*AgentJob) ProtoMessage() {}
 
 func (x *AgentJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[30]
+	mi := &file_gantry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2587,7 +2653,7 @@ func (x *AgentJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentJob.ProtoReflect.Descriptor instead.
 func (*AgentJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{30}
+	return file_gantry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AgentJob) GetJobId() string {
@@ -2892,7 +2958,11 @@ const file_gantry_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.gantry.v1.JobStateR\x05state\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x13\n" +
-	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\"\x8e\x03\n" +
+	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\"S\n" +
+	"\x0fQueueTimeoutCmd\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x13\n" +
+	"\x05at_ms\x18\x03 \x01(\x03R\x04atMs\"\x8e\x03\n" +
 	"\bAgentJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.gantry.v1.JobSpecR\x04spec\x12\x12\n" +
@@ -2940,57 +3010,58 @@ func file_gantry_proto_rawDescGZIP() []byte {
 }
 
 var file_gantry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_gantry_proto_goTypes = []any{
-	(JobState)(0),          // 0: gantry.v1.JobState
-	(NodeState)(0),         // 1: gantry.v1.NodeState
-	(*Resources)(nil),      // 2: gantry.v1.Resources
-	(*JobSpec)(nil),        // 3: gantry.v1.JobSpec
-	(*Job)(nil),            // 4: gantry.v1.Job
-	(*MetricPoint)(nil),    // 5: gantry.v1.MetricPoint
-	(*GPUStat)(nil),        // 6: gantry.v1.GPUStat
-	(*GPUSample)(nil),      // 7: gantry.v1.GPUSample
-	(*GPUInfo)(nil),        // 8: gantry.v1.GPUInfo
-	(*JobEvent)(nil),       // 9: gantry.v1.JobEvent
-	(*LogChunk)(nil),       // 10: gantry.v1.LogChunk
-	(*JobStarted)(nil),     // 11: gantry.v1.JobStarted
-	(*JobExit)(nil),        // 12: gantry.v1.JobExit
-	(*Record)(nil),         // 13: gantry.v1.Record
-	(*Node)(nil),           // 14: gantry.v1.Node
-	(*Hello)(nil),          // 15: gantry.v1.Hello
-	(*HelloReply)(nil),     // 16: gantry.v1.HelloReply
-	(*BlobRequest)(nil),    // 17: gantry.v1.BlobRequest
-	(*BlobReply)(nil),      // 18: gantry.v1.BlobReply
-	(*BlobChunk)(nil),      // 19: gantry.v1.BlobChunk
-	(*StartJob)(nil),       // 20: gantry.v1.StartJob
-	(*CancelJob)(nil),      // 21: gantry.v1.CancelJob
-	(*ControlMessage)(nil), // 22: gantry.v1.ControlMessage
-	(*RecordBatch)(nil),    // 23: gantry.v1.RecordBatch
-	(*BatchAck)(nil),       // 24: gantry.v1.BatchAck
-	(*SubmitJobCmd)(nil),   // 25: gantry.v1.SubmitJobCmd
-	(*AssignJobCmd)(nil),   // 26: gantry.v1.AssignJobCmd
-	(*CancelJobCmd)(nil),   // 27: gantry.v1.CancelJobCmd
-	(*IngestCmd)(nil),      // 28: gantry.v1.IngestCmd
-	(*NodeUpCmd)(nil),      // 29: gantry.v1.NodeUpCmd
-	(*NodeDownCmd)(nil),    // 30: gantry.v1.NodeDownCmd
-	(*EndJobCmd)(nil),      // 31: gantry.v1.EndJobCmd
-	(*AgentJob)(nil),       // 32: gantry.v1.AgentJob
-	nil,                    // 33: gantry.v1.JobSpec.EnvEntry
-	nil,                    // 34: gantry.v1.Job.FinalMetricsEntry
-	nil,                    // 35: gantry.v1.Job.LatestMetricsEntry
-	nil,                    // 36: gantry.v1.MetricPoint.ValuesEntry
-	nil,                    // 37: gantry.v1.JobExit.FinalMetricsEntry
+	(JobState)(0),           // 0: gantry.v1.JobState
+	(NodeState)(0),          // 1: gantry.v1.NodeState
+	(*Resources)(nil),       // 2: gantry.v1.Resources
+	(*JobSpec)(nil),         // 3: gantry.v1.JobSpec
+	(*Job)(nil),             // 4: gantry.v1.Job
+	(*MetricPoint)(nil),     // 5: gantry.v1.MetricPoint
+	(*GPUStat)(nil),         // 6: gantry.v1.GPUStat
+	(*GPUSample)(nil),       // 7: gantry.v1.GPUSample
+	(*GPUInfo)(nil),         // 8: gantry.v1.GPUInfo
+	(*JobEvent)(nil),        // 9: gantry.v1.JobEvent
+	(*LogChunk)(nil),        // 10: gantry.v1.LogChunk
+	(*JobStarted)(nil),      // 11: gantry.v1.JobStarted
+	(*JobExit)(nil),         // 12: gantry.v1.JobExit
+	(*Record)(nil),          // 13: gantry.v1.Record
+	(*Node)(nil),            // 14: gantry.v1.Node
+	(*Hello)(nil),           // 15: gantry.v1.Hello
+	(*HelloReply)(nil),      // 16: gantry.v1.HelloReply
+	(*BlobRequest)(nil),     // 17: gantry.v1.BlobRequest
+	(*BlobReply)(nil),       // 18: gantry.v1.BlobReply
+	(*BlobChunk)(nil),       // 19: gantry.v1.BlobChunk
+	(*StartJob)(nil),        // 20: gantry.v1.StartJob
+	(*CancelJob)(nil),       // 21: gantry.v1.CancelJob
+	(*ControlMessage)(nil),  // 22: gantry.v1.ControlMessage
+	(*RecordBatch)(nil),     // 23: gantry.v1.RecordBatch
+	(*BatchAck)(nil),        // 24: gantry.v1.BatchAck
+	(*SubmitJobCmd)(nil),    // 25: gantry.v1.SubmitJobCmd
+	(*AssignJobCmd)(nil),    // 26: gantry.v1.AssignJobCmd
+	(*CancelJobCmd)(nil),    // 27: gantry.v1.CancelJobCmd
+	(*IngestCmd)(nil),       // 28: gantry.v1.IngestCmd
+	(*NodeUpCmd)(nil),       // 29: gantry.v1.NodeUpCmd
+	(*NodeDownCmd)(nil),     // 30: gantry.v1.NodeDownCmd
+	(*EndJobCmd)(nil),       // 31: gantry.v1.EndJobCmd
+	(*QueueTimeoutCmd)(nil), // 32: gantry.v1.QueueTimeoutCmd
+	(*AgentJob)(nil),        // 33: gantry.v1.AgentJob
+	nil,                     // 34: gantry.v1.JobSpec.EnvEntry
+	nil,                     // 35: gantry.v1.Job.FinalMetricsEntry
+	nil,                     // 36: gantry.v1.Job.LatestMetricsEntry
+	nil,                     // 37: gantry.v1.MetricPoint.ValuesEntry
+	nil,                     // 38: gantry.v1.JobExit.FinalMetricsEntry
 }
 var file_gantry_proto_depIdxs = []int32{
-	33, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
+	34, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
 	2,  // 1: gantry.v1.JobSpec.resources:type_name -> gantry.v1.Resources
 	3,  // 2: gantry.v1.Job.spec:type_name -> gantry.v1.JobSpec
 	0,  // 3: gantry.v1.Job.state:type_name -> gantry.v1.JobState
-	34, // 4: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
-	35, // 5: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
-	36, // 6: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
+	35, // 4: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
+	36, // 5: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
+	37, // 6: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
 	6,  // 7: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
-	37, // 8: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
+	38, // 8: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
 	5,  // 9: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
 	9,  // 10: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
 	10, // 11: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
@@ -3046,7 +3117,7 @@ func file_gantry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_proto_rawDesc), len(file_gantry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   36,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

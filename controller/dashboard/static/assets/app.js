@@ -69,6 +69,13 @@
     return el('span', { class: 'state state-' + s, id, 'data-state': s }, s);
   }
 
+  // queueReason shows why a queued job waits (the API computes it on
+  // every read); nothing for other states.
+  function queueReason(j, id) {
+    if (j.state !== 'queued' || !j.reason) return null;
+    return el('div', { class: 'reason', id }, j.reason);
+  }
+
   function jobLink(id) {
     return el('a', { href: '/jobs/' + encodeURIComponent(id), 'data-link': true, class: 'mono' }, id);
   }
@@ -580,7 +587,7 @@
       replace(tbody, jobs.map((j) => el('tr', { 'data-job-id': j.id },
         el('td', {}, jobLink(j.id)),
         el('td', {}, j.name || '–'),
-        el('td', {}, stateBadge(j.state)),
+        el('td', {}, stateBadge(j.state), queueReason(j)),
         el('td', {}, j.node || '–'),
         el('td', {}, (j.gpus || []).join(',') || '–'),
         el('td', { class: 'num' }, jobStep(j) === null ? '–' : fmtExact(jobStep(j))),
@@ -727,6 +734,10 @@
 
     function setJob(j) {
       if (!j) return;
+      // Live state frames are built once for every watcher when a job
+      // changes and carry no reason (it depends on other jobs and nodes);
+      // keep the last one read over HTTP while the job is still queued.
+      if (j.state === 'queued' && !j.reason && st.job && st.job.state === 'queued') j.reason = st.job.reason;
       st.job = j;
       renderHeader();
     }
@@ -775,7 +786,8 @@
         j.signal ? fact('Signal', j.signal) : null,
         j.bad_lines ? fact('Bad metric lines', String(j.bad_lines)) : null,
         j.cancel_requested && !TERMINAL.has(j.state) ? fact('Cancel', 'requested') : null,
-        j.error ? fact('Error', j.error) : null);
+        j.error ? fact('Error', j.error) : null,
+        j.state === 'queued' && j.reason ? el('div', { class: 'fact wide' }, el('div', { class: 'k' }, 'Waiting for'), queueReason(j, 'job-reason')) : null);
       const frac = total && step !== null ? Math.max(0, Math.min(1, step / total)) : null;
       progress.hidden = frac === null;
       if (frac !== null) {
@@ -1148,6 +1160,21 @@
     const ticker = setInterval(() => {
       if (st.job && !TERMINAL.has(st.job.state)) renderHeader();
     }, 1000);
+    // While the job waits, its reason changes with other jobs and nodes,
+    // which no frame of this job reports: read it again over HTTP.
+    let reasonBusy = false;
+    const reasonTicker = setInterval(async () => {
+      if (stopped || reasonBusy || !st.job || st.job.state !== 'queued') return;
+      reasonBusy = true;
+      try {
+        const j = await api('/v1/jobs/' + encodeURIComponent(id));
+        if (!stopped && st.job && st.job.state === 'queued') setJob(j);
+      } catch (e) {
+        if (!stopped) showError(e);
+      } finally {
+        reasonBusy = false;
+      }
+    }, POLL_MS);
     const onResize = () => scheduleDraw();
     window.addEventListener('resize', onResize);
 
@@ -1155,6 +1182,7 @@
       stop() {
         stopped = true;
         clearInterval(ticker);
+        clearInterval(reasonTicker);
         window.removeEventListener('resize', onResize);
         if (retryTimer) clearTimeout(retryTimer);
         if (drawTimer) clearTimeout(drawTimer);
