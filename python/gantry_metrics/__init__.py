@@ -380,17 +380,19 @@ def close():
 
 
 def __getattr__(name):
-    # Kept from the single-file helper, where GantryCallback lived in the
-    # module: made on first use, because importing transformers takes
-    # seconds that scripts calling only log() should not pay. A missing
-    # framework is an AttributeError, as it was, so hasattr() stays safe.
-    integrations = {"GantryCallback": "hf", "GantryLogger": "lightning"}
-    if name not in integrations:
+    # The integrations are imported on first use, because importing their
+    # framework takes seconds that scripts calling only log() should not
+    # pay: gantry_metrics.hf and gantry_metrics.lightning work after a bare
+    # `import gantry_metrics`, and so does gantry_metrics.GantryCallback,
+    # kept from the single-file helper. A missing framework is an
+    # AttributeError, as it was then, so that hasattr() stays safe.
+    submodules = {"hf": "hf", "lightning": "lightning", "GantryCallback": "hf", "GantryLogger": "lightning"}
+    if name not in submodules:
         raise AttributeError("module %r has no attribute %r" % (__name__, name))
     import importlib
 
     try:
-        mod = importlib.import_module("." + integrations[name], __name__)
+        mod = importlib.import_module("." + submodules[name], __name__)
     except ImportError as e:
         raise AttributeError("gantry_metrics.%s: %s" % (name, e)) from e
-    return getattr(mod, name)
+    return mod if name == submodules[name] else getattr(mod, name)

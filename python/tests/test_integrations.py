@@ -178,6 +178,7 @@ class HFTest(Base):
         from gantry_metrics.hf import GantryCallback
 
         cb = GantryCallback(logger=self.logger)
+        self.assertIs(gantry_metrics.hf.GantryCallback, GantryCallback)
         self.assertIsInstance(cb, sys.modules["transformers"].TrainerCallback)
         cb.on_train_begin(None, State(global_step=0, max_steps=500), None)
         cb.on_log(None, State(global_step=10, max_steps=500), None, logs={"loss": 2.5, "learning_rate": 1e-4, "epoch": 0.1})
@@ -202,6 +203,8 @@ class HFTest(Base):
 
     def test_default_logger_and_old_attribute(self):
         FakeModules(self, fake_transformers())
+        # After a bare import, as the README has it.
+        self.assertIs(gantry_metrics.hf.GantryCallback, gantry_metrics.GantryCallback)
         os.environ[gantry_metrics.ENV_FILE] = self.path
         saved, gantry_metrics._default = gantry_metrics._default, None
         try:
@@ -222,6 +225,7 @@ class HFTest(Base):
         with self.assertRaisesRegex(AttributeError, "needs the transformers package"):
             gantry_metrics.GantryCallback
         self.assertFalse(hasattr(gantry_metrics, "GantryCallback"))  # hasattr does not raise
+        self.assertFalse(hasattr(gantry_metrics, "hf"))
         with self.assertRaises(AttributeError):
             gantry_metrics.Nonexistent
 
@@ -234,6 +238,7 @@ class LightningTest(Base):
 
         base = top + ".pytorch" if top == "lightning" else top
         self.assertIs(gantry_metrics.GantryLogger, GantryLogger)
+        self.assertIs(gantry_metrics.lightning.GantryLogger, GantryLogger)
         lg = GantryLogger(logger=self.logger)
         self.assertIsInstance(lg, sys.modules[base + ".loggers"].Logger)
         self.assertEqual(lg.name, "gantry")
