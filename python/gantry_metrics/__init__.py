@@ -44,6 +44,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 
 __version__ = "0.2.0"
 
@@ -53,19 +54,25 @@ ENV_FILE = "GANTRY_METRICS_FILE"
 DEFAULT_FILE = "metrics.jsonl"
 TOTAL_STEPS = "total_steps"
 
-# The agent's limits (proto/limits, agent/metricsfile): a longer line is
-# skipped whole, a longer or control-character key and the keys past the
-# 256th (in byte order) are left out silently. Checking them here turns a
-# silent loss into a counted warning, or, for the key count, into no loss.
+# Gantry's limits (proto/limits): the agent skips a longer line whole, or
+# a line whose step is past int64; it leaves out a longer or
+# control-character key and the keys past a line's 256th, and ignores a ts
+# past year 9999; the controller refuses a job's keys past its 1024th.
+# Checking them here turns what would be lost out of sight into a counted
+# warning on the job's stderr, or, for the keys of one line, into no loss.
 MAX_LINE_BYTES = 1 << 20
 MAX_KEY_BYTES = 128
 MAX_KEYS_PER_LINE = 256
+MAX_KEYS_PER_JOB = 1024
+MAX_TIMESTAMP = 253402300799
 
 # Why a value was left out; the keys of MetricsLogger.dropped.
 NON_FINITE = "non-finite"
 NON_NUMERIC = "non-numeric"
 BAD_KEY = "bad key"
 TOO_LONG = "line too long"
+OUT_OF_RANGE = "out of range"
+TOO_MANY_KEYS = "past the job's %d keys" % MAX_KEYS_PER_JOB
 
 # How many dropped keys one warning names; the count covers the rest.
 _NAMED_IN_WARNING = 5
@@ -149,8 +156,10 @@ class MetricsLogger:
         self.path = os.environ.get(ENV_FILE) or path or DEFAULT_FILE
         self.dropped = {}
         self.last_step = None
+        self._keys = set()  # every key written, for MAX_KEYS_PER_JOB
         self._file = None
         self._lock = threading.Lock()
+        _loggers.add(self)
 
     def log(self, *args, step=None, **metrics):
         """Write one line: ``step`` (an integer, optional) and the metrics,
@@ -175,10 +184,12 @@ class MetricsLogger:
             except _NotANumber as e:
                 drops.append((NON_NUMERIC, "ts", e.args[0]))
             else:
-                if _finite(n) and n >= 0:
-                    ts = n
-                else:
+                if not _finite(n):
                     drops.append((NON_FINITE, "ts", repr(n)))
+                elif not 0 <= n <= MAX_TIMESTAMP:
+                    drops.append((OUT_OF_RANGE, "ts", repr(n)))
+                else:
+                    ts = n
         values = {}
         for key, value in metrics.items():
             key = str(key)
@@ -196,6 +207,15 @@ class MetricsLogger:
         lines = []
         # More keys than the agent takes in one line: several lines at the
         # same step and time, rather than keys lost.
+        with self._lock:
+            # The controller's choice, mirrored: of the keys new to the job,
+            # the first in sorted order fit.
+            fresh = sorted(k for k in values if k not in self._keys)
+            room = max(MAX_KEYS_PER_JOB - len(self._keys), 0)
+            for k in fresh[room:]:
+                del values[k]
+                drops.append((TOO_MANY_KEYS, k, ""))
+            self._keys.update(fresh[:room])
         keys = sorted(values)
         for i in range(0, len(keys), MAX_KEYS_PER_LINE) if keys else [0]:
             record = {} if step is None else {"step": step}
@@ -273,6 +293,8 @@ def _step(step):
         n = int(n)
     if not isinstance(n, int):
         raise TypeError("step must be an integer, got %r" % (step,))
+    if not -(1 << 63) <= n < 1 << 63:  # the agent would reject the line
+        raise ValueError("step %d is out of int64's range" % n)
     return n
 
 
@@ -356,6 +378,22 @@ def watch(total_steps=None, logger=None):
 
 _default = None
 _default_lock = threading.Lock()
+
+# Every logger, so that a forked child (a data loader worker) gets fresh
+# locks: one held by another thread of the parent at the fork would never
+# be released in the child.
+_loggers = weakref.WeakSet()
+
+
+def _after_fork():
+    global _default_lock
+    _default_lock = threading.Lock()
+    for logger in list(_loggers):
+        logger._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _default_logger():

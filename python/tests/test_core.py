@@ -11,9 +11,11 @@ import io
 import json
 import numbers
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import unittest.mock
 from contextlib import redirect_stderr
@@ -201,13 +203,39 @@ class CoreTest(Base):
         self.assertEqual([l.get("step") for l in lines], [3, 4, 5, None])
         self.assertEqual(self.logger.last_step, 5)
 
+    def test_step_past_int64_is_refused(self):
+        with self.assertRaises(ValueError):
+            self.logger.log(step=1 << 63, loss=1)
+        self.log(step=(1 << 63) - 1, loss=1)
+        self.assertEqual(self.lines()[0]["step"], (1 << 63) - 1)
+
     def test_ts(self):
         self.log(step=1, ts=1700000000.5, a=1)
         self.log(step=2, ts="yesterday", a=1)
-        first, second = self.lines()
+        self.log(step=3, ts=1e12, a=1)  # past year 9999: the agent would ignore it
+        first, second, third = self.lines()
         self.assertEqual(first["ts"], 1700000000.5)
         self.assertGreater(second["ts"], 1700000000.5)
+        self.assertLess(third["ts"], 1e12)
         self.assertIn("1 non-numeric (ts=str)", self.warnings()[0])
+        self.assertIn("1 out of range (ts=1000000000000.0)", self.warnings()[1])
+
+    def test_keys_past_the_jobs_cap_are_counted(self):
+        first = {"k%04d" % i: i for i in range(1000)}
+        self.log(first, step=1)
+        more = {"n%02d" % i: i for i in range(50)}
+        self.log(dict(more, k0000=-1), step=2)  # a known key always fits
+        self.log(n49=1, step=3)
+        lines = self.lines()
+        written = set().union(*lines)
+        self.assertEqual(len(written - {"step", "ts"}), 1000 + 24)
+        self.assertEqual(lines[-2]["k0000"], -1)
+        self.assertTrue({"n%02d" % i for i in range(24)} <= written)
+        self.assertNotIn("n24", written)
+        warnings = self.warnings()
+        self.assertEqual(len(warnings), 2, warnings)
+        self.assertIn("26 past the job's 1024 keys (n24, n25, n26, n27, n28 and 21 more) at step 2", warnings[0])
+        self.assertIn("1 past the job's 1024 keys (n49) at step 3; 27 values left out so far", warnings[1])
 
     def test_env_file_wins_and_default_logger(self):
         os.environ[gantry_metrics.ENV_FILE] = self.path
@@ -244,6 +272,29 @@ class CoreTest(Base):
         self.assertEqual(len(lines), 801)
         self.assertEqual(sorted((l["w"], l["i"]) for l in lines[1:]),
                          [(w, i) for w in range(4) for i in range(200)])
+
+
+    def test_fork_while_another_thread_holds_the_lock(self):
+        if not hasattr(os, "fork"):
+            self.skipTest("no fork")
+        self.logger._lock.acquire()  # as a thread of the parent writing at the fork
+        try:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    self.logger.log(step=1, child=1)
+                finally:
+                    os._exit(0)
+        finally:
+            self.logger._lock.release()
+        deadline = time.monotonic() + 10
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                self.fail("the child hung on the lock it inherited held")
+            time.sleep(0.01)
+        self.assertEqual([l["child"] for l in self.lines()], [1])
 
 
 class WatchTest(Base):
