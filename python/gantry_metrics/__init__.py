@@ -72,6 +72,7 @@ NON_NUMERIC = "non-numeric"
 BAD_KEY = "bad key"
 TOO_LONG = "line too long"
 OUT_OF_RANGE = "out of range"
+WRITE_FAILED = "not written"
 TOO_MANY_KEYS = "past the job's %d keys" % MAX_KEYS_PER_JOB
 
 # How many dropped keys one warning names; the count covers the rest.
@@ -204,9 +205,7 @@ class MetricsLogger:
                 drops.append((BAD_KEY, _short(repr(key)), "key"))
             else:
                 values[key] = n
-        lines = []
-        # More keys than the agent takes in one line: several lines at the
-        # same step and time, rather than keys lost.
+        lines = []  # (line, its metric keys)
         with self._lock:
             # The controller's choice, mirrored: of the keys new to the job,
             # the first in sorted order fit.
@@ -216,6 +215,8 @@ class MetricsLogger:
                 del values[k]
                 drops.append((TOO_MANY_KEYS, k, ""))
             self._keys.update(fresh[:room])
+        # More keys than the agent takes in one line: several lines at the
+        # same step and time, rather than keys lost.
         keys = sorted(values)
         for i in range(0, len(keys), MAX_KEYS_PER_LINE) if keys else [0]:
             record = {} if step is None else {"step": step}
@@ -229,12 +230,21 @@ class MetricsLogger:
             if len(line) > MAX_LINE_BYTES:
                 drops.extend((TOO_LONG, k, "") for k in record if k not in ("step", "ts"))
                 continue
-            lines.append(line)
+            lines.append((line, [k for k in record if k not in ("step", "ts")]))
         with self._lock:
-            for line in lines:
-                self._write(line)
-            if lines and step is not None:
-                self.last_step = step
+            for line, line_keys in lines:
+                try:
+                    self._write(line)
+                except OSError as e:
+                    # A full disk or a removed directory must not end a
+                    # training run: the values are counted as lost, and the
+                    # next call opens the file again.
+                    _warn("cannot write %s: %s" % (self.path, e))
+                    drops.extend((WRITE_FAILED, k, "") for k in line_keys)
+                    self._close_file()
+                    continue
+                if step is not None:
+                    self.last_step = step
             if drops:
                 self._report(drops, step)
 
@@ -269,9 +279,15 @@ class MetricsLogger:
     def close(self):
         """Close the file; a later ``log`` opens it again."""
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            self._close_file()
+
+    def _close_file(self):
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass  # unbuffered: nothing is left to lose
 
     def __enter__(self):
         return self

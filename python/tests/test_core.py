@@ -99,9 +99,9 @@ class Base(unittest.TestCase):
 
     def lines(self):
         self.logger.close()
-        if not os.path.exists(self.path):
+        if not os.path.exists(self.logger.path):
             return []
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.logger.path, encoding="utf-8") as f:
             return [json.loads(l) for l in f]
 
     def warnings(self):
@@ -187,6 +187,17 @@ class CoreTest(Base):
             self.log(step=2, **{"a" * 50: 1, "b" * 50: 2})
         self.assertFalse(os.path.exists(self.logger.path))
         self.assertIn("2 line too long", self.warnings()[-1])
+
+    def test_write_errors_are_counted_not_raised(self):
+        self.logger.path = os.path.join(self.dir, "missing", "metrics.jsonl")
+        self.log(step=1, loss=0.5, acc=1)
+        w = self.warnings()
+        self.assertIn("cannot write", w[0])
+        self.assertIn("2 not written (acc, loss) at step 1; 2 values left out so far", w[1])
+        self.assertIsNone(self.logger.last_step)
+        os.mkdir(os.path.dirname(self.logger.path))  # the next call opens it again
+        self.log(step=2, loss=0.25)
+        self.assertEqual([(l["step"], l["loss"]) for l in self.lines()], [(2, 0.25)])
 
     def test_step(self):
         with self.assertRaises(TypeError):
