@@ -114,9 +114,11 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 echo "test-deps: installing ${required[*]} ${optional[*]}"
-apt-get update -qq
+# A failing apt-get does not end the script: the check below reports what
+# is still missing, in the same words as ever.
+apt-get update -qq || echo "test-deps: apt-get update failed" >&2
 if [ ${#required[@]} -gt 0 ]; then
-  apt-get install -y -qq --no-install-recommends "${required[@]}"
+  apt-get install -y -qq --no-install-recommends "${required[@]}" || echo "test-deps: apt-get install failed" >&2
 fi
 # One by one: an optional package this release lacks must not stop the rest.
 for p in "${optional[@]}"; do
