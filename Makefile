@@ -27,15 +27,20 @@ all: build
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-# The README's test command: install what the tests need (as root, with
-# apt-get: scripts/test-deps.sh), lint, then every test with the race
+# The README's test command: check what the tests need, and as root install
+# what is missing (scripts/test-deps.sh; anyone else gets the list and the
+# apt-get line, and no test runs), lint, then every test with the race
 # detector. A failing module does not stop the others: every failure is
-# reported.
-test: test-deps lint
+# reported. Lint runs from the recipe, not as a prerequisite, so that even
+# under make -j it starts only once the tools are known to be there.
+test: test-deps
+	@$(MAKE) --no-print-directory lint
 	fail=0; for m in $(MODULES); do \
 	  echo "== $$m"; (cd $$m && $(GO) test -race -count=1 -timeout 20m ./...) || fail=1; \
 	done; exit $$fail
 
+# As root: install what the tests need. Otherwise: say what is missing.
+# (scripts/test-deps.sh --check only ever checks.)
 test-deps:
 	./scripts/test-deps.sh
 

@@ -81,7 +81,7 @@ type Agent struct {
 	members  *membership.Node // nil without serf
 	// jobUser is who jobs run as; nil when they run as the agent's user.
 	jobUser *runner.User
-	// pythonDir holds gantry_metrics.py, on every job's PYTHONPATH.
+	// pythonDir holds the gantry_metrics package, on every job's PYTHONPATH.
 	pythonDir string
 
 	// linkUp reports whether the controller link is up; jobs are held to

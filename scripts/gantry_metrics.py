@@ -1,1 +1,0 @@
-../agent/pyhelper/gantry_metrics.py
