@@ -386,7 +386,7 @@ func TestWatchCommand(t *testing.T) {
 	}
 
 	r = runCLI(t, t.Context(), nil, "--addr", fc.srv.URL, "watch", "nope")
-	if r.code != exitNotFound || !strings.Contains(r.stderr, "no job has id or name \"nope\"") {
+	if r.code != exitNotFound || !strings.Contains(r.stderr, `no job with id, id prefix or name "nope"`) {
 		t.Errorf("unknown job: code %d stderr %q", r.code, r.stderr)
 	}
 }
@@ -397,7 +397,7 @@ func TestUnreachableControllerNamesAddress(t *testing.T) {
 	fc.srv.Close()
 	for _, args := range [][]string{{"ps"}, {"run", "-d", writeSpec(t, goodSpec)}, {"cluster", "status"}} {
 		r := runCLI(t, t.Context(), map[string]string{EnvAddr: addr}, args...)
-		if r.code != 1 || !strings.Contains(r.stderr, "cannot reach the controller at "+addr) {
+		if r.code != exitUnavailable || !strings.Contains(r.stderr, "cannot reach the controller at "+addr) {
 			t.Errorf("%v: code %d stderr %q", args, r.code, r.stderr)
 		}
 	}
@@ -422,7 +422,7 @@ func TestInspectCommands(t *testing.T) {
 	}{
 		{[]string{"ps"}, []string{"ID   NAME  STATE      NODE   GPUS  STEP/POINTS  AGE", "j-1  demo  succeeded  gpu-a  0     300/0        -"}},
 		{[]string{"status", "j-1"}, []string{"State:", "succeeded", "  loss       0.0625", "bad_lines", "1 bad line"}},
-		{[]string{"cancel", "j-1"}, []string{"cancel requested for job j-1"}},
+		{[]string{"cancel", "j-1"}, []string{"job j-1 already succeeded; nothing to cancel"}},
 		{[]string{"nodes"}, []string{"gpu-a", "6/8"}},
 		{[]string{"cluster", "status"}, []string{"Leader:", "c1 at 127.0.0.1:7000", "Term:", "3"}},
 	}
@@ -438,7 +438,7 @@ func TestInspectCommands(t *testing.T) {
 		}
 	}
 	r := runCLI(t, t.Context(), addr, "status", "nope")
-	if r.code != exitNotFound || !strings.Contains(r.stderr, "no job has id or name \"nope\"") || !strings.Contains(r.stderr, "job nope not found") {
+	if r.code != exitNotFound || !strings.Contains(r.stderr, `no job with id, id prefix or name "nope"`) {
 		t.Errorf("status of unknown job: code %d stderr %q", r.code, r.stderr)
 	}
 }

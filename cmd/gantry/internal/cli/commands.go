@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -108,44 +106,12 @@ func (a *app) psCmd() *cobra.Command {
 	return cmd
 }
 
-// resolve turns what the user typed into a job: one with that id, or a
-// job name. A name several jobs share means the most recent of them (ids
-// sort by creation), said on stderr; with live, only jobs not yet ended
-// count, and then the name must be unique (cancelling the wrong run is
-// not undone). The job is as the controller answered just now.
-func (a *app) resolve(ctx context.Context, c *client.Client, arg string, live bool) (apiv1.Job, error) {
-	job, err := c.Job(ctx, arg)
-	if err == nil {
-		job.ID = arg // the id asked for is the one to use from here on
-		return job, nil
-	}
-	if !errors.Is(err, client.ErrNotFound) {
-		return apiv1.Job{}, err
-	}
-	notFound := err
-	jobs, err := c.Jobs(ctx)
-	if err != nil {
-		return apiv1.Job{}, err
-	}
-	var named []apiv1.Job
-	for _, j := range jobs {
-		if j.Name == arg && (!live || !terminalState(j.State)) {
-			named = append(named, j)
-		}
-	}
-	ids := make([]string, len(named))
-	for i, j := range named {
-		ids[i] = j.ID
-	}
-	switch {
-	case len(named) == 0:
-		return apiv1.Job{}, &exitError{code: exitNotFound, err: fmt.Errorf("no job has id or name %q (%v)", termSafe(arg), notFound)}
-	case len(named) > 1 && live:
-		return apiv1.Job{}, &exitError{code: exitUsage, err: fmt.Errorf("%d jobs named %q have not ended (%s): give an id", len(named), termSafe(arg), termSafe(strings.Join(ids, ", ")))}
-	case len(named) > 1:
-		fmt.Fprintf(a.env.Stderr, "%d jobs are named %q; using the most recent, %s\n", len(named), termSafe(arg), termSafe(slices.Max(ids)))
-	}
-	return slices.MaxFunc(named, func(x, y apiv1.Job) int { return strings.Compare(x.ID, y.ID) }), nil
+// alreadyEnded answers a cancel of a job that has ended. It is not an
+// error (exit 0): what the user wanted, the job not running, holds, and
+// scripts that cancel "whatever is left" need not special-case it.
+func (a *app) alreadyEnded(j apiv1.Job) error {
+	_, err := fmt.Fprintf(a.env.Stdout, "job %s already %s; nothing to cancel\n", termSafe(j.ID), termSafe(j.State))
+	return err
 }
 
 func terminalState(s string) bool {
@@ -264,7 +230,22 @@ func (a *app) cancelCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := c.Cancel(cmd.Context(), job.ID); err != nil {
+			if terminalState(job.State) {
+				return a.alreadyEnded(job)
+			}
+			err = c.Cancel(cmd.Context(), job.ID)
+			var apiErr *client.APIError
+			if errors.As(err, &apiErr) && apiErr.Status == http.StatusConflict {
+				// It ended between our read and the cancel: say how.
+				if j, gerr := c.Job(cmd.Context(), job.ID); gerr == nil && terminalState(j.State) {
+					j.ID = job.ID
+					return a.alreadyEnded(j)
+				}
+			}
+			if errors.Is(err, client.ErrNotFound) {
+				return errNoJob(job.ID)
+			}
+			if err != nil {
 				return err
 			}
 			_, err = fmt.Fprintf(a.env.Stdout, "cancel requested for job %s\n", job.ID)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,6 +46,9 @@ func ParseSpec(data []byte) (apiv1.JobSpec, error) {
 // something recognisable.
 func LoadSpec(path string) (apiv1.JobSpec, error) {
 	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return apiv1.JobSpec{}, fmt.Errorf("spec file %s: no such file", path)
+	}
 	if err != nil {
 		return apiv1.JobSpec{}, fmt.Errorf("read spec: %w", err)
 	}
