@@ -539,8 +539,8 @@ func TestNamesAndPsFlags(t *testing.T) {
 	if r := runCLI(t, t.Context(), env, "ps", "--state", "bogus"); r.code != exitUsage || !strings.Contains(r.stderr, "bogus") {
 		t.Fatalf("ps --state bogus: code %d stderr %q", r.code, r.stderr)
 	}
-	if r := runCLI(t, t.Context(), env, "ps", "-o", "yaml"); r.code != exitUsage {
-		t.Fatalf("ps -o yaml: code %d", r.code)
+	if r := runCLI(t, t.Context(), env, "ps", "-o", "xml"); r.code != exitUsage || !strings.Contains(r.stderr, "want table, json or yaml") {
+		t.Fatalf("ps -o xml: code %d stderr %q", r.code, r.stderr)
 	}
 
 	r = runCLI(t, t.Context(), env, "status", "tiny-lm")

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/gantry-ml/gantry/controller/apiv1"
 )
 
@@ -28,11 +30,14 @@ type fakeCluster struct {
 	logs      map[string]string // job id → its whole log
 	cancelled []string
 	listQuery []url.Values
+	// endBeforeCancel, when set, ends a job in this state as its cancel
+	// arrives, so that the cancel answers 409.
+	endBeforeCancel string
 }
 
 func newFakeCluster(t *testing.T, jobs ...apiv1.Job) *fakeCluster {
 	t.Helper()
-	fc := &fakeCluster{jobs: jobs, logs: map[string]string{}}
+	fc := &fakeCluster{jobs: slices.Clone(jobs), logs: map[string]string{}} // a copy: tests share job tables
 	slices.SortFunc(fc.jobs, func(x, y apiv1.Job) int { return strings.Compare(x.ID, y.ID) })
 	reply := func(w http.ResponseWriter, status int, v any) {
 		w.Header().Set("Content-Type", "application/json")
@@ -81,6 +86,36 @@ func newFakeCluster(t *testing.T, jobs ...apiv1.Job) *fakeCluster {
 		}
 		reply(w, 200, out)
 	})
+	mux.HandleFunc("POST /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
+		var spec apiv1.JobSpec
+		if err := json.NewDecoder(r.Body).Decode(&spec); err != nil {
+			reply(w, 400, apiv1.Error{Error: err.Error()})
+			return
+		}
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		id := fmt.Sprintf("0z%06d", len(fc.jobs))
+		fc.jobs = append(fc.jobs, apiv1.Job{ID: id, Name: spec.Name, State: apiv1.StateQueued, Spec: spec})
+		reply(w, 201, apiv1.SubmitResponse{ID: id})
+	})
+	// The live stream of an ended job: its final frame, then close.
+	// Following a job that runs is tested with fakeController.
+	mux.HandleFunc("GET /v1/jobs/{id}/live", func(w http.ResponseWriter, r *http.Request) {
+		fc.mu.Lock()
+		j, ok := find(r.PathValue("id"))
+		fc.mu.Unlock()
+		if !ok || !terminalState(j.State) {
+			notFound(w, r.PathValue("id"))
+			return
+		}
+		conn, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_ = conn.WriteJSON(apiv1.Frame{Type: apiv1.FrameFinal, Job: &j})
+		closeConn(conn, websocket.CloseNormalClosure)
+	})
 	mux.HandleFunc("GET /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
 		fc.mu.Lock()
 		defer fc.mu.Unlock()
@@ -116,6 +151,14 @@ func newFakeCluster(t *testing.T, jobs ...apiv1.Job) *fakeCluster {
 		fc.mu.Lock()
 		defer fc.mu.Unlock()
 		j, ok := find(r.PathValue("id"))
+		if ok && fc.endBeforeCancel != "" {
+			for i := range fc.jobs {
+				if fc.jobs[i].ID == j.ID {
+					fc.jobs[i].State = fc.endBeforeCancel
+				}
+			}
+			j.State = fc.endBeforeCancel
+		}
 		switch {
 		case !ok:
 			notFound(w, r.PathValue("id"))
@@ -135,15 +178,4 @@ func newFakeCluster(t *testing.T, jobs ...apiv1.Job) *fakeCluster {
 	fc.srv = httptest.NewServer(mux)
 	t.Cleanup(fc.srv.Close)
 	return fc
-}
-
-// setState changes a job's state, as the controller would between calls.
-func (fc *fakeCluster) setState(id, state string) {
-	fc.mu.Lock()
-	defer fc.mu.Unlock()
-	for i := range fc.jobs {
-		if fc.jobs[i].ID == id {
-			fc.jobs[i].State = state
-		}
-	}
 }
