@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -31,7 +32,7 @@ func ParseSpec(data []byte) (apiv1.JobSpec, error) {
 		if errors.Is(err, io.EOF) {
 			return apiv1.JobSpec{}, errors.New("spec is empty")
 		}
-		return apiv1.JobSpec{}, err
+		return apiv1.JobSpec{}, explainSpecError(err, reflect.TypeOf(spec))
 	}
 	// A second document would be ignored by the server; say so instead.
 	var extra any
