@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"text/tabwriter"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/client"
@@ -28,15 +29,17 @@ const maxCandidates = 10
 func errAmbiguous(what string, jobs []apiv1.Job) error {
 	jobs = newestFirst(safe(jobs))
 	var b strings.Builder
-	b.WriteString(what)
+	b.WriteString(what + "\n")
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	for i, j := range jobs {
 		if i == maxCandidates {
-			fmt.Fprintf(&b, "\n  … and %d more", len(jobs)-i)
+			fmt.Fprintf(tw, "  … and %d more\n", len(jobs)-i)
 			break
 		}
-		fmt.Fprintf(&b, "\n  %s  %s  %s", j.ID, orDash(j.Name), j.State)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", j.ID, orDash(j.Name), j.State)
 	}
-	return &exitError{code: exitUsage, err: errors.New(b.String())}
+	_ = tw.Flush() // a strings.Builder does not fail
+	return &exitError{code: exitUsage, err: errors.New(strings.TrimRight(b.String(), "\n"))}
 }
 
 // newestFirst sorts jobs by id, descending: ids sort by creation time.

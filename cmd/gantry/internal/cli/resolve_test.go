@@ -33,7 +33,7 @@ func TestResolveAddressing(t *testing.T) {
 		{"name, the most recent wins", "tiny-lm", 0, "0maaaa22", []string{"2 jobs are named \"tiny-lm\"; using the most recent, 0maaaa22"}},
 		{"name beats prefix", "0maaaa", 0, "0nd00002", nil},
 		{"ambiguous prefix lists candidates newest first", "0n", exitUsage, "",
-			[]string{`id prefix "0n" matches 4 jobs; give more of the id:`, "  0nd00002  0maaaa  failed\n  0nd00001  done  succeeded\n  0nc00002  twin  queued\n  0nc00001  twin  running"}},
+			[]string{`id prefix "0n" matches 4 jobs; give more of the id:`, "  0nd00002  0maaaa  failed\n  0nd00001  done    succeeded\n  0nc00002  twin    queued\n  0nc00001  twin    running"}},
 		{"nothing", "zz", exitNotFound, "", []string{`gantry: no job with id, id prefix or name "zz" (gantry ps lists jobs)`}},
 		{"empty", "", exitUsage, "", []string{"empty"}},
 	}
@@ -65,7 +65,7 @@ func TestResolveAppliesToEveryJobCommand(t *testing.T) {
 			if r := runCLI(t, t.Context(), env, cmd, "zz"); r.code != exitNotFound || !strings.Contains(r.stderr, `no job with id, id prefix or name "zz"`) {
 				t.Errorf("%s zz: code %d stderr %q", cmd, r.code, r.stderr)
 			}
-			if r := runCLI(t, t.Context(), env, cmd, "0n"); r.code != exitUsage || !strings.Contains(r.stderr, "0nc00001  twin  running") {
+			if r := runCLI(t, t.Context(), env, cmd, "0n"); r.code != exitUsage || !strings.Contains(r.stderr, "0nc00001  twin    running") {
 				t.Errorf("%s 0n: code %d stderr %q", cmd, r.code, r.stderr)
 			}
 		})
