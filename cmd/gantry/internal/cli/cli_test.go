@@ -36,11 +36,13 @@ type fakeController struct {
 	// endAfterGets, when set, replaces job with ended on that GET.
 	endAfterGets int
 	ended        apiv1.Job
-	submitted    []apiv1.JobSpec
-	cancels      int
-	jobGets      int
-	auth         []string
-	offsets      []string
+	// gone makes GET /v1/jobs/j-1 answer 404, as for a job deleted.
+	gone      bool
+	submitted []apiv1.JobSpec
+	cancels   int
+	jobGets   int
+	auth      []string
+	offsets   []string
 }
 
 func newFakeController(t *testing.T) *fakeController {
@@ -84,12 +86,12 @@ func newFakeController(t *testing.T) *fakeController {
 	})
 	mux.HandleFunc("GET /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
 		record(r)
-		if r.PathValue("id") != "j-1" {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		if r.PathValue("id") != "j-1" || fc.gone {
 			reply(w, 404, apiv1.Error{Error: "job " + r.PathValue("id") + " not found"})
 			return
 		}
-		fc.mu.Lock()
-		defer fc.mu.Unlock()
 		fc.jobGets++
 		if fc.endAfterGets > 0 && fc.jobGets >= fc.endAfterGets {
 			fc.job = fc.ended
@@ -309,6 +311,21 @@ func TestRunFallsBackToPollingWhenLiveDrops(t *testing.T) {
 	defer fc.mu.Unlock()
 	if fc.jobGets != 3 {
 		t.Errorf("polled the job %d times, want 3", fc.jobGets)
+	}
+}
+
+// A job that disappears while the CLI polls it is "not found" (3), in
+// the same words as everywhere, not a raw 404.
+func TestPollingAJobThatIsGone(t *testing.T) {
+	fc := newFakeController(t)
+	fc.gone = true
+	fc.live = func(conn *websocket.Conn) {
+		play(liveFrames, nil)(conn)
+		_ = conn.UnderlyingConn().Close() // the stream drops: polling takes over
+	}
+	r := runCLI(t, t.Context(), nil, "--addr", fc.srv.URL, "run", writeSpec(t, goodSpec))
+	if r.code != exitNotFound || !strings.Contains(r.stderr, `no job with id, id prefix or name "j-1"`) {
+		t.Errorf("code %d stderr %q", r.code, r.stderr)
 	}
 }
 

@@ -75,22 +75,30 @@ func (a *app) resolve(ctx context.Context, c *client.Client, arg string, live bo
 	if !errors.Is(err, client.ErrNotFound) {
 		return apiv1.Job{}, err
 	}
-	jobs, err := c.Jobs(ctx)
+	// The name first, filtered by the controller: most lookups end here
+	// without listing the whole history. The filter is applied here too,
+	// since a controller older than ?name= ignores it and lists every job.
+	jobs, err := c.ListJobs(ctx, client.JobFilter{Name: arg})
 	if err != nil {
 		return apiv1.Job{}, err
 	}
-	jobs = newestFirst(jobs)
-
 	var named, namedLive, prefixed []apiv1.Job
-	for _, j := range jobs {
+	for _, j := range newestFirst(jobs) {
 		if j.Name == arg {
 			named = append(named, j)
 			if !terminalState(j.State) {
 				namedLive = append(namedLive, j)
 			}
 		}
-		if strings.HasPrefix(j.ID, arg) {
-			prefixed = append(prefixed, j)
+	}
+	if len(named) == 0 {
+		if jobs, err = c.Jobs(ctx); err != nil {
+			return apiv1.Job{}, err
+		}
+		for _, j := range newestFirst(jobs) {
+			if strings.HasPrefix(j.ID, arg) {
+				prefixed = append(prefixed, j)
+			}
 		}
 	}
 	switch {

@@ -99,3 +99,32 @@ func TestCancelAddressing(t *testing.T) {
 		t.Errorf("cancelled %v", fc.cancelled)
 	}
 }
+
+// A name is looked up with the controller's ?name= filter; the whole
+// list is only fetched for an id prefix.
+func TestResolveAsksByNameFirst(t *testing.T) {
+	fc := newFakeCluster(t, addressed...)
+	env := map[string]string{EnvAddr: fc.srv.URL}
+	queries := func() []string {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		var out []string
+		for _, q := range fc.listQuery {
+			out = append(out, q.Encode())
+		}
+		fc.listQuery = nil
+		return out
+	}
+	if r := runCLI(t, t.Context(), env, "status", "solo"); r.code != 0 {
+		t.Fatalf("status solo: %d %s", r.code, r.stderr)
+	}
+	if q := queries(); strings.Join(q, "|") != "name=solo" {
+		t.Errorf("status solo listed %q, want only name=solo", q)
+	}
+	if r := runCLI(t, t.Context(), env, "status", "0mb"); r.code != 0 {
+		t.Fatalf("status 0mb: %d %s", r.code, r.stderr)
+	}
+	if q := queries(); strings.Join(q, "|") != "name=0mb|" {
+		t.Errorf("status 0mb listed %q, want name=0mb then everything", q)
+	}
+}
