@@ -18,15 +18,16 @@ import (
 func (a *app) runCmd() *cobra.Command {
 	var detach bool
 	cmd := &cobra.Command{
-		Use: "run SPEC.yaml",
-		ValidArgsFunction: func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-			return []string{"yaml", "yml"}, cobra.ShellCompDirectiveFilterFileExt
-		},
+		Use:   "run SPEC.yaml",
 		Short: "Submit a job and follow it live",
 		Long: "run submits the job described by SPEC.yaml, prints its id and, unless -d is given,\n" +
 			"shows it live until it ends. The exit status follows the job: 0 when it succeeded,\n" +
 			"its exit code when it failed, 1 otherwise. Ctrl-C detaches; the job keeps running.",
 		Args: cobra.ExactArgs(1),
+		// Specs are files: complete file names, YAML ones only.
+		ValidArgsFunction: func(*cobra.Command, []string, string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			return []cobra.Completion{"yaml", "yml"}, cobra.ShellCompDirectiveFilterFileExt
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec, err := LoadSpec(args[0])
 			if err != nil {
