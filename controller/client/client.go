@@ -308,9 +308,31 @@ func (c *Client) Jobs(ctx context.Context) ([]apiv1.Job, error) { return c.JobsI
 // JobsIn returns the jobs in state (every job when state is empty); an
 // unknown state is a 400.
 func (c *Client) JobsIn(ctx context.Context, state string) ([]apiv1.Job, error) {
-	var q url.Values
-	if state != "" {
-		q = url.Values{"state": {state}}
+	return c.ListJobs(ctx, JobFilter{State: state})
+}
+
+// JobFilter narrows a job list; the zero value lists every job.
+type JobFilter struct {
+	State string // a job state, e.g. "running"
+	Name  string // the spec's name, exactly
+	Node  string // the node the job was placed on
+	// Limit keeps the newest Limit matching jobs; 0 keeps all.
+	Limit int
+}
+
+// ListJobs returns the jobs f matches, in id (creation) order, filtered
+// by the controller; a bad filter (an unknown state, say) is a 400.
+func (c *Client) ListJobs(ctx context.Context, f JobFilter) ([]apiv1.Job, error) {
+	q := url.Values{}
+	for k, v := range map[string]string{"state": f.State, "name": f.Name, "node": f.Node} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if f.Limit != 0 {
+		// Sent even when negative, so that the controller refuses it
+		// instead of the client listing everything.
+		q.Set("limit", strconv.Itoa(f.Limit))
 	}
 	var r apiv1.JobList
 	if err := c.do(ctx, http.MethodGet, c.endpoint(q, "v1", "jobs"), nil, &r); err != nil {

@@ -119,6 +119,19 @@ func TestMethods(t *testing.T) {
 			wantMethod: "GET", wantPath: "/v1/jobs", want: []apiv1.Job{someJob},
 		},
 		{
+			name: "list jobs filtered", status: 200, answer: apiv1.JobList{Jobs: []apiv1.Job{someJob}},
+			call: func(ctx context.Context, c *Client) (any, error) {
+				return c.ListJobs(ctx, JobFilter{State: "running", Name: "bert run", Node: "gpu-a", Limit: 5})
+			},
+			wantMethod: "GET", wantPath: "/v1/jobs", wantQuery: "limit=5&name=bert+run&node=gpu-a&state=running",
+			want: []apiv1.Job{someJob},
+		},
+		{
+			name: "list jobs, a bad limit is sent for the server to refuse", status: 200, answer: apiv1.JobList{Jobs: []apiv1.Job{}},
+			call:       func(ctx context.Context, c *Client) (any, error) { return c.ListJobs(ctx, JobFilter{Limit: -1}) },
+			wantMethod: "GET", wantPath: "/v1/jobs", wantQuery: "limit=-1", want: []apiv1.Job{},
+		},
+		{
 			name: "job", status: 200, answer: someJob,
 			call:       func(ctx context.Context, c *Client) (any, error) { return c.Job(ctx, "j-1") },
 			wantMethod: "GET", wantPath: "/v1/jobs/j-1", want: someJob,

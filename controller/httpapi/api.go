@@ -414,50 +414,97 @@ func jobView(tx *store.Tx, j *gantrypb.Job) (apiv1.Job, error) {
 // jobStates are the values ?state= may take.
 var jobStates = lifecycle.StateNames
 
+// maxJobsLimit caps ?limit= on GET /v1/jobs; a history longer than this
+// is paged by state or name rather than read in one answer.
+const maxJobsLimit = 10000
+
+// jobFilter is GET /v1/jobs's query: every field set must match; limit
+// keeps the newest matches (0: all).
+type jobFilter struct {
+	state, name, node string
+	limit             int
+}
+
+// parseJobFilter reads ?state=&name=&node=&limit=. A bad value is an
+// error (400), never an empty list: a typo must not look like "no jobs".
+func parseJobFilter(r *http.Request) (jobFilter, error) {
+	q := r.URL.Query()
+	var f jobFilter
+	for _, p := range []struct {
+		name string
+		dst  *string
+	}{{"state", &f.state}, {"name", &f.name}, {"node", &f.node}} {
+		if len(q[p.name]) > 1 {
+			return jobFilter{}, fmt.Errorf("query parameter %s is given %d times; give it once", p.name, len(q[p.name]))
+		}
+		*p.dst = q.Get(p.name)
+	}
+	if f.state != "" && !slices.Contains(jobStates, f.state) {
+		return jobFilter{}, fmt.Errorf("query parameter state=%q: want one of %s", f.state, strings.Join(jobStates, ", "))
+	}
+	if q.Has("limit") {
+		n, err := queryLimit(r, maxJobsLimit, maxJobsLimit)
+		if err != nil {
+			return jobFilter{}, err
+		}
+		f.limit = n
+	}
+	return f, nil
+}
+
+func (f jobFilter) match(j *gantrypb.Job) bool {
+	return (f.state == "" || view.State(j.State) == f.state) &&
+		(f.name == "" || j.GetSpec().GetName() == f.name) &&
+		(f.node == "" || j.Node == f.node)
+}
+
+// listJobs answers GET /v1/jobs: the jobs matching the query, in id
+// (creation) order; with ?limit=N the N newest of them, still in id order.
 func (a *API) listJobs(w http.ResponseWriter, r *http.Request) {
-	stateFilter := r.URL.Query().Get("state")
-	if stateFilter != "" && !slices.Contains(jobStates, stateFilter) {
-		// A typo must not look like "no jobs in that state".
-		writeError(w, http.StatusBadRequest, fmt.Errorf("query parameter state=%q: want one of %s", stateFilter, strings.Join(jobStates, ", ")))
+	f, err := parseJobFilter(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
 		return
 	}
-	out := apiv1.JobList{Jobs: []apiv1.Job{}}
-	err := a.opts.Store.View(func(tx *store.Tx) error {
-		// One pass over the jobs gathers both the page and what the
-		// reasons need; the nodes are read once for the whole list.
-		var live []*gantrypb.Job
-		var queued []int // indexes of queued jobs in out.Jobs
-		if err := tx.Jobs(func(j *gantrypb.Job) bool {
-			if !lifecycle.IsTerminal(j.State) {
-				live = append(live, j)
+	// The read transaction only decodes and filters (and, when a queued
+	// job is listed, reads the fleet its reason needs, once for the whole
+	// list); the API view is made after it, so a long list holds the
+	// store no longer than it must.
+	var matched []*gantrypb.Job
+	var fl *scheduler.Fleet
+	err = a.opts.Store.View(func(tx *store.Tx) error {
+		walk := tx.Jobs
+		if f.limit > 0 {
+			walk = tx.JobsNewestFirst // stop after the newest few
+		}
+		queued := false
+		if err := walk(func(j *gantrypb.Job) bool {
+			if f.match(j) {
+				matched = append(matched, j)
+				queued = queued || j.State == gantrypb.JobState_JOB_STATE_QUEUED
 			}
-			v := view.Job(j)
-			if stateFilter == "" || v.State == stateFilter {
-				if j.State == gantrypb.JobState_JOB_STATE_QUEUED {
-					queued = append(queued, len(out.Jobs))
-				}
-				out.Jobs = append(out.Jobs, v)
-			}
-			return true
-		}); err != nil {
+			return f.limit == 0 || len(matched) < f.limit
+		}); err != nil || !queued {
 			return err
 		}
-		if len(queued) == 0 {
-			return nil
-		}
-		nodes, err := tx.Nodes()
-		if err != nil {
-			return err
-		}
-		f := scheduler.NewFleet(nodes, live)
-		for _, i := range queued {
-			out.Jobs[i].Reason = f.Reason(out.Jobs[i].ID)
-		}
-		return nil
+		var err error
+		fl, err = fleet(tx)
+		return err
 	})
 	if err != nil {
 		a.writeReadError(w, r, err)
 		return
+	}
+	if f.limit > 0 {
+		slices.Reverse(matched)
+	}
+	out := apiv1.JobList{Jobs: make([]apiv1.Job, 0, len(matched))}
+	for _, j := range matched {
+		v := view.Job(j)
+		if fl != nil && j.State == gantrypb.JobState_JOB_STATE_QUEUED {
+			v.Reason = fl.Reason(j.Id)
+		}
+		out.Jobs = append(out.Jobs, v)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

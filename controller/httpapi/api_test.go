@@ -223,6 +223,54 @@ func TestSubmitGetCancel(t *testing.T) {
 	errorBody(t, body)
 }
 
+func TestListJobsFilters(t *testing.T) {
+	e := newEnv(t, "")
+	submit := func(id, name string) *gantrypb.SubmitJobCmd {
+		return &gantrypb.SubmitJobCmd{JobId: id, Spec: &gantrypb.JobSpec{Name: name, Run: "x"}, AtMs: 1}
+	}
+	e.raftApply(t, submit("j1", "sweep"), submit("j2", "other"), submit("j3", "sweep"), submit("j4", "sweep"),
+		&gantrypb.AssignJobCmd{JobId: "j1", NodeId: "n1", AtMs: 2},
+		&gantrypb.AssignJobCmd{JobId: "j3", NodeId: "n2", AtMs: 2})
+	list := func(query string) string {
+		t.Helper()
+		status, body := e.do("GET", "/v1/jobs"+query, nil, true)
+		var l apiv1.JobList
+		if status != http.StatusOK || json.Unmarshal(body, &l) != nil {
+			t.Fatalf("GET /v1/jobs%s: %d %s", query, status, trunc(body))
+		}
+		ids := make([]string, len(l.Jobs))
+		for i, j := range l.Jobs {
+			ids[i] = j.ID
+		}
+		return strings.Join(ids, ",")
+	}
+	for _, tt := range []struct{ query, want string }{
+		{"", "j1,j2,j3,j4"},
+		{"?name=sweep", "j1,j3,j4"},
+		{"?node=n2", "j3"},
+		{"?state=queued", "j2,j4"},
+		{"?state=queued&name=sweep", "j4"},
+		{"?limit=2", "j3,j4"}, // the newest two, in id order
+		{"?name=sweep&limit=2", "j3,j4"},
+		{"?node=n1&limit=5", "j1"},
+		{"?name=nobody", ""},
+		{"?name=", "j1,j2,j3,j4"}, // empty: no filter, as for state
+	} {
+		if got := list(tt.query); got != tt.want {
+			t.Errorf("GET /v1/jobs%s = [%s], want [%s]", tt.query, got, tt.want)
+		}
+	}
+	for _, query := range []string{"?state=bogus", "?state=Queued", "?limit=0", "?limit=-1", "?limit=abc",
+		"?limit=10001", "?limit=1&limit=2", "?name=a&name=b", "?node=a&node=b", "?state=queued&state=running"} {
+		status, body := e.do("GET", "/v1/jobs"+query, nil, true)
+		if status != http.StatusBadRequest {
+			t.Errorf("GET /v1/jobs%s: %d %s, want 400", query, status, trunc(body))
+			continue
+		}
+		errorBody(t, body)
+	}
+}
+
 func TestMetricsPaging(t *testing.T) {
 	e := newEnv(t, "")
 	e.runningJob(t, "j", 25) // points are seqs 2..26

@@ -174,6 +174,13 @@ func TestJobsAndNodes(t *testing.T) {
 		if len(ids) != 1 {
 			t.Errorf("Jobs did not stop when fn returned false: %v", ids)
 		}
+		ids = nil
+		if err := tx.JobsNewestFirst(func(j *gantrypb.Job) bool { ids = append(ids, j.Id); return len(ids) < 2 }); err != nil {
+			return err
+		}
+		if got := join(ids); got != "c,b" {
+			t.Errorf("JobsNewestFirst stopping after 2 = %s, want c,b", got)
+		}
 		if _, err := tx.Job("zzz"); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Job(zzz) err = %v, want ErrNotFound", err)
 		}

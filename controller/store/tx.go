@@ -95,6 +95,23 @@ func (t *Tx) Jobs(fn func(*gantrypb.Job) bool) error {
 	return nil
 }
 
+// JobsNewestFirst is Jobs in reverse id order, newest first, so that a
+// caller wanting the latest few jobs stops after them instead of decoding
+// the whole history.
+func (t *Tx) JobsNewestFirst(fn func(*gantrypb.Job) bool) error {
+	c := t.tx.Bucket(bucketJobs).Cursor()
+	for k, v := c.Last(); k != nil; k, v = c.Prev() {
+		job := &gantrypb.Job{}
+		if err := proto.Unmarshal(v, job); err != nil {
+			return fmt.Errorf("store: decode job %q: %w", k, err)
+		}
+		if !fn(job) {
+			return nil
+		}
+	}
+	return nil
+}
+
 // PutEvent stores a job event under its seq.
 func (t *Tx) PutEvent(jobID string, e *gantrypb.JobEvent) error {
 	return t.putSeq(bucketEvents, jobID, e.Seq, e)

@@ -64,7 +64,7 @@ func (a *app) follow(ctx context.Context, c *client.Client, id string) (apiv1.Jo
 		return apiv1.Job{}, errDetached
 	case errors.Is(werr, client.ErrUnknownJob):
 		v.breakLine()
-		return apiv1.Job{}, fmt.Errorf("no job %s on the controller at %s", id, a.addr)
+		return apiv1.Job{}, errNoJob(id)
 	}
 	v.breakLine()
 	reason := "the server closed it before the job ended"
@@ -100,6 +100,9 @@ func (a *app) poll(ctx context.Context, c *client.Client, id string, v *liveView
 		case ctx.Err() != nil:
 			v.leave()
 			return apiv1.Job{}, errDetached
+		case errors.Is(err, client.ErrNotFound):
+			v.breakLine()
+			return apiv1.Job{}, errNoJob(id) // gone while we watched
 		case errors.As(err, &apiErr) && apiErr.Status < http.StatusInternalServerError:
 			return apiv1.Job{}, err
 		case err != nil:

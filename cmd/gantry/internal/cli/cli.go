@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"time"
 
@@ -27,14 +29,27 @@ const (
 	DefaultAddr = "http://127.0.0.1:7480"
 )
 
-// Exit codes besides a job's own.
+// Exit codes besides a job's own (`gantry run` and `watch` exit with the
+// job's status once it ends). They are documented in `gantry --help`
+// (exitCodesHelp) and README.md; scripts depend on them, so a change here
+// is a breaking change.
 const (
-	exitOK       = 0
-	exitFailure  = 1
-	exitUsage    = 2   // bad command line or spec
-	exitNotFound = 4   // no job with that id or name (1: any other failure, such as an unreachable controller)
-	exitDetached = 130 // Ctrl-C, as shells report SIGINT
+	exitOK          = 0
+	exitFailure     = 1   // the job failed, or any failure not listed below
+	exitUsage       = 2   // bad command line or spec, ambiguous job
+	exitNotFound    = 3   // no job with that id, id prefix or name
+	exitUnavailable = 4   // controller unreachable, or answering 5xx after the client's retries
+	exitDetached    = 130 // Ctrl-C, as shells report SIGINT
 )
+
+// exitCodesHelp is the exit status table of `gantry --help`.
+const exitCodesHelp = `Exit status:
+  0    success
+  1    the job failed (run and watch exit with the job's own code), or another failure
+  2    usage: a bad command line or spec, or an ambiguous job id prefix or name
+  3    not found: no job with that id, id prefix or name
+  4    the controller is unreachable or unavailable (network error, 5xx)
+  130  interrupted (Ctrl-C); a job being watched keeps running`
 
 // watchIdleTimeout makes a silent live stream count as lost, so the
 // attached view falls back to polling instead of hanging on a half-open
@@ -150,7 +165,9 @@ func (a *app) rootCmd() *cobra.Command {
 		Long: "gantry submits training jobs to a Gantry controller and shows them live.\n\n" +
 			"The controller address comes from --addr, else $" + EnvAddr + ", else " + DefaultAddr +
 			";\na bearer token from $" + EnvToken + "; for https:// controllers, $" + client.EnvCA +
-			"\nnames a PEM CA bundle trusted besides the system roots.",
+			"\nnames a PEM CA bundle trusted besides the system roots.\n\n" +
+			"A job is given by its id, a unique prefix of its id, or its name (the most recent\n" +
+			"job of that name).\n\n" + exitCodesHelp,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
@@ -196,6 +213,25 @@ func (a *app) exitCode(ctx context.Context, err error) int {
 		return exitDetached
 	}
 	fmt.Fprintf(a.env.Stderr, "gantry: %s\n", a.describe(ctx, err))
+	return errorExitCode(ctx, err)
+}
+
+// errorExitCode classifies an error that carries no exit status of its
+// own: scripts tell "the controller is down, try later" (4) and "no such
+// job" (3) apart from everything else (1).
+func errorExitCode(ctx context.Context, err error) int {
+	var apiErr *client.APIError
+	switch {
+	case errors.As(err, &apiErr) && apiErr.Status >= http.StatusInternalServerError:
+		// The client already retried reads answered 503 with Retry-After.
+		return exitUnavailable
+	case errors.As(err, &apiErr) && apiErr.Status == http.StatusNotFound:
+		return exitNotFound
+	case errors.As(err, &apiErr):
+		return exitFailure
+	case isTransportError(err) && ctx.Err() == nil:
+		return exitUnavailable
+	}
 	return exitFailure
 }
 
@@ -203,10 +239,23 @@ func (a *app) exitCode(ctx context.Context, err error) int {
 // common of which is a controller that is not running where we looked.
 func (a *app) describe(ctx context.Context, err error) string {
 	var apiErr *client.APIError
-	var netErr net.Error
-	if !errors.As(err, &apiErr) && errors.As(err, &netErr) && ctx.Err() == nil {
+	if !errors.As(err, &apiErr) && isTransportError(err) && ctx.Err() == nil {
 		return termSafe(fmt.Sprintf("cannot reach the controller at %s (set --addr or $%s): %v", a.addr, EnvAddr, err))
+	}
+	if apiErr != nil && apiErr.Status >= http.StatusInternalServerError {
+		return termSafe(fmt.Sprintf("the controller at %s is unavailable, try again later: %v", a.addr, err))
 	}
 	// Server errors quote names and what jobs wrote.
 	return safeError(err)
+}
+
+// isTransportError reports whether err is a failure to talk to the
+// controller at all: what http.Client (*url.Error) and the WebSocket dial
+// (*net.OpError) return. Not any net.Error: *fs.PathError has a Timeout
+// method too, and a missing spec file must not read as a dead controller.
+func isTransportError(err error) bool {
+	var urlErr *url.Error
+	var opErr *net.OpError
+	var dnsErr *net.DNSError
+	return errors.As(err, &urlErr) || errors.As(err, &opErr) || errors.As(err, &dnsErr)
 }

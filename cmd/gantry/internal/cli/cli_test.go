@@ -36,11 +36,13 @@ type fakeController struct {
 	// endAfterGets, when set, replaces job with ended on that GET.
 	endAfterGets int
 	ended        apiv1.Job
-	submitted    []apiv1.JobSpec
-	cancels      int
-	jobGets      int
-	auth         []string
-	offsets      []string
+	// gone makes GET /v1/jobs/j-1 answer 404, as for a job deleted.
+	gone      bool
+	submitted []apiv1.JobSpec
+	cancels   int
+	jobGets   int
+	auth      []string
+	offsets   []string
 }
 
 func newFakeController(t *testing.T) *fakeController {
@@ -84,12 +86,12 @@ func newFakeController(t *testing.T) *fakeController {
 	})
 	mux.HandleFunc("GET /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
 		record(r)
-		if r.PathValue("id") != "j-1" {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		if r.PathValue("id") != "j-1" || fc.gone {
 			reply(w, 404, apiv1.Error{Error: "job " + r.PathValue("id") + " not found"})
 			return
 		}
-		fc.mu.Lock()
-		defer fc.mu.Unlock()
 		fc.jobGets++
 		if fc.endAfterGets > 0 && fc.jobGets >= fc.endAfterGets {
 			fc.job = fc.ended
@@ -312,6 +314,21 @@ func TestRunFallsBackToPollingWhenLiveDrops(t *testing.T) {
 	}
 }
 
+// A job that disappears while the CLI polls it is "not found" (3), in
+// the same words as everywhere, not a raw 404.
+func TestPollingAJobThatIsGone(t *testing.T) {
+	fc := newFakeController(t)
+	fc.gone = true
+	fc.live = func(conn *websocket.Conn) {
+		play(liveFrames, nil)(conn)
+		_ = conn.UnderlyingConn().Close() // the stream drops: polling takes over
+	}
+	r := runCLI(t, t.Context(), nil, "--addr", fc.srv.URL, "run", writeSpec(t, goodSpec))
+	if r.code != exitNotFound || !strings.Contains(r.stderr, `no job with id, id prefix or name "j-1"`) {
+		t.Errorf("code %d stderr %q", r.code, r.stderr)
+	}
+}
+
 func TestRunSpecErrors(t *testing.T) {
 	t.Run("controller rejects", func(t *testing.T) {
 		fc := newFakeController(t)
@@ -386,7 +403,7 @@ func TestWatchCommand(t *testing.T) {
 	}
 
 	r = runCLI(t, t.Context(), nil, "--addr", fc.srv.URL, "watch", "nope")
-	if r.code != exitNotFound || !strings.Contains(r.stderr, "no job has id or name \"nope\"") {
+	if r.code != exitNotFound || !strings.Contains(r.stderr, `no job with id, id prefix or name "nope"`) {
 		t.Errorf("unknown job: code %d stderr %q", r.code, r.stderr)
 	}
 }
@@ -397,7 +414,7 @@ func TestUnreachableControllerNamesAddress(t *testing.T) {
 	fc.srv.Close()
 	for _, args := range [][]string{{"ps"}, {"run", "-d", writeSpec(t, goodSpec)}, {"cluster", "status"}} {
 		r := runCLI(t, t.Context(), map[string]string{EnvAddr: addr}, args...)
-		if r.code != 1 || !strings.Contains(r.stderr, "cannot reach the controller at "+addr) {
+		if r.code != exitUnavailable || !strings.Contains(r.stderr, "cannot reach the controller at "+addr) {
 			t.Errorf("%v: code %d stderr %q", args, r.code, r.stderr)
 		}
 	}
@@ -422,7 +439,7 @@ func TestInspectCommands(t *testing.T) {
 	}{
 		{[]string{"ps"}, []string{"ID   NAME  STATE      NODE   GPUS  STEP/POINTS  AGE", "j-1  demo  succeeded  gpu-a  0     300/0        -"}},
 		{[]string{"status", "j-1"}, []string{"State:", "succeeded", "  loss       0.0625", "bad_lines", "1 bad line"}},
-		{[]string{"cancel", "j-1"}, []string{"cancel requested for job j-1"}},
+		{[]string{"cancel", "j-1"}, []string{"job j-1 already succeeded; nothing to cancel"}},
 		{[]string{"nodes"}, []string{"gpu-a", "6/8"}},
 		{[]string{"cluster", "status"}, []string{"Leader:", "c1 at 127.0.0.1:7000", "Term:", "3"}},
 	}
@@ -438,7 +455,7 @@ func TestInspectCommands(t *testing.T) {
 		}
 	}
 	r := runCLI(t, t.Context(), addr, "status", "nope")
-	if r.code != exitNotFound || !strings.Contains(r.stderr, "no job has id or name \"nope\"") || !strings.Contains(r.stderr, "job nope not found") {
+	if r.code != exitNotFound || !strings.Contains(r.stderr, `no job with id, id prefix or name "nope"`) {
 		t.Errorf("status of unknown job: code %d stderr %q", r.code, r.stderr)
 	}
 }
@@ -539,8 +556,8 @@ func TestNamesAndPsFlags(t *testing.T) {
 	if r := runCLI(t, t.Context(), env, "ps", "--state", "bogus"); r.code != exitUsage || !strings.Contains(r.stderr, "bogus") {
 		t.Fatalf("ps --state bogus: code %d stderr %q", r.code, r.stderr)
 	}
-	if r := runCLI(t, t.Context(), env, "ps", "-o", "yaml"); r.code != exitUsage {
-		t.Fatalf("ps -o yaml: code %d", r.code)
+	if r := runCLI(t, t.Context(), env, "ps", "-o", "xml"); r.code != exitUsage || !strings.Contains(r.stderr, "want table, json or yaml") {
+		t.Fatalf("ps -o xml: code %d stderr %q", r.code, r.stderr)
 	}
 
 	r = runCLI(t, t.Context(), env, "status", "tiny-lm")

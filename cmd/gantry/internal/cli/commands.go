@@ -2,12 +2,10 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
@@ -28,6 +26,10 @@ func (a *app) runCmd() *cobra.Command {
 			"shows it live until it ends. The exit status follows the job: 0 when it succeeded,\n" +
 			"its exit code when it failed, 1 otherwise. Ctrl-C detaches; the job keeps running.",
 		Args: cobra.ExactArgs(1),
+		// Specs are files: complete file names, YAML ones only.
+		ValidArgsFunction: func(*cobra.Command, []string, string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			return []cobra.Completion{"yaml", "yml"}, cobra.ShellCompDirectiveFilterFileExt
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			file, err := loadSpecFile(args[0])
 			if err != nil {
@@ -71,9 +73,10 @@ func (a *app) runCmd() *cobra.Command {
 
 func (a *app) watchCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "watch ID|NAME",
-		Short: "Follow an existing job live (exit status as for run)",
-		Args:  cobra.ExactArgs(1),
+		Use:               "watch ID|NAME",
+		Short:             "Follow an existing job live (exit status as for run)",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeJobs(false),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.client()
 			job, err := a.resolve(cmd.Context(), c, args[0], false)
@@ -86,74 +89,56 @@ func (a *app) watchCmd() *cobra.Command {
 }
 
 func (a *app) psCmd() *cobra.Command {
-	var state, output string
+	var f client.JobFilter
+	var output string
 	cmd := &cobra.Command{
 		Use:   "ps",
-		Short: "List jobs",
-		Args:  cobra.NoArgs,
+		Short: "List jobs, newest first",
+		Long: "ps lists jobs, newest first, with the step each has reached and, for a queued job,\n" +
+			"why it is not running yet. The filters are applied by the controller.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "table" && output != "json" {
-				return &exitError{code: exitUsage, err: fmt.Errorf("--output %q: want table or json", output)}
+			if err := checkOutput(output); err != nil {
+				return err
 			}
-			jobs, err := a.client().JobsIn(cmd.Context(), state)
+			if f.Limit < 0 {
+				return &exitError{code: exitUsage, err: fmt.Errorf("--limit %d: want a positive number (0: no limit)", f.Limit)}
+			}
+			jobs, err := a.client().ListJobs(cmd.Context(), f)
 			var apiErr *client.APIError
 			if errors.As(err, &apiErr) && apiErr.Status == http.StatusBadRequest {
-				return &exitError{code: exitUsage, err: fmt.Errorf("ps: %s", apiErr.Message)}
+				return &exitError{code: exitUsage, err: fmt.Errorf("ps: %s", termSafe(apiErr.Message))}
 			}
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				enc := json.NewEncoder(a.env.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(apiv1.JobList{Jobs: jobs})
+			jobs = newestFirst(jobs)
+			if output != outTable {
+				return writeData(a.env.Stdout, output, apiv1.JobList{Jobs: jobs})
 			}
 			return WriteJobsTable(a.env.Stdout, jobs, a.env.Now())
 		},
 	}
-	cmd.Flags().StringVar(&state, "state", "", "only jobs in this state (queued, assigned, running, succeeded, failed, cancelled, lost)")
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, or json (the API's job objects)")
+	cmd.Flags().StringVar(&f.State, "state", "", "only jobs in this state ("+strings.Join(jobStateNames, ", ")+")")
+	cmd.Flags().StringVar(&f.Name, "name", "", "only jobs of this name")
+	cmd.Flags().StringVar(&f.Node, "node", "", "only jobs placed on this node")
+	cmd.Flags().IntVarP(&f.Limit, "limit", "n", 0, "only the newest N jobs (0: all)")
+	addOutputFlag(cmd, &output, "the API's job objects")
+	_ = cmd.RegisterFlagCompletionFunc("state", cobra.FixedCompletions(jobStateNames, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("name", a.completeJobNames)
 	return cmd
 }
 
-// resolve turns what the user typed into a job: one with that id, or a
-// job name. A name several jobs share means the most recent of them (ids
-// sort by creation), said on stderr; with live, only jobs not yet ended
-// count, and then the name must be unique (cancelling the wrong run is
-// not undone). The job is as the controller answered just now.
-func (a *app) resolve(ctx context.Context, c *client.Client, arg string, live bool) (apiv1.Job, error) {
-	job, err := c.Job(ctx, arg)
-	if err == nil {
-		job.ID = arg // the id asked for is the one to use from here on
-		return job, nil
-	}
-	if !errors.Is(err, client.ErrNotFound) {
-		return apiv1.Job{}, err
-	}
-	notFound := err
-	jobs, err := c.Jobs(ctx)
-	if err != nil {
-		return apiv1.Job{}, err
-	}
-	var named []apiv1.Job
-	for _, j := range jobs {
-		if j.Name == arg && (!live || !terminalState(j.State)) {
-			named = append(named, j)
-		}
-	}
-	ids := make([]string, len(named))
-	for i, j := range named {
-		ids[i] = j.ID
-	}
-	switch {
-	case len(named) == 0:
-		return apiv1.Job{}, &exitError{code: exitNotFound, err: fmt.Errorf("no job has id or name %q (%v)", termSafe(arg), notFound)}
-	case len(named) > 1 && live:
-		return apiv1.Job{}, &exitError{code: exitUsage, err: fmt.Errorf("%d jobs named %q have not ended (%s): give an id", len(named), termSafe(arg), termSafe(strings.Join(ids, ", ")))}
-	case len(named) > 1:
-		fmt.Fprintf(a.env.Stderr, "%d jobs are named %q; using the most recent, %s\n", len(named), termSafe(arg), termSafe(slices.Max(ids)))
-	}
-	return slices.MaxFunc(named, func(x, y apiv1.Job) int { return strings.Compare(x.ID, y.ID) }), nil
+// jobStateNames are the states `ps --state` takes, in lifecycle order.
+var jobStateNames = []string{apiv1.StateQueued, apiv1.StateAssigned, apiv1.StateRunning,
+	apiv1.StateSucceeded, apiv1.StateFailed, apiv1.StateCancelled, apiv1.StateLost}
+
+// alreadyEnded answers a cancel of a job that has ended. It is not an
+// error (exit 0): what the user wanted, the job not running, holds, and
+// scripts that cancel "whatever is left" need not special-case it.
+func (a *app) alreadyEnded(j apiv1.Job) error {
+	_, err := fmt.Fprintf(a.env.Stdout, "job %s already %s; nothing to cancel\n", termSafe(j.ID), termSafe(j.State))
+	return err
 }
 
 func terminalState(s string) bool {
@@ -164,98 +149,182 @@ func terminalState(s string) bool {
 	return false
 }
 
-// tableCmd is a command without arguments that fetches a list from the
-// controller and writes it as a table.
-func tableCmd[T any](a *app, use, short string, fetch func(*client.Client, context.Context) (T, error),
-	write func(io.Writer, T, time.Time) error) *cobra.Command {
-	return &cobra.Command{
+// listCmd is a command without arguments that fetches a value from the
+// controller and writes it as a table (write) or, with -o, as data.
+func listCmd[T any](a *app, use, short string, fetch func(*client.Client, context.Context) (T, error),
+	write func(io.Writer, T, time.Time) error, data func(T) any) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
 		Use:   use,
 		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			list, err := fetch(a.client(), cmd.Context())
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			v, err := fetch(a.client(), cmd.Context())
 			if err != nil {
 				return err
 			}
-			return write(a.env.Stdout, list, a.env.Now())
+			if output != outTable {
+				return writeData(a.env.Stdout, output, data(v))
+			}
+			return write(a.env.Stdout, v, a.env.Now())
 		},
 	}
+	addOutputFlag(cmd, &output, "as the API answers")
+	return cmd
 }
 
 func (a *app) statusCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "status ID|NAME",
-		Short: "Show every field of a job, its final metrics and events",
-		Args:  cobra.ExactArgs(1),
+	var output string
+	cmd := &cobra.Command{
+		Use:               "status ID|NAME",
+		Short:             "Show every field of a job, its final metrics and events",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeJobs(false),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
 			c := a.client()
 			job, err := a.resolve(cmd.Context(), c, args[0], false)
 			if err != nil {
 				return err
 			}
+			if output != outTable {
+				return writeData(a.env.Stdout, output, job)
+			}
 			events, err := c.Events(cmd.Context(), job.ID)
+			if errors.Is(err, client.ErrNotFound) {
+				return errNoJob(job.ID) // gone since we read it
+			}
 			if err != nil {
 				return err
 			}
 			return WriteJobStatus(a.env.Stdout, job, events, a.env.Now())
 		},
 	}
+	addOutputFlag(cmd, &output, "the API's job object")
+	return cmd
 }
+
+// logText is `logs -o`'s default: the log's bytes as the job wrote them.
+const logText = "text"
 
 func (a *app) logsCmd() *cobra.Command {
 	var follow bool
+	var output string
 	cmd := &cobra.Command{
-		Use:   "logs ID|NAME",
-		Short: "Print a job's log (-f follows it until the job ends)",
-		Args:  cobra.ExactArgs(1),
+		Use:               "logs ID|NAME",
+		Short:             "Print a job's log (-f follows it until the job ends)",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeJobs(false),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case output != logText && output != outJSON && output != outYAML:
+				return &exitError{code: exitUsage, err: fmt.Errorf("--output %q: want text, json or yaml", output)}
+			case follow && output != logText:
+				// One object cannot be written before the log ends.
+				return &exitError{code: exitUsage, err: fmt.Errorf("--output %s cannot be followed: drop -f, or use -o text", output)}
+			}
 			c := a.client()
 			job, err := a.resolve(cmd.Context(), c, args[0], false)
 			if err != nil {
 				return err
 			}
-			err = a.copyLogs(cmd.Context(), c, job.ID, follow)
+			out := a.env.Stdout
+			var buf strings.Builder
+			if output != logText {
+				out = &buf
+			}
+			l, err := a.copyLogs(cmd.Context(), c, job.ID, follow, out)
 			if err != nil && cmd.Context().Err() != nil {
 				return &exitError{code: exitDetached}
 			}
-			return err
+			if errors.Is(err, client.ErrNotFound) {
+				return errNoJob(job.ID)
+			}
+			if err != nil {
+				return err
+			}
+			if output != logText {
+				l.Offset, l.Data = 0, buf.String()
+				if err := writeData(a.env.Stdout, output, l); err != nil {
+					return err
+				}
+			}
+			if l.Next > 0 {
+				return nil
+			}
+			if follow {
+				// Its state now, not when the follow began.
+				if job, err = c.Job(cmd.Context(), job.ID); err != nil {
+					return err
+				}
+			}
+			return a.explainNoLogs(job)
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until the job ends")
+	cmd.Flags().StringVarP(&output, "output", "o", logText, "text, json or yaml (one API log object holding the whole log)")
+	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions(
+		[]string{logText, outJSON, outYAML}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 
-// copyLogs prints the log from offset 0. Without follow it stops once
-// caught up; with follow it polls until the server says the log is
-// complete (the job is terminal and every byte stored).
-func (a *app) copyLogs(ctx context.Context, c *client.Client, id string, follow bool) error {
+// explainNoLogs says on stderr why a job has no log at all, rather than
+// printing nothing as if it had run silently. A job that ended without
+// starting (cancelled or timed out while queued) will never have one:
+// exit 1, since what was asked for does not exist. One not started yet
+// may: exit 0.
+func (a *app) explainNoLogs(j apiv1.Job) error {
+	id, state := termSafe(j.ID), termSafe(j.State)
+	switch {
+	case j.StartedAt != nil:
+		return nil // it ran and wrote nothing
+	case terminalState(j.State):
+		fmt.Fprintf(a.env.Stderr, "job %s was %s before it started; it has no logs\n", id, state)
+		return &exitError{code: exitFailure}
+	default:
+		fmt.Fprintf(a.env.Stderr, "job %s is %s and has not started; it has no logs yet (gantry logs -f %s waits for them)\n", id, state, id)
+		return nil
+	}
+}
+
+// copyLogs writes the log from offset 0 to out. Without follow it stops
+// once caught up; with follow it polls until the server says the log is
+// complete (the job is terminal and every byte stored). It returns the
+// last page, with Next the offset past every byte written.
+func (a *app) copyLogs(ctx context.Context, c *client.Client, id string, follow bool, out io.Writer) (apiv1.Logs, error) {
 	var offset uint64
 	t := time.NewTicker(a.env.PollInterval)
 	defer t.Stop()
 	for {
 		l, err := c.Logs(ctx, id, offset)
 		if err != nil {
-			return err
+			return apiv1.Logs{}, err
 		}
-		if _, err := io.WriteString(a.env.Stdout, l.Data); err != nil {
-			return fmt.Errorf("write log: %w", err)
+		if _, err := io.WriteString(out, l.Data); err != nil {
+			return apiv1.Logs{}, fmt.Errorf("write log: %w", err)
 		}
 		progressed := l.Next > offset
 		if l.Next > offset {
 			offset = l.Next
 		}
+		l.Next = offset
 		switch {
 		case l.Complete && !progressed:
-			return nil
+			return l, nil
 		case progressed:
 			// More may be waiting right away: a page may be capped.
 			continue
 		case !follow:
-			return nil
+			return l, nil
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return apiv1.Logs{}, ctx.Err()
 		case <-t.C:
 		}
 	}
@@ -263,16 +332,32 @@ func (a *app) copyLogs(ctx context.Context, c *client.Client, id string, follow 
 
 func (a *app) cancelCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "cancel ID|NAME",
-		Short: "Cancel a job gracefully (SIGTERM, then SIGKILL after its kill_grace)",
-		Args:  cobra.ExactArgs(1),
+		Use:               "cancel ID|NAME",
+		Short:             "Cancel a job gracefully (SIGTERM, then SIGKILL after its kill_grace)",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeJobs(true),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.client()
 			job, err := a.resolve(cmd.Context(), c, args[0], true)
 			if err != nil {
 				return err
 			}
-			if err := c.Cancel(cmd.Context(), job.ID); err != nil {
+			if terminalState(job.State) {
+				return a.alreadyEnded(job)
+			}
+			err = c.Cancel(cmd.Context(), job.ID)
+			var apiErr *client.APIError
+			if errors.As(err, &apiErr) && apiErr.Status == http.StatusConflict {
+				// It ended between our read and the cancel: say how.
+				if j, gerr := c.Job(cmd.Context(), job.ID); gerr == nil && terminalState(j.State) {
+					j.ID = job.ID
+					return a.alreadyEnded(j)
+				}
+			}
+			if errors.Is(err, client.ErrNotFound) {
+				return errNoJob(job.ID)
+			}
+			if err != nil {
 				return err
 			}
 			_, err = fmt.Fprintf(a.env.Stdout, "cancel requested for job %s\n", job.ID)
@@ -282,7 +367,8 @@ func (a *app) cancelCmd() *cobra.Command {
 }
 
 func (a *app) nodesCmd() *cobra.Command {
-	return tableCmd(a, "nodes", "List GPU nodes with free and total GPUs", (*client.Client).Nodes, WriteNodesTable)
+	return listCmd(a, "nodes", "List GPU nodes with free and total GPUs", (*client.Client).Nodes, WriteNodesTable,
+		func(n []apiv1.Node) any { return apiv1.NodeList{Nodes: n} })
 }
 
 func (a *app) clusterCmd() *cobra.Command {
@@ -290,17 +376,8 @@ func (a *app) clusterCmd() *cobra.Command {
 		Use:   "cluster",
 		Short: "Controller cluster commands",
 	}
-	cmd.AddCommand(&cobra.Command{
-		Use:   "status",
-		Short: "Show the Raft leader, peers, term and indexes",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := a.client().Cluster(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return WriteCluster(a.env.Stdout, cl)
-		},
-	})
+	cmd.AddCommand(listCmd(a, "status", "Show the Raft leader, peers, term and indexes", (*client.Client).Cluster,
+		func(w io.Writer, c apiv1.Cluster, _ time.Time) error { return WriteCluster(w, c) },
+		func(c apiv1.Cluster) any { return c }))
 	return cmd
 }

@@ -89,7 +89,11 @@ func Panel(p *Progress, width, height int, now time.Time) []string {
 	if height <= 0 {
 		height = defaultHeight
 	}
-	lines := []string{panelHeader(p.Job, now), panelStep(p, width)}
+	lines := []string{panelHeader(p.Job, now)}
+	if p.Job.State == apiv1.StateQueued && p.Job.Reason != "" {
+		lines = append(lines, "reason: "+p.Job.Reason)
+	}
+	lines = append(lines, panelStep(p, width))
 
 	keys := p.metricKeys()
 	gpus := jobGPUStats(p.GPU, p.Job.GPUs)

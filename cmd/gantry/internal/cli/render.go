@@ -170,6 +170,10 @@ func (p *Progress) recentKeys(n int) []string {
 // shows fewer metrics (down to two) so that the GPUs stay in view.
 func ProgressLine(p *Progress, width int, bar bool) string {
 	head := []string{cmp.Or(p.Job.State, "connecting")}
+	if p.Job.State == apiv1.StateQueued && p.Job.Reason != "" {
+		// While it waits, why is all there is to say.
+		return truncate("queued: "+p.Job.Reason, width)
+	}
 	if p.Step != nil {
 		total := int64(p.Values[keyTotalSteps])
 		if total > 0 {
@@ -345,20 +349,42 @@ func jobStep(j apiv1.Job) string {
 	return "-"
 }
 
-// WriteJobsTable writes the `gantry ps` table.
+// WriteJobsTable writes the `gantry ps` table, jobs in the order given.
+// A REASON column, last since reasons are long, says why queued jobs are
+// waiting; it is left out when no job has one, which is the common case.
 func WriteJobsTable(w io.Writer, jobs []apiv1.Job, now time.Time) error {
 	jobs = safe(jobs)
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tNODE\tGPUS\tSTEP/POINTS\tAGE")
+	reasons := slices.ContainsFunc(jobs, func(j apiv1.Job) bool { return j.Reason != "" })
+	// Buffered, so that the padding tabwriter puts before an empty last
+	// column can be trimmed.
+	var buf strings.Builder
+	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
+	head := "ID\tNAME\tSTATE\tNODE\tGPUS\tSTEP/POINTS\tAGE"
+	if reasons {
+		head += "\tREASON"
+	}
+	fmt.Fprintln(tw, head)
 	for _, j := range jobs {
 		age := "-"
 		if j.CreatedAt != nil {
 			age = FormatAge(now.Sub(*j.CreatedAt))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s/%d\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s/%d\t%s",
 			j.ID, orDash(j.Name), j.State, orDash(j.Node), joinInts(j.GPUs), jobStep(j), j.Points, age)
+		if reasons {
+			// Tabs would break the columns; a reason is one line.
+			fmt.Fprintf(tw, "\t%s", strings.Join(strings.Fields(j.Reason), " "))
+		}
+		fmt.Fprintln(tw)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	sw := &stickyWriter{w: w}
+	for line := range strings.Lines(buf.String()) {
+		fmt.Fprintln(sw, strings.TrimRight(line, " \n"))
+	}
+	return sw.err
 }
 
 // WriteNodesTable writes the `gantry nodes` table.
@@ -409,6 +435,9 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 		state += " (cancel requested)"
 	}
 	row("State", state)
+	if j.Reason != "" {
+		row("Reason", j.Reason)
+	}
 	row("Node", orDash(j.Node))
 	row("GPUs", fmt.Sprintf("%s (requested %d%s)", joinInts(j.GPUs), j.Spec.Resources.GPUs,
 		prefixed(" ", j.Spec.Resources.GPUType)))

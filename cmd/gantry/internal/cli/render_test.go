@@ -463,3 +463,38 @@ func TestLiveViewPlainPacing(t *testing.T) {
 		t.Error("plain output contains carriage returns")
 	}
 }
+
+// While a job waits in the queue, the live view says why.
+func TestLiveViewShowsQueueReason(t *testing.T) {
+	queued := apiv1.Job{ID: "j-1", Name: "big", State: apiv1.StateQueued, Reason: "waiting for 8 free GPUs; most free now: 4 on gpu-a"}
+	var p Progress
+	p.Apply(apiv1.Frame{Type: apiv1.FrameSnapshot, Job: &queued})
+	if got := ProgressLine(&p, 0, false); got != "queued: waiting for 8 free GPUs; most free now: 4 on gpu-a" {
+		t.Errorf("line = %q", got)
+	}
+	if got := ProgressLine(&p, 20, false); got != "queued: waiting fo…" {
+		t.Errorf("line at width 20 = %q", got)
+	}
+	lines := Panel(&p, 80, 24, now)
+	if len(lines) < 2 || lines[1] != "reason: waiting for 8 free GPUs; most free now: 4 on gpu-a" {
+		t.Errorf("panel = %q", lines)
+	}
+	// Once it runs, the reason is gone even if a stale one came along.
+	running := queued
+	running.State = apiv1.StateRunning
+	p.Apply(apiv1.Frame{Type: apiv1.FrameState, Job: &running})
+	if got := ProgressLine(&p, 0, false); strings.Contains(got, "waiting") {
+		t.Errorf("running line = %q", got)
+	}
+	if lines := Panel(&p, 80, 24, now); strings.Contains(strings.Join(lines, "\n"), "reason") {
+		t.Errorf("running panel = %q", lines)
+	}
+
+	// Plain output (not a terminal) prints the reason as the job waits.
+	var out strings.Builder
+	v := newLiveView(Env{Stdout: &out, Now: func() time.Time { return now }})
+	v.frame(apiv1.Frame{Type: apiv1.FrameSnapshot, Job: &queued})
+	if !strings.Contains(out.String(), "job j-1 queued\nqueued: waiting for 8 free GPUs; most free now: 4 on gpu-a\n") {
+		t.Errorf("plain live output:\n%s", out.String())
+	}
+}

@@ -67,7 +67,9 @@ func TestServerStringsAreEscaped(t *testing.T) {
 		reply(w, 200, apiv1.EventList{Events: []apiv1.Event{{Seq: 1, Kind: hostile, Message: hostile}}})
 	})
 	mux.HandleFunc("GET /v1/jobs/bad", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, 404, apiv1.Error{Error: "no job " + hostile})
+		// A 404's text is not shown (the CLI words "not found" itself);
+		// a server error's is.
+		reply(w, 500, apiv1.Error{Error: "store broke on " + hostile})
 	})
 	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, 200, apiv1.NodeList{Nodes: []apiv1.Node{{ID: hostile, Hostname: hostile, State: hostile}}})
@@ -86,8 +88,8 @@ func TestServerStringsAreEscaped(t *testing.T) {
 		noControls(t, strings.Join(args, " "), r.stdout)
 	}
 	r := runCLI(t, t.Context(), env, "status", "bad")
-	if r.code == 0 {
-		t.Fatal("status of a 404 job succeeded")
+	if r.code != exitUnavailable || !strings.Contains(r.stderr, "store broke on") {
+		t.Fatalf("status of a job the server fails on: code %d stderr %q", r.code, r.stderr)
 	}
 	noControls(t, "error", r.stderr)
 

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -44,7 +46,7 @@ func parseSpecFile(data []byte) (specFile, error) {
 		if errors.Is(err, io.EOF) {
 			return specFile{}, errors.New("spec is empty")
 		}
-		return specFile{}, err
+		return specFile{}, explainSpecError(err, reflect.TypeOf(spec))
 	}
 	// A second document would be ignored by the server; say so instead.
 	var extra any
@@ -64,6 +66,9 @@ func LoadSpec(path string) (apiv1.JobSpec, error) {
 
 func loadSpecFile(path string) (specFile, error) {
 	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return specFile{}, fmt.Errorf("spec file %s: no such file", path)
+	}
 	if err != nil {
 		return specFile{}, fmt.Errorf("read spec: %w", err)
 	}
