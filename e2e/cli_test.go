@@ -97,10 +97,13 @@ func TestCLIAddressesJobsByNameAndPrefix(t *testing.T) {
 		t.Fatalf("gantry cancel twin: %d %q", code, out)
 	}
 
-	// Pinned to a node that does not exist, a job waits in the queue;
-	// cancelled there, it never has a log.
-	waiting := submit(spec("w.yaml", "name: waiting\nrun: echo never\nnode: no-such-node\n"))
-	if code, out, errOut := gantryCLI(t, d, "ps", "--name", "waiting", "--state", "queued"); code != 0 || !strings.Contains(out, waiting) {
+	// Behind a job holding the only GPU, a job waits in the queue, with
+	// its reason in ps; cancelled there, it never has a log.
+	hog := submit(spec("h.yaml", "name: hog\nrun: sleep 300\nresources:\n  gpus: 1\n"))
+	waitState(t, d.api, hog, apiv1.StateRunning, 60*time.Second)
+	waiting := submit(spec("w.yaml", "name: waiting\nrun: echo never\nresources:\n  gpus: 1\n"))
+	if code, out, errOut := gantryCLI(t, d, "ps", "--name", "waiting", "--state", "queued"); code != 0 || !strings.Contains(out, waiting) ||
+		!strings.Contains(out, "REASON") || !strings.Contains(out, "waiting for 1 free GPU") {
 		t.Fatalf("gantry ps --name waiting --state queued: %d %q %q", code, out, errOut)
 	}
 	if code, out, errOut := gantryCLI(t, d, "cancel", "waiting"); code != 0 || out != "cancel requested for job "+waiting+"\n" {
@@ -111,11 +114,14 @@ func TestCLIAddressesJobsByNameAndPrefix(t *testing.T) {
 		errOut != "job "+waiting+" was cancelled before it started; it has no logs\n" {
 		t.Fatalf("gantry logs of a job cancelled while queued: %d %q %q", code, out, errOut)
 	}
+	if code, out, errOut := gantryCLI(t, d, "cancel", hog); code != 0 {
+		t.Fatalf("gantry cancel hog: %d %q %q", code, out, errOut)
+	}
 
 	// Newest first, and --limit keeps the newest.
 	code, out, errOut = gantryCLI(t, d, "ps", "--limit", "2")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if code != 0 || len(lines) != 3 || !strings.HasPrefix(lines[1], waiting) || !strings.HasPrefix(lines[2], second) {
+	if code != 0 || len(lines) != 3 || !strings.HasPrefix(lines[1], waiting) || !strings.HasPrefix(lines[2], hog) {
 		t.Fatalf("gantry ps --limit 2: %d\n%s%s", code, out, errOut)
 	}
 

@@ -190,6 +190,18 @@ func waitTerminal(t *testing.T, api *client.Client, id string, timeout time.Dura
 	return job
 }
 
+// waitState polls a job until it is in state and returns it.
+func waitState(t *testing.T, api *client.Client, id, state string, timeout time.Duration) apiv1.Job {
+	t.Helper()
+	var job apiv1.Job
+	waitFor(t, timeout, "job "+id+" to be "+state, func() bool {
+		var err error
+		job, err = api.Job(context.Background(), id)
+		return err == nil && job.State == state
+	})
+	return job
+}
+
 // allPoints pages through a job's stored points.
 func allPoints(t *testing.T, api *client.Client, id string) []apiv1.Point {
 	t.Helper()

@@ -58,6 +58,9 @@ const (
 
 var errRejected = errors.New("controller rejected hello")
 
+// errNoLeader is a controller's answer while no leader is known.
+var errNoLeader = errors.New("no controller leads yet")
+
 // redirectError is a follower's answer naming the leader to dial instead.
 type redirectError struct{ leader string }
 
@@ -151,6 +154,7 @@ func (l *Link) Run(ctx context.Context) error {
 	next := ""    // an address to try right away (a redirect)
 	idx := 0      // round-robin position
 	failures := 0 // consecutive attempts that never reached a session
+	waitingLeader := false
 	for {
 		addrs := l.addrs()
 		addr := next
@@ -180,7 +184,18 @@ func (l *Link) Run(ctx context.Context) error {
 			failures++
 			continue
 		}
-		l.opts.Log.Warn("controller link down", "addr", addr, "err", err)
+		if errors.Is(err, errNoLeader) {
+			// An election or a cluster starting up: said once per wait.
+			if !waitingLeader {
+				l.opts.Log.Info("waiting for the controllers to elect a leader", "addr", addr)
+			}
+			waitingLeader = true
+		} else {
+			l.opts.Log.Warn("controller link down", "addr", addr, "err", err)
+		}
+		if established {
+			waitingLeader = false
+		}
 		if established {
 			failures = 0
 			if time.Since(start) > 10*time.Second {
@@ -331,6 +346,9 @@ func (l *Link) hello(ctx context.Context, conn *quic.Conn) (*wire.Stream, bool, 
 	if !hr.Ok {
 		if hr.LeaderAddr != "" {
 			return nil, false, false, redirectError{leader: hr.LeaderAddr}
+		}
+		if hr.Error == wire.NotLeaderReason {
+			return nil, false, false, errNoLeader
 		}
 		return nil, false, false, fmt.Errorf("%w: %s", errRejected, hr.Error)
 	}

@@ -40,10 +40,9 @@ func (s *Server) serveBlobStreams(ctx context.Context, sess *Session, log *slog.
 	for {
 		qs, err := sess.conn.AcceptStream(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("accepting streams: %w", err)
+			// The session is over (the connection or ctx ended): the
+			// records stream's reader reports why.
+			return nil
 		}
 		typ, bs, err := wire.Accept(qs, 10*time.Second)
 		if err != nil {

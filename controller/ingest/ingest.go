@@ -229,11 +229,14 @@ func (s *Server) handle(ctx context.Context, conn *quic.Conn) {
 	log := s.opts.Log.With("remote", conn.RemoteAddr().String())
 	sess, hello, err := s.handshake(ctx, conn)
 	if err != nil {
-		log.Warn("agent handshake failed", "err", err)
 		code := wire.CodeProtocol
 		var nl notLeaderError
 		if errors.As(err, &nl) {
+			// A redirect, or no leader yet: routine, not a failure.
 			code = wire.CodeNotLeader
+			log.Debug("agent sent elsewhere: this controller does not lead", "err", err)
+		} else {
+			log.Warn("agent handshake failed", "err", err)
 		}
 		conn.CloseWithError(code, truncate(err.Error(), 200))
 		return
@@ -327,7 +330,7 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (*Session, *gan
 		if s.opts.LeaderAddr != nil {
 			leader = s.opts.LeaderAddr()
 		}
-		if err := reply(false, "not the leader", leader); err == nil {
+		if err := reply(false, wire.NotLeaderReason, leader); err == nil {
 			// Let the agent read the redirect before the connection
 			// closes: closing at once can drop the reply in flight.
 			select {

@@ -58,7 +58,29 @@ func toSlog(level hclog.Level) slog.Level {
 }
 
 func (a *hcAdapter) Log(level hclog.Level, msg string, args ...any) {
-	a.l.Log(context.Background(), toSlog(level), msg, args...)
+	a.l.Log(context.Background(), toSlog(level), msg, hcArgs(args)...)
+}
+
+// hcArgs renders hclog's formatted values (hclog.Fmt: a format and its
+// arguments), which raft uses for its configuration; slog would print
+// them as a raw list, "[%+v …]".
+func hcArgs(args []any) []any {
+	copied := false
+	for i, v := range args {
+		f, ok := v.(hclog.Format)
+		if !ok || len(f) == 0 {
+			continue
+		}
+		format, ok := f[0].(string)
+		if !ok {
+			continue
+		}
+		if !copied {
+			args, copied = append([]any(nil), args...), true // the caller's slice is not ours to change
+		}
+		args[i] = fmt.Sprintf(format, f[1:]...)
+	}
+	return args
 }
 func (a *hcAdapter) Trace(msg string, args ...any) { a.Log(hclog.Trace, msg, args...) }
 func (a *hcAdapter) Debug(msg string, args ...any) { a.Log(hclog.Debug, msg, args...) }

@@ -55,6 +55,11 @@ const (
 	CodeShuttingDown quic.ApplicationErrorCode = 3
 )
 
+// NotLeaderReason is HelloReply.error from a controller that does not
+// lead; with leader_addr empty it means no leader is known yet (an
+// election, or a cluster starting), which an agent waits out quietly.
+const NotLeaderReason = "not the leader"
+
 // QUICStreamCanceled is the error code of a stream one end abandons
 // (a failed archive download), as opposed to a clean close.
 const QUICStreamCanceled quic.StreamErrorCode = 1

@@ -3,8 +3,11 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -39,10 +42,14 @@ type fakeController struct {
 	// gone makes GET /v1/jobs/j-1 answer 404, as for a job deleted.
 	gone      bool
 	submitted []apiv1.JobSpec
-	cancels   int
-	jobGets   int
-	auth      []string
-	offsets   []string
+	// blobs are the code archives uploaded, by digest; maxBlob, when
+	// set, makes larger uploads answer 413 as a controller does.
+	blobs   map[string][]byte
+	maxBlob int
+	cancels int
+	jobGets int
+	auth    []string
+	offsets []string
 }
 
 func newFakeController(t *testing.T) *fakeController {
@@ -62,6 +69,30 @@ func newFakeController(t *testing.T) *fakeController {
 		fc.auth = append(fc.auth, r.Header.Get("Authorization"))
 		fc.mu.Unlock()
 	}
+	mux.HandleFunc("PUT /v1/blobs/{digest}", func(w http.ResponseWriter, r *http.Request) {
+		record(r)
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			reply(w, 400, apiv1.Error{Error: err.Error()})
+			return
+		}
+		sum := sha256.Sum256(body)
+		if d := "sha256:" + hex.EncodeToString(sum[:]); d != r.PathValue("digest") || r.Header.Get("Content-Type") != "application/gzip" {
+			reply(w, 400, apiv1.Error{Error: "digest or content type wrong"})
+			return
+		}
+		if fc.maxBlob > 0 && len(body) > fc.maxBlob {
+			reply(w, 413, apiv1.Error{Error: "code archive is too large; list what the job does not need in .gantryignore"})
+			return
+		}
+		fc.mu.Lock()
+		if fc.blobs == nil {
+			fc.blobs = map[string][]byte{}
+		}
+		fc.blobs[r.PathValue("digest")] = body
+		fc.mu.Unlock()
+		reply(w, 201, apiv1.Blob{Digest: r.PathValue("digest"), Size: int64(len(body)), Replicas: 1})
+	})
 	mux.HandleFunc("POST /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
 		record(r)
 		var spec apiv1.JobSpec

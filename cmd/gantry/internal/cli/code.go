@@ -69,6 +69,12 @@ func (a *app) shipCode(ctx context.Context, c *client.Client, dir string) (strin
 		}
 		return "", &exitError{code: exitUsage, err: errors.New(msg)}
 	}
+	if errors.As(err, &apiErr) && (apiErr.Status == http.StatusNotFound || apiErr.Status == http.StatusMethodNotAllowed ||
+		apiErr.Status == http.StatusNotImplemented) {
+		// An older controller has no /v1/blobs: not a missing job.
+		return "", &exitError{code: exitFailure, err: fmt.Errorf(
+			"this controller does not take code archives (%s); upgrade it, or put `code: none` in the spec to run code already on the host", apiErr.Message)}
+	}
 	if err != nil {
 		return "", err
 	}

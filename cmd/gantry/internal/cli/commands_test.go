@@ -58,7 +58,8 @@ type commandCase struct {
 // controller that is not there (4) and a bad command line (2). A command
 // added to the tree without a row here fails the test.
 func TestEveryCommand(t *testing.T) {
-	spec := writeSpec(t, goodSpec)
+	// Code shipping has its own test (TestRunShipsCode).
+	spec := writeSpec(t, goodSpec+"code: none\n")
 	cases := map[string]commandCase{
 		"run":            {args: []string{"run", "-d", spec}, usage: []string{"run"}},
 		"watch":          {args: []string{"watch", "early"}, code: 1, takesJob: true, usage: []string{"watch"}},
