@@ -102,6 +102,12 @@ type SubmitResponse struct {
 	ID string `json:"id"`
 }
 
+// Validation answers POST /v1/jobs/validate for a spec a submit would
+// take (any other answer is an error with its reason).
+type Validation struct {
+	OK bool `json:"ok"`
+}
+
 // Blob answers PUT /v1/blobs/{digest}: the stored code archive and how
 // many controllers hold it.
 type Blob struct {

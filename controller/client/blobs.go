@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -62,4 +63,18 @@ func (c *Client) PutBlob(ctx context.Context, digest string, f *os.File) (apiv1.
 		}
 		return out, nil
 	}
+}
+
+// ValidateSpec asks whether a submit of spec would be taken, without
+// storing anything: a 400 (an *APIError) says why not. An older
+// controller without the endpoint answers 404 or 405.
+func (c *Client) ValidateSpec(ctx context.Context, spec apiv1.JobSpec) error {
+	var v apiv1.Validation
+	if err := c.do(ctx, http.MethodPost, c.endpoint(nil, "v1", "jobs", "validate"), spec, &v); err != nil {
+		return err
+	}
+	if !v.OK {
+		return errors.New("controller did not accept the spec")
+	}
+	return nil
 }

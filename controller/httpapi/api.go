@@ -167,6 +167,7 @@ func New(opts Options) *API {
 
 	m := a.mux
 	m.HandleFunc("POST /v1/jobs", a.auth(a.jsonBody(a.forwardToLeader(a.submit))))
+	m.HandleFunc("POST /v1/jobs/validate", a.auth(a.jsonBody(a.ready(a.validateSpec))))
 	m.HandleFunc("GET /v1/jobs", a.auth(a.ready(a.consistent(a.listJobs))))
 	m.HandleFunc("GET /v1/jobs/{id}", a.auth(a.ready(a.consistent(a.getJob))))
 	m.HandleFunc("POST /v1/jobs/{id}/cancel", a.auth(a.jsonBody(a.forwardToLeader(a.cancel))))
@@ -314,29 +315,8 @@ func newJobID(now time.Time) (string, error) {
 }
 
 func (a *API) submit(w http.ResponseWriter, r *http.Request) {
-	var spec apiv1.JobSpec
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxSpecBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&spec); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("invalid job spec: %w", err))
-		return
-	}
-	// Only the end of the body may follow the spec. dec.More() is not
-	// enough: it reports false before a stray '}' or ']'.
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		writeError(w, http.StatusBadRequest, errors.New("invalid job spec: trailing data after the JSON object"))
-		return
-	}
-	if err := spec.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("invalid job spec: %w", err))
-		return
-	}
-	if err := a.checkFit(spec); err != nil {
-		if errors.Is(err, scheduler.ErrNeverFits) {
-			writeError(w, http.StatusBadRequest, err)
-			return
-		}
-		a.writeReadError(w, r, err)
+	spec, ok := a.admitSpec(w, r)
+	if !ok {
 		return
 	}
 	if status, err := a.checkCodeArchive(r.Context(), spec.CodeArchive); err != nil {
@@ -409,6 +389,48 @@ func jobView(tx *store.Tx, j *gantrypb.Job) (apiv1.Job, error) {
 	}
 	out.Reason = f.Reason(j.Id)
 	return out, nil
+}
+
+// validateSpec answers POST /v1/jobs/validate: what a submit of the spec
+// would answer, short of storing anything (its code archive aside,
+// which is uploaded after this check). The CLI asks it before uploading
+// code, so a job no node can run is refused before megabytes travel.
+func (a *API) validateSpec(w http.ResponseWriter, r *http.Request) {
+	if _, ok := a.admitSpec(w, r); ok {
+		writeJSON(w, http.StatusOK, apiv1.Validation{OK: true})
+	}
+}
+
+// admitSpec decodes a submitted spec and checks it as a submit does:
+// its fields, and that some registered node could ever run it. On
+// failure it has answered the request.
+func (a *API) admitSpec(w http.ResponseWriter, r *http.Request) (apiv1.JobSpec, bool) {
+	var spec apiv1.JobSpec
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxSpecBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&spec); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("invalid job spec: %w", err))
+		return spec, false
+	}
+	// Only the end of the body may follow the spec. dec.More() is not
+	// enough: it reports false before a stray '}' or ']'.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		writeError(w, http.StatusBadRequest, errors.New("invalid job spec: trailing data after the JSON object"))
+		return spec, false
+	}
+	if err := spec.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("invalid job spec: %w", err))
+		return spec, false
+	}
+	if err := a.checkFit(spec); err != nil {
+		if errors.Is(err, scheduler.ErrNeverFits) {
+			writeError(w, http.StatusBadRequest, err)
+			return spec, false
+		}
+		a.writeReadError(w, r, err)
+		return spec, false
+	}
+	return spec, true
 }
 
 // jobStates are the values ?state= may take.

@@ -93,6 +93,14 @@ func newFakeController(t *testing.T) *fakeController {
 		fc.mu.Unlock()
 		reply(w, 201, apiv1.Blob{Digest: r.PathValue("digest"), Size: int64(len(body)), Replicas: 1})
 	})
+	mux.HandleFunc("POST /v1/jobs/validate", func(w http.ResponseWriter, r *http.Request) {
+		record(r)
+		if fc.rejectSpec != "" {
+			reply(w, 400, apiv1.Error{Error: fc.rejectSpec})
+			return
+		}
+		reply(w, 200, apiv1.Validation{OK: true})
+	})
 	mux.HandleFunc("POST /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
 		record(r)
 		var spec apiv1.JobSpec

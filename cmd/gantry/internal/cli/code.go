@@ -58,8 +58,12 @@ func (a *app) shipCode(ctx context.Context, c *client.Client, dir string) (strin
 	if err != nil {
 		return "", err
 	}
+	shown := dir
+	if abs, err := filepath.Abs(dir); err == nil {
+		shown = abs // "." says nothing in a scrollback
+	}
 	fmt.Fprintf(a.env.Stderr, "uploading code from %s: %d files, %s (%s compressed)\n",
-		termSafe(dir), st.Files, codearchive.HumanBytes(st.Bytes), codearchive.HumanBytes(size))
+		termSafe(shown), st.Files, codearchive.HumanBytes(st.Bytes), codearchive.HumanBytes(size))
 	_, err = c.PutBlob(ctx, digest, tmp)
 	var apiErr *client.APIError
 	if errors.As(err, &apiErr) && apiErr.Status == http.StatusRequestEntityTooLarge {

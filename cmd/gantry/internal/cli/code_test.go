@@ -99,6 +99,19 @@ func TestRunShipsCode(t *testing.T) {
 		})
 	}
 
+	t.Run("refused before the upload", func(t *testing.T) {
+		fc := newFakeController(t)
+		fc.rejectSpec = "the job can never be placed: no node has 8 GPUs"
+		dir := project(t, "run: python train.py\nresources:\n  gpus: 8\n")
+		r := runCLI(t, context.Background(), map[string]string{EnvAddr: fc.srv.URL}, "run", "-d", filepath.Join(dir, "job.yaml"))
+		if r.code != exitUsage || !strings.Contains(r.stderr, "no node has 8 GPUs") || strings.Contains(r.stderr, "uploading") {
+			t.Fatalf("exit %d, stderr %q; want %d and the reason, before any upload", r.code, r.stderr, exitUsage)
+		}
+		if len(fc.blobs) != 0 || len(fc.submitted) != 0 {
+			t.Fatalf("%d uploads and %d submits for a spec the controller refuses", len(fc.blobs), len(fc.submitted))
+		}
+	})
+
 	t.Run("too large", func(t *testing.T) {
 		fc := newFakeController(t)
 		fc.maxBlob = 10

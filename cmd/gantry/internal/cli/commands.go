@@ -40,15 +40,33 @@ func (a *app) runCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: fmt.Errorf("spec %s: %w", args[0], err)}
 			}
 			c := a.client()
+			rejected := func(err error) error {
+				var apiErr *client.APIError
+				if errors.As(err, &apiErr) && apiErr.Status == http.StatusBadRequest {
+					return &exitError{code: exitUsage, err: fmt.Errorf("controller rejected spec %s: %s", args[0], apiErr.Message)}
+				}
+				return nil
+			}
 			if dir := codeDir(args[0], file); dir != "" {
+				// Ask first whether the job could run at all, so a spec
+				// no node fits is explained before the code travels.
+				// (An older controller has no such check: 404 or 405.)
+				if err := c.ValidateSpec(cmd.Context(), spec); err != nil {
+					var apiErr *client.APIError
+					if r := rejected(err); r != nil {
+						return r
+					}
+					if !errors.As(err, &apiErr) || (apiErr.Status != http.StatusNotFound && apiErr.Status != http.StatusMethodNotAllowed) {
+						return err
+					}
+				}
 				if spec.CodeArchive, err = a.shipCode(cmd.Context(), c, dir); err != nil {
 					return err
 				}
 			}
 			id, err := c.Submit(cmd.Context(), spec)
-			var apiErr *client.APIError
-			if errors.As(err, &apiErr) && apiErr.Status == http.StatusBadRequest {
-				return &exitError{code: exitUsage, err: fmt.Errorf("controller rejected spec %s: %s", args[0], apiErr.Message)}
+			if r := rejected(err); r != nil {
+				return r
 			}
 			if err != nil {
 				return err
