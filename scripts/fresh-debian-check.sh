@@ -49,6 +49,10 @@ mkdir -p "$root/etc/apt/sources.list.d"
 cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/" 2>/dev/null ||
   cp /etc/apt/sources.list "$root/etc/apt/sources.list"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# Local CAs the host trusts (a proxy on the way to the Go module proxy,
+# say) are part of the network the machine sits on, not of Gantry.
+mkdir -p "$root/usr/local/share/ca-certificates"
+cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
 rm -rf "$root/usr/local/go"
 cp -a "$goroot" "$root/usr/local/go"
 rm -rf "$root/root/gantry"
@@ -73,6 +77,7 @@ chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
     echo "==> the README prerequisites: make, gcc, git, python3"
     t=$(date +%s)
     apt-get update -qq && apt-get install -y -qq make gcc libc6-dev git python3 ca-certificates >/dev/null
+    update-ca-certificates >/dev/null
     echo "    $(( $(date +%s) - t ))s"
     cd /root/gantry
     echo "==> make demo"
