@@ -240,3 +240,36 @@ func TestUnpackChownsToTheJobUser(t *testing.T) {
 		}
 	}
 }
+
+// TestUnpackSizeOverflowIsNoBombBypass: an entry claiming a size near the
+// int64 maximum made the running total wrap negative and pass the limit,
+// so a gzip bomb behind it was written out in full.
+func TestUnpackSizeOverflowIsNoBombBypass(t *testing.T) {
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	if err := tw.WriteHeader(&tar.Header{Name: "a", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: "bomb", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1<<63 - 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	// The tar stream ends short of its claim: only the bytes sent exist.
+	if err := gz.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	lim := Limits{MaxBytes: 1000, MaxEntries: 10}
+	if _, err := Unpack(bytes.NewReader(buf.Bytes()), dst, lim, Owner{Uid: -1}); !errors.Is(err, ErrUnsafe) {
+		t.Errorf("Unpack = %v, want ErrUnsafe", err)
+	}
+	if fi, err := os.Stat(filepath.Join(dst, "bomb")); err == nil && fi.Size() > lim.MaxBytes {
+		t.Fatalf("wrote %d bytes past a limit of %d", fi.Size(), lim.MaxBytes)
+	}
+}

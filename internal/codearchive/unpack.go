@@ -92,7 +92,9 @@ func UnpackIn(r io.Reader, root *os.Root, lim Limits, owner Owner) (Unpacked, er
 			}
 			u.Dirs++
 		case tar.TypeReg:
-			if hdr.Size < 0 || u.Bytes+hdr.Size > lim.MaxBytes {
+			// Compared without adding: a claimed size near the int64
+			// maximum would wrap the sum negative and pass.
+			if hdr.Size < 0 || hdr.Size > lim.MaxBytes-u.Bytes {
 				return u, fmt.Errorf("%w: it expands to more than %d bytes", ErrUnsafe, lim.MaxBytes)
 			}
 			if err := mkdirs(root, path.Dir(name), owner); err != nil {
