@@ -73,7 +73,10 @@ func (p *Peers) Replicate(ctx context.Context, digest, auth string) (have, need 
 		}
 		addr, ok := addrs[id]
 		if !ok {
+			// Pushes started earlier report under mu meanwhile.
+			mu.Lock()
 			errs = append(errs, fmt.Errorf("%s: no HTTP address known", id))
+			mu.Unlock()
 			continue
 		}
 		wg.Add(1)
