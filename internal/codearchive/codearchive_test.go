@@ -273,3 +273,28 @@ func TestUnpackSizeOverflowIsNoBombBypass(t *testing.T) {
 		t.Fatalf("wrote %d bytes past a limit of %d", fi.Size(), lim.MaxBytes)
 	}
 }
+
+// TestPackThroughSymlinkedDir: a code directory reached through a symlink
+// (gantry run proj/job.yaml with proj a link) was walked as the link
+// itself, not a directory, and packed empty without a word.
+func TestPackThroughSymlinkedDir(t *testing.T) {
+	real := t.TempDir()
+	write(t, real, map[string]string{"train.py": "print(1)", "pkg/mod.py": "x = 1", ".gitignore": "*.log\n", "out.log": "x"})
+	link := filepath.Join(t.TempDir(), "proj")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	st, err := Pack(link, &buf, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	if _, err := Unpack(bytes.NewReader(buf.Bytes()), dst, DefaultLimits, Owner{Uid: -1}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"d pkg", "f .gitignore", "f pkg/mod.py", "f train.py"}
+	if got := tree(t, dst); st.Files != 3 || !slices.Equal(got, want) {
+		t.Fatalf("packed %d files:\n%s\nwant:\n%s", st.Files, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

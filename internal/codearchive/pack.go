@@ -68,6 +68,11 @@ func Pack(dir string, w io.Writer, maxInput int64) (Stats, error) {
 	if !fi.IsDir() {
 		return st, fmt.Errorf("code directory %s is not a directory", dir)
 	}
+	// WalkDir does not follow a symlink, not even the root: a directory
+	// reached through one would be packed empty.
+	if dir, err = filepath.EvalSymlinks(dir); err != nil {
+		return st, fmt.Errorf("code directory: %w", err)
+	}
 	gz, _ := gzip.NewWriterLevel(w, gzip.BestSpeed) // a valid level never errors
 	tw := tar.NewWriter(gz)
 	var patterns []gitignore.Pattern
