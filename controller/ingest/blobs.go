@@ -23,7 +23,8 @@ type Blobs interface {
 }
 
 const (
-	// maxBlobStreams bounds one agent's concurrent archive downloads.
+	// maxBlobStreams bounds one agent's concurrent archive downloads;
+	// more wait.
 	maxBlobStreams = 4
 	// blobChunkBytes is the payload of one BlobChunk.
 	blobChunkBytes = 256 << 10
@@ -51,12 +52,13 @@ func (s *Server) serveBlobStreams(ctx context.Context, sess *Session, log *slog.
 		if typ != wire.StreamBlob {
 			return fmt.Errorf("stream of type %d after the records stream; only blob streams may follow", typ)
 		}
+		// Past the limit a download waits its turn: an answer would be
+		// a refusal, which the agent does not retry and fails the job on.
+		// The QUIC stream limit bounds how many wait.
 		select {
 		case sem <- struct{}{}:
-		default:
-			_ = bs.Write(&gantrypb.BlobReply{Error: fmt.Sprintf("more than %d downloads at once; retry", maxBlobStreams)})
-			_ = bs.Close()
-			continue
+		case <-ctx.Done():
+			return nil
 		}
 		go func() {
 			defer func() { <-sem }()
