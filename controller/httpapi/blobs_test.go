@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/controller/server"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
@@ -115,5 +116,41 @@ func TestBlobUploadErrors(t *testing.T) {
 	}
 	if status, body := submit(sha(good)); status != http.StatusCreated {
 		t.Errorf("submit naming an uploaded archive: %d %s", status, body)
+	}
+}
+
+// TestBlobUploadOnFullDiskIs507: archives are stored beside the Raft log,
+// and the upload ignored -min-free-disk: uploads (pushed to a majority)
+// could eat the space the log needs and stop writes on every voter. An
+// upload that would leave less than the minimum free is refused with 507.
+func TestBlobUploadOnFullDiskIs507(t *testing.T) {
+	ctrl, _, err := tlsutil.EnsureDev(t.TempDir(), "agent1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.Start(server.Config{
+		NodeID: "c1", DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", QUICAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0",
+		Bootstrap: true, Fast: true, TLS: ctrl, Log: logging.Discard(),
+		// More free space than any disk has.
+		Disk: cluster.DiskConfig{MinFree: 1 << 62, Interval: 10 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	if err := srv.WaitLeader(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	good := []byte("small archive")
+	req, _ := http.NewRequest(http.MethodPut, "http://"+srv.HTTPAddr()+"/v1/blobs/"+sha(good), bytes.NewReader(good))
+	req.Header.Set("Content-Type", "application/gzip")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusInsufficientStorage {
+		t.Fatalf("upload on a full disk: %d %s, want 507", resp.StatusCode, b)
 	}
 }
