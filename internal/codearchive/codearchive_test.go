@@ -298,3 +298,72 @@ func TestPackThroughSymlinkedDir(t *testing.T) {
 		t.Fatalf("packed %d files:\n%s\nwant:\n%s", st.Files, strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// midway calls f once, when half of r has been read.
+type midway struct {
+	r    *bytes.Reader
+	half int64
+	f    func()
+}
+
+func (m *midway) Read(p []byte) (int, error) {
+	if m.f != nil && m.r.Size()-int64(m.r.Len()) >= m.half {
+		m.f()
+		m.f = nil
+	}
+	if len(p) > 4096 {
+		p = p[:4096]
+	}
+	return m.r.Read(p)
+}
+
+// TestUnpackHandsEntriesOverOnlyWhenDone: directories were handed to the
+// job's user as they were made, while the agent (root) went on creating
+// and chowning entries in them by name. Another job of the same user
+// could swap such an entry (for a hard link to a file it does not own)
+// between the create and the chown, and have root give it that file.
+// Nothing may belong to the job's user before unpacking is over.
+func TestUnpackHandsEntriesOverOnlyWhenDone(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to hand files to another user")
+	}
+	noise := make([]byte, 1<<20)
+	for i := range noise {
+		noise[i] = byte(i*7919 + i>>8*31 + i>>16)
+	}
+	data := archive(t,
+		entry{hdr: tar.Header{Name: "pkg/", Typeflag: tar.TypeDir, Mode: 0o755}},
+		reg("pkg/big.bin", string(noise)),
+		reg("pkg/after.py", "x"),
+	)
+	dst := t.TempDir()
+	checked := false
+	m := &midway{r: bytes.NewReader(data), half: int64(len(data) / 2), f: func() {
+		checked = true
+		for _, name := range []string{"pkg", "pkg/big.bin"} {
+			fi, err := os.Lstat(filepath.Join(dst, name))
+			if err != nil {
+				t.Errorf("%s not made by half way: %v", name, err)
+				continue
+			}
+			if uid := fileUID(fi); uid == 65534 {
+				t.Errorf("%s belongs to the job's user while unpacking goes on", name)
+			}
+		}
+	}}
+	if _, err := Unpack(m, dst, DefaultLimits, Owner{Uid: 65534, Gid: 65534}); err != nil {
+		t.Fatal(err)
+	}
+	if !checked {
+		t.Fatal("the reader never got half way")
+	}
+	for _, name := range []string{"pkg", "pkg/big.bin", "pkg/after.py"} {
+		fi, err := os.Lstat(filepath.Join(dst, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uid := fileUID(fi); uid != 65534 {
+			t.Errorf("%s is owned by uid %d once unpacked, want 65534", name, uid)
+		}
+	}
+}
