@@ -367,3 +367,43 @@ func TestUnpackHandsEntriesOverOnlyWhenDone(t *testing.T) {
 		}
 	}
 }
+
+// TestPackIgnoreNegationMatchesGit: go-git's matcher reports a pattern as
+// matching a path when it matches any parent directory, so a negation
+// meant for directories ("!*/", "!src/*") re-included every file below
+// them: the common "ship only *.py" idiom shipped everything in
+// subdirectories. Its "**" did not match as git's does either. What is
+// packed is what `git ls-files --others --exclude-standard` lists.
+func TestPackIgnoreNegationMatchesGit(t *testing.T) {
+	src := t.TempDir()
+	files := map[string]string{
+		".gitignore":     "*\n!*/\n!*.py\ndata/**\n!data/x/\n!data/x/*.py\n!src/*\n!a/**/b/c\n!tr   \n!esc\\ \n",
+		"src/.gitignore": "!keep.txt\n",
+	}
+	for _, f := range []string{"a.py", "b.txt", "src/c.py", "src/d.txt", "src/keep.txt", "src/m/e.py", "src/x/f.txt",
+		"deep/a/b/f.py", "data/x/g.py", "data/h.csv", "a/b/x/b/c", "tr ", "esc "} {
+		files[f] = "x"
+	}
+	write(t, src, files)
+	var buf bytes.Buffer
+	if _, err := Pack(src, &buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	if _, err := Unpack(bytes.NewReader(buf.Bytes()), dst, DefaultLimits, Owner{Uid: -1}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range tree(t, dst) {
+		if f, ok := strings.CutPrefix(e, "f "); ok {
+			got = append(got, f)
+		}
+	}
+	// git 2.x on the same tree.
+	want := []string{"a.py", "a/b/x/b/c", "data/x/g.py", "deep/a/b/f.py", "esc ", "src/.gitignore", "src/c.py",
+		"src/d.txt", "src/keep.txt", "src/m/e.py"}
+	sort.Strings(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("packed:\n%s\nwant (as git):\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
