@@ -3,6 +3,8 @@ package ingest_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"testing"
@@ -75,5 +77,48 @@ func TestBlobDownloadsPastTheLimitWait(t *testing.T) {
 	close(errs)
 	for e := range errs {
 		t.Error(e)
+	}
+}
+
+// failingBlobs fails every request with err.
+type failingBlobs struct{ err error }
+
+func (b failingBlobs) OpenBlob(ctx context.Context, node, jobID, digest string) (io.ReadCloser, int64, error) {
+	return nil, 0, b.err
+}
+
+// TestBlobUnavailableIsNoRefusal: every failure to open an archive was
+// answered as a refusal, which the agent never retries: a leader that
+// could not reach the peer holding the archive for a moment (just after a
+// failover) failed the job for good. An archive that is only unavailable
+// ends the stream with an error, which the agent retries.
+func TestBlobUnavailableIsNoRefusal(t *testing.T) {
+	for _, tt := range []struct {
+		err     error
+		refusal bool
+	}{
+		{errors.New("no live job of this node"), true},
+		{fmt.Errorf("%w: peers unreachable", ingest.ErrBlobUnavailable), false},
+	} {
+		e := newEnvWith(t, nil, nil, func(o *ingest.Options) { o.Blobs = failingBlobs{err: tt.err} })
+		a := e.connect("agent1")
+		a.records(t)
+		qs, err := a.conn.OpenStreamSync(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		bs, err := wire.Open(qs, wire.StreamBlob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := bs.Write(&gantrypb.BlobRequest{JobId: "j", Digest: "d"}); err != nil {
+			t.Fatal(err)
+		}
+		_ = bs.Close()
+		var reply gantrypb.BlobReply
+		err = bs.Read(&reply, 10*time.Second)
+		if got := err == nil && !reply.Ok; got != tt.refusal {
+			t.Errorf("%v: reply %v, read error %v; want a refusal: %v", tt.err, &reply, err, tt.refusal)
+		}
 	}
 }

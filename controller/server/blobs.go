@@ -11,6 +11,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/blobpeers"
 	"github.com/gantry-ml/gantry/controller/blobstore"
 	"github.com/gantry-ml/gantry/controller/cluster"
+	"github.com/gantry-ml/gantry/controller/ingest"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -85,6 +86,9 @@ func (b blobSource) OpenBlob(ctx context.Context, node, jobID, digest string) (i
 		return nil, 0, fmt.Errorf("job %s does not use code archive %s", jobID, digest)
 	}
 	f, size, err := b.blobs.OpenLocal(ctx, digest)
+	if err != nil && !errors.Is(err, blobstore.ErrNotFound) {
+		err = fmt.Errorf("%w: %w", ingest.ErrBlobUnavailable, err)
+	}
 	if err != nil {
 		return nil, 0, err
 	}
