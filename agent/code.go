@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/gantry-ml/gantry/agent/link"
@@ -84,8 +85,14 @@ func (j *job) fetchCode(ctx context.Context, fetch blobFetcher, dir, digest stri
 	owner := codearchive.Owner{Uid: -1}
 	if u := j.a.jobUser; u != nil && os.Geteuid() == 0 {
 		owner = codearchive.Owner{Uid: int(u.UID), Gid: int(u.GID)}
-		if err := root.Lchown(CodeDirName, owner.Uid, owner.Gid); err != nil {
+		// The job's user may have put a directory of its own in place of
+		// the one just made: unpack only into the agent's.
+		fi, err := code.Stat(".")
+		if err != nil {
 			return "", "", err
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Uid != 0 {
+			return "", "", errors.New("the code directory was replaced while it was being made")
 		}
 	}
 	f, err := os.Open(tmpPath)
@@ -94,6 +101,14 @@ func (j *job) fetchCode(ctx context.Context, fetch blobFetcher, dir, digest stri
 	}
 	defer f.Close()
 	u, err := codearchive.UnpackIn(f, code, codearchive.DefaultLimits, owner)
+	// The code directory stays the agent's until everything in it is
+	// made and handed over (see UnpackIn); it is chowned through its own
+	// handle, whatever its name in the job's directory now points to.
+	if owner.Uid >= 0 {
+		if cerr := code.Lchown(".", owner.Uid, owner.Gid); err == nil {
+			err = cerr
+		}
+	}
 	if err != nil {
 		return "", "", err
 	}

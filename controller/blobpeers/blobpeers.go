@@ -73,7 +73,10 @@ func (p *Peers) Replicate(ctx context.Context, digest, auth string) (have, need 
 		}
 		addr, ok := addrs[id]
 		if !ok {
+			// Pushes started earlier report under mu meanwhile.
+			mu.Lock()
 			errs = append(errs, fmt.Errorf("%s: no HTTP address known", id))
+			mu.Unlock()
 			continue
 		}
 		wg.Add(1)
@@ -139,7 +142,9 @@ func (p *Peers) header(req *http.Request, auth string) {
 }
 
 // Ensure makes digest available here, pulling it from a peer when this
-// controller lacks it; ErrNotFound means no reachable voter holds it.
+// controller lacks it; ErrNotFound means enough voters answered that they
+// lack it that it cannot be on a majority (while those that could not be
+// asked may hold it, the error is another).
 func (p *Peers) Ensure(ctx context.Context, digest string) error {
 	if _, ok := p.Has(digest); ok {
 		p.Touch(digest)
@@ -151,19 +156,38 @@ func (p *Peers) Ensure(ctx context.Context, digest string) error {
 	}
 	addrs := p.Addrs()
 	var errs []error
+	// Voters known to lack it, this one included if it is a voter: an
+	// uploaded blob is on a majority, so once more than the minority
+	// lack it, it was never uploaded (or is lost). Voters that could not
+	// be asked may hold it.
+	lacking := 0
 	for _, id := range voters {
+		if id == p.Self {
+			lacking++
+			continue
+		}
 		addr, ok := addrs[id]
-		if id == p.Self || !ok {
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s: no HTTP address known", id))
 			continue
 		}
 		err := p.pull(ctx, addr, digest)
 		if err == nil {
 			return nil
 		}
+		if errors.Is(err, errPeerMissing) {
+			lacking++
+		}
 		errs = append(errs, fmt.Errorf("%s: %w", id, err))
+	}
+	if lacking < len(voters)-(len(voters)/2+1)+1 {
+		return fmt.Errorf("%s could not be fetched from the other controllers, and those not reached may hold it (%v)", digest, errors.Join(errs...))
 	}
 	return fmt.Errorf("%w: %s is on no reachable controller (%v)", blobstore.ErrNotFound, digest, errors.Join(errs...))
 }
+
+// errPeerMissing is a peer's answer that it does not hold a blob.
+var errPeerMissing = errors.New("not held there")
 
 func (p *Peers) pull(ctx context.Context, addr, digest string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.Scheme+"://"+addr+"/v1/blobs/"+digest, nil)
@@ -180,6 +204,9 @@ func (p *Peers) pull(ctx context.Context, addr, digest string) error {
 		return err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return fmt.Errorf("%w: %s", errPeerMissing, answer(resp))
+	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%s", answer(resp))
 	}

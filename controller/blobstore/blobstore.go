@@ -19,6 +19,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
@@ -42,6 +44,36 @@ var (
 type Store struct {
 	dir      string
 	maxBytes int64
+	// minFree is the space Put leaves free on dir's file system (the
+	// Raft log's, beside it); 0 turns the check off.
+	minFree uint64
+	// reserved is the room taken by Puts in flight (maxBytes each).
+	reserved atomic.Int64
+}
+
+// SetMinFree makes Put refuse, with an error wrapping syscall.ENOSPC,
+// a blob that could leave less than n bytes free (0: no check). Call it
+// before the store is shared.
+func (s *Store) SetMinFree(n uint64) { s.minFree = n }
+
+// reserve takes room for one Put; release gives it back.
+func (s *Store) reserve() (release func(), err error) {
+	if s.minFree == 0 {
+		return func() {}, nil
+	}
+	taken := s.reserved.Add(s.maxBytes)
+	release = func() { s.reserved.Add(-s.maxBytes) }
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(s.dir, &st); err != nil {
+		release()
+		return nil, fmt.Errorf("blobstore: %w", err)
+	}
+	if free := st.Bavail * uint64(st.Bsize); free < s.minFree+uint64(taken) {
+		release()
+		return nil, fmt.Errorf("blobstore: %w: %d bytes free, and %d must stay free besides the blobs being stored",
+			syscall.ENOSPC, free, s.minFree)
+	}
+	return release, nil
 }
 
 // Open returns the store in dir (created 0700: code is private to the
@@ -100,6 +132,11 @@ func (s *Store) Put(digest string, r io.Reader) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	release, err := s.reserve()
+	if err != nil {
+		return 0, err
+	}
+	defer release()
 	tmp, err := os.CreateTemp(s.dir, ".tmp-")
 	if err != nil {
 		return 0, fmt.Errorf("blobstore: %w", err)

@@ -61,7 +61,16 @@ func (a *API) putBlob(w http.ResponseWriter, r *http.Request) {
 		tooLarge(humanBytes(r.ContentLength))
 		return
 	}
-	size, err := b.Put(digest, http.MaxBytesReader(w, r.Body, b.MaxBytes()+1))
+	// The server's timeouts are sized for a JSON body: an archive may take
+	// minutes on a slow uplink. It is cut once it stalls for ReadTimeout,
+	// and the answer gets the time replication takes.
+	lim := a.opts.Limits.withDefaults()
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(lim.ReadTimeout)) // unsupported: the server's own deadline stays
+	_ = rc.SetWriteDeadline(time.Time{})
+	body := &stallDeadline{r: http.MaxBytesReader(w, r.Body, b.MaxBytes()+1), rc: rc, idle: lim.ReadTimeout}
+	size, err := b.Put(digest, body)
+	_ = rc.SetWriteDeadline(time.Now().Add(blobTimeout + lim.WriteTimeout))
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.Is(err, blobstore.ErrTooLarge) || errors.As(err, &mbe):
@@ -95,6 +104,22 @@ func (a *API) putBlob(w http.ResponseWriter, r *http.Request) {
 		a.opts.Log.Warn("code archive not on every controller", "digest", digest, "have", have, "err", err)
 	}
 	writeJSON(w, http.StatusCreated, apiv1.Blob{Digest: digest, Size: size, Replicas: have})
+}
+
+// stallDeadline moves the connection's read deadline idle past every
+// read that brings bytes, so that only a stalled upload times out.
+type stallDeadline struct {
+	r    io.Reader
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (s *stallDeadline) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if n > 0 {
+		_ = s.rc.SetReadDeadline(time.Now().Add(s.idle))
+	}
+	return n, err
 }
 
 // getBlob serves GET and HEAD /v1/blobs/{digest} from this controller's

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/controller/cluster"
+	"github.com/gantry-ml/gantry/controller/httpapi"
 	"github.com/gantry-ml/gantry/controller/server"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
@@ -115,5 +117,97 @@ func TestBlobUploadErrors(t *testing.T) {
 	}
 	if status, body := submit(sha(good)); status != http.StatusCreated {
 		t.Errorf("submit naming an uploaded archive: %d %s", status, body)
+	}
+}
+
+// TestBlobUploadOnFullDiskIs507: archives are stored beside the Raft log,
+// and the upload ignored -min-free-disk: uploads (pushed to a majority)
+// could eat the space the log needs and stop writes on every voter. An
+// upload that would leave less than the minimum free is refused with 507.
+func TestBlobUploadOnFullDiskIs507(t *testing.T) {
+	ctrl, _, err := tlsutil.EnsureDev(t.TempDir(), "agent1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.Start(server.Config{
+		NodeID: "c1", DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", QUICAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0",
+		Bootstrap: true, Fast: true, TLS: ctrl, Log: logging.Discard(),
+		// More free space than any disk has.
+		Disk: cluster.DiskConfig{MinFree: 1 << 62, Interval: 10 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	if err := srv.WaitLeader(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	good := []byte("small archive")
+	req, _ := http.NewRequest(http.MethodPut, "http://"+srv.HTTPAddr()+"/v1/blobs/"+sha(good), bytes.NewReader(good))
+	req.Header.Set("Content-Type", "application/gzip")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusInsufficientStorage {
+		t.Fatalf("upload on a full disk: %d %s, want 507", resp.StatusCode, b)
+	}
+}
+
+// TestBlobSlowUploadIsNotCut: the server's ReadTimeout (30 s, meant for a
+// 1 MiB spec) bounded the whole upload and WriteTimeout (60 s) its answer,
+// so a 64 MiB archive failed on any uplink under about 18 Mbit/s. An
+// upload that keeps moving is taken however long it takes; one that
+// stalls for ReadTimeout is still cut.
+func TestBlobSlowUploadIsNotCut(t *testing.T) {
+	ctrl, _, err := tlsutil.EnsureDev(t.TempDir(), "agent1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.Start(server.Config{
+		NodeID: "c1", DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", QUICAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0",
+		Bootstrap: true, Fast: true, TLS: ctrl, Log: logging.Discard(),
+		HTTPLimits: httpapi.Limits{ReadTimeout: 400 * time.Millisecond, WriteTimeout: 400 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	if err := srv.WaitLeader(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("code"), 1000)
+	upload := func(pause time.Duration, chunks int) (int, string, error) {
+		pr, pw := io.Pipe()
+		go func() {
+			step := len(data) / chunks
+			for i := 0; i < len(data); i += step {
+				time.Sleep(pause)
+				if _, err := pw.Write(data[i:min(i+step, len(data))]); err != nil {
+					return
+				}
+			}
+			pw.Close()
+		}()
+		req, _ := http.NewRequest(http.MethodPut, "http://"+srv.HTTPAddr()+"/v1/blobs/"+sha(data), pr)
+		req.ContentLength = int64(len(data))
+		req.Header.Set("Content-Type", "application/gzip")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	// About 1.2 s in all, never 400 ms without a byte.
+	if status, body, err := upload(150*time.Millisecond, 8); err != nil || status != http.StatusCreated {
+		t.Fatalf("slow but steady upload: %d %s %v, want 201", status, body, err)
+	}
+	// A stalled upload is still cut.
+	if status, _, err := upload(time.Second, 2); err == nil && status == http.StatusCreated {
+		t.Fatal("an upload stalled past ReadTimeout was taken")
 	}
 }

@@ -14,6 +14,11 @@ import (
 	"github.com/gantry-ml/gantry/proto/wire"
 )
 
+// ErrBlobUnavailable wraps an OpenBlob error that says nothing about the
+// request, such as peers that could not be reached: the stream ends with
+// an error, which the agent retries, not with a refusal, which it does not.
+var ErrBlobUnavailable = errors.New("code archive unavailable for now")
+
 // Blobs serves code archives to agents.
 type Blobs interface {
 	// OpenBlob opens digest for node, which is allowed only while node
@@ -23,7 +28,8 @@ type Blobs interface {
 }
 
 const (
-	// maxBlobStreams bounds one agent's concurrent archive downloads.
+	// maxBlobStreams bounds one agent's concurrent archive downloads;
+	// more wait.
 	maxBlobStreams = 4
 	// blobChunkBytes is the payload of one BlobChunk.
 	blobChunkBytes = 256 << 10
@@ -51,12 +57,13 @@ func (s *Server) serveBlobStreams(ctx context.Context, sess *Session, log *slog.
 		if typ != wire.StreamBlob {
 			return fmt.Errorf("stream of type %d after the records stream; only blob streams may follow", typ)
 		}
+		// Past the limit a download waits its turn: an answer would be
+		// a refusal, which the agent does not retry and fails the job on.
+		// The QUIC stream limit bounds how many wait.
 		select {
 		case sem <- struct{}{}:
-		default:
-			_ = bs.Write(&gantrypb.BlobReply{Error: fmt.Sprintf("more than %d downloads at once; retry", maxBlobStreams)})
-			_ = bs.Close()
-			continue
+		case <-ctx.Done():
+			return nil
 		}
 		go func() {
 			defer func() { <-sem }()
@@ -81,6 +88,9 @@ func (s *Server) serveBlob(ctx context.Context, node string, qs *quic.Stream, bs
 	octx, cancel := context.WithTimeout(ctx, blobOpenTimeout)
 	rc, size, err := s.opts.Blobs.OpenBlob(octx, node, req.JobId, req.Digest)
 	cancel()
+	if errors.Is(err, ErrBlobUnavailable) {
+		return fmt.Errorf("code archive %s for job %s: %w", truncate(req.Digest, 80), truncate(req.JobId, 80), err)
+	}
 	if err != nil {
 		// A refusal is an answer, closed cleanly so that it arrives.
 		s.opts.Log.Warn("code archive refused", "node", node, "job", truncate(req.JobId, 80),

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/gantry-ml/gantry/controller/blobpeers"
 	"github.com/gantry-ml/gantry/controller/blobstore"
+	"github.com/gantry-ml/gantry/controller/cluster"
+	"github.com/gantry-ml/gantry/controller/ingest"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -31,6 +34,11 @@ func (s *Server) openBlobs(dir string, max int64, scheme string) (*blobpeers.Pee
 	st, err := blobstore.Open(dir, max)
 	if err != nil {
 		return nil, err
+	}
+	// Archives share the Raft log's disk: they must not take the space
+	// the disk guard keeps for it.
+	if minFree := s.cfg.Disk.MinFree; minFree >= 0 {
+		st.SetMinFree(uint64(cmp.Or(minFree, cluster.DefaultMinFreeDisk)))
 	}
 	return &blobpeers.Peers{
 		Store: st, Self: s.cfg.NodeID, Addrs: s.peerHTTPAddrs, Scheme: scheme, Token: s.cfg.Token,
@@ -78,6 +86,9 @@ func (b blobSource) OpenBlob(ctx context.Context, node, jobID, digest string) (i
 		return nil, 0, fmt.Errorf("job %s does not use code archive %s", jobID, digest)
 	}
 	f, size, err := b.blobs.OpenLocal(ctx, digest)
+	if err != nil && !errors.Is(err, blobstore.ErrNotFound) {
+		err = fmt.Errorf("%w: %w", ingest.ErrBlobUnavailable, err)
+	}
 	if err != nil {
 		return nil, 0, err
 	}

@@ -240,3 +240,170 @@ func TestUnpackChownsToTheJobUser(t *testing.T) {
 		}
 	}
 }
+
+// TestUnpackSizeOverflowIsNoBombBypass: an entry claiming a size near the
+// int64 maximum made the running total wrap negative and pass the limit,
+// so a gzip bomb behind it was written out in full.
+func TestUnpackSizeOverflowIsNoBombBypass(t *testing.T) {
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	if err := tw.WriteHeader(&tar.Header{Name: "a", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: "bomb", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1<<63 - 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	// The tar stream ends short of its claim: only the bytes sent exist.
+	if err := gz.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	lim := Limits{MaxBytes: 1000, MaxEntries: 10}
+	if _, err := Unpack(bytes.NewReader(buf.Bytes()), dst, lim, Owner{Uid: -1}); !errors.Is(err, ErrUnsafe) {
+		t.Errorf("Unpack = %v, want ErrUnsafe", err)
+	}
+	if fi, err := os.Stat(filepath.Join(dst, "bomb")); err == nil && fi.Size() > lim.MaxBytes {
+		t.Fatalf("wrote %d bytes past a limit of %d", fi.Size(), lim.MaxBytes)
+	}
+}
+
+// TestPackThroughSymlinkedDir: a code directory reached through a symlink
+// (gantry run proj/job.yaml with proj a link) was walked as the link
+// itself, not a directory, and packed empty without a word.
+func TestPackThroughSymlinkedDir(t *testing.T) {
+	real := t.TempDir()
+	write(t, real, map[string]string{"train.py": "print(1)", "pkg/mod.py": "x = 1", ".gitignore": "*.log\n", "out.log": "x"})
+	link := filepath.Join(t.TempDir(), "proj")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	st, err := Pack(link, &buf, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	if _, err := Unpack(bytes.NewReader(buf.Bytes()), dst, DefaultLimits, Owner{Uid: -1}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"d pkg", "f .gitignore", "f pkg/mod.py", "f train.py"}
+	if got := tree(t, dst); st.Files != 3 || !slices.Equal(got, want) {
+		t.Fatalf("packed %d files:\n%s\nwant:\n%s", st.Files, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// midway calls f once, when half of r has been read.
+type midway struct {
+	r    *bytes.Reader
+	half int64
+	f    func()
+}
+
+func (m *midway) Read(p []byte) (int, error) {
+	if m.f != nil && m.r.Size()-int64(m.r.Len()) >= m.half {
+		m.f()
+		m.f = nil
+	}
+	if len(p) > 4096 {
+		p = p[:4096]
+	}
+	return m.r.Read(p)
+}
+
+// TestUnpackHandsEntriesOverOnlyWhenDone: directories were handed to the
+// job's user as they were made, while the agent (root) went on creating
+// and chowning entries in them by name. Another job of the same user
+// could swap such an entry (for a hard link to a file it does not own)
+// between the create and the chown, and have root give it that file.
+// Nothing may belong to the job's user before unpacking is over.
+func TestUnpackHandsEntriesOverOnlyWhenDone(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to hand files to another user")
+	}
+	noise := make([]byte, 1<<20)
+	for i := range noise {
+		noise[i] = byte(i*7919 + i>>8*31 + i>>16)
+	}
+	data := archive(t,
+		entry{hdr: tar.Header{Name: "pkg/", Typeflag: tar.TypeDir, Mode: 0o755}},
+		reg("pkg/big.bin", string(noise)),
+		reg("pkg/after.py", "x"),
+	)
+	dst := t.TempDir()
+	checked := false
+	m := &midway{r: bytes.NewReader(data), half: int64(len(data) / 2), f: func() {
+		checked = true
+		for _, name := range []string{"pkg", "pkg/big.bin"} {
+			fi, err := os.Lstat(filepath.Join(dst, name))
+			if err != nil {
+				t.Errorf("%s not made by half way: %v", name, err)
+				continue
+			}
+			if uid := fileUID(fi); uid == 65534 {
+				t.Errorf("%s belongs to the job's user while unpacking goes on", name)
+			}
+		}
+	}}
+	if _, err := Unpack(m, dst, DefaultLimits, Owner{Uid: 65534, Gid: 65534}); err != nil {
+		t.Fatal(err)
+	}
+	if !checked {
+		t.Fatal("the reader never got half way")
+	}
+	for _, name := range []string{"pkg", "pkg/big.bin", "pkg/after.py"} {
+		fi, err := os.Lstat(filepath.Join(dst, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uid := fileUID(fi); uid != 65534 {
+			t.Errorf("%s is owned by uid %d once unpacked, want 65534", name, uid)
+		}
+	}
+}
+
+// TestPackIgnoreNegationMatchesGit: go-git's matcher reports a pattern as
+// matching a path when it matches any parent directory, so a negation
+// meant for directories ("!*/", "!src/*") re-included every file below
+// them: the common "ship only *.py" idiom shipped everything in
+// subdirectories. Its "**" did not match as git's does either. What is
+// packed is what `git ls-files --others --exclude-standard` lists.
+func TestPackIgnoreNegationMatchesGit(t *testing.T) {
+	src := t.TempDir()
+	files := map[string]string{
+		".gitignore":     "*\n!*/\n!*.py\ndata/**\n!data/x/\n!data/x/*.py\n!src/*\n!a/**/b/c\n!tr   \n!esc\\ \n",
+		"src/.gitignore": "!keep.txt\n",
+	}
+	for _, f := range []string{"a.py", "b.txt", "src/c.py", "src/d.txt", "src/keep.txt", "src/m/e.py", "src/x/f.txt",
+		"deep/a/b/f.py", "data/x/g.py", "data/h.csv", "a/b/x/b/c", "tr ", "esc "} {
+		files[f] = "x"
+	}
+	write(t, src, files)
+	var buf bytes.Buffer
+	if _, err := Pack(src, &buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	if _, err := Unpack(bytes.NewReader(buf.Bytes()), dst, DefaultLimits, Owner{Uid: -1}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range tree(t, dst) {
+		if f, ok := strings.CutPrefix(e, "f "); ok {
+			got = append(got, f)
+		}
+	}
+	// git 2.x on the same tree.
+	want := []string{"a.py", "a/b/x/b/c", "data/x/g.py", "deep/a/b/f.py", "esc ", "src/.gitignore", "src/c.py",
+		"src/d.txt", "src/keep.txt", "src/m/e.py"}
+	sort.Strings(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("packed:\n%s\nwant (as git):\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

@@ -15,11 +15,11 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
-
-	"github.com/go-git/go-git/v5/plumbing/format/gitignore"
 )
 
 // IgnoreFiles are read in every directory, in this order; a later
@@ -68,10 +68,14 @@ func Pack(dir string, w io.Writer, maxInput int64) (Stats, error) {
 	if !fi.IsDir() {
 		return st, fmt.Errorf("code directory %s is not a directory", dir)
 	}
+	// WalkDir does not follow a symlink, not even the root: a directory
+	// reached through one would be packed empty.
+	if dir, err = filepath.EvalSymlinks(dir); err != nil {
+		return st, fmt.Errorf("code directory: %w", err)
+	}
 	gz, _ := gzip.NewWriterLevel(w, gzip.BestSpeed) // a valid level never errors
 	tw := tar.NewWriter(gz)
-	var patterns []gitignore.Pattern
-	matcher := gitignore.NewMatcher(nil)
+	var patterns []rule
 	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -82,14 +86,13 @@ func Pack(dir string, w io.Writer, maxInput int64) (Stats, error) {
 		}
 		if rel == "." {
 			patterns, err = readIgnores(dir, nil, patterns)
-			matcher = gitignore.NewMatcher(patterns)
 			return err
 		}
 		parts := strings.Split(filepath.ToSlash(rel), "/")
 		if d.IsDir() && d.Name() == ".git" {
 			return filepath.SkipDir
 		}
-		if matcher.Match(parts, d.IsDir()) {
+		if ignored(patterns, parts, d.IsDir()) {
 			if d.IsDir() {
 				return filepath.SkipDir
 			}
@@ -108,7 +111,6 @@ func Pack(dir string, w io.Writer, maxInput int64) (Stats, error) {
 			if patterns, err = readIgnores(path, parts, patterns); err != nil {
 				return err
 			}
-			matcher = gitignore.NewMatcher(patterns)
 		case info.Mode().Type() == fs.ModeSymlink:
 			target, err := os.Readlink(path)
 			if err != nil {
@@ -186,7 +188,7 @@ func HumanBytes(n int64) string {
 
 // readIgnores appends the patterns of dir's ignore files; domain is dir's
 // path below the packed root.
-func readIgnores(dir string, domain []string, patterns []gitignore.Pattern) ([]gitignore.Pattern, error) {
+func readIgnores(dir string, domain []string, patterns []rule) ([]rule, error) {
 	for _, name := range IgnoreFiles {
 		f, err := os.Open(filepath.Join(dir, name))
 		if errors.Is(err, fs.ErrNotExist) {
@@ -197,11 +199,14 @@ func readIgnores(dir string, domain []string, patterns []gitignore.Pattern) ([]g
 		}
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
-			line := strings.TrimRight(sc.Text(), " \t\r")
+			line := strings.TrimRight(sc.Text(), "\r")
+			if !strings.HasSuffix(line, `\ `) { // an escaped trailing space stays
+				line = strings.TrimRight(line, " \t")
+			}
 			if line == "" || strings.HasPrefix(line, "#") {
 				continue
 			}
-			patterns = append(patterns, gitignore.ParsePattern(line, domain))
+			patterns = append(patterns, parseRule(line, domain))
 		}
 		err = sc.Err()
 		f.Close()
@@ -210,4 +215,81 @@ func readIgnores(dir string, domain []string, patterns []gitignore.Pattern) ([]g
 		}
 	}
 	return patterns, nil
+}
+
+// rule is one ignore pattern. Matching is exact: Pack walks down from the
+// root and never enters an ignored directory, so a path's parents are
+// known to be packed and only the path itself is matched, as git does.
+// (go-git's matcher also matches a path when a pattern matches one of its
+// parents, so "!*/" re-included every file in every directory.)
+type rule struct {
+	domain   []string // the ignore file's directory below the root
+	pattern  []string // the pattern's components; "**" is any depth
+	negate   bool     // "!": re-include
+	dirOnly  bool     // trailing "/": directories only
+	anchored bool     // a "/" before the end: matched from domain, not by name
+}
+
+func parseRule(line string, domain []string) rule {
+	r := rule{domain: slices.Clone(domain)}
+	if rest, ok := strings.CutPrefix(line, "!"); ok {
+		r.negate, line = true, rest
+	}
+	if rest, ok := strings.CutSuffix(line, "/"); ok {
+		r.dirOnly, line = true, rest
+	}
+	r.anchored = strings.Contains(line, "/")
+	r.pattern = strings.Split(strings.TrimPrefix(line, "/"), "/")
+	return r
+}
+
+// match reports whether r names exactly the path parts.
+func (r rule) match(parts []string, isDir bool) bool {
+	if (r.dirOnly && !isDir) || len(parts) <= len(r.domain) || !slices.Equal(parts[:len(r.domain)], r.domain) {
+		return false
+	}
+	rel := parts[len(r.domain):]
+	if !r.anchored {
+		return globMatch(r.pattern[0], rel[len(rel)-1])
+	}
+	return matchParts(r.pattern, rel)
+}
+
+// matchParts matches path components against pattern components: "**"
+// stands for any number of directories, and a trailing "**" for
+// everything inside (not the directory itself).
+func matchParts(pat, name []string) bool {
+	if len(pat) == 0 {
+		return len(name) == 0
+	}
+	if pat[0] == "**" {
+		if len(pat) == 1 {
+			return len(name) > 0
+		}
+		for i := 0; i <= len(name); i++ {
+			if matchParts(pat[1:], name[i:]) {
+				return true
+			}
+		}
+		return false
+	}
+	return len(name) > 0 && globMatch(pat[0], name[0]) && matchParts(pat[1:], name[1:])
+}
+
+// globMatch is one component against one pattern component; a malformed
+// pattern matches nothing, as in git.
+func globMatch(pattern, name string) bool {
+	ok, err := path.Match(pattern, name)
+	return err == nil && ok
+}
+
+// ignored applies the rules in order, the last that names the path
+// deciding.
+func ignored(rules []rule, parts []string, isDir bool) bool {
+	for i := len(rules) - 1; i >= 0; i-- {
+		if rules[i].match(parts, isDir) {
+			return !rules[i].negate
+		}
+	}
+	return false
 }

@@ -58,8 +58,18 @@ func Unpack(r io.Reader, dst string, lim Limits, owner Owner) (Unpacked, error) 
 // UnpackIn is Unpack into an open root: a caller whose destination's
 // parents are writable by others opens it through a root of its own, so
 // that no one can swap the destination for a symlink meanwhile.
-func UnpackIn(r io.Reader, root *os.Root, lim Limits, owner Owner) (Unpacked, error) {
-	var u Unpacked
+func UnpackIn(r io.Reader, root *os.Root, lim Limits, owner Owner) (u Unpacked, err error) {
+	// Entries go to owner only once all are made, each before its
+	// directory: while the agent creates and chowns entries by name, the
+	// directories it works in stay its own, so the job's user (who may
+	// run other jobs meanwhile) cannot swap an entry for a hard link to
+	// someone else's file and have it chowned.
+	var made []string
+	defer func() {
+		if cerr := chownAll(root, made, owner); err == nil {
+			err = cerr
+		}
+	}()
 	gz, err := gzip.NewReader(r)
 	if err != nil {
 		return u, fmt.Errorf("code archive: not gzip: %w", err)
@@ -87,15 +97,17 @@ func UnpackIn(r io.Reader, root *os.Root, lim Limits, owner Owner) (Unpacked, er
 		perm := fs.FileMode(hdr.Mode).Perm()
 		switch hdr.Typeflag {
 		case tar.TypeDir:
-			if err := mkdirs(root, name, owner); err != nil {
+			if err := mkdirs(root, name, &made); err != nil {
 				return u, err
 			}
 			u.Dirs++
 		case tar.TypeReg:
-			if hdr.Size < 0 || u.Bytes+hdr.Size > lim.MaxBytes {
+			// Compared without adding: a claimed size near the int64
+			// maximum would wrap the sum negative and pass.
+			if hdr.Size < 0 || hdr.Size > lim.MaxBytes-u.Bytes {
 				return u, fmt.Errorf("%w: it expands to more than %d bytes", ErrUnsafe, lim.MaxBytes)
 			}
-			if err := mkdirs(root, path.Dir(name), owner); err != nil {
+			if err := mkdirs(root, path.Dir(name), &made); err != nil {
 				return u, err
 			}
 			// O_EXCL: an entry never replaces another, or a symlink
@@ -104,6 +116,7 @@ func UnpackIn(r io.Reader, root *os.Root, lim Limits, owner Owner) (Unpacked, er
 			if err != nil {
 				return u, fmt.Errorf("code archive: %w", err)
 			}
+			made = append(made, name)
 			n, err := io.Copy(f, io.LimitReader(tr, hdr.Size))
 			if cerr := f.Close(); err == nil {
 				err = cerr
@@ -116,11 +129,8 @@ func UnpackIn(r io.Reader, root *os.Root, lim Limits, owner Owner) (Unpacked, er
 			}
 			u.Bytes += n
 			u.Files++
-			if err := chown(root, name, owner); err != nil {
-				return u, err
-			}
 		case tar.TypeSymlink:
-			if err := mkdirs(root, path.Dir(name), owner); err != nil {
+			if err := mkdirs(root, path.Dir(name), &made); err != nil {
 				return u, err
 			}
 			// The link is made as it is; following it later happens as
@@ -129,9 +139,7 @@ func UnpackIn(r io.Reader, root *os.Root, lim Limits, owner Owner) (Unpacked, er
 				return u, fmt.Errorf("code archive: %w", err)
 			}
 			u.Symlinks++
-			if err := chown(root, name, owner); err != nil {
-				return u, err
-			}
+			made = append(made, name)
 		default:
 			u.Skipped++
 		}
@@ -154,8 +162,9 @@ func cleanName(name string) (string, error) {
 	return path.Clean(name), nil
 }
 
-// mkdirs makes dir and its parents inside root, owned by owner.
-func mkdirs(root *os.Root, dir string, owner Owner) error {
+// mkdirs makes dir and its parents inside root, adding those it made
+// to made.
+func mkdirs(root *os.Root, dir string, made *[]string) error {
 	if dir == "." {
 		return nil
 	}
@@ -165,13 +174,28 @@ func mkdirs(root *os.Root, dir string, owner Owner) error {
 		}
 		return nil
 	}
-	if err := mkdirs(root, path.Dir(dir), owner); err != nil {
+	if err := mkdirs(root, path.Dir(dir), made); err != nil {
 		return err
 	}
-	if err := root.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+	if err := root.Mkdir(dir, 0o755); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil // made meanwhile, not by this archive
+		}
 		return fmt.Errorf("code archive: %w", err)
 	}
-	return chown(root, dir, owner)
+	*made = append(*made, dir)
+	return nil
+}
+
+// chownAll hands the entries made to owner, last made first: a directory
+// after everything in it.
+func chownAll(root *os.Root, made []string, owner Owner) error {
+	for i := len(made) - 1; i >= 0; i-- {
+		if err := chown(root, made[i], owner); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func chown(root *os.Root, name string, owner Owner) error {
