@@ -447,13 +447,13 @@ func TestRealisticFleetSeries(t *testing.T) {
 	got := scrape(t, c)
 	const (
 		nodes, gpus = 32, 32 * 8
-		perNode     = 5 // up, connected (leader), gpus, gpus_free, and nothing else
+		perNode     = 4 // up, connected (on the leader), gpus, gpus_free
 		perGPU      = 7
 		ended       = 20 * (6 + 8)     // state, points, bad_lines, gpus, step, total_steps + 8 keys
 		running     = 64 * (6 + 8 + 1) // ... + last_metric_age
 		queued      = 116 * 4          // state, points, bad_lines, gpus
 	)
-	want := nodes*(perNode-1) + gpus*perGPU + ended + running + queued + 2
+	want := nodes*perNode + gpus*perGPU + ended + running + queued + 2
 	if len(got) != want {
 		t.Errorf("realistic fleet: %d series, want %d", len(got), want)
 	}
