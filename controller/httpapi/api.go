@@ -222,7 +222,7 @@ func (a *API) fleetHandler(c prometheus.Collector) http.HandlerFunc {
 	return h.ServeHTTP
 }
 
-// ServeHTTP implements http.Handler. Without a token, /v1 answers only to
+// ServeHTTP implements http.Handler. Without a token, /v1 and /metrics/fleet answer only to
 // allowed Host names (see Options.AllowedHosts) before anything else runs.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if a.opts.Token == "" && (r.URL.Path == "/v1" || strings.HasPrefix(r.URL.Path, "/v1/") || r.URL.Path == fleetPath) && !a.hostAllowed(r.Host) {
