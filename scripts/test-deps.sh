@@ -69,6 +69,7 @@ scan() {
   has /usr/bin/chromium || need required chromium "the dashboard browser test (e2e)"
   has ansible-playbook || need required ansible-core "the Ansible rollout test (e2e)"
   has ansible-lint || need required ansible-lint "lint of deploy/ansible (e2e)"
+  { has prometheus && has promtool; } || need required prometheus "prometheus and promtool: the fleet metrics test scrapes a controller and runs the Grafana dashboard's queries (e2e)"
   has /usr/sbin/sshd || need required openssh-server "one sshd per netns host (e2e)"
   { has ssh && has ssh-keygen; } || need required openssh-client "ssh and ssh-keygen (e2e)"
   has setpriv || need required util-linux "setpriv (the rollout test)"

@@ -24,6 +24,7 @@ import (
 	"github.com/gantry-ml/gantry/agent"
 	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/controller/dashboard"
+	"github.com/gantry-ml/gantry/controller/fleetmetrics"
 	"github.com/gantry-ml/gantry/controller/server"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/internal/cmdutil"
@@ -126,6 +127,10 @@ func run() error {
 		httpTLSKey   = fs.String("http-tls-key", "", "PEM private key of -http-tls-cert")
 		noToken      = fs.Bool("insecure-no-token", false, "allow serving the API without a token on a non-loopback -http-addr (anyone who reaches it can run jobs)")
 		maxArchive   = fs.String("max-code-archive", "64MiB", "largest code archive (a job's shipped working directory, compressed) the cluster takes")
+		fleetKeys    = fs.String("fleet-metric-keys", "", "comma-separated globs (* and ?) of the job metric keys /metrics/fleet exports as gantry_job_metric; empty: "+
+			strings.Join(fleetmetrics.DefaultMetricKeys, ",")+"; -: none")
+		fleetMaxKeys = fs.Int("fleet-max-keys-per-job", fleetmetrics.DefaultMaxKeysPerJob, "most gantry_job_metric series per job on /metrics/fleet")
+		fleetMaxJobs = fs.Int("fleet-max-jobs", fleetmetrics.DefaultMaxActiveJobs, "most jobs not ended that /metrics/fleet exports (those holding GPUs always are)")
 		minFree      = fs.String("min-free-disk", "128MiB", "refuse writes (and hand Raft leadership to a peer) while -data-dir has less free space than this; 0 turns the check off")
 	)
 	_ = fs.Parse(os.Args[1:])
@@ -146,6 +151,13 @@ func run() error {
 	maxArchiveBytes, err := parseSize(*maxArchive)
 	if err != nil || maxArchiveBytes == 0 {
 		return fmt.Errorf("-max-code-archive: want a positive size such as 64MiB (got %q)", *maxArchive)
+	}
+	fleetKeyList, err := fleetmetrics.ParseKeys(*fleetKeys)
+	if err != nil {
+		return fmt.Errorf("-fleet-metric-keys: %w", err)
+	}
+	if *fleetMaxKeys <= 0 || *fleetMaxJobs <= 0 {
+		return errors.New("-fleet-max-keys-per-job and -fleet-max-jobs must be positive")
 	}
 	if minFreeBytes == 0 {
 		minFreeBytes = -1 // cluster.DiskConfig: negative turns the guard off
@@ -168,8 +180,9 @@ func run() error {
 		LostGrace:        *lostGrace,
 		HTTPAllowedHosts: cmdutil.SplitList(*allowedHosts), HTTPTLSCert: *httpTLSCert, HTTPTLSKey: *httpTLSKey,
 		InsecureNoToken: *noToken, MaxCodeArchive: maxArchiveBytes,
-		Disk: cluster.DiskConfig{MinFree: minFreeBytes},
-		TLS:  tlsutil.FilesIn(*tlsDir, *tlsName),
+		Disk:  cluster.DiskConfig{MinFree: minFreeBytes},
+		Fleet: fleetmetrics.Options{MetricKeys: fleetKeyList, MaxKeysPerJob: *fleetMaxKeys, MaxActiveJobs: *fleetMaxJobs},
+		TLS:   tlsutil.FilesIn(*tlsDir, *tlsName),
 		// The API's mux owns /v1/ and /metrics; "/" only catches the rest.
 		Extra: func(m *http.ServeMux) { m.Handle("/", dashboard.Handler()) },
 	}

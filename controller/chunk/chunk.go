@@ -126,6 +126,9 @@ func (c *Chunk) FirstSeq() uint64 { return c.firstSeq }
 // LastSeq is the seq of the last point appended.
 func (c *Chunk) LastSeq() uint64 { return c.lastSeq }
 
+// LastTs is the timestamp of the last point appended (0 when empty).
+func (c *Chunk) LastTs() float64 { return math.Float64frombits(c.lastTsBits) }
+
 // Full reports whether the chunk takes no more points.
 func (c *Chunk) Full() bool { return c.n >= MaxPoints || c.Size() >= TargetBytes }
 

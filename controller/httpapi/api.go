@@ -104,6 +104,12 @@ type Options struct {
 	WatchQueue int
 	// Registry receives the API's Prometheus metrics; nil makes one.
 	Registry *prometheus.Registry
+	// Fleet, when set, is served alone on GET /metrics/fleet: the
+	// cluster's GPUs, jobs and nodes (controller/fleetmetrics), apart
+	// from this process's own metrics on /metrics, so that scraping every
+	// controller's /metrics does not multiply the fleet's series and a
+	// fleet scrape's cost and interval are the operator's to choose.
+	Fleet prometheus.Collector
 	// Blobs stores code archives (PUT /v1/blobs); nil refuses them.
 	Blobs Blobs
 	// Extra lets the embedding server mount more handlers (the dashboard).
@@ -182,6 +188,9 @@ func New(opts Options) *API {
 	m.HandleFunc("GET /v1/blobs/{digest}", a.auth(a.getBlob)) // and HEAD
 	m.HandleFunc("GET /v1/cluster", a.clusterRoute())
 	m.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	if opts.Fleet != nil {
+		m.HandleFunc("GET "+fleetPath, a.auth(a.ready(a.fleetHandler(opts.Fleet))))
+	}
 	m.HandleFunc("/v1/", a.noRoute)
 	if opts.Extra != nil {
 		opts.Extra(m)
@@ -189,10 +198,35 @@ func New(opts Options) *API {
 	return a
 }
 
-// ServeHTTP implements http.Handler. Without a token, /v1 answers only to
+// fleetPath serves the fleet's metrics. Job names and metric values are
+// the users' data, so unlike /metrics it takes the API's token and, without
+// one, answers only to allowed hosts, as /v1 does.
+const fleetPath = "/metrics/fleet"
+
+// Bounds of fleet scrapes: each reads the store once and builds every
+// series, so concurrent ones beyond a couple (several Prometheus servers,
+// a retry storm) are refused with 503 rather than pile up.
+const (
+	fleetScrapesInFlight = 2
+	fleetScrapeTimeout   = 10 * time.Second
+)
+
+// fleetHandler serves c from a registry of its own.
+func (a *API) fleetHandler(c prometheus.Collector) http.HandlerFunc {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	h := promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		MaxRequestsInFlight: fleetScrapesInFlight,
+		Timeout:             fleetScrapeTimeout,
+		ErrorLog:            slog.NewLogLogger(a.opts.Log.Handler(), slog.LevelError),
+	})
+	return h.ServeHTTP
+}
+
+// ServeHTTP implements http.Handler. Without a token, /v1 and /metrics/fleet answer only to
 // allowed Host names (see Options.AllowedHosts) before anything else runs.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if a.opts.Token == "" && (r.URL.Path == "/v1" || strings.HasPrefix(r.URL.Path, "/v1/")) && !a.hostAllowed(r.Host) {
+	if a.opts.Token == "" && (r.URL.Path == "/v1" || strings.HasPrefix(r.URL.Path, "/v1/") || r.URL.Path == fleetPath) && !a.hostAllowed(r.Host) {
 		writeError(w, http.StatusForbidden, fmt.Errorf("host %q is not allowed: without an API token this controller answers only to "+
 			"localhost, loopback addresses, its own address and the names in -http-allowed-hosts (or set a token)", r.Host))
 		return

@@ -22,6 +22,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/blobpeers"
 	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/controller/feed"
+	"github.com/gantry-ml/gantry/controller/fleetmetrics"
 	"github.com/gantry-ml/gantry/controller/fsm"
 	"github.com/gantry-ml/gantry/controller/httpapi"
 	"github.com/gantry-ml/gantry/controller/hub"
@@ -94,6 +95,10 @@ type Config struct {
 	MaxCodeArchive int64
 	// Disk is the free-space guard on DataDir (cluster.DiskConfig).
 	Disk cluster.DiskConfig
+	// Fleet configures GET /metrics/fleet (controller/fleetmetrics): the
+	// job metric keys exported and the bounds. Store, Leading, Connected
+	// and Log are the server's.
+	Fleet fleetmetrics.Options
 }
 
 // Server is a running controller.
@@ -246,7 +251,16 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.blobs.Transport = cmp.Or[http.RoundTripper](peerTransport, http.DefaultTransport)
+	fleetOpts := cfg.Fleet
+	fleetOpts.Store, fleetOpts.Leading, fleetOpts.Connected = s.store, s.raft.IsLeader, s.ingest.Connected
+	fleetOpts.Log = cfg.Log.With("component", "fleetmetrics")
+	fleet, err := fleetmetrics.New(fleetOpts)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s.reg.MustRegister(fleet.SelfMetrics()...)
 	s.api = httpapi.New(httpapi.Options{
+		Fleet: fleet,
 		Blobs: s.blobs,
 		Store: s.store, Raft: s.raft, Applied: s.fsm.AppliedIndex, Ready: s.caughtUp, Hub: s.hub, Agents: s.ingest,
 		Log: cfg.Log.With("component", "api"), Token: cfg.Token, Extra: cfg.Extra,

@@ -642,6 +642,29 @@ func (t *Tx) Points(jobID string, after uint64, limit int) ([]*gantrypb.MetricPo
 	return out, err
 }
 
+// LastPointTs returns the timestamp of the job's newest stored point,
+// from one chunk header (its head, or else its last chunk); ok is false
+// when the job has no points.
+func (t *Tx) LastPointTs(jobID string) (ts float64, ok bool, err error) {
+	if err := t.flush(); err != nil {
+		return 0, false, err
+	}
+	v := t.tx.Bucket(bucketHeads).Get([]byte(jobID))
+	if v == nil {
+		if b := t.tx.Bucket(bucketChunks).Bucket([]byte(jobID)); b != nil {
+			_, v = b.Cursor().Last()
+		}
+	}
+	if v == nil {
+		return 0, false, nil
+	}
+	h, err := chunk.Header(v)
+	if err != nil {
+		return 0, false, fmt.Errorf("store: job %q newest chunk: %w", jobID, err)
+	}
+	return h.LastTs(), true, nil
+}
+
 // LastPoints returns the last n points of a job, in seq order.
 func (t *Tx) LastPoints(jobID string, n int) ([]*gantrypb.MetricPoint, error) {
 	if err := t.flush(); err != nil {

@@ -330,3 +330,13 @@ func u64(v uint64) []byte {
 	binary.BigEndian.PutUint64(b, v)
 	return b
 }
+
+// ReadTxnsStarted is how many read transactions this database has begun
+// since it was opened (a restore starts the count again). Tests use it to
+// hold a reader to a number of transactions, e.g. the fleet exporter's
+// one per scrape.
+func (s *Store) ReadTxnsStarted() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.db.Stats().TxN
+}

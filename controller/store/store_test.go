@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -625,4 +626,102 @@ func join(s []string) string {
 		b.WriteString(v)
 	}
 	return b.String()
+}
+
+// TestJobsWhereDecodesOnlyKept: keep sees every job's stored state and
+// finished time (read without decoding the job), and fn gets exactly the
+// kept jobs, decoded whole, in id order.
+func TestJobsWhereDecodesOnlyKept(t *testing.T) {
+	s := openTest(t)
+	code := int32(0)
+	jobs := []*gantrypb.Job{
+		{Id: "a", State: gantrypb.JobState_JOB_STATE_SUCCEEDED, FinishedAtMs: 1000, ExitCode: &code, LogTail: "x"},
+		{Id: "b", State: gantrypb.JobState_JOB_STATE_RUNNING, Node: "n1", Gpus: []uint32{0, 3},
+			LatestMetrics: map[string]float64{"loss": 0.5}, Spec: &gantrypb.JobSpec{Name: "train"}},
+		{Id: "c", State: gantrypb.JobState_JOB_STATE_FAILED, FinishedAtMs: 5000},
+		{Id: "d", State: gantrypb.JobState_JOB_STATE_QUEUED},
+	}
+	update(t, s, func(tx *Tx) error {
+		for _, j := range jobs {
+			if err := tx.PutJob(j); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	type peek struct {
+		state    gantrypb.JobState
+		finished int64
+	}
+	var seen []peek
+	var got []string
+	view(t, s, func(tx *Tx) error {
+		return tx.JobsWhere(func(st gantrypb.JobState, fin int64) bool {
+			seen = append(seen, peek{st, fin})
+			return st == gantrypb.JobState_JOB_STATE_RUNNING || fin >= 5000
+		}, func(j *gantrypb.Job) bool {
+			got = append(got, j.Id)
+			if j.Id == "b" && (j.Spec.GetName() != "train" || j.LatestMetrics["loss"] != 0.5 || len(j.Gpus) != 2) {
+				t.Errorf("job b decoded as %v", j)
+			}
+			return true
+		})
+	})
+	want := []peek{{jobs[0].State, 1000}, {jobs[1].State, 0}, {jobs[2].State, 5000}, {jobs[3].State, 0}}
+	if len(seen) != len(want) {
+		t.Fatalf("keep saw %v, want %v", seen, want)
+	}
+	for i := range want {
+		if seen[i] != want[i] {
+			t.Errorf("keep saw %v for job %s, want %v", seen[i], jobs[i].Id, want[i])
+		}
+	}
+	if join(got) != "b,c" {
+		t.Errorf("fn got %v, want b,c", got)
+	}
+	// A damaged job value is an error naming it, not a panic or a skip.
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketJobs).Put([]byte("e"), []byte{0x1a, 0xff}) }); err != nil {
+		t.Fatal(err)
+	}
+	err := s.View(func(tx *Tx) error {
+		return tx.JobsWhere(func(gantrypb.JobState, int64) bool { return false }, func(*gantrypb.Job) bool { return true })
+	})
+	if err == nil {
+		t.Error("JobsWhere over a damaged job: no error")
+	}
+}
+
+// TestLastPointTs: the newest point's timestamp, from the head or, once
+// the head has been folded away, from the last chunk.
+func TestLastPointTs(t *testing.T) {
+	s := openTest(t)
+	view(t, s, func(tx *Tx) error {
+		if _, ok, err := tx.LastPointTs("none"); ok || err != nil {
+			t.Errorf("job without points: ok=%v err=%v", ok, err)
+		}
+		return nil
+	})
+	for _, n := range []int{1, 3000} {
+		job := fmt.Sprint("j", n)
+		putPoints(t, s, job, n)
+		view(t, s, func(tx *Tx) error {
+			ts, ok, err := tx.LastPointTs(job)
+			if want := 1.7e9 + float64(n)/8; !ok || err != nil || ts != want {
+				t.Errorf("%s: LastPointTs = %v, %v, %v; want %v", job, ts, ok, err, want)
+			}
+			return nil
+		})
+	}
+}
+
+// TestReadTxnsStartedCounts: every View is one more read transaction.
+func TestReadTxnsStartedCounts(t *testing.T) {
+	s := openTest(t)
+	before := s.ReadTxnsStarted()
+	for range 3 {
+		view(t, s, func(*Tx) error { return nil })
+	}
+	if got := s.ReadTxnsStarted() - before; got != 3 {
+		t.Errorf("3 Views started %d read txns", got)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -110,6 +111,69 @@ func (t *Tx) JobsNewestFirst(fn func(*gantrypb.Job) bool) error {
 		}
 	}
 	return nil
+}
+
+// JobsWhere calls fn, in id order, for every job for which keep returns
+// true; fn returning false stops the walk. keep sees only the job's state
+// and finished_at_ms, read from the stored bytes without decoding the job,
+// so a walk that wants the few active jobs among a long history decodes
+// only those (the fleet exporter runs one on every scrape).
+func (t *Tx) JobsWhere(keep func(state gantrypb.JobState, finishedAtMs int64) bool, fn func(*gantrypb.Job) bool) error {
+	c := t.tx.Bucket(bucketJobs).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		state, finished, err := peekJob(v)
+		if err != nil {
+			return fmt.Errorf("store: decode job %q: %w", k, err)
+		}
+		if !keep(state, finished) {
+			continue
+		}
+		job := &gantrypb.Job{}
+		if err := proto.Unmarshal(v, job); err != nil {
+			return fmt.Errorf("store: decode job %q: %w", k, err)
+		}
+		if !fn(job) {
+			return nil
+		}
+	}
+	return nil
+}
+
+// Field numbers of gantrypb.Job that peekJob reads.
+const (
+	jobFieldState      = 3
+	jobFieldFinishedAt = 11
+)
+
+// peekJob reads a stored job's state and finished_at_ms, skipping every
+// other field. Like proto.Unmarshal, the last occurrence of a field wins.
+func peekJob(b []byte) (state gantrypb.JobState, finishedAtMs int64, err error) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return 0, 0, protowire.ParseError(n)
+		}
+		b = b[n:]
+		if typ == protowire.VarintType && (num == jobFieldState || num == jobFieldFinishedAt) {
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return 0, 0, protowire.ParseError(n)
+			}
+			if num == jobFieldState {
+				state = gantrypb.JobState(int32(v))
+			} else {
+				finishedAtMs = int64(v)
+			}
+			b = b[n:]
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return 0, 0, protowire.ParseError(n)
+		}
+		b = b[n:]
+	}
+	return state, finishedAtMs, nil
 }
 
 // PutEvent stores a job event under its seq.

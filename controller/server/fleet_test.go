@@ -1,0 +1,94 @@
+package server_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gantry-ml/gantry/agent/link"
+	"github.com/gantry-ml/gantry/agent/spool"
+	"github.com/gantry-ml/gantry/controller/apiv1"
+	"github.com/gantry-ml/gantry/internal/logging"
+	"github.com/gantry-ml/gantry/internal/testutil"
+	"github.com/gantry-ml/gantry/internal/tlsutil"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/wire"
+)
+
+// TestFleetMetricsOnFollower: a follower's /metrics/fleet serves, from
+// its replicated store, the GPU an agent linked to the leader reports,
+// held by a job, with the job's metrics; only the leader, which holds
+// the agent's link, exports gantry_node_connected.
+func TestFleetMetricsOnFollower(t *testing.T) {
+	c := newTestCluster(t, 3)
+	ctx := context.Background()
+	leader := c.waitLeader()
+	follower := c.follower()
+
+	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	clientTLS, err := tlsutil.ClientConfig(c.agent, wire.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fa := &fakeAgent{started: make(chan string, 16)}
+	lctx, stopLink := context.WithCancel(ctx)
+	defer stopLink()
+	l := link.New(link.Options{Addrs: []string{leader.QUICAddr()}, TLS: clientTLS, Spool: sp, Handler: fa, Log: logging.Discard()})
+	linkDone := make(chan struct{})
+	go func() { defer close(linkDone); _ = l.Run(lctx) }()
+	defer func() { stopLink(); <-linkDone }()
+	testutil.WaitFor(t, 10*time.Second, l.Connected, "agent connected")
+
+	job := submit(t, leader, apiv1.JobSpec{Name: "fleet", Run: "true", Resources: apiv1.Resources{GPUs: 1}})
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		j, err := apiOf(follower).Job(ctx, job)
+		return err == nil && j.State == apiv1.StateAssigned
+	}, "job assigned, seen on the follower")
+	step := int64(7)
+	if _, err := sp.Append(
+		&gantrypb.Record{JobId: job, Body: &gantrypb.Record_Point{Point: &gantrypb.MetricPoint{Step: &step, Ts: 1, Values: map[string]float64{"loss": 0.25}}}},
+		&gantrypb.Record{Body: &gantrypb.Record_Gpu{Gpu: &gantrypb.GPUSample{Ts: float64(time.Now().UnixNano()) / 1e9,
+			Gpus: []*gantrypb.GPUStat{{Index: 0, Name: "Mock A100", UtilizationPct: 75, PowerW: 300}}}}},
+	); err != nil {
+		t.Fatal(err)
+	}
+
+	held := `gantry_gpu_utilization_ratio{gpu="0",job_id="` + job + `",job_name="fleet",model="Mock A100",node="agent1",uuid=""} 0.75`
+	loss := `gantry_job_metric{job_id="` + job + `",job_name="fleet",key="loss"} 0.25`
+	var onFollower string
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		onFollower = scrapeFleet(t, follower.HTTPAddr())
+		return strings.Contains(onFollower, held) && strings.Contains(onFollower, loss)
+	}, "the follower's /metrics/fleet to show the held GPU and the job's loss")
+	if strings.Contains(onFollower, "gantry_node_connected{") {
+		t.Errorf("a follower exported gantry_node_connected:\n%s", onFollower)
+	}
+	if !strings.Contains(onFollower, `gantry_node_up{node="agent1"} 1`) {
+		t.Errorf("the follower lacks gantry_node_up:\n%s", onFollower)
+	}
+	if got := scrapeFleet(t, leader.HTTPAddr()); !strings.Contains(got, `gantry_node_connected{node="agent1"} 1`) {
+		t.Errorf("the leader lacks gantry_node_connected 1:\n%s", got)
+	}
+}
+
+func scrapeFleet(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics/fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/metrics/fleet on %s: %d %v\n%s", addr, resp.StatusCode, err, b)
+	}
+	return string(b)
+}
