@@ -348,7 +348,84 @@ func TestDashboard(t *testing.T) {
 		b.waitJS(t, 5*time.Second, "the zoom to reset", `document.querySelector('.chart[data-key="acc"]')?.dataset.zoomed === '0'`)
 	})
 
+	t.Run("ChartControls", func(t *testing.T) {
+		if !apiv1.IsTerminal(job.State) {
+			t.Skip("the job did not end (see JobPageIsLive)")
+		}
+		// The settings are kept in localStorage: later subtests get the defaults.
+		defer evalJS[bool](t, b, `(localStorage.removeItem('gantry.charts'), true)`)
+		// A fresh page: the pointer left over the chart by ZoomIsShared
+		// would make the legend show the value under it.
+		b.do(t, "reopen the job page", chromedp.Navigate(d.addr+"/jobs/"+id))
+		legendLoss := `document.querySelector('.chart[data-key="loss"] .u-legend tr.u-series:nth-child(2) td.u-value')?.textContent`
+		last := 1000 - job.FinalMetrics["step"] + 0.25
+		b.waitJS(t, 5*time.Second, "the legend's latest loss", fmt.Sprintf(`%s === %q`, legendLoss, fmt.Sprint(last)))
+		// Smoothing: the EMA of a falling loss lags above its last value.
+		evalJS[bool](t, b, `(() => { const s = document.querySelector('#smoothing'); s.value = '0.9'; s.dispatchEvent(new Event('input')); return true; })()`)
+		b.waitJS(t, 5*time.Second, "the smoothed loss", fmt.Sprintf(`document.querySelector('.chart[data-key="loss"]').dataset.smoothing === '0.9' && Number(%s) > %v`, legendLoss, last))
+		smoothed := evalJS[string](t, b, legendLoss)
+		// Log scale and x by wall time rebuild the charts with those axes.
+		evalJS[bool](t, b, `(() => { const c = document.querySelector('#log-scale'); c.click(); return true; })()`)
+		b.waitJS(t, 5*time.Second, "the log scale", `document.querySelector('.chart[data-key="loss"]').dataset.scale === 'log'`)
+		evalJS[bool](t, b, `(() => { const s = document.querySelector('#x-axis'); s.value = 'wall'; s.dispatchEvent(new Event('change')); return true; })()`)
+		start, end := float64(job.StartedAt.Unix()), float64(job.FinishedAt.Unix())
+		b.waitJS(t, 5*time.Second, "x by wall time", fmt.Sprintf(`(() => { const d = document.querySelector('.chart[data-key="loss"]').dataset; return Number(d.xfirst) >= %v && Number(d.xlast) <= %v; })()`, start-1, end+1))
+		t.Logf("smoothing 0.9 shows loss %s for a last value of %v; log scale and wall time applied", smoothed, last)
+	})
+
+	t.Run("LogReadsBackByOffset", func(t *testing.T) {
+		// About 400 KiB of output: the page opens on the last 256 KiB and
+		// reads the rest by offset when asked.
+		id, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "dash-log", Run: `seq 1 8000 | sed 's/$/: the quick brown fox jumps over the lazy dog/'`})
+		if err != nil {
+			t.Fatal(err)
+		}
+		j := waitTerminal(t, d.api, id, 30*time.Second)
+		const tail = 256 << 10
+		if j.State != apiv1.StateSucceeded || j.LogBytes <= tail {
+			t.Fatalf("log job ended %s with %d log bytes; want succeeded with over %d", j.State, j.LogBytes, tail)
+		}
+		b.do(t, "open the log job's page", chromedp.Navigate(d.addr+"/jobs/"+id))
+		b.waitJS(t, 10*time.Second, "the log's tail", fmt.Sprintf(`(() => { const d = document.querySelector('#log-view')?.dataset; return d && Number(d.bytes) === %d && Number(d.start) === %d; })()`, tail, j.LogBytes-tail))
+		if txt := b.text(t, "#log-view"); strings.HasPrefix(txt, "1: the quick") || !strings.HasSuffix(txt, "8000: the quick brown fox jumps over the lazy dog\n") {
+			t.Errorf("the log view shows %.40q … %q; want the tail only, to the last line", txt, txt[max(0, len(txt)-60):])
+		}
+		b.do(t, "load earlier", chromedp.Click(chromedp.CSS(`#log-earlier`)))
+		b.waitJS(t, 10*time.Second, "the whole log", fmt.Sprintf(`(() => { const d = document.querySelector('#log-view').dataset; return Number(d.start) === 0 && Number(d.bytes) === %d; })()`, j.LogBytes))
+		if txt := b.text(t, "#log-view"); !strings.HasPrefix(txt, "1: the quick brown fox") || len(txt) != int(j.LogBytes) {
+			t.Errorf("after loading earlier the view holds %d bytes starting %.40q; want all %d from line 1", len(txt), txt, j.LogBytes)
+		}
+		if !evalJS[bool](t, b, `document.querySelector('#log-earlier').hidden`) {
+			t.Error("Load earlier is still offered at offset 0")
+		}
+	})
+
+	t.Run("CSPViolationsFailTests", func(t *testing.T) {
+		// The tests' net for CSP mistakes: a blocked inline style must
+		// reach the console errors that checkNoErrors reports.
+		b.mu.Lock()
+		before := len(b.errs)
+		b.mu.Unlock()
+		evalJS[bool](t, b, `(() => { const d = document.createElement('div'); d.setAttribute('style', 'color: red'); document.body.appendChild(d); return true; })()`)
+		waitFor(t, 5*time.Second, "the violation in the console", func() bool {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			for _, e := range b.errs[before:] {
+				if strings.Contains(e, "Content-Security-Policy blocked") {
+					b.errs = b.errs[:before] // expected: not a page error
+					return true
+				}
+			}
+			return false
+		})
+	})
+
 	t.Run("DarkMode", func(t *testing.T) {
+		b.do(t, "open the first job's page", chromedp.Navigate(d.addr+"/jobs/"+id))
+		b.waitJS(t, 10*time.Second, "its charts", `document.querySelector('.chart[data-key="loss"] .uplot') && document.querySelector('.chart[data-key="gpu:utilization"] .uplot')`)
+		if bg := evalJS[string](t, b, `getComputedStyle(document.body).backgroundColor`); bg != "rgb(245, 246, 248)" {
+			t.Errorf("the page's background is %s before dark mode, want the light one", bg)
+		}
 		b.emulateScheme(t, "dark")
 		defer b.emulateScheme(t, "light")
 		b.waitJS(t, 5*time.Second, "the dark page", `getComputedStyle(document.body).backgroundColor === 'rgb(15, 20, 25)'`)
@@ -454,6 +531,7 @@ func TestDashboard(t *testing.T) {
 		if n := evalJS[int](t, b, `document.querySelectorAll('#jobs .reason').length`); n != 1 {
 			t.Errorf("%d reasons in the list, want only the queued job's", n)
 		}
+		b.screenshot(t, shots, "jobs-list")
 		b.do(t, "open the waiting job's page", chromedp.Navigate(d.addr+"/jobs/"+waiter), chromedp.WaitVisible(chromedp.CSS(`#job-state`)))
 		b.waitJS(t, 10*time.Second, "the reason on the job page", fmt.Sprintf(`document.querySelector('#job-reason')?.textContent === %q`, want))
 		// The waiter runs once the holder is cancelled; its page drops the reason.

@@ -537,6 +537,8 @@
       ds.buckets = buckets;
       ds.bands = bands;
       ds.series = drawn.length;
+      ds.scale = log ? 'log' : 'linear';
+      ds.smoothing = w;
       if (drawn.length) {
         ds.ymin = y0;
         ds.ymax = y1;
@@ -1230,7 +1232,8 @@
       el('section', { class: 'panel', id: 'job-header' }, facts, progress),
       finalPanel,
       el('section', { class: 'panel' }, el('div', { class: 'panel-head' }, el('h2', {}, 'Metrics'), el('span', { class: 'spacer' }),
-        el('a', { href: compareHref([id]), 'data-link': true, class: 'muted' }, 'Compare with other runs…')), group.controls(), metricsNote, chartGrid),
+        el('button', { type: 'button', class: 'linkish', id: 'compare-with', onclick: () => { picked.add(id); navigate('/'); } }, 'Compare with other runs…')),
+      group.controls(), metricsNote, chartGrid),
       gpuPanel,
       logs.el,
       eventsPanel);
@@ -1813,6 +1816,13 @@
   }
 
   // ---------- start ----------
+
+  // A script or style the CSP blocks fails quietly in the page; an error
+  // in the console makes it visible (and fails the browser tests, which
+  // count console errors).
+  document.addEventListener('securitypolicyviolation', (e) => {
+    console.error(`Content-Security-Policy blocked ${e.blockedURI || 'inline code'} (${e.violatedDirective})`);
+  });
 
   document.addEventListener('click', (e) => {
     const a = e.target.closest('a[data-link]');
