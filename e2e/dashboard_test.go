@@ -549,6 +549,35 @@ func TestDashboard(t *testing.T) {
 		b.waitJS(t, 10*time.Second, "the local node with 2 GPUs", `document.querySelectorAll('section[data-node-id="local"] tr[data-gpu]').length === 2`)
 	})
 
+	t.Run("GPUZoomSurvivesLiveSamples", func(t *testing.T) {
+		// A GPU chart gets a sample a second; a zoom must not be undone
+		// by the next one.
+		id, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "dash-gpu-zoom", Run: "sleep 300", Resources: apiv1.Resources{GPUs: 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := d.api.Cancel(ctx, id); err != nil {
+				t.Errorf("cancel %s: %v", id, err)
+			}
+		}()
+		const chart = `document.querySelector('.chart[data-key="gpu:utilization"]')`
+		b.do(t, "open the job page", chromedp.Navigate(d.addr+"/jobs/"+id))
+		b.waitJS(t, 15*time.Second, "three GPU samples", chart+`?.querySelector('.u-over') && Number(`+chart+`.dataset.points) >= 3`)
+		evalJS[bool](t, b, `(`+chart+`.scrollIntoView({ block: 'center' }), true)`)
+		box := evalJS[[]float64](t, b, `(() => { const r = `+chart+`.querySelector('.u-over').getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })()`)
+		y := box[1] + box[3]/2
+		b.do(t, "drag across the GPU chart", chromedp.DragAndDropXY(box[0]+box[2]*0.5, y, box[0]+box[2]*0.9, y))
+		b.waitJS(t, 5*time.Second, "the GPU chart to zoom", chart+`.dataset.zoomed === '1'`)
+		zoomed := evalJS[[]float64](t, b, `[Number(`+chart+`.dataset.xmin), Number(`+chart+`.dataset.xmax)]`)
+		n := b.chartPoints(t, "gpu:utilization")
+		b.waitJS(t, 10*time.Second, "two more GPU samples", fmt.Sprintf(`Number(%s.dataset.points) >= %d`, chart, n+2))
+		after := evalJS[[]float64](t, b, `[Number(`+chart+`.dataset.xmin), Number(`+chart+`.dataset.xmax)]`)
+		if z := evalJS[string](t, b, chart+`.dataset.zoomed`); z != "1" || after[0] != zoomed[0] || after[1] != zoomed[1] {
+			t.Errorf("after new samples the GPU chart shows %v (zoomed %s), want the zoom %v kept", after, z, zoomed)
+		}
+	})
+
 	t.Run("LongJobChartIsDownsampled", func(t *testing.T) { testLongJobDownsampled(t, b, d, shots) })
 
 	t.Run("AsksForToken", func(t *testing.T) { testAsksForToken(t, b) })

@@ -420,10 +420,15 @@
       return c;
     }
 
+    // zoom sets the x range of the page's metric charts; null shows all
+    // and also resets the GPU charts, which zoom on their own (their x is
+    // time, not the metrics' step).
     zoom(r) {
       this.range = r;
-      for (const c of this.charts) c.applyRange();
-      this.onChange();
+      for (const c of this.charts) {
+        if (r === null) c.ownRange = null;
+        c.applyRange();
+      }
     }
 
     set(k, v) {
@@ -474,6 +479,7 @@
       this.key = key;
       this.opts = Object.assign({ valueFmt: fmtNum, height: 190, smooth: true, time: false }, opts);
       this.runs = [];
+      this.ownRange = null; // a GPU chart's zoom: [min, max] or null
       this.u = null;
       this.sig = '';
       this.plot = el('div', { class: 'plot' });
@@ -555,24 +561,39 @@
         this.sig = sig;
         ds.theme = th.dark ? 'dark' : 'light';
         this.u = new uPlot(this.options(drawn, log, th), data, this.plot);
+        this.applyRange();
       } else {
-        this.u.setData(data);
+        // One redraw: setData alone would draw the whole x range first.
+        this.u.batch(() => {
+          this.u.setData(data);
+          this.applyRange();
+        });
       }
-      this.applyRange();
+    }
+
+    // zoomTo zooms this chart's x: a metric chart's range is the page's.
+    zoomTo(r) {
+      if (this.opts.time) {
+        this.ownRange = r;
+        this.applyRange();
+      } else {
+        this.group.zoom(r);
+      }
     }
 
     applyRange() {
       const u = this.u;
       if (!u || !u.data[0].length) return;
       const xs = u.data[0];
-      const r = this.group.range && !this.opts.time ? this.group.range : [xs[0], xs[xs.length - 1]];
+      const zoom = this.opts.time ? this.ownRange : this.group.range;
+      const r = zoom || [xs[0], xs[xs.length - 1]];
       // A single point still needs a span to be drawn at.
       let [min, max] = r[0] === r[1] ? [r[0] - 1, r[1] + 1] : r;
       // A few seconds of GPU samples would get sub-second ticks.
-      if (this.opts.time && max - min < 30) min = max - 30;
+      if (this.opts.time && !zoom && max - min < 30) min = max - 30;
       u.setScale('x', { min, max });
       // The shown x range, for tests: zoom is shared by a page's charts.
-      this.el.dataset.zoomed = this.group.range && !this.opts.time ? 1 : 0;
+      this.el.dataset.zoomed = zoom ? 1 : 0;
       this.el.dataset.xmin = min;
       this.el.dataset.xmax = max;
       this.el.dataset.xfirst = xs[0];
@@ -615,7 +636,7 @@
               return handler(e);
             },
             dblclick: () => () => {
-              this.group.zoom(null);
+              this.zoomTo(null);
               return null;
             },
           },
@@ -728,8 +749,7 @@
       const min = u.posToVal(s.left, 'x');
       const max = u.posToVal(s.left + s.width, 'x');
       u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
-      if (this.opts.time) u.setScale('x', { min, max }); // GPU charts zoom on their own
-      else this.group.zoom([min, max]);
+      this.zoomTo([min, max]);
     }
 
     // pan moves the x range with the pointer while shift is held down.
@@ -740,8 +760,7 @@
       const perPx = (max0 - min0) / u.over.clientWidth;
       const move = (m) => {
         const dx = (m.clientX - x0) * perPx;
-        if (this.opts.time) u.setScale('x', { min: min0 - dx, max: max0 - dx });
-        else this.group.zoom([min0 - dx, max0 - dx]);
+        this.zoomTo([min0 - dx, max0 - dx]);
       };
       const up = () => {
         document.removeEventListener('mousemove', move);
