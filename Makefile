@@ -20,7 +20,7 @@ export GOWORK := off
 # only, so the targets below visit each module.
 MODULES := . bench bench/logstore e2e
 
-.PHONY: all build test test-deps unit e2e lint demo proto bench clean
+.PHONY: all build test test-deps unit e2e lint demo proto bench clean dashboard-vendor
 
 all: build
 
@@ -91,6 +91,16 @@ proto:
 	$(GO) build -o $(BIN)/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
 	protoc -I proto --plugin=protoc-gen-go=$(BIN)/protoc-gen-go \
 		--go_out=proto/gantrypb --go_opt=paths=source_relative proto/gantry.proto
+
+# Refresh the dashboard's vendored browser code (uPlot) from the versions
+# controller/dashboard/web/package-lock.json pins: npm ci checks each
+# tarball against the lockfile's integrity hash, then web/vendor.mjs copies
+# the files into the embedded assets and records their SHA-256 in
+# controller/dashboard/vendor.json. Commit all three; go build and make test
+# need no npm (TestVendoredFilesMatchLockfile checks they agree). To move to
+# another uPlot: npm install --save-exact uplot@X in web/, then this target.
+dashboard-vendor:
+	cd controller/dashboard/web && npm ci --no-audit --no-fund && node vendor.mjs
 
 clean:
 	rm -rf $(BIN)

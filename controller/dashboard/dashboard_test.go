@@ -43,6 +43,8 @@ func TestHandlerRoutes(t *testing.T) {
 		{"script", "GET", "/assets/app.js", 200, "text/javascript", js},
 		{"stylesheet", "GET", "/assets/app.css", 200, "text/css", nil},
 		{"icon", "GET", "/assets/favicon.svg", 200, "image/svg+xml", nil},
+		{"vendored chart library", "GET", "/assets/vendor/uPlot.iife.min.js", 200, "text/javascript", nil},
+		{"vendored chart styles", "GET", "/assets/vendor/uPlot.min.css", 200, "text/css", nil},
 		{"HEAD has no body", "HEAD", "/", 200, "text/html", []byte{}},
 		{"missing asset is a 404, not the app", "GET", "/assets/nope.js", 404, "text/plain", nil},
 		{"API paths are never the app", "GET", "/v1/nope", 404, "text/plain", nil},

@@ -1,6 +1,8 @@
 // Gantry dashboard: a single-page app over the controller's /v1 API.
-// No build step and no libraries: DOM helpers, a small SVG line chart and
-// three pages (jobs, one job live, nodes), routed on location.pathname.
+// No build step: DOM helpers, charts drawn by the vendored uPlot
+// (vendor/uPlot.iife.min.js, the global uPlot; see make dashboard-vendor)
+// and four pages (jobs, one job live, runs compared, nodes), routed on
+// location.pathname.
 'use strict';
 (() => {
   const TOKEN_KEY = 'gantry.token';
@@ -16,8 +18,9 @@
   const DOWNSAMPLE_ABOVE = 5000;
   const DOWNSAMPLE_POINTS = 1000;
   const DOWNSAMPLE_KEYS = 64;
-  const DRAW_MAX = 1200; // drawn points per series; min/max-decimated beyond
-  const GPU_KEEP = 900; // GPU samples kept per job page (15 min at 1 Hz)
+  // GPU samples kept per job page: all a node stores (an hour at 1 Hz),
+  // so an ended job's page can show its whole window.
+  const GPU_KEEP = 3600;
   const STATES = ['queued', 'assigned', 'running', 'succeeded', 'failed', 'cancelled', 'lost'];
   const TERMINAL = new Set(['succeeded', 'failed', 'cancelled', 'lost']);
   const PALETTE = ['#1d6fd6', '#d9480f', '#2b8a3e', '#862e9c', '#c2255c', '#0b7285', '#e67700', '#495057'];
@@ -51,12 +54,6 @@
       if (c === undefined || c === null || c === false) continue;
       parent.appendChild(c instanceof Node ? c : document.createTextNode(String(c)));
     }
-  }
-
-  function svg(tag, attrs) {
-    const e = document.createElementNS('http://www.w3.org/2000/svg', tag);
-    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
-    return e;
   }
 
   function replace(parent, ...children) {
@@ -295,233 +292,483 @@
     c.className = 'conn' + (cls ? ' ' + cls : '');
   }
 
-  // ---------- line chart ----------
+  // ---------- charts (uPlot) ----------
 
-  // niceStep picks 1, 2 or 5 times a power of ten, about span/count.
-  function niceStep(span, count) {
-    const raw = span / Math.max(1, count);
-    const p = Math.pow(10, Math.floor(Math.log10(raw)));
-    const f = raw / p;
-    return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * p;
+  // Chart settings shared by every chart of a page and kept in this
+  // browser, so that a user's smoothing and axes survive reloads.
+  const SETTINGS_KEY = 'gantry.charts';
+  const X_MODES = { step: 'Step', relative: 'Relative time', wall: 'Wall time' };
+
+  function loadSettings() {
+    const d = { smoothing: 0, log: false, x: 'step' };
+    try {
+      const s = JSON.parse(localStorage.getItem(SETTINGS_KEY) || '{}');
+      if (typeof s.smoothing === 'number' && s.smoothing >= 0 && s.smoothing < 1) d.smoothing = s.smoothing;
+      if (typeof s.log === 'boolean') d.log = s.log;
+      if (s.x in X_MODES) d.x = s.x;
+    } catch (e) {
+      // unreadable or disabled storage: the defaults
+    }
+    return d;
   }
 
-  // decimate keeps at most ~max points of (xs, ys): the min and the max of
-  // each bucket, so spikes survive thinning.
-  function decimate(xs, ys, max) {
-    const n = xs.length;
-    if (n <= max) return { xs, ys };
-    const size = Math.ceil(n / Math.floor(max / 2));
+  function saveSettings(s) {
+    try {
+      localStorage.setItem(SETTINGS_KEY, JSON.stringify({ smoothing: s.smoothing, log: s.log, x: s.x }));
+    } catch (e) {
+      // not kept; the page still works
+    }
+  }
+
+  const darkQuery = window.matchMedia('(prefers-color-scheme: dark)');
+
+  // theme reads the page's colours from its CSS variables: canvas drawing
+  // cannot use var(), so charts are rebuilt when the colour scheme flips.
+  function theme() {
+    const cs = getComputedStyle(document.documentElement);
+    const v = (n) => cs.getPropertyValue(n).trim();
+    return { dark: darkQuery.matches, text: v('--text'), muted: v('--muted'), grid: v('--grid'), line: v('--line') };
+  }
+
+  // withAlpha turns #rrggbb into rgba() for faint strokes on the canvas.
+  function withAlpha(hex, a) {
+    const n = parseInt(hex.slice(1), 16);
+    return `rgba(${(n >> 16) & 255}, ${(n >> 8) & 255}, ${n & 255}, ${a})`;
+  }
+
+  // ema is TensorBoard's smoothing: an exponential moving average with
+  // weight w, debiased so that the start is not pulled towards zero.
+  function ema(ys, w) {
+    if (!(w > 0)) return ys;
+    const out = new Array(ys.length);
+    let acc = 0;
+    let n = 0;
+    for (let i = 0; i < ys.length; i++) {
+      const y = ys[i];
+      if (y === null || !isFinite(y)) {
+        out[i] = y;
+        continue;
+      }
+      acc = acc * w + (1 - w) * y;
+      n++;
+      out[i] = acc / (1 - Math.pow(w, n));
+    }
+    return out;
+  }
+
+  // monotone returns (xs, ys) with xs strictly increasing, as uPlot needs:
+  // a run whose step went back (a restart from a checkpoint) is sorted by
+  // x, and of repeated xs the latest value is kept.
+  function monotone(xs, ys) {
+    let ok = true;
+    for (let i = 1; i < xs.length && ok; i++) ok = xs[i] > xs[i - 1];
+    if (ok) return { xs, ys };
+    const idx = xs.map((_, i) => i).sort((a, b) => xs[a] - xs[b] || a - b);
     const ox = [];
     const oy = [];
-    for (let i = 0; i < n; i += size) {
-      const end = Math.min(n, i + size);
-      let lo = i;
-      let hi = i;
-      for (let j = i + 1; j < end; j++) {
-        if (ys[j] < ys[lo]) lo = j;
-        if (ys[j] > ys[hi]) hi = j;
-      }
-      for (const j of lo <= hi ? [lo, hi] : [hi, lo]) {
-        ox.push(xs[j]);
-        oy.push(ys[j]);
-        if (lo === hi) break;
+    for (const i of idx) {
+      if (ox.length && ox[ox.length - 1] === xs[i]) oy[oy.length - 1] = ys[i];
+      else {
+        ox.push(xs[i]);
+        oy.push(ys[i]);
       }
     }
     return { xs: ox, ys: oy };
   }
 
-  // Chart is one titled SVG line chart with one or more series. draw() is
-  // cheap enough to call on every update; callers throttle it anyway.
-  class Chart {
-    constructor(key, title, opts) {
-      this.key = key;
-      this.opts = Object.assign({ xFmt: fmtAxis, yFmt: fmtAxis, valueFmt: fmtNum, xName: 'step', height: 170 }, opts);
-      // [{name, color, xs, ys, band}]; band, when set, is {xs, lo, hi}:
-      // the min and max of each downsampled bucket at xs, drawn as a
-      // vertical segment so that a spike inside a bucket stays visible.
-      this.series = [];
-      this.last = el('span', { class: 'chart-last' });
-      this.legend = el('div', { class: 'legend' });
-      this.svg = svg('svg', { role: 'img', 'aria-label': title });
-      this.tip = el('div', { class: 'tip', hidden: true });
-      this.el = el('div', { class: 'chart', 'data-key': key, 'data-points': 0 },
-        el('div', { class: 'chart-head' }, el('span', { class: 'chart-title', title }, title), this.last),
-        this.svg, this.legend, this.tip);
-      this.svg.addEventListener('mousemove', (e) => this.hover(e));
-      this.svg.addEventListener('mouseleave', () => this.hover(null));
-      this.geom = null;
+  // align joins runs with different xs into uPlot's one-x-array table;
+  // a run has null where it has no point (its line spans the gap).
+  function align(runs) {
+    if (runs.length === 1) return [runs[0].xs, runs[0].ys];
+    const all = new Set();
+    for (const r of runs) for (const x of r.xs) all.add(x);
+    const xs = [...all].sort((a, b) => a - b);
+    const at = new Map(xs.map((x, i) => [x, i]));
+    const cols = runs.map((r) => {
+      const col = new Array(xs.length).fill(null);
+      for (let i = 0; i < r.xs.length; i++) col[at.get(r.xs[i])] = r.ys[i];
+      return col;
+    });
+    return [xs, ...cols];
+  }
+
+  function lastValue(col) {
+    for (let i = (col ? col.length : 0) - 1; i >= 0; i--) if (col[i] !== null && col[i] !== undefined) return col[i];
+    return null;
+  }
+
+  function fmtRel(s) {
+    return fmtDur(s * 1000);
+  }
+
+  // ChartGroup is the charts of one page: their shared settings, a common
+  // zoom (drag on any chart zooms all on the same x range), and the cursor
+  // sync key uPlot uses to move every chart's cursor together.
+  class ChartGroup {
+    constructor(syncKey) {
+      this.syncKey = syncKey;
+      this.settings = loadSettings();
+      this.charts = new Set();
+      this.range = null; // [min, max] zoomed x range, or null for all
+      this.onChange = () => {};
+      this.onScheme = () => this.charts.forEach((c) => c.rebuild());
+      darkQuery.addEventListener('change', this.onScheme);
     }
 
-    setSeries(series) {
-      this.series = series;
+    add(c) {
+      this.charts.add(c);
+      return c;
     }
 
-    points() {
-      return this.series.reduce((n, s) => n + s.xs.length, 0);
-    }
-
-    draw() {
-      const width = Math.max(200, Math.round(this.svg.getBoundingClientRect().width) || 360);
-      const height = this.opts.height;
-      const pad = { l: 50, r: 10, t: 8, b: 20 };
-      const s = this.svg;
-      s.replaceChildren();
-      s.setAttribute('viewBox', `0 0 ${width} ${height}`);
-      const n = this.points();
-      this.el.setAttribute('data-points', n);
-      this.el.setAttribute('data-buckets', this.series.reduce((m, ser) => m + (ser.band ? ser.band.xs.length : 0), 0));
-      const drawn = this.series.filter((ser) => ser.xs.length > 0);
-      if (drawn.length === 0) {
-        const t = svg('text', { x: width / 2, y: height / 2, 'text-anchor': 'middle', class: 'axis' });
-        t.textContent = 'no data yet';
-        t.setAttribute('fill', '#5f6b7a');
-        s.appendChild(t);
-        this.last.textContent = '';
-        this.geom = null;
-        return;
-      }
-      let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
-      for (const ser of drawn) {
-        for (let i = 0; i < ser.xs.length; i++) {
-          const x = ser.xs[i], y = ser.ys[i];
-          if (x < x0) x0 = x;
-          if (x > x1) x1 = x;
-          if (y < y0) y0 = y;
-          if (y > y1) y1 = y;
-        }
-        const b = ser.band;
-        for (let i = 0; b && i < b.xs.length; i++) {
-          if (b.lo[i] < y0) y0 = b.lo[i];
-          if (b.hi[i] > y1) y1 = b.hi[i];
-        }
-      }
-      this.el.setAttribute('data-ymin', y0);
-      this.el.setAttribute('data-ymax', y1);
-      if (this.opts.yMin !== undefined) y0 = Math.min(y0, this.opts.yMin);
-      if (this.opts.yMax !== undefined) y1 = Math.max(y1, this.opts.yMax);
-      if (x0 === x1) { x0 -= 1; x1 += 1; }
-      if (y0 === y1) {
-        const d = Math.abs(y0) * 0.1 || 1;
-        y0 -= d;
-        y1 += d;
-      }
-      const ystep = niceStep(y1 - y0, 4);
-      y0 = Math.floor(y0 / ystep) * ystep;
-      y1 = Math.ceil(y1 / ystep) * ystep;
-      const pw = width - pad.l - pad.r;
-      const ph = height - pad.t - pad.b;
-      const sx = (x) => pad.l + ((x - x0) / (x1 - x0)) * pw;
-      const sy = (y) => pad.t + (1 - (y - y0) / (y1 - y0)) * ph;
-      this.geom = { sx, x0, x1, pad, pw, width, height };
-
-      const axis = svg('g', { class: 'axis' });
-      for (let y = y0; y <= y1 + ystep / 2; y += ystep) {
-        const py = sy(y);
-        axis.appendChild(svg('line', { x1: pad.l, x2: width - pad.r, y1: py, y2: py, class: 'gridline' }));
-        const t = svg('text', { x: pad.l - 6, y: py + 3, 'text-anchor': 'end' });
-        t.textContent = this.opts.yFmt(Math.abs(y) < ystep / 1e6 ? 0 : y);
-        axis.appendChild(t);
-      }
-      const xstep = Math.max(this.opts.xMinStep || 0, niceStep(x1 - x0, Math.max(2, Math.floor(pw / 90))));
-      let prev = '';
-      for (let x = Math.ceil(x0 / xstep) * xstep; x <= x1; x += xstep) {
-        const label = this.opts.xFmt(x);
-        if (label === prev) continue; // a coarse format can repeat itself
-        prev = label;
-        const t = svg('text', { x: sx(x), y: height - 5, 'text-anchor': 'middle' });
-        t.textContent = label;
-        axis.appendChild(t);
-      }
-      s.appendChild(axis);
-
-      for (const ser of drawn) {
-        const b = ser.band;
-        if (!b || b.xs.length === 0) continue;
-        let path = '';
-        for (let i = 0; i < b.xs.length; i++) {
-          if (b.hi[i] === b.lo[i]) continue; // the line shows it
-          const x = sx(b.xs[i]).toFixed(1);
-          path += 'M' + x + ' ' + sy(b.lo[i]).toFixed(1) + 'V' + sy(b.hi[i]).toFixed(1);
-        }
-        if (path) s.appendChild(svg('path', { d: path, class: 'band', stroke: ser.color }));
-      }
-      for (const ser of drawn) {
-        const d = decimate(ser.xs, ser.ys, DRAW_MAX);
-        let path = '';
-        for (let i = 0; i < d.xs.length; i++) {
-          path += (i === 0 ? 'M' : 'L') + sx(d.xs[i]).toFixed(1) + ' ' + sy(d.ys[i]).toFixed(1);
-        }
-        if (d.xs.length === 1) {
-          s.appendChild(svg('circle', { cx: sx(d.xs[0]), cy: sy(d.ys[0]), r: 2.5, fill: ser.color }));
-        } else {
-          s.appendChild(svg('path', { d: path, class: 'series', stroke: ser.color }));
-        }
-      }
-      this.cursor = svg('line', { class: 'cursor', y1: pad.t, y2: height - pad.b, visibility: 'hidden' });
-      s.appendChild(this.cursor);
-
-      if (drawn.length === 1) {
-        const ser = drawn[0];
-        this.last.textContent = this.opts.valueFmt(ser.ys[ser.ys.length - 1]);
-        this.legend.hidden = true;
-      } else {
-        this.last.textContent = '';
-        this.legend.hidden = false;
-        replace(this.legend, drawn.map((ser) => el('span', {},
-          el('i', { style: null, 'data-color': ser.color }), ser.name + ' ' + this.opts.valueFmt(ser.ys[ser.ys.length - 1]))));
-        // Colours go through the DOM API: the CSP allows no inline styles.
-        this.legend.querySelectorAll('i').forEach((i) => { i.style.background = i.getAttribute('data-color'); });
+    // zoom sets the x range of the page's metric charts; null shows all
+    // and also resets the GPU charts, which zoom on their own (their x is
+    // time, not the metrics' step).
+    zoom(r) {
+      this.range = r;
+      for (const c of this.charts) {
+        if (r === null) c.ownRange = null;
+        c.applyRange();
       }
     }
 
-    // hover shows the values nearest the pointer's x.
-    hover(e) {
-      if (!e || !this.geom) {
-        this.tip.hidden = true;
-        if (this.cursor) this.cursor.setAttribute('visibility', 'hidden');
-        return;
-      }
-      const g = this.geom;
-      const r = this.svg.getBoundingClientRect();
-      const px = ((e.clientX - r.left) / r.width) * g.width;
-      if (px < g.pad.l || px > g.pad.l + g.pw) return this.hover(null);
-      const x = g.x0 + ((px - g.pad.l) / g.pw) * (g.x1 - g.x0);
-      const lines = [];
-      let at = null;
-      for (const ser of this.series) {
-        const i = nearest(ser.xs, x);
-        if (i < 0) continue;
-        if (at === null) at = ser.xs[i];
-        let v = this.opts.valueFmt(ser.ys[i]);
-        const b = ser.band;
-        if (b && i < b.xs.length && b.lo[i] !== b.hi[i]) v += ` (${this.opts.valueFmt(b.lo[i])} – ${this.opts.valueFmt(b.hi[i])})`;
-        lines.push((this.series.length > 1 ? ser.name + ' ' : '') + v);
-      }
-      if (at === null) return this.hover(null);
-      this.tip.textContent = this.opts.xName + ' ' + this.opts.xFmt(at) + ' · ' + lines.join(' · ');
-      this.tip.hidden = false;
-      const cx = g.sx(at);
-      this.cursor.setAttribute('x1', cx);
-      this.cursor.setAttribute('x2', cx);
-      this.cursor.setAttribute('visibility', 'visible');
-      const box = this.el.getBoundingClientRect();
-      const left = r.left - box.left + (cx / g.width) * r.width;
-      this.tip.style.left = Math.max(4, Math.min(left + 8, box.width - this.tip.offsetWidth - 4)) + 'px';
-      this.tip.style.top = r.top - box.top + 4 + 'px';
+    set(k, v) {
+      this.settings[k] = v;
+      saveSettings(this.settings);
+      if (k === 'x') this.range = null; // a range in steps means nothing in seconds
+      this.onChange();
+    }
+
+    destroy() {
+      darkQuery.removeEventListener('change', this.onScheme);
+      for (const c of this.charts) c.destroy();
+      this.charts.clear();
+    }
+
+    // controls is the bar that sets smoothing, scale and x axis.
+    controls() {
+      const s = this.settings;
+      const smoothVal = el('span', { class: 'mono', id: 'smoothing-value' }, s.smoothing.toFixed(2));
+      const slider = el('input', { type: 'range', min: 0, max: 0.99, step: 0.01, value: s.smoothing, id: 'smoothing', 'aria-label': 'Smoothing' });
+      slider.addEventListener('input', () => {
+        smoothVal.textContent = Number(slider.value).toFixed(2);
+        this.set('smoothing', Number(slider.value));
+      });
+      const log = el('input', { type: 'checkbox', id: 'log-scale', checked: s.log });
+      log.addEventListener('change', () => this.set('log', log.checked));
+      const xsel = el('select', { id: 'x-axis', 'aria-label': 'X axis' },
+        Object.entries(X_MODES).map(([k, v]) => el('option', { value: k, selected: s.x === k }, v)));
+      xsel.addEventListener('change', () => this.set('x', xsel.value));
+      const reset = el('button', { type: 'button', class: 'secondary', id: 'reset-zoom', onclick: () => this.zoom(null) }, 'Reset zoom');
+      return el('div', { class: 'chart-controls' },
+        el('label', {}, 'Smoothing ', slider, ' ', smoothVal),
+        el('label', {}, log, ' Log scale'),
+        el('label', {}, 'X axis ', xsel),
+        reset,
+        el('span', { class: 'muted hint' }, 'drag: zoom · shift-drag: pan · double-click: reset'));
     }
   }
 
-  // nearest finds the index of the value in sorted xs closest to x.
-  function nearest(xs, x) {
-    if (xs.length === 0) return -1;
-    let lo = 0, hi = xs.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (xs[mid] < x) lo = mid + 1;
-      else hi = mid;
+  // Chart is one metric (or GPU quantity) over x for one or more runs,
+  // drawn by uPlot. setRuns takes [{name, color, xs, ys, band}] in the
+  // group's x units; band, when set, is {xs, lo, hi}: the min and max of
+  // each downsampled bucket, drawn as a faint vertical segment under the
+  // line so that a spike inside a bucket stays visible.
+  class Chart {
+    constructor(group, key, title, opts) {
+      this.group = group;
+      this.key = key;
+      this.opts = Object.assign({ valueFmt: fmtNum, height: 190, smooth: true, time: false }, opts);
+      this.runs = [];
+      this.ownRange = null; // a GPU chart's zoom: [min, max] or null
+      this.u = null;
+      this.sig = '';
+      this.plot = el('div', { class: 'plot' });
+      this.empty = el('div', { class: 'chart-empty muted' }, 'no data yet');
+      this.el = el('div', { class: 'chart', 'data-key': key, 'data-points': 0, 'data-series': 0 },
+        el('div', { class: 'chart-head' }, el('span', { class: 'chart-title', title }, title)),
+        this.plot, this.empty);
+      group.add(this);
     }
-    if (lo > 0 && Math.abs(xs[lo - 1] - x) <= Math.abs(xs[lo] - x)) return lo - 1;
-    return lo;
+
+    setRuns(runs) {
+      this.runs = runs;
+    }
+
+    // xMode is how x reads here: GPU charts are always over wall time.
+    xMode() {
+      return this.opts.time ? 'wall' : this.group.settings.x;
+    }
+
+    destroy() {
+      if (this.u) this.u.destroy();
+      this.u = null;
+      this.sig = '';
+    }
+
+    rebuild() {
+      this.destroy();
+      this.draw();
+    }
+
+    draw() {
+      const s = this.group.settings;
+      const log = s.log && !this.opts.time;
+      const w = this.opts.smooth ? s.smoothing : 0;
+      const drawn = [];
+      let points = 0, buckets = 0, bands = 0, y0 = Infinity, y1 = -Infinity;
+      for (const r of this.runs) {
+        points += r.xs.length;
+        if (r.band) {
+          buckets += r.band.xs.length;
+          if (r.band.lo.some((lo, i) => lo !== r.band.hi[i])) bands++;
+          for (let i = 0; i < r.band.xs.length; i++) {
+            y0 = Math.min(y0, r.band.lo[i]);
+            y1 = Math.max(y1, r.band.hi[i]);
+          }
+        }
+        for (const y of r.ys) {
+          if (y < y0) y0 = y;
+          if (y > y1) y1 = y;
+        }
+        if (r.xs.length === 0) continue;
+        const m = monotone(r.xs, r.ys);
+        let ys = ema(m.ys, w);
+        // A log axis cannot place zero or less: those points are gaps.
+        if (log) ys = ys.map((y) => (y > 0 ? y : null));
+        drawn.push({ run: r, xs: m.xs, ys, raw: w > 0 ? m.ys : null });
+      }
+      // What the chart holds, for tests and for anyone inspecting the page.
+      const ds = this.el.dataset;
+      ds.points = points;
+      ds.buckets = buckets;
+      ds.bands = bands;
+      ds.series = drawn.length;
+      ds.scale = log ? 'log' : 'linear';
+      ds.smoothing = w;
+      if (drawn.length) {
+        ds.ymin = y0;
+        ds.ymax = y1;
+      }
+      this.drawn = drawn;
+      this.empty.hidden = drawn.length > 0;
+      this.plot.hidden = drawn.length === 0;
+      if (drawn.length === 0) return;
+      const data = align(drawn);
+      const th = theme();
+      const sig = [drawn.map((d) => d.run.name + d.run.color).join('|'), log, this.xMode(), th.dark].join(';');
+      if (!this.u || sig !== this.sig) {
+        this.destroy();
+        this.sig = sig;
+        ds.theme = th.dark ? 'dark' : 'light';
+        this.u = new uPlot(this.options(drawn, log, th), data, this.plot);
+        this.applyRange();
+      } else {
+        // One redraw: setData alone would draw the whole x range first.
+        this.u.batch(() => {
+          this.u.setData(data);
+          this.applyRange();
+        });
+      }
+    }
+
+    // zoomTo zooms this chart's x: a metric chart's range is the page's.
+    zoomTo(r) {
+      if (this.opts.time) {
+        this.ownRange = r;
+        this.applyRange();
+      } else {
+        this.group.zoom(r);
+      }
+    }
+
+    applyRange() {
+      const u = this.u;
+      if (!u || !u.data[0].length) return;
+      const xs = u.data[0];
+      const zoom = this.opts.time ? this.ownRange : this.group.range;
+      const r = zoom || [xs[0], xs[xs.length - 1]];
+      // A single point still needs a span to be drawn at.
+      let [min, max] = r[0] === r[1] ? [r[0] - 1, r[1] + 1] : r;
+      // A few seconds of GPU samples would get sub-second ticks.
+      if (this.opts.time && !zoom && max - min < 30) min = max - 30;
+      u.setScale('x', { min, max });
+      // The shown x range, for tests: zoom is shared by a page's charts.
+      this.el.dataset.zoomed = zoom ? 1 : 0;
+      this.el.dataset.xmin = min;
+      this.el.dataset.xmax = max;
+      this.el.dataset.xfirst = xs[0];
+      this.el.dataset.xlast = xs[xs.length - 1];
+    }
+
+    width() {
+      return Math.max(200, this.el.clientWidth - 22);
+    }
+
+    resize() {
+      if (this.u) this.u.setSize({ width: this.width(), height: this.opts.height });
+    }
+
+    options(drawn, log, th) {
+      const mode = this.xMode();
+      const xName = mode === 'step' ? 'step' : mode === 'relative' ? 'time since start' : 'time';
+      const xFmt = mode === 'step' ? fmtAxis : mode === 'relative' ? fmtRel : (v) => fmtClock(v * 1000);
+      const axis = {
+        stroke: th.muted,
+        grid: { stroke: th.grid, width: 1 },
+        ticks: { stroke: th.grid, width: 1 },
+        font: '10px ' + getComputedStyle(document.body).getPropertyValue('--mono'),
+        labelFont: '11px system-ui, sans-serif',
+      };
+      const valueFmt = this.opts.valueFmt;
+      return {
+        width: this.width(),
+        height: this.opts.height,
+        legend: { live: true },
+        cursor: {
+          sync: { key: this.group.syncKey + (this.opts.time ? ':time' : ':' + mode) },
+          drag: { x: true, y: false, setScale: false },
+          bind: {
+            mousedown: (u, targ, handler) => (e) => {
+              if (e.shiftKey && e.button === 0) {
+                this.pan(e);
+                return null;
+              }
+              return handler(e);
+            },
+            dblclick: () => () => {
+              this.zoomTo(null);
+              return null;
+            },
+          },
+        },
+        scales: {
+          x: { time: mode === 'wall' },
+          y: {
+            distr: log ? 3 : 1,
+            log: 10,
+            range: (u, min, max) => this.yRange(u, min, max, log),
+          },
+        },
+        axes: [
+          Object.assign({}, axis, { label: xName, labelSize: 16, values: mode === 'wall' ? undefined : (u, vals) => vals.map(xFmt) }),
+          Object.assign({}, axis, { label: this.opts.yLabel || this.key, labelSize: 16, size: 52, values: (u, vals) => vals.map((v) => (v === null ? '' : fmtAxis(v))) }),
+        ],
+        series: [
+          { label: xName, value: (u, v, si, i) => (i === null ? 'last' : v === null || v === undefined ? '–' : mode === 'wall' ? fmtClock(v * 1000) : xFmt(v)) },
+          ...drawn.map((d) => ({
+            label: d.run.name,
+            stroke: d.run.color,
+            width: 1.6,
+            spanGaps: true,
+            // With the cursor off the chart the legend shows each run's
+            // latest value, as the old chart header did.
+            value: (u, v, si, i) => {
+              if (i === null) v = lastValue(u.data[si]);
+              return v === null || v === undefined ? '–' : valueFmt(v);
+            },
+          })),
+        ],
+        hooks: {
+          drawAxes: [(u) => this.drawUnder(u)],
+          setSelect: [(u) => this.selected(u)],
+        },
+      };
+    }
+
+    // yRange fits the visible data and, for downsampled history, the
+    // buckets' min and max, so a spike sets the scale as it did before
+    // it was summarized.
+    yRange(u, min, max, log) {
+      let lo = min, hi = max;
+      const x0 = u.scales.x.min, x1 = u.scales.x.max;
+      for (const d of this.drawn || []) {
+        const b = d.run.band;
+        for (let i = 0; b && i < b.xs.length; i++) {
+          if (x0 !== undefined && x0 !== null && (b.xs[i] < x0 || b.xs[i] > x1)) continue;
+          if (log && b.lo[i] <= 0) continue;
+          if (lo === null || b.lo[i] < lo) lo = b.lo[i];
+          if (hi === null || b.hi[i] > hi) hi = b.hi[i];
+        }
+      }
+      if (this.opts.yMin !== undefined && !log) lo = Math.min(lo === null ? this.opts.yMin : lo, this.opts.yMin);
+      if (this.opts.yMax !== undefined) hi = Math.max(hi === null ? this.opts.yMax : hi, this.opts.yMax);
+      if (lo === null || hi === null) return log ? [1, 10] : [0, 1];
+      if (log) return uPlot.rangeLog(lo, hi, 10, true);
+      return uPlot.rangeNum(lo, hi, 0.1, true);
+    }
+
+    // drawUnder runs before uPlot draws the lines: the buckets' min–max
+    // segments and, when smoothing, the raw values as a faint line.
+    drawUnder(u) {
+      const ctx = u.ctx;
+      const { left, top, width, height } = u.bbox;
+      ctx.save();
+      ctx.beginPath();
+      ctx.rect(left, top, width, height);
+      ctx.clip();
+      ctx.lineWidth = Math.max(1, devicePixelRatio);
+      const log = u.scales.y.distr === 3;
+      for (const d of this.drawn || []) {
+        const b = d.run.band;
+        if (b) {
+          ctx.strokeStyle = withAlpha(d.run.color, 0.45);
+          ctx.beginPath();
+          for (let i = 0; i < b.xs.length; i++) {
+            if (b.lo[i] === b.hi[i] || (log && b.lo[i] <= 0)) continue;
+            const x = u.valToPos(b.xs[i], 'x', true);
+            ctx.moveTo(x, u.valToPos(b.lo[i], 'y', true));
+            ctx.lineTo(x, u.valToPos(b.hi[i], 'y', true));
+          }
+          ctx.stroke();
+        }
+        if (d.raw) {
+          ctx.strokeStyle = withAlpha(d.run.color, 0.25);
+          ctx.beginPath();
+          let pen = false;
+          for (let i = 0; i < d.xs.length; i++) {
+            const y = d.raw[i];
+            if (y === null || !isFinite(y) || (log && y <= 0)) {
+              pen = false;
+              continue;
+            }
+            const px = u.valToPos(d.xs[i], 'x', true), py = u.valToPos(y, 'y', true);
+            if (pen) ctx.lineTo(px, py);
+            else ctx.moveTo(px, py);
+            pen = true;
+          }
+          ctx.stroke();
+        }
+      }
+      ctx.restore();
+    }
+
+    // selected turns a drag selection into the group's zoom.
+    selected(u) {
+      const s = u.select;
+      if (s.width < 4) return;
+      const min = u.posToVal(s.left, 'x');
+      const max = u.posToVal(s.left + s.width, 'x');
+      u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+      this.zoomTo([min, max]);
+    }
+
+    // pan moves the x range with the pointer while shift is held down.
+    pan(e) {
+      const u = this.u;
+      const x0 = e.clientX;
+      const min0 = u.scales.x.min, max0 = u.scales.x.max;
+      const perPx = (max0 - min0) / u.over.clientWidth;
+      const move = (m) => {
+        const dx = (m.clientX - x0) * perPx;
+        this.zoomTo([min0 - dx, max0 - dx]);
+      };
+      const up = () => {
+        document.removeEventListener('mousemove', move);
+        document.removeEventListener('mouseup', up);
+      };
+      document.addEventListener('mousemove', move);
+      document.addEventListener('mouseup', up);
+    }
   }
 
   // ---------- pages ----------
@@ -542,6 +789,10 @@
     } else if ((m = p.match(/^\/jobs\/([^/]+)\/?$/))) {
       nav = 'jobs';
       current = jobPage(decodeURIComponent(m[1]));
+    } else if (p === '/compare' || p === '/compare/') {
+      nav = 'jobs';
+      const ids = (new URLSearchParams(location.search).get('jobs') || '').split(',').filter(Boolean);
+      current = comparePage(ids);
     } else if (p === '/nodes' || p === '/nodes/') {
       nav = 'nodes';
       current = nodesPage();
@@ -557,19 +808,37 @@
     route();
   }
 
+  function compareHref(ids) {
+    return '/compare?jobs=' + ids.map(encodeURIComponent).join(',');
+  }
+
   // ----- jobs list -----
+
+  // Jobs ticked for comparison, kept while the list re-renders and when
+  // the user goes to a job and comes back.
+  const picked = new Set();
 
   function jobsPage() {
     document.title = 'Jobs · Gantry';
     const count = el('span', { class: 'muted' });
     const err = el('p', { class: 'error', hidden: true });
     const tbody = el('tbody');
+    const compareBtn = el('button', { type: 'button', id: 'compare', onclick: () => navigate(compareHref([...picked])) });
+    const clearBtn = el('button', { type: 'button', class: 'secondary', onclick: () => { picked.clear(); syncPicked(); } }, 'Clear');
+    function syncPicked() {
+      compareBtn.textContent = picked.size < 2 ? 'Compare runs' : `Compare ${picked.size} runs`;
+      compareBtn.disabled = picked.size < 2;
+      compareBtn.title = picked.size < 2 ? 'Tick two or more jobs to overlay their metrics' : '';
+      clearBtn.hidden = picked.size === 0;
+      tbody.querySelectorAll('input[data-pick]').forEach((c) => { c.checked = picked.has(c.getAttribute('data-pick')); });
+    }
+    syncPicked();
     replace(app(),
-      el('div', { class: 'page-head' }, el('h1', {}, 'Jobs'), count),
+      el('div', { class: 'page-head' }, el('h1', {}, 'Jobs'), count, el('span', { class: 'spacer' }), clearBtn, compareBtn),
       err,
       el('div', { class: 'panel' }, el('table', { id: 'jobs' },
         el('thead', {}, el('tr', {},
-          el('th', {}, 'ID'), el('th', {}, 'Name'), el('th', {}, 'State'), el('th', {}, 'Node'),
+          el('th', { class: 'pick' }, ''), el('th', {}, 'ID'), el('th', {}, 'Name'), el('th', {}, 'State'), el('th', {}, 'Node'),
           el('th', {}, 'GPUs'), el('th', { class: 'num' }, 'Step'), el('th', { class: 'num' }, 'Points'),
           el('th', {}, 'Created'), el('th', { class: 'num' }, 'Duration'))),
         tbody)));
@@ -581,10 +850,18 @@
       count.textContent = jobs.length + ' jobs' + (jobs.length ? ' · ' +
         STATES.filter((s) => byState[s]).map((s) => byState[s] + ' ' + s).join(', ') : '');
       if (jobs.length === 0) {
-        replace(tbody, el('tr', {}, el('td', { colspan: 9, class: 'empty' }, 'No jobs yet. Submit one with ', el('code', {}, 'gantry run job.yaml'), '.')));
+        replace(tbody, el('tr', {}, el('td', { colspan: 10, class: 'empty' }, 'No jobs yet. Submit one with ', el('code', {}, 'gantry run job.yaml'), '.')));
         return;
       }
       replace(tbody, jobs.map((j) => el('tr', { 'data-job-id': j.id },
+        el('td', { class: 'pick' }, el('input', {
+          type: 'checkbox', 'data-pick': j.id, checked: picked.has(j.id), 'aria-label': 'Compare ' + (j.name || j.id),
+          onchange: (e) => {
+            if (e.target.checked) picked.add(j.id);
+            else picked.delete(j.id);
+            syncPicked();
+          },
+        })),
         el('td', {}, jobLink(j.id)),
         el('td', {}, j.name || '–'),
         el('td', {}, stateBadge(j.state), queueReason(j)),
@@ -601,6 +878,323 @@
     return p;
   }
 
+  // ----- one run's metrics -----
+
+  function xOf(pt) {
+    return pt.step === null || pt.step === undefined ? pt.seq : pt.step;
+  }
+
+  // RunData is one job's metric history in the browser: its points by
+  // seq, per-key series, and for a long run the downsampled buckets that
+  // stand for its older points. The job page feeds it from the live
+  // WebSocket; the compare page by polling GET /metrics?after=.
+  class RunData {
+    constructor(id, isStopped, onChange) {
+      this.id = id;
+      this.stopped = isStopped;
+      this.onChange = onChange;
+      this.job = null;
+      this.points = []; // by seq, no duplicates
+      this.series = new Map(); // metric key → {seqs, xs, ts, ys} of the points above
+      // Downsampled history of a long run: metric key → {cut, xs, ts, lo,
+      // hi, last}, buckets for seqs up to cut (the points array holds later
+      // ones). Empty for a short run, whose points are all fetched.
+      this.hist = new Map();
+      this.histCut = 0; // every metric's buckets cover the seqs up to here
+      this.loading = false;
+    }
+
+    lastSeq() {
+      return this.points.length ? this.points[this.points.length - 1].seq : this.histCut;
+    }
+
+    addToSeries(pt) {
+      for (const [k, v] of Object.entries(pt.values || {})) {
+        let s = this.series.get(k);
+        if (!s) this.series.set(k, (s = { seqs: [], xs: [], ts: [], ys: [] }));
+        s.seqs.push(pt.seq);
+        s.xs.push(xOf(pt));
+        s.ts.push(pt.ts);
+        s.ys.push(v);
+      }
+    }
+
+    // mergePoints folds points in by seq. New points past the last seq
+    // (the live stream) append; anything older (history, a reconnect's
+    // snapshot) merges and rebuilds the series.
+    mergePoints(pts) {
+      if (!pts || pts.length === 0) return;
+      const last = this.points.length ? this.points[this.points.length - 1].seq : 0;
+      if (pts.every((p, i) => p.seq > (i === 0 ? last : pts[i - 1].seq))) {
+        for (const p of pts) {
+          this.points.push(p);
+          this.addToSeries(p);
+        }
+      } else {
+        const bySeq = new Map(this.points.map((p) => [p.seq, p]));
+        for (const p of pts) bySeq.set(p.seq, p);
+        this.points = [...bySeq.values()].sort((a, b) => a.seq - b.seq);
+        this.series = new Map();
+        for (const p of this.points) this.addToSeries(p);
+      }
+      this.onChange();
+    }
+
+    // loadHistory fills in the points older than before (a live
+    // snapshot's first seq, or past the job's last seq). A few are
+    // fetched as they are; for a long run, the older part comes as
+    // downsampled buckets and only the points after the last whole bucket
+    // are fetched.
+    async loadHistory(before) {
+      if (this.loading || before <= 1) return;
+      this.loading = true;
+      try {
+        // Seqs up to from are already here: as points, or in buckets.
+        let from = 0;
+        for (let i = this.points.length - 1; i >= 0; i--) {
+          if (this.points[i].seq < before) {
+            from = this.points[i].seq;
+            break;
+          }
+        }
+        from = Math.max(from, Math.min(this.histCut, before - 1));
+        if (before - 1 - from > DOWNSAMPLE_ABOVE) {
+          const cut = await this.loadBuckets(before);
+          // Without buckets (an older controller), only the newest points.
+          from = cut === null ? before - 1 - DOWNSAMPLE_ABOVE : cut;
+        }
+        await this.loadPoints(from, before);
+      } finally {
+        this.loading = false;
+      }
+    }
+
+    // loadPoints fetches the points with seqs in (after, before).
+    async loadPoints(after, before) {
+      const got = [];
+      while (!this.stopped() && after < before - 1) {
+        const limit = Math.min(HISTORY_PAGE, before - 1 - after);
+        const page = await api(`/v1/jobs/${encodeURIComponent(this.id)}/metrics?after=${after}&limit=${limit}`);
+        const pts = (page.points || []).filter((p) => p.seq < before);
+        if (pts.length === 0) break;
+        got.push(...pts);
+        after = page.next;
+      }
+      if (this.stopped()) return;
+      this.mergePoints(got);
+    }
+
+    // loadBuckets replaces hist with the run's downsampled buckets that
+    // end before seq before, and returns the last seq they cover (the
+    // smallest such over the requests), or null when the controller has
+    // no downsampling or the job no metric keys yet.
+    async loadBuckets(before) {
+      const j = this.job || {};
+      const keys = [...new Set([...this.series.keys(), ...Object.keys(j.latest_metrics || {}), ...Object.keys(j.final_metrics || {})])]
+        // "step" in latest_metrics is the last step, not a metric; and the
+        // API splits keys=a,b on commas, so such a key cannot be named.
+        .filter((k) => k !== 'step' && !k.includes(','));
+      if (keys.length === 0) return null;
+      const hist = new Map();
+      let cut = Infinity;
+      for (let i = 0; i < keys.length; i += DOWNSAMPLE_KEYS) {
+        const names = keys.slice(i, i + DOWNSAMPLE_KEYS).map(encodeURIComponent).join(',');
+        const r = await api(`/v1/jobs/${encodeURIComponent(this.id)}/metrics?max_points=${DOWNSAMPLE_POINTS}&keys=${names}`);
+        if (this.stopped()) return null;
+        if (!r || !r.series || !r.bucket_seqs) return null;
+        // Buckets are fixed seq ranges (i·w, (i+1)·w]: those wholly before
+        // the snapshot are kept, and points follow the last of them. Each
+        // request has its own w if the run grew in between.
+        const w = r.bucket_seqs;
+        const reqCut = Math.floor((before - 1) / w) * w;
+        cut = Math.min(cut, reqCut);
+        for (const [k, bs] of Object.entries(r.series)) {
+          if (bs.length === 0) continue;
+          const h = { cut: reqCut, xs: [], ts: [], lo: [], hi: [], last: [] };
+          for (const b of bs) {
+            if (b.last_seq > reqCut) break;
+            h.xs.push(b.step === null || b.step === undefined ? b.last_seq : b.step);
+            h.ts.push(b.ts);
+            h.lo.push(b.min);
+            h.hi.push(b.max);
+            h.last.push(b.last);
+          }
+          hist.set(k, h);
+        }
+      }
+      this.hist = hist;
+      this.histCut = cut;
+      this.onChange();
+      return cut;
+    }
+
+    keys() {
+      return [...new Set([...this.series.keys(), ...this.hist.keys()])].filter((k) => k !== 'total_steps');
+    }
+
+    // t0 is where relative time starts: the job's start, else its first point.
+    t0() {
+      const s = this.job && parseTime(this.job.started_at);
+      if (s !== null && s !== undefined) return s / 1000;
+      const first = this.points.length ? this.points[0].ts : 0;
+      for (const h of this.hist.values()) if (h.ts.length) return Math.min(first || h.ts[0], h.ts[0]);
+      return first;
+    }
+
+    // chartRun is one metric as a chart series in x mode m: its
+    // downsampled buckets, if any, then the points after them. The line
+    // runs through each bucket's last value; the band holds its min and max.
+    chartRun(k, m, name, color) {
+      const raw = this.series.get(k) || { seqs: [], xs: [], ts: [], ys: [] };
+      const t0 = m === 'relative' ? this.t0() : 0;
+      const xsOf = (o) => (m === 'step' ? o.xs : t0 ? o.ts.map((t) => t - t0) : o.ts);
+      const h = this.hist.get(k);
+      if (!h) return { name, color, xs: xsOf(raw), ys: raw.ys };
+      let i = 0;
+      while (i < raw.seqs.length && raw.seqs[i] <= h.cut) i++;
+      const hx = xsOf(h);
+      return {
+        name, color,
+        xs: hx.concat(xsOf(raw).slice(i)), ys: h.last.concat(raw.ys.slice(i)),
+        band: { xs: hx, lo: h.lo, hi: h.hi },
+      };
+    }
+  }
+
+  // metricCharts keeps one chart per metric key in grid, in key order.
+  function syncCharts(group, charts, grid, keys) {
+    let changed = false;
+    for (const k of keys) {
+      if (!charts.has(k)) {
+        charts.set(k, new Chart(group, k, k, {}));
+        changed = true;
+      }
+    }
+    if (changed) replace(grid, keys.map((k) => charts.get(k).el));
+  }
+
+  // ----- a job's log, followed live and read back by offset -----
+
+  const LOG_TAIL = 256 << 10; // bytes shown when a page opens
+  const LOG_PAGE = 256 << 10; // bytes per "earlier" click and per poll
+  const LOG_KEEP = 4 << 20; // bytes kept in the page; older ones are dropped
+  const LOG_POLL_MS = 1000;
+
+  // logView polls GET /logs?offset= from where it last stopped, so it
+  // follows a running job (no log frames on the live socket), and stops
+  // once the API says the log is complete. It opens on the last LOG_TAIL
+  // bytes; "Load earlier" reads the bytes before, by offset.
+  function logView(id, isStopped, showError) {
+    const pre = el('pre', { class: 'log log-view', id: 'log-view', tabindex: 0, 'data-bytes': 0, 'data-start': 0 });
+    const status = el('span', { class: 'muted', id: 'log-status' });
+    const follow = el('input', { type: 'checkbox', id: 'log-follow', checked: true });
+    const earlier = el('button', { type: 'button', class: 'secondary', id: 'log-earlier', hidden: true, onclick: loadEarlier }, 'Load earlier');
+    const panel = el('section', { class: 'panel', id: 'logs-panel' },
+      el('div', { class: 'panel-head' }, el('h2', {}, 'Logs'), status, el('span', { class: 'spacer' }), earlier,
+        el('label', {}, follow, ' Follow')),
+      pre);
+    let chunks = []; // [{offset, bytes, node}] in offset order
+    let start = null; // offset of the first byte shown; null before the first read
+    let next = 0;
+    let timer = null;
+    let busy = false;
+    let done = false;
+
+    function shownBytes() {
+      return next - (start || 0);
+    }
+
+    function render() {
+      pre.dataset.bytes = shownBytes();
+      pre.dataset.start = start || 0;
+      earlier.hidden = !start;
+      status.textContent = start === null ? '' : `${fmtBytes(next)}${start ? ` (showing the last ${fmtBytes(shownBytes())})` : ''}${done ? ' · complete' : ''}`;
+      if (start !== null && next === 0) status.textContent = done ? 'This job wrote no output.' : 'No output yet.';
+    }
+
+    pre.addEventListener('scroll', () => {
+      // Scrolling up to read stops following; back at the end resumes.
+      follow.checked = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 24;
+    });
+    follow.addEventListener('change', () => {
+      if (follow.checked) pre.scrollTop = pre.scrollHeight;
+    });
+
+    async function poll() {
+      timer = null;
+      if (isStopped() || busy) return;
+      busy = true;
+      let more = false;
+      try {
+        if (start === null) {
+          const j = await api('/v1/jobs/' + encodeURIComponent(id));
+          start = next = Math.max(0, (j.log_bytes || 0) - LOG_TAIL);
+        }
+        const r = await api(`/v1/jobs/${encodeURIComponent(id)}/logs?offset=${next}&limit=${LOG_PAGE}`);
+        if (isStopped()) return;
+        if (r.data) {
+          const node = document.createTextNode(r.data);
+          pre.appendChild(node);
+          chunks.push({ offset: next, bytes: r.next - next, node });
+          while (shownBytes() - chunks[0].bytes > LOG_KEEP && chunks.length > 1) {
+            const c = chunks.shift();
+            c.node.remove();
+            start = chunks[0].offset;
+          }
+          if (follow.checked) pre.scrollTop = pre.scrollHeight;
+        }
+        more = r.next > next && r.next - next >= LOG_PAGE;
+        next = r.next;
+        done = r.complete;
+        showError(null);
+      } catch (e) {
+        showError(e);
+        if (e instanceof AuthError) return;
+      } finally {
+        busy = false;
+        render();
+      }
+      if (!done && !isStopped()) timer = setTimeout(poll, more ? 0 : LOG_POLL_MS);
+    }
+
+    async function loadEarlier() {
+      if (!start || busy) return;
+      busy = true;
+      earlier.disabled = true;
+      try {
+        const from = Math.max(0, start - LOG_PAGE);
+        const r = await api(`/v1/jobs/${encodeURIComponent(id)}/logs?offset=${from}&limit=${start - from}`);
+        if (isStopped()) return;
+        const node = document.createTextNode(r.data || '');
+        const h = pre.scrollHeight;
+        pre.insertBefore(node, pre.firstChild);
+        chunks.unshift({ offset: from, bytes: start - from, node });
+        start = from;
+        pre.scrollTop += pre.scrollHeight - h; // the lines read stay in place
+      } catch (e) {
+        showError(e);
+      } finally {
+        busy = false;
+        earlier.disabled = false;
+        render();
+      }
+    }
+
+    poll();
+    return {
+      el: panel,
+      stop() {
+        if (timer) clearTimeout(timer);
+      },
+    };
+  }
+
+  function fmtBytes(n) {
+    if (n < 1024) return n + ' B';
+    if (n < 1 << 20) return (n / 1024).toFixed(1) + ' KiB';
+    return (n / 2 ** 20).toFixed(1) + ' MiB';
+  }
+
   // ----- one job, live -----
 
   function jobPage(id) {
@@ -612,25 +1206,22 @@
     let drawTimer = null;
     let lastDraw = 0;
     let ended = false; // a final frame arrived
-    let historyLoading = false;
     let gotSnapshot = false; // a reconnect's snapshot loads no history again
 
+    const run = new RunData(id, () => stopped, () => scheduleDraw());
     const st = {
       job: null,
-      points: [], // by seq, no duplicates
-      series: new Map(), // metric key → {seqs, xs, ys} of the points above
-      // Downsampled history of a long run: metric key → {cut, xs, lo, hi,
-      // last}, buckets for seqs up to cut (the points array holds later
-      // ones). Empty for a short run, whose points are all fetched.
-      hist: new Map(),
-      histCut: 0, // every metric's buckets cover the seqs up to here
       gpus: new Map(), // GPU index → {ts: [], util: [], mem: [], last: stat}
       gpuSeq: 0,
+      gpuNote: '', // why there are no GPU charts for an ended job
       events: new Map(), // seq → event
     };
+    const group = new ChartGroup('job:' + id);
+    group.onChange = () => drawNow();
     const charts = new Map(); // key → Chart
-    const gpuUtil = new Chart('gpu:utilization', 'GPU utilization %', { xFmt: (x) => fmtClock(x * 1000), xName: 'time', xMinStep: 1, yMin: 0, yMax: 100, valueFmt: (v) => v.toFixed(0) + '%' });
-    const gpuMem = new Chart('gpu:memory', 'GPU memory used (GiB)', { xFmt: (x) => fmtClock(x * 1000), xName: 'time', xMinStep: 1, yMin: 0, valueFmt: (v) => v.toFixed(1) + ' GiB' });
+    const gpuUtil = new Chart(group, 'gpu:utilization', 'GPU utilization %', { time: true, smooth: false, yLabel: '%', yMin: 0, yMax: 100, valueFmt: (v) => v.toFixed(0) + '%' });
+    const gpuMem = new Chart(group, 'gpu:memory', 'GPU memory used (GiB)', { time: true, smooth: false, yLabel: 'GiB', yMin: 0, valueFmt: (v) => v.toFixed(1) + ' GiB' });
+    const logs = logView(id, () => stopped, (e) => showError(e));
 
     const title = el('h1', {}, id);
     const stateHolder = el('span');
@@ -642,8 +1233,9 @@
     const chartGrid = el('div', { class: 'charts', id: 'metric-charts' });
     const metricsNote = el('p', { class: 'muted' }, 'Waiting for the first metrics…');
     const gpuTable = el('tbody');
+    const gpuNote = el('p', { class: 'muted', id: 'gpu-note', hidden: true });
     const gpuPanel = el('section', { class: 'panel', id: 'gpu-panel', hidden: true },
-      el('h2', {}, 'GPUs'),
+      el('h2', {}, 'GPUs'), gpuNote,
       el('div', { class: 'charts' }, gpuUtil.el, gpuMem.el),
       el('table', { class: 'gpu-now' }, el('thead', {}, el('tr', {},
         el('th', {}, 'GPU'), el('th', {}, 'Name'), el('th', {}, 'Utilization'), el('th', { class: 'num' }, 'Memory (GiB)'),
@@ -658,8 +1250,11 @@
       err,
       el('section', { class: 'panel', id: 'job-header' }, facts, progress),
       finalPanel,
-      el('section', { class: 'panel' }, el('h2', {}, 'Metrics'), metricsNote, chartGrid),
+      el('section', { class: 'panel' }, el('div', { class: 'panel-head' }, el('h2', {}, 'Metrics'), el('span', { class: 'spacer' }),
+        el('button', { type: 'button', class: 'linkish', id: 'compare-with', onclick: () => { picked.add(id); navigate('/'); } }, 'Compare with other runs…')),
+      group.controls(), metricsNote, chartGrid),
       gpuPanel,
+      logs.el,
       eventsPanel);
 
     function showError(e) {
@@ -668,41 +1263,6 @@
     }
 
     // ---- state folding ----
-
-    function xOf(pt) {
-      return pt.step === null || pt.step === undefined ? pt.seq : pt.step;
-    }
-
-    function addToSeries(pt) {
-      for (const [k, v] of Object.entries(pt.values || {})) {
-        let s = st.series.get(k);
-        if (!s) st.series.set(k, (s = { seqs: [], xs: [], ys: [] }));
-        s.seqs.push(pt.seq);
-        s.xs.push(xOf(pt));
-        s.ys.push(v);
-      }
-    }
-
-    // mergePoints folds points in by seq. New points past the last seq
-    // (the live stream) append; anything older (history, a reconnect's
-    // snapshot) merges and rebuilds the series.
-    function mergePoints(pts) {
-      if (!pts || pts.length === 0) return;
-      const last = st.points.length ? st.points[st.points.length - 1].seq : 0;
-      if (pts.every((p, i) => p.seq > (i === 0 ? last : pts[i - 1].seq))) {
-        for (const p of pts) {
-          st.points.push(p);
-          addToSeries(p);
-        }
-      } else {
-        const bySeq = new Map(st.points.map((p) => [p.seq, p]));
-        for (const p of pts) bySeq.set(p.seq, p);
-        st.points = [...bySeq.values()].sort((a, b) => a.seq - b.seq);
-        st.series = new Map();
-        for (const p of st.points) addToSeries(p);
-      }
-      scheduleDraw();
-    }
 
     function addGPU(sample) {
       if (!sample || !st.job) return;
@@ -739,6 +1299,7 @@
       // keep the last one read over HTTP while the job is still queued.
       if (j.state === 'queued' && !j.reason && st.job && st.job.state === 'queued') j.reason = st.job.reason;
       st.job = j;
+      run.job = j;
       renderHeader();
     }
 
@@ -749,15 +1310,15 @@
     }
 
     function lastStep() {
-      for (let i = st.points.length - 1; i >= 0; i--) {
-        const s = st.points[i].step;
+      for (let i = run.points.length - 1; i >= 0; i--) {
+        const s = run.points[i].step;
         if (s !== null && s !== undefined) return s;
       }
       return st.job ? jobStep(st.job) : null;
     }
 
     function totalSteps() {
-      const s = st.series.get('total_steps');
+      const s = run.series.get('total_steps');
       if (s && s.ys.length) return s.ys[s.ys.length - 1];
       const j = st.job || {};
       return (j.final_metrics || {}).total_steps || (j.latest_metrics || {}).total_steps || null;
@@ -777,7 +1338,7 @@
         fact('Node', j.node || '–', 'job-node'),
         fact('GPUs', ((j.gpus || []).join(', ') || '–') + (gpusAsked !== null && gpusAsked !== undefined ? ` (asked ${gpusAsked})` : ''), 'job-gpus'),
         fact('Step', step === null ? '–' : fmtExact(step) + (total ? ' / ' + fmtExact(total) : ''), 'job-step'),
-        fact('Points', String(Math.max(j.points || 0, st.points.length))),
+        fact('Points', String(Math.max(j.points || 0, run.points.length))),
         fact('Created', fmtTime(j.created_at)),
         fact('Started', fmtTime(j.started_at)),
         fact(TERMINAL.has(j.state) ? 'Finished' : 'Elapsed', TERMINAL.has(j.state) ? fmtTime(j.finished_at) : fmtDur(jobDuration(j)), 'job-elapsed'),
@@ -848,44 +1409,24 @@
       drawAll();
     }
 
-    // seriesOf is one metric's chart series: its downsampled buckets, if
-    // any, then the points after them. The line runs through each bucket's
-    // last value; the band holds its min and max.
-    function seriesOf(k) {
-      const raw = st.series.get(k) || { seqs: [], xs: [], ys: [] };
-      const h = st.hist.get(k);
-      if (!h) return { name: k, color: PALETTE[0], xs: raw.xs, ys: raw.ys };
-      let i = 0;
-      while (i < raw.seqs.length && raw.seqs[i] <= h.cut) i++;
-      return {
-        name: k, color: PALETTE[0],
-        xs: h.xs.concat(raw.xs.slice(i)), ys: h.last.concat(raw.ys.slice(i)),
-        band: { xs: h.xs, lo: h.lo, hi: h.hi },
-      };
-    }
-
     function drawAll() {
-      const keys = [...new Set([...st.series.keys(), ...st.hist.keys()])].filter((k) => k !== 'total_steps').sort();
+      const keys = run.keys().sort();
       metricsNote.hidden = keys.length > 0;
       if (keys.length === 0 && ended) metricsNote.textContent = 'This job wrote no metrics.';
-      let added = false;
-      for (const k of keys) {
-        if (!charts.has(k)) {
-          charts.set(k, new Chart(k, k, {}));
-          added = true;
-        }
-      }
-      if (added) replace(chartGrid, keys.map((k) => charts.get(k).el));
+      syncCharts(group, charts, chartGrid, keys);
+      const name = st.job ? st.job.name || id : id;
       for (const k of keys) {
         const c = charts.get(k);
-        c.setSeries([seriesOf(k)]);
+        c.setRuns([run.chartRun(k, group.settings.x, name, PALETTE[0])]);
         c.draw();
       }
       const idx = [...st.gpus.keys()].sort((a, b) => a - b);
-      gpuPanel.hidden = idx.length === 0;
+      gpuPanel.hidden = idx.length === 0 && !st.gpuNote;
+      gpuNote.hidden = !st.gpuNote;
+      gpuNote.textContent = st.gpuNote;
       if (idx.length > 0) {
-        gpuUtil.setSeries(idx.map((i, n) => ({ name: 'gpu' + i, color: PALETTE[n % PALETTE.length], xs: st.gpus.get(i).ts, ys: st.gpus.get(i).util })));
-        gpuMem.setSeries(idx.map((i, n) => ({ name: 'gpu' + i, color: PALETTE[n % PALETTE.length], xs: st.gpus.get(i).ts, ys: st.gpus.get(i).mem })));
+        gpuUtil.setRuns(idx.map((i, n) => ({ name: 'gpu' + i, color: PALETTE[n % PALETTE.length], xs: st.gpus.get(i).ts, ys: st.gpus.get(i).util })));
+        gpuMem.setRuns(idx.map((i, n) => ({ name: 'gpu' + i, color: PALETTE[n % PALETTE.length], xs: st.gpus.get(i).ts, ys: st.gpus.get(i).mem })));
         gpuUtil.draw();
         gpuMem.draw();
         replace(gpuTable, idx.map((i) => gpuRow(st.gpus.get(i).last)));
@@ -908,104 +1449,34 @@
       }
     }
 
-    // loadHistory fills in the points older than before, the snapshot's
-    // first seq (the snapshot holds only the newest 500). A few are
-    // fetched as they are; for a long run, the older part comes as
-    // downsampled buckets and only the points after the last whole bucket
-    // are fetched.
-    async function loadHistory(before) {
-      if (historyLoading || before <= 1) return;
-      historyLoading = true;
-      try {
-        // Seqs up to from are already here: as points, or in buckets.
-        let from = 0;
-        for (let i = st.points.length - 1; i >= 0; i--) {
-          if (st.points[i].seq < before) {
-            from = st.points[i].seq;
-            break;
-          }
-        }
-        from = Math.max(from, Math.min(st.histCut, before - 1));
-        if (before - 1 - from > DOWNSAMPLE_ABOVE) {
-          const cut = await loadBuckets(before);
-          // Without buckets (an older controller), only the newest points.
-          from = cut === null ? before - 1 - DOWNSAMPLE_ABOVE : cut;
-        }
-        await loadPoints(from, before);
-      } catch (e) {
-        showError(e);
-      } finally {
-        historyLoading = false;
-      }
+    function loadHistory(before) {
+      run.loadHistory(before).catch(showError);
     }
 
-    // loadPoints fetches the points with seqs in (after, before).
-    async function loadPoints(after, before) {
-      const got = [];
-      while (!stopped && after < before - 1) {
-        const limit = Math.min(HISTORY_PAGE, before - 1 - after);
-        const page = await api(`/v1/jobs/${encodeURIComponent(id)}/metrics?after=${after}&limit=${limit}`);
-        const pts = (page.points || []).filter((p) => p.seq < before);
-        if (pts.length === 0) break;
-        got.push(...pts);
-        after = page.next;
-      }
-      if (stopped) return;
-      mergePoints(got);
-      scheduleDraw();
-    }
-
-    // loadBuckets replaces st.hist with the run's downsampled buckets that
-    // end before seq before, and returns the last seq they cover (the
-    // smallest such over the requests), or null when the controller has
-    // no downsampling or the job no metric keys yet.
-    async function loadBuckets(before) {
-      const keys = [...new Set([...st.series.keys(), ...Object.keys((st.job && st.job.latest_metrics) || {})])]
-        // "step" in latest_metrics is the last step, not a metric; and the
-        // API splits keys=a,b on commas, so such a key cannot be named.
-        .filter((k) => k !== 'step' && !k.includes(','));
-      if (keys.length === 0) return null;
-      const hist = new Map();
-      let cut = Infinity;
-      for (let i = 0; i < keys.length; i += DOWNSAMPLE_KEYS) {
-        const names = keys.slice(i, i + DOWNSAMPLE_KEYS).map(encodeURIComponent).join(',');
-        const r = await api(`/v1/jobs/${encodeURIComponent(id)}/metrics?max_points=${DOWNSAMPLE_POINTS}&keys=${names}`);
-        if (stopped) return null;
-        if (!r || !r.series || !r.bucket_seqs) return null;
-        // Buckets are fixed seq ranges (i·w, (i+1)·w]: those wholly before
-        // the snapshot are kept, and points follow the last of them. Each
-        // request has its own w if the run grew in between.
-        const w = r.bucket_seqs;
-        const reqCut = Math.floor((before - 1) / w) * w;
-        cut = Math.min(cut, reqCut);
-        for (const [k, bs] of Object.entries(r.series)) {
-          if (bs.length === 0) continue;
-          const h = { cut: reqCut, xs: [], lo: [], hi: [], last: [] };
-          for (const b of bs) {
-            if (b.last_seq > reqCut) break;
-            h.xs.push(b.step === null || b.step === undefined ? b.last_seq : b.step);
-            h.lo.push(b.min);
-            h.hi.push(b.max);
-            h.last.push(b.last);
-          }
-          hist.set(k, h);
-        }
-      }
-      st.hist = hist;
-      st.histCut = cut;
-      return cut;
-    }
-
-    // loadGPUHistory fills the GPU charts with the node's recent samples
-    // since the job started, so a page opened mid-run is not empty.
+    // loadGPUHistory fills the GPU charts with the node's stored samples
+    // from the job's start (to its end, for an ended job), so a page
+    // opened mid-run is not empty and one opened after the end still
+    // shows what the GPUs did. Samples belong to the node, not the job:
+    // the window and the job's GPU indexes pick this job's share. A node
+    // keeps its last 3,600 samples (an hour at 1 Hz); older windows are gone.
     async function loadGPUHistory(j) {
       const start = parseTime(j.started_at);
-      if (!j.node || start === null || TERMINAL.has(j.state)) return;
+      if (!j.node || start === null) return;
+      const end = TERMINAL.has(j.state) ? parseTime(j.finished_at) : null;
       try {
         const { samples } = await api(`/v1/nodes/${encodeURIComponent(j.node)}/gpus?limit=${GPU_KEEP}`);
         const newer = st.gpuSeq;
-        const old = (samples || []).filter((s) => s.ts * 1000 >= start && (!newer || s.seq < newer));
-        if (old.length === 0 || stopped) return;
+        // A sample is taken once a second: one on either side of the
+        // window still describes the run.
+        const old = (samples || []).filter((s) => s.ts * 1000 >= start - 1000 && (end === null || s.ts * 1000 <= end + 1000) && (!newer || s.seq < newer));
+        if (stopped) return;
+        if (old.length === 0) {
+          if (end !== null && st.gpus.size === 0) {
+            st.gpuNote = 'The node no longer stores GPU samples from this run (it keeps its last 3,600, about an hour).';
+            scheduleDraw();
+          }
+          return;
+        }
         // Samples arrive oldest first; rebuild so that they precede the
         // live ones already folded in.
         const live = st.gpus;
@@ -1044,8 +1515,8 @@
           gotSnapshot = true;
           setJob(f.job);
           const pts = f.points || [];
-          const gap = st.points.length > 0 && pts.length > 0 && pts[0].seq > st.points[st.points.length - 1].seq + 1;
-          mergePoints(pts); // first: loadHistory asks for buckets of the keys seen
+          const gap = run.points.length > 0 && pts.length > 0 && pts[0].seq > run.points[run.points.length - 1].seq + 1;
+          run.mergePoints(pts); // first: loadHistory asks for buckets of the keys seen
           if (pts.length > 0 && (first || gap)) loadHistory(pts[0].seq);
           // A finished job's node sample is someone else's load by now.
           if (!TERMINAL.has(f.job.state)) addGPU(f.gpu);
@@ -1056,7 +1527,7 @@
           break;
         }
         case 'metrics':
-          mergePoints(f.points);
+          run.mergePoints(f.points);
           break;
         case 'gpu':
           addGPU(f.gpu);
@@ -1175,18 +1646,121 @@
         reasonBusy = false;
       }
     }, POLL_MS);
-    const onResize = () => scheduleDraw();
+    const onResize = () => {
+      for (const c of group.charts) c.resize();
+    };
     window.addEventListener('resize', onResize);
 
     return {
       stop() {
         stopped = true;
+        logs.stop();
+        group.destroy();
         clearInterval(ticker);
         clearInterval(reasonTicker);
         window.removeEventListener('resize', onResize);
         if (retryTimer) clearTimeout(retryTimer);
         if (drawTimer) clearTimeout(drawTimer);
         if (ws) ws.close(1000, 'page left');
+      },
+    };
+  }
+
+  // ----- runs compared -----
+
+  // comparePage overlays the metrics of several jobs, one colour per run.
+  // Each run's history is read like the job page's (downsampled buckets
+  // for a long run), then new points are polled with ?after= while any
+  // run is still going: one request per run every POLL_MS, instead of a
+  // WebSocket per run.
+  function comparePage(ids) {
+    document.title = 'Compare · Gantry';
+    let stopped = false;
+    let drawTimer = null;
+    const err = el('p', { class: 'error', hidden: true });
+    const legend = el('div', { class: 'runs', id: 'compare-runs' });
+    const grid = el('div', { class: 'charts', id: 'metric-charts' });
+    const note = el('p', { class: 'muted' }, ids.length ? 'Loading runs…' : 'No jobs named. Tick jobs in the list, then Compare.');
+    const group = new ChartGroup('compare');
+    group.onChange = () => drawAll();
+    const charts = new Map();
+    const runs = ids.map((id) => new RunData(id, () => stopped, () => scheduleDraw()));
+    const failed = new Map(); // id → error text
+    replace(app(),
+      el('div', { class: 'page-head' }, el('h1', {}, 'Compare runs'), el('span', { class: 'muted' }, ids.length + ' runs'),
+        el('span', { class: 'spacer' }), el('a', { href: '/', 'data-link': true }, 'All jobs')),
+      err,
+      el('section', { class: 'panel' }, legend),
+      el('section', { class: 'panel' }, el('h2', {}, 'Metrics'), group.controls(), note, grid));
+
+    function showError(e) {
+      err.hidden = !e;
+      err.textContent = e ? errorText(e) : '';
+    }
+
+    function scheduleDraw() {
+      if (!drawTimer && !stopped) drawTimer = setTimeout(drawAll, DRAW_MS);
+    }
+
+    function drawAll() {
+      if (drawTimer) clearTimeout(drawTimer);
+      drawTimer = null;
+      if (stopped) return;
+      replace(legend, runs.map((r, i) => {
+        const j = r.job;
+        const sw = el('i', { class: 'swatch' });
+        sw.style.background = PALETTE[i % PALETTE.length]; // CSSOM: the CSP allows no inline style attributes
+        return el('div', { class: 'run', 'data-job-id': r.id }, sw,
+          el('a', { href: '/jobs/' + encodeURIComponent(r.id), 'data-link': true }, j ? j.name || r.id : r.id), ' ',
+          j ? stateBadge(j.state) : null, ' ',
+          el('span', { class: 'muted mono' }, r.id),
+          failed.has(r.id) ? el('span', { class: 'error' }, ' ' + failed.get(r.id)) : null);
+      }));
+      const keys = [...new Set(runs.flatMap((r) => r.keys()))].sort();
+      note.hidden = keys.length > 0;
+      if (keys.length === 0 && runs.every((r) => r.job && TERMINAL.has(r.job.state))) note.textContent = 'These jobs wrote no metrics.';
+      syncCharts(group, charts, grid, keys);
+      for (const k of keys) {
+        const c = charts.get(k);
+        // Every run keeps its colour on every chart, even where it lacks
+        // the metric, so the colours match the list above.
+        c.setRuns(runs.map((r, i) => (r.series.has(k) || r.hist.has(k) ? r.chartRun(k, group.settings.x, (r.job && r.job.name) || r.id, PALETTE[i % PALETTE.length]) : null)).filter(Boolean));
+        c.draw();
+      }
+    }
+
+    // refresh reads a run's job and the points it has gained. The first
+    // time, that is its whole history.
+    async function refresh(r) {
+      if (r.job && TERMINAL.has(r.job.state) && r.lastSeq() >= r.job.last_seq) return;
+      const j = await api('/v1/jobs/' + encodeURIComponent(r.id));
+      r.job = j;
+      const have = r.lastSeq();
+      if (j.last_seq > have) {
+        if (have === 0) await r.loadHistory(j.last_seq + 1);
+        else await r.loadPoints(have, j.last_seq + 1);
+      }
+      failed.delete(r.id);
+    }
+
+    const p = poller(async () => {
+      await Promise.all(runs.map((r) => refresh(r).catch((e) => {
+        if (e instanceof AuthError) throw e;
+        failed.set(r.id, errorText(e));
+      })));
+      drawAll();
+    }, POLL_MS, showError);
+    const onResize = () => {
+      for (const c of group.charts) c.resize();
+    };
+    window.addEventListener('resize', onResize);
+    return {
+      stop() {
+        stopped = true;
+        p.stop();
+        group.destroy();
+        if (drawTimer) clearTimeout(drawTimer);
+        window.removeEventListener('resize', onResize);
       },
     };
   }
@@ -1261,6 +1835,13 @@
   }
 
   // ---------- start ----------
+
+  // A script or style the CSP blocks fails quietly in the page; an error
+  // in the console makes it visible (and fails the browser tests, which
+  // count console errors).
+  document.addEventListener('securitypolicyviolation', (e) => {
+    console.error(`Content-Security-Policy blocked ${e.blockedURI || 'inline code'} (${e.violatedDirective})`);
+  });
 
   document.addEventListener('click', (e) => {
     const a = e.target.closest('a[data-link]');
