@@ -55,7 +55,8 @@ type Peers struct {
 func (p *Peers) Replicate(ctx context.Context, digest, auth string) (have, need int, err error) {
 	voters, err := p.Voters()
 	if err != nil {
-		return 0, 0, err
+		// Without the configuration no majority is known: never 0 of 0.
+		return 0, 1, err
 	}
 	need = len(voters)/2 + 1
 	addrs := p.Addrs()

@@ -79,3 +79,21 @@ func TestBlobEnsureUnreachableIsNotMissing(t *testing.T) {
 		}
 	}
 }
+
+// TestBlobReplicateWithoutConfiguration: when the voters cannot be read
+// (a controller shutting down), an upload is not acknowledged as held by
+// "0 of 0" controllers.
+func TestBlobReplicateWithoutConfiguration(t *testing.T) {
+	st, err := blobstore.Open(t.TempDir(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Peers{Store: st, Self: "c1", Scheme: "http", Transport: http.DefaultTransport,
+		Voters: func() ([]string, error) { return nil, errors.New("raft is shut down") },
+		Addrs:  func() map[string]string { return nil },
+	}
+	have, need, err := p.Replicate(context.Background(), "sha256:"+strings.Repeat("0", 64), "")
+	if have >= need || err == nil {
+		t.Fatalf("Replicate = %d of %d (%v), want fewer than needed and an error", have, need, err)
+	}
+}

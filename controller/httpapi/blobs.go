@@ -23,6 +23,8 @@ type Blobs interface {
 	Put(digest string, r io.Reader) (int64, error)
 	Open(digest string) (*os.File, int64, error)
 	Has(digest string) (int64, bool)
+	// Touch restarts a blob's grace period in garbage collection.
+	Touch(digest string)
 	MaxBytes() int64
 	// Replicate makes a majority of the voters hold a stored blob.
 	Replicate(ctx context.Context, digest, auth string) (have, need int, err error)
@@ -145,6 +147,12 @@ func (a *API) getBlob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
+	if r.Header.Get(blobpeers.HeaderReplica) != "" {
+		// A peer making sure this copy exists (a re-upload, or a pull)
+		// wants it kept: its age here must not make GC drop it between
+		// the upload's answer and the submit.
+		a.opts.Blobs.Touch(digest)
+	}
 	w.Header().Set("Content-Type", blobpeers.ContentType)
 	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 	// Immutable: the name is the content's hash.

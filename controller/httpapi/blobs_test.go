@@ -5,8 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"github.com/gantry-ml/gantry/controller/blobpeers"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -209,5 +212,67 @@ func TestBlobSlowUploadIsNotCut(t *testing.T) {
 	// A stalled upload is still cut.
 	if status, _, err := upload(time.Second, 2); err == nil && status == http.StatusCreated {
 		t.Fatal("an upload stalled past ReadTimeout was taken")
+	}
+}
+
+// TestBlobReplicaHeadKeepsCopy: a peer's HEAD (the push of a re-upload
+// finding the copy there) restarts the copy's GC grace period, so an old
+// copy is not collected between the upload's answer and the submit.
+func TestBlobReplicaHeadKeepsCopy(t *testing.T) {
+	ctrl, _, err := tlsutil.EnsureDev(t.TempDir(), "agent1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataDir := t.TempDir()
+	srv, err := server.Start(server.Config{
+		NodeID: "c1", DataDir: dataDir, HTTPAddr: "127.0.0.1:0", QUICAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0",
+		Bootstrap: true, Fast: true, TLS: ctrl, Log: logging.Discard(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	if err := srv.WaitLeader(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	body := []byte("archive")
+	digest := sha(body)
+	req, _ := http.NewRequest(http.MethodPut, "http://"+srv.HTTPAddr()+"/v1/blobs/"+digest, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/gzip")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("upload: %s", resp.Status)
+	}
+	file := filepath.Join(dataDir, "blobs", strings.TrimPrefix(digest, "sha256:"))
+	old := time.Now().Add(-48 * time.Hour)
+	if err := os.Chtimes(file, old, old); err != nil {
+		t.Fatal(err)
+	}
+	head := func(replica bool) time.Time {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodHead, "http://"+srv.HTTPAddr()+"/v1/blobs/"+digest, nil)
+		if replica {
+			req.Header.Set(blobpeers.HeaderReplica, "c2")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		fi, err := os.Stat(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.ModTime()
+	}
+	if got := head(false); !got.Equal(old) {
+		t.Fatalf("a user's HEAD changed the copy's time to %v", got)
+	}
+	if got := head(true); time.Since(got) > time.Minute {
+		t.Fatalf("a peer's HEAD left the copy's time at %v", got)
 	}
 }

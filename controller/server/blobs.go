@@ -112,6 +112,12 @@ func (s *Server) blobGCLoop(ctx context.Context) {
 // collectBlobs is one GC pass: the archives of jobs not yet ended are
 // read in one short transaction, then files go with none held.
 func (s *Server) collectBlobs() {
+	if err := s.caughtUp(); err != nil {
+		// A store still replaying its log may lack jobs committed while
+		// this controller was down, and so their archives' references.
+		s.cfg.Log.Debug("code archive gc skipped until caught up", "why", err)
+		return
+	}
 	keep := map[string]bool{}
 	err := s.store.View(func(tx *store.Tx) error {
 		return tx.Jobs(func(j *gantrypb.Job) bool {

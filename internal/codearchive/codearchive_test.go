@@ -131,7 +131,7 @@ func archive(t *testing.T, entries ...entry) []byte {
 	tw := tar.NewWriter(gz)
 	for _, e := range entries {
 		h := e.hdr
-		if h.Typeflag == tar.TypeReg {
+		if h.Typeflag == tar.TypeReg || h.Typeflag == 'Z' {
 			h.Size = int64(len(e.body))
 		}
 		if h.Mode == 0 {
@@ -177,6 +177,10 @@ func TestUnpackRefusesHostileArchives(t *testing.T) {
 		}, DefaultLimits},
 		{"bomb", []entry{reg("a", strings.Repeat("0", 600)), reg("b", strings.Repeat("0", 600))}, Limits{MaxBytes: 1000, MaxEntries: 10}},
 		{"too many entries", []entry{reg("a", ""), reg("b", ""), reg("c", "")}, Limits{MaxBytes: 1000, MaxEntries: 2}},
+		{"bomb of skipped entries", []entry{
+			{hdr: tar.Header{Name: "a", Typeflag: 'Z'}, body: strings.Repeat("0", 600)},
+			{hdr: tar.Header{Name: "b", Typeflag: 'Z'}, body: strings.Repeat("0", 600)},
+		}, Limits{MaxBytes: 1000, MaxEntries: 10}},
 	} {
 		dst := t.TempDir()
 		_, err := Unpack(bytes.NewReader(archive(t, tt.entries...)), dst, tt.lim, Owner{Uid: -1})

@@ -141,6 +141,13 @@ func UnpackIn(r io.Reader, root *os.Root, lim Limits, owner Owner) (u Unpacked, 
 			u.Symlinks++
 			made = append(made, name)
 		default:
+			// Not made, but its bytes are still decompressed to reach
+			// the next header: they count against the limit, or an
+			// archive of skipped entries would burn CPU unbounded.
+			if hdr.Size < 0 || hdr.Size > lim.MaxBytes-u.Bytes {
+				return u, fmt.Errorf("%w: it expands to more than %d bytes", ErrUnsafe, lim.MaxBytes)
+			}
+			u.Bytes += hdr.Size
 			u.Skipped++
 		}
 	}

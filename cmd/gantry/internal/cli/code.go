@@ -39,6 +39,31 @@ func codeDir(specPath string, f specFile) string {
 	}
 }
 
+// checkCodeDir refuses to ship, by default, a directory that is plainly
+// not a project: the home directory (its keys and credentials would
+// travel to every GPU host) or the file system root. A `code:` the user
+// wrote is taken as asked.
+func checkCodeDir(dir string, explicit bool, home string) error {
+	if explicit {
+		return nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if r, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = r
+	}
+	if h, err := filepath.EvalSymlinks(home); err == nil && home != "" {
+		home = h
+	}
+	if abs == "/" || (home != "" && abs == filepath.Clean(home)) {
+		return fmt.Errorf("the spec is in %s, which gantry run would ship whole to the GPU host (keys and all): "+
+			"put the spec in the project's directory, or say what to ship with `code: DIR` (or `code: none`)", abs)
+	}
+	return nil
+}
+
 // shipCode packs dir, uploads it, and returns its digest. Progress goes
 // to stderr, so that `run -d` prints only the job id on stdout.
 func (a *app) shipCode(ctx context.Context, c *client.Client, dir string) (string, error) {

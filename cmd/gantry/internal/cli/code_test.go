@@ -112,6 +112,24 @@ func TestRunShipsCode(t *testing.T) {
 		}
 	})
 
+	t.Run("home directory", func(t *testing.T) {
+		fc := newFakeController(t)
+		home := project(t, "run: python train.py\n")
+		env := map[string]string{EnvAddr: fc.srv.URL, "HOME": home}
+		r := runCLI(t, context.Background(), env, "run", "-d", filepath.Join(home, "job.yaml"))
+		if r.code != exitUsage || !strings.Contains(r.stderr, "keys and all") || len(fc.blobs) != 0 || len(fc.submitted) != 0 {
+			t.Fatalf("exit %d, stderr %q, %d uploads; want %d and no upload of the home directory", r.code, r.stderr, len(fc.blobs), exitUsage)
+		}
+		// Asked for explicitly, it ships.
+		spec := filepath.Join(home, "explicit.yaml")
+		if err := os.WriteFile(spec, []byte("run: python train.py\ncode: .\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if r := runCLI(t, context.Background(), env, "run", "-d", spec); r.code != 0 || len(fc.blobs) != 1 {
+			t.Fatalf("explicit code: . in the home directory: exit %d, stderr %q, %d uploads", r.code, r.stderr, len(fc.blobs))
+		}
+	})
+
 	t.Run("too large", func(t *testing.T) {
 		fc := newFakeController(t)
 		fc.maxBlob = 10

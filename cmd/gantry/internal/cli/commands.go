@@ -48,6 +48,9 @@ func (a *app) runCmd() *cobra.Command {
 				return nil
 			}
 			if dir := codeDir(args[0], file); dir != "" {
+				if err := checkCodeDir(dir, file.Code != nil, a.env.Getenv("HOME")); err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
 				// Ask first whether the job could run at all, so a spec
 				// no node fits is explained before the code travels.
 				// (An older controller has no such check: 404 or 405.)
