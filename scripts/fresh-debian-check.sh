@@ -58,12 +58,16 @@ cp -a "$goroot" "$root/usr/local/go"
 rm -rf "$root/root/gantry"
 git clone -q "$repo" "$root/root/gantry"
 
-mounts=(proc sys dev dev/pts run)
+mounts=("" proc sys dev dev/pts run)
 cleanup() {
   for ((i=${#mounts[@]}-1; i>=0; i--)); do umount -l "$root/${mounts[$i]}" 2>/dev/null || true; done
   if [ -z "${KEEP_ROOT:-}" ]; then rm -rf "$root"; fi
 }
 trap cleanup EXIT
+# The rootfs bound onto itself: inside the chroot "/" is then a mount
+# point, as on a real machine (ip netns makes it a slave mount).
+mount --bind "$root" "$root"
+mount --make-private "$root"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --rbind /dev "$root/dev"
