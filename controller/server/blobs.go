@@ -54,7 +54,11 @@ func (s *Server) openBlobs(dir string, max int64, scheme string) (*blobpeers.Pee
 				}
 			}
 			if len(ids) == 0 {
-				ids = []string{s.cfg.NodeID} // not bootstrapped yet: alone
+				// Not in a configuration yet (joining, or waiting for
+				// -bootstrap-expect): no majority is known, so nothing
+				// may be acknowledged as safe. (A lone controller is
+				// bootstrapped with itself as its one voter.)
+				return nil, errors.New("this controller is not a member of a Raft configuration yet")
 			}
 			return ids, nil
 		},
