@@ -349,11 +349,13 @@ func (c *Collector) read(now time.Time) (*snapshot, error) {
 			}
 			s.jobs = append(s.jobs, v)
 			if lifecycle.HoldsGPUs(j.State) {
-				if s.holders[j.Node] == nil {
-					s.holders[j.Node] = map[uint32]jobView{}
-				}
-				for _, g := range j.Gpus {
-					s.holders[j.Node][g] = v
+				for _, h := range lifecycle.Holdings(j) {
+					if s.holders[h.Node] == nil {
+						s.holders[h.Node] = map[uint32]jobView{}
+					}
+					for _, g := range h.GPUs {
+						s.holders[h.Node][g] = v
+					}
 				}
 			}
 		}

@@ -328,7 +328,15 @@ func (a *API) writeApplyError(w http.ResponseWriter, r *http.Request, err error)
 	}
 }
 
+// badRequest is a read error that is the request's fault (400).
+type badRequest struct{ error }
+
 func (a *API) writeReadError(w http.ResponseWriter, r *http.Request, err error) {
+	var bad badRequest
+	if errors.As(err, &bad) {
+		writeError(w, http.StatusBadRequest, bad.error)
+		return
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusNotFound, err)
 		return
@@ -809,6 +817,13 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
+	// rank picks one rank's log of a multi-node job (default 0, the
+	// job's own).
+	rank, err := queryUint(r, "rank", 0)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
 	id := r.PathValue("id")
 	var out apiv1.Logs
 	err = a.opts.Store.View(func(tx *store.Tx) error {
@@ -816,9 +831,16 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return err
 		}
-		data, next := tx.Logs(id, offset, limit)
+		logBytes := j.LogBytes
+		if rank > 0 {
+			if rank >= uint64(len(j.Ranks)) {
+				return badRequest{fmt.Errorf("job %s has no rank %d (ranks: %d)", id, rank, max(len(j.Ranks), 1))}
+			}
+			logBytes = j.Ranks[rank].LogBytes
+		}
+		data, next := tx.Logs(store.RankKey(id, uint32(rank)), offset, limit)
 		out = apiv1.Logs{Offset: offset, Next: next, Data: string(data),
-			Complete: lifecycle.IsTerminal(j.State) && next >= j.LogBytes}
+			Complete: lifecycle.IsTerminal(j.State) && next >= logBytes}
 		return nil
 	})
 	if err != nil {
@@ -834,11 +856,13 @@ func (a *API) listNodes(w http.ResponseWriter, r *http.Request) {
 		holders := map[string]map[uint32]string{}
 		if err := tx.Jobs(func(j *gantrypb.Job) bool {
 			if lifecycle.HoldsGPUs(j.State) {
-				if holders[j.Node] == nil {
-					holders[j.Node] = map[uint32]string{}
-				}
-				for _, g := range j.Gpus {
-					holders[j.Node][g] = j.Id
+				for _, h := range lifecycle.Holdings(j) {
+					if holders[h.Node] == nil {
+						holders[h.Node] = map[uint32]string{}
+					}
+					for _, g := range h.GPUs {
+						holders[h.Node][g] = j.Id
+					}
 				}
 			}
 			return true

@@ -47,6 +47,9 @@ func unfit(spec *gantrypb.JobSpec, nodes []*gantrypb.Node) string {
 	if len(nodes) == 0 {
 		return ""
 	}
+	if lifecycle.IsGang(spec) {
+		return unfitGang(spec, nodes)
+	}
 	want := int(spec.GetResources().GetGpus())
 	gpuType := spec.GetResources().GetGpuType()
 	if pin := spec.GetNode(); pin != "" {
@@ -99,11 +102,13 @@ func NewFleet(nodes []*gantrypb.Node, jobs []*gantrypb.Job) *Fleet {
 	for _, j := range jobs {
 		switch {
 		case lifecycle.HoldsGPUs(j.State):
-			if f.used[j.Node] == nil {
-				f.used[j.Node] = map[uint32]bool{}
-			}
-			for _, g := range j.Gpus {
-				f.used[j.Node][g] = true
+			for _, h := range lifecycle.Holdings(j) {
+				if f.used[h.Node] == nil {
+					f.used[h.Node] = map[uint32]bool{}
+				}
+				for _, g := range h.GPUs {
+					f.used[h.Node][g] = true
+				}
 			}
 		case j.State == gantrypb.JobState_JOB_STATE_QUEUED:
 			queued = append(queued, j)
@@ -156,6 +161,26 @@ func (f *Fleet) explain(queued []*gantrypb.Job) {
 			// Submitted before a node that could fit registered; it
 			// waits until one does (or its queue_timeout).
 			f.reasons[j.Id] = msg + "; waiting for a node that fits to register"
+			continue
+		}
+		if lifecycle.IsGang(j.Spec) {
+			if ranks, ok := PlaceGang(j.Spec, sim); ok {
+				var on []string
+				for _, r := range ranks {
+					for _, g := range r.GPUs {
+						sim[simIndex[r.Node]].Used[g] = true
+					}
+					placed[r.Node]++
+					on = append(on, r.Node)
+				}
+				f.reasons[j.Id] = "fits now on " + capList(on) + "; waiting for the scheduler to assign it"
+				continue
+			}
+			if _, ok := PlaceGang(j.Spec, now); ok {
+				f.reasons[j.Id] = "waiting behind earlier jobs that take the free GPUs first"
+				continue
+			}
+			f.reasons[j.Id] = gangWaitingFor(j.Spec, now)
 			continue
 		}
 		if node, gpus, ok := Place(j.Spec, sim); ok {
