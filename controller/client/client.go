@@ -407,6 +407,17 @@ func (c *Client) Logs(ctx context.Context, id string, offset uint64) (apiv1.Logs
 	return l, nil
 }
 
+// RankLogs returns the log of one rank of a multi-node job (rank 0's is
+// the job's own, as Logs returns it) from offset on.
+func (c *Client) RankLogs(ctx context.Context, id string, rank int, offset uint64) (apiv1.Logs, error) {
+	q := url.Values{"offset": {strconv.FormatUint(offset, 10)}, "rank": {strconv.Itoa(rank)}}
+	var l apiv1.Logs
+	if err := c.do(ctx, http.MethodGet, c.endpoint(q, "v1", "jobs", id, "logs"), nil, &l); err != nil {
+		return apiv1.Logs{}, fmt.Errorf("get logs of rank %d of job %s: %w", rank, id, err)
+	}
+	return l, nil
+}
+
 // Nodes lists the agents.
 func (c *Client) Nodes(ctx context.Context) ([]apiv1.Node, error) {
 	var r apiv1.NodeList
