@@ -221,3 +221,125 @@ func TestNetnsTorchrunDDP(t *testing.T) {
 		}
 	}
 }
+
+// rankOn returns the rank of job on the named node.
+func rankOn(t *testing.T, job apiv1.Job, node string) apiv1.Rank {
+	t.Helper()
+	for _, r := range job.Ranks {
+		if r.Node == node {
+			return r
+		}
+	}
+	t.Fatalf("job %s has no rank on %s: %+v", job.ID, node, job.Ranks)
+	return apiv1.Rank{}
+}
+
+// TestNetnsGangRankFailure: rank 1 exits 3 while rank 0 would run for
+// ten minutes; rank 0 is cancelled (TERM) and the job fails naming rank 1
+// and its exit.
+func TestNetnsGangRankFailure(t *testing.T) {
+	c := startNetCluster(t)
+	leader := c.waitLeader(10*time.Second, c.ctrls...)
+	id := submit(t, leader, apiv1.JobSpec{
+		Name: "rank1-fails", Resources: apiv1.Resources{Nodes: 2, GPUs: 1},
+		Run:       `echo "rank $NODE_RANK of $NNODES, world $WORLD_SIZE"; if [ "$NODE_RANK" = 1 ]; then sleep 1; exit 3; fi; exec sleep 600`,
+		KillGrace: apiv1.Duration(2 * time.Second),
+	})
+	job := waitJobTerminal(t, leader, id, 60*time.Second)
+	terminalAt := time.Now()
+	r1 := job.Ranks[1]
+	if job.State != apiv1.StateFailed || !strings.Contains(job.Error, "rank 1 (node "+r1.Node+")") ||
+		!strings.Contains(job.Error, "exited with code 3") || job.ExitCode == nil || *job.ExitCode != 3 {
+		t.Fatalf("job %s error %q exit %v; want failed naming rank 1 and code 3", job.State, job.Error, job.ExitCode)
+	}
+	r0 := job.Ranks[0]
+	if r0.State != apiv1.StateCancelled || r1.State != apiv1.StateFailed {
+		t.Fatalf("rank 0 %s (%s), rank 1 %s; want cancelled and failed", r0.State, r0.Error, r1.State)
+	}
+	t.Logf("MEASURED rank 1 exit → job terminal (rank 0 cancelled): %s", terminalAt.Sub(*r1.FinishedAt).Round(time.Millisecond))
+	l, err := leader.api().RankLogs(context.Background(), id, 1, 0)
+	if err != nil || !strings.Contains(l.Data, "rank 1 of 2, world 2") {
+		t.Fatalf("rank 1 log %q, %v", l.Data, err)
+	}
+}
+
+// TestNetnsGangNodeCutOff: rank 1's host is cut off mid-run; after the
+// lost grace the job is lost and rank 0, on the host still reachable, is
+// cancelled.
+func TestNetnsGangNodeCutOff(t *testing.T) {
+	requireTorch(t)
+	c := startNetClusterWith(t, "-lost-grace", "3s")
+	leader := c.waitLeader(10*time.Second, c.ctrls...)
+	id := submit(t, leader, ddpSpec(t, "ddp-cut", 3000, 0.05))
+	job := waitGangState(t, leader, id, apiv1.StateRunning, 60*time.Second)
+	if !pollUntil(60*time.Second, 50*time.Millisecond, func() bool {
+		j, err := getJob(leader, id)
+		return err == nil && j.Points >= 5
+	}) {
+		t.Fatal("no training steps reported")
+	}
+	victim := c.lab.hosts[job.Ranks[1].Node]
+	victim.cut()
+	cutAt := time.Now()
+	defer victim.heal()
+	job = waitJobTerminal(t, leader, id, 90*time.Second)
+	lostIn := time.Since(cutAt)
+	if job.State != apiv1.StateLost || !strings.Contains(job.Error, "rank 1") {
+		t.Fatalf("job %s %q, want lost naming rank 1", job.State, job.Error)
+	}
+	if job.FinalMetrics["step"] < 5 {
+		t.Errorf("lost job's final metrics %v: want the latest values it reported", job.FinalMetrics)
+	}
+	survivor := job.Ranks[0].Node
+	if !pollUntil(30*time.Second, 50*time.Millisecond, func() bool {
+		j, err := getJob(leader, id)
+		job = j
+		return err == nil && apiv1.IsTerminal(rankOn(t, j, survivor).State)
+	}) {
+		t.Fatalf("rank 0 on %s not cancelled after the job was lost: %+v", survivor, job.Ranks)
+	}
+	if s := rankOn(t, job, survivor).State; s != apiv1.StateCancelled {
+		t.Errorf("rank 0 ended %s, want cancelled", s)
+	}
+	t.Logf("MEASURED cut → lost: %s (lost grace 3 s); rank 0 cancelled %s after the cut", lostIn.Round(time.Millisecond),
+		time.Since(cutAt).Round(time.Millisecond))
+}
+
+// TestNetnsGangAgentRestart: the agent on rank 1's host is killed and
+// restarted mid-run; it re-adopts its rank and the job runs to success
+// with rank 0's final metrics.
+func TestNetnsGangAgentRestart(t *testing.T) {
+	requireTorch(t)
+	c := startNetCluster(t)
+	leader := c.waitLeader(10*time.Second, c.ctrls...)
+	const steps = 150
+	id := submit(t, leader, ddpSpec(t, "ddp-restart", steps, 0.05))
+	job := waitGangState(t, leader, id, apiv1.StateRunning, 60*time.Second)
+	if !pollUntil(60*time.Second, 50*time.Millisecond, func() bool {
+		j, err := getJob(leader, id)
+		return err == nil && j.Points >= 5
+	}) {
+		t.Fatal("no training steps reported")
+	}
+	var agent *netNode
+	for _, a := range c.agents {
+		if a.name == job.Ranks[1].Node {
+			agent = a
+		}
+	}
+	agent.proc.kill()
+	agent.proc.start()
+	job = waitJobTerminal(t, leader, id, 120*time.Second)
+	if job.State != apiv1.StateSucceeded {
+		t.Fatalf("job %s %q after rank 1's agent restarted; ranks %+v", job.State, job.Error, job.Ranks)
+	}
+	if job.FinalMetrics["step"] != steps {
+		t.Errorf("final metrics %v, want rank 0's last step %d", job.FinalMetrics, steps)
+	}
+	if n := agent.proc.logCount(`msg="agent started"`); n != 2 {
+		t.Errorf("%s started %d times, want 2 (the restart did not happen)", agent.name, n)
+	}
+	if r := job.Ranks[1]; r.State != apiv1.StateSucceeded || r.ExitCode == nil || *r.ExitCode != 0 {
+		t.Errorf("rank 1 %s exit %v: want its re-adopted process's clean exit", r.State, r.ExitCode)
+	}
+}
