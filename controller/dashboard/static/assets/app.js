@@ -1240,6 +1240,15 @@
       el('table', { class: 'gpu-now' }, el('thead', {}, el('tr', {},
         el('th', {}, 'GPU'), el('th', {}, 'Name'), el('th', {}, 'Utilization'), el('th', { class: 'num' }, 'Memory (GiB)'),
         el('th', { class: 'num' }, 'Temp'), el('th', { class: 'num' }, 'Power'), el('th', { class: 'num' }, 'SM clock'))), gpuTable));
+    // A multi-node job's ranks: node, GPUs, state and exit of each; the
+    // charts show rank 0's metrics, the job's own.
+    const ranksBody = el('tbody');
+    const ranksPanel = el('section', { class: 'panel', id: 'ranks-panel', hidden: true },
+      el('h2', {}, 'Ranks'),
+      el('p', { class: 'muted', id: 'ranks-note' }),
+      el('table', { id: 'ranks' }, el('thead', {}, el('tr', {},
+        el('th', { class: 'num' }, 'Rank'), el('th', {}, 'Node'), el('th', {}, 'GPUs'), el('th', {}, 'State'),
+        el('th', {}, 'Exit'), el('th', {}, 'Error'))), ranksBody));
     const eventsBody = el('tbody');
     const eventsPanel = el('section', { class: 'panel', id: 'events-panel', hidden: true },
       el('h2', {}, 'Events'),
@@ -1249,6 +1258,7 @@
       el('div', { class: 'page-head' }, title, stateHolder, el('span', { class: 'spacer' }), cancelBtn),
       err,
       el('section', { class: 'panel', id: 'job-header' }, facts, progress),
+      ranksPanel,
       finalPanel,
       el('section', { class: 'panel' }, el('div', { class: 'panel-head' }, el('h2', {}, 'Metrics'), el('span', { class: 'spacer' }),
         el('button', { type: 'button', class: 'linkish', id: 'compare-with', onclick: () => { picked.add(id); navigate('/'); } }, 'Compare with other runs…')),
@@ -1349,12 +1359,28 @@
         j.cancel_requested && !TERMINAL.has(j.state) ? fact('Cancel', 'requested') : null,
         j.error ? fact('Error', j.error) : null,
         j.state === 'queued' && j.reason ? el('div', { class: 'fact wide' }, el('div', { class: 'k' }, 'Waiting for'), queueReason(j, 'job-reason')) : null);
+      renderRanks(j);
       const frac = total && step !== null ? Math.max(0, Math.min(1, step / total)) : null;
       progress.hidden = frac === null;
       if (frac !== null) {
         progress.firstChild.style.width = (frac * 100).toFixed(1) + '%';
         progress.title = (frac * 100).toFixed(0) + '%';
       }
+    }
+
+    function renderRanks(j) {
+      const ranks = j.ranks || [];
+      ranksPanel.hidden = ranks.length === 0;
+      if (!ranks.length) return;
+      replace(ranksPanel.querySelector('#ranks-note'),
+        `${ranks.length} nodes, rendezvous ${j.master_addr || '–'}:${j.master_port || '–'}; metrics and charts are rank 0's.`);
+      replace(ranksBody, ranks.map((r) => el('tr', { 'data-rank': String(r.rank) },
+        el('td', { class: 'num' }, String(r.rank)),
+        el('td', { class: 'mono' }, r.node),
+        el('td', {}, (r.gpus || []).join(', ') || '–'),
+        el('td', {}, stateBadge(r.state)),
+        el('td', { class: 'mono' }, r.signal || (r.exit_code !== null && r.exit_code !== undefined ? String(r.exit_code) : '–')),
+        el('td', { class: 'wrap' }, r.error || ''))));
     }
 
     function renderFinal() {
