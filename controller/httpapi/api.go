@@ -787,13 +787,24 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
+	// rank picks one rank's events of a multi-node job (default 0, the
+	// job's own).
+	rank, err := queryUint(r, "rank", 0)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
 	id := r.PathValue("id")
 	out := apiv1.EventList{Events: []apiv1.Event{}}
 	err = a.opts.Store.View(func(tx *store.Tx) error {
-		if _, err := tx.Job(id); err != nil {
+		j, err := tx.Job(id)
+		if err != nil {
 			return err
 		}
-		evs, err := tx.Events(id, after, maxPointLimit)
+		if rank > 0 && rank >= uint64(len(j.Ranks)) {
+			return badRequest{fmt.Errorf("job %s has no rank %d (ranks: %d)", id, rank, max(len(j.Ranks), 1))}
+		}
+		evs, err := tx.Events(store.RankKey(id, uint32(rank)), after, maxPointLimit)
 		for _, e := range evs {
 			out.Events = append(out.Events, view.Event(e))
 		}
