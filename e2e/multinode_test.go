@@ -240,6 +240,13 @@ func rankOn(t *testing.T, job apiv1.Job, node string) apiv1.Rank {
 func TestNetnsGangRankFailure(t *testing.T) {
 	c := startNetCluster(t)
 	leader := c.waitLeader(10*time.Second, c.ctrls...)
+	// Three nodes of two: no set of registered nodes could ever run it.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_, err := leader.api().Submit(ctx, apiv1.JobSpec{Name: "too-big", Run: "true", Resources: apiv1.Resources{Nodes: 3, GPUs: 1}})
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "the job needs 3 nodes with 1 GPU each") {
+		t.Fatalf("submit of a 3-node job on 2 nodes: %v, want a 400 saying why", err)
+	}
 	id := submit(t, leader, apiv1.JobSpec{
 		Name: "rank1-fails", Resources: apiv1.Resources{Nodes: 2, GPUs: 1},
 		Run:       `echo "rank $NODE_RANK of $NNODES, world $WORLD_SIZE"; if [ "$NODE_RANK" = 1 ]; then sleep 1; exit 3; fi; exec sleep 600`,
