@@ -198,13 +198,16 @@ type Holding struct {
 }
 
 // Holdings lists where a job holds GPUs while HoldsGPUs(its state): every
-// rank of a multi-node job, or its one node. A job not placed yet holds
-// nothing.
+// rank of a multi-node job that has not ended (a rank that exited freed
+// its GPUs, and its node going down no longer matters to the job), or its
+// one node. A job not placed yet holds nothing.
 func Holdings(j *gantrypb.Job) []Holding {
 	if len(j.GetRanks()) > 0 {
 		out := make([]Holding, 0, len(j.Ranks))
 		for _, r := range j.Ranks {
-			out = append(out, Holding{Node: r.GetNode(), GPUs: r.GetGpus()})
+			if !IsTerminal(r.GetState()) {
+				out = append(out, Holding{Node: r.GetNode(), GPUs: r.GetGpus()})
+			}
 		}
 		return out
 	}
@@ -228,6 +231,22 @@ func RankOf(j *gantrypb.Job, node string) *gantrypb.Rank {
 		}
 	}
 	return nil
+}
+
+// Nodes lists every node a job was assigned to: its ranks' nodes (ended
+// or not), or its one node.
+func Nodes(j *gantrypb.Job) []string {
+	if len(j.GetRanks()) > 0 {
+		out := make([]string, len(j.Ranks))
+		for i, r := range j.Ranks {
+			out[i] = r.GetNode()
+		}
+		return out
+	}
+	if j.GetNode() == "" {
+		return nil
+	}
+	return []string{j.Node}
 }
 
 // RunsOn reports whether node runs the job or one of its ranks: the nodes

@@ -222,3 +222,54 @@ func TestGangNotStarvedBySmallJobs(t *testing.T) {
 		t.Fatalf("small2 is %s", j.State)
 	}
 }
+
+// A gang is lost when a node holding a live rank stays down past the
+// grace; a rank that already exited does not hold the job to its node,
+// and the survivors of a lost gang are told to cancel.
+func TestGangLostAndSurvivorsCancelled(t *testing.T) {
+	e := newEnv(t)
+	e.node("n1", 2, true)
+	e.node("n2", 2, true)
+	e.node("n3", 2, true)
+	e.submitGang("g", 3, 1, 1)
+	e.s.Reconcile()
+	for _, n := range []string{"n1", "n2", "n3"} {
+		e.must(&gantrypb.IngestCmd{NodeId: n, AtMs: 3, Records: []*gantrypb.Record{
+			{JobId: "g", Seq: 1, Body: &gantrypb.Record_Started{Started: &gantrypb.JobStarted{Pid: 1, Ts: 1}}}}})
+	}
+	// Rank 2 (n3) finished cleanly; then n3 and n2 go down.
+	e.must(&gantrypb.IngestCmd{NodeId: "n3", AtMs: 4, Records: []*gantrypb.Record{
+		{JobId: "g", Seq: 2, Body: &gantrypb.Record_Exit{Exit: &gantrypb.JobExit{ExitCode: ptr(int32(0)), Ts: 2}}}}})
+	down := time.UnixMilli(1_000_000)
+	e.s.LostGrace = time.Minute
+	e.s.now = func() time.Time { return down.Add(time.Minute) }
+	e.must(&gantrypb.NodeDownCmd{NodeId: "n3", AtMs: down.UnixMilli()})
+	e.agents.mu.Lock()
+	e.agents.connected["n3"] = false
+	e.agents.mu.Unlock()
+	e.agents.take()
+	e.s.Reconcile()
+	if s := e.job("g").State; s != gantrypb.JobState_JOB_STATE_RUNNING {
+		t.Fatalf("gang %s after the node of an ended rank went down", s)
+	}
+	e.must(&gantrypb.NodeDownCmd{NodeId: "n2", AtMs: down.UnixMilli()})
+	e.agents.mu.Lock()
+	e.agents.connected["n2"] = false
+	e.agents.mu.Unlock()
+	e.s.Reconcile()
+	j := e.job("g")
+	if j.State != gantrypb.JobState_JOB_STATE_LOST || !strings.Contains(j.Error, "rank 1") ||
+		j.Ranks[1].State != gantrypb.JobState_JOB_STATE_LOST || j.Ranks[0].State != gantrypb.JobState_JOB_STATE_RUNNING {
+		t.Fatalf("gang %s %q, ranks %v", j.State, j.Error, j.Ranks)
+	}
+	e.s.Reconcile() // the stray pass
+	var cancels []string
+	for _, s := range e.agents.take() {
+		if s.msg.GetCancel() != nil {
+			cancels = append(cancels, s.node)
+		}
+	}
+	if !slices.Equal(cancels, []string{"n1"}) {
+		t.Fatalf("cancels to %v, want the survivor n1 only", cancels)
+	}
+}

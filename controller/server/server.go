@@ -489,8 +489,10 @@ func (o jobOwners) JobNodes(ids []string) (map[string][]string, error) {
 			if err != nil {
 				return err
 			}
-			for _, h := range lifecycle.Holdings(job) {
-				out[id] = append(out[id], h.Node)
+			// Every rank's node, ended or not: a replay of an ended
+			// rank's acked records is a duplicate, not a forgery.
+			if nodes := lifecycle.Nodes(job); len(nodes) > 0 {
+				out[id] = nodes
 			}
 		}
 		return nil
