@@ -3,6 +3,7 @@ package fsm
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/gantry-ml/gantry/controller/admission"
 	"github.com/gantry-ml/gantry/controller/store"
@@ -82,7 +83,7 @@ func checkGang(spec *gantrypb.JobSpec, m *gantrypb.AssignGangCmd) error {
 // applyRankRecord applies a record of one rank of a multi-node job. The
 // rank is the sending node's (lifecycle.RankOf): a node can only ever
 // write its own rank. Rank 0's points are the job's metrics; other ranks'
-// points are counted, not stored. Logs and events of rank k > 0 are kept
+// points are stored apart (storeRankPoint). Logs and events of rank k > 0 are kept
 // under RankStreamKey. The job becomes running once every rank started,
 // and terminal only once every rank exited, with rank 0's final metrics
 // (invariant I2 for the whole job).
@@ -90,10 +91,10 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 	atMs := m.AtMs
 	switch body := rec.Body.(type) {
 	case *gantrypb.Record_Point:
-		r.Points++
 		if r.Rank != 0 {
-			return nil
+			return f.storeRankPoint(tx, job, r, rec.Seq, body.Point, m.Keys)
 		}
+		r.Points++
 		p := body.Point
 		p.Seq = rec.Seq
 		if err := f.storePoint(tx, job, p, m.Keys, ch, sc); err != nil {
@@ -183,6 +184,64 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 	default:
 		f.log.Warn("record with unknown body skipped", "job", job.Id, "seq", rec.Seq)
 	}
+	return nil
+}
+
+// storeRankPoint stores a point of rank k > 0 under store.RankKey(job, k):
+// a series of its own, read with ?rank=k, never mixed into the job's
+// (rank 0's) metrics, charts or final metrics, and not sent to live
+// watchers, who chart rank 0. The rank's keys are capped like a job's
+// (limits.MaxKeysPerJob); values of keys past the cap are dropped,
+// counted in the job's dropped_metric_keys.
+func (f *FSM) storeRankPoint(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank, seq uint64, p *gantrypb.MetricPoint, keys []string) error {
+	if r.LastSeq > 0 && seq <= r.LastSeq {
+		f.log.Warn("metric point below the rank's last point skipped", "job", job.Id, "rank", r.Rank, "seq", seq)
+		return errStalePoint
+	}
+	var names []string
+	var vals []float64
+	if len(p.KeyIdx) > 0 {
+		for i, k := range p.KeyIdx {
+			names, vals = append(names, keys[k]), append(vals, p.Vals[i])
+		}
+	} else {
+		for k, v := range p.Values {
+			names, vals = append(names, k), append(vals, v)
+		}
+	}
+	if r.LatestMetrics == nil {
+		r.LatestMetrics = map[string]float64{}
+	}
+	if drop := overCap(r.LatestMetrics, names); len(drop) > 0 {
+		job.DroppedMetricKeys += uint64(len(drop))
+		n := 0
+		for i, k := range names {
+			if !slices.Contains(drop, k) {
+				names[n], vals[n] = k, vals[i]
+				n++
+			}
+		}
+		names, vals = names[:n], vals[:n]
+	}
+	key := store.RankKey(job.Id, r.Rank)
+	dict, err := tx.MetricIDs(key, names, nil)
+	if err != nil {
+		return err
+	}
+	if err := tx.PutIDs(key, seq, p.Step, p.Ts, dict, vals, false); err != nil {
+		if errors.Is(err, store.ErrStalePoint) {
+			return errStalePoint
+		}
+		return err
+	}
+	for i, k := range names {
+		r.LatestMetrics[k] = vals[i]
+	}
+	if p.Step != nil {
+		r.LatestMetrics["step"] = float64(*p.Step)
+	}
+	r.Points++
+	r.LastSeq = seq
 	return nil
 }
 

@@ -104,6 +104,10 @@ func TestGangRankFailureFailsTheJobNamingTheRank(t *testing.T) {
 	if got := len(h.points("g")); got != 3 || j.Ranks[1].Points != 1 {
 		t.Fatalf("stored %d points (want rank 0's 3), rank 1 counted %d", got, j.Ranks[1].Points)
 	}
+	// Rank 1's point is its own series, apart from the job's.
+	if pts := h.points(store.RankKey("g", 1)); len(pts) != 1 || pts[0].Seq != 2 || j.Ranks[1].LatestMetrics["loss"] != 9 {
+		t.Fatalf("rank 1 series %v, latest %v", pts, j.Ranks[1].LatestMetrics)
+	}
 	_ = h.st.View(func(tx *store.Tx) error {
 		if d, _ := tx.Logs(store.RankKey("g", 1), 0, 100); string(d) != "rank1 says hi\n" {
 			t.Errorf("rank 1 log = %q", d)

@@ -663,11 +663,18 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if r.URL.Query().Has("max_points") {
-		a.downsampled(w, r, id, keys)
+	// rank reads rank K's own series of a multi-node job (0, the default,
+	// is the job's own: rank 0's).
+	rank, err := queryUint(r, "rank", 0)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
 		return
 	}
-	page, err := a.readPoints(id, after, limit)
+	if r.URL.Query().Has("max_points") {
+		a.downsampled(w, r, id, uint32(min(rank, math.MaxUint32)), keys)
+		return
+	}
+	page, err := a.readRankPoints(id, uint32(min(rank, math.MaxUint32)), after, limit)
 	if err != nil {
 		a.writeReadError(w, r, err)
 		return
@@ -715,7 +722,7 @@ const (
 
 // downsampled answers ?max_points=N: at most N buckets per metric over the
 // whole run, read in pages of short transactions.
-func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, keys []string) {
+func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, rank uint32, keys []string) {
 	n, err := queryUint(r, "max_points", 0)
 	if err == nil && (n == 0 || n > maxDownsamplePoints) {
 		err = fmt.Errorf("query parameter max_points=%d: want 1..%d", n, maxDownsamplePoints)
@@ -728,10 +735,18 @@ func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, key
 	var known int
 	if err := a.opts.Store.View(func(tx *store.Tx) error {
 		job, err := tx.Job(id)
-		if err == nil {
-			last, known = job.LastSeq, len(job.LatestMetrics)
+		if err != nil {
+			return err
 		}
-		return err
+		last, known = job.LastSeq, len(job.LatestMetrics)
+		if rank > 0 {
+			rk, err := rankOf(job, rank)
+			if err != nil {
+				return err
+			}
+			last, known = rk.LastSeq, len(rk.LatestMetrics)
+		}
+		return nil
 	}); err != nil {
 		a.writeReadError(w, r, err)
 		return
@@ -741,7 +756,7 @@ func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, key
 			known, n, maxDownsampleBuckets))
 		return
 	}
-	series, err := downsample.Read(r.Context(), a.opts.Store, id, last, int(n), keys)
+	series, err := downsample.Read(r.Context(), a.opts.Store, store.RankKey(id, rank), last, int(n), keys)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the client went away
@@ -761,14 +776,33 @@ func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, key
 	writeJSON(w, http.StatusOK, out)
 }
 
+// rankOf returns rank k of a multi-node job, or a 400 for one it lacks.
+func rankOf(j *gantrypb.Job, k uint32) (*gantrypb.Rank, error) {
+	if int(k) >= len(j.Ranks) {
+		return nil, badRequest{fmt.Errorf("job %s has no rank %d (ranks: %d)", j.Id, k, max(len(j.Ranks), 1))}
+	}
+	return j.Ranks[k], nil
+}
+
 // readPoints reads one page of points in its own short transaction.
 func (a *API) readPoints(id string, after uint64, limit int) (apiv1.PointPage, error) {
+	return a.readRankPoints(id, 0, after, limit)
+}
+
+// readRankPoints reads one page of rank k's points (k = 0: the job's).
+func (a *API) readRankPoints(id string, k uint32, after uint64, limit int) (apiv1.PointPage, error) {
 	page := apiv1.PointPage{Points: []apiv1.Point{}, Next: after}
 	err := a.opts.Store.View(func(tx *store.Tx) error {
-		if _, err := tx.Job(id); err != nil {
+		j, err := tx.Job(id)
+		if err != nil {
 			return err
 		}
-		pts, err := tx.Points(id, after, limit)
+		if k > 0 {
+			if _, err := rankOf(j, k); err != nil {
+				return err
+			}
+		}
+		pts, err := tx.Points(store.RankKey(id, k), after, limit)
 		if err != nil {
 			return err
 		}

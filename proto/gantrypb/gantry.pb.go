@@ -625,8 +625,14 @@ type Rank struct {
 	// final_metrics is the rank's exit record's final metrics (only rank
 	// 0's become the job's).
 	FinalMetrics map[string]float64 `protobuf:"bytes,14,rep,name=final_metrics,json=finalMetrics,proto3" json:"final_metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
-	// points counts the rank's metric points; only rank 0's are stored.
-	Points        uint64 `protobuf:"varint,15,opt,name=points,proto3" json:"points,omitempty"`
+	// points counts the rank's metric points. Rank 0's are the job's; the
+	// others' are stored apart, under the rank's key (JOB/rank/K).
+	Points uint64 `protobuf:"varint,15,opt,name=points,proto3" json:"points,omitempty"`
+	// last_seq and latest_metrics are, for a rank other than 0, what the
+	// job's own fields are for rank 0: the last point's seq and the last
+	// value of every key.
+	LastSeq       uint64             `protobuf:"varint,16,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	LatestMetrics map[string]float64 `protobuf:"bytes,17,rep,name=latest_metrics,json=latestMetrics,proto3" json:"latest_metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -764,6 +770,20 @@ func (x *Rank) GetPoints() uint64 {
 		return x.Points
 	}
 	return 0
+}
+
+func (x *Rank) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *Rank) GetLatestMetrics() map[string]float64 {
+	if x != nil {
+		return x.LatestMetrics
+	}
+	return nil
 }
 
 // MetricPoint is one parsed line of a job's metrics file. Its metrics come
@@ -3197,7 +3217,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\f\n" +
 	"\n" +
-	"_exit_code\"\x98\x04\n" +
+	"_exit_code\"\xc0\x05\n" +
 	"\x04Rank\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\rR\x04rank\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x12\n" +
@@ -3214,8 +3234,13 @@ const file_gantry_proto_rawDesc = "" +
 	"\tlog_bytes\x18\f \x01(\x04R\blogBytes\x12\x19\n" +
 	"\blog_tail\x18\r \x01(\tR\alogTail\x12F\n" +
 	"\rfinal_metrics\x18\x0e \x03(\v2!.gantry.v1.Rank.FinalMetricsEntryR\ffinalMetrics\x12\x16\n" +
-	"\x06points\x18\x0f \x01(\x04R\x06points\x1a?\n" +
+	"\x06points\x18\x0f \x01(\x04R\x06points\x12\x19\n" +
+	"\blast_seq\x18\x10 \x01(\x04R\alastSeq\x12I\n" +
+	"\x0elatest_metrics\x18\x11 \x03(\v2\".gantry.v1.Rank.LatestMetricsEntryR\rlatestMetrics\x1a?\n" +
 	"\x11FinalMetricsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1a@\n" +
+	"\x12LatestMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\f\n" +
 	"\n" +
@@ -3443,7 +3468,7 @@ func file_gantry_proto_rawDescGZIP() []byte {
 }
 
 var file_gantry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_gantry_proto_goTypes = []any{
 	(JobState)(0),           // 0: gantry.v1.JobState
 	(NodeState)(0),          // 1: gantry.v1.NodeState
@@ -3486,8 +3511,9 @@ var file_gantry_proto_goTypes = []any{
 	nil,                     // 38: gantry.v1.Job.FinalMetricsEntry
 	nil,                     // 39: gantry.v1.Job.LatestMetricsEntry
 	nil,                     // 40: gantry.v1.Rank.FinalMetricsEntry
-	nil,                     // 41: gantry.v1.MetricPoint.ValuesEntry
-	nil,                     // 42: gantry.v1.JobExit.FinalMetricsEntry
+	nil,                     // 41: gantry.v1.Rank.LatestMetricsEntry
+	nil,                     // 42: gantry.v1.MetricPoint.ValuesEntry
+	nil,                     // 43: gantry.v1.JobExit.FinalMetricsEntry
 }
 var file_gantry_proto_depIdxs = []int32{
 	37, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
@@ -3499,35 +3525,36 @@ var file_gantry_proto_depIdxs = []int32{
 	5,  // 6: gantry.v1.Job.ranks:type_name -> gantry.v1.Rank
 	0,  // 7: gantry.v1.Rank.state:type_name -> gantry.v1.JobState
 	40, // 8: gantry.v1.Rank.final_metrics:type_name -> gantry.v1.Rank.FinalMetricsEntry
-	41, // 9: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
-	7,  // 10: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
-	42, // 11: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
-	6,  // 12: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
-	10, // 13: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
-	11, // 14: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
-	12, // 15: gantry.v1.Record.started:type_name -> gantry.v1.JobStarted
-	13, // 16: gantry.v1.Record.exit:type_name -> gantry.v1.JobExit
-	8,  // 17: gantry.v1.Record.gpu:type_name -> gantry.v1.GPUSample
-	9,  // 18: gantry.v1.Node.gpus:type_name -> gantry.v1.GPUInfo
-	1,  // 19: gantry.v1.Node.state:type_name -> gantry.v1.NodeState
-	9,  // 20: gantry.v1.Hello.gpus:type_name -> gantry.v1.GPUInfo
-	3,  // 21: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
-	16, // 22: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
-	17, // 23: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
-	21, // 24: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
-	22, // 25: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
-	14, // 26: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
-	3,  // 27: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
-	29, // 28: gantry.v1.AssignGangCmd.ranks:type_name -> gantry.v1.GangRank
-	14, // 29: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
-	15, // 30: gantry.v1.NodeUpCmd.node:type_name -> gantry.v1.Node
-	0,  // 31: gantry.v1.EndJobCmd.state:type_name -> gantry.v1.JobState
-	3,  // 32: gantry.v1.AgentJob.spec:type_name -> gantry.v1.JobSpec
-	33, // [33:33] is the sub-list for method output_type
-	33, // [33:33] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	41, // 9: gantry.v1.Rank.latest_metrics:type_name -> gantry.v1.Rank.LatestMetricsEntry
+	42, // 10: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
+	7,  // 11: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
+	43, // 12: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
+	6,  // 13: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
+	10, // 14: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
+	11, // 15: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
+	12, // 16: gantry.v1.Record.started:type_name -> gantry.v1.JobStarted
+	13, // 17: gantry.v1.Record.exit:type_name -> gantry.v1.JobExit
+	8,  // 18: gantry.v1.Record.gpu:type_name -> gantry.v1.GPUSample
+	9,  // 19: gantry.v1.Node.gpus:type_name -> gantry.v1.GPUInfo
+	1,  // 20: gantry.v1.Node.state:type_name -> gantry.v1.NodeState
+	9,  // 21: gantry.v1.Hello.gpus:type_name -> gantry.v1.GPUInfo
+	3,  // 22: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
+	16, // 23: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
+	17, // 24: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
+	21, // 25: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
+	22, // 26: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
+	14, // 27: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
+	3,  // 28: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
+	29, // 29: gantry.v1.AssignGangCmd.ranks:type_name -> gantry.v1.GangRank
+	14, // 30: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
+	15, // 31: gantry.v1.NodeUpCmd.node:type_name -> gantry.v1.Node
+	0,  // 32: gantry.v1.EndJobCmd.state:type_name -> gantry.v1.JobState
+	3,  // 33: gantry.v1.AgentJob.spec:type_name -> gantry.v1.JobSpec
+	34, // [34:34] is the sub-list for method output_type
+	34, // [34:34] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_gantry_proto_init() }
@@ -3559,7 +3586,7 @@ func file_gantry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_proto_rawDesc), len(file_gantry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   41,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
