@@ -285,6 +285,9 @@ func TestNetnsGangRankFailure(t *testing.T) {
 	if err != nil || !strings.Contains(l.Data, "rank 1 of 2, world 2") {
 		t.Fatalf("rank 1 log %q, %v", l.Data, err)
 	}
+	if _, err := leader.api().RankLogs(context.Background(), id, 2, 0); err == nil || !strings.Contains(err.Error(), "has no rank 2") {
+		t.Errorf("log of rank 2 of a 2-rank job: %v, want a 400 saying there is none", err)
+	}
 }
 
 // TestNetnsGangNodeCutOff: rank 1's host is cut off mid-run; after the

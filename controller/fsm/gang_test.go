@@ -50,7 +50,11 @@ func TestGangAssignIsOneEntryAllOrNothing(t *testing.T) {
 		assignGang("g", "n1"),             // too few ranks
 		assignGang("g", "n1", "n1"),       // two ranks on one node
 		assignGang("g", "n1", "n2", "n3"), // too many
-		{JobId: "g", Ranks: assignGang("g", "n1", "n2").Ranks, MasterAddr: "x"}, // no port
+		{JobId: "g", Ranks: assignGang("g", "n1", "n2").Ranks, MasterAddr: "x"},                                                                                // no port
+		{JobId: "g", Ranks: []*gantrypb.GangRank{nil, nil}, MasterAddr: "x", MasterPort: 1},                                                                    // hostile: nil ranks
+		{JobId: "g", Ranks: []*gantrypb.GangRank{{NodeId: "a/b", Gpus: []uint32{0, 1}}, {NodeId: "n2", Gpus: []uint32{0, 1}}}, MasterAddr: "x", MasterPort: 1}, // bad id
+		{JobId: "g", Ranks: []*gantrypb.GangRank{{NodeId: "n1", Gpus: []uint32{0}}, {NodeId: "n2", Gpus: []uint32{0, 1}}}, MasterAddr: "x", MasterPort: 1},     // too few GPUs
+		{JobId: "g", Ranks: assignGang("g", "n1", "n2").Ranks, MasterAddr: "x", MasterPort: 70000},                                                             // port out of range
 	}
 	for i, m := range bad {
 		if _, ok := h.apply(m).(error); !ok {
