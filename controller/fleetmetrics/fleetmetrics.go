@@ -485,7 +485,10 @@ func (c *Collector) emitJobs(e *emitter, s *snapshot, now time.Time) (omittedKey
 		e.emit(descJobBadLines, float64(j.BadLines), id, name)
 		gpus := 0
 		if lifecycle.HoldsGPUs(j.State) {
-			gpus = len(j.Gpus)
+			// Every live rank's GPUs for a multi-node job (node: rank 0's).
+			for _, h := range lifecycle.Holdings(j) {
+				gpus += len(h.GPUs)
+			}
 		}
 		e.emit(descJobGPUs, float64(gpus), id, name, j.Node)
 		if v.hasPoints {

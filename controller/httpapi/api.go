@@ -519,7 +519,8 @@ func parseJobFilter(r *http.Request) (jobFilter, error) {
 func (f jobFilter) match(j *gantrypb.Job) bool {
 	return (f.state == "" || view.State(j.State) == f.state) &&
 		(f.name == "" || j.GetSpec().GetName() == f.name) &&
-		(f.node == "" || j.Node == f.node)
+		// A multi-node job matches the node of any of its ranks.
+		(f.node == "" || lifecycle.RunsOn(j, f.node))
 }
 
 // listJobs answers GET /v1/jobs: the jobs matching the query, in id
