@@ -370,3 +370,36 @@ func TestNetnsGangAgentRestart(t *testing.T) {
 		t.Errorf("rank 1 %s exit %v: want its re-adopted process's clean exit", r.State, r.ExitCode)
 	}
 }
+
+// TestNetnsGangCancel: a user's cancel reaches every rank (SIGTERM; a rank
+// that ignores it is killed after kill_grace) and the job ends cancelled.
+func TestNetnsGangCancel(t *testing.T) {
+	c := startNetCluster(t)
+	leader := c.waitLeader(10*time.Second, c.ctrls...)
+	id := submit(t, leader, apiv1.JobSpec{
+		Name: "cancel-all", Resources: apiv1.Resources{Nodes: 2, GPUs: 1},
+		// Rank 1 ignores SIGTERM: only the SIGKILL after kill_grace ends it.
+		Run:       `if [ "$NODE_RANK" = 1 ]; then trap "" TERM; fi; while true; do sleep 0.1; done`,
+		KillGrace: apiv1.Duration(time.Second),
+	})
+	waitGangState(t, leader, id, apiv1.StateRunning, 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cancelAt := time.Now()
+	if err := leader.api().Cancel(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	job := waitJobTerminal(t, leader, id, 30*time.Second)
+	if job.State != apiv1.StateCancelled {
+		t.Fatalf("job %s %q, want cancelled; ranks %+v", job.State, job.Error, job.Ranks)
+	}
+	for _, r := range job.Ranks {
+		if r.State != apiv1.StateCancelled {
+			t.Errorf("rank %d on %s ended %s (%s), want cancelled", r.Rank, r.Node, r.State, r.Error)
+		}
+	}
+	if r1 := job.Ranks[1]; r1.Signal != "SIGKILL" {
+		t.Errorf("rank 1 ignored SIGTERM yet ended by %q, want SIGKILL after kill_grace", r1.Signal)
+	}
+	t.Logf("MEASURED cancel → terminal: %s (kill_grace 1 s)", time.Since(cancelAt).Round(time.Millisecond))
+}
