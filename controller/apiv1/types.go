@@ -124,8 +124,12 @@ type Rank struct {
 	StartedAt  *time.Time `json:"started_at"`
 	FinishedAt *time.Time `json:"finished_at"`
 	LogBytes   uint64     `json:"log_bytes"`
-	// Points counts the rank's metric points; only rank 0's are stored.
+	// Points counts the rank's metric points. Rank 0's are the job's;
+	// rank K's are its own series (GET /v1/jobs/{id}/metrics?rank=K).
 	Points uint64 `json:"points"`
+	// LatestMetrics is the last value of every key of rank K > 0's own
+	// series (rank 0's are the job's latest_metrics).
+	LatestMetrics map[string]float64 `json:"latest_metrics,omitempty"`
 }
 
 // SubmitResponse answers POST /v1/jobs.

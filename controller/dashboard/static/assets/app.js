@@ -1248,7 +1248,7 @@
       el('p', { class: 'muted', id: 'ranks-note' }),
       el('table', { id: 'ranks' }, el('thead', {}, el('tr', {},
         el('th', { class: 'num' }, 'Rank'), el('th', {}, 'Node'), el('th', {}, 'GPUs'), el('th', {}, 'State'),
-        el('th', {}, 'Exit'), el('th', {}, 'Error'))), ranksBody));
+        el('th', {}, 'Exit'), el('th', { class: 'num' }, 'Points'), el('th', {}, 'Latest'), el('th', {}, 'Error'))), ranksBody));
     const eventsBody = el('tbody');
     const eventsPanel = el('section', { class: 'panel', id: 'events-panel', hidden: true },
       el('h2', {}, 'Events'),
@@ -1373,14 +1373,26 @@
       ranksPanel.hidden = ranks.length === 0;
       if (!ranks.length) return;
       replace(ranksPanel.querySelector('#ranks-note'),
-        `${ranks.length} nodes, rendezvous ${j.master_addr || '–'}:${j.master_port || '–'}; metrics and charts are rank 0's.`);
+        `${ranks.length} nodes, rendezvous ${j.master_addr || '–'}:${j.master_port || '–'}. The charts are rank 0's, the job's own; ` +
+        `another rank's metrics are its own series (GET /v1/jobs/${j.id}/metrics?rank=K), summed up here by their latest values.`);
       replace(ranksBody, ranks.map((r) => el('tr', { 'data-rank': String(r.rank) },
         el('td', { class: 'num' }, String(r.rank)),
         el('td', { class: 'mono' }, r.node),
         el('td', {}, (r.gpus || []).join(', ') || '–'),
         el('td', {}, stateBadge(r.state)),
         el('td', { class: 'mono' }, r.signal || (r.exit_code !== null && r.exit_code !== undefined ? String(r.exit_code) : '–')),
+        el('td', { class: 'num' }, String(r.points || 0)),
+        el('td', { class: 'mono wrap' }, r.rank === 0 ? 'charts above' : rankLatest(r.latest_metrics)),
         el('td', { class: 'wrap' }, r.error || ''))));
+    }
+
+    // rankLatest sums up a rank's latest values: step first, then up to
+    // six keys in order.
+    function rankLatest(m) {
+      const keys = sortedKeys(m || {}).filter((k) => k !== 'step');
+      if (!m || (keys.length === 0 && !('step' in m))) return '–';
+      const parts = ('step' in m ? [`step ${fmtExact(m.step)}`] : []).concat(keys.slice(0, 6).map((k) => `${k} ${fmtExact(m[k])}`));
+      return parts.join(' · ') + (keys.length > 6 ? ` (+${keys.length - 6})` : '');
     }
 
     function renderFinal() {
