@@ -413,7 +413,7 @@ func fleet(tx *store.Tx) (*scheduler.Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	return scheduler.NewFleet(nodes, live), nil
+	return scheduler.NewFleetAt(nodes, live, time.Now().UnixMilli(), scheduler.DefaultReserveAfter), nil
 }
 
 // jobView maps a stored job for the API and, for a queued one, says why

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -89,14 +90,28 @@ type Fleet struct {
 	nodes   []*gantrypb.Node
 	used    map[string]map[uint32]bool
 	reasons map[string]string
+	// nowMs and reserveAfter replay the scheduler's reservations for
+	// multi-node jobs that waited long (ReserveGang); reserveAfter 0 (as
+	// NewFleet) replays none.
+	nowMs        int64
+	reserveAfter time.Duration
 }
 
 // NewFleet computes the reason of every queued job among jobs, which must
 // hold every non-terminal job (terminal ones are ignored) in creation order,
-// the order in which the scheduler considers them.
+// the order in which the scheduler considers them. It replays no
+// reservations (NewFleetAt does).
 func NewFleet(nodes []*gantrypb.Node, jobs []*gantrypb.Job) *Fleet {
+	return NewFleetAt(nodes, jobs, 0, 0)
+}
+
+// NewFleetAt is NewFleet that also replays the reservations of multi-node
+// jobs queued at least reserveAfter before nowMs (the scheduler's
+// ReserveAfter), so a job that waits because its GPUs are reserved says
+// so. It is a pure function of its arguments.
+func NewFleetAt(nodes []*gantrypb.Node, jobs []*gantrypb.Job, nowMs int64, reserveAfter time.Duration) *Fleet {
 	f := &Fleet{nodes: append([]*gantrypb.Node(nil), nodes...), used: map[string]map[uint32]bool{},
-		reasons: map[string]string{}}
+		reasons: map[string]string{}, nowMs: nowMs, reserveAfter: reserveAfter}
 	sort.Slice(f.nodes, func(a, b int) bool { return f.nodes[a].Id < f.nodes[b].Id })
 	var queued []*gantrypb.Job
 	for _, j := range jobs {
@@ -152,6 +167,7 @@ func (f *Fleet) explain(queued []*gantrypb.Job) {
 		simIndex[c.ID] = i
 	}
 	placed := map[string]int{} // earlier queued jobs the pass places, per node
+	var reservers []string     // multi-node jobs holding GPUs back, in order
 	for _, j := range queued {
 		if len(f.nodes) == 0 {
 			f.reasons[j.Id] = "no agent connected yet: waiting for a node to register"
@@ -176,11 +192,25 @@ func (f *Fleet) explain(queued []*gantrypb.Job) {
 				f.reasons[j.Id] = "fits now on " + capList(on) + "; waiting for the scheduler to assign it"
 				continue
 			}
+			reason := gangWaitingFor(j.Spec, now)
 			if _, ok := PlaceGang(j.Spec, now); ok {
-				f.reasons[j.Id] = "waiting behind earlier jobs that take the free GPUs first"
-				continue
+				reason = "waiting behind earlier jobs that take the free GPUs first"
 			}
-			f.reasons[j.Id] = gangWaitingFor(j.Spec, now)
+			if f.reserveAfter > 0 && time.Duration(f.nowMs-j.CreatedAtMs)*time.Millisecond >= f.reserveAfter {
+				if res := ReserveGang(j.Spec, sim); len(res) > 0 {
+					nodes := make([]string, 0, len(res))
+					for node, gpus := range res {
+						for _, g := range gpus {
+							sim[simIndex[node]].Used[g] = true
+						}
+						nodes = append(nodes, node)
+					}
+					sort.Strings(nodes)
+					reservers = append(reservers, j.Id)
+					reason += "; queued longer than " + f.reserveAfter.String() + ", it holds back GPUs on " + capList(nodes) + " from later jobs"
+				}
+			}
+			f.reasons[j.Id] = reason
 			continue
 		}
 		if node, gpus, ok := Place(j.Spec, sim); ok {
@@ -200,7 +230,14 @@ func (f *Fleet) explain(queued []*gantrypb.Job) {
 					ahead += placed[c.ID]
 				}
 			}
-			f.reasons[j.Id] = fmt.Sprintf("waiting behind %d earlier %s that take the free GPUs first", ahead, plural(ahead, "job", "jobs"))
+			switch held := fmt.Sprintf("held back for multi-node %s %s, queued longest", plural(len(reservers), "job", "jobs"), capList(reservers)); {
+			case len(reservers) > 0 && ahead == 0:
+				f.reasons[j.Id] = "the free GPUs it fits are " + held
+			case len(reservers) > 0:
+				f.reasons[j.Id] = fmt.Sprintf("waiting behind %d earlier %s that take the free GPUs first; others are %s", ahead, plural(ahead, "job", "jobs"), held)
+			default:
+				f.reasons[j.Id] = fmt.Sprintf("waiting behind %d earlier %s that take the free GPUs first", ahead, plural(ahead, "job", "jobs"))
+			}
 			continue
 		}
 		f.reasons[j.Id] = f.waitingFor(j.Spec, now)

@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
@@ -14,6 +15,10 @@ type RankPlacement struct {
 	Node string
 	GPUs []uint32
 }
+
+// DefaultReserveAfter is how long a multi-node job waits before it
+// reserves the GPUs it needs (Scheduler.ReserveAfter, Fleet reasons).
+const DefaultReserveAfter = 2 * time.Minute
 
 // MaxNodesPerJob bounds resources.nodes: a gang is one Raft entry and one
 // start message per rank, and a typo (nodes: 1000) should fail at submit.

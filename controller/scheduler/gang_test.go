@@ -273,3 +273,42 @@ func TestGangLostAndSurvivorsCancelled(t *testing.T) {
 		t.Fatalf("cancels to %v, want the survivor n1 only", cancels)
 	}
 }
+
+func TestFleetReasonsForGangs(t *testing.T) {
+	nodes := []*gantrypb.Node{up("a", n(2, a100)...), up("b", n(2, a100)...)}
+	busy := runningJob("small0", "a", 0)
+	gang := queuedJob("big", gangSpec(2, 2))
+	gang.CreatedAtMs = 0
+	small := queuedJob("small1", spec(1, "", ""))
+	small.CreatedAtMs = 1000
+
+	// Before the threshold: the gang waits for room, the small job fits.
+	f := NewFleetAt(nodes, []*gantrypb.Job{busy, gang, small}, 60_000, DefaultReserveAfter)
+	if got, want := f.Reason("big"), "waiting for 2 up nodes with 2 free GPUs each; nodes with room now: 1 (b)"; got != want {
+		t.Errorf("gang reason %q, want %q", got, want)
+	}
+	if got := f.Reason("small1"); !strings.HasPrefix(got, "fits now on") {
+		t.Errorf("small job before the threshold: %q", got)
+	}
+	// Past it: the gang holds back GPUs, and the small job says why it waits.
+	f = NewFleetAt(nodes, []*gantrypb.Job{busy, gang, small}, DefaultReserveAfter.Milliseconds(), DefaultReserveAfter)
+	if got := f.Reason("big"); !strings.Contains(got, "it holds back GPUs on a, b from later jobs") {
+		t.Errorf("gang reason past the threshold: %q", got)
+	}
+	if got, want := f.Reason("small1"), "the free GPUs it fits are held back for multi-node job big, queued longest"; got != want {
+		t.Errorf("small job reason %q, want %q", got, want)
+	}
+	// The scheduler agrees: the small job is not placed.
+	e := newEnv(t)
+	e.node("a", 2, true)
+	e.node("b", 2, true)
+	e.s.now = func() time.Time { return time.UnixMilli(DefaultReserveAfter.Milliseconds()) }
+	e.must(&gantrypb.SubmitJobCmd{JobId: "small0", Spec: spec(1, "", "a"), AtMs: 0})
+	e.s.Reconcile()
+	e.submitGang("big", 2, 2, 0)
+	e.must(&gantrypb.SubmitJobCmd{JobId: "small1", Spec: spec(1, "", ""), AtMs: 1000})
+	e.s.Reconcile()
+	if s := e.job("small1").State; s != gantrypb.JobState_JOB_STATE_QUEUED {
+		t.Fatalf("small1 %s; the fleet said it waits", s)
+	}
+}

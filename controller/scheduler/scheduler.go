@@ -141,7 +141,7 @@ func (w Wakeup) Wake() {
 // leads.
 func New(st *store.Store, r Raft, agents Agents, w Wakeup, log *slog.Logger) *Scheduler {
 	return &Scheduler{store: st, raft: r, agents: agents, log: log, wake: w,
-		Interval: time.Second, LostGrace: 60 * time.Second, ReserveAfter: 2 * time.Minute,
+		Interval: time.Second, LostGrace: 60 * time.Second, ReserveAfter: DefaultReserveAfter,
 		now: time.Now, told: map[string]map[string]bool{}}
 }
 
@@ -343,7 +343,7 @@ func (s *Scheduler) fleet(snap snapshot) *Fleet {
 		}
 		nodes[i] = n
 	}
-	return NewFleet(nodes, snap.jobs)
+	return NewFleetAt(nodes, snap.jobs, s.now().UnixMilli(), s.ReserveAfter)
 }
 
 // queueDeadline returns when a queued job's queue_timeout runs out (zero
