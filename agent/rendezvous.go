@@ -12,8 +12,8 @@ import (
 // the names torchrun (and accelerate, deepspeed) read, and GANTRY_
 // twins, so that
 //
-//	torchrun --nnodes=$NNODES --nproc-per-node=$GPUS_PER_NODE \
-//	  --node-rank=$NODE_RANK --master-addr=$MASTER_ADDR --master-port=$MASTER_PORT train.py
+//	torchrun --nnodes=$NNODES --nproc_per_node=$GPUS_PER_NODE \
+//	  --node_rank=$NODE_RANK --master_addr=$MASTER_ADDR --master_port=$MASTER_PORT train.py
 //
 // runs unchanged on every node. WORLD_SIZE is the number of processes of
 // the whole job (nodes × GPUs per node), as torchrun's workers see it.

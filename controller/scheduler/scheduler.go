@@ -108,9 +108,10 @@ type Scheduler struct {
 	// running jobs are declared lost.
 	LostGrace time.Duration
 	now       func() time.Time
-	// told maps each job whose start or cancel was sent (or tried) to its
-	// node, until the job ends: then its keys are forgotten. Only the
-	// reconcile pass uses it.
+	// told maps each job whose start or cancel was sent (or tried) to the
+	// nodes it was sent to (one, or one per rank of a multi-node job),
+	// until the job ends and no rank runs on: then its keys are forgotten.
+	// Only the reconcile pass uses it.
 	told map[string]map[string]bool
 	// ReserveAfter is how long a multi-node job may wait queued before
 	// it reserves the GPUs it needs (ReserveGang): later jobs may no
