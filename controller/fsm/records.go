@@ -102,13 +102,13 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes, jobs *job
 			res.Stored++
 			continue
 		}
-		apply := f.applyJobRecord
 		if r := lifecycle.RankOf(job, m.NodeId); r != nil {
-			apply = func(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Record, m *gantrypb.IngestCmd, ch *Changes, sc *pointScratch) error {
-				return f.applyRankRecord(tx, job, r, rec, m, ch, sc)
-			}
+			// A multi-node job: the sending node's rank, never another's.
+			err = f.applyRankRecord(tx, job, r, rec, m, ch, &sc)
+		} else {
+			err = f.applyJobRecord(tx, job, rec, m, ch, &sc)
 		}
-		if err := apply(tx, job, rec, m, ch, &sc); err != nil {
+		if err != nil {
 			if errors.Is(err, errStalePoint) {
 				res.Rejected++
 				continue
