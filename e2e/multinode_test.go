@@ -288,6 +288,30 @@ func TestNetnsGangRankFailure(t *testing.T) {
 	if _, err := leader.api().RankLogs(context.Background(), id, 2, 0); err == nil || !strings.Contains(err.Error(), "has no rank 2") {
 		t.Errorf("log of rank 2 of a 2-rank job: %v, want a 400 saying there is none", err)
 	}
+
+	// The CLI, run on a controller's host: logs --rank, status, ps.
+	gantry := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("ip", append([]string{"netns", "exec", leader.host.ns, filepath.Join(binDir, "gantry"),
+			"--addr", "http://" + leader.host.addr(portHTTP)}, args...)...)
+		out, err := cmd.CombinedOutput()
+		if err != nil && !strings.Contains(strings.Join(args, " "), "status") {
+			t.Fatalf("gantry %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := gantry("logs", id, "--rank", "1"); !strings.Contains(out, "rank 1 of 2, world 2") {
+		t.Errorf("gantry logs --rank 1:\n%s", out)
+	}
+	if out := gantry("logs", id); !strings.Contains(out, "rank 0 of 2, world 2") {
+		t.Errorf("gantry logs (rank 0):\n%s", out)
+	}
+	if out := gantry("status", id); !strings.Contains(out, "RANK") || !strings.Contains(out, "exited with code 3") {
+		t.Errorf("gantry status shows no ranks table:\n%s", out)
+	}
+	if out := gantry("ps"); !strings.Contains(out, r0.Node+" +1") {
+		t.Errorf("gantry ps:\n%s", out)
+	}
 }
 
 // TestNetnsGangNodeCutOff: rank 1's host is cut off mid-run; after the
