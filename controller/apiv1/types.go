@@ -130,6 +130,9 @@ type Rank struct {
 	// LatestMetrics is the last value of every key of rank K > 0's own
 	// series (rank 0's are the job's latest_metrics).
 	LatestMetrics map[string]float64 `json:"latest_metrics,omitempty"`
+	// LastSeq is the seq of rank K > 0's last stored point (rank 0's is
+	// the job's last_seq).
+	LastSeq uint64 `json:"last_seq,omitempty"`
 }
 
 // SubmitResponse answers POST /v1/jobs.

@@ -109,7 +109,7 @@ func Job(j *gantrypb.Job) apiv1.Job {
 	for _, r := range j.Ranks {
 		ar := apiv1.Rank{Rank: int(r.Rank), Node: r.Node, GPUs: make([]int, len(r.Gpus)), State: State(r.State),
 			Signal: r.Signal, Error: r.Error, PID: r.Pid, StartedAt: msTime(r.StartedAtMs), FinishedAt: msTime(r.FinishedAtMs),
-			LogBytes: r.LogBytes, Points: r.Points, LatestMetrics: r.LatestMetrics}
+			LogBytes: r.LogBytes, Points: r.Points, LatestMetrics: r.LatestMetrics, LastSeq: r.LastSeq}
 		for i, g := range r.Gpus {
 			ar.GPUs[i] = int(g)
 		}
