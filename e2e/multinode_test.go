@@ -427,3 +427,49 @@ func TestNetnsGangCancel(t *testing.T) {
 	}
 	t.Logf("MEASURED cancel → terminal: %s (kill_grace 1 s)", time.Since(cancelAt).Round(time.Millisecond))
 }
+
+// TestNetnsGangWaitsWhole: while one host's GPUs are busy, a 2-node job
+// holds nothing (no rank placed, the free host's GPUs stay free) and says
+// what it waits for; it starts once the GPUs are free.
+func TestNetnsGangWaitsWhole(t *testing.T) {
+	c := startNetCluster(t)
+	leader := c.waitLeader(10*time.Second, c.ctrls...)
+	blocker := submit(t, leader, apiv1.JobSpec{Name: "blocker", Run: "exec sleep 600", Node: "a1",
+		Resources: apiv1.Resources{GPUs: 2}})
+	waitGangState(t, leader, blocker, apiv1.StateRunning, 30*time.Second)
+	id := submit(t, leader, apiv1.JobSpec{Name: "gang", Run: "exec sleep 600", Resources: apiv1.Resources{Nodes: 2, GPUs: 2}})
+	want := "waiting for 2 up nodes with 2 free GPUs each; nodes with room now: 1 (a2)"
+	var job apiv1.Job
+	if !pollUntil(10*time.Second, 50*time.Millisecond, func() bool {
+		var err error
+		job, err = getJob(leader, id)
+		return err == nil && job.Reason == want
+	}) {
+		t.Fatalf("queued gang: %s, reason %q, want %q", job.State, job.Reason, want)
+	}
+	time.Sleep(2 * time.Second) // a few scheduler passes
+	if job, _ = getJob(leader, id); job.State != apiv1.StateQueued || len(job.Ranks) != 0 {
+		t.Fatalf("gang %s with ranks %+v while a1 is full: a partial gang was placed", job.State, job.Ranks)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nodes, err := leader.api().Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.ID == "a2" && n.FreeGPUs != 2 {
+			t.Fatalf("a2 has %d free GPUs while the gang waits; want both free", n.FreeGPUs)
+		}
+	}
+	if err := leader.api().Cancel(ctx, blocker); err != nil {
+		t.Fatal(err)
+	}
+	waitGangState(t, leader, id, apiv1.StateRunning, 30*time.Second)
+	if err := leader.api().Cancel(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if job := waitJobTerminal(t, leader, id, 30*time.Second); job.State != apiv1.StateCancelled {
+		t.Fatalf("gang ended %s %q", job.State, job.Error)
+	}
+}
