@@ -489,7 +489,11 @@ func (f *FSM) nodeUp(tx *store.Tx, m *gantrypb.NodeUpCmd, ch *Changes) error {
 			return true
 		}
 		if r := lifecycle.RankOf(j, node.Id); r != nil {
-			if r.State == gantrypb.JobState_JOB_STATE_RUNNING {
+			// A running rank its agent no longer knows is lost. So is a
+			// rank of an ended job that never started here: no start will
+			// be sent for it any more, and it would stay a stray.
+			if r.State == gantrypb.JobState_JOB_STATE_RUNNING ||
+				(lifecycle.IsTerminal(j.State) && r.State == gantrypb.JobState_JOB_STATE_ASSIGNED) {
 				gangs = append(gangs, j)
 			}
 			return true

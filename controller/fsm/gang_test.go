@@ -197,6 +197,16 @@ func TestGangLostRanksAndNodeUpWithoutRank(t *testing.T) {
 		!strings.Contains(j.Error, "rank 1") {
 		t.Fatalf("job %s %q, rank 1 %s", j.State, j.Error, j.Ranks[1].State)
 	}
+	// A rank of an ended job that never started on its node is lost when
+	// that node comes back without it, so it is no stray forever.
+	h.mustOK(submitGang("g4", 2, 2))
+	h.mustOK(assignGang("g4", "n1", "n2"))
+	h.mustOK(ingest("n1", started("g4", 1)))
+	h.mustOK(&gantrypb.EndJobCmd{JobId: "g4", State: gantrypb.JobState_JOB_STATE_LOST, Error: "x", AtMs: 8000})
+	h.mustOK(&gantrypb.NodeUpCmd{Node: &gantrypb.Node{Id: "n2"}, AtMs: 9000})
+	if r := h.job("g4").Ranks[1]; r.State != gantrypb.JobState_JOB_STATE_LOST {
+		t.Fatalf("never-started rank of an ended gang is %s after its node came back without it", r.State)
+	}
 	// Coming back with it (re-adopted) changes nothing.
 	h.runningGang("g3")
 	h.mustOK(&gantrypb.NodeUpCmd{Node: &gantrypb.Node{Id: "n2"}, ActiveJobs: []string{"g3"}, AtMs: 7000})
