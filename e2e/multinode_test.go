@@ -131,6 +131,25 @@ func itoa(n int) string { return strconv.Itoa(n) }
 
 func ftoa(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 
+// netGantry runs the gantry CLI on n's host against n's API and returns
+// its combined output.
+func netGantry(n *netNode, args ...string) (string, error) {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", n.host.ns, filepath.Join(binDir, "gantry"),
+		"--addr", "http://" + n.host.addr(portHTTP)}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// ddpJobYAML is the README's 2-node torchrun spec for the e2e hosts:
+// shipped as code (train.py and the torchrunFix next to it), on gloo over
+// the hosts' eth0, with "." on PYTHONPATH so sitecustomize is found in the
+// job's code directory, its working directory.
+const ddpJobYAML = `name: ddp-cli
+resources: {nodes: 2, gpus: 2}
+env: {GLOO_SOCKET_IFNAME: eth0, OMP_NUM_THREADS: "1", PYTHONPATH: ".", STEPS: "20", PAUSE: "0"}
+kill_grace: 3s
+run: ` + torchrunCmd + "\n"
+
 // waitGangState polls until the job's state is want (or terminal).
 func waitGangState(t *testing.T, n *netNode, id, want string, timeout time.Duration) apiv1.Job {
 	t.Helper()
@@ -157,8 +176,21 @@ func TestNetnsTorchrunDDP(t *testing.T) {
 	c := startNetCluster(t)
 	leader := c.waitLeader(10*time.Second, c.ctrls...)
 	const steps = 20
+	// Submitted as a user would: gantry run ships the directory of the
+	// spec file as the job's code.
+	dir := t.TempDir()
+	for name, body := range map[string]string{"train.py": ddpScript, "sitecustomize.py": torchrunFix, "job.yaml": ddpJobYAML} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	submitAt := time.Now()
-	id := submit(t, leader, ddpSpec(t, "ddp", steps, 0))
+	out, err := netGantry(leader, "run", "-d", filepath.Join(dir, "job.yaml"))
+	if err != nil {
+		t.Fatalf("gantry run -d: %v\n%s", err, out)
+	}
+	fields := strings.Fields(out)
+	id := fields[len(fields)-1]
 	job := waitGangState(t, leader, id, apiv1.StateRunning, 60*time.Second)
 	runningIn := time.Since(submitAt)
 	if len(job.Ranks) != 2 || job.Ranks[0].Node == job.Ranks[1].Node || job.MasterAddr == "" || job.MasterPort == 0 {
@@ -292,13 +324,11 @@ func TestNetnsGangRankFailure(t *testing.T) {
 	// The CLI, run on a controller's host: logs --rank, status, ps.
 	gantry := func(args ...string) string {
 		t.Helper()
-		cmd := exec.Command("ip", append([]string{"netns", "exec", leader.host.ns, filepath.Join(binDir, "gantry"),
-			"--addr", "http://" + leader.host.addr(portHTTP)}, args...)...)
-		out, err := cmd.CombinedOutput()
+		out, err := netGantry(leader, args...)
 		if err != nil && !strings.Contains(strings.Join(args, " "), "status") {
 			t.Fatalf("gantry %v: %v\n%s", args, err, out)
 		}
-		return string(out)
+		return out
 	}
 	if out := gantry("logs", id, "--rank", "1"); !strings.Contains(out, "rank 1 of 2, world 2") {
 		t.Errorf("gantry logs --rank 1:\n%s", out)
