@@ -63,6 +63,11 @@ type Config struct {
 	// root explicitly. An agent that is not root cannot switch users: its
 	// jobs run as itself, and JobUser is ignored.
 	JobUser string
+
+	// AdvertiseAddr is the host or IP peers of a multi-node job reach
+	// this host at; empty lets the controller use the source address of
+	// this agent's connection.
+	AdvertiseAddr string
 }
 
 // DefaultJobUser is the account jobs run as under a root agent unless
@@ -288,7 +293,7 @@ type linkHandler Agent
 func (h *linkHandler) Hello() *gantrypb.Hello {
 	a := (*Agent)(h)
 	return &gantrypb.Hello{
-		NodeId: a.cfg.NodeID, Hostname: a.hostname, Gpus: a.gpuInfo,
+		NodeId: a.cfg.NodeID, Hostname: a.hostname, Gpus: a.gpuInfo, AdvertiseAddr: a.cfg.AdvertiseAddr,
 		Version: Version, ActiveJobs: a.activeJobs(),
 	}
 }

@@ -73,9 +73,13 @@ var (
 
 // job is one running job: the process, and the two tails feeding the spool.
 type job struct {
-	a     *Agent
-	id    string
-	final metricsfile.Final // owned by the metrics tail, then by finish
+	a  *Agent
+	id string
+	// rendezvous are a multi-node rank's variables (rendezvousEnv); nil
+	// for a single-node job. Only the launch needs them: a re-adopted
+	// rank is already running with them.
+	rendezvous map[string]string
+	final      metricsfile.Final // owned by the metrics tail, then by finish
 
 	metrics *metricsfile.Tailer
 	logs    *logtail.Follower
@@ -134,7 +138,8 @@ func (a *Agent) start(m *gantrypb.StartJob) {
 			return
 		}
 	}
-	j := &job{a: a, id: m.JobId, state: &gantrypb.AgentJob{JobId: m.JobId, Spec: m.Spec, Gpus: m.Gpus}}
+	j := &job{a: a, id: m.JobId, state: &gantrypb.AgentJob{JobId: m.JobId, Spec: m.Spec, Gpus: m.Gpus},
+		rendezvous: rendezvousEnv(m)}
 	a.jobs[m.JobId] = j
 	ctx := a.ctx
 	a.mu.Unlock()
@@ -192,9 +197,17 @@ func (j *job) run(ctx context.Context) {
 		}
 		env["GANTRY_CODE_DIR"] = codeDir
 	}
+	if j.rendezvous != nil && j.rendezvous["NODE_RANK"] == "0" {
+		// Rank 0 hosts the rendezvous: say plainly when its port is
+		// taken, rather than leave every rank to time out in torchrun.
+		if err := checkPortFree(j.rendezvous["MASTER_PORT"]); err != nil {
+			j.fail(fmt.Sprintf("rank 0 cannot host the rendezvous: %v", err))
+			return
+		}
+	}
 	proc, err := runner.Start(runner.Spec{
 		JobID: j.id, Setup: spec.GetSetup(), Run: spec.GetRun(), JobDir: dir, Workdir: workdir,
-		Env: env, GPUs: gpus, MetricsFile: filepath.Join(dir, MetricsFileName), PythonPath: a.pythonDir,
+		Env: env, GPUs: gpus, Rendezvous: j.rendezvous, MetricsFile: filepath.Join(dir, MetricsFileName), PythonPath: a.pythonDir,
 		LogFile:     filepath.Join(dir, LogFileName),
 		KillGrace:   time.Duration(spec.GetKillGraceMs()) * time.Millisecond,
 		MaxDuration: time.Duration(spec.GetMaxDurationMs()) * time.Millisecond,

@@ -529,6 +529,13 @@ var netHosts = map[string]string{
 // controller agrees on and for both agents up and connected to it.
 func startNetCluster(t *testing.T) *netCluster {
 	t.Helper()
+	return startNetClusterWith(t)
+}
+
+// startNetClusterWith is startNetCluster with extra controller flags,
+// which win over the defaults (the flag package keeps the last value).
+func startNetClusterWith(t *testing.T, ctrlArgs ...string) *netCluster {
+	t.Helper()
 	lab := newNetLab(t, netHosts)
 	c := &netCluster{t: t, lab: lab, tlsDir: t.TempDir()}
 
@@ -553,14 +560,14 @@ func startNetCluster(t *testing.T) *netCluster {
 	for _, name := range []string{"c1", "c2", "c3"} {
 		h := lab.hosts[name]
 		n := &netNode{name: name, host: h, dataDir: t.TempDir()}
-		n.proc = lab.startProc(h, name, ctl,
-			"-node-id", name, "-data-dir", n.dataDir, "-tls-dir", c.tlsDir,
+		args := []string{"-node-id", name, "-data-dir", n.dataDir, "-tls-dir", c.tlsDir,
 			"-http-addr", h.addr(portHTTP), "-quic-addr", h.addr(portQUIC),
 			"-raft-addr", h.addr(portRaft), "-serf-addr", h.addr(portSerf),
 			"-bootstrap-expect", "3", "-join", joinList, "-lost-grace", "60s",
 			// Tokenless on purpose: the API then answers only to its own
 			// address, which is what clients and forwarding followers use.
-			"-insecure-no-token")
+			"-insecure-no-token"}
+		n.proc = lab.startProc(h, name, ctl, append(args, ctrlArgs...)...)
 		c.ctrls = append(c.ctrls, n)
 	}
 	for _, name := range []string{"a1", "a2"} {

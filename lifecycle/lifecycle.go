@@ -190,3 +190,70 @@ func DescribeExit(x *gantrypb.JobExit) string {
 	}
 	return "exit status unknown"
 }
+
+// Holding is a node and the GPU indices a job holds there.
+type Holding struct {
+	Node string
+	GPUs []uint32
+}
+
+// Holdings lists where a job holds GPUs while HoldsGPUs(its state): every
+// rank of a multi-node job that has not ended (a rank that exited freed
+// its GPUs, and its node going down no longer matters to the job), or its
+// one node. A job not placed yet holds nothing.
+func Holdings(j *gantrypb.Job) []Holding {
+	if len(j.GetRanks()) > 0 {
+		out := make([]Holding, 0, len(j.Ranks))
+		for _, r := range j.Ranks {
+			if !IsTerminal(r.GetState()) {
+				out = append(out, Holding{Node: r.GetNode(), GPUs: r.GetGpus()})
+			}
+		}
+		return out
+	}
+	if j.GetNode() == "" {
+		return nil
+	}
+	return []Holding{{Node: j.Node, GPUs: j.Gpus}}
+}
+
+// IsGang reports whether a spec asks for a multi-node (gang) job: more than
+// one node. Nodes 0 and 1 are today's single-node path, unchanged.
+func IsGang(spec *gantrypb.JobSpec) bool { return spec.GetResources().GetNodes() > 1 }
+
+// RankOf returns the rank a multi-node job runs on node, or nil when node
+// holds none (or the job is single-node). A node holds at most one rank of
+// a job, so the sending node alone names the rank of its records.
+func RankOf(j *gantrypb.Job, node string) *gantrypb.Rank {
+	for _, r := range j.GetRanks() {
+		if r.GetNode() == node {
+			return r
+		}
+	}
+	return nil
+}
+
+// Nodes lists every node a job was assigned to: its ranks' nodes (ended
+// or not), or its one node.
+func Nodes(j *gantrypb.Job) []string {
+	if len(j.GetRanks()) > 0 {
+		out := make([]string, len(j.Ranks))
+		for i, r := range j.Ranks {
+			out[i] = r.GetNode()
+		}
+		return out
+	}
+	if j.GetNode() == "" {
+		return nil
+	}
+	return []string{j.Node}
+}
+
+// RunsOn reports whether node runs the job or one of its ranks: the nodes
+// whose records the controller takes for it.
+func RunsOn(j *gantrypb.Job, node string) bool {
+	if len(j.GetRanks()) > 0 {
+		return RankOf(j, node) != nil
+	}
+	return j.GetNode() == node
+}

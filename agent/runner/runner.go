@@ -96,6 +96,10 @@ type Spec struct {
 	// CUDA_VISIBLE_DEVICES="0,3". Empty hides all GPUs
 	// (CUDA_VISIBLE_DEVICES=""), never exposes all of them.
 	GPUs []int
+	// Rendezvous are the variables of a multi-node job's rank (MASTER_ADDR,
+	// NODE_RANK, …, see agent.rendezvousEnv), set after the spec's own so
+	// a spec cannot point a rank elsewhere. Empty for a single-node job.
+	Rendezvous map[string]string
 	// MetricsFile is exported as GANTRY_METRICS_FILE.
 	MetricsFile string
 	// PythonPath, when set, is appended to the job's PYTHONPATH (after
@@ -770,6 +774,14 @@ func buildEnv(spec Spec) []string {
 	set("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 	set("GANTRY_JOB_ID", spec.JobID)
 	set("GANTRY_METRICS_FILE", spec.MetricsFile)
+	rk := make([]string, 0, len(spec.Rendezvous))
+	for k := range spec.Rendezvous {
+		rk = append(rk, k)
+	}
+	sort.Strings(rk)
+	for _, k := range rk {
+		set(k, spec.Rendezvous[k])
+	}
 	return env
 }
 

@@ -786,3 +786,21 @@ func TestLogFileSymlinkRefused(t *testing.T) {
 		t.Fatalf("symlink target changed: %q", data)
 	}
 }
+
+// A multi-node rank's rendezvous variables win over the spec's env, so a
+// spec cannot point a rank at another master.
+func TestBuildEnvRendezvousWins(t *testing.T) {
+	env := buildEnv(Spec{JobID: "j", JobDir: "/jobs/j", Env: map[string]string{"MASTER_ADDR": "evil", "USER_VAR": "1"},
+		Rendezvous: map[string]string{"MASTER_ADDR": "10.0.0.1", "GANTRY_NODE_RANK": "1"}})
+	got := map[string]string{}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		if _, dup := got[k]; dup {
+			t.Fatalf("%s set twice in %v", k, env)
+		}
+		got[k] = v
+	}
+	if got["MASTER_ADDR"] != "10.0.0.1" || got["GANTRY_NODE_RANK"] != "1" || got["USER_VAR"] != "1" {
+		t.Fatalf("env %v", env)
+	}
+}

@@ -37,7 +37,9 @@ func run() error {
 		serfAdv     = fs.String("serf-advertise", "", "serf address others reach this agent at (default: -serf-addr)")
 		join        = fs.String("join", "", "comma-separated serf addresses of cluster members (controllers are found through serf)")
 		gossipKey   = fs.String("encrypt", os.Getenv("GANTRY_GOSSIP_KEY"), "base64 serf gossip key (default $GANTRY_GOSSIP_KEY)")
-		jobUser     = fs.String("job-user", agent.DefaultJobUser, "when the agent runs as root, the unprivileged account jobs run as "+
+		advertise   = fs.String("advertise-addr", "", "host or IP the other hosts of a multi-node job reach this host at (MASTER_ADDR when this host runs rank 0); "+
+			"default: the source address of the agent's connection to the controller")
+		jobUser = fs.String("job-user", agent.DefaultJobUser, "when the agent runs as root, the unprivileged account jobs run as "+
 			"(it must exist); root runs jobs as root, which lets them read the agent's keys")
 	)
 	_ = fs.Parse(os.Args[1:])
@@ -64,8 +66,8 @@ func run() error {
 		NodeID: *nodeID, DataDir: *dataDir, Controllers: cmdutil.SplitList(*controllers),
 		FakeGPUs: *fakeGPUs, Log: log,
 		SerfAddr: *serfAddr, SerfAdvertise: *serfAdv, Join: cmdutil.SplitList(*join), GossipKey: *gossipKey,
-		JobUser: *jobUser,
-		TLS:     tlsFiles,
+		JobUser: *jobUser, AdvertiseAddr: *advertise,
+		TLS: tlsFiles,
 	})
 	if err != nil {
 		return err

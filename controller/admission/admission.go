@@ -295,6 +295,12 @@ func CheckHello(h *gantrypb.Hello) error {
 	if err := checkText("version", h.Version, limits.MaxGPUStringBytes); err != nil {
 		return err
 	}
+	if err := checkText("advertise address", h.AdvertiseAddr, limits.MaxGPUStringBytes); err != nil {
+		return err
+	}
+	if strings.ContainsAny(h.AdvertiseAddr, " \t\n/") {
+		return reject("advertise address %q is not a host or IP", h.AdvertiseAddr)
+	}
 	if n := len(h.Gpus); n > limits.MaxGPUsPerNode {
 		return reject("hello offers %d GPUs; the limit is %d", n, limits.MaxGPUsPerNode)
 	}

@@ -32,19 +32,25 @@ func IsTerminal(state string) bool { return lifecycle.IsTerminalName(state) }
 type Resources struct {
 	GPUs    int    `json:"gpus" yaml:"gpus"`
 	GPUType string `json:"gpu_type,omitempty" yaml:"gpu_type"`
+	// Nodes is how many hosts a multi-node job spans, one rank per host
+	// with GPUs GPUs each; 0 or 1 is a single-node job.
+	Nodes int `json:"nodes,omitempty" yaml:"nodes"`
 }
 
 // JobSpec is a job as submitted (JSON on the API, YAML for the CLI).
 type JobSpec struct {
-	Name        string            `json:"name" yaml:"name"`
-	Run         string            `json:"run" yaml:"run"`
-	Setup       string            `json:"setup,omitempty" yaml:"setup"`
-	Env         map[string]string `json:"env,omitempty" yaml:"env"`
-	Workdir     string            `json:"workdir,omitempty" yaml:"workdir"`
-	Resources   Resources         `json:"resources" yaml:"resources"`
-	Node        string            `json:"node,omitempty" yaml:"node"`
-	MaxDuration Duration          `json:"max_duration,omitempty" yaml:"max_duration"`
-	KillGrace   Duration          `json:"kill_grace,omitempty" yaml:"kill_grace"`
+	Name      string            `json:"name" yaml:"name"`
+	Run       string            `json:"run" yaml:"run"`
+	Setup     string            `json:"setup,omitempty" yaml:"setup"`
+	Env       map[string]string `json:"env,omitempty" yaml:"env"`
+	Workdir   string            `json:"workdir,omitempty" yaml:"workdir"`
+	Resources Resources         `json:"resources" yaml:"resources"`
+	Node      string            `json:"node,omitempty" yaml:"node"`
+	// Nodes pins the ranks of a multi-node job to hosts among these
+	// (Node pins a single-node job).
+	Nodes       []string `json:"nodes,omitempty" yaml:"nodes"`
+	MaxDuration Duration `json:"max_duration,omitempty" yaml:"max_duration"`
+	KillGrace   Duration `json:"kill_grace,omitempty" yaml:"kill_grace"`
 	// QueueTimeout fails the job if it is still queued this long after
 	// submit; zero waits as long as it takes.
 	QueueTimeout Duration `json:"queue_timeout,omitempty" yaml:"queue_timeout"`
@@ -95,6 +101,38 @@ type Job struct {
 	PID             int64  `json:"pid,omitempty"`
 	// LatestMetrics is the last value of every key so far, while it runs.
 	LatestMetrics map[string]float64 `json:"latest_metrics,omitempty"`
+
+	// Ranks are a multi-node job's ranks, rank 0 first (empty for a
+	// single-node job); Node and GPUs above are rank 0's.
+	Ranks []Rank `json:"ranks,omitempty"`
+	// MasterAddr and MasterPort are the rendezvous address every rank
+	// got (MASTER_ADDR, MASTER_PORT).
+	MasterAddr string `json:"master_addr,omitempty"`
+	MasterPort int    `json:"master_port,omitempty"`
+}
+
+// Rank is one node's share of a multi-node job.
+type Rank struct {
+	Rank       int        `json:"rank"`
+	Node       string     `json:"node"`
+	GPUs       []int      `json:"gpus"`
+	State      string     `json:"state"`
+	ExitCode   *int       `json:"exit_code"`
+	Signal     string     `json:"signal,omitempty"`
+	Error      string     `json:"error,omitempty"`
+	PID        int64      `json:"pid,omitempty"`
+	StartedAt  *time.Time `json:"started_at"`
+	FinishedAt *time.Time `json:"finished_at"`
+	LogBytes   uint64     `json:"log_bytes"`
+	// Points counts the rank's metric points. Rank 0's are the job's;
+	// rank K's are its own series (GET /v1/jobs/{id}/metrics?rank=K).
+	Points uint64 `json:"points"`
+	// LatestMetrics is the last value of every key of rank K > 0's own
+	// series (rank 0's are the job's latest_metrics).
+	LatestMetrics map[string]float64 `json:"latest_metrics,omitempty"`
+	// LastSeq is the seq of rank K > 0's last stored point (rank 0's is
+	// the job's last_seq).
+	LastSeq uint64 `json:"last_seq,omitempty"`
 }
 
 // SubmitResponse answers POST /v1/jobs.

@@ -16,6 +16,8 @@ const (
 	MaxRunLen     = 64 << 10
 	MaxGPUsPerJob = 64
 	MaxEnvVars    = 256
+	// MaxNodesPerJob bounds resources.nodes (and the pins in nodes).
+	MaxNodesPerJob = 64
 )
 
 // Validate returns the first reason the spec cannot run, or nil.
@@ -34,6 +36,23 @@ func (s *JobSpec) Validate() error {
 	}
 	if s.Resources.GPUs < 0 || s.Resources.GPUs > MaxGPUsPerJob {
 		return fmt.Errorf("spec.resources.gpus = %d; want 0..%d", s.Resources.GPUs, MaxGPUsPerJob)
+	}
+	if s.Resources.Nodes < 0 || s.Resources.Nodes > MaxNodesPerJob {
+		return fmt.Errorf("spec.resources.nodes = %d; want 1..%d", s.Resources.Nodes, MaxNodesPerJob)
+	}
+	if len(s.Nodes) > 0 && s.Resources.Nodes < 2 {
+		return errors.New("spec.nodes pins the ranks of a multi-node job (resources.nodes >= 2); pin a single-node job with spec.node")
+	}
+	if s.Resources.Nodes > 1 && s.Node != "" {
+		return errors.New("spec.node pins a single-node job; pin a multi-node job's ranks with spec.nodes (a list)")
+	}
+	if len(s.Nodes) > MaxNodesPerJob {
+		return fmt.Errorf("spec.nodes lists %d nodes; the limit is %d", len(s.Nodes), MaxNodesPerJob)
+	}
+	for _, n := range s.Nodes {
+		if n == "" || len(n) > 128 || strings.ContainsAny(n, "/\x00") || printable(n) != nil {
+			return fmt.Errorf("spec.nodes: %q is not a node id", n)
+		}
 	}
 	if s.MaxDuration < 0 {
 		return fmt.Errorf("spec.max_duration = %s; want a positive duration or none", time.Duration(s.MaxDuration))

@@ -407,6 +407,31 @@ func (c *Client) Logs(ctx context.Context, id string, offset uint64) (apiv1.Logs
 	return l, nil
 }
 
+// RankMetrics returns a page of rank k's own points of a multi-node job
+// (rank 0's are the job's, as Metrics returns them).
+func (c *Client) RankMetrics(ctx context.Context, id string, rank int, after uint64, limit int) (apiv1.PointPage, error) {
+	q := url.Values{"after": {strconv.FormatUint(after, 10)}, "rank": {strconv.Itoa(rank)}}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var p apiv1.PointPage
+	if err := c.do(ctx, http.MethodGet, c.endpoint(q, "v1", "jobs", id, "metrics"), nil, &p); err != nil {
+		return apiv1.PointPage{}, fmt.Errorf("get metrics of rank %d of job %s: %w", rank, id, err)
+	}
+	return p, nil
+}
+
+// RankLogs returns the log of one rank of a multi-node job (rank 0's is
+// the job's own, as Logs returns it) from offset on.
+func (c *Client) RankLogs(ctx context.Context, id string, rank int, offset uint64) (apiv1.Logs, error) {
+	q := url.Values{"offset": {strconv.FormatUint(offset, 10)}, "rank": {strconv.Itoa(rank)}}
+	var l apiv1.Logs
+	if err := c.do(ctx, http.MethodGet, c.endpoint(q, "v1", "jobs", id, "logs"), nil, &l); err != nil {
+		return apiv1.Logs{}, fmt.Errorf("get logs of rank %d of job %s: %w", rank, id, err)
+	}
+	return l, nil
+}
+
 // Nodes lists the agents.
 func (c *Client) Nodes(ctx context.Context) ([]apiv1.Node, error) {
 	var r apiv1.NodeList

@@ -42,6 +42,10 @@ const (
 	// skip it as an unknown type, so upgrade every controller before a
 	// spec with queue_timeout is submitted.
 	QueueTimeout Type = 8
+	// AssignGang assigns every rank of a multi-node job in one entry.
+	// Types 9 and 10 are reserved for other work; upgrade every
+	// controller before submitting a job with resources.nodes > 1.
+	AssignGang Type = 11
 )
 
 // checksumFlag marks an entry that ends with a CRC-32C trailer.
@@ -96,6 +100,8 @@ func (t Type) String() string {
 		return "end_job"
 	case QueueTimeout:
 		return "queue_timeout"
+	case AssignGang:
+		return "assign_gang"
 	}
 	return fmt.Sprintf("type(%d)", byte(t))
 }
@@ -119,6 +125,8 @@ func TypeOf(m proto.Message) (Type, error) {
 		return EndJob, nil
 	case *gantrypb.QueueTimeoutCmd:
 		return QueueTimeout, nil
+	case *gantrypb.AssignGangCmd:
+		return AssignGang, nil
 	}
 	return 0, fmt.Errorf("%w: %T", ErrUnknownType, m)
 }
@@ -212,6 +220,8 @@ func Decode(b []byte) (proto.Message, error) {
 		m = &gantrypb.EndJobCmd{}
 	case QueueTimeout:
 		m = &gantrypb.QueueTimeoutCmd{}
+	case AssignGang:
+		m = &gantrypb.AssignGangCmd{}
 	default:
 		return nil, fmt.Errorf("%w: %w: %d", ErrMalformed, ErrUnknownType, byte(t))
 	}

@@ -35,6 +35,22 @@ type stateKey struct {
 	node      string
 	cancel    bool
 	startedAt int64
+	// ranks is a multi-node job's rank states, one byte each (bounded by
+	// the 64 ranks a job may have), so a rank starting or ending is a
+	// state frame too.
+	ranks string
+}
+
+// rankStates encodes a job's rank states for stateKey.
+func rankStates(j *gantrypb.Job) string {
+	if len(j.Ranks) == 0 {
+		return ""
+	}
+	b := make([]byte, len(j.Ranks))
+	for i, r := range j.Ranks {
+		b[i] = byte(r.State)
+	}
+	return string(b)
 }
 
 // New returns a feed publishing to h.
@@ -68,7 +84,7 @@ func (f *Feed) Applied(c *fsm.Changes) {
 		if job == nil {
 			continue
 		}
-		key := stateKey{state: job.State, node: job.Node, cancel: job.CancelRequested, startedAt: job.StartedAtMs}
+		key := stateKey{state: job.State, node: job.Node, cancel: job.CancelRequested, startedAt: job.StartedAtMs, ranks: rankStates(job)}
 		f.mu.Lock()
 		prev, seen := f.shown[id]
 		changed := !seen || prev != key

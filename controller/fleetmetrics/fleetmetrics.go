@@ -349,11 +349,13 @@ func (c *Collector) read(now time.Time) (*snapshot, error) {
 			}
 			s.jobs = append(s.jobs, v)
 			if lifecycle.HoldsGPUs(j.State) {
-				if s.holders[j.Node] == nil {
-					s.holders[j.Node] = map[uint32]jobView{}
-				}
-				for _, g := range j.Gpus {
-					s.holders[j.Node][g] = v
+				for _, h := range lifecycle.Holdings(j) {
+					if s.holders[h.Node] == nil {
+						s.holders[h.Node] = map[uint32]jobView{}
+					}
+					for _, g := range h.GPUs {
+						s.holders[h.Node][g] = v
+					}
 				}
 			}
 		}
@@ -483,7 +485,10 @@ func (c *Collector) emitJobs(e *emitter, s *snapshot, now time.Time) (omittedKey
 		e.emit(descJobBadLines, float64(j.BadLines), id, name)
 		gpus := 0
 		if lifecycle.HoldsGPUs(j.State) {
-			gpus = len(j.Gpus)
+			// Every live rank's GPUs for a multi-node job (node: rank 0's).
+			for _, h := range lifecycle.Holdings(j) {
+				gpus += len(h.GPUs)
+			}
 		}
 		e.emit(descJobGPUs, float64(gpus), id, name, j.Node)
 		if v.hasPoints {

@@ -35,6 +35,15 @@ func checkCommand(msg proto.Message) error {
 		if len(m.Gpus) > limits.MaxGPUsPerNode {
 			return bad(fmt.Errorf("%d GPUs", len(m.Gpus)))
 		}
+	case *gantrypb.AssignGangCmd:
+		// The ranks are checked against the job's spec in assignGang,
+		// all before anything changes; here only what keys are made of.
+		if err := admission.CheckID("job id", m.JobId); err != nil {
+			return bad(err)
+		}
+		if len(m.Ranks) > maxGangRanks {
+			return bad(fmt.Errorf("%d ranks", len(m.Ranks)))
+		}
 	case *gantrypb.CancelJobCmd:
 		if err := admission.CheckID("job id", m.JobId); err != nil {
 			return bad(err)

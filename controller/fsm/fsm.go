@@ -320,6 +320,8 @@ func (f *FSM) apply(tx *store.Tx, msg proto.Message, ch *Changes, jobs *jobCache
 		return f.submit(tx, m, ch)
 	case *gantrypb.AssignJobCmd:
 		return nil, f.assign(tx, m, ch)
+	case *gantrypb.AssignGangCmd:
+		return nil, f.assignGang(tx, m, ch)
 	case *gantrypb.CancelJobCmd:
 		return nil, f.cancel(tx, m, ch)
 	case *gantrypb.NodeUpCmd:
@@ -367,6 +369,10 @@ func (f *FSM) assign(tx *store.Tx, m *gantrypb.AssignJobCmd, ch *Changes) error 
 	if job.State != gantrypb.JobState_JOB_STATE_QUEUED {
 		return fmt.Errorf("%w: %s is %s", lifecycle.ErrNotQueued, job.Id, job.State)
 	}
+	if lifecycle.IsGang(job.Spec) {
+		// A gang is placed whole, by assign_gang, never one node of it.
+		return fmt.Errorf("assign_job %s refused: a multi-node job is assigned by assign_gang", job.Id)
+	}
 	job.State = gantrypb.JobState_JOB_STATE_ASSIGNED
 	job.Node = m.NodeId
 	job.Gpus = m.Gpus
@@ -409,6 +415,11 @@ func (f *FSM) endJob(tx *store.Tx, m *gantrypb.EndJobCmd, ch *Changes) error {
 		return fmt.Errorf("%w: job %s is %s", lifecycle.ErrTerminal, job.Id, lifecycle.StateName(job.State))
 	}
 	finish(job, m.State, m.Error, m.AtMs)
+	if m.State == gantrypb.JobState_JOB_STATE_LOST {
+		if err := loseRanks(tx, job, m.AtMs); err != nil {
+			return err
+		}
+	}
 	if err := tx.PutJob(job); err != nil {
 		return err
 	}
@@ -472,15 +483,43 @@ func (f *FSM) nodeUp(tx *store.Tx, m *gantrypb.NodeUpCmd, ch *Changes) error {
 	for _, id := range m.ActiveJobs {
 		active[id] = true
 	}
-	var lost []*gantrypb.Job
+	var lost, gangs []*gantrypb.Job
 	err := tx.Jobs(func(j *gantrypb.Job) bool {
-		if j.Node == node.Id && j.State == gantrypb.JobState_JOB_STATE_RUNNING && !active[j.Id] {
+		if active[j.Id] {
+			return true
+		}
+		if r := lifecycle.RankOf(j, node.Id); r != nil {
+			// A running rank its agent no longer knows is lost. So is a
+			// rank of an ended job that never started here: no start will
+			// be sent for it any more, and it would stay a stray.
+			if r.State == gantrypb.JobState_JOB_STATE_RUNNING ||
+				(lifecycle.IsTerminal(j.State) && r.State == gantrypb.JobState_JOB_STATE_ASSIGNED) {
+				gangs = append(gangs, j)
+			}
+			return true
+		}
+		if j.Node == node.Id && j.State == gantrypb.JobState_JOB_STATE_RUNNING {
 			lost = append(lost, j)
 		}
 		return true
 	})
 	if err != nil {
 		return err
+	}
+	for _, j := range gangs {
+		// This node's rank is gone with the agent's state: the rank is
+		// lost, and so is the job if it was still going (its other ranks
+		// are cancelled as strays by the scheduler).
+		r := lifecycle.RankOf(j, node.Id)
+		r.State, r.Error, r.FinishedAtMs = gantrypb.JobState_JOB_STATE_LOST, "the agent came back without this rank", m.AtMs
+		if !lifecycle.IsTerminal(j.State) {
+			finish(j, gantrypb.JobState_JOB_STATE_LOST,
+				fmt.Sprintf("rank %d: the agent on %s came back without it (its local state was lost)", r.Rank, node.Id), m.AtMs)
+		}
+		if err := tx.PutJob(j); err != nil {
+			return err
+		}
+		ch.job(j)
 	}
 	for _, j := range lost {
 		finish(j, gantrypb.JobState_JOB_STATE_LOST, "the agent on "+node.Id+" came back without this job (its local state was lost)", m.AtMs)

@@ -61,7 +61,7 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes, jobs *job
 				f.log.Warn("records for unknown job rejected", "job", rec.JobId, "node", m.NodeId, "seq", rec.Seq)
 				continue
 			}
-			if job.Node != m.NodeId {
+			if !lifecycle.RunsOn(job, m.NodeId) {
 				res.Rejected++
 				f.log.Warn("records for a job of another node rejected",
 					"job", rec.JobId, "job_node", job.Node, "node", m.NodeId, "seq", rec.Seq)
@@ -102,7 +102,13 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes, jobs *job
 			res.Stored++
 			continue
 		}
-		if err := f.applyJobRecord(tx, job, rec, m, ch, &sc); err != nil {
+		if r := lifecycle.RankOf(job, m.NodeId); r != nil {
+			// A multi-node job: the sending node's rank, never another's.
+			err = f.applyRankRecord(tx, job, r, rec, m, ch, &sc)
+		} else {
+			err = f.applyJobRecord(tx, job, rec, m, ch, &sc)
+		}
+		if err != nil {
 			if errors.Is(err, errStalePoint) {
 				res.Rejected++
 				continue

@@ -328,7 +328,15 @@ func (a *API) writeApplyError(w http.ResponseWriter, r *http.Request, err error)
 	}
 }
 
+// badRequest is a read error that is the request's fault (400).
+type badRequest struct{ error }
+
 func (a *API) writeReadError(w http.ResponseWriter, r *http.Request, err error) {
+	var bad badRequest
+	if errors.As(err, &bad) {
+		writeError(w, http.StatusBadRequest, bad.error)
+		return
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusNotFound, err)
 		return
@@ -405,7 +413,7 @@ func fleet(tx *store.Tx) (*scheduler.Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	return scheduler.NewFleet(nodes, live), nil
+	return scheduler.NewFleetAt(nodes, live, time.Now().UnixMilli(), scheduler.DefaultReserveAfter), nil
 }
 
 // jobView maps a stored job for the API and, for a queued one, says why
@@ -511,7 +519,8 @@ func parseJobFilter(r *http.Request) (jobFilter, error) {
 func (f jobFilter) match(j *gantrypb.Job) bool {
 	return (f.state == "" || view.State(j.State) == f.state) &&
 		(f.name == "" || j.GetSpec().GetName() == f.name) &&
-		(f.node == "" || j.Node == f.node)
+		// A multi-node job matches the node of any of its ranks.
+		(f.node == "" || lifecycle.RunsOn(j, f.node))
 }
 
 // listJobs answers GET /v1/jobs: the jobs matching the query, in id
@@ -655,11 +664,18 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if r.URL.Query().Has("max_points") {
-		a.downsampled(w, r, id, keys)
+	// rank reads rank K's own series of a multi-node job (0, the default,
+	// is the job's own: rank 0's).
+	rank, err := queryUint(r, "rank", 0)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
 		return
 	}
-	page, err := a.readPoints(id, after, limit)
+	if r.URL.Query().Has("max_points") {
+		a.downsampled(w, r, id, uint32(min(rank, math.MaxUint32)), keys)
+		return
+	}
+	page, err := a.readRankPoints(id, uint32(min(rank, math.MaxUint32)), after, limit)
 	if err != nil {
 		a.writeReadError(w, r, err)
 		return
@@ -707,7 +723,7 @@ const (
 
 // downsampled answers ?max_points=N: at most N buckets per metric over the
 // whole run, read in pages of short transactions.
-func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, keys []string) {
+func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, rank uint32, keys []string) {
 	n, err := queryUint(r, "max_points", 0)
 	if err == nil && (n == 0 || n > maxDownsamplePoints) {
 		err = fmt.Errorf("query parameter max_points=%d: want 1..%d", n, maxDownsamplePoints)
@@ -720,10 +736,18 @@ func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, key
 	var known int
 	if err := a.opts.Store.View(func(tx *store.Tx) error {
 		job, err := tx.Job(id)
-		if err == nil {
-			last, known = job.LastSeq, len(job.LatestMetrics)
+		if err != nil {
+			return err
 		}
-		return err
+		last, known = job.LastSeq, len(job.LatestMetrics)
+		if rank > 0 {
+			rk, err := rankOf(job, rank)
+			if err != nil {
+				return err
+			}
+			last, known = rk.LastSeq, len(rk.LatestMetrics)
+		}
+		return nil
 	}); err != nil {
 		a.writeReadError(w, r, err)
 		return
@@ -733,7 +757,7 @@ func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, key
 			known, n, maxDownsampleBuckets))
 		return
 	}
-	series, err := downsample.Read(r.Context(), a.opts.Store, id, last, int(n), keys)
+	series, err := downsample.Read(r.Context(), a.opts.Store, store.RankKey(id, rank), last, int(n), keys)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the client went away
@@ -753,14 +777,33 @@ func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, key
 	writeJSON(w, http.StatusOK, out)
 }
 
+// rankOf returns rank k of a multi-node job, or a 400 for one it lacks.
+func rankOf(j *gantrypb.Job, k uint32) (*gantrypb.Rank, error) {
+	if int(k) >= len(j.Ranks) {
+		return nil, badRequest{fmt.Errorf("job %s has no rank %d (ranks: %d)", j.Id, k, max(len(j.Ranks), 1))}
+	}
+	return j.Ranks[k], nil
+}
+
 // readPoints reads one page of points in its own short transaction.
 func (a *API) readPoints(id string, after uint64, limit int) (apiv1.PointPage, error) {
+	return a.readRankPoints(id, 0, after, limit)
+}
+
+// readRankPoints reads one page of rank k's points (k = 0: the job's).
+func (a *API) readRankPoints(id string, k uint32, after uint64, limit int) (apiv1.PointPage, error) {
 	page := apiv1.PointPage{Points: []apiv1.Point{}, Next: after}
 	err := a.opts.Store.View(func(tx *store.Tx) error {
-		if _, err := tx.Job(id); err != nil {
+		j, err := tx.Job(id)
+		if err != nil {
 			return err
 		}
-		pts, err := tx.Points(id, after, limit)
+		if k > 0 {
+			if _, err := rankOf(j, k); err != nil {
+				return err
+			}
+		}
+		pts, err := tx.Points(store.RankKey(id, k), after, limit)
 		if err != nil {
 			return err
 		}
@@ -779,13 +822,24 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
+	// rank picks one rank's events of a multi-node job (default 0, the
+	// job's own).
+	rank, err := queryUint(r, "rank", 0)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
 	id := r.PathValue("id")
 	out := apiv1.EventList{Events: []apiv1.Event{}}
 	err = a.opts.Store.View(func(tx *store.Tx) error {
-		if _, err := tx.Job(id); err != nil {
+		j, err := tx.Job(id)
+		if err != nil {
 			return err
 		}
-		evs, err := tx.Events(id, after, maxPointLimit)
+		if rank > 0 && rank >= uint64(len(j.Ranks)) {
+			return badRequest{fmt.Errorf("job %s has no rank %d (ranks: %d)", id, rank, max(len(j.Ranks), 1))}
+		}
+		evs, err := tx.Events(store.RankKey(id, uint32(rank)), after, maxPointLimit)
 		for _, e := range evs {
 			out.Events = append(out.Events, view.Event(e))
 		}
@@ -809,6 +863,13 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
+	// rank picks one rank's log of a multi-node job (default 0, the
+	// job's own).
+	rank, err := queryUint(r, "rank", 0)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
 	id := r.PathValue("id")
 	var out apiv1.Logs
 	err = a.opts.Store.View(func(tx *store.Tx) error {
@@ -816,9 +877,16 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return err
 		}
-		data, next := tx.Logs(id, offset, limit)
+		logBytes := j.LogBytes
+		if rank > 0 {
+			if rank >= uint64(len(j.Ranks)) {
+				return badRequest{fmt.Errorf("job %s has no rank %d (ranks: %d)", id, rank, max(len(j.Ranks), 1))}
+			}
+			logBytes = j.Ranks[rank].LogBytes
+		}
+		data, next := tx.Logs(store.RankKey(id, uint32(rank)), offset, limit)
 		out = apiv1.Logs{Offset: offset, Next: next, Data: string(data),
-			Complete: lifecycle.IsTerminal(j.State) && next >= j.LogBytes}
+			Complete: lifecycle.IsTerminal(j.State) && next >= logBytes}
 		return nil
 	})
 	if err != nil {
@@ -834,11 +902,13 @@ func (a *API) listNodes(w http.ResponseWriter, r *http.Request) {
 		holders := map[string]map[uint32]string{}
 		if err := tx.Jobs(func(j *gantrypb.Job) bool {
 			if lifecycle.HoldsGPUs(j.State) {
-				if holders[j.Node] == nil {
-					holders[j.Node] = map[uint32]string{}
-				}
-				for _, g := range j.Gpus {
-					holders[j.Node][g] = j.Id
+				for _, h := range lifecycle.Holdings(j) {
+					if holders[h.Node] == nil {
+						holders[h.Node] = map[uint32]string{}
+					}
+					for _, g := range h.GPUs {
+						holders[h.Node][g] = j.Id
+					}
 				}
 			}
 			return true

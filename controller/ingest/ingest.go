@@ -182,6 +182,9 @@ func (s *Server) Connected(nodeID string) bool {
 // Session is one agent's connection.
 type Session struct {
 	NodeID string
+	// Addr is where peers of a multi-node job reach this agent's host: the
+	// hello's advertise_addr, else the connection's source IP.
+	Addr   string
 	conn   *quic.Conn
 	ctrlMu sync.Mutex
 	ctrl   *wire.Stream
@@ -354,7 +357,13 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (*Session, *gan
 	if err := reply(true, "", ""); err != nil {
 		return nil, nil, err
 	}
-	return &Session{NodeID: hello.NodeId, conn: conn, ctrl: ctrl, sent: map[string]bool{}}, hello, nil
+	addr := hello.AdvertiseAddr
+	if addr == "" {
+		if ua, ok := conn.RemoteAddr().(*net.UDPAddr); ok {
+			addr = ua.IP.String()
+		}
+	}
+	return &Session{NodeID: hello.NodeId, Addr: addr, conn: conn, ctrl: ctrl, sent: map[string]bool{}}, hello, nil
 }
 
 // serve runs the session until any of its parts fails: one errgroup per

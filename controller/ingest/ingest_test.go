@@ -146,17 +146,17 @@ func (o *storeOwners) hide(id string) {
 	o.hidden[id] = true
 }
 
-func (o *storeOwners) JobNodes(ids []string) (map[string]string, error) {
+func (o *storeOwners) JobNodes(ids []string) (map[string][]string, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	out := map[string]string{}
+	out := map[string][]string{}
 	err := o.st.View(func(tx *store.Tx) error {
 		for _, id := range ids {
 			if o.hidden[id] {
 				continue
 			}
 			if j, err := tx.Job(id); err == nil && j.Node != "" {
-				out[id] = j.Node
+				out[id] = []string{j.Node}
 			}
 		}
 		return nil

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,9 +15,10 @@ import (
 // Owners tells the leader which node each job is assigned to, so that it
 // proposes only records an agent may send: those of its own jobs.
 type Owners interface {
-	// JobNodes maps each id to the node its job is assigned to; ids of
-	// jobs that do not exist, or are not assigned yet, are absent.
-	JobNodes(ids []string) (map[string]string, error)
+	// JobNodes maps each id to the nodes its job is assigned to (one, or
+	// one per rank of a multi-node job); ids of jobs that do not exist,
+	// or are not assigned yet, are absent.
+	JobNodes(ids []string) (map[string][]string, error)
 }
 
 // Why records were refused, as the reason label of the rejection counter.
@@ -47,7 +49,7 @@ type screened struct {
 // Records are never reordered.
 //
 // nkeys is the size of the batch's key table, which flat points index.
-func screen(node string, recs []*gantrypb.Record, nkeys int, owners map[string]string) screened {
+func screen(node string, recs []*gantrypb.Record, nkeys int, owners map[string][]string) screened {
 	out := screened{records: make([]*gantrypb.Record, 0, len(recs)), refused: map[string]int{}}
 	refuse := func(reason string, err error) {
 		out.refused[reason]++
@@ -63,14 +65,14 @@ func screen(node string, recs []*gantrypb.Record, nkeys int, owners map[string]s
 		mine := false // a job this leader knows is assigned to node
 		if rec.JobId != "" {
 			owner, known := owners[rec.JobId]
-			mine = known && owner == node
+			mine = known && slices.Contains(owner, node)
 			switch {
 			case !known:
 				// This leader's state may lag its log (it has just been
 				// elected, or applies slowly) and not show an assignment
 				// that is committed already: the FSM decides, at the
 				// record's place in the log.
-			case owner != node:
+			case !mine:
 				refuse(reasonForeignJob, fmt.Errorf("record %d for job %s, which runs on %s", rec.Seq, rec.JobId, owner))
 				continue
 			}

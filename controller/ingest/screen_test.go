@@ -18,7 +18,7 @@ func point(job string, seq uint64, vals map[string]float64) *gantrypb.Record {
 // know yet to the FSM.
 func TestScreen(t *testing.T) {
 	huge := strings.Repeat("x", 40000)
-	owners := map[string]string{"mine": "n1", "theirs": "n2"}
+	owners := map[string][]string{"mine": {"n1"}, "theirs": {"n2"}}
 	out := screen("n1", []*gantrypb.Record{
 		point("mine", 1, map[string]float64{"loss": 1}),
 		point("mine", 2, map[string]float64{"": 1}),

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -47,6 +48,9 @@ func unfit(spec *gantrypb.JobSpec, nodes []*gantrypb.Node) string {
 	if len(nodes) == 0 {
 		return ""
 	}
+	if lifecycle.IsGang(spec) {
+		return unfitGang(spec, nodes)
+	}
 	want := int(spec.GetResources().GetGpus())
 	gpuType := spec.GetResources().GetGpuType()
 	if pin := spec.GetNode(); pin != "" {
@@ -86,24 +90,40 @@ type Fleet struct {
 	nodes   []*gantrypb.Node
 	used    map[string]map[uint32]bool
 	reasons map[string]string
+	// nowMs and reserveAfter replay the scheduler's reservations for
+	// multi-node jobs that waited long (ReserveGang); reserveAfter 0 (as
+	// NewFleet) replays none.
+	nowMs        int64
+	reserveAfter time.Duration
 }
 
 // NewFleet computes the reason of every queued job among jobs, which must
 // hold every non-terminal job (terminal ones are ignored) in creation order,
-// the order in which the scheduler considers them.
+// the order in which the scheduler considers them. It replays no
+// reservations (NewFleetAt does).
 func NewFleet(nodes []*gantrypb.Node, jobs []*gantrypb.Job) *Fleet {
+	return NewFleetAt(nodes, jobs, 0, 0)
+}
+
+// NewFleetAt is NewFleet that also replays the reservations of multi-node
+// jobs queued at least reserveAfter before nowMs (the scheduler's
+// ReserveAfter), so a job that waits because its GPUs are reserved says
+// so. It is a pure function of its arguments.
+func NewFleetAt(nodes []*gantrypb.Node, jobs []*gantrypb.Job, nowMs int64, reserveAfter time.Duration) *Fleet {
 	f := &Fleet{nodes: append([]*gantrypb.Node(nil), nodes...), used: map[string]map[uint32]bool{},
-		reasons: map[string]string{}}
+		reasons: map[string]string{}, nowMs: nowMs, reserveAfter: reserveAfter}
 	sort.Slice(f.nodes, func(a, b int) bool { return f.nodes[a].Id < f.nodes[b].Id })
 	var queued []*gantrypb.Job
 	for _, j := range jobs {
 		switch {
 		case lifecycle.HoldsGPUs(j.State):
-			if f.used[j.Node] == nil {
-				f.used[j.Node] = map[uint32]bool{}
-			}
-			for _, g := range j.Gpus {
-				f.used[j.Node][g] = true
+			for _, h := range lifecycle.Holdings(j) {
+				if f.used[h.Node] == nil {
+					f.used[h.Node] = map[uint32]bool{}
+				}
+				for _, g := range h.GPUs {
+					f.used[h.Node][g] = true
+				}
 			}
 		case j.State == gantrypb.JobState_JOB_STATE_QUEUED:
 			queued = append(queued, j)
@@ -147,6 +167,7 @@ func (f *Fleet) explain(queued []*gantrypb.Job) {
 		simIndex[c.ID] = i
 	}
 	placed := map[string]int{} // earlier queued jobs the pass places, per node
+	var reservers []string     // multi-node jobs holding GPUs back, in order
 	for _, j := range queued {
 		if len(f.nodes) == 0 {
 			f.reasons[j.Id] = "no agent connected yet: waiting for a node to register"
@@ -156,6 +177,40 @@ func (f *Fleet) explain(queued []*gantrypb.Job) {
 			// Submitted before a node that could fit registered; it
 			// waits until one does (or its queue_timeout).
 			f.reasons[j.Id] = msg + "; waiting for a node that fits to register"
+			continue
+		}
+		if lifecycle.IsGang(j.Spec) {
+			if ranks, ok := PlaceGang(j.Spec, sim); ok {
+				var on []string
+				for _, r := range ranks {
+					for _, g := range r.GPUs {
+						sim[simIndex[r.Node]].Used[g] = true
+					}
+					placed[r.Node]++
+					on = append(on, r.Node)
+				}
+				f.reasons[j.Id] = "fits now on " + capList(on) + "; waiting for the scheduler to assign it"
+				continue
+			}
+			reason := gangWaitingFor(j.Spec, now)
+			if _, ok := PlaceGang(j.Spec, now); ok {
+				reason = "waiting behind earlier jobs that take the free GPUs first"
+			}
+			if f.reserveAfter > 0 && time.Duration(f.nowMs-j.CreatedAtMs)*time.Millisecond >= f.reserveAfter {
+				if res := ReserveGang(j.Spec, sim); len(res) > 0 {
+					nodes := make([]string, 0, len(res))
+					for node, gpus := range res {
+						for _, g := range gpus {
+							sim[simIndex[node]].Used[g] = true
+						}
+						nodes = append(nodes, node)
+					}
+					sort.Strings(nodes)
+					reservers = append(reservers, j.Id)
+					reason += "; queued longer than " + f.reserveAfter.String() + ", it holds back GPUs on " + capList(nodes) + " from later jobs"
+				}
+			}
+			f.reasons[j.Id] = reason
 			continue
 		}
 		if node, gpus, ok := Place(j.Spec, sim); ok {
@@ -175,7 +230,14 @@ func (f *Fleet) explain(queued []*gantrypb.Job) {
 					ahead += placed[c.ID]
 				}
 			}
-			f.reasons[j.Id] = fmt.Sprintf("waiting behind %d earlier %s that take the free GPUs first", ahead, plural(ahead, "job", "jobs"))
+			switch held := fmt.Sprintf("held back for multi-node %s %s, queued longest", plural(len(reservers), "job", "jobs"), capList(reservers)); {
+			case len(reservers) > 0 && ahead == 0:
+				f.reasons[j.Id] = "the free GPUs it fits are " + held
+			case len(reservers) > 0:
+				f.reasons[j.Id] = fmt.Sprintf("waiting behind %d earlier %s that take the free GPUs first; others are %s", ahead, plural(ahead, "job", "jobs"), held)
+			default:
+				f.reasons[j.Id] = fmt.Sprintf("waiting behind %d earlier %s that take the free GPUs first", ahead, plural(ahead, "job", "jobs"))
+			}
 			continue
 		}
 		f.reasons[j.Id] = f.waitingFor(j.Spec, now)

@@ -86,6 +86,9 @@ type Agents interface {
 	// SendOnce sends m to the node unless the same key was already sent on
 	// its current session.
 	SendOnce(nodeID, key string, m *gantrypb.ControlMessage) error
+	// Addr is the address peers reach the node's host at (its agent's
+	// advertised address), "" when it is not connected.
+	Addr(nodeID string) string
 	// Forget lets key be sent again on the node's current session, if it
 	// has one; the scheduler calls it once the job the key names has
 	// ended, so a session's record of what it sent does not only grow.
@@ -105,10 +108,15 @@ type Scheduler struct {
 	// running jobs are declared lost.
 	LostGrace time.Duration
 	now       func() time.Time
-	// told maps each job whose start or cancel was sent (or tried) to its
-	// node, until the job ends: then its keys are forgotten. Only the
-	// reconcile pass uses it.
-	told map[string]string
+	// told maps each job whose start or cancel was sent (or tried) to the
+	// nodes it was sent to (one, or one per rank of a multi-node job),
+	// until the job ends and no rank runs on: then its keys are forgotten.
+	// Only the reconcile pass uses it.
+	told map[string]map[string]bool
+	// ReserveAfter is how long a multi-node job may wait queued before
+	// it reserves the GPUs it needs (ReserveGang): later jobs may no
+	// longer take them, so a stream of small jobs cannot starve it.
+	ReserveAfter time.Duration
 	// nextDeadline is the earliest queue_timeout deadline still ahead
 	// after the last pass (zero: none); Run sets a timer for it.
 	nextDeadline time.Time
@@ -134,7 +142,8 @@ func (w Wakeup) Wake() {
 // leads.
 func New(st *store.Store, r Raft, agents Agents, w Wakeup, log *slog.Logger) *Scheduler {
 	return &Scheduler{store: st, raft: r, agents: agents, log: log, wake: w,
-		Interval: time.Second, LostGrace: 60 * time.Second, now: time.Now, told: map[string]string{}}
+		Interval: time.Second, LostGrace: 60 * time.Second, ReserveAfter: DefaultReserveAfter,
+		now: time.Now, told: map[string]map[string]bool{}}
 }
 
 // Wake asks for a reconcile soon. It never blocks.
@@ -173,6 +182,10 @@ func (s *Scheduler) Run(ctx context.Context) {
 type snapshot struct {
 	jobs  []*gantrypb.Job // non-terminal, creation order
 	nodes []*gantrypb.Node
+	// strays are terminal multi-node jobs with ranks not known to have
+	// exited (a job declared lost while its other ranks ran on): their
+	// nodes are told to cancel them.
+	strays []*gantrypb.Job
 }
 
 func (s *Scheduler) read() (snapshot, error) {
@@ -181,6 +194,8 @@ func (s *Scheduler) read() (snapshot, error) {
 		if err := tx.Jobs(func(j *gantrypb.Job) bool {
 			if !lifecycle.IsTerminal(j.State) {
 				snap.jobs = append(snap.jobs, j)
+			} else if liveRanks(j) {
+				snap.strays = append(snap.strays, j)
 			}
 			return true
 		}); err != nil {
@@ -202,15 +217,24 @@ func (s *Scheduler) Reconcile() {
 		s.log.Error("scheduler: read state", "err", err)
 		return
 	}
-	s.forgetEnded(snap.jobs)
+	s.forgetEnded(append(snap.jobs[:len(snap.jobs):len(snap.jobs)], snap.strays...))
 	used := map[string]map[uint32]bool{}
+	ports := map[string]map[uint32]bool{} // rendezvous ports of live gangs, by rank 0's node
 	for _, j := range snap.jobs {
 		if lifecycle.HoldsGPUs(j.State) {
-			if used[j.Node] == nil {
-				used[j.Node] = map[uint32]bool{}
+			for _, h := range lifecycle.Holdings(j) {
+				if used[h.Node] == nil {
+					used[h.Node] = map[uint32]bool{}
+				}
+				for _, g := range h.GPUs {
+					used[h.Node][g] = true
+				}
 			}
-			for _, g := range j.Gpus {
-				used[j.Node][g] = true
+			if j.MasterPort != 0 {
+				if ports[j.Node] == nil {
+					ports[j.Node] = map[uint32]bool{}
+				}
+				ports[j.Node][j.MasterPort] = true
 			}
 		}
 	}
@@ -236,11 +260,40 @@ func (s *Scheduler) Reconcile() {
 	// fleet explains why jobs wait; built once per pass, and only when a
 	// queue timeout needs the explanation.
 	var fleet *Fleet
+	for _, j := range snap.strays {
+		s.cancelRanks(j, "the job already ended ("+lifecycle.StateName(j.State)+")")
+	}
 	for _, j := range snap.jobs {
-		if since, down := downSince[j.Node]; down && j.Node != "" && !s.agents.Connected(j.Node) &&
-			lifecycle.HoldsGPUs(j.State) {
+		if node, since, down := s.downHolding(j, downSince); down {
 			if s.now().Sub(since) >= s.LostGrace {
-				s.markLost(j, since)
+				s.markLost(j, node, since)
+			}
+			continue
+		}
+		waiting := func() {
+			if due, ok := s.queueDeadline(j); ok {
+				if fleet == nil {
+					fleet = s.fleet(snap)
+				}
+				s.queueTimeout(j, fleet.Reason(j.Id))
+			} else if !due.IsZero() && (s.nextDeadline.IsZero() || due.Before(s.nextDeadline)) {
+				s.nextDeadline = due
+			}
+		}
+		if lifecycle.IsGang(j.Spec) {
+			if j.State == gantrypb.JobState_JOB_STATE_QUEUED && !s.placeGang(j, candidates, used, ports) {
+				s.reserve(j, candidates)
+				waiting()
+				continue
+			}
+			s.startGang(j)
+			if j.CancelRequested {
+				s.cancelRanks(j, "cancelled by user")
+			} else if r := endedBadly(j); r != nil {
+				// One rank failed: the collective cannot go on without
+				// it, so the others are stopped rather than left hanging
+				// in a rendezvous or all_reduce.
+				s.cancelRanks(j, fmt.Sprintf("rank %d on %s ended %s", r.Rank, r.Node, lifecycle.StateName(r.State)))
 			}
 			continue
 		}
@@ -248,14 +301,7 @@ func (s *Scheduler) Reconcile() {
 		case gantrypb.JobState_JOB_STATE_QUEUED:
 			node, gpus, ok := Place(j.Spec, candidates)
 			if !ok {
-				if due, ok := s.queueDeadline(j); ok {
-					if fleet == nil {
-						fleet = s.fleet(snap)
-					}
-					s.queueTimeout(j, fleet.Reason(j.Id))
-				} else if !due.IsZero() && (s.nextDeadline.IsZero() || due.Before(s.nextDeadline)) {
-					s.nextDeadline = due
-				}
+				waiting()
 				continue
 			}
 			_, err := s.raft.Apply(&gantrypb.AssignJobCmd{JobId: j.Id, NodeId: node, Gpus: gpus, AtMs: time.Now().UnixMilli()})
@@ -275,7 +321,7 @@ func (s *Scheduler) Reconcile() {
 			s.start(j)
 		}
 		if j.CancelRequested && s.agents.Connected(j.Node) {
-			s.told[j.Id] = j.Node
+			s.tell(j.Id, j.Node)
 			err := s.agents.SendOnce(j.Node, cancelKey(j.Id), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Cancel{
 				Cancel: &gantrypb.CancelJob{JobId: j.Id, Reason: "cancelled by user"}}})
 			if err != nil {
@@ -298,7 +344,7 @@ func (s *Scheduler) fleet(snap snapshot) *Fleet {
 		}
 		nodes[i] = n
 	}
-	return NewFleet(nodes, snap.jobs)
+	return NewFleetAt(nodes, snap.jobs, s.now().UnixMilli(), s.ReserveAfter)
 }
 
 // queueDeadline returns when a queued job's queue_timeout runs out (zero
@@ -343,21 +389,41 @@ func clip(s string, n int) string {
 
 // markLost ends a job whose node has been down past the grace period. Its
 // final metrics are the last values stored (the FSM keeps them).
-func (s *Scheduler) markLost(j *gantrypb.Job, since time.Time) {
-	reason := fmt.Sprintf("node %s unreachable since %s (more than %s)", j.Node, since.UTC().Format(time.RFC3339), s.LostGrace)
+func (s *Scheduler) markLost(j *gantrypb.Job, node string, since time.Time) {
+	reason := fmt.Sprintf("node %s unreachable since %s (more than %s)", node, since.UTC().Format(time.RFC3339), s.LostGrace)
+	if r := lifecycle.RankOf(j, node); r != nil {
+		reason = fmt.Sprintf("rank %d: %s", r.Rank, reason)
+	}
 	_, err := s.raft.Apply(&gantrypb.EndJobCmd{JobId: j.Id, State: gantrypb.JobState_JOB_STATE_LOST, Error: reason, AtMs: s.now().UnixMilli()})
 	if err != nil && !errors.Is(err, lifecycle.ErrTerminal) {
 		s.log.Warn("scheduler: mark lost", "job", j.Id, "err", err)
 		return
 	}
-	s.log.Warn("job lost", "job", j.Id, "node", j.Node, "reason", reason)
+	s.log.Warn("job lost", "job", j.Id, "node", node, "reason", reason)
+	// The other ranks of a gang run on: the next pass finds the job among
+	// the strays and tells their nodes to cancel them.
+	s.Wake()
+}
+
+// downHolding returns a node of j's that has been down (and is not
+// connected here) while j holds GPUs there, with the time it went down.
+func (s *Scheduler) downHolding(j *gantrypb.Job, downSince map[string]time.Time) (string, time.Time, bool) {
+	if !lifecycle.HoldsGPUs(j.State) {
+		return "", time.Time{}, false
+	}
+	for _, h := range lifecycle.Holdings(j) {
+		if since, down := downSince[h.Node]; down && h.Node != "" && !s.agents.Connected(h.Node) {
+			return h.Node, since, true
+		}
+	}
+	return "", time.Time{}, false
 }
 
 func (s *Scheduler) start(j *gantrypb.Job) {
 	if !s.agents.Connected(j.Node) {
 		return
 	}
-	s.told[j.Id] = j.Node
+	s.tell(j.Id, j.Node)
 	err := s.agents.SendOnce(j.Node, startKey(j.Id), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Start{
 		Start: &gantrypb.StartJob{JobId: j.Id, Spec: j.Spec, Gpus: j.Gpus}}})
 	if err != nil {
@@ -376,14 +442,24 @@ func (s *Scheduler) forgetEnded(live []*gantrypb.Job) {
 	for _, j := range live {
 		alive[j.Id] = true
 	}
-	for id, node := range s.told {
+	for id, nodes := range s.told {
 		if alive[id] {
 			continue
 		}
-		s.agents.Forget(node, startKey(id))
-		s.agents.Forget(node, cancelKey(id))
+		for node := range nodes {
+			s.agents.Forget(node, startKey(id))
+			s.agents.Forget(node, cancelKey(id))
+		}
 		delete(s.told, id)
 	}
+}
+
+// tell records that a start or cancel of job id was sent to node.
+func (s *Scheduler) tell(id, node string) {
+	if s.told[id] == nil {
+		s.told[id] = map[string]bool{}
+	}
+	s.told[id][node] = true
 }
 
 // startKey and cancelKey are the SendOnce keys of a job's messages.

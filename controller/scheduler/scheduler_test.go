@@ -144,6 +144,16 @@ type fakeAgents struct {
 	fail      error
 }
 
+// Addr is a made-up host address per connected node.
+func (a *fakeAgents) Addr(node string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.connected[node] {
+		return ""
+	}
+	return node + ".example"
+}
+
 func (a *fakeAgents) Forget(node, key string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -308,7 +318,7 @@ func TestReconcileForgetsEndedJobs(t *testing.T) {
 	if f := e.agents.takeForgot(); len(f) != 0 {
 		t.Fatalf("forgot %v again", f)
 	}
-	if len(e.s.told) != 1 || e.s.told["live"] != "n1" {
+	if len(e.s.told) != 1 || !e.s.told["live"]["n1"] || len(e.s.told["live"]) != 1 {
 		t.Fatalf("told = %v, want only the live job", e.s.told)
 	}
 }

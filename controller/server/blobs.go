@@ -80,7 +80,7 @@ func (b blobSource) OpenBlob(ctx context.Context, node, jobID, digest string) (i
 		job, err = tx.Job(jobID)
 		return err
 	})
-	if errors.Is(err, store.ErrNotFound) || (err == nil && (job.Node != node || lifecycle.IsTerminal(job.State))) {
+	if errors.Is(err, store.ErrNotFound) || (err == nil && (!lifecycle.RunsOn(job, node) || lifecycle.IsTerminal(job.State))) {
 		return nil, 0, fmt.Errorf("no live job %q of this node", jobID)
 	}
 	if err != nil {

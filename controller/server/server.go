@@ -30,6 +30,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/scheduler"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/membership"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/wire"
@@ -477,8 +478,8 @@ func (s *Server) peerHTTPAddrs() map[string]string {
 // job) from the store, in one short read transaction per batch.
 type jobOwners struct{ st *store.Store }
 
-func (o jobOwners) JobNodes(ids []string) (map[string]string, error) {
-	out := make(map[string]string, len(ids))
+func (o jobOwners) JobNodes(ids []string) (map[string][]string, error) {
+	out := make(map[string][]string, len(ids))
 	err := o.st.View(func(tx *store.Tx) error {
 		for _, id := range ids {
 			job, err := tx.Job(id)
@@ -488,8 +489,10 @@ func (o jobOwners) JobNodes(ids []string) (map[string]string, error) {
 			if err != nil {
 				return err
 			}
-			if job.Node != "" {
-				out[id] = job.Node
+			// Every rank's node, ended or not: a replay of an ended
+			// rank's acked records is a duplicate, not a forgery.
+			if nodes := lifecycle.Nodes(job); len(nodes) > 0 {
+				out[id] = nodes
 			}
 		}
 		return nil
@@ -508,6 +511,14 @@ func (a agentSet) SendOnce(nodeID, key string, m *gantrypb.ControlMessage) error
 		return fmt.Errorf("agent %s is not connected", nodeID)
 	}
 	return sess.SendOnce(key, m)
+}
+
+// Addr is where peers reach the agent's host (multi-node rendezvous).
+func (a agentSet) Addr(nodeID string) string {
+	if sess, ok := a.ingest.Session(nodeID); ok {
+		return sess.Addr
+	}
+	return ""
 }
 
 func (a agentSet) Forget(nodeID, key string) {

@@ -41,8 +41,9 @@ func Spec(s apiv1.JobSpec) *gantrypb.JobSpec {
 		Setup:          s.Setup,
 		Env:            s.Env,
 		Workdir:        s.Workdir,
-		Resources:      &gantrypb.Resources{Gpus: uint32(s.Resources.GPUs), GpuType: s.Resources.GPUType},
+		Resources:      &gantrypb.Resources{Gpus: uint32(s.Resources.GPUs), GpuType: s.Resources.GPUType, Nodes: uint32(max(s.Resources.Nodes, 0))},
 		Node:           s.Node,
+		Nodes:          s.Nodes,
 		MaxDurationMs:  time.Duration(s.MaxDuration).Milliseconds(),
 		KillGraceMs:    time.Duration(s.KillGrace).Milliseconds(),
 		QueueTimeoutMs: time.Duration(s.QueueTimeout).Milliseconds(),
@@ -61,8 +62,9 @@ func APISpec(s *gantrypb.JobSpec) apiv1.JobSpec {
 		Setup:        s.Setup,
 		Env:          s.Env,
 		Workdir:      s.Workdir,
-		Resources:    apiv1.Resources{GPUs: int(s.GetResources().GetGpus()), GPUType: s.GetResources().GetGpuType()},
+		Resources:    apiv1.Resources{GPUs: int(s.GetResources().GetGpus()), GPUType: s.GetResources().GetGpuType(), Nodes: int(s.GetResources().GetNodes())},
 		Node:         s.Node,
+		Nodes:        s.Nodes,
 		MaxDuration:  apiv1.Duration(time.Duration(s.MaxDurationMs) * time.Millisecond),
 		KillGrace:    apiv1.Duration(time.Duration(s.KillGraceMs) * time.Millisecond),
 		QueueTimeout: apiv1.Duration(time.Duration(s.QueueTimeoutMs) * time.Millisecond),
@@ -102,6 +104,20 @@ func Job(j *gantrypb.Job) apiv1.Job {
 	if j.ExitCode != nil {
 		c := int(*j.ExitCode)
 		out.ExitCode = &c
+	}
+	out.MasterAddr, out.MasterPort = j.MasterAddr, int(j.MasterPort)
+	for _, r := range j.Ranks {
+		ar := apiv1.Rank{Rank: int(r.Rank), Node: r.Node, GPUs: make([]int, len(r.Gpus)), State: State(r.State),
+			Signal: r.Signal, Error: r.Error, PID: r.Pid, StartedAt: msTime(r.StartedAtMs), FinishedAt: msTime(r.FinishedAtMs),
+			LogBytes: r.LogBytes, Points: r.Points, LatestMetrics: r.LatestMetrics, LastSeq: r.LastSeq}
+		for i, g := range r.Gpus {
+			ar.GPUs[i] = int(g)
+		}
+		if r.ExitCode != nil {
+			c := int(*r.ExitCode)
+			ar.ExitCode = &c
+		}
+		out.Ranks = append(out.Ranks, ar)
 	}
 	if lifecycle.IsTerminal(j.State) {
 		out.FinalMetrics = j.FinalMetrics

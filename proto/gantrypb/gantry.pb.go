@@ -141,9 +141,12 @@ func (NodeState) EnumDescriptor() ([]byte, []int) {
 }
 
 type Resources struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Gpus          uint32                 `protobuf:"varint,1,opt,name=gpus,proto3" json:"gpus,omitempty"`
-	GpuType       string                 `protobuf:"bytes,2,opt,name=gpu_type,json=gpuType,proto3" json:"gpu_type,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Gpus    uint32                 `protobuf:"varint,1,opt,name=gpus,proto3" json:"gpus,omitempty"`
+	GpuType string                 `protobuf:"bytes,2,opt,name=gpu_type,json=gpuType,proto3" json:"gpu_type,omitempty"`
+	// nodes is how many hosts a multi-node (gang) job spans, one rank per
+	// host, each with gpus GPUs; 0 and 1 both mean a single-node job.
+	Nodes         uint32 `protobuf:"varint,3,opt,name=nodes,proto3" json:"nodes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -192,6 +195,13 @@ func (x *Resources) GetGpuType() string {
 	return ""
 }
 
+func (x *Resources) GetNodes() uint32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
 // JobSpec is what a user submits.
 type JobSpec struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -210,7 +220,10 @@ type JobSpec struct {
 	// code_archive is the digest ("sha256:HEX") of a tar.gz of the job's
 	// code, uploaded before submit; the agent unpacks it into the job's
 	// working directory before setup.
-	CodeArchive   string `protobuf:"bytes,11,opt,name=code_archive,json=codeArchive,proto3" json:"code_archive,omitempty"`
+	CodeArchive string `protobuf:"bytes,11,opt,name=code_archive,json=codeArchive,proto3" json:"code_archive,omitempty"`
+	// nodes pins a multi-node job's ranks to hosts among these (the single
+	// node field pins a single-node job).
+	Nodes         []string `protobuf:"bytes,13,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -322,6 +335,13 @@ func (x *JobSpec) GetCodeArchive() string {
 	return ""
 }
 
+func (x *JobSpec) GetNodes() []string {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 // Job is the controller's record of a job, as stored in the FSM.
 type Job struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -354,8 +374,15 @@ type Job struct {
 	DroppedMetricKeys uint64 `protobuf:"varint,23,opt,name=dropped_metric_keys,json=droppedMetricKeys,proto3" json:"dropped_metric_keys,omitempty"`
 	// rejected_records counts records the controller refused (over a limit).
 	RejectedRecords uint64 `protobuf:"varint,24,opt,name=rejected_records,json=rejectedRecords,proto3" json:"rejected_records,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// ranks are a multi-node job's ranks, one per node, rank 0 first; empty
+	// for a single-node job. node and gpus above repeat rank 0's.
+	Ranks []*Rank `protobuf:"bytes,30,rep,name=ranks,proto3" json:"ranks,omitempty"`
+	// master_addr and master_port are the rendezvous address every rank
+	// gets (rank 0's host, a port the leader chose).
+	MasterAddr    string `protobuf:"bytes,31,opt,name=master_addr,json=masterAddr,proto3" json:"master_addr,omitempty"`
+	MasterPort    uint32 `protobuf:"varint,32,opt,name=master_port,json=masterPort,proto3" json:"master_port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -556,6 +583,209 @@ func (x *Job) GetRejectedRecords() uint64 {
 	return 0
 }
 
+func (x *Job) GetRanks() []*Rank {
+	if x != nil {
+		return x.Ranks
+	}
+	return nil
+}
+
+func (x *Job) GetMasterAddr() string {
+	if x != nil {
+		return x.MasterAddr
+	}
+	return ""
+}
+
+func (x *Job) GetMasterPort() uint32 {
+	if x != nil {
+		return x.MasterPort
+	}
+	return 0
+}
+
+// Rank is one node's share of a multi-node job. The controller derives a
+// record's rank from the node that sent it, never from the record.
+type Rank struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Rank         uint32                 `protobuf:"varint,1,opt,name=rank,proto3" json:"rank,omitempty"`
+	Node         string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Gpus         []uint32               `protobuf:"varint,3,rep,packed,name=gpus,proto3" json:"gpus,omitempty"`
+	State        JobState               `protobuf:"varint,4,opt,name=state,proto3,enum=gantry.v1.JobState" json:"state,omitempty"`
+	ExitCode     *int32                 `protobuf:"varint,5,opt,name=exit_code,json=exitCode,proto3,oneof" json:"exit_code,omitempty"`
+	Signal       string                 `protobuf:"bytes,6,opt,name=signal,proto3" json:"signal,omitempty"`
+	Pid          int64                  `protobuf:"varint,7,opt,name=pid,proto3" json:"pid,omitempty"`
+	StartedAtMs  int64                  `protobuf:"varint,8,opt,name=started_at_ms,json=startedAtMs,proto3" json:"started_at_ms,omitempty"`
+	FinishedAtMs int64                  `protobuf:"varint,9,opt,name=finished_at_ms,json=finishedAtMs,proto3" json:"finished_at_ms,omitempty"`
+	Error        string                 `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"`
+	// reason is the exit record's reason ("cancelled", "max_duration").
+	Reason   string `protobuf:"bytes,11,opt,name=reason,proto3" json:"reason,omitempty"`
+	LogBytes uint64 `protobuf:"varint,12,opt,name=log_bytes,json=logBytes,proto3" json:"log_bytes,omitempty"`
+	LogTail  string `protobuf:"bytes,13,opt,name=log_tail,json=logTail,proto3" json:"log_tail,omitempty"`
+	// final_metrics is the rank's exit record's final metrics (only rank
+	// 0's become the job's).
+	FinalMetrics map[string]float64 `protobuf:"bytes,14,rep,name=final_metrics,json=finalMetrics,proto3" json:"final_metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	// points counts the rank's metric points. Rank 0's are the job's; the
+	// others' are stored apart, under the rank's key (JOB/rank/K).
+	Points uint64 `protobuf:"varint,15,opt,name=points,proto3" json:"points,omitempty"`
+	// last_seq and latest_metrics are, for a rank other than 0, what the
+	// job's own fields are for rank 0: the last point's seq and the last
+	// value of every key.
+	LastSeq       uint64             `protobuf:"varint,16,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	LatestMetrics map[string]float64 `protobuf:"bytes,17,rep,name=latest_metrics,json=latestMetrics,proto3" json:"latest_metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rank) Reset() {
+	*x = Rank{}
+	mi := &file_gantry_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rank) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rank) ProtoMessage() {}
+
+func (x *Rank) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rank.ProtoReflect.Descriptor instead.
+func (*Rank) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Rank) GetRank() uint32 {
+	if x != nil {
+		return x.Rank
+	}
+	return 0
+}
+
+func (x *Rank) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Rank) GetGpus() []uint32 {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+func (x *Rank) GetState() JobState {
+	if x != nil {
+		return x.State
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *Rank) GetExitCode() int32 {
+	if x != nil && x.ExitCode != nil {
+		return *x.ExitCode
+	}
+	return 0
+}
+
+func (x *Rank) GetSignal() string {
+	if x != nil {
+		return x.Signal
+	}
+	return ""
+}
+
+func (x *Rank) GetPid() int64 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *Rank) GetStartedAtMs() int64 {
+	if x != nil {
+		return x.StartedAtMs
+	}
+	return 0
+}
+
+func (x *Rank) GetFinishedAtMs() int64 {
+	if x != nil {
+		return x.FinishedAtMs
+	}
+	return 0
+}
+
+func (x *Rank) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Rank) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Rank) GetLogBytes() uint64 {
+	if x != nil {
+		return x.LogBytes
+	}
+	return 0
+}
+
+func (x *Rank) GetLogTail() string {
+	if x != nil {
+		return x.LogTail
+	}
+	return ""
+}
+
+func (x *Rank) GetFinalMetrics() map[string]float64 {
+	if x != nil {
+		return x.FinalMetrics
+	}
+	return nil
+}
+
+func (x *Rank) GetPoints() uint64 {
+	if x != nil {
+		return x.Points
+	}
+	return 0
+}
+
+func (x *Rank) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *Rank) GetLatestMetrics() map[string]float64 {
+	if x != nil {
+		return x.LatestMetrics
+	}
+	return nil
+}
+
 // MetricPoint is one parsed line of a job's metrics file. Its metrics come
 // in one of three forms, never mixed in one point:
 //   - On the link and in Raft entries they are flat: key_idx[i] indexes
@@ -582,7 +812,7 @@ type MetricPoint struct {
 
 func (x *MetricPoint) Reset() {
 	*x = MetricPoint{}
-	mi := &file_gantry_proto_msgTypes[3]
+	mi := &file_gantry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -594,7 +824,7 @@ func (x *MetricPoint) String() string {
 func (*MetricPoint) ProtoMessage() {}
 
 func (x *MetricPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[3]
+	mi := &file_gantry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -607,7 +837,7 @@ func (x *MetricPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricPoint.ProtoReflect.Descriptor instead.
 func (*MetricPoint) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{3}
+	return file_gantry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MetricPoint) GetSeq() uint64 {
@@ -677,7 +907,7 @@ type GPUStat struct {
 
 func (x *GPUStat) Reset() {
 	*x = GPUStat{}
-	mi := &file_gantry_proto_msgTypes[4]
+	mi := &file_gantry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -689,7 +919,7 @@ func (x *GPUStat) String() string {
 func (*GPUStat) ProtoMessage() {}
 
 func (x *GPUStat) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[4]
+	mi := &file_gantry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -702,7 +932,7 @@ func (x *GPUStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUStat.ProtoReflect.Descriptor instead.
 func (*GPUStat) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{4}
+	return file_gantry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GPUStat) GetIndex() uint32 {
@@ -780,7 +1010,7 @@ type GPUSample struct {
 
 func (x *GPUSample) Reset() {
 	*x = GPUSample{}
-	mi := &file_gantry_proto_msgTypes[5]
+	mi := &file_gantry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +1022,7 @@ func (x *GPUSample) String() string {
 func (*GPUSample) ProtoMessage() {}
 
 func (x *GPUSample) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[5]
+	mi := &file_gantry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +1035,7 @@ func (x *GPUSample) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUSample.ProtoReflect.Descriptor instead.
 func (*GPUSample) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{5}
+	return file_gantry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GPUSample) GetSeq() uint64 {
@@ -842,7 +1072,7 @@ type GPUInfo struct {
 
 func (x *GPUInfo) Reset() {
 	*x = GPUInfo{}
-	mi := &file_gantry_proto_msgTypes[6]
+	mi := &file_gantry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +1084,7 @@ func (x *GPUInfo) String() string {
 func (*GPUInfo) ProtoMessage() {}
 
 func (x *GPUInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[6]
+	mi := &file_gantry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +1097,7 @@ func (x *GPUInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUInfo.ProtoReflect.Descriptor instead.
 func (*GPUInfo) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{6}
+	return file_gantry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GPUInfo) GetIndex() uint32 {
@@ -913,7 +1143,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_gantry_proto_msgTypes[7]
+	mi := &file_gantry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1155,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[7]
+	mi := &file_gantry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1168,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{7}
+	return file_gantry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JobEvent) GetSeq() uint64 {
@@ -987,7 +1217,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_gantry_proto_msgTypes[8]
+	mi := &file_gantry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1229,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[8]
+	mi := &file_gantry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1242,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{8}
+	return file_gantry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LogChunk) GetOffset() uint64 {
@@ -1039,7 +1269,7 @@ type JobStarted struct {
 
 func (x *JobStarted) Reset() {
 	*x = JobStarted{}
-	mi := &file_gantry_proto_msgTypes[9]
+	mi := &file_gantry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1281,7 @@ func (x *JobStarted) String() string {
 func (*JobStarted) ProtoMessage() {}
 
 func (x *JobStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[9]
+	mi := &file_gantry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1294,7 @@ func (x *JobStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStarted.ProtoReflect.Descriptor instead.
 func (*JobStarted) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{9}
+	return file_gantry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JobStarted) GetPid() int64 {
@@ -1099,7 +1329,7 @@ type JobExit struct {
 
 func (x *JobExit) Reset() {
 	*x = JobExit{}
-	mi := &file_gantry_proto_msgTypes[10]
+	mi := &file_gantry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1341,7 @@ func (x *JobExit) String() string {
 func (*JobExit) ProtoMessage() {}
 
 func (x *JobExit) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[10]
+	mi := &file_gantry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1354,7 @@ func (x *JobExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobExit.ProtoReflect.Descriptor instead.
 func (*JobExit) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{10}
+	return file_gantry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *JobExit) GetExitCode() int32 {
@@ -1198,7 +1428,7 @@ type Record struct {
 
 func (x *Record) Reset() {
 	*x = Record{}
-	mi := &file_gantry_proto_msgTypes[11]
+	mi := &file_gantry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1440,7 @@ func (x *Record) String() string {
 func (*Record) ProtoMessage() {}
 
 func (x *Record) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[11]
+	mi := &file_gantry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1453,7 @@ func (x *Record) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Record.ProtoReflect.Descriptor instead.
 func (*Record) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{11}
+	return file_gantry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Record) GetJobId() string {
@@ -1356,7 +1586,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_gantry_proto_msgTypes[12]
+	mi := &file_gantry_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1598,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[12]
+	mi := &file_gantry_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1611,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{12}
+	return file_gantry_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Node) GetId() string {
@@ -1440,14 +1670,18 @@ type Hello struct {
 	Gpus     []*GPUInfo             `protobuf:"bytes,3,rep,name=gpus,proto3" json:"gpus,omitempty"`
 	Version  string                 `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
 	// active_jobs are the jobs this agent knows and has not finished reporting.
-	ActiveJobs    []string `protobuf:"bytes,5,rep,name=active_jobs,json=activeJobs,proto3" json:"active_jobs,omitempty"`
+	ActiveJobs []string `protobuf:"bytes,5,rep,name=active_jobs,json=activeJobs,proto3" json:"active_jobs,omitempty"`
+	// advertise_addr is the address (host or IP) peers of a multi-node job
+	// reach this host at; empty: the controller uses the connection's
+	// source address.
+	AdvertiseAddr string `protobuf:"bytes,6,opt,name=advertise_addr,json=advertiseAddr,proto3" json:"advertise_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_gantry_proto_msgTypes[13]
+	mi := &file_gantry_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1693,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[13]
+	mi := &file_gantry_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1706,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{13}
+	return file_gantry_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Hello) GetNodeId() string {
@@ -1510,6 +1744,13 @@ func (x *Hello) GetActiveJobs() []string {
 	return nil
 }
 
+func (x *Hello) GetAdvertiseAddr() string {
+	if x != nil {
+		return x.AdvertiseAddr
+	}
+	return ""
+}
+
 type HelloReply struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Ok         bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
@@ -1530,7 +1771,7 @@ type HelloReply struct {
 
 func (x *HelloReply) Reset() {
 	*x = HelloReply{}
-	mi := &file_gantry_proto_msgTypes[14]
+	mi := &file_gantry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1542,7 +1783,7 @@ func (x *HelloReply) String() string {
 func (*HelloReply) ProtoMessage() {}
 
 func (x *HelloReply) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[14]
+	mi := &file_gantry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1555,7 +1796,7 @@ func (x *HelloReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloReply.ProtoReflect.Descriptor instead.
 func (*HelloReply) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{14}
+	return file_gantry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HelloReply) GetOk() bool {
@@ -1606,7 +1847,7 @@ type BlobRequest struct {
 
 func (x *BlobRequest) Reset() {
 	*x = BlobRequest{}
-	mi := &file_gantry_proto_msgTypes[15]
+	mi := &file_gantry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +1859,7 @@ func (x *BlobRequest) String() string {
 func (*BlobRequest) ProtoMessage() {}
 
 func (x *BlobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[15]
+	mi := &file_gantry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +1872,7 @@ func (x *BlobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobRequest.ProtoReflect.Descriptor instead.
 func (*BlobRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{15}
+	return file_gantry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BlobRequest) GetJobId() string {
@@ -1659,7 +1900,7 @@ type BlobReply struct {
 
 func (x *BlobReply) Reset() {
 	*x = BlobReply{}
-	mi := &file_gantry_proto_msgTypes[16]
+	mi := &file_gantry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1671,7 +1912,7 @@ func (x *BlobReply) String() string {
 func (*BlobReply) ProtoMessage() {}
 
 func (x *BlobReply) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[16]
+	mi := &file_gantry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1684,7 +1925,7 @@ func (x *BlobReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobReply.ProtoReflect.Descriptor instead.
 func (*BlobReply) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{16}
+	return file_gantry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BlobReply) GetOk() bool {
@@ -1717,7 +1958,7 @@ type BlobChunk struct {
 
 func (x *BlobChunk) Reset() {
 	*x = BlobChunk{}
-	mi := &file_gantry_proto_msgTypes[17]
+	mi := &file_gantry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +1970,7 @@ func (x *BlobChunk) String() string {
 func (*BlobChunk) ProtoMessage() {}
 
 func (x *BlobChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[17]
+	mi := &file_gantry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +1983,7 @@ func (x *BlobChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobChunk.ProtoReflect.Descriptor instead.
 func (*BlobChunk) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{17}
+	return file_gantry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *BlobChunk) GetData() []byte {
@@ -1753,17 +1994,23 @@ func (x *BlobChunk) GetData() []byte {
 }
 
 type StartJob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Spec          *JobSpec               `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
-	Gpus          []uint32               `protobuf:"varint,3,rep,packed,name=gpus,proto3" json:"gpus,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Spec  *JobSpec               `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	Gpus  []uint32               `protobuf:"varint,3,rep,packed,name=gpus,proto3" json:"gpus,omitempty"`
+	// Multi-node jobs only (nnodes >= 2): this node's rank, the number of
+	// nodes, and the rendezvous address (rank 0's host and a port).
+	NodeRank      uint32 `protobuf:"varint,4,opt,name=node_rank,json=nodeRank,proto3" json:"node_rank,omitempty"`
+	Nnodes        uint32 `protobuf:"varint,5,opt,name=nnodes,proto3" json:"nnodes,omitempty"`
+	MasterAddr    string `protobuf:"bytes,6,opt,name=master_addr,json=masterAddr,proto3" json:"master_addr,omitempty"`
+	MasterPort    uint32 `protobuf:"varint,7,opt,name=master_port,json=masterPort,proto3" json:"master_port,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartJob) Reset() {
 	*x = StartJob{}
-	mi := &file_gantry_proto_msgTypes[18]
+	mi := &file_gantry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1775,7 +2022,7 @@ func (x *StartJob) String() string {
 func (*StartJob) ProtoMessage() {}
 
 func (x *StartJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[18]
+	mi := &file_gantry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1788,7 +2035,7 @@ func (x *StartJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJob.ProtoReflect.Descriptor instead.
 func (*StartJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{18}
+	return file_gantry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StartJob) GetJobId() string {
@@ -1812,6 +2059,34 @@ func (x *StartJob) GetGpus() []uint32 {
 	return nil
 }
 
+func (x *StartJob) GetNodeRank() uint32 {
+	if x != nil {
+		return x.NodeRank
+	}
+	return 0
+}
+
+func (x *StartJob) GetNnodes() uint32 {
+	if x != nil {
+		return x.Nnodes
+	}
+	return 0
+}
+
+func (x *StartJob) GetMasterAddr() string {
+	if x != nil {
+		return x.MasterAddr
+	}
+	return ""
+}
+
+func (x *StartJob) GetMasterPort() uint32 {
+	if x != nil {
+		return x.MasterPort
+	}
+	return 0
+}
+
 type CancelJob struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -1822,7 +2097,7 @@ type CancelJob struct {
 
 func (x *CancelJob) Reset() {
 	*x = CancelJob{}
-	mi := &file_gantry_proto_msgTypes[19]
+	mi := &file_gantry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1834,7 +2109,7 @@ func (x *CancelJob) String() string {
 func (*CancelJob) ProtoMessage() {}
 
 func (x *CancelJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[19]
+	mi := &file_gantry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1847,7 +2122,7 @@ func (x *CancelJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJob.ProtoReflect.Descriptor instead.
 func (*CancelJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{19}
+	return file_gantry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CancelJob) GetJobId() string {
@@ -1880,7 +2155,7 @@ type ControlMessage struct {
 
 func (x *ControlMessage) Reset() {
 	*x = ControlMessage{}
-	mi := &file_gantry_proto_msgTypes[20]
+	mi := &file_gantry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1892,7 +2167,7 @@ func (x *ControlMessage) String() string {
 func (*ControlMessage) ProtoMessage() {}
 
 func (x *ControlMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[20]
+	mi := &file_gantry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1905,7 +2180,7 @@ func (x *ControlMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlMessage.ProtoReflect.Descriptor instead.
 func (*ControlMessage) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{20}
+	return file_gantry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ControlMessage) GetMsg() isControlMessage_Msg {
@@ -1993,7 +2268,7 @@ type RecordBatch struct {
 
 func (x *RecordBatch) Reset() {
 	*x = RecordBatch{}
-	mi := &file_gantry_proto_msgTypes[21]
+	mi := &file_gantry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2005,7 +2280,7 @@ func (x *RecordBatch) String() string {
 func (*RecordBatch) ProtoMessage() {}
 
 func (x *RecordBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[21]
+	mi := &file_gantry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2018,7 +2293,7 @@ func (x *RecordBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordBatch.ProtoReflect.Descriptor instead.
 func (*RecordBatch) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{21}
+	return file_gantry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RecordBatch) GetBatchId() uint64 {
@@ -2053,7 +2328,7 @@ type BatchAck struct {
 
 func (x *BatchAck) Reset() {
 	*x = BatchAck{}
-	mi := &file_gantry_proto_msgTypes[22]
+	mi := &file_gantry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2065,7 +2340,7 @@ func (x *BatchAck) String() string {
 func (*BatchAck) ProtoMessage() {}
 
 func (x *BatchAck) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[22]
+	mi := &file_gantry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2078,7 +2353,7 @@ func (x *BatchAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchAck.ProtoReflect.Descriptor instead.
 func (*BatchAck) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{22}
+	return file_gantry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BatchAck) GetBatchId() uint64 {
@@ -2106,7 +2381,7 @@ type SubmitJobCmd struct {
 
 func (x *SubmitJobCmd) Reset() {
 	*x = SubmitJobCmd{}
-	mi := &file_gantry_proto_msgTypes[23]
+	mi := &file_gantry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2118,7 +2393,7 @@ func (x *SubmitJobCmd) String() string {
 func (*SubmitJobCmd) ProtoMessage() {}
 
 func (x *SubmitJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[23]
+	mi := &file_gantry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2131,7 +2406,7 @@ func (x *SubmitJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobCmd.ProtoReflect.Descriptor instead.
 func (*SubmitJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{23}
+	return file_gantry_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SubmitJobCmd) GetJobId() string {
@@ -2167,7 +2442,7 @@ type AssignJobCmd struct {
 
 func (x *AssignJobCmd) Reset() {
 	*x = AssignJobCmd{}
-	mi := &file_gantry_proto_msgTypes[24]
+	mi := &file_gantry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2454,7 @@ func (x *AssignJobCmd) String() string {
 func (*AssignJobCmd) ProtoMessage() {}
 
 func (x *AssignJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[24]
+	mi := &file_gantry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2467,7 @@ func (x *AssignJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignJobCmd.ProtoReflect.Descriptor instead.
 func (*AssignJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{24}
+	return file_gantry_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AssignJobCmd) GetJobId() string {
@@ -2223,6 +2498,137 @@ func (x *AssignJobCmd) GetAtMs() int64 {
 	return 0
 }
 
+// AssignGangCmd assigns every rank of a multi-node job in one entry: all or
+// nothing, so no partial gang ever holds GPUs.
+type AssignGangCmd struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Ranks         []*GangRank            `protobuf:"bytes,2,rep,name=ranks,proto3" json:"ranks,omitempty"`
+	MasterAddr    string                 `protobuf:"bytes,3,opt,name=master_addr,json=masterAddr,proto3" json:"master_addr,omitempty"`
+	MasterPort    uint32                 `protobuf:"varint,4,opt,name=master_port,json=masterPort,proto3" json:"master_port,omitempty"`
+	AtMs          int64                  `protobuf:"varint,5,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AssignGangCmd) Reset() {
+	*x = AssignGangCmd{}
+	mi := &file_gantry_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AssignGangCmd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AssignGangCmd) ProtoMessage() {}
+
+func (x *AssignGangCmd) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AssignGangCmd.ProtoReflect.Descriptor instead.
+func (*AssignGangCmd) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *AssignGangCmd) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *AssignGangCmd) GetRanks() []*GangRank {
+	if x != nil {
+		return x.Ranks
+	}
+	return nil
+}
+
+func (x *AssignGangCmd) GetMasterAddr() string {
+	if x != nil {
+		return x.MasterAddr
+	}
+	return ""
+}
+
+func (x *AssignGangCmd) GetMasterPort() uint32 {
+	if x != nil {
+		return x.MasterPort
+	}
+	return 0
+}
+
+func (x *AssignGangCmd) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
+// GangRank is one rank's placement in an AssignGangCmd (rank = index).
+type GangRank struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Gpus          []uint32               `protobuf:"varint,2,rep,packed,name=gpus,proto3" json:"gpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GangRank) Reset() {
+	*x = GangRank{}
+	mi := &file_gantry_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GangRank) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GangRank) ProtoMessage() {}
+
+func (x *GangRank) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GangRank.ProtoReflect.Descriptor instead.
+func (*GangRank) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *GangRank) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *GangRank) GetGpus() []uint32 {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
 type CancelJobCmd struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -2233,7 +2639,7 @@ type CancelJobCmd struct {
 
 func (x *CancelJobCmd) Reset() {
 	*x = CancelJobCmd{}
-	mi := &file_gantry_proto_msgTypes[25]
+	mi := &file_gantry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2651,7 @@ func (x *CancelJobCmd) String() string {
 func (*CancelJobCmd) ProtoMessage() {}
 
 func (x *CancelJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[25]
+	mi := &file_gantry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2664,7 @@ func (x *CancelJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobCmd.ProtoReflect.Descriptor instead.
 func (*CancelJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{25}
+	return file_gantry_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CancelJobCmd) GetJobId() string {
@@ -2288,7 +2694,7 @@ type IngestCmd struct {
 
 func (x *IngestCmd) Reset() {
 	*x = IngestCmd{}
-	mi := &file_gantry_proto_msgTypes[26]
+	mi := &file_gantry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2300,7 +2706,7 @@ func (x *IngestCmd) String() string {
 func (*IngestCmd) ProtoMessage() {}
 
 func (x *IngestCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[26]
+	mi := &file_gantry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2313,7 +2719,7 @@ func (x *IngestCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestCmd.ProtoReflect.Descriptor instead.
 func (*IngestCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{26}
+	return file_gantry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *IngestCmd) GetNodeId() string {
@@ -2355,7 +2761,7 @@ type NodeUpCmd struct {
 
 func (x *NodeUpCmd) Reset() {
 	*x = NodeUpCmd{}
-	mi := &file_gantry_proto_msgTypes[27]
+	mi := &file_gantry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2367,7 +2773,7 @@ func (x *NodeUpCmd) String() string {
 func (*NodeUpCmd) ProtoMessage() {}
 
 func (x *NodeUpCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[27]
+	mi := &file_gantry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2380,7 +2786,7 @@ func (x *NodeUpCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeUpCmd.ProtoReflect.Descriptor instead.
 func (*NodeUpCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{27}
+	return file_gantry_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *NodeUpCmd) GetNode() *Node {
@@ -2414,7 +2820,7 @@ type NodeDownCmd struct {
 
 func (x *NodeDownCmd) Reset() {
 	*x = NodeDownCmd{}
-	mi := &file_gantry_proto_msgTypes[28]
+	mi := &file_gantry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2426,7 +2832,7 @@ func (x *NodeDownCmd) String() string {
 func (*NodeDownCmd) ProtoMessage() {}
 
 func (x *NodeDownCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[28]
+	mi := &file_gantry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2439,7 +2845,7 @@ func (x *NodeDownCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDownCmd.ProtoReflect.Descriptor instead.
 func (*NodeDownCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{28}
+	return file_gantry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NodeDownCmd) GetNodeId() string {
@@ -2470,7 +2876,7 @@ type EndJobCmd struct {
 
 func (x *EndJobCmd) Reset() {
 	*x = EndJobCmd{}
-	mi := &file_gantry_proto_msgTypes[29]
+	mi := &file_gantry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2482,7 +2888,7 @@ func (x *EndJobCmd) String() string {
 func (*EndJobCmd) ProtoMessage() {}
 
 func (x *EndJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[29]
+	mi := &file_gantry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2495,7 +2901,7 @@ func (x *EndJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndJobCmd.ProtoReflect.Descriptor instead.
 func (*EndJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{29}
+	return file_gantry_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *EndJobCmd) GetJobId() string {
@@ -2543,7 +2949,7 @@ type QueueTimeoutCmd struct {
 
 func (x *QueueTimeoutCmd) Reset() {
 	*x = QueueTimeoutCmd{}
-	mi := &file_gantry_proto_msgTypes[30]
+	mi := &file_gantry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2555,7 +2961,7 @@ func (x *QueueTimeoutCmd) String() string {
 func (*QueueTimeoutCmd) ProtoMessage() {}
 
 func (x *QueueTimeoutCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[30]
+	mi := &file_gantry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2568,7 +2974,7 @@ func (x *QueueTimeoutCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueTimeoutCmd.ProtoReflect.Descriptor instead.
 func (*QueueTimeoutCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{30}
+	return file_gantry_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *QueueTimeoutCmd) GetJobId() string {
@@ -2628,7 +3034,7 @@ type AgentJob struct {
 
 func (x *AgentJob) Reset() {
 	*x = AgentJob{}
-	mi := &file_gantry_proto_msgTypes[31]
+	mi := &file_gantry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2640,7 +3046,7 @@ func (x *AgentJob) String() string {
 func (*AgentJob) ProtoMessage() {}
 
 func (x *AgentJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[31]
+	mi := &file_gantry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2653,7 +3059,7 @@ func (x *AgentJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentJob.ProtoReflect.Descriptor instead.
 func (*AgentJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{31}
+	return file_gantry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AgentJob) GetJobId() string {
@@ -2751,10 +3157,11 @@ var File_gantry_proto protoreflect.FileDescriptor
 
 const file_gantry_proto_rawDesc = "" +
 	"\n" +
-	"\fgantry.proto\x12\tgantry.v1\":\n" +
+	"\fgantry.proto\x12\tgantry.v1\"P\n" +
 	"\tResources\x12\x12\n" +
 	"\x04gpus\x18\x01 \x01(\rR\x04gpus\x12\x19\n" +
-	"\bgpu_type\x18\x02 \x01(\tR\agpuType\"\xa7\x03\n" +
+	"\bgpu_type\x18\x02 \x01(\tR\agpuType\x12\x14\n" +
+	"\x05nodes\x18\x03 \x01(\rR\x05nodes\"\xbd\x03\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03run\x18\x02 \x01(\tR\x03run\x12\x14\n" +
@@ -2767,10 +3174,11 @@ const file_gantry_proto_rawDesc = "" +
 	"\rkill_grace_ms\x18\t \x01(\x03R\vkillGraceMs\x12(\n" +
 	"\x10queue_timeout_ms\x18\n" +
 	" \x01(\x03R\x0equeueTimeoutMs\x12!\n" +
-	"\fcode_archive\x18\v \x01(\tR\vcodeArchive\x1a6\n" +
+	"\fcode_archive\x18\v \x01(\tR\vcodeArchive\x12\x14\n" +
+	"\x05nodes\x18\r \x03(\tR\x05nodes\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xce\a\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb7\b\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.gantry.v1.JobSpecR\x04spec\x12)\n" +
@@ -2796,7 +3204,39 @@ const file_gantry_proto_rawDesc = "" +
 	"\x06events\x18\x15 \x01(\x04R\x06events\x12H\n" +
 	"\x0elatest_metrics\x18\x16 \x03(\v2!.gantry.v1.Job.LatestMetricsEntryR\rlatestMetrics\x12.\n" +
 	"\x13dropped_metric_keys\x18\x17 \x01(\x04R\x11droppedMetricKeys\x12)\n" +
-	"\x10rejected_records\x18\x18 \x01(\x04R\x0frejectedRecords\x1a?\n" +
+	"\x10rejected_records\x18\x18 \x01(\x04R\x0frejectedRecords\x12%\n" +
+	"\x05ranks\x18\x1e \x03(\v2\x0f.gantry.v1.RankR\x05ranks\x12\x1f\n" +
+	"\vmaster_addr\x18\x1f \x01(\tR\n" +
+	"masterAddr\x12\x1f\n" +
+	"\vmaster_port\x18  \x01(\rR\n" +
+	"masterPort\x1a?\n" +
+	"\x11FinalMetricsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1a@\n" +
+	"\x12LatestMetricsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\f\n" +
+	"\n" +
+	"_exit_code\"\xc0\x05\n" +
+	"\x04Rank\x12\x12\n" +
+	"\x04rank\x18\x01 \x01(\rR\x04rank\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x12\n" +
+	"\x04gpus\x18\x03 \x03(\rR\x04gpus\x12)\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x13.gantry.v1.JobStateR\x05state\x12 \n" +
+	"\texit_code\x18\x05 \x01(\x05H\x00R\bexitCode\x88\x01\x01\x12\x16\n" +
+	"\x06signal\x18\x06 \x01(\tR\x06signal\x12\x10\n" +
+	"\x03pid\x18\a \x01(\x03R\x03pid\x12\"\n" +
+	"\rstarted_at_ms\x18\b \x01(\x03R\vstartedAtMs\x12$\n" +
+	"\x0efinished_at_ms\x18\t \x01(\x03R\ffinishedAtMs\x12\x14\n" +
+	"\x05error\x18\n" +
+	" \x01(\tR\x05error\x12\x16\n" +
+	"\x06reason\x18\v \x01(\tR\x06reason\x12\x1b\n" +
+	"\tlog_bytes\x18\f \x01(\x04R\blogBytes\x12\x19\n" +
+	"\blog_tail\x18\r \x01(\tR\alogTail\x12F\n" +
+	"\rfinal_metrics\x18\x0e \x03(\v2!.gantry.v1.Rank.FinalMetricsEntryR\ffinalMetrics\x12\x16\n" +
+	"\x06points\x18\x0f \x01(\x04R\x06points\x12\x19\n" +
+	"\blast_seq\x18\x10 \x01(\x04R\alastSeq\x12I\n" +
+	"\x0elatest_metrics\x18\x11 \x03(\v2\".gantry.v1.Rank.LatestMetricsEntryR\rlatestMetrics\x1a?\n" +
 	"\x11FinalMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1a@\n" +
@@ -2882,14 +3322,15 @@ const file_gantry_proto_rawDesc = "" +
 	"\aversion\x18\x05 \x01(\tR\aversion\x12 \n" +
 	"\flast_seen_ms\x18\x06 \x01(\x03R\n" +
 	"lastSeenMs\x12(\n" +
-	"\x10registered_at_ms\x18\a \x01(\x03R\x0eregisteredAtMs\"\x9f\x01\n" +
+	"\x10registered_at_ms\x18\a \x01(\x03R\x0eregisteredAtMs\"\xc6\x01\n" +
 	"\x05Hello\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12&\n" +
 	"\x04gpus\x18\x03 \x03(\v2\x12.gantry.v1.GPUInfoR\x04gpus\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12\x1f\n" +
 	"\vactive_jobs\x18\x05 \x03(\tR\n" +
-	"activeJobs\"\x99\x01\n" +
+	"activeJobs\x12%\n" +
+	"\x0eadvertise_addr\x18\x06 \x01(\tR\radvertiseAddr\"\x99\x01\n" +
 	"\n" +
 	"HelloReply\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x14\n" +
@@ -2907,11 +3348,17 @@ const file_gantry_proto_rawDesc = "" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\x03R\x04size\"\x1f\n" +
 	"\tBlobChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"]\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\xd4\x01\n" +
 	"\bStartJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.gantry.v1.JobSpecR\x04spec\x12\x12\n" +
-	"\x04gpus\x18\x03 \x03(\rR\x04gpus\":\n" +
+	"\x04gpus\x18\x03 \x03(\rR\x04gpus\x12\x1b\n" +
+	"\tnode_rank\x18\x04 \x01(\rR\bnodeRank\x12\x16\n" +
+	"\x06nnodes\x18\x05 \x01(\rR\x06nnodes\x12\x1f\n" +
+	"\vmaster_addr\x18\x06 \x01(\tR\n" +
+	"masterAddr\x12\x1f\n" +
+	"\vmaster_port\x18\a \x01(\rR\n" +
+	"masterPort\":\n" +
 	"\tCancelJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xd8\x01\n" +
@@ -2937,7 +3384,18 @@ const file_gantry_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04gpus\x18\x03 \x03(\rR\x04gpus\x12\x13\n" +
-	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\":\n" +
+	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\"\xa8\x01\n" +
+	"\rAssignGangCmd\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n" +
+	"\x05ranks\x18\x02 \x03(\v2\x13.gantry.v1.GangRankR\x05ranks\x12\x1f\n" +
+	"\vmaster_addr\x18\x03 \x01(\tR\n" +
+	"masterAddr\x12\x1f\n" +
+	"\vmaster_port\x18\x04 \x01(\rR\n" +
+	"masterPort\x12\x13\n" +
+	"\x05at_ms\x18\x05 \x01(\x03R\x04atMs\"7\n" +
+	"\bGangRank\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
+	"\x04gpus\x18\x02 \x03(\rR\x04gpus\":\n" +
 	"\fCancelJobCmd\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x13\n" +
 	"\x05at_ms\x18\x02 \x01(\x03R\x04atMs\"z\n" +
@@ -3010,83 +3468,93 @@ func file_gantry_proto_rawDescGZIP() []byte {
 }
 
 var file_gantry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_gantry_proto_goTypes = []any{
 	(JobState)(0),           // 0: gantry.v1.JobState
 	(NodeState)(0),          // 1: gantry.v1.NodeState
 	(*Resources)(nil),       // 2: gantry.v1.Resources
 	(*JobSpec)(nil),         // 3: gantry.v1.JobSpec
 	(*Job)(nil),             // 4: gantry.v1.Job
-	(*MetricPoint)(nil),     // 5: gantry.v1.MetricPoint
-	(*GPUStat)(nil),         // 6: gantry.v1.GPUStat
-	(*GPUSample)(nil),       // 7: gantry.v1.GPUSample
-	(*GPUInfo)(nil),         // 8: gantry.v1.GPUInfo
-	(*JobEvent)(nil),        // 9: gantry.v1.JobEvent
-	(*LogChunk)(nil),        // 10: gantry.v1.LogChunk
-	(*JobStarted)(nil),      // 11: gantry.v1.JobStarted
-	(*JobExit)(nil),         // 12: gantry.v1.JobExit
-	(*Record)(nil),          // 13: gantry.v1.Record
-	(*Node)(nil),            // 14: gantry.v1.Node
-	(*Hello)(nil),           // 15: gantry.v1.Hello
-	(*HelloReply)(nil),      // 16: gantry.v1.HelloReply
-	(*BlobRequest)(nil),     // 17: gantry.v1.BlobRequest
-	(*BlobReply)(nil),       // 18: gantry.v1.BlobReply
-	(*BlobChunk)(nil),       // 19: gantry.v1.BlobChunk
-	(*StartJob)(nil),        // 20: gantry.v1.StartJob
-	(*CancelJob)(nil),       // 21: gantry.v1.CancelJob
-	(*ControlMessage)(nil),  // 22: gantry.v1.ControlMessage
-	(*RecordBatch)(nil),     // 23: gantry.v1.RecordBatch
-	(*BatchAck)(nil),        // 24: gantry.v1.BatchAck
-	(*SubmitJobCmd)(nil),    // 25: gantry.v1.SubmitJobCmd
-	(*AssignJobCmd)(nil),    // 26: gantry.v1.AssignJobCmd
-	(*CancelJobCmd)(nil),    // 27: gantry.v1.CancelJobCmd
-	(*IngestCmd)(nil),       // 28: gantry.v1.IngestCmd
-	(*NodeUpCmd)(nil),       // 29: gantry.v1.NodeUpCmd
-	(*NodeDownCmd)(nil),     // 30: gantry.v1.NodeDownCmd
-	(*EndJobCmd)(nil),       // 31: gantry.v1.EndJobCmd
-	(*QueueTimeoutCmd)(nil), // 32: gantry.v1.QueueTimeoutCmd
-	(*AgentJob)(nil),        // 33: gantry.v1.AgentJob
-	nil,                     // 34: gantry.v1.JobSpec.EnvEntry
-	nil,                     // 35: gantry.v1.Job.FinalMetricsEntry
-	nil,                     // 36: gantry.v1.Job.LatestMetricsEntry
-	nil,                     // 37: gantry.v1.MetricPoint.ValuesEntry
-	nil,                     // 38: gantry.v1.JobExit.FinalMetricsEntry
+	(*Rank)(nil),            // 5: gantry.v1.Rank
+	(*MetricPoint)(nil),     // 6: gantry.v1.MetricPoint
+	(*GPUStat)(nil),         // 7: gantry.v1.GPUStat
+	(*GPUSample)(nil),       // 8: gantry.v1.GPUSample
+	(*GPUInfo)(nil),         // 9: gantry.v1.GPUInfo
+	(*JobEvent)(nil),        // 10: gantry.v1.JobEvent
+	(*LogChunk)(nil),        // 11: gantry.v1.LogChunk
+	(*JobStarted)(nil),      // 12: gantry.v1.JobStarted
+	(*JobExit)(nil),         // 13: gantry.v1.JobExit
+	(*Record)(nil),          // 14: gantry.v1.Record
+	(*Node)(nil),            // 15: gantry.v1.Node
+	(*Hello)(nil),           // 16: gantry.v1.Hello
+	(*HelloReply)(nil),      // 17: gantry.v1.HelloReply
+	(*BlobRequest)(nil),     // 18: gantry.v1.BlobRequest
+	(*BlobReply)(nil),       // 19: gantry.v1.BlobReply
+	(*BlobChunk)(nil),       // 20: gantry.v1.BlobChunk
+	(*StartJob)(nil),        // 21: gantry.v1.StartJob
+	(*CancelJob)(nil),       // 22: gantry.v1.CancelJob
+	(*ControlMessage)(nil),  // 23: gantry.v1.ControlMessage
+	(*RecordBatch)(nil),     // 24: gantry.v1.RecordBatch
+	(*BatchAck)(nil),        // 25: gantry.v1.BatchAck
+	(*SubmitJobCmd)(nil),    // 26: gantry.v1.SubmitJobCmd
+	(*AssignJobCmd)(nil),    // 27: gantry.v1.AssignJobCmd
+	(*AssignGangCmd)(nil),   // 28: gantry.v1.AssignGangCmd
+	(*GangRank)(nil),        // 29: gantry.v1.GangRank
+	(*CancelJobCmd)(nil),    // 30: gantry.v1.CancelJobCmd
+	(*IngestCmd)(nil),       // 31: gantry.v1.IngestCmd
+	(*NodeUpCmd)(nil),       // 32: gantry.v1.NodeUpCmd
+	(*NodeDownCmd)(nil),     // 33: gantry.v1.NodeDownCmd
+	(*EndJobCmd)(nil),       // 34: gantry.v1.EndJobCmd
+	(*QueueTimeoutCmd)(nil), // 35: gantry.v1.QueueTimeoutCmd
+	(*AgentJob)(nil),        // 36: gantry.v1.AgentJob
+	nil,                     // 37: gantry.v1.JobSpec.EnvEntry
+	nil,                     // 38: gantry.v1.Job.FinalMetricsEntry
+	nil,                     // 39: gantry.v1.Job.LatestMetricsEntry
+	nil,                     // 40: gantry.v1.Rank.FinalMetricsEntry
+	nil,                     // 41: gantry.v1.Rank.LatestMetricsEntry
+	nil,                     // 42: gantry.v1.MetricPoint.ValuesEntry
+	nil,                     // 43: gantry.v1.JobExit.FinalMetricsEntry
 }
 var file_gantry_proto_depIdxs = []int32{
-	34, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
+	37, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
 	2,  // 1: gantry.v1.JobSpec.resources:type_name -> gantry.v1.Resources
 	3,  // 2: gantry.v1.Job.spec:type_name -> gantry.v1.JobSpec
 	0,  // 3: gantry.v1.Job.state:type_name -> gantry.v1.JobState
-	35, // 4: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
-	36, // 5: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
-	37, // 6: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
-	6,  // 7: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
-	38, // 8: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
-	5,  // 9: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
-	9,  // 10: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
-	10, // 11: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
-	11, // 12: gantry.v1.Record.started:type_name -> gantry.v1.JobStarted
-	12, // 13: gantry.v1.Record.exit:type_name -> gantry.v1.JobExit
-	7,  // 14: gantry.v1.Record.gpu:type_name -> gantry.v1.GPUSample
-	8,  // 15: gantry.v1.Node.gpus:type_name -> gantry.v1.GPUInfo
-	1,  // 16: gantry.v1.Node.state:type_name -> gantry.v1.NodeState
-	8,  // 17: gantry.v1.Hello.gpus:type_name -> gantry.v1.GPUInfo
-	3,  // 18: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
-	15, // 19: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
-	16, // 20: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
-	20, // 21: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
-	21, // 22: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
-	13, // 23: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
-	3,  // 24: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
-	13, // 25: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
-	14, // 26: gantry.v1.NodeUpCmd.node:type_name -> gantry.v1.Node
-	0,  // 27: gantry.v1.EndJobCmd.state:type_name -> gantry.v1.JobState
-	3,  // 28: gantry.v1.AgentJob.spec:type_name -> gantry.v1.JobSpec
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	38, // 4: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
+	39, // 5: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
+	5,  // 6: gantry.v1.Job.ranks:type_name -> gantry.v1.Rank
+	0,  // 7: gantry.v1.Rank.state:type_name -> gantry.v1.JobState
+	40, // 8: gantry.v1.Rank.final_metrics:type_name -> gantry.v1.Rank.FinalMetricsEntry
+	41, // 9: gantry.v1.Rank.latest_metrics:type_name -> gantry.v1.Rank.LatestMetricsEntry
+	42, // 10: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
+	7,  // 11: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
+	43, // 12: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
+	6,  // 13: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
+	10, // 14: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
+	11, // 15: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
+	12, // 16: gantry.v1.Record.started:type_name -> gantry.v1.JobStarted
+	13, // 17: gantry.v1.Record.exit:type_name -> gantry.v1.JobExit
+	8,  // 18: gantry.v1.Record.gpu:type_name -> gantry.v1.GPUSample
+	9,  // 19: gantry.v1.Node.gpus:type_name -> gantry.v1.GPUInfo
+	1,  // 20: gantry.v1.Node.state:type_name -> gantry.v1.NodeState
+	9,  // 21: gantry.v1.Hello.gpus:type_name -> gantry.v1.GPUInfo
+	3,  // 22: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
+	16, // 23: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
+	17, // 24: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
+	21, // 25: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
+	22, // 26: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
+	14, // 27: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
+	3,  // 28: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
+	29, // 29: gantry.v1.AssignGangCmd.ranks:type_name -> gantry.v1.GangRank
+	14, // 30: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
+	15, // 31: gantry.v1.NodeUpCmd.node:type_name -> gantry.v1.Node
+	0,  // 32: gantry.v1.EndJobCmd.state:type_name -> gantry.v1.JobState
+	3,  // 33: gantry.v1.AgentJob.spec:type_name -> gantry.v1.JobSpec
+	34, // [34:34] is the sub-list for method output_type
+	34, // [34:34] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_gantry_proto_init() }
@@ -3096,8 +3564,9 @@ func file_gantry_proto_init() {
 	}
 	file_gantry_proto_msgTypes[2].OneofWrappers = []any{}
 	file_gantry_proto_msgTypes[3].OneofWrappers = []any{}
-	file_gantry_proto_msgTypes[10].OneofWrappers = []any{}
-	file_gantry_proto_msgTypes[11].OneofWrappers = []any{
+	file_gantry_proto_msgTypes[4].OneofWrappers = []any{}
+	file_gantry_proto_msgTypes[11].OneofWrappers = []any{}
+	file_gantry_proto_msgTypes[12].OneofWrappers = []any{
 		(*Record_Point)(nil),
 		(*Record_Event)(nil),
 		(*Record_Log)(nil),
@@ -3105,7 +3574,7 @@ func file_gantry_proto_init() {
 		(*Record_Exit)(nil),
 		(*Record_Gpu)(nil),
 	}
-	file_gantry_proto_msgTypes[20].OneofWrappers = []any{
+	file_gantry_proto_msgTypes[21].OneofWrappers = []any{
 		(*ControlMessage_Hello)(nil),
 		(*ControlMessage_HelloReply)(nil),
 		(*ControlMessage_Start)(nil),
@@ -3117,7 +3586,7 @@ func file_gantry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_proto_rawDesc), len(file_gantry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   37,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -370,7 +370,7 @@ func WriteJobsTable(w io.Writer, jobs []apiv1.Job, now time.Time) error {
 			age = FormatAge(now.Sub(*j.CreatedAt))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s/%d\t%s",
-			j.ID, orDash(j.Name), j.State, orDash(j.Node), joinInts(j.GPUs), jobStep(j), j.Points, age)
+			j.ID, orDash(j.Name), j.State, orDash(jobNodes(j)), jobGPUs(j), jobStep(j), j.Points, age)
 		if reasons {
 			// Tabs would break the columns; a reason is one line.
 			fmt.Fprintf(tw, "\t%s", strings.Join(strings.Fields(j.Reason), " "))
@@ -438,9 +438,17 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 	if j.Reason != "" {
 		row("Reason", j.Reason)
 	}
-	row("Node", orDash(j.Node))
-	row("GPUs", fmt.Sprintf("%s (requested %d%s)", joinInts(j.GPUs), j.Spec.Resources.GPUs,
-		prefixed(" ", j.Spec.Resources.GPUType)))
+	row("Node", orDash(jobNodes(j)))
+	if j.Spec.Resources.Nodes > 1 {
+		row("GPUs", fmt.Sprintf("%s (requested %d nodes × %d%s)", jobGPUs(j), j.Spec.Resources.Nodes, j.Spec.Resources.GPUs,
+			prefixed(" ", j.Spec.Resources.GPUType)))
+		if j.MasterAddr != "" {
+			row("Rendezvous", fmt.Sprintf("%s:%d", j.MasterAddr, j.MasterPort))
+		}
+	} else {
+		row("GPUs", fmt.Sprintf("%s (requested %d%s)", joinInts(j.GPUs), j.Spec.Resources.GPUs,
+			prefixed(" ", j.Spec.Resources.GPUType)))
+	}
 	if j.ExitCode != nil {
 		row("Exit code", strconv.Itoa(*j.ExitCode))
 	} else {
@@ -477,6 +485,10 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 		row("Error", j.Error)
 	}
 	_ = tw.Flush() // write errors stick in sw
+	if len(j.Ranks) > 0 {
+		fmt.Fprintln(w, "\nRanks:")
+		writeRanks(indent(w), j.Ranks)
+	}
 	if len(j.FinalMetrics) == 0 && len(j.LatestMetrics) > 0 {
 		// Not over yet: what it has reported so far.
 		fmt.Fprintln(w, "\nLatest metrics:")
@@ -637,4 +649,41 @@ func JobExitCode(j apiv1.Job) int {
 		return max(1, min(125, *j.ExitCode))
 	}
 	return 1
+}
+
+// jobNodes is a job's node, or for a multi-node job rank 0's node and how
+// many more ("gpu-a +1").
+func jobNodes(j apiv1.Job) string {
+	if len(j.Ranks) > 1 {
+		return fmt.Sprintf("%s +%d", j.Ranks[0].Node, len(j.Ranks)-1)
+	}
+	return j.Node
+}
+
+// jobGPUs is a job's GPU indices, or for a multi-node job the count per
+// node ("2×2").
+func jobGPUs(j apiv1.Job) string {
+	if len(j.Ranks) > 1 {
+		return fmt.Sprintf("%d×%d", len(j.Ranks), len(j.Ranks[0].GPUs))
+	}
+	return joinInts(j.GPUs)
+}
+
+// writeRanks writes a multi-node job's ranks table: node, GPUs, state,
+// exit and the rank's error.
+func writeRanks(w io.Writer, ranks []apiv1.Rank) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RANK\tNODE\tGPUS\tSTATE\tEXIT\tERROR")
+	for _, r := range ranks {
+		exit := "-"
+		switch {
+		case r.Signal != "":
+			exit = r.Signal
+		case r.ExitCode != nil:
+			exit = strconv.Itoa(*r.ExitCode)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Rank, r.Node, joinInts(r.GPUs), r.State, exit,
+			orDash(strings.Join(strings.Fields(r.Error), " ")))
+	}
+	_ = tw.Flush()
 }

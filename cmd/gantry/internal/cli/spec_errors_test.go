@@ -18,8 +18,8 @@ func TestSpecUnknownFieldSuggestions(t *testing.T) {
 		{"run: x\nKill_Grace: 5\n", "line 2: unknown field `Kill_Grace` in the spec; did you mean `kill_grace`?"}, // case
 		{"run: x\nresources:\n  gpus_type: A100\n", "did you mean `gpu_type`?"},
 		// Nothing close: the keys that exist instead of a guess.
-		{"run: x\ncolour: red\n", "line 2: unknown field `colour` in the spec; known fields: name, run, setup, env, workdir, resources, node, max_duration, kill_grace, queue_timeout"},
-		{"run: x\nresources:\n  x: 1\n", "unknown field `x` in resources; known fields: gpus, gpu_type"},
+		{"run: x\ncolour: red\n", "line 2: unknown field `colour` in the spec; known fields: name, run, setup, env, workdir, resources, node, nodes, max_duration, kill_grace, queue_timeout"},
+		{"run: x\nresources:\n  x: 1\n", "unknown field `x` in resources; known fields: gpus, gpu_type, nodes"},
 		// code_archive is yaml:"-": the API's, never a spec key.
 		{"run: x\ncode_archive: sha256:00\n", "unknown field `code_archive` in the spec; known fields:"},
 	}

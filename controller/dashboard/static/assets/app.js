@@ -891,6 +891,12 @@
   class RunData {
     constructor(id, isStopped, onChange) {
       this.id = id;
+      // "JOB/rank/K" is rank K's own series of a multi-node job (the
+      // compare page overlays ranks); a plain id is the job's (rank 0's).
+      const m = /^(.*)\/rank\/(\d+)$/.exec(id);
+      this.jobId = m ? m[1] : id;
+      this.rank = m ? Number(m[2]) : 0;
+      this.rankQuery = this.rank ? `&rank=${this.rank}` : '';
       this.stopped = isStopped;
       this.onChange = onChange;
       this.job = null;
@@ -974,7 +980,7 @@
       const got = [];
       while (!this.stopped() && after < before - 1) {
         const limit = Math.min(HISTORY_PAGE, before - 1 - after);
-        const page = await api(`/v1/jobs/${encodeURIComponent(this.id)}/metrics?after=${after}&limit=${limit}`);
+        const page = await api(`/v1/jobs/${encodeURIComponent(this.jobId)}/metrics?after=${after}&limit=${limit}${this.rankQuery}`);
         const pts = (page.points || []).filter((p) => p.seq < before);
         if (pts.length === 0) break;
         got.push(...pts);
@@ -999,7 +1005,7 @@
       let cut = Infinity;
       for (let i = 0; i < keys.length; i += DOWNSAMPLE_KEYS) {
         const names = keys.slice(i, i + DOWNSAMPLE_KEYS).map(encodeURIComponent).join(',');
-        const r = await api(`/v1/jobs/${encodeURIComponent(this.id)}/metrics?max_points=${DOWNSAMPLE_POINTS}&keys=${names}`);
+        const r = await api(`/v1/jobs/${encodeURIComponent(this.jobId)}/metrics?max_points=${DOWNSAMPLE_POINTS}&keys=${names}${this.rankQuery}`);
         if (this.stopped()) return null;
         if (!r || !r.series || !r.bucket_seqs) return null;
         // Buckets are fixed seq ranges (i·w, (i+1)·w]: those wholly before
@@ -1240,6 +1246,15 @@
       el('table', { class: 'gpu-now' }, el('thead', {}, el('tr', {},
         el('th', {}, 'GPU'), el('th', {}, 'Name'), el('th', {}, 'Utilization'), el('th', { class: 'num' }, 'Memory (GiB)'),
         el('th', { class: 'num' }, 'Temp'), el('th', { class: 'num' }, 'Power'), el('th', { class: 'num' }, 'SM clock'))), gpuTable));
+    // A multi-node job's ranks: node, GPUs, state and exit of each; the
+    // charts show rank 0's metrics, the job's own.
+    const ranksBody = el('tbody');
+    const ranksPanel = el('section', { class: 'panel', id: 'ranks-panel', hidden: true },
+      el('h2', {}, 'Ranks'),
+      el('p', { class: 'muted', id: 'ranks-note' }),
+      el('table', { id: 'ranks' }, el('thead', {}, el('tr', {},
+        el('th', { class: 'num' }, 'Rank'), el('th', {}, 'Node'), el('th', {}, 'GPUs'), el('th', {}, 'State'),
+        el('th', {}, 'Exit'), el('th', { class: 'num' }, 'Points'), el('th', {}, 'Latest'), el('th', {}, 'Error'))), ranksBody));
     const eventsBody = el('tbody');
     const eventsPanel = el('section', { class: 'panel', id: 'events-panel', hidden: true },
       el('h2', {}, 'Events'),
@@ -1249,6 +1264,7 @@
       el('div', { class: 'page-head' }, title, stateHolder, el('span', { class: 'spacer' }), cancelBtn),
       err,
       el('section', { class: 'panel', id: 'job-header' }, facts, progress),
+      ranksPanel,
       finalPanel,
       el('section', { class: 'panel' }, el('div', { class: 'panel-head' }, el('h2', {}, 'Metrics'), el('span', { class: 'spacer' }),
         el('button', { type: 'button', class: 'linkish', id: 'compare-with', onclick: () => { picked.add(id); navigate('/'); } }, 'Compare with other runs…')),
@@ -1349,12 +1365,42 @@
         j.cancel_requested && !TERMINAL.has(j.state) ? fact('Cancel', 'requested') : null,
         j.error ? fact('Error', j.error) : null,
         j.state === 'queued' && j.reason ? el('div', { class: 'fact wide' }, el('div', { class: 'k' }, 'Waiting for'), queueReason(j, 'job-reason')) : null);
+      renderRanks(j);
       const frac = total && step !== null ? Math.max(0, Math.min(1, step / total)) : null;
       progress.hidden = frac === null;
       if (frac !== null) {
         progress.firstChild.style.width = (frac * 100).toFixed(1) + '%';
         progress.title = (frac * 100).toFixed(0) + '%';
       }
+    }
+
+    function renderRanks(j) {
+      const ranks = j.ranks || [];
+      ranksPanel.hidden = ranks.length === 0;
+      if (!ranks.length) return;
+      replace(ranksPanel.querySelector('#ranks-note'),
+        `${ranks.length} nodes, rendezvous ${j.master_addr || '–'}:${j.master_port || '–'}. The charts are rank 0's, the job's own; ` +
+        'another rank\'s metrics are its own series, summed up here by their latest values. ',
+        el('a', { href: compareHref(ranks.map((r) => (r.rank ? `${j.id}/rank/${r.rank}` : j.id))), 'data-link': true, id: 'compare-ranks' },
+          'Chart every rank'));
+      replace(ranksBody, ranks.map((r) => el('tr', { 'data-rank': String(r.rank) },
+        el('td', { class: 'num' }, String(r.rank)),
+        el('td', { class: 'mono' }, r.node),
+        el('td', {}, (r.gpus || []).join(', ') || '–'),
+        el('td', {}, stateBadge(r.state)),
+        el('td', { class: 'mono' }, r.signal || (r.exit_code !== null && r.exit_code !== undefined ? String(r.exit_code) : '–')),
+        el('td', { class: 'num' }, String(r.points || 0)),
+        el('td', { class: 'mono wrap' }, r.rank === 0 ? 'charts above' : rankLatest(r.latest_metrics)),
+        el('td', { class: 'wrap' }, r.error || ''))));
+    }
+
+    // rankLatest sums up a rank's latest values: step first, then up to
+    // six keys in order.
+    function rankLatest(m) {
+      const keys = sortedKeys(m || {}).filter((k) => k !== 'step');
+      if (!m || (keys.length === 0 && !('step' in m))) return '–';
+      const parts = ('step' in m ? [`step ${fmtExact(m.step)}`] : []).concat(keys.slice(0, 6).map((k) => `${k} ${fmtExact(m[k])}`));
+      return parts.join(' · ') + (keys.length > 6 ? ` (+${keys.length - 6})` : '');
     }
 
     function renderFinal() {
@@ -1711,7 +1757,7 @@
         const sw = el('i', { class: 'swatch' });
         sw.style.background = PALETTE[i % PALETTE.length]; // CSSOM: the CSP allows no inline style attributes
         return el('div', { class: 'run', 'data-job-id': r.id }, sw,
-          el('a', { href: '/jobs/' + encodeURIComponent(r.id), 'data-link': true }, j ? j.name || r.id : r.id), ' ',
+          el('a', { href: '/jobs/' + encodeURIComponent(r.jobId), 'data-link': true }, runName(r)), ' ',
           j ? stateBadge(j.state) : null, ' ',
           el('span', { class: 'muted mono' }, r.id),
           failed.has(r.id) ? el('span', { class: 'error' }, ' ' + failed.get(r.id)) : null);
@@ -1724,21 +1770,36 @@
         const c = charts.get(k);
         // Every run keeps its colour on every chart, even where it lacks
         // the metric, so the colours match the list above.
-        c.setRuns(runs.map((r, i) => (r.series.has(k) || r.hist.has(k) ? r.chartRun(k, group.settings.x, (r.job && r.job.name) || r.id, PALETTE[i % PALETTE.length]) : null)).filter(Boolean));
+        c.setRuns(runs.map((r, i) => (r.series.has(k) || r.hist.has(k) ? r.chartRun(k, group.settings.x, runName(r), PALETTE[i % PALETTE.length]) : null)).filter(Boolean));
         c.draw();
       }
     }
 
     // refresh reads a run's job and the points it has gained. The first
     // time, that is its whole history.
+    // runName is a run's label: the job's name, and its rank for a rank's
+    // own series.
+    function runName(r) {
+      const name = (r.job && r.job.name) || r.jobId;
+      return r.rank ? `${name} · rank ${r.rank}` : name;
+    }
+
+    // seqOf is the last seq of the run's series: the job's, or its rank's.
+    function seqOf(r) {
+      if (!r.job) return 0;
+      if (!r.rank) return r.job.last_seq || 0;
+      return ((r.job.ranks || [])[r.rank] || {}).last_seq || 0;
+    }
+
     async function refresh(r) {
-      if (r.job && TERMINAL.has(r.job.state) && r.lastSeq() >= r.job.last_seq) return;
-      const j = await api('/v1/jobs/' + encodeURIComponent(r.id));
+      if (r.job && TERMINAL.has(r.job.state) && r.lastSeq() >= seqOf(r)) return;
+      const j = await api('/v1/jobs/' + encodeURIComponent(r.jobId));
       r.job = j;
       const have = r.lastSeq();
-      if (j.last_seq > have) {
-        if (have === 0) await r.loadHistory(j.last_seq + 1);
-        else await r.loadPoints(have, j.last_seq + 1);
+      const last = seqOf(r);
+      if (last > have) {
+        if (have === 0) await r.loadHistory(last + 1);
+        else await r.loadPoints(have, last + 1);
       }
       failed.delete(r.id);
     }
