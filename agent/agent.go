@@ -219,6 +219,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				for _, g := range s.Gpus {
 					g.Uuid, g.Name = clip(g.Uuid, limits.MaxGPUStringBytes), clip(g.Name, limits.MaxGPUStringBytes)
 				}
+				a.healthSample(s)
 				_, err := a.spool.Append(&gantrypb.Record{Body: &gantrypb.Record_Gpu{Gpu: s}})
 				switch {
 				case err != nil && !failing:

@@ -190,3 +190,70 @@ func DescribeExit(x *gantrypb.JobExit) string {
 	}
 	return "exit status unknown"
 }
+
+// Health conditions: what the agent's progress and GPU checks conclude
+// about a running job (Job.conditions, HealthCondition.kind). Each also
+// names the job event recorded when it begins; its end is recorded as the
+// kind with EventCleared appended.
+const (
+	// CondStalled: no new step for longer than the job's stall window,
+	// with GPUs idle or busy in a way that does not look hung.
+	CondStalled = "stalled"
+	// CondHung: stalled while the job's GPUs show utilization pegged near
+	// 100% at low power with steady SM clock and constant memory — the
+	// signature of a collective (NCCL) waiting forever.
+	CondHung = "hung"
+	// CondIdleGPUs: the job runs but some of its GPUs stayed below the
+	// idle thresholds (utilization and power) for the whole idle window.
+	CondIdleGPUs = "idle_gpus"
+)
+
+// Conditions lists every health condition kind.
+var Conditions = []string{CondStalled, CondHung, CondIdleGPUs}
+
+// IsCondition reports whether kind is a health condition kind.
+func IsCondition(kind string) bool {
+	switch kind {
+	case CondStalled, CondHung, CondIdleGPUs:
+		return true
+	}
+	return false
+}
+
+// EventCleared is appended to a condition's kind for the event of its end
+// ("stalled_cleared").
+const EventCleared = "_cleared"
+
+// Health policies: what happens when a condition begins
+// (HealthSpec.on_stall, HealthSpec.on_idle).
+const (
+	// PolicyNotify (also the empty string) only reports the condition.
+	PolicyNotify = "notify"
+	// PolicyCancel cancels the job through the normal cancel path (the
+	// agent stops it and reports its final metrics).
+	PolicyCancel = "cancel"
+	// PolicyRequeue would put the job back in the queue; it is refused at
+	// submit: a job id runs once on the agents, so a new run under the
+	// same id is not supported yet.
+	PolicyRequeue = "requeue"
+)
+
+// EventPolicyCancel says the controller cancelled the job because a
+// health condition began and the spec's policy says cancel.
+const EventPolicyCancel EventKind = "health_policy_cancel"
+
+// PolicyFor returns the spec's policy for a condition kind: on_stall for
+// stalled and hung, on_idle for idle_gpus; "notify" when unset.
+func PolicyFor(h *gantrypb.HealthSpec, kind string) string {
+	var p string
+	switch kind {
+	case CondStalled, CondHung:
+		p = h.GetOnStall()
+	case CondIdleGPUs:
+		p = h.GetOnIdle()
+	}
+	if p == "" {
+		return PolicyNotify
+	}
+	return p
+}

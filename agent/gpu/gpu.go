@@ -212,6 +212,12 @@ func (d device) read() (*gantrypb.GPUStat, error) {
 	} else {
 		fail("sm clock", ret)
 	}
+	// The power limit is context for the health checks ("low power" is a
+	// fraction of it); a GPU that does not report one is judged against
+	// absolute thresholds, so its absence is not an error.
+	if mw, ret := d.handle.GetEnforcedPowerLimit(); ret == nvml.SUCCESS {
+		st.PowerLimitW = float64(mw) / 1000
+	}
 	return st, errors.Join(errs...)
 }
 

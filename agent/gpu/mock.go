@@ -25,6 +25,7 @@ const (
 // Realistic A100 ranges for the simulated readings.
 const (
 	idleTempC, maxTempC     = 35.0, 80.0
+	mockPowerLimitW         = 400
 	idlePowerW, maxPowerW   = 60.0, 390.0
 	baseSMMHz, boostSMMHz   = 1095.0, 1410.0
 	memClockMHz             = 1215
@@ -92,16 +93,24 @@ func newMockDevice(index int, cfg gpus.Config, now func() time.Time) *mock.Devic
 	phase := float64(index) * phaseStep
 	load := func() float64 { return mockLoad(now(), phase) }
 
+	script := func() (Reading, bool) { return activeScript.reading(index) }
 	return &mock.Device{
-		GetIndexFunc: func() (int, nvml.Return) { return index, nvml.SUCCESS },
-		GetUUIDFunc:  func() (string, nvml.Return) { return uuid, nvml.SUCCESS },
-		GetNameFunc:  func() (string, nvml.Return) { return cfg.Name, nvml.SUCCESS },
+		GetEnforcedPowerLimitFunc: func() (uint32, nvml.Return) { return mockPowerLimitW * 1000, nvml.SUCCESS },
+		GetIndexFunc:              func() (int, nvml.Return) { return index, nvml.SUCCESS },
+		GetUUIDFunc:               func() (string, nvml.Return) { return uuid, nvml.SUCCESS },
+		GetNameFunc:               func() (string, nvml.Return) { return cfg.Name, nvml.SUCCESS },
 		GetMemoryInfoFunc: func() (nvml.Memory, nvml.Return) {
 			used := uint64(float64(total) * mockMemFrac(now(), phase))
+			if r, ok := script(); ok {
+				used = min(r.MemUsedMiB<<20, total)
+			}
 			return nvml.Memory{Total: total, Used: used, Free: total - used}, nvml.SUCCESS
 		},
 		GetUtilizationRatesFunc: func() (nvml.Utilization, nvml.Return) {
 			l := load()
+			if r, ok := script(); ok {
+				return nvml.Utilization{Gpu: uint32(min(max(r.Util, 0), 100))}, nvml.SUCCESS
+			}
 			return nvml.Utilization{
 				Gpu:    uint32(math.Round(100 * l)),
 				Memory: uint32(math.Round(60 * l)),
@@ -114,11 +123,17 @@ func newMockDevice(index int, cfg gpus.Config, now func() time.Time) *mock.Devic
 			return uint32(math.Round(lerp(idleTempC, maxTempC, load()))), nvml.SUCCESS
 		},
 		GetPowerUsageFunc: func() (uint32, nvml.Return) {
+			if r, ok := script(); ok {
+				return uint32(min(max(r.PowerW, 0), 10*mockPowerLimitW) * 1000), nvml.SUCCESS
+			}
 			return uint32(math.Round(1000 * lerp(idlePowerW, maxPowerW, load()))), nvml.SUCCESS // milliwatts
 		},
 		GetClockInfoFunc: func(clock nvml.ClockType) (uint32, nvml.Return) {
 			switch clock {
 			case nvml.CLOCK_SM, nvml.CLOCK_GRAPHICS:
+				if r, ok := script(); ok {
+					return uint32(min(max(r.SMMHz, 0), 10*boostSMMHz)), nvml.SUCCESS
+				}
 				return uint32(math.Round(lerp(baseSMMHz, boostSMMHz, load()))), nvml.SUCCESS
 			case nvml.CLOCK_MEM:
 				return memClockMHz, nvml.SUCCESS

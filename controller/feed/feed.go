@@ -35,6 +35,18 @@ type stateKey struct {
 	node      string
 	cancel    bool
 	startedAt int64
+	// conditions are the job's health condition kinds, so that a
+	// condition set or cleared sends a state frame.
+	conditions string
+}
+
+// conditionKinds joins the kinds of the job's current conditions.
+func conditionKinds(j *gantrypb.Job) string {
+	var s string
+	for _, c := range j.Conditions {
+		s += c.Kind + ","
+	}
+	return s
 }
 
 // New returns a feed publishing to h.
@@ -68,7 +80,8 @@ func (f *Feed) Applied(c *fsm.Changes) {
 		if job == nil {
 			continue
 		}
-		key := stateKey{state: job.State, node: job.Node, cancel: job.CancelRequested, startedAt: job.StartedAtMs}
+		key := stateKey{state: job.State, node: job.Node, cancel: job.CancelRequested, startedAt: job.StartedAtMs,
+			conditions: conditionKinds(job)}
 		f.mu.Lock()
 		prev, seen := f.shown[id]
 		changed := !seen || prev != key

@@ -517,6 +517,7 @@ func finish(job *gantrypb.Job, state gantrypb.JobState, reason string, atMs int6
 	job.Error = reason
 	job.FinishedAtMs = atMs
 	job.FinalMetrics = copyMetrics(job.LatestMetrics)
+	job.Conditions = nil
 }
 
 func copyMetrics(m map[string]float64) map[string]float64 {

@@ -47,7 +47,50 @@ func Spec(s apiv1.JobSpec) *gantrypb.JobSpec {
 		KillGraceMs:    time.Duration(s.KillGrace).Milliseconds(),
 		QueueTimeoutMs: time.Duration(s.QueueTimeout).Milliseconds(),
 		CodeArchive:    s.CodeArchive,
+		Health:         healthSpec(s.Health),
 	}
+}
+
+func healthSpec(h *apiv1.HealthSpec) *gantrypb.HealthSpec {
+	if h == nil {
+		return nil
+	}
+	return &gantrypb.HealthSpec{
+		StallAfterMs:   time.Duration(h.StallAfter).Milliseconds(),
+		StartupGraceMs: time.Duration(h.StartupGrace).Milliseconds(),
+		IdleAfterMs:    time.Duration(h.IdleAfter).Milliseconds(),
+		IdleUtilPct:    h.IdleUtilPct,
+		IdlePowerW:     h.IdlePowerW,
+		OnStall:        h.OnStall,
+		OnIdle:         h.OnIdle,
+		Disabled:       h.Disabled,
+	}
+}
+
+func apiHealthSpec(h *gantrypb.HealthSpec) *apiv1.HealthSpec {
+	if h == nil {
+		return nil
+	}
+	ms := func(v int64) apiv1.Duration { return apiv1.Duration(time.Duration(v) * time.Millisecond) }
+	return &apiv1.HealthSpec{
+		StallAfter: ms(h.StallAfterMs), StartupGrace: ms(h.StartupGraceMs), IdleAfter: ms(h.IdleAfterMs),
+		IdleUtilPct: h.IdleUtilPct, IdlePowerW: h.IdlePowerW, OnStall: h.OnStall, OnIdle: h.OnIdle, Disabled: h.Disabled,
+	}
+}
+
+// Conditions converts a job's current health conditions.
+func Conditions(cs []*gantrypb.JobCondition) []apiv1.Condition {
+	if len(cs) == 0 {
+		return nil
+	}
+	out := make([]apiv1.Condition, len(cs))
+	for i, c := range cs {
+		out[i] = apiv1.Condition{Kind: c.Kind, Since: msTime(c.SinceMs), Evidence: c.Evidence}
+		for _, g := range c.Gpus {
+			out[i].GPUs = append(out[i].GPUs, int(g))
+		}
+	}
+	return out
 }
 
 // APISpec converts a stored spec back to the API form.
@@ -67,6 +110,7 @@ func APISpec(s *gantrypb.JobSpec) apiv1.JobSpec {
 		KillGrace:    apiv1.Duration(time.Duration(s.KillGraceMs) * time.Millisecond),
 		QueueTimeout: apiv1.Duration(time.Duration(s.QueueTimeoutMs) * time.Millisecond),
 		CodeArchive:  s.CodeArchive,
+		Health:       apiHealthSpec(s.Health),
 	}
 }
 
@@ -95,6 +139,7 @@ func Job(j *gantrypb.Job) apiv1.Job {
 		LogTail:           j.LogTail,
 		PID:               j.Pid,
 		LatestMetrics:     j.LatestMetrics,
+		Conditions:        Conditions(j.Conditions),
 	}
 	for i, g := range j.Gpus {
 		out.GPUs[i] = int(g)

@@ -210,7 +210,10 @@ type JobSpec struct {
 	// code_archive is the digest ("sha256:HEX") of a tar.gz of the job's
 	// code, uploaded before submit; the agent unpacks it into the job's
 	// working directory before setup.
-	CodeArchive   string `protobuf:"bytes,11,opt,name=code_archive,json=codeArchive,proto3" json:"code_archive,omitempty"`
+	CodeArchive string `protobuf:"bytes,11,opt,name=code_archive,json=codeArchive,proto3" json:"code_archive,omitempty"`
+	// health tunes the agent's progress and GPU health checks (stalled,
+	// hung, idle GPUs) and what happens when one fires.
+	Health        *HealthSpec `protobuf:"bytes,12,opt,name=health,proto3" json:"health,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -322,6 +325,200 @@ func (x *JobSpec) GetCodeArchive() string {
 	return ""
 }
 
+func (x *JobSpec) GetHealth() *HealthSpec {
+	if x != nil {
+		return x.Health
+	}
+	return nil
+}
+
+// HealthSpec tunes a job's health checks. Zero fields take the defaults
+// (docs: README "Health"); durations are milliseconds.
+type HealthSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// stall_after_ms: a job with no new step for this long is stalled.
+	// 0: max(10 x its typical step interval, 5 min).
+	StallAfterMs int64 `protobuf:"varint,1,opt,name=stall_after_ms,json=stallAfterMs,proto3" json:"stall_after_ms,omitempty"`
+	// startup_grace_ms: how long a job that never logged a step may run
+	// before it counts as stalled. 0: 30 min.
+	StartupGraceMs int64 `protobuf:"varint,2,opt,name=startup_grace_ms,json=startupGraceMs,proto3" json:"startup_grace_ms,omitempty"`
+	// idle_after_ms: how long an allocated GPU must stay idle before
+	// idle_gpus fires. 0: 10 min.
+	IdleAfterMs int64 `protobuf:"varint,3,opt,name=idle_after_ms,json=idleAfterMs,proto3" json:"idle_after_ms,omitempty"`
+	// idle_util_pct and idle_power_w: a GPU is idle while its utilization
+	// is below idle_util_pct (0: 5) and its power below idle_power_w
+	// (0: 25% of its power limit, or 100 W when the limit is unknown).
+	IdleUtilPct float64 `protobuf:"fixed64,4,opt,name=idle_util_pct,json=idleUtilPct,proto3" json:"idle_util_pct,omitempty"`
+	IdlePowerW  float64 `protobuf:"fixed64,5,opt,name=idle_power_w,json=idlePowerW,proto3" json:"idle_power_w,omitempty"`
+	// on_stall and on_idle: "notify" (or empty) only reports; "cancel"
+	// cancels the job through the normal cancel path. on_stall covers hung.
+	OnStall string `protobuf:"bytes,6,opt,name=on_stall,json=onStall,proto3" json:"on_stall,omitempty"`
+	OnIdle  string `protobuf:"bytes,7,opt,name=on_idle,json=onIdle,proto3" json:"on_idle,omitempty"`
+	// disabled turns every health check of the job off.
+	Disabled      bool `protobuf:"varint,8,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HealthSpec) Reset() {
+	*x = HealthSpec{}
+	mi := &file_gantry_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthSpec) ProtoMessage() {}
+
+func (x *HealthSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthSpec.ProtoReflect.Descriptor instead.
+func (*HealthSpec) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *HealthSpec) GetStallAfterMs() int64 {
+	if x != nil {
+		return x.StallAfterMs
+	}
+	return 0
+}
+
+func (x *HealthSpec) GetStartupGraceMs() int64 {
+	if x != nil {
+		return x.StartupGraceMs
+	}
+	return 0
+}
+
+func (x *HealthSpec) GetIdleAfterMs() int64 {
+	if x != nil {
+		return x.IdleAfterMs
+	}
+	return 0
+}
+
+func (x *HealthSpec) GetIdleUtilPct() float64 {
+	if x != nil {
+		return x.IdleUtilPct
+	}
+	return 0
+}
+
+func (x *HealthSpec) GetIdlePowerW() float64 {
+	if x != nil {
+		return x.IdlePowerW
+	}
+	return 0
+}
+
+func (x *HealthSpec) GetOnStall() string {
+	if x != nil {
+		return x.OnStall
+	}
+	return ""
+}
+
+func (x *HealthSpec) GetOnIdle() string {
+	if x != nil {
+		return x.OnIdle
+	}
+	return ""
+}
+
+func (x *HealthSpec) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+// JobCondition is a health condition that holds for a job now.
+type JobCondition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kind is "stalled", "hung" or "idle_gpus" (lifecycle.Cond*).
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// since_ms is when the agent declared it (unix ms).
+	SinceMs int64 `protobuf:"varint,2,opt,name=since_ms,json=sinceMs,proto3" json:"since_ms,omitempty"`
+	// evidence says what was seen and which signal decided.
+	Evidence string `protobuf:"bytes,3,opt,name=evidence,proto3" json:"evidence,omitempty"`
+	// gpus are the GPU indices it concerns (idle_gpus), if any.
+	Gpus          []uint32 `protobuf:"varint,4,rep,packed,name=gpus,proto3" json:"gpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobCondition) Reset() {
+	*x = JobCondition{}
+	mi := &file_gantry_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobCondition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobCondition) ProtoMessage() {}
+
+func (x *JobCondition) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobCondition.ProtoReflect.Descriptor instead.
+func (*JobCondition) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *JobCondition) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *JobCondition) GetSinceMs() int64 {
+	if x != nil {
+		return x.SinceMs
+	}
+	return 0
+}
+
+func (x *JobCondition) GetEvidence() string {
+	if x != nil {
+		return x.Evidence
+	}
+	return ""
+}
+
+func (x *JobCondition) GetGpus() []uint32 {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
 // Job is the controller's record of a job, as stored in the FSM.
 type Job struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -354,13 +551,16 @@ type Job struct {
 	DroppedMetricKeys uint64 `protobuf:"varint,23,opt,name=dropped_metric_keys,json=droppedMetricKeys,proto3" json:"dropped_metric_keys,omitempty"`
 	// rejected_records counts records the controller refused (over a limit).
 	RejectedRecords uint64 `protobuf:"varint,24,opt,name=rejected_records,json=rejectedRecords,proto3" json:"rejected_records,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// conditions are the health conditions that hold now (stalled, hung,
+	// idle_gpus), set and cleared by the agent's condition records.
+	Conditions    []*JobCondition `protobuf:"bytes,25,rep,name=conditions,proto3" json:"conditions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_gantry_proto_msgTypes[2]
+	mi := &file_gantry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -372,7 +572,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[2]
+	mi := &file_gantry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -385,7 +585,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{2}
+	return file_gantry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Job) GetId() string {
@@ -556,6 +756,13 @@ func (x *Job) GetRejectedRecords() uint64 {
 	return 0
 }
 
+func (x *Job) GetConditions() []*JobCondition {
+	if x != nil {
+		return x.Conditions
+	}
+	return nil
+}
+
 // MetricPoint is one parsed line of a job's metrics file. Its metrics come
 // in one of three forms, never mixed in one point:
 //   - On the link and in Raft entries they are flat: key_idx[i] indexes
@@ -582,7 +789,7 @@ type MetricPoint struct {
 
 func (x *MetricPoint) Reset() {
 	*x = MetricPoint{}
-	mi := &file_gantry_proto_msgTypes[3]
+	mi := &file_gantry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -594,7 +801,7 @@ func (x *MetricPoint) String() string {
 func (*MetricPoint) ProtoMessage() {}
 
 func (x *MetricPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[3]
+	mi := &file_gantry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -607,7 +814,7 @@ func (x *MetricPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricPoint.ProtoReflect.Descriptor instead.
 func (*MetricPoint) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{3}
+	return file_gantry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MetricPoint) GetSeq() uint64 {
@@ -671,13 +878,16 @@ type GPUStat struct {
 	TemperatureC     float64                `protobuf:"fixed64,7,opt,name=temperature_c,json=temperatureC,proto3" json:"temperature_c,omitempty"`
 	PowerW           float64                `protobuf:"fixed64,8,opt,name=power_w,json=powerW,proto3" json:"power_w,omitempty"`
 	SmClockMhz       uint32                 `protobuf:"varint,9,opt,name=sm_clock_mhz,json=smClockMhz,proto3" json:"sm_clock_mhz,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// power_limit_w is the enforced power limit (0: unknown); the health
+	// checks judge "low power" against it.
+	PowerLimitW   float64 `protobuf:"fixed64,10,opt,name=power_limit_w,json=powerLimitW,proto3" json:"power_limit_w,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GPUStat) Reset() {
 	*x = GPUStat{}
-	mi := &file_gantry_proto_msgTypes[4]
+	mi := &file_gantry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -689,7 +899,7 @@ func (x *GPUStat) String() string {
 func (*GPUStat) ProtoMessage() {}
 
 func (x *GPUStat) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[4]
+	mi := &file_gantry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -702,7 +912,7 @@ func (x *GPUStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUStat.ProtoReflect.Descriptor instead.
 func (*GPUStat) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{4}
+	return file_gantry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GPUStat) GetIndex() uint32 {
@@ -768,6 +978,13 @@ func (x *GPUStat) GetSmClockMhz() uint32 {
 	return 0
 }
 
+func (x *GPUStat) GetPowerLimitW() float64 {
+	if x != nil {
+		return x.PowerLimitW
+	}
+	return 0
+}
+
 // GPUSample is every GPU of a node read at one instant.
 type GPUSample struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -780,7 +997,7 @@ type GPUSample struct {
 
 func (x *GPUSample) Reset() {
 	*x = GPUSample{}
-	mi := &file_gantry_proto_msgTypes[5]
+	mi := &file_gantry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +1009,7 @@ func (x *GPUSample) String() string {
 func (*GPUSample) ProtoMessage() {}
 
 func (x *GPUSample) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[5]
+	mi := &file_gantry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +1022,7 @@ func (x *GPUSample) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUSample.ProtoReflect.Descriptor instead.
 func (*GPUSample) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{5}
+	return file_gantry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GPUSample) GetSeq() uint64 {
@@ -842,7 +1059,7 @@ type GPUInfo struct {
 
 func (x *GPUInfo) Reset() {
 	*x = GPUInfo{}
-	mi := &file_gantry_proto_msgTypes[6]
+	mi := &file_gantry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +1071,7 @@ func (x *GPUInfo) String() string {
 func (*GPUInfo) ProtoMessage() {}
 
 func (x *GPUInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[6]
+	mi := &file_gantry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +1084,7 @@ func (x *GPUInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUInfo.ProtoReflect.Descriptor instead.
 func (*GPUInfo) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{6}
+	return file_gantry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GPUInfo) GetIndex() uint32 {
@@ -913,7 +1130,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_gantry_proto_msgTypes[7]
+	mi := &file_gantry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1142,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[7]
+	mi := &file_gantry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1155,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{7}
+	return file_gantry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *JobEvent) GetSeq() uint64 {
@@ -987,7 +1204,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_gantry_proto_msgTypes[8]
+	mi := &file_gantry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1216,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[8]
+	mi := &file_gantry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1229,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{8}
+	return file_gantry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LogChunk) GetOffset() uint64 {
@@ -1039,7 +1256,7 @@ type JobStarted struct {
 
 func (x *JobStarted) Reset() {
 	*x = JobStarted{}
-	mi := &file_gantry_proto_msgTypes[9]
+	mi := &file_gantry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1268,7 @@ func (x *JobStarted) String() string {
 func (*JobStarted) ProtoMessage() {}
 
 func (x *JobStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[9]
+	mi := &file_gantry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1281,7 @@ func (x *JobStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStarted.ProtoReflect.Descriptor instead.
 func (*JobStarted) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{9}
+	return file_gantry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *JobStarted) GetPid() int64 {
@@ -1099,7 +1316,7 @@ type JobExit struct {
 
 func (x *JobExit) Reset() {
 	*x = JobExit{}
-	mi := &file_gantry_proto_msgTypes[10]
+	mi := &file_gantry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1328,7 @@ func (x *JobExit) String() string {
 func (*JobExit) ProtoMessage() {}
 
 func (x *JobExit) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[10]
+	mi := &file_gantry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1341,7 @@ func (x *JobExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobExit.ProtoReflect.Descriptor instead.
 func (*JobExit) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{10}
+	return file_gantry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *JobExit) GetExitCode() int32 {
@@ -1191,6 +1408,7 @@ type Record struct {
 	//	*Record_Started
 	//	*Record_Exit
 	//	*Record_Gpu
+	//	*Record_Condition
 	Body          isRecord_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1198,7 +1416,7 @@ type Record struct {
 
 func (x *Record) Reset() {
 	*x = Record{}
-	mi := &file_gantry_proto_msgTypes[11]
+	mi := &file_gantry_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1428,7 @@ func (x *Record) String() string {
 func (*Record) ProtoMessage() {}
 
 func (x *Record) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[11]
+	mi := &file_gantry_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1441,7 @@ func (x *Record) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Record.ProtoReflect.Descriptor instead.
 func (*Record) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{11}
+	return file_gantry_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Record) GetJobId() string {
@@ -1301,6 +1519,15 @@ func (x *Record) GetGpu() *GPUSample {
 	return nil
 }
 
+func (x *Record) GetCondition() *HealthCondition {
+	if x != nil {
+		if x, ok := x.Body.(*Record_Condition); ok {
+			return x.Condition
+		}
+	}
+	return nil
+}
+
 type isRecord_Body interface {
 	isRecord_Body()
 }
@@ -1329,6 +1556,10 @@ type Record_Gpu struct {
 	Gpu *GPUSample `protobuf:"bytes,15,opt,name=gpu,proto3,oneof"`
 }
 
+type Record_Condition struct {
+	Condition *HealthCondition `protobuf:"bytes,16,opt,name=condition,proto3,oneof"`
+}
+
 func (*Record_Point) isRecord_Body() {}
 
 func (*Record_Event) isRecord_Body() {}
@@ -1340,6 +1571,97 @@ func (*Record_Started) isRecord_Body() {}
 func (*Record_Exit) isRecord_Body() {}
 
 func (*Record_Gpu) isRecord_Body() {}
+
+func (*Record_Condition) isRecord_Body() {}
+
+// HealthCondition is the agent's verdict that a job's health condition
+// began (active) or ended. The controller sets or clears it on the job
+// (Job.conditions) and records it as a job event.
+type HealthCondition struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Ts       float64                `protobuf:"fixed64,1,opt,name=ts,proto3" json:"ts,omitempty"`
+	Kind     string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Active   bool                   `protobuf:"varint,3,opt,name=active,proto3" json:"active,omitempty"`
+	Evidence string                 `protobuf:"bytes,4,opt,name=evidence,proto3" json:"evidence,omitempty"`
+	Gpus     []uint32               `protobuf:"varint,5,rep,packed,name=gpus,proto3" json:"gpus,omitempty"`
+	// signal names what decided the verdict ("gpus_idle", "gpus_pegged_low_power",
+	// "no_step", "startup_grace", "low_util_and_power", "progress", "gpus_busy").
+	Signal        string `protobuf:"bytes,6,opt,name=signal,proto3" json:"signal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HealthCondition) Reset() {
+	*x = HealthCondition{}
+	mi := &file_gantry_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthCondition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthCondition) ProtoMessage() {}
+
+func (x *HealthCondition) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthCondition.ProtoReflect.Descriptor instead.
+func (*HealthCondition) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *HealthCondition) GetTs() float64 {
+	if x != nil {
+		return x.Ts
+	}
+	return 0
+}
+
+func (x *HealthCondition) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *HealthCondition) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+func (x *HealthCondition) GetEvidence() string {
+	if x != nil {
+		return x.Evidence
+	}
+	return ""
+}
+
+func (x *HealthCondition) GetGpus() []uint32 {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+func (x *HealthCondition) GetSignal() string {
+	if x != nil {
+		return x.Signal
+	}
+	return ""
+}
 
 type Node struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -1356,7 +1678,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_gantry_proto_msgTypes[12]
+	mi := &file_gantry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1690,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[12]
+	mi := &file_gantry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1703,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{12}
+	return file_gantry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Node) GetId() string {
@@ -1447,7 +1769,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_gantry_proto_msgTypes[13]
+	mi := &file_gantry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1781,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[13]
+	mi := &file_gantry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1794,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{13}
+	return file_gantry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Hello) GetNodeId() string {
@@ -1530,7 +1852,7 @@ type HelloReply struct {
 
 func (x *HelloReply) Reset() {
 	*x = HelloReply{}
-	mi := &file_gantry_proto_msgTypes[14]
+	mi := &file_gantry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1542,7 +1864,7 @@ func (x *HelloReply) String() string {
 func (*HelloReply) ProtoMessage() {}
 
 func (x *HelloReply) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[14]
+	mi := &file_gantry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1555,7 +1877,7 @@ func (x *HelloReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloReply.ProtoReflect.Descriptor instead.
 func (*HelloReply) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{14}
+	return file_gantry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *HelloReply) GetOk() bool {
@@ -1606,7 +1928,7 @@ type BlobRequest struct {
 
 func (x *BlobRequest) Reset() {
 	*x = BlobRequest{}
-	mi := &file_gantry_proto_msgTypes[15]
+	mi := &file_gantry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +1940,7 @@ func (x *BlobRequest) String() string {
 func (*BlobRequest) ProtoMessage() {}
 
 func (x *BlobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[15]
+	mi := &file_gantry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +1953,7 @@ func (x *BlobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobRequest.ProtoReflect.Descriptor instead.
 func (*BlobRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{15}
+	return file_gantry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *BlobRequest) GetJobId() string {
@@ -1659,7 +1981,7 @@ type BlobReply struct {
 
 func (x *BlobReply) Reset() {
 	*x = BlobReply{}
-	mi := &file_gantry_proto_msgTypes[16]
+	mi := &file_gantry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1671,7 +1993,7 @@ func (x *BlobReply) String() string {
 func (*BlobReply) ProtoMessage() {}
 
 func (x *BlobReply) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[16]
+	mi := &file_gantry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1684,7 +2006,7 @@ func (x *BlobReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobReply.ProtoReflect.Descriptor instead.
 func (*BlobReply) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{16}
+	return file_gantry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BlobReply) GetOk() bool {
@@ -1717,7 +2039,7 @@ type BlobChunk struct {
 
 func (x *BlobChunk) Reset() {
 	*x = BlobChunk{}
-	mi := &file_gantry_proto_msgTypes[17]
+	mi := &file_gantry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +2051,7 @@ func (x *BlobChunk) String() string {
 func (*BlobChunk) ProtoMessage() {}
 
 func (x *BlobChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[17]
+	mi := &file_gantry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +2064,7 @@ func (x *BlobChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobChunk.ProtoReflect.Descriptor instead.
 func (*BlobChunk) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{17}
+	return file_gantry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BlobChunk) GetData() []byte {
@@ -1763,7 +2085,7 @@ type StartJob struct {
 
 func (x *StartJob) Reset() {
 	*x = StartJob{}
-	mi := &file_gantry_proto_msgTypes[18]
+	mi := &file_gantry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1775,7 +2097,7 @@ func (x *StartJob) String() string {
 func (*StartJob) ProtoMessage() {}
 
 func (x *StartJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[18]
+	mi := &file_gantry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1788,7 +2110,7 @@ func (x *StartJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJob.ProtoReflect.Descriptor instead.
 func (*StartJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{18}
+	return file_gantry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StartJob) GetJobId() string {
@@ -1822,7 +2144,7 @@ type CancelJob struct {
 
 func (x *CancelJob) Reset() {
 	*x = CancelJob{}
-	mi := &file_gantry_proto_msgTypes[19]
+	mi := &file_gantry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1834,7 +2156,7 @@ func (x *CancelJob) String() string {
 func (*CancelJob) ProtoMessage() {}
 
 func (x *CancelJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[19]
+	mi := &file_gantry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1847,7 +2169,7 @@ func (x *CancelJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJob.ProtoReflect.Descriptor instead.
 func (*CancelJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{19}
+	return file_gantry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CancelJob) GetJobId() string {
@@ -1880,7 +2202,7 @@ type ControlMessage struct {
 
 func (x *ControlMessage) Reset() {
 	*x = ControlMessage{}
-	mi := &file_gantry_proto_msgTypes[20]
+	mi := &file_gantry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1892,7 +2214,7 @@ func (x *ControlMessage) String() string {
 func (*ControlMessage) ProtoMessage() {}
 
 func (x *ControlMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[20]
+	mi := &file_gantry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1905,7 +2227,7 @@ func (x *ControlMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlMessage.ProtoReflect.Descriptor instead.
 func (*ControlMessage) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{20}
+	return file_gantry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ControlMessage) GetMsg() isControlMessage_Msg {
@@ -1993,7 +2315,7 @@ type RecordBatch struct {
 
 func (x *RecordBatch) Reset() {
 	*x = RecordBatch{}
-	mi := &file_gantry_proto_msgTypes[21]
+	mi := &file_gantry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2005,7 +2327,7 @@ func (x *RecordBatch) String() string {
 func (*RecordBatch) ProtoMessage() {}
 
 func (x *RecordBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[21]
+	mi := &file_gantry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2018,7 +2340,7 @@ func (x *RecordBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordBatch.ProtoReflect.Descriptor instead.
 func (*RecordBatch) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{21}
+	return file_gantry_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RecordBatch) GetBatchId() uint64 {
@@ -2053,7 +2375,7 @@ type BatchAck struct {
 
 func (x *BatchAck) Reset() {
 	*x = BatchAck{}
-	mi := &file_gantry_proto_msgTypes[22]
+	mi := &file_gantry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2065,7 +2387,7 @@ func (x *BatchAck) String() string {
 func (*BatchAck) ProtoMessage() {}
 
 func (x *BatchAck) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[22]
+	mi := &file_gantry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2078,7 +2400,7 @@ func (x *BatchAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchAck.ProtoReflect.Descriptor instead.
 func (*BatchAck) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{22}
+	return file_gantry_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *BatchAck) GetBatchId() uint64 {
@@ -2106,7 +2428,7 @@ type SubmitJobCmd struct {
 
 func (x *SubmitJobCmd) Reset() {
 	*x = SubmitJobCmd{}
-	mi := &file_gantry_proto_msgTypes[23]
+	mi := &file_gantry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2118,7 +2440,7 @@ func (x *SubmitJobCmd) String() string {
 func (*SubmitJobCmd) ProtoMessage() {}
 
 func (x *SubmitJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[23]
+	mi := &file_gantry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2131,7 +2453,7 @@ func (x *SubmitJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobCmd.ProtoReflect.Descriptor instead.
 func (*SubmitJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{23}
+	return file_gantry_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SubmitJobCmd) GetJobId() string {
@@ -2167,7 +2489,7 @@ type AssignJobCmd struct {
 
 func (x *AssignJobCmd) Reset() {
 	*x = AssignJobCmd{}
-	mi := &file_gantry_proto_msgTypes[24]
+	mi := &file_gantry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2501,7 @@ func (x *AssignJobCmd) String() string {
 func (*AssignJobCmd) ProtoMessage() {}
 
 func (x *AssignJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[24]
+	mi := &file_gantry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2514,7 @@ func (x *AssignJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignJobCmd.ProtoReflect.Descriptor instead.
 func (*AssignJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{24}
+	return file_gantry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AssignJobCmd) GetJobId() string {
@@ -2233,7 +2555,7 @@ type CancelJobCmd struct {
 
 func (x *CancelJobCmd) Reset() {
 	*x = CancelJobCmd{}
-	mi := &file_gantry_proto_msgTypes[25]
+	mi := &file_gantry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2567,7 @@ func (x *CancelJobCmd) String() string {
 func (*CancelJobCmd) ProtoMessage() {}
 
 func (x *CancelJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[25]
+	mi := &file_gantry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2580,7 @@ func (x *CancelJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobCmd.ProtoReflect.Descriptor instead.
 func (*CancelJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{25}
+	return file_gantry_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CancelJobCmd) GetJobId() string {
@@ -2288,7 +2610,7 @@ type IngestCmd struct {
 
 func (x *IngestCmd) Reset() {
 	*x = IngestCmd{}
-	mi := &file_gantry_proto_msgTypes[26]
+	mi := &file_gantry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2300,7 +2622,7 @@ func (x *IngestCmd) String() string {
 func (*IngestCmd) ProtoMessage() {}
 
 func (x *IngestCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[26]
+	mi := &file_gantry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2313,7 +2635,7 @@ func (x *IngestCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestCmd.ProtoReflect.Descriptor instead.
 func (*IngestCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{26}
+	return file_gantry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *IngestCmd) GetNodeId() string {
@@ -2355,7 +2677,7 @@ type NodeUpCmd struct {
 
 func (x *NodeUpCmd) Reset() {
 	*x = NodeUpCmd{}
-	mi := &file_gantry_proto_msgTypes[27]
+	mi := &file_gantry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2367,7 +2689,7 @@ func (x *NodeUpCmd) String() string {
 func (*NodeUpCmd) ProtoMessage() {}
 
 func (x *NodeUpCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[27]
+	mi := &file_gantry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2380,7 +2702,7 @@ func (x *NodeUpCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeUpCmd.ProtoReflect.Descriptor instead.
 func (*NodeUpCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{27}
+	return file_gantry_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *NodeUpCmd) GetNode() *Node {
@@ -2414,7 +2736,7 @@ type NodeDownCmd struct {
 
 func (x *NodeDownCmd) Reset() {
 	*x = NodeDownCmd{}
-	mi := &file_gantry_proto_msgTypes[28]
+	mi := &file_gantry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2426,7 +2748,7 @@ func (x *NodeDownCmd) String() string {
 func (*NodeDownCmd) ProtoMessage() {}
 
 func (x *NodeDownCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[28]
+	mi := &file_gantry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2439,7 +2761,7 @@ func (x *NodeDownCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDownCmd.ProtoReflect.Descriptor instead.
 func (*NodeDownCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{28}
+	return file_gantry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NodeDownCmd) GetNodeId() string {
@@ -2470,7 +2792,7 @@ type EndJobCmd struct {
 
 func (x *EndJobCmd) Reset() {
 	*x = EndJobCmd{}
-	mi := &file_gantry_proto_msgTypes[29]
+	mi := &file_gantry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2482,7 +2804,7 @@ func (x *EndJobCmd) String() string {
 func (*EndJobCmd) ProtoMessage() {}
 
 func (x *EndJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[29]
+	mi := &file_gantry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2495,7 +2817,7 @@ func (x *EndJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndJobCmd.ProtoReflect.Descriptor instead.
 func (*EndJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{29}
+	return file_gantry_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *EndJobCmd) GetJobId() string {
@@ -2543,7 +2865,7 @@ type QueueTimeoutCmd struct {
 
 func (x *QueueTimeoutCmd) Reset() {
 	*x = QueueTimeoutCmd{}
-	mi := &file_gantry_proto_msgTypes[30]
+	mi := &file_gantry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2555,7 +2877,7 @@ func (x *QueueTimeoutCmd) String() string {
 func (*QueueTimeoutCmd) ProtoMessage() {}
 
 func (x *QueueTimeoutCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[30]
+	mi := &file_gantry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2568,7 +2890,7 @@ func (x *QueueTimeoutCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueTimeoutCmd.ProtoReflect.Descriptor instead.
 func (*QueueTimeoutCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{30}
+	return file_gantry_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *QueueTimeoutCmd) GetJobId() string {
@@ -2628,7 +2950,7 @@ type AgentJob struct {
 
 func (x *AgentJob) Reset() {
 	*x = AgentJob{}
-	mi := &file_gantry_proto_msgTypes[31]
+	mi := &file_gantry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2640,7 +2962,7 @@ func (x *AgentJob) String() string {
 func (*AgentJob) ProtoMessage() {}
 
 func (x *AgentJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[31]
+	mi := &file_gantry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2653,7 +2975,7 @@ func (x *AgentJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentJob.ProtoReflect.Descriptor instead.
 func (*AgentJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{31}
+	return file_gantry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AgentJob) GetJobId() string {
@@ -2754,7 +3076,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\fgantry.proto\x12\tgantry.v1\":\n" +
 	"\tResources\x12\x12\n" +
 	"\x04gpus\x18\x01 \x01(\rR\x04gpus\x12\x19\n" +
-	"\bgpu_type\x18\x02 \x01(\tR\agpuType\"\xa7\x03\n" +
+	"\bgpu_type\x18\x02 \x01(\tR\agpuType\"\xd6\x03\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03run\x18\x02 \x01(\tR\x03run\x12\x14\n" +
@@ -2767,10 +3089,27 @@ const file_gantry_proto_rawDesc = "" +
 	"\rkill_grace_ms\x18\t \x01(\x03R\vkillGraceMs\x12(\n" +
 	"\x10queue_timeout_ms\x18\n" +
 	" \x01(\x03R\x0equeueTimeoutMs\x12!\n" +
-	"\fcode_archive\x18\v \x01(\tR\vcodeArchive\x1a6\n" +
+	"\fcode_archive\x18\v \x01(\tR\vcodeArchive\x12-\n" +
+	"\x06health\x18\f \x01(\v2\x15.gantry.v1.HealthSpecR\x06health\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xce\a\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x96\x02\n" +
+	"\n" +
+	"HealthSpec\x12$\n" +
+	"\x0estall_after_ms\x18\x01 \x01(\x03R\fstallAfterMs\x12(\n" +
+	"\x10startup_grace_ms\x18\x02 \x01(\x03R\x0estartupGraceMs\x12\"\n" +
+	"\ridle_after_ms\x18\x03 \x01(\x03R\vidleAfterMs\x12\"\n" +
+	"\ridle_util_pct\x18\x04 \x01(\x01R\vidleUtilPct\x12 \n" +
+	"\fidle_power_w\x18\x05 \x01(\x01R\n" +
+	"idlePowerW\x12\x19\n" +
+	"\bon_stall\x18\x06 \x01(\tR\aonStall\x12\x17\n" +
+	"\aon_idle\x18\a \x01(\tR\x06onIdle\x12\x1a\n" +
+	"\bdisabled\x18\b \x01(\bR\bdisabled\"m\n" +
+	"\fJobCondition\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x19\n" +
+	"\bsince_ms\x18\x02 \x01(\x03R\asinceMs\x12\x1a\n" +
+	"\bevidence\x18\x03 \x01(\tR\bevidence\x12\x12\n" +
+	"\x04gpus\x18\x04 \x03(\rR\x04gpus\"\x87\b\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.gantry.v1.JobSpecR\x04spec\x12)\n" +
@@ -2796,7 +3135,10 @@ const file_gantry_proto_rawDesc = "" +
 	"\x06events\x18\x15 \x01(\x04R\x06events\x12H\n" +
 	"\x0elatest_metrics\x18\x16 \x03(\v2!.gantry.v1.Job.LatestMetricsEntryR\rlatestMetrics\x12.\n" +
 	"\x13dropped_metric_keys\x18\x17 \x01(\x04R\x11droppedMetricKeys\x12)\n" +
-	"\x10rejected_records\x18\x18 \x01(\x04R\x0frejectedRecords\x1a?\n" +
+	"\x10rejected_records\x18\x18 \x01(\x04R\x0frejectedRecords\x127\n" +
+	"\n" +
+	"conditions\x18\x19 \x03(\v2\x17.gantry.v1.JobConditionR\n" +
+	"conditions\x1a?\n" +
 	"\x11FinalMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1a@\n" +
@@ -2816,7 +3158,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\a\n" +
-	"\x05_step\"\xaa\x02\n" +
+	"\x05_step\"\xce\x02\n" +
 	"\aGPUStat\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -2827,7 +3169,9 @@ const file_gantry_proto_rawDesc = "" +
 	"\rtemperature_c\x18\a \x01(\x01R\ftemperatureC\x12\x17\n" +
 	"\apower_w\x18\b \x01(\x01R\x06powerW\x12 \n" +
 	"\fsm_clock_mhz\x18\t \x01(\rR\n" +
-	"smClockMhz\"U\n" +
+	"smClockMhz\x12\"\n" +
+	"\rpower_limit_w\x18\n" +
+	" \x01(\x01R\vpowerLimitW\"U\n" +
 	"\tGPUSample\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x0e\n" +
 	"\x02ts\x18\x02 \x01(\x01R\x02ts\x12&\n" +
@@ -2862,7 +3206,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\f\n" +
 	"\n" +
-	"_exit_code\"\xc6\x02\n" +
+	"_exit_code\"\x82\x03\n" +
 	"\x06Record\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12.\n" +
@@ -2872,8 +3216,16 @@ const file_gantry_proto_rawDesc = "" +
 	"\x03log\x18\f \x01(\v2\x13.gantry.v1.LogChunkH\x00R\x03log\x121\n" +
 	"\astarted\x18\r \x01(\v2\x15.gantry.v1.JobStartedH\x00R\astarted\x12(\n" +
 	"\x04exit\x18\x0e \x01(\v2\x12.gantry.v1.JobExitH\x00R\x04exit\x12(\n" +
-	"\x03gpu\x18\x0f \x01(\v2\x14.gantry.v1.GPUSampleH\x00R\x03gpuB\x06\n" +
-	"\x04body\"\xec\x01\n" +
+	"\x03gpu\x18\x0f \x01(\v2\x14.gantry.v1.GPUSampleH\x00R\x03gpu\x12:\n" +
+	"\tcondition\x18\x10 \x01(\v2\x1a.gantry.v1.HealthConditionH\x00R\tconditionB\x06\n" +
+	"\x04body\"\x95\x01\n" +
+	"\x0fHealthCondition\x12\x0e\n" +
+	"\x02ts\x18\x01 \x01(\x01R\x02ts\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06active\x18\x03 \x01(\bR\x06active\x12\x1a\n" +
+	"\bevidence\x18\x04 \x01(\tR\bevidence\x12\x12\n" +
+	"\x04gpus\x18\x05 \x03(\rR\x04gpus\x12\x16\n" +
+	"\x06signal\x18\x06 \x01(\tR\x06signal\"\xec\x01\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12&\n" +
@@ -3010,83 +3362,89 @@ func file_gantry_proto_rawDescGZIP() []byte {
 }
 
 var file_gantry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_gantry_proto_goTypes = []any{
 	(JobState)(0),           // 0: gantry.v1.JobState
 	(NodeState)(0),          // 1: gantry.v1.NodeState
 	(*Resources)(nil),       // 2: gantry.v1.Resources
 	(*JobSpec)(nil),         // 3: gantry.v1.JobSpec
-	(*Job)(nil),             // 4: gantry.v1.Job
-	(*MetricPoint)(nil),     // 5: gantry.v1.MetricPoint
-	(*GPUStat)(nil),         // 6: gantry.v1.GPUStat
-	(*GPUSample)(nil),       // 7: gantry.v1.GPUSample
-	(*GPUInfo)(nil),         // 8: gantry.v1.GPUInfo
-	(*JobEvent)(nil),        // 9: gantry.v1.JobEvent
-	(*LogChunk)(nil),        // 10: gantry.v1.LogChunk
-	(*JobStarted)(nil),      // 11: gantry.v1.JobStarted
-	(*JobExit)(nil),         // 12: gantry.v1.JobExit
-	(*Record)(nil),          // 13: gantry.v1.Record
-	(*Node)(nil),            // 14: gantry.v1.Node
-	(*Hello)(nil),           // 15: gantry.v1.Hello
-	(*HelloReply)(nil),      // 16: gantry.v1.HelloReply
-	(*BlobRequest)(nil),     // 17: gantry.v1.BlobRequest
-	(*BlobReply)(nil),       // 18: gantry.v1.BlobReply
-	(*BlobChunk)(nil),       // 19: gantry.v1.BlobChunk
-	(*StartJob)(nil),        // 20: gantry.v1.StartJob
-	(*CancelJob)(nil),       // 21: gantry.v1.CancelJob
-	(*ControlMessage)(nil),  // 22: gantry.v1.ControlMessage
-	(*RecordBatch)(nil),     // 23: gantry.v1.RecordBatch
-	(*BatchAck)(nil),        // 24: gantry.v1.BatchAck
-	(*SubmitJobCmd)(nil),    // 25: gantry.v1.SubmitJobCmd
-	(*AssignJobCmd)(nil),    // 26: gantry.v1.AssignJobCmd
-	(*CancelJobCmd)(nil),    // 27: gantry.v1.CancelJobCmd
-	(*IngestCmd)(nil),       // 28: gantry.v1.IngestCmd
-	(*NodeUpCmd)(nil),       // 29: gantry.v1.NodeUpCmd
-	(*NodeDownCmd)(nil),     // 30: gantry.v1.NodeDownCmd
-	(*EndJobCmd)(nil),       // 31: gantry.v1.EndJobCmd
-	(*QueueTimeoutCmd)(nil), // 32: gantry.v1.QueueTimeoutCmd
-	(*AgentJob)(nil),        // 33: gantry.v1.AgentJob
-	nil,                     // 34: gantry.v1.JobSpec.EnvEntry
-	nil,                     // 35: gantry.v1.Job.FinalMetricsEntry
-	nil,                     // 36: gantry.v1.Job.LatestMetricsEntry
-	nil,                     // 37: gantry.v1.MetricPoint.ValuesEntry
-	nil,                     // 38: gantry.v1.JobExit.FinalMetricsEntry
+	(*HealthSpec)(nil),      // 4: gantry.v1.HealthSpec
+	(*JobCondition)(nil),    // 5: gantry.v1.JobCondition
+	(*Job)(nil),             // 6: gantry.v1.Job
+	(*MetricPoint)(nil),     // 7: gantry.v1.MetricPoint
+	(*GPUStat)(nil),         // 8: gantry.v1.GPUStat
+	(*GPUSample)(nil),       // 9: gantry.v1.GPUSample
+	(*GPUInfo)(nil),         // 10: gantry.v1.GPUInfo
+	(*JobEvent)(nil),        // 11: gantry.v1.JobEvent
+	(*LogChunk)(nil),        // 12: gantry.v1.LogChunk
+	(*JobStarted)(nil),      // 13: gantry.v1.JobStarted
+	(*JobExit)(nil),         // 14: gantry.v1.JobExit
+	(*Record)(nil),          // 15: gantry.v1.Record
+	(*HealthCondition)(nil), // 16: gantry.v1.HealthCondition
+	(*Node)(nil),            // 17: gantry.v1.Node
+	(*Hello)(nil),           // 18: gantry.v1.Hello
+	(*HelloReply)(nil),      // 19: gantry.v1.HelloReply
+	(*BlobRequest)(nil),     // 20: gantry.v1.BlobRequest
+	(*BlobReply)(nil),       // 21: gantry.v1.BlobReply
+	(*BlobChunk)(nil),       // 22: gantry.v1.BlobChunk
+	(*StartJob)(nil),        // 23: gantry.v1.StartJob
+	(*CancelJob)(nil),       // 24: gantry.v1.CancelJob
+	(*ControlMessage)(nil),  // 25: gantry.v1.ControlMessage
+	(*RecordBatch)(nil),     // 26: gantry.v1.RecordBatch
+	(*BatchAck)(nil),        // 27: gantry.v1.BatchAck
+	(*SubmitJobCmd)(nil),    // 28: gantry.v1.SubmitJobCmd
+	(*AssignJobCmd)(nil),    // 29: gantry.v1.AssignJobCmd
+	(*CancelJobCmd)(nil),    // 30: gantry.v1.CancelJobCmd
+	(*IngestCmd)(nil),       // 31: gantry.v1.IngestCmd
+	(*NodeUpCmd)(nil),       // 32: gantry.v1.NodeUpCmd
+	(*NodeDownCmd)(nil),     // 33: gantry.v1.NodeDownCmd
+	(*EndJobCmd)(nil),       // 34: gantry.v1.EndJobCmd
+	(*QueueTimeoutCmd)(nil), // 35: gantry.v1.QueueTimeoutCmd
+	(*AgentJob)(nil),        // 36: gantry.v1.AgentJob
+	nil,                     // 37: gantry.v1.JobSpec.EnvEntry
+	nil,                     // 38: gantry.v1.Job.FinalMetricsEntry
+	nil,                     // 39: gantry.v1.Job.LatestMetricsEntry
+	nil,                     // 40: gantry.v1.MetricPoint.ValuesEntry
+	nil,                     // 41: gantry.v1.JobExit.FinalMetricsEntry
 }
 var file_gantry_proto_depIdxs = []int32{
-	34, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
+	37, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
 	2,  // 1: gantry.v1.JobSpec.resources:type_name -> gantry.v1.Resources
-	3,  // 2: gantry.v1.Job.spec:type_name -> gantry.v1.JobSpec
-	0,  // 3: gantry.v1.Job.state:type_name -> gantry.v1.JobState
-	35, // 4: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
-	36, // 5: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
-	37, // 6: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
-	6,  // 7: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
-	38, // 8: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
-	5,  // 9: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
-	9,  // 10: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
-	10, // 11: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
-	11, // 12: gantry.v1.Record.started:type_name -> gantry.v1.JobStarted
-	12, // 13: gantry.v1.Record.exit:type_name -> gantry.v1.JobExit
-	7,  // 14: gantry.v1.Record.gpu:type_name -> gantry.v1.GPUSample
-	8,  // 15: gantry.v1.Node.gpus:type_name -> gantry.v1.GPUInfo
-	1,  // 16: gantry.v1.Node.state:type_name -> gantry.v1.NodeState
-	8,  // 17: gantry.v1.Hello.gpus:type_name -> gantry.v1.GPUInfo
-	3,  // 18: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
-	15, // 19: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
-	16, // 20: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
-	20, // 21: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
-	21, // 22: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
-	13, // 23: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
-	3,  // 24: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
-	13, // 25: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
-	14, // 26: gantry.v1.NodeUpCmd.node:type_name -> gantry.v1.Node
-	0,  // 27: gantry.v1.EndJobCmd.state:type_name -> gantry.v1.JobState
-	3,  // 28: gantry.v1.AgentJob.spec:type_name -> gantry.v1.JobSpec
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	4,  // 2: gantry.v1.JobSpec.health:type_name -> gantry.v1.HealthSpec
+	3,  // 3: gantry.v1.Job.spec:type_name -> gantry.v1.JobSpec
+	0,  // 4: gantry.v1.Job.state:type_name -> gantry.v1.JobState
+	38, // 5: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
+	39, // 6: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
+	5,  // 7: gantry.v1.Job.conditions:type_name -> gantry.v1.JobCondition
+	40, // 8: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
+	8,  // 9: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
+	41, // 10: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
+	7,  // 11: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
+	11, // 12: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
+	12, // 13: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
+	13, // 14: gantry.v1.Record.started:type_name -> gantry.v1.JobStarted
+	14, // 15: gantry.v1.Record.exit:type_name -> gantry.v1.JobExit
+	9,  // 16: gantry.v1.Record.gpu:type_name -> gantry.v1.GPUSample
+	16, // 17: gantry.v1.Record.condition:type_name -> gantry.v1.HealthCondition
+	10, // 18: gantry.v1.Node.gpus:type_name -> gantry.v1.GPUInfo
+	1,  // 19: gantry.v1.Node.state:type_name -> gantry.v1.NodeState
+	10, // 20: gantry.v1.Hello.gpus:type_name -> gantry.v1.GPUInfo
+	3,  // 21: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
+	18, // 22: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
+	19, // 23: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
+	23, // 24: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
+	24, // 25: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
+	15, // 26: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
+	3,  // 27: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
+	15, // 28: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
+	17, // 29: gantry.v1.NodeUpCmd.node:type_name -> gantry.v1.Node
+	0,  // 30: gantry.v1.EndJobCmd.state:type_name -> gantry.v1.JobState
+	3,  // 31: gantry.v1.AgentJob.spec:type_name -> gantry.v1.JobSpec
+	32, // [32:32] is the sub-list for method output_type
+	32, // [32:32] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_gantry_proto_init() }
@@ -3094,18 +3452,19 @@ func file_gantry_proto_init() {
 	if File_gantry_proto != nil {
 		return
 	}
-	file_gantry_proto_msgTypes[2].OneofWrappers = []any{}
-	file_gantry_proto_msgTypes[3].OneofWrappers = []any{}
-	file_gantry_proto_msgTypes[10].OneofWrappers = []any{}
-	file_gantry_proto_msgTypes[11].OneofWrappers = []any{
+	file_gantry_proto_msgTypes[4].OneofWrappers = []any{}
+	file_gantry_proto_msgTypes[5].OneofWrappers = []any{}
+	file_gantry_proto_msgTypes[12].OneofWrappers = []any{}
+	file_gantry_proto_msgTypes[13].OneofWrappers = []any{
 		(*Record_Point)(nil),
 		(*Record_Event)(nil),
 		(*Record_Log)(nil),
 		(*Record_Started)(nil),
 		(*Record_Exit)(nil),
 		(*Record_Gpu)(nil),
+		(*Record_Condition)(nil),
 	}
-	file_gantry_proto_msgTypes[20].OneofWrappers = []any{
+	file_gantry_proto_msgTypes[23].OneofWrappers = []any{
 		(*ControlMessage_Hello)(nil),
 		(*ControlMessage_HelloReply)(nil),
 		(*ControlMessage_Start)(nil),
@@ -3117,7 +3476,7 @@ func file_gantry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_proto_rawDesc), len(file_gantry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   37,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,120 @@
+package agent
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/gantry-ml/gantry/agent/health"
+	"github.com/gantry-ml/gantry/agent/metricsfile"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
+)
+
+// healthEvalEvery is how often a job's health is judged. A variable so a
+// test can make it shorter; detection latency is at most this plus one
+// GPU sampling interval past the condition's window.
+var healthEvalEvery = time.Second
+
+// jobHealth is a job's health monitor, fed by its metrics tail and by the
+// agent's GPU sampler, judged by its own loop.
+type jobHealth struct {
+	mu sync.Mutex
+	m  *health.Monitor
+}
+
+// startHealth builds the job's monitor and runs its loop until ctx ends
+// (the job's process exited or the agent stops). resumed says the job was
+// re-adopted: its monitor knows nothing of what was reported before.
+func (j *job) startHealth(ctx context.Context, resumed bool) (wait func()) {
+	j.stMu.Lock()
+	spec, gpus := j.state.GetSpec(), j.state.GetGpus()
+	j.stMu.Unlock()
+	cfg := health.ConfigFrom(spec.GetHealth())
+	if cfg.Disabled {
+		return func() {}
+	}
+	h := &jobHealth{m: health.New(cfg, gpus, time.Now(), resumed)}
+	j.healthMu.Lock()
+	j.health = h
+	j.healthMu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(healthEvalEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-tick.C:
+				h.mu.Lock()
+				verdicts := h.m.Eval(now)
+				h.mu.Unlock()
+				for _, v := range verdicts {
+					j.reportCondition(v)
+				}
+			}
+		}
+	}()
+	return func() {
+		<-done
+		j.healthMu.Lock()
+		j.health = nil
+		j.healthMu.Unlock()
+	}
+}
+
+// healthLines tells the monitor of metric lines just spooled.
+func (j *job) healthLines(b metricsfile.Batch) {
+	j.healthMu.Lock()
+	h := j.health
+	j.healthMu.Unlock()
+	if h == nil || len(b.Lines) == 0 {
+		return
+	}
+	now := time.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := range b.Lines {
+		h.m.Line(b.Lines[i].Step, now)
+	}
+}
+
+// healthSample hands a GPU sample to every running job's monitor.
+func (a *Agent) healthSample(s *gantrypb.GPUSample) {
+	now := time.Now()
+	a.mu.Lock()
+	var hs []*jobHealth
+	for _, j := range a.jobs {
+		j.healthMu.Lock()
+		if j.health != nil {
+			hs = append(hs, j.health)
+		}
+		j.healthMu.Unlock()
+	}
+	a.mu.Unlock()
+	for _, h := range hs {
+		h.mu.Lock()
+		h.m.Sample(s, now)
+		h.mu.Unlock()
+	}
+}
+
+// reportCondition spools a condition record: it travels in the job's
+// stream like any other record (exactly once, in order with its points).
+func (j *job) reportCondition(v health.Verdict) {
+	gpus := v.GPUs
+	if len(gpus) > limits.MaxConditionGPUs {
+		gpus = gpus[:limits.MaxConditionGPUs]
+	}
+	state := "cleared"
+	if v.Active {
+		state = "began"
+	}
+	j.a.log.Info("job health condition "+state, "job", j.id, "condition", v.Kind, "signal", v.Signal, "evidence", v.Evidence)
+	j.append(&gantrypb.Record{JobId: j.id, Body: &gantrypb.Record_Condition{Condition: &gantrypb.HealthCondition{
+		Ts: float64(v.At.UnixNano()) / 1e9, Kind: v.Kind, Active: v.Active,
+		Evidence: clip(v.Evidence, limits.MaxEventMessageBytes), Gpus: gpus,
+		Signal: clip(v.Signal, limits.MaxEventKindBytes)}}})
+}

@@ -1,0 +1,110 @@
+package fsm_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/gantry-ml/gantry/controller/fsm"
+	"github.com/gantry-ml/gantry/lifecycle"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+)
+
+func condRec(job string, seq uint64, kind string, active bool, gpus ...uint32) *gantrypb.Record {
+	return &gantrypb.Record{JobId: job, Seq: seq, Body: &gantrypb.Record_Condition{Condition: &gantrypb.HealthCondition{
+		Ts: 100, Kind: kind, Active: active, Evidence: "seen: " + kind, Signal: "gpus_idle", Gpus: gpus}}}
+}
+
+func kinds(j *gantrypb.Job) string {
+	var ks []string
+	for _, c := range j.Conditions {
+		ks = append(ks, c.Kind)
+	}
+	return strings.Join(ks, ",")
+}
+
+func eventKinds(evs []*gantrypb.JobEvent) string {
+	var ks []string
+	for _, e := range evs {
+		ks = append(ks, e.Kind)
+	}
+	return strings.Join(ks, ",")
+}
+
+func TestConditionSetClearedAndDeduplicated(t *testing.T) {
+	h := newHarness(t)
+	h.running("j")
+	h.mustOK(ingest("n1", condRec("j", 2, lifecycle.CondStalled, true, 0)))
+	j := h.job("j")
+	if kinds(j) != "stalled" || j.Conditions[0].SinceMs != 100_000 || j.Conditions[0].Evidence != "seen: stalled" {
+		t.Fatalf("conditions = %v", j.Conditions)
+	}
+	// Said again (a restarted agent): no change, no event.
+	h.mustOK(ingest("n1", condRec("j", 3, lifecycle.CondStalled, true, 0), condRec("j", 4, lifecycle.CondIdleGPUs, false)))
+	// hung replaces stalled; idle_gpus sits beside it.
+	h.mustOK(ingest("n1", condRec("j", 5, lifecycle.CondHung, true), condRec("j", 6, lifecycle.CondIdleGPUs, true, 0)))
+	if got := kinds(h.job("j")); got != "hung,idle_gpus" {
+		t.Fatalf("conditions %q, want hung,idle_gpus", got)
+	}
+	h.mustOK(ingest("n1", condRec("j", 7, lifecycle.CondHung, false)))
+	if got := kinds(h.job("j")); got != "idle_gpus" {
+		t.Fatalf("conditions %q after clearing hung", got)
+	}
+	if got := eventKinds(h.events("j")); got != "stalled,hung,idle_gpus,hung_cleared" {
+		t.Errorf("events %q", got)
+	}
+	if j := h.job("j"); j.CancelRequested {
+		t.Error("notify policy cancelled the job")
+	}
+	// The end of the job ends its conditions.
+	h.mustOK(ingest("n1", exitRec("j", 8, &gantrypb.JobExit{ExitCode: code(0), Ts: 9})))
+	if j := h.job("j"); len(j.Conditions) != 0 {
+		t.Errorf("terminal job keeps conditions %v", j.Conditions)
+	}
+	// And a condition after the end changes nothing.
+	h.mustOK(ingest("n1", condRec("j", 9, lifecycle.CondStalled, true)))
+	if j := h.job("j"); len(j.Conditions) != 0 {
+		t.Errorf("terminal job took a condition: %v", j.Conditions)
+	}
+}
+
+func TestConditionPolicyCancel(t *testing.T) {
+	h := newHarness(t)
+	sub := submit("j")
+	sub.Spec.Health = &gantrypb.HealthSpec{OnStall: lifecycle.PolicyCancel}
+	h.mustOK(sub)
+	h.mustOK(assign("j", "n1", 0))
+	h.mustOK(ingest("n1", started("j", 1), condRec("j", 2, lifecycle.CondIdleGPUs, true, 0)))
+	if h.job("j").CancelRequested {
+		t.Fatal("on_idle defaults to notify, but idle_gpus cancelled the job")
+	}
+	h.mustOK(ingest("n1", point("j", 3, map[string]float64{"loss": 0.5}), condRec("j", 4, lifecycle.CondHung, true, 0)))
+	j := h.job("j")
+	if !j.CancelRequested {
+		t.Fatal("on_stall cancel did not request a cancel for hung")
+	}
+	evs := h.events("j")
+	if last := evs[len(evs)-1]; !strings.Contains(last.Message, "policy cancel") {
+		t.Errorf("event does not say the policy cancels: %q", last.Message)
+	}
+	// The normal cancel path: the agent stops it, the exit keeps the final
+	// metrics (I2) and the job ends cancelled.
+	h.mustOK(ingest("n1", exitRec("j", 5, &gantrypb.JobExit{Signal: "SIGTERM", Ts: 9})))
+	j = h.job("j")
+	if j.State != gantrypb.JobState_JOB_STATE_CANCELLED || j.FinalMetrics["loss"] != 0.5 {
+		t.Errorf("state %s final %v, want cancelled with loss 0.5", j.State, j.FinalMetrics)
+	}
+}
+
+func TestConditionRecordsScreened(t *testing.T) {
+	h := newHarness(t)
+	h.running("j")
+	bad := condRec("j", 2, "on_fire", true)
+	big := condRec("j", 3, lifecycle.CondIdleGPUs, true, 64)
+	res := h.apply(ingest("n1", bad, big))
+	if r, ok := res.(fsm.IngestResult); !ok || r.Rejected != 2 {
+		t.Errorf("result %#v, want 2 rejected", res)
+	}
+	if j := h.job("j"); len(j.Conditions) != 0 {
+		t.Errorf("hostile condition records applied: %v", j.Conditions)
+	}
+}

@@ -1,0 +1,290 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gantry-ml/gantry/controller/apiv1"
+)
+
+// healthTrainer logs a step every 100 ms until the file named by its
+// argument exists, then goes quiet without exiting (a stalled or hung
+// run). It writes the time it stopped into that file's ".at" sibling.
+const healthTrainer = `import json, os, sys, time
+path = os.environ["GANTRY_METRICS_FILE"]
+stop = sys.argv[1]
+step = 0
+stopped = False
+with open(path, "a") as f:
+    while True:
+        if os.path.exists(stop):
+            if not stopped:
+                stopped = True
+                with open(stop + ".at", "w") as at:
+                    at.write(repr(time.time()))
+        else:
+            stopped = False
+            step += 1
+            f.write(json.dumps({"step": step, "loss": 1.0 / step}) + "\n")
+            f.flush()
+        time.sleep(0.1)
+`
+
+// gpuScript writes the dev agent's mock GPU script (gpu.ScriptEnv):
+// readings for the listed GPUs, replaced atomically.
+func gpuScript(t *testing.T, path string, gpus []int, util, powerW, smMHz float64) {
+	t.Helper()
+	doc := map[string]map[string]map[string]float64{"gpus": {}}
+	for _, g := range gpus {
+		doc["gpus"][fmt.Sprint(g)] = map[string]float64{"util": util, "power_w": powerW, "sm_mhz": smMHz, "mem_used_mib": 30000}
+	}
+	data, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// conditionOf returns the job's current condition of kind, if held.
+func conditionOf(j apiv1.Job, kind string) (apiv1.Condition, bool) {
+	for _, c := range j.Conditions {
+		if c.Kind == kind {
+			return c, true
+		}
+	}
+	return apiv1.Condition{}, false
+}
+
+// TestHealthConditions runs the trainer under a dev controller whose mock
+// GPUs the test scripts, and checks each condition end to end: detected
+// by the agent, carried as a record, applied on the job, shown by the API
+// with its evidence and as an event, and the cancel policy. It logs each
+// detection time (the condition's since minus the onset the test caused).
+func TestHealthConditions(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "gpus.json")
+	gpuScript(t, script, nil, 0, 0, 0)
+	t.Setenv("GANTRY_TEST_GPU_SCRIPT", script)
+	trainer := filepath.Join(dir, "train.py")
+	if err := os.WriteFile(trainer, []byte(healthTrainer), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startDev(t, "", 2)
+	ctx := context.Background()
+
+	// run submits the trainer and waits until it has logged steps.
+	run := func(t *testing.T, name string, h *apiv1.HealthSpec) (string, apiv1.Job, string) {
+		t.Helper()
+		stop := filepath.Join(dir, name+".stop")
+		id, err := d.api.Submit(ctx, apiv1.JobSpec{Name: name, Run: "exec python3 " + trainer + " " + stop,
+			Resources: apiv1.Resources{GPUs: 1}, Health: h, KillGrace: apiv1.Duration(2 * time.Second)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var j apiv1.Job
+		waitFor(t, 30*time.Second, name+" logging steps", func() bool {
+			j, err = d.api.Job(ctx, id)
+			return err == nil && j.State == apiv1.StateRunning && j.Points >= 10
+		})
+		return id, j, stop
+	}
+	// stopLogging makes the trainer go quiet; it returns when it has.
+	stopLogging := func(t *testing.T, stop string) time.Time {
+		t.Helper()
+		if err := os.WriteFile(stop, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var at time.Time
+		waitFor(t, 10*time.Second, "the trainer to stop logging", func() bool {
+			b, err := os.ReadFile(stop + ".at")
+			var sec float64
+			if err != nil || len(b) == 0 {
+				return false
+			}
+			if _, err := fmt.Sscan(string(b), &sec); err != nil {
+				return false
+			}
+			at = time.Unix(0, int64(sec*1e9))
+			return true
+		})
+		return at
+	}
+	waitCondition := func(t *testing.T, id, kind string, timeout time.Duration) apiv1.Condition {
+		t.Helper()
+		var c apiv1.Condition
+		waitFor(t, timeout, "job "+id+" to be "+kind, func() bool {
+			j, err := d.api.Job(ctx, id)
+			if err != nil {
+				return false
+			}
+			var ok bool
+			c, ok = conditionOf(j, kind)
+			return ok
+		})
+		return c
+	}
+	hasEvent := func(t *testing.T, id, kind string) (apiv1.Event, bool) {
+		evs, err := d.api.Events(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evs {
+			if e.Kind == kind {
+				return e, true
+			}
+		}
+		return apiv1.Event{}, false
+	}
+	finish := func(t *testing.T, id string) apiv1.Job {
+		t.Helper()
+		if err := d.api.Cancel(ctx, id); err != nil && !strings.Contains(err.Error(), "ended") {
+			t.Fatal(err)
+		}
+		j := waitTerminal(t, d.api, id, 30*time.Second)
+		gpuScript(t, script, nil, 0, 0, 0)
+		return j
+	}
+
+	t.Run("stalled with idle GPUs", func(t *testing.T) {
+		id, j, stop := run(t, "stall", &apiv1.HealthSpec{StallAfter: apiv1.Duration(3 * time.Second)})
+		gpuScript(t, script, j.GPUs, 0, 55, 210)
+		onset := stopLogging(t, stop)
+		c := waitCondition(t, id, "stalled", 30*time.Second)
+		t.Logf("MEASURE stalled (stall_after 3s, GPUs idle): detected %s after the last step", c.Since.Sub(onset).Round(time.Millisecond))
+		if !strings.Contains(c.Evidence, "GPUs idle") || len(c.GPUs) != 1 {
+			t.Errorf("stalled evidence %q GPUs %v", c.Evidence, c.GPUs)
+		}
+		if e, ok := hasEvent(t, id, "stalled"); !ok || !strings.Contains(e.Message, "signal: gpus_idle") {
+			t.Errorf("no stalled event saying gpus_idle decided: %+v", e)
+		}
+		// Progress clears it.
+		if err := os.Remove(stop); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 20*time.Second, "stalled cleared", func() bool {
+			j, err := d.api.Job(ctx, id)
+			_, held := conditionOf(j, "stalled")
+			return err == nil && !held
+		})
+		if _, ok := hasEvent(t, id, "stalled_cleared"); !ok {
+			t.Error("no stalled_cleared event")
+		}
+		finish(t, id)
+	})
+
+	t.Run("hung with pegged GPUs at low power, cancelled by policy", func(t *testing.T) {
+		id, j, stop := run(t, "hang", &apiv1.HealthSpec{StallAfter: apiv1.Duration(5 * time.Second), OnStall: "cancel"})
+		gpuScript(t, script, j.GPUs, 100, 80, 1410)
+		onset := stopLogging(t, stop)
+		end := waitTerminal(t, d.api, id, 40*time.Second)
+		e, ok := hasEvent(t, id, "hung")
+		if !ok {
+			t.Fatalf("no hung event; job ended %s: %s", end.State, end.Error)
+		}
+		if !strings.Contains(e.Message, "signal: gpus_pegged_low_power") || !strings.Contains(e.Message, "policy cancel") {
+			t.Errorf("hung event %q", e.Message)
+		}
+		at := time.Unix(0, int64(e.TS*1e9))
+		t.Logf("MEASURE hung (stall_after 5s, util 100%% at 80 W): detected %s after the last step; cancelled %s after",
+			at.Sub(onset).Round(time.Millisecond), end.FinishedAt.Sub(onset).Round(time.Millisecond))
+		if end.State != apiv1.StateCancelled {
+			t.Errorf("state %s (%s), want cancelled", end.State, end.Error)
+		}
+		if end.FinalMetrics["step"] < 10 || end.FinalMetrics["loss"] == 0 {
+			t.Errorf("cancelled job's final metrics %v lack its last step (I2)", end.FinalMetrics)
+		}
+		if len(end.Conditions) != 0 {
+			t.Errorf("ended job keeps conditions %v", end.Conditions)
+		}
+		gpuScript(t, script, nil, 0, 0, 0)
+	})
+
+	t.Run("idle GPUs while logging", func(t *testing.T) {
+		id, j, _ := run(t, "idle", &apiv1.HealthSpec{IdleAfter: apiv1.Duration(3 * time.Second)})
+		onset := time.Now()
+		gpuScript(t, script, j.GPUs, 0, 50, 210)
+		c := waitCondition(t, id, "idle_gpus", 30*time.Second)
+		t.Logf("MEASURE idle_gpus (idle_after 3s): detected %s after the GPUs went idle", c.Since.Sub(onset).Round(time.Millisecond))
+		if len(c.GPUs) != 1 || c.GPUs[0] != j.GPUs[0] || !strings.Contains(c.Evidence, fmt.Sprintf("GPU %d idle", j.GPUs[0])) {
+			t.Errorf("idle_gpus GPUs %v evidence %q, want GPU %d", c.GPUs, c.Evidence, j.GPUs[0])
+		}
+		finish(t, id)
+	})
+
+	t.Run("startup grace and declared stall_after hold back", func(t *testing.T) {
+		// A job that loads for 4 s before its first step, with a 6 s
+		// grace; then pauses 3 s (an eval) under stall_after 5 s.
+		stop := filepath.Join(dir, "fp.stop")
+		if err := os.WriteFile(stop, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		id, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "fp", Run: "exec python3 " + trainer + " " + stop,
+			Resources: apiv1.Resources{GPUs: 1}, KillGrace: apiv1.Duration(2 * time.Second),
+			Health: &apiv1.HealthSpec{StartupGrace: apiv1.Duration(6 * time.Second), StallAfter: apiv1.Duration(5 * time.Second)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitState(t, d.api, id, apiv1.StateRunning, 30*time.Second)
+		time.Sleep(4 * time.Second) // the "load": the behaviour under test is that nothing fires
+		_ = os.Remove(stop)
+		_ = os.Remove(stop + ".at")
+		waitFor(t, 10*time.Second, "steps", func() bool { j, err := d.api.Job(ctx, id); return err == nil && j.Points > 5 })
+		stopLogging(t, stop)
+		time.Sleep(3 * time.Second) // the "eval"
+		_ = os.Remove(stop)
+		time.Sleep(2 * time.Second)
+		evs, err := d.api.Events(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evs {
+			if e.Kind == "stalled" || e.Kind == "hung" || e.Kind == "idle_gpus" {
+				t.Errorf("false positive: %s %s", e.Kind, e.Message)
+			}
+		}
+		finish(t, id)
+	})
+
+	t.Run("demo trainer is healthy", func(t *testing.T) {
+		id, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "demo", Run: "exec python3 " + demoTrainer(t) + " --steps 150 --sleep 0.02",
+			Resources: apiv1.Resources{GPUs: 2}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		j := waitTerminal(t, d.api, id, 60*time.Second)
+		if j.State != apiv1.StateSucceeded {
+			t.Fatalf("demo %s: %s", j.State, j.Error)
+		}
+		evs, err := d.api.Events(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evs {
+			if strings.HasPrefix(e.Kind, "stalled") || strings.HasPrefix(e.Kind, "hung") || strings.HasPrefix(e.Kind, "idle_gpus") {
+				t.Errorf("condition on the demo trainer: %s %s", e.Kind, e.Message)
+			}
+		}
+	})
+}
+
+// demoTrainer is the absolute path of scripts/demo/train.py.
+func demoTrainer(t *testing.T) string {
+	t.Helper()
+	p, err := filepath.Abs("../scripts/demo/train.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
