@@ -402,3 +402,36 @@ func (a *app) clusterCmd() *cobra.Command {
 		func(c apiv1.Cluster) any { return c }))
 	return cmd
 }
+
+func (a *app) eventsCmd() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:               "events ID|NAME",
+		Short:             "List a job's events (health conditions, bad lines, kills, ...)",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeJobs(false),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			c := a.client()
+			job, err := a.resolve(cmd.Context(), c, args[0], false)
+			if err != nil {
+				return err
+			}
+			events, err := c.Events(cmd.Context(), job.ID)
+			if errors.Is(err, client.ErrNotFound) {
+				return errNoJob(job.ID)
+			}
+			if err != nil {
+				return err
+			}
+			if output != outTable {
+				return writeData(a.env.Stdout, output, apiv1.EventList{Events: safe(events)})
+			}
+			return WriteEvents(a.env.Stdout, events, a.env.Now())
+		},
+	}
+	addOutputFlag(cmd, &output, "the API's event list")
+	return cmd
+}

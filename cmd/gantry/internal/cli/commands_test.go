@@ -65,6 +65,7 @@ func TestEveryCommand(t *testing.T) {
 		"watch":          {args: []string{"watch", "early"}, code: 1, takesJob: true, usage: []string{"watch"}},
 		"ps":             {args: []string{"ps"}, data: true, dataHas: `"id": "0p000002"`, usage: []string{"ps", "extra"}},
 		"status":         {args: []string{"status", "train"}, data: true, dataHas: `"id": "0p000001"`, takesJob: true, usage: []string{"status"}},
+		"events":         {args: []string{"events", "train"}, data: true, dataHas: `"events": [`, takesJob: true, usage: []string{"events"}},
 		"logs":           {args: []string{"logs", "train"}, data: true, dataHas: `"data": "epoch 1\n"`, takesJob: true, usage: []string{"logs", "a", "b"}},
 		"cancel":         {args: []string{"cancel", "train"}, takesJob: true, usage: []string{"cancel"}},
 		"nodes":          {args: []string{"nodes"}, data: true, dataHas: `"free_gpus": 6`, usage: []string{"nodes", "x"}},
@@ -174,10 +175,10 @@ func TestPsFiltersAndColumns(t *testing.T) {
 	env := map[string]string{EnvAddr: fc.srv.URL}
 	r := runCLI(t, t.Context(), env, "ps")
 	want := "" +
-		"ID        NAME   STATE      NODE   GPUS  STEP/POINTS  AGE  REASON\n" +
-		"0p000003  early  cancelled  -      -     -/0          1m\n" +
-		"0p000002  big    queued     -      -     -/0          1m   waiting for 8 free GPUs; most free now: 4 on gpu-a\n" +
-		"0p000001  train  running    gpu-a  0     120/40       1m\n"
+		"ID        NAME   STATE      HEALTH  NODE   GPUS  STEP/POINTS  AGE  REASON\n" +
+		"0p000003  early  cancelled  -       -      -     -/0          1m\n" +
+		"0p000002  big    queued     -       -      -     -/0          1m   waiting for 8 free GPUs; most free now: 4 on gpu-a\n" +
+		"0p000001  train  running    ok      gpu-a  0     120/40       1m\n"
 	if r.code != 0 || r.stdout != want {
 		t.Errorf("ps: code %d\n%s\nwant\n%s", r.code, r.stdout, want)
 	}

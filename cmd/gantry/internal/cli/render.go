@@ -349,6 +349,25 @@ func jobStep(j apiv1.Job) string {
 	return "-"
 }
 
+// jobHealth is the HEALTH column: the job's conditions ("stalled",
+// "idle_gpus(1,3)"), "ok" for a running job with none, "-" otherwise.
+func jobHealth(j apiv1.Job) string {
+	if len(j.Conditions) == 0 {
+		if j.State == apiv1.StateRunning {
+			return "ok"
+		}
+		return "-"
+	}
+	parts := make([]string, len(j.Conditions))
+	for i, c := range j.Conditions {
+		parts[i] = c.Kind
+		if len(c.GPUs) > 0 && c.Kind == lifecycle.CondIdleGPUs {
+			parts[i] += "(" + joinInts(c.GPUs) + ")"
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
 // WriteJobsTable writes the `gantry ps` table, jobs in the order given.
 // A REASON column, last since reasons are long, says why queued jobs are
 // waiting; it is left out when no job has one, which is the common case.
@@ -359,7 +378,7 @@ func WriteJobsTable(w io.Writer, jobs []apiv1.Job, now time.Time) error {
 	// column can be trimmed.
 	var buf strings.Builder
 	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
-	head := "ID\tNAME\tSTATE\tNODE\tGPUS\tSTEP/POINTS\tAGE"
+	head := "ID\tNAME\tSTATE\tHEALTH\tNODE\tGPUS\tSTEP/POINTS\tAGE"
 	if reasons {
 		head += "\tREASON"
 	}
@@ -369,8 +388,8 @@ func WriteJobsTable(w io.Writer, jobs []apiv1.Job, now time.Time) error {
 		if j.CreatedAt != nil {
 			age = FormatAge(now.Sub(*j.CreatedAt))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s/%d\t%s",
-			j.ID, orDash(j.Name), j.State, orDash(j.Node), joinInts(j.GPUs), jobStep(j), j.Points, age)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s/%d\t%s",
+			j.ID, orDash(j.Name), j.State, jobHealth(j), orDash(j.Node), joinInts(j.GPUs), jobStep(j), j.Points, age)
 		if reasons {
 			// Tabs would break the columns; a reason is one line.
 			fmt.Fprintf(tw, "\t%s", strings.Join(strings.Fields(j.Reason), " "))
@@ -476,6 +495,12 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 	if j.Error != "" {
 		row("Error", j.Error)
 	}
+	if j.State == apiv1.StateRunning || len(j.Conditions) > 0 {
+		row("Health", jobHealth(j))
+	}
+	for _, c := range j.Conditions {
+		row("  "+c.Kind, fmt.Sprintf("since %s: %s", formatTime(c.Since, now), oneLine(c.Evidence)))
+	}
 	_ = tw.Flush() // write errors stick in sw
 	if len(j.FinalMetrics) == 0 && len(j.LatestMetrics) > 0 {
 		// Not over yet: what it has reported so far.
@@ -486,11 +511,26 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 		_ = WriteFinalMetrics(indent(w), j.FinalMetrics)
 	}
 	fmt.Fprintln(w, "\nEvents:")
+	writeEvents(indent(w), events)
+	return sw.err
+}
+
+// oneLine makes s one line (tabs and newlines would break the table).
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// WriteEvents writes the `gantry events` table.
+func WriteEvents(w io.Writer, events []apiv1.Event, _ time.Time) error {
+	sw := &stickyWriter{w: w}
+	writeEvents(sw, safe(events))
+	return sw.err
+}
+
+func writeEvents(w io.Writer, events []apiv1.Event) {
 	if len(events) == 0 {
-		fmt.Fprintln(w, "  (none)")
-		return sw.err
+		fmt.Fprintln(w, "(none)")
+		return
 	}
-	tw = tabwriter.NewWriter(indent(w), 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tKIND\tCOUNT\tMESSAGE")
 	for _, e := range events {
 		ts := time.Unix(0, int64(e.TS*float64(time.Second))).UTC().Format(time.RFC3339)
@@ -501,7 +541,6 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ts, e.Kind, count, e.Message)
 	}
 	_ = tw.Flush()
-	return sw.err
 }
 
 func prefixed(prefix, s string) string {
