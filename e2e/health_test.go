@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -81,7 +84,8 @@ func TestHealthConditions(t *testing.T) {
 	if err := os.WriteFile(trainer, []byte(healthTrainer), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := startDev(t, "", 2)
+	hooks := newHookReceiver(t)
+	d := startDevArgs(t, "", 2, "-job-user", "root", "-alert-webhook", hooks.url)
 	ctx := context.Background()
 
 	// run submits the trainer and waits until it has logged steps.
@@ -169,6 +173,8 @@ func TestHealthConditions(t *testing.T) {
 		if e, ok := hasEvent(t, id, "stalled"); !ok || !strings.Contains(e.Message, "signal: gpus_idle") {
 			t.Errorf("no stalled event saying gpus_idle decided: %+v", e)
 		}
+		a := hooks.wait(t, id, "stalled")
+		t.Logf("MEASURE stalled webhook delivered %s after the condition", a.got.Sub(*c.Since).Round(time.Millisecond))
 		// Progress clears it.
 		if err := os.Remove(stop); err != nil {
 			t.Fatal(err)
@@ -181,7 +187,9 @@ func TestHealthConditions(t *testing.T) {
 		if _, ok := hasEvent(t, id, "stalled_cleared"); !ok {
 			t.Error("no stalled_cleared event")
 		}
+		hooks.wait(t, id, "stalled_cleared")
 		finish(t, id)
+		hooks.wait(t, id, "job_cancelled")
 	})
 
 	t.Run("hung with pegged GPUs at low power, cancelled by policy", func(t *testing.T) {
@@ -208,6 +216,10 @@ func TestHealthConditions(t *testing.T) {
 		if len(end.Conditions) != 0 {
 			t.Errorf("ended job keeps conditions %v", end.Conditions)
 		}
+		if a := hooks.wait(t, id, "hung"); !strings.Contains(a.Text, "is hung") || !strings.Contains(a.Text, "cancelling it (policy)") {
+			t.Errorf("hung alert text %q", a.Text)
+		}
+		hooks.wait(t, id, "job_cancelled")
 		gpuScript(t, script, nil, 0, 0, 0)
 	})
 
@@ -219,6 +231,9 @@ func TestHealthConditions(t *testing.T) {
 		t.Logf("MEASURE idle_gpus (idle_after 3s): detected %s after the GPUs went idle", c.Since.Sub(onset).Round(time.Millisecond))
 		if len(c.GPUs) != 1 || c.GPUs[0] != j.GPUs[0] || !strings.Contains(c.Evidence, fmt.Sprintf("GPU %d idle", j.GPUs[0])) {
 			t.Errorf("idle_gpus GPUs %v evidence %q, want GPU %d", c.GPUs, c.Evidence, j.GPUs[0])
+		}
+		if a := hooks.wait(t, id, "idle_gpus"); len(a.GPUs) != 1 || a.GPUs[0] != uint32(j.GPUs[0]) {
+			t.Errorf("idle_gpus alert GPUs %v", a.GPUs)
 		}
 		finish(t, id)
 	})
@@ -267,6 +282,7 @@ func TestHealthConditions(t *testing.T) {
 		if j.State != apiv1.StateSucceeded {
 			t.Fatalf("demo %s: %s", j.State, j.Error)
 		}
+		hooks.wait(t, id, "job_succeeded")
 		evs, err := d.api.Events(ctx, id)
 		if err != nil {
 			t.Fatal(err)
@@ -277,6 +293,73 @@ func TestHealthConditions(t *testing.T) {
 			}
 		}
 	})
+}
+
+// hookReceiver is a local webhook: it records every alert posted to it,
+// and checks that no idempotency key comes with two different alerts.
+type hookReceiver struct {
+	url string
+	mu  sync.Mutex
+	got []hookAlert
+}
+
+// hookPayload is the webhook JSON contract (alert.Payload), spelled out
+// here as a receiver would.
+type hookPayload struct {
+	ID       string   `json:"id"`
+	AlertID  uint64   `json:"alert_id"`
+	Kind     string   `json:"kind"`
+	Text     string   `json:"text"`
+	JobID    string   `json:"job_id"`
+	JobName  string   `json:"job_name"`
+	Node     string   `json:"node"`
+	Evidence string   `json:"evidence"`
+	GPUs     []uint32 `json:"gpus"`
+	At       string   `json:"at"`
+}
+
+type hookAlert struct {
+	hookPayload
+	key string
+	got time.Time
+}
+
+func newHookReceiver(t *testing.T) *hookReceiver {
+	h := &hookReceiver{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var p hookPayload
+		if err := json.NewDecoder(r.Body).Decode(&p); err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		h.mu.Lock()
+		h.got = append(h.got, hookAlert{hookPayload: p, key: r.Header.Get("Idempotency-Key"), got: time.Now()})
+		h.mu.Unlock()
+	}))
+	t.Cleanup(srv.Close)
+	h.url = srv.URL + "/hook"
+	return h
+}
+
+// wait returns the alert of kind for job id once it has been posted.
+func (h *hookReceiver) wait(t *testing.T, id, kind string) hookAlert {
+	t.Helper()
+	var a hookAlert
+	waitFor(t, 30*time.Second, "a "+kind+" webhook for "+id, func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, x := range h.got {
+			if x.JobID == id && x.Kind == kind {
+				a = x
+				return true
+			}
+		}
+		return false
+	})
+	if a.key != a.ID || a.Text == "" {
+		t.Errorf("alert %+v: Idempotency-Key %q, want its id and a text", a.hookPayload, a.key)
+	}
+	return a
 }
 
 // demoTrainer is the absolute path of scripts/demo/train.py.

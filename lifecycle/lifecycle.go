@@ -257,3 +257,9 @@ func PolicyFor(h *gantrypb.HealthSpec, kind string) string {
 	}
 	return p
 }
+
+// AlertNodeLost is the alert kind of a node whose agent stopped
+// answering. Other alert kinds are "job_" and the terminal state's name,
+// and the condition event kinds (CondStalled, ... and their EventCleared
+// forms).
+const AlertNodeLost = "node_lost"

@@ -42,6 +42,10 @@ const (
 	// skip it as an unknown type, so upgrade every controller before a
 	// spec with queue_timeout is submitted.
 	QueueTimeout Type = 8
+	// AlertsDelivered moves the alert outbox's delivered cursor (the
+	// leader's webhook notifier). Older controllers skip it as unknown;
+	// their outbox is then only trimmed by its cap.
+	AlertsDelivered Type = 9
 )
 
 // checksumFlag marks an entry that ends with a CRC-32C trailer.
@@ -96,6 +100,8 @@ func (t Type) String() string {
 		return "end_job"
 	case QueueTimeout:
 		return "queue_timeout"
+	case AlertsDelivered:
+		return "alerts_delivered"
 	}
 	return fmt.Sprintf("type(%d)", byte(t))
 }
@@ -119,6 +125,8 @@ func TypeOf(m proto.Message) (Type, error) {
 		return EndJob, nil
 	case *gantrypb.QueueTimeoutCmd:
 		return QueueTimeout, nil
+	case *gantrypb.AlertsDeliveredCmd:
+		return AlertsDelivered, nil
 	}
 	return 0, fmt.Errorf("%w: %T", ErrUnknownType, m)
 }
@@ -212,6 +220,8 @@ func Decode(b []byte) (proto.Message, error) {
 		m = &gantrypb.EndJobCmd{}
 	case QueueTimeout:
 		m = &gantrypb.QueueTimeoutCmd{}
+	case AlertsDelivered:
+		m = &gantrypb.AlertsDeliveredCmd{}
 	default:
 		return nil, fmt.Errorf("%w: %w: %d", ErrMalformed, ErrUnknownType, byte(t))
 	}

@@ -330,6 +330,8 @@ func (f *FSM) apply(tx *store.Tx, msg proto.Message, ch *Changes, jobs *jobCache
 		return nil, f.endJob(tx, m, ch)
 	case *gantrypb.QueueTimeoutCmd:
 		return nil, f.queueTimeout(tx, m, ch)
+	case *gantrypb.AlertsDeliveredCmd:
+		return tx.SetAlertsDelivered(m.UpTo)
 	}
 	return nil, fmt.Errorf("no handler for %T", msg)
 }
@@ -389,6 +391,9 @@ func (f *FSM) cancel(tx *store.Tx, m *gantrypb.CancelJobCmd, ch *Changes) error 
 	case job.State == gantrypb.JobState_JOB_STATE_QUEUED:
 		// Never ran: there are no metrics to wait for, so it ends here.
 		finish(job, gantrypb.JobState_JOB_STATE_CANCELLED, "cancelled before it started", m.AtMs)
+		if err := f.alertJobEnd(tx, job, ch); err != nil {
+			return err
+		}
 	default:
 		// The agent stops it; the exit record makes it terminal.
 		job.CancelRequested = true
@@ -409,6 +414,9 @@ func (f *FSM) endJob(tx *store.Tx, m *gantrypb.EndJobCmd, ch *Changes) error {
 		return fmt.Errorf("%w: job %s is %s", lifecycle.ErrTerminal, job.Id, lifecycle.StateName(job.State))
 	}
 	finish(job, m.State, m.Error, m.AtMs)
+	if err := f.alertJobEnd(tx, job, ch); err != nil {
+		return err
+	}
 	if err := tx.PutJob(job); err != nil {
 		return err
 	}
@@ -437,6 +445,9 @@ func (f *FSM) queueTimeout(tx *store.Tx, m *gantrypb.QueueTimeoutCmd, ch *Change
 			lifecycle.ErrNotDue, job.Id, job.CreatedAtMs, job.GetSpec().GetQueueTimeoutMs(), m.AtMs)
 	}
 	finish(job, gantrypb.JobState_JOB_STATE_FAILED, m.Error, m.AtMs)
+	if err := f.alertJobEnd(tx, job, ch); err != nil {
+		return err
+	}
 	// A queued job was never assigned, so no agent stream has written an
 	// event for it: seq 1 is free, and nothing will come after it.
 	e := &gantrypb.JobEvent{Seq: 1, Ts: float64(m.AtMs) / 1000, Kind: string(lifecycle.EventQueueTimeout), Message: m.Error}
@@ -484,6 +495,9 @@ func (f *FSM) nodeUp(tx *store.Tx, m *gantrypb.NodeUpCmd, ch *Changes) error {
 	}
 	for _, j := range lost {
 		finish(j, gantrypb.JobState_JOB_STATE_LOST, "the agent on "+node.Id+" came back without this job (its local state was lost)", m.AtMs)
+		if err := f.alertJobEnd(tx, j, ch); err != nil {
+			return err
+		}
 		if err := tx.PutJob(j); err != nil {
 			return err
 		}
@@ -500,10 +514,17 @@ func (f *FSM) nodeDown(tx *store.Tx, m *gantrypb.NodeDownCmd, ch *Changes) error
 		}
 		return err
 	}
+	wasUp := node.State == gantrypb.NodeState_NODE_STATE_UP
 	node.State = gantrypb.NodeState_NODE_STATE_DOWN
 	node.LastSeenMs = m.AtMs
 	if err := tx.PutNode(node); err != nil {
 		return err
+	}
+	if wasUp {
+		if err := f.alert(tx, &gantrypb.Alert{AtMs: m.AtMs, Kind: lifecycle.AlertNodeLost, Node: node.Id,
+			Text: fmt.Sprintf("Gantry: node %s (%s) lost: its agent stopped answering", node.Id, node.Hostname)}, ch); err != nil {
+			return err
+		}
 	}
 	ch.node(node)
 	return nil

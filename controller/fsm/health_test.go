@@ -1,10 +1,12 @@
 package fsm_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/gantry-ml/gantry/controller/fsm"
+	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
@@ -106,5 +108,71 @@ func TestConditionRecordsScreened(t *testing.T) {
 	}
 	if j := h.job("j"); len(j.Conditions) != 0 {
 		t.Errorf("hostile condition records applied: %v", j.Conditions)
+	}
+}
+
+func (h *harness) alerts() []*gantrypb.Alert {
+	h.t.Helper()
+	var out []*gantrypb.Alert
+	if err := h.st.View(func(tx *store.Tx) (err error) { out, err = tx.Alerts(0, 0); return err }); err != nil {
+		h.t.Fatal(err)
+	}
+	return out
+}
+
+func alertKinds(as []*gantrypb.Alert) string {
+	var ks []string
+	for _, a := range as {
+		ks = append(ks, fmt.Sprintf("%d:%s", a.Id, a.Kind))
+	}
+	return strings.Join(ks, ",")
+}
+
+// TestAlertOutbox: each condition change, job end and node loss appends
+// one alert, in apply order with dense ids; a repeat appends nothing; the
+// delivered cursor only moves forward and deletes what it passes.
+func TestAlertOutbox(t *testing.T) {
+	h := newHarness(t)
+	h.mustOK(&gantrypb.NodeUpCmd{Node: &gantrypb.Node{Id: "n1", Hostname: "h1"}, AtMs: 1})
+	h.running("j")
+	h.mustOK(ingest("n1", condRec("j", 2, lifecycle.CondStalled, true, 0), condRec("j", 3, lifecycle.CondStalled, true, 0)))
+	h.mustOK(ingest("n1", condRec("j", 4, lifecycle.CondStalled, false)))
+	h.mustOK(ingest("n1", exitRec("j", 5, &gantrypb.JobExit{ExitCode: code(1), Ts: 9})))
+	h.mustOK(&gantrypb.NodeDownCmd{NodeId: "n1", AtMs: 10})
+	h.mustOK(&gantrypb.NodeDownCmd{NodeId: "n1", AtMs: 11}) // down already: no second alert
+	as := h.alerts()
+	if got := alertKinds(as); got != "1:stalled,2:stalled_cleared,3:job_failed,4:node_lost" {
+		t.Fatalf("outbox %s", got)
+	}
+	if !strings.Contains(as[0].Text, "job j on n1 is stalled: seen: stalled") || as[2].JobId != "j" || as[3].Node != "n1" {
+		t.Errorf("alerts %v", as)
+	}
+	h.mustOK(&gantrypb.AlertsDeliveredCmd{UpTo: 2})
+	h.mustOK(&gantrypb.AlertsDeliveredCmd{UpTo: 1}) // never back
+	if got := alertKinds(h.alerts()); got != "3:job_failed,4:node_lost" {
+		t.Fatalf("after delivered 2: %s", got)
+	}
+	h.mustOK(&gantrypb.AlertsDeliveredCmd{UpTo: 99}) // never past the last
+	h.running("k")
+	if got := alertKinds(h.alerts()); got != "" {
+		t.Fatalf("after delivered all: %s", got)
+	}
+	h.mustOK(ingest("n1", exitRec("k", 2, &gantrypb.JobExit{ExitCode: code(0), Ts: 9})))
+	if got := alertKinds(h.alerts()); got != "5:job_succeeded" {
+		t.Fatalf("ids go on after the cursor: %s", got)
+	}
+}
+
+func TestAlertOutboxBounded(t *testing.T) {
+	h := newHarness(t)
+	h.running("j")
+	seq := uint64(2)
+	for i := 0; i < store.MaxAlerts/2+10; i++ {
+		h.mustOK(ingest("n1", condRec("j", seq, lifecycle.CondIdleGPUs, true, 0), condRec("j", seq+1, lifecycle.CondIdleGPUs, false)))
+		seq += 2
+	}
+	as := h.alerts()
+	if len(as) != store.MaxAlerts || as[0].Id != uint64(store.MaxAlerts/2+10)*2-store.MaxAlerts+1 {
+		t.Errorf("outbox holds %d alerts from %d, want the newest %d", len(as), as[0].Id, store.MaxAlerts)
 	}
 }

@@ -443,6 +443,7 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 			}
 		}
 		f.applyExit(job, body.Exit, atMs)
+		return f.alertJobEnd(tx, job, ch)
 
 	case *gantrypb.Record_Condition:
 		return f.applyCondition(tx, job, rec.Seq, body.Condition, atMs, ch)
@@ -499,7 +500,7 @@ func (f *FSM) applyCondition(tx *store.Tx, job *gantrypb.Job, seq uint64, c *gan
 	}
 	job.Events++
 	ch.event(job.Id, e)
-	return nil
+	return f.alert(tx, conditionAlert(job, kind, c, secondsToMs(c.Ts, atMs)), ch)
 }
 
 // clipText cuts s to at most n bytes on a rune boundary (s is valid

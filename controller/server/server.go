@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gantry-ml/gantry/controller/alert"
 	"github.com/gantry-ml/gantry/controller/blobpeers"
 	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/controller/feed"
@@ -99,6 +100,9 @@ type Config struct {
 	// job metric keys exported and the bounds. Store, Leading, Connected
 	// and Log are the server's.
 	Fleet fleetmetrics.Options
+	// AlertWebhooks are the URLs the leader posts alerts to
+	// (controller/alert); none: alerts stay in the outbox.
+	AlertWebhooks []string
 }
 
 // Server is a running controller.
@@ -110,6 +114,7 @@ type Server struct {
 	hub     *hub.Hub
 	ingest  *ingest.Server
 	sched   *scheduler.Scheduler
+	alerts  *alert.Notifier
 	api     *httpapi.API
 	http    *http.Server
 	httpLn  net.Listener
@@ -198,7 +203,8 @@ func Start(cfg Config) (*Server, error) {
 	// What wakes the scheduler exists before the scheduler, which needs
 	// Raft and the agent link built first.
 	wake := scheduler.NewWakeup()
-	s.fsm = fsm.NewWithOptions(s.store, feed.New(s.hub, cfg.Log.With("component", "feed"), wake.Wake), cfg.Log.With("component", "fsm"),
+	alertWake := scheduler.NewWakeup()
+	s.fsm = fsm.NewWithOptions(s.store, alertObserver{feed.New(s.hub, cfg.Log.With("component", "feed"), wake.Wake), alertWake}, cfg.Log.With("component", "fsm"),
 		fsm.Options{OnFatal: s.fail})
 	s.registerFSMMetrics()
 	s.raft, err = cluster.Open(cluster.Config{
@@ -242,6 +248,8 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.sched = scheduler.New(s.store, s.raft, agentSet{s.ingest}, wake, cfg.Log.With("component", "scheduler"))
+	s.alerts = alert.New(alert.Options{Store: s.store, Raft: s.raft, Webhooks: cfg.AlertWebhooks,
+		Log: cfg.Log.With("component", "alerts"), Wake: alertWake})
 	if cfg.LostGrace > 0 {
 		s.sched.LostGrace = cfg.LostGrace
 	}
@@ -518,6 +526,22 @@ func (a agentSet) Forget(nodeID, key string) {
 
 // agentEvents wakes the scheduler when agents come and go: a new agent may
 // take queued jobs, and one that left may hold jobs to re-send.
+// alertObserver passes applied changes to the feed and wakes the alert
+// notifier when the outbox grew, so an alert goes out at once rather than
+// at the notifier's next poll.
+type alertObserver struct {
+	*feed.Feed
+	wake scheduler.Wakeup
+}
+
+// Applied implements fsm.Observer.
+func (o alertObserver) Applied(c *fsm.Changes) {
+	o.Feed.Applied(c)
+	if c.Alerts > 0 {
+		o.wake.Wake()
+	}
+}
+
 type agentEvents struct{ wake scheduler.Wakeup }
 
 func (a agentEvents) AgentConnected(string)    { a.wake.Wake() }

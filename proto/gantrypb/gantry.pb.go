@@ -2914,6 +2914,178 @@ func (x *QueueTimeoutCmd) GetAtMs() int64 {
 	return 0
 }
 
+// Alert is one entry of the controller's alert outbox: a job that ended,
+// a health condition that began or ended, a node lost. The FSM appends it
+// as it applies the change, with the next id, so every voter holds the
+// same outbox; the leader posts it to the configured webhooks with the id
+// as the idempotency key and then commits AlertsDeliveredCmd.
+type Alert struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	AtMs  int64                  `protobuf:"varint,2,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	// kind: job_succeeded, job_failed, job_cancelled, job_lost, stalled,
+	// hung, idle_gpus, stalled_cleared, hung_cleared, idle_gpus_cleared,
+	// node_lost.
+	Kind    string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	JobId   string `protobuf:"bytes,4,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	JobName string `protobuf:"bytes,5,opt,name=job_name,json=jobName,proto3" json:"job_name,omitempty"`
+	Node    string `protobuf:"bytes,6,opt,name=node,proto3" json:"node,omitempty"`
+	// text is the one-line human summary (Slack's "text").
+	Text          string   `protobuf:"bytes,7,opt,name=text,proto3" json:"text,omitempty"`
+	Evidence      string   `protobuf:"bytes,8,opt,name=evidence,proto3" json:"evidence,omitempty"`
+	Gpus          []uint32 `protobuf:"varint,9,rep,packed,name=gpus,proto3" json:"gpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Alert) Reset() {
+	*x = Alert{}
+	mi := &file_gantry_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Alert) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Alert) ProtoMessage() {}
+
+func (x *Alert) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Alert.ProtoReflect.Descriptor instead.
+func (*Alert) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *Alert) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Alert) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
+func (x *Alert) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Alert) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *Alert) GetJobName() string {
+	if x != nil {
+		return x.JobName
+	}
+	return ""
+}
+
+func (x *Alert) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Alert) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *Alert) GetEvidence() string {
+	if x != nil {
+		return x.Evidence
+	}
+	return ""
+}
+
+func (x *Alert) GetGpus() []uint32 {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+// AlertsDeliveredCmd moves the alert outbox's delivered-up-to cursor: the
+// leader delivered (or gave up on) every alert with id <= up_to. Alerts
+// at or below the cursor are deleted.
+type AlertsDeliveredCmd struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UpTo          uint64                 `protobuf:"varint,1,opt,name=up_to,json=upTo,proto3" json:"up_to,omitempty"`
+	AtMs          int64                  `protobuf:"varint,2,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlertsDeliveredCmd) Reset() {
+	*x = AlertsDeliveredCmd{}
+	mi := &file_gantry_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlertsDeliveredCmd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlertsDeliveredCmd) ProtoMessage() {}
+
+func (x *AlertsDeliveredCmd) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlertsDeliveredCmd.ProtoReflect.Descriptor instead.
+func (*AlertsDeliveredCmd) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *AlertsDeliveredCmd) GetUpTo() uint64 {
+	if x != nil {
+		return x.UpTo
+	}
+	return 0
+}
+
+func (x *AlertsDeliveredCmd) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
 // AgentJob is the agent's durable record of a job it started, kept in its
 // spool until the controller acks the job's exit record.
 type AgentJob struct {
@@ -2950,7 +3122,7 @@ type AgentJob struct {
 
 func (x *AgentJob) Reset() {
 	*x = AgentJob{}
-	mi := &file_gantry_proto_msgTypes[34]
+	mi := &file_gantry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2962,7 +3134,7 @@ func (x *AgentJob) String() string {
 func (*AgentJob) ProtoMessage() {}
 
 func (x *AgentJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[34]
+	mi := &file_gantry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2975,7 +3147,7 @@ func (x *AgentJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentJob.ProtoReflect.Descriptor instead.
 func (*AgentJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{34}
+	return file_gantry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AgentJob) GetJobId() string {
@@ -3314,7 +3486,20 @@ const file_gantry_proto_rawDesc = "" +
 	"\x0fQueueTimeoutCmd\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x13\n" +
-	"\x05at_ms\x18\x03 \x01(\x03R\x04atMs\"\x8e\x03\n" +
+	"\x05at_ms\x18\x03 \x01(\x03R\x04atMs\"\xca\x01\n" +
+	"\x05Alert\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x13\n" +
+	"\x05at_ms\x18\x02 \x01(\x03R\x04atMs\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x15\n" +
+	"\x06job_id\x18\x04 \x01(\tR\x05jobId\x12\x19\n" +
+	"\bjob_name\x18\x05 \x01(\tR\ajobName\x12\x12\n" +
+	"\x04node\x18\x06 \x01(\tR\x04node\x12\x12\n" +
+	"\x04text\x18\a \x01(\tR\x04text\x12\x1a\n" +
+	"\bevidence\x18\b \x01(\tR\bevidence\x12\x12\n" +
+	"\x04gpus\x18\t \x03(\rR\x04gpus\">\n" +
+	"\x12AlertsDeliveredCmd\x12\x13\n" +
+	"\x05up_to\x18\x01 \x01(\x04R\x04upTo\x12\x13\n" +
+	"\x05at_ms\x18\x02 \x01(\x03R\x04atMs\"\x8e\x03\n" +
 	"\bAgentJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.gantry.v1.JobSpecR\x04spec\x12\x12\n" +
@@ -3362,63 +3547,65 @@ func file_gantry_proto_rawDescGZIP() []byte {
 }
 
 var file_gantry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_gantry_proto_goTypes = []any{
-	(JobState)(0),           // 0: gantry.v1.JobState
-	(NodeState)(0),          // 1: gantry.v1.NodeState
-	(*Resources)(nil),       // 2: gantry.v1.Resources
-	(*JobSpec)(nil),         // 3: gantry.v1.JobSpec
-	(*HealthSpec)(nil),      // 4: gantry.v1.HealthSpec
-	(*JobCondition)(nil),    // 5: gantry.v1.JobCondition
-	(*Job)(nil),             // 6: gantry.v1.Job
-	(*MetricPoint)(nil),     // 7: gantry.v1.MetricPoint
-	(*GPUStat)(nil),         // 8: gantry.v1.GPUStat
-	(*GPUSample)(nil),       // 9: gantry.v1.GPUSample
-	(*GPUInfo)(nil),         // 10: gantry.v1.GPUInfo
-	(*JobEvent)(nil),        // 11: gantry.v1.JobEvent
-	(*LogChunk)(nil),        // 12: gantry.v1.LogChunk
-	(*JobStarted)(nil),      // 13: gantry.v1.JobStarted
-	(*JobExit)(nil),         // 14: gantry.v1.JobExit
-	(*Record)(nil),          // 15: gantry.v1.Record
-	(*HealthCondition)(nil), // 16: gantry.v1.HealthCondition
-	(*Node)(nil),            // 17: gantry.v1.Node
-	(*Hello)(nil),           // 18: gantry.v1.Hello
-	(*HelloReply)(nil),      // 19: gantry.v1.HelloReply
-	(*BlobRequest)(nil),     // 20: gantry.v1.BlobRequest
-	(*BlobReply)(nil),       // 21: gantry.v1.BlobReply
-	(*BlobChunk)(nil),       // 22: gantry.v1.BlobChunk
-	(*StartJob)(nil),        // 23: gantry.v1.StartJob
-	(*CancelJob)(nil),       // 24: gantry.v1.CancelJob
-	(*ControlMessage)(nil),  // 25: gantry.v1.ControlMessage
-	(*RecordBatch)(nil),     // 26: gantry.v1.RecordBatch
-	(*BatchAck)(nil),        // 27: gantry.v1.BatchAck
-	(*SubmitJobCmd)(nil),    // 28: gantry.v1.SubmitJobCmd
-	(*AssignJobCmd)(nil),    // 29: gantry.v1.AssignJobCmd
-	(*CancelJobCmd)(nil),    // 30: gantry.v1.CancelJobCmd
-	(*IngestCmd)(nil),       // 31: gantry.v1.IngestCmd
-	(*NodeUpCmd)(nil),       // 32: gantry.v1.NodeUpCmd
-	(*NodeDownCmd)(nil),     // 33: gantry.v1.NodeDownCmd
-	(*EndJobCmd)(nil),       // 34: gantry.v1.EndJobCmd
-	(*QueueTimeoutCmd)(nil), // 35: gantry.v1.QueueTimeoutCmd
-	(*AgentJob)(nil),        // 36: gantry.v1.AgentJob
-	nil,                     // 37: gantry.v1.JobSpec.EnvEntry
-	nil,                     // 38: gantry.v1.Job.FinalMetricsEntry
-	nil,                     // 39: gantry.v1.Job.LatestMetricsEntry
-	nil,                     // 40: gantry.v1.MetricPoint.ValuesEntry
-	nil,                     // 41: gantry.v1.JobExit.FinalMetricsEntry
+	(JobState)(0),              // 0: gantry.v1.JobState
+	(NodeState)(0),             // 1: gantry.v1.NodeState
+	(*Resources)(nil),          // 2: gantry.v1.Resources
+	(*JobSpec)(nil),            // 3: gantry.v1.JobSpec
+	(*HealthSpec)(nil),         // 4: gantry.v1.HealthSpec
+	(*JobCondition)(nil),       // 5: gantry.v1.JobCondition
+	(*Job)(nil),                // 6: gantry.v1.Job
+	(*MetricPoint)(nil),        // 7: gantry.v1.MetricPoint
+	(*GPUStat)(nil),            // 8: gantry.v1.GPUStat
+	(*GPUSample)(nil),          // 9: gantry.v1.GPUSample
+	(*GPUInfo)(nil),            // 10: gantry.v1.GPUInfo
+	(*JobEvent)(nil),           // 11: gantry.v1.JobEvent
+	(*LogChunk)(nil),           // 12: gantry.v1.LogChunk
+	(*JobStarted)(nil),         // 13: gantry.v1.JobStarted
+	(*JobExit)(nil),            // 14: gantry.v1.JobExit
+	(*Record)(nil),             // 15: gantry.v1.Record
+	(*HealthCondition)(nil),    // 16: gantry.v1.HealthCondition
+	(*Node)(nil),               // 17: gantry.v1.Node
+	(*Hello)(nil),              // 18: gantry.v1.Hello
+	(*HelloReply)(nil),         // 19: gantry.v1.HelloReply
+	(*BlobRequest)(nil),        // 20: gantry.v1.BlobRequest
+	(*BlobReply)(nil),          // 21: gantry.v1.BlobReply
+	(*BlobChunk)(nil),          // 22: gantry.v1.BlobChunk
+	(*StartJob)(nil),           // 23: gantry.v1.StartJob
+	(*CancelJob)(nil),          // 24: gantry.v1.CancelJob
+	(*ControlMessage)(nil),     // 25: gantry.v1.ControlMessage
+	(*RecordBatch)(nil),        // 26: gantry.v1.RecordBatch
+	(*BatchAck)(nil),           // 27: gantry.v1.BatchAck
+	(*SubmitJobCmd)(nil),       // 28: gantry.v1.SubmitJobCmd
+	(*AssignJobCmd)(nil),       // 29: gantry.v1.AssignJobCmd
+	(*CancelJobCmd)(nil),       // 30: gantry.v1.CancelJobCmd
+	(*IngestCmd)(nil),          // 31: gantry.v1.IngestCmd
+	(*NodeUpCmd)(nil),          // 32: gantry.v1.NodeUpCmd
+	(*NodeDownCmd)(nil),        // 33: gantry.v1.NodeDownCmd
+	(*EndJobCmd)(nil),          // 34: gantry.v1.EndJobCmd
+	(*QueueTimeoutCmd)(nil),    // 35: gantry.v1.QueueTimeoutCmd
+	(*Alert)(nil),              // 36: gantry.v1.Alert
+	(*AlertsDeliveredCmd)(nil), // 37: gantry.v1.AlertsDeliveredCmd
+	(*AgentJob)(nil),           // 38: gantry.v1.AgentJob
+	nil,                        // 39: gantry.v1.JobSpec.EnvEntry
+	nil,                        // 40: gantry.v1.Job.FinalMetricsEntry
+	nil,                        // 41: gantry.v1.Job.LatestMetricsEntry
+	nil,                        // 42: gantry.v1.MetricPoint.ValuesEntry
+	nil,                        // 43: gantry.v1.JobExit.FinalMetricsEntry
 }
 var file_gantry_proto_depIdxs = []int32{
-	37, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
+	39, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
 	2,  // 1: gantry.v1.JobSpec.resources:type_name -> gantry.v1.Resources
 	4,  // 2: gantry.v1.JobSpec.health:type_name -> gantry.v1.HealthSpec
 	3,  // 3: gantry.v1.Job.spec:type_name -> gantry.v1.JobSpec
 	0,  // 4: gantry.v1.Job.state:type_name -> gantry.v1.JobState
-	38, // 5: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
-	39, // 6: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
+	40, // 5: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
+	41, // 6: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
 	5,  // 7: gantry.v1.Job.conditions:type_name -> gantry.v1.JobCondition
-	40, // 8: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
+	42, // 8: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
 	8,  // 9: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
-	41, // 10: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
+	43, // 10: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
 	7,  // 11: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
 	11, // 12: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
 	12, // 13: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
@@ -3476,7 +3663,7 @@ func file_gantry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_proto_rawDesc), len(file_gantry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   40,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
