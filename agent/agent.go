@@ -205,6 +205,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
+			// XID and ECC events; the faults they record travel in the
+			// samples (GPUStat.fault).
+			if err := a.gpus.WatchEvents(ctx, a.log.With("component", "gpu"), nil); err != nil && !errors.Is(err, gpu.ErrClosed) {
+				a.log.Warn("GPU events unavailable; relying on polled GPU health checks", "err", err)
+			}
+		}()
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
 			// A GPU sample that cannot be spooled (a full disk) is
 			// skipped, unlike a job's records: it cannot wait anywhere,
 			// and the next one a second later supersedes it. Said once
@@ -218,6 +227,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 				for _, g := range s.Gpus {
 					g.Uuid, g.Name = clip(g.Uuid, limits.MaxGPUStringBytes), clip(g.Name, limits.MaxGPUStringBytes)
+					g.Fault = clip(g.Fault, limits.MaxGPUStringBytes)
 				}
 				a.healthSample(s)
 				_, err := a.spool.Append(&gantrypb.Record{Body: &gantrypb.Record_Gpu{Gpu: s}})

@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/gantry-ml/gantry/agent/health"
 	"github.com/gantry-ml/gantry/agent/metricsfile"
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
 )
@@ -81,19 +83,33 @@ func (j *job) healthLines(b metricsfile.Batch) {
 	}
 }
 
-// healthSample hands a GPU sample to every running job's monitor.
+// healthSample hands a GPU sample to every running job's monitor, and
+// tells each job once of a fault on one of its GPUs.
 func (a *Agent) healthSample(s *gantrypb.GPUSample) {
 	now := time.Now()
+	faulty := map[uint32]string{}
+	for _, g := range s.GetGpus() {
+		if g.GetFault() != "" {
+			faulty[g.GetIndex()] = g.GetFault()
+		}
+	}
 	a.mu.Lock()
 	var hs []*jobHealth
+	var tell []*job
 	for _, j := range a.jobs {
 		j.healthMu.Lock()
 		if j.health != nil {
 			hs = append(hs, j.health)
 		}
 		j.healthMu.Unlock()
+		if len(faulty) > 0 {
+			tell = append(tell, j)
+		}
 	}
 	a.mu.Unlock()
+	for _, j := range tell {
+		j.gpuFaults(faulty)
+	}
 	for _, h := range hs {
 		h.mu.Lock()
 		h.m.Sample(s, now)
@@ -117,4 +133,35 @@ func (j *job) reportCondition(v health.Verdict) {
 		Ts: float64(v.At.UnixNano()) / 1e9, Kind: v.Kind, Active: v.Active,
 		Evidence: clip(v.Evidence, limits.MaxEventMessageBytes), Gpus: gpus,
 		Signal: clip(v.Signal, limits.MaxEventKindBytes)}}})
+}
+
+// gpuFaults reports, once per GPU, a fault on a GPU the job was given:
+// the job's results may be wrong and it may hang or die.
+func (j *job) gpuFaults(faulty map[uint32]string) {
+	j.stMu.Lock()
+	gpus := j.state.GetGpus()
+	ended := j.state.GetExitIndex() != 0
+	j.stMu.Unlock()
+	if ended {
+		return
+	}
+	for _, g := range gpus {
+		fault, ok := faulty[g]
+		if !ok {
+			continue
+		}
+		j.healthMu.Lock()
+		told := j.faultsTold[g]
+		if j.faultsTold == nil {
+			j.faultsTold = map[uint32]bool{}
+		}
+		j.faultsTold[g] = true
+		j.healthMu.Unlock()
+		if told {
+			continue
+		}
+		j.a.log.Error("a GPU of a running job is failing", "job", j.id, "gpu", g, "fault", fault)
+		j.append(j.event(lifecycle.EventGPUUnhealthy, fmt.Sprintf("GPU %d of this job is failing: %s; "+
+			"the scheduler places nothing more on it", g, fault), 0))
+	}
 }

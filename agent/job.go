@@ -108,6 +108,8 @@ type job struct {
 	// (nil before and after, or with the checks disabled).
 	healthMu sync.Mutex
 	health   *jobHealth
+	// faultsTold are the GPUs whose fault the job was told of.
+	faultsTold map[uint32]bool
 	// resumed: the job was re-adopted after an agent restart.
 	resumed bool
 

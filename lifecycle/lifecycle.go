@@ -87,6 +87,8 @@ var (
 	ErrJobNotFound = errors.New("job not found")
 	ErrTerminal    = errors.New("job already ended")
 	ErrNotQueued   = errors.New("job is not queued")
+	// ErrNodeNotFound refuses a drain of a node that never registered.
+	ErrNodeNotFound = errors.New("node not found")
 	// ErrNotDue refuses a queue timeout committed before the job's
 	// deadline (created_at + queue_timeout), or for a job without one.
 	ErrNotDue = errors.New("job's queue timeout is not due")
@@ -126,6 +128,9 @@ const (
 	// EventReadopted is reported by a restarted agent for each job it
 	// takes over.
 	EventReadopted EventKind = "readopted"
+	// EventGPUUnhealthy says a GPU the job was given is failing (an XID
+	// critical error, a double-bit ECC error, lost, retired pages).
+	EventGPUUnhealthy EventKind = "gpu_unhealthy"
 	// EventCodeUnpacked says the job's code archive was fetched and
 	// unpacked into its working directory, with what it held.
 	EventCodeUnpacked EventKind = "code_unpacked"
@@ -263,3 +268,6 @@ func PolicyFor(h *gantrypb.HealthSpec, kind string) string {
 // and the condition event kinds (CondStalled, ... and their EventCleared
 // forms).
 const AlertNodeLost = "node_lost"
+
+// AlertGPUUnhealthy is the alert kind of a GPU an agent reported failing.
+const AlertGPUUnhealthy = "gpu_unhealthy"

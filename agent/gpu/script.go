@@ -12,7 +12,8 @@ import (
 // the readings of the mock GPUs (NewMock; never real ones): it names a
 // JSON file such as
 //
-//	{"gpus": {"0": {"util": 100, "power_w": 80, "sm_mhz": 1410, "mem_used_mib": 30000}}}
+//	{"gpus": {"0": {"util": 100, "power_w": 80, "sm_mhz": 1410, "mem_used_mib": 30000},
+//	          "1": {"xid": 79}, "2": {"lost": true}}}
 //
 // A GPU listed there reports exactly those readings; the others keep
 // their simulated load. The file is read again whenever its modification
@@ -28,6 +29,10 @@ type Reading struct {
 	PowerW     float64 `json:"power_w"`
 	SMMHz      float64 `json:"sm_mhz"`
 	MemUsedMiB uint64  `json:"mem_used_mib"`
+	// XID, when set, is delivered once as an XID critical error event.
+	XID uint64 `json:"xid"`
+	// Lost makes the GPU answer NVML_ERROR_GPU_IS_LOST.
+	Lost bool `json:"lost"`
 }
 
 // scriptFile is the GPU script named by ScriptEnv, re-read on change.

@@ -298,8 +298,11 @@ func checkGPUSample(s *gantrypb.GPUSample) error {
 		if err := checkGPUStrings(g.Uuid, g.Name); err != nil {
 			return err
 		}
-		if !finite(g.UtilizationPct) || !finite(g.TemperatureC) || !finite(g.PowerW) {
+		if !finite(g.UtilizationPct) || !finite(g.TemperatureC) || !finite(g.PowerW) || !finite(g.PowerLimitW) {
 			return reject("GPU %d reading is not a finite number", g.Index)
+		}
+		if err := checkText("GPU fault", g.Fault, limits.MaxGPUStringBytes); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -232,6 +232,12 @@ type GPU struct {
 	MemoryTotalBytes uint64 `json:"memory_total_bytes"`
 	// JobID is the job holding this GPU, if any.
 	JobID string `json:"job_id,omitempty"`
+	// Healthy is false once the agent reported the GPU failing; Fault
+	// says how. Nothing new is placed on it until it is undrained.
+	Healthy bool   `json:"healthy"`
+	Fault   string `json:"fault,omitempty"`
+	// Drained: nothing new is placed on this GPU.
+	Drained bool `json:"drained,omitempty"`
 }
 
 // Node is an agent as the API shows it.
@@ -244,6 +250,14 @@ type Node struct {
 	FreeGPUs  int        `json:"free_gpus"`
 	LastSeen  *time.Time `json:"last_seen"`
 	Connected bool       `json:"connected"`
+	// Drained: nothing new is placed on the node.
+	Drained bool `json:"drained,omitempty"`
+}
+
+// DrainRequest is the body of POST /v1/nodes/{id}/drain and /undrain:
+// some GPUs, or (empty) the whole node.
+type DrainRequest struct {
+	GPUs []int `json:"gpus,omitempty"`
 }
 
 // NodeList answers GET /v1/nodes.

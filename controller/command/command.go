@@ -46,6 +46,8 @@ const (
 	// leader's webhook notifier). Older controllers skip it as unknown;
 	// their outbox is then only trimmed by its cap.
 	AlertsDelivered Type = 9
+	// Drain stops or resumes placement on a node or some of its GPUs.
+	Drain Type = 10
 )
 
 // checksumFlag marks an entry that ends with a CRC-32C trailer.
@@ -102,6 +104,8 @@ func (t Type) String() string {
 		return "queue_timeout"
 	case AlertsDelivered:
 		return "alerts_delivered"
+	case Drain:
+		return "drain"
 	}
 	return fmt.Sprintf("type(%d)", byte(t))
 }
@@ -127,6 +131,8 @@ func TypeOf(m proto.Message) (Type, error) {
 		return QueueTimeout, nil
 	case *gantrypb.AlertsDeliveredCmd:
 		return AlertsDelivered, nil
+	case *gantrypb.DrainCmd:
+		return Drain, nil
 	}
 	return 0, fmt.Errorf("%w: %T", ErrUnknownType, m)
 }
@@ -222,6 +228,8 @@ func Decode(b []byte) (proto.Message, error) {
 		m = &gantrypb.QueueTimeoutCmd{}
 	case AlertsDelivered:
 		m = &gantrypb.AlertsDeliveredCmd{}
+	case Drain:
+		m = &gantrypb.DrainCmd{}
 	default:
 		return nil, fmt.Errorf("%w: %w: %d", ErrMalformed, ErrUnknownType, byte(t))
 	}

@@ -33,6 +33,7 @@ func TestRoundTrip(t *testing.T) {
 		{EndJob, &gantrypb.EndJobCmd{JobId: "j1", State: gantrypb.JobState_JOB_STATE_LOST, Error: "gone", AtMs: 48}},
 		{QueueTimeout, &gantrypb.QueueTimeoutCmd{JobId: "j1", Error: "still queued after 1m0s", AtMs: 49}},
 		{AlertsDelivered, &gantrypb.AlertsDeliveredCmd{UpTo: 12, AtMs: 50}},
+		{Drain, &gantrypb.DrainCmd{NodeId: "h1", Gpus: []uint32{3}, AtMs: 51}},
 	}
 	seen := map[Type]bool{}
 	for _, tt := range tests {
@@ -88,8 +89,8 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty", []byte{}, ErrEmpty},
 		{"type zero", []byte{0}, ErrUnknownType},
 		{"unknown legacy type", []byte{100, 1, 2}, ErrUnknownType},
-		{"next unassigned type", []byte{byte(AlertsDelivered) + 1}, ErrUnknownType},
-		{"checksummed unknown type", withCRC(byte(AlertsDelivered)+1|checksumFlag, nil), ErrUnknownType},
+		{"next unassigned type", []byte{byte(Drain) + 1}, ErrUnknownType},
+		{"checksummed unknown type", withCRC(byte(Drain)+1|checksumFlag, nil), ErrUnknownType},
 		{"checksummed type zero", withCRC(checksumFlag, []byte{8, 1}), ErrUnknownType},
 	}
 	for _, tt := range tests {

@@ -247,6 +247,7 @@ var (
 	descNodeUp        = gauge("gantry_node_up", "1 while the node's agent is registered up in the replicated state, 0 while it is down.", "node")
 	descNodeConnected = gauge("gantry_node_connected", "1 while the node's agent holds a link to this controller. Exported by the Raft leader only: agents link to the leader, so a follower does not know.", "node")
 	descNodeGPUs      = gauge("gantry_node_gpus", "GPUs the node offers.", "node")
+	descGPUHealthy    = gauge("gantry_gpu_healthy", "1 while the GPU is healthy, 0 once its agent reported it failing (XID critical error, double-bit ECC, lost, retired pages); back to 1 when an operator undrains it.", "node", "gpu")
 	descNodeGPUsFree  = gauge("gantry_node_gpus_free", "GPUs of the node no job holds.", "node")
 
 	descOmittedJobs = gauge("gantry_fleet_omitted_jobs", "Jobs left out of this scrape by the caps (-fleet-max-jobs, the ended-jobs cap).")
@@ -255,7 +256,7 @@ var (
 
 	allDescs = []*prometheus.Desc{descGPUUtil, descGPUMemUsed, descGPUMemTot, descGPUTemp, descGPUPower, descGPUClock, descGPUAge,
 		descJobState, descJobStep, descJobTotalSteps, descJobPoints, descJobBadLines, descJobMetricAge, descJobMetric, descJobGPUs, descJobCondition,
-		descNodeUp, descNodeConnected, descNodeGPUs, descNodeGPUsFree, descOmittedJobs, descOmittedKeys, descError}
+		descNodeUp, descNodeConnected, descNodeGPUs, descNodeGPUsFree, descGPUHealthy, descOmittedJobs, descOmittedKeys, descError}
 )
 
 // Describe implements prometheus.Collector.
@@ -434,6 +435,13 @@ func (c *Collector) emitNodes(e *emitter, s *snapshot, now time.Time) {
 		}
 		e.emit(descNodeGPUs, float64(len(offered)), n.Id)
 		e.emit(descNodeGPUsFree, float64(free), n.Id)
+		failing := map[uint32]bool{}
+		for _, h := range n.UnhealthyGpus {
+			failing[h.Index] = true
+		}
+		for _, g := range n.Gpus {
+			e.emit(descGPUHealthy, b2f(!failing[g.Index]), n.Id, strconv.FormatUint(uint64(g.Index), 10))
+		}
 
 		sample := s.samples[n.Id]
 		if sample == nil {

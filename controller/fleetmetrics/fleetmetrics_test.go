@@ -38,7 +38,7 @@ func update(t *testing.T, s *store.Store, fn func(*store.Tx) error) {
 // gpuNode is a node with n GPUs and one sample of them taken at ts.
 func gpuNode(t *testing.T, s *store.Store, id string, n int, ts time.Time) {
 	t.Helper()
-	node := &gantrypb.Node{Id: id, Hostname: id, State: gantrypb.NodeState_NODE_STATE_UP}
+	node := &gantrypb.Node{Id: id, Hostname: id, State: gantrypb.NodeState_NODE_STATE_UP, UnhealthyGpus: []*gantrypb.GPUHealth{{Index: 1, Reason: "XID 79"}}}
 	sample := &gantrypb.GPUSample{Seq: 1, Ts: float64(ts.UnixNano()) / 1e9}
 	for i := range n {
 		node.Gpus = append(node.Gpus, &gantrypb.GPUInfo{Index: uint32(i), Uuid: fmt.Sprintf("GPU-%s-%d", id, i), Name: "NVIDIA A100-SXM4-40GB", MemoryTotalBytes: 40 << 30})
@@ -160,6 +160,8 @@ func TestGPUAndJobSeries(t *testing.T) {
 	want(t, got, "gantry_node_connected{node=n1}", 1)
 	want(t, got, "gantry_node_gpus{node=n1}", 2)
 	want(t, got, "gantry_node_gpus_free{node=n1}", 1)
+	want(t, got, "gantry_gpu_healthy{gpu=0,node=n1}", 1)
+	want(t, got, "gantry_gpu_healthy{gpu=1,node=n1}", 0)
 
 	want(t, got, "gantry_job_state{job_id=j1,job_name=bert,state=running}", 1)
 	want(t, got, "gantry_job_state{job_id=j2,job_name=waits,state=queued}", 1)
@@ -455,8 +457,8 @@ func TestRealisticFleetSeries(t *testing.T) {
 	got := scrape(t, c)
 	const (
 		nodes, gpus = 32, 32 * 8
-		perNode     = 4 // up, connected (on the leader), gpus, gpus_free
-		perGPU      = 7
+		perNode     = 4                    // up, connected (on the leader), gpus, gpus_free
+		perGPU      = 7 + 1                // ... + gantry_gpu_healthy
 		ended       = 20 * (6 + 8)         // state, points, bad_lines, gpus, step, total_steps + 8 keys
 		running     = 64 * (6 + 8 + 1 + 3) // ... + last_metric_age + 3 health conditions
 		queued      = 116 * 4              // state, points, bad_lines, gpus

@@ -304,7 +304,7 @@ func isDiskFull(err error) bool {
 func isDomain(err error) bool {
 	return errors.Is(err, lifecycle.ErrJobExists) || errors.Is(err, lifecycle.ErrJobNotFound) ||
 		errors.Is(err, lifecycle.ErrTerminal) || errors.Is(err, lifecycle.ErrNotQueued) ||
-		errors.Is(err, lifecycle.ErrNotDue)
+		errors.Is(err, lifecycle.ErrNotDue) || errors.Is(err, lifecycle.ErrNodeNotFound)
 }
 
 func (f *FSM) apply(tx *store.Tx, msg proto.Message, ch *Changes, jobs *jobCache) (any, error) {
@@ -332,6 +332,8 @@ func (f *FSM) apply(tx *store.Tx, msg proto.Message, ch *Changes, jobs *jobCache
 		return nil, f.queueTimeout(tx, m, ch)
 	case *gantrypb.AlertsDeliveredCmd:
 		return tx.SetAlertsDelivered(m.UpTo)
+	case *gantrypb.DrainCmd:
+		return nil, f.drain(tx, m, ch)
 	}
 	return nil, fmt.Errorf("no handler for %T", msg)
 }
@@ -469,6 +471,10 @@ func (f *FSM) nodeUp(tx *store.Tx, m *gantrypb.NodeUpCmd, ch *Changes) error {
 	node.LastSeenMs = m.AtMs
 	if old, err := tx.Node(node.Id); err == nil {
 		node.RegisteredAtMs = old.RegisteredAtMs
+		// What the controller decided about the node outlives the agent's
+		// restart: a failed GPU is fixed, and a drain lifted, by an
+		// operator's undrain.
+		node.UnhealthyGpus, node.Drained, node.DrainedGpus = old.UnhealthyGpus, old.Drained, old.DrainedGpus
 	} else {
 		node.RegisteredAtMs = m.AtMs
 	}

@@ -1,6 +1,7 @@
 package fsm_test
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -174,5 +175,57 @@ func TestAlertOutboxBounded(t *testing.T) {
 	as := h.alerts()
 	if len(as) != store.MaxAlerts || as[0].Id != uint64(store.MaxAlerts/2+10)*2-store.MaxAlerts+1 {
 		t.Errorf("outbox holds %d alerts from %d, want the newest %d", len(as), as[0].Id, store.MaxAlerts)
+	}
+}
+
+func gpuSample(seq uint64, faults map[uint32]string) *gantrypb.Record {
+	s := &gantrypb.GPUSample{Ts: 5}
+	for i := uint32(0); i < 4; i++ {
+		s.Gpus = append(s.Gpus, &gantrypb.GPUStat{Index: i, Fault: faults[i]})
+	}
+	return &gantrypb.Record{Seq: seq, Body: &gantrypb.Record_Gpu{Gpu: s}}
+}
+
+func (h *harness) node(id string) *gantrypb.Node {
+	h.t.Helper()
+	var n *gantrypb.Node
+	if err := h.st.View(func(tx *store.Tx) (err error) { n, err = tx.Node(id); return err }); err != nil {
+		h.t.Fatal(err)
+	}
+	return n
+}
+
+// TestGPUFaultsAndDrain: a sample reporting a failing GPU marks it
+// unhealthy on the node once, with one alert; a GPU the node does not
+// offer is not marked; the marks and drains survive the agent's
+// reconnect; undraining the GPU clears its mark.
+func TestGPUFaultsAndDrain(t *testing.T) {
+	h := newHarness(t)
+	up := &gantrypb.NodeUpCmd{Node: &gantrypb.Node{Id: "n1", Gpus: []*gantrypb.GPUInfo{{Index: 0}, {Index: 1}, {Index: 2}}}, AtMs: 1}
+	h.mustOK(up)
+	h.mustOK(ingest("n1", gpuSample(1, map[uint32]string{1: "XID 79 (GPU has fallen off the bus)", 3: "XID 79"})))
+	h.mustOK(ingest("n1", gpuSample(2, map[uint32]string{1: "XID 79 (GPU has fallen off the bus)"})))
+	n := h.node("n1")
+	if len(n.UnhealthyGpus) != 1 || n.UnhealthyGpus[0].Index != 1 || n.UnhealthyGpus[0].Reason != "XID 79 (GPU has fallen off the bus)" {
+		t.Fatalf("unhealthy %v", n.UnhealthyGpus)
+	}
+	if got := alertKinds(h.alerts()); got != "1:gpu_unhealthy" {
+		t.Errorf("alerts %s", got)
+	}
+	h.mustOK(&gantrypb.DrainCmd{NodeId: "n1", Gpus: []uint32{2, 2}})
+	h.mustOK(&gantrypb.DrainCmd{NodeId: "n1"})
+	h.mustOK(up) // the agent reconnects
+	n = h.node("n1")
+	if !n.Drained || len(n.DrainedGpus) != 1 || n.DrainedGpus[0] != 2 || len(n.UnhealthyGpus) != 1 {
+		t.Fatalf("after reconnect: drained %v gpus %v unhealthy %v", n.Drained, n.DrainedGpus, n.UnhealthyGpus)
+	}
+	h.mustOK(&gantrypb.DrainCmd{NodeId: "n1", Undrain: true})
+	h.mustOK(&gantrypb.DrainCmd{NodeId: "n1", Gpus: []uint32{1, 2}, Undrain: true})
+	n = h.node("n1")
+	if n.Drained || len(n.DrainedGpus) != 0 || len(n.UnhealthyGpus) != 0 {
+		t.Errorf("after undrain: drained %v gpus %v unhealthy %v", n.Drained, n.DrainedGpus, n.UnhealthyGpus)
+	}
+	if err, ok := h.apply(&gantrypb.DrainCmd{NodeId: "nope"}).(error); !ok || !errors.Is(err, lifecycle.ErrNodeNotFound) {
+		t.Errorf("drain of an unknown node: %v", err)
 	}
 }

@@ -99,6 +99,9 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes, jobs *job
 					return nil, err
 				}
 				ch.gpu(m.NodeId, g)
+				if err := f.gpuFaults(tx, m.NodeId, g, m.AtMs, ch); err != nil {
+					return nil, err
+				}
 			}
 			res.Stored++
 			continue

@@ -139,8 +139,8 @@ func (f *Fleet) explain(queued []*gantrypb.Job) {
 		for g := range held {
 			taken[g] = true
 		}
-		now = append(now, Candidate{ID: n.Id, GPUs: n.Gpus, Used: held})
-		sim = append(sim, Candidate{ID: n.Id, GPUs: n.Gpus, Used: taken})
+		now = append(now, NodeCandidate(n, held))
+		sim = append(sim, NodeCandidate(n, taken))
 	}
 	simIndex := map[string]int{}
 	for i, c := range sim {

@@ -4,6 +4,7 @@
 package view
 
 import (
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -213,10 +214,18 @@ func Node(n *gantrypb.Node, holders map[uint32]string, connected bool) apiv1.Nod
 		GPUs:      make([]apiv1.GPU, len(n.Gpus)),
 		LastSeen:  msTime(n.LastSeenMs),
 		Connected: connected,
+		Drained:   n.Drained,
+	}
+	faults := map[uint32]string{}
+	for _, h := range n.UnhealthyGpus {
+		faults[h.Index] = h.Reason
 	}
 	for i, g := range n.Gpus {
-		out.GPUs[i] = apiv1.GPU{Index: int(g.Index), UUID: g.Uuid, Name: g.Name, MemoryTotalBytes: g.MemoryTotalBytes, JobID: holders[g.Index]}
-		if holders[g.Index] == "" {
+		fault, failing := faults[g.Index]
+		out.GPUs[i] = apiv1.GPU{Index: int(g.Index), UUID: g.Uuid, Name: g.Name, MemoryTotalBytes: g.MemoryTotalBytes, JobID: holders[g.Index],
+			Healthy: !failing, Fault: fault, Drained: slices.Contains(n.DrainedGpus, g.Index)}
+		// Free: no job holds it and placement may use it.
+		if holders[g.Index] == "" && !failing && !out.GPUs[i].Drained && !n.Drained {
 			out.FreeGPUs++
 		}
 	}

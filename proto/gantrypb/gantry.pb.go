@@ -880,9 +880,16 @@ type GPUStat struct {
 	SmClockMhz       uint32                 `protobuf:"varint,9,opt,name=sm_clock_mhz,json=smClockMhz,proto3" json:"sm_clock_mhz,omitempty"`
 	// power_limit_w is the enforced power limit (0: unknown); the health
 	// checks judge "low power" against it.
-	PowerLimitW   float64 `protobuf:"fixed64,10,opt,name=power_limit_w,json=powerLimitW,proto3" json:"power_limit_w,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PowerLimitW float64 `protobuf:"fixed64,10,opt,name=power_limit_w,json=powerLimitW,proto3" json:"power_limit_w,omitempty"`
+	// fault is set once the agent has seen this GPU fail: an XID critical
+	// error, a double-bit ECC error, NVML_ERROR_GPU_IS_LOST, retired pages
+	// pending or a failed row remap. It stays set (the GPU needs a reset).
+	Fault string `protobuf:"bytes,11,opt,name=fault,proto3" json:"fault,omitempty"`
+	// throttle_reasons is NVML's clocks-event-reason bitmask (information:
+	// a throttled GPU is slow, not failing).
+	ThrottleReasons uint64 `protobuf:"varint,12,opt,name=throttle_reasons,json=throttleReasons,proto3" json:"throttle_reasons,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GPUStat) Reset() {
@@ -981,6 +988,20 @@ func (x *GPUStat) GetSmClockMhz() uint32 {
 func (x *GPUStat) GetPowerLimitW() float64 {
 	if x != nil {
 		return x.PowerLimitW
+	}
+	return 0
+}
+
+func (x *GPUStat) GetFault() string {
+	if x != nil {
+		return x.Fault
+	}
+	return ""
+}
+
+func (x *GPUStat) GetThrottleReasons() uint64 {
+	if x != nil {
+		return x.ThrottleReasons
 	}
 	return 0
 }
@@ -1672,8 +1693,15 @@ type Node struct {
 	Version        string                 `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
 	LastSeenMs     int64                  `protobuf:"varint,6,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"`
 	RegisteredAtMs int64                  `protobuf:"varint,7,opt,name=registered_at_ms,json=registeredAtMs,proto3" json:"registered_at_ms,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// unhealthy_gpus are the GPUs the agent reported failing; the scheduler
+	// places nothing on them until an operator undrains them.
+	UnhealthyGpus []*GPUHealth `protobuf:"bytes,8,rep,name=unhealthy_gpus,json=unhealthyGpus,proto3" json:"unhealthy_gpus,omitempty"`
+	// drained: the scheduler places nothing new on the node.
+	Drained bool `protobuf:"varint,9,opt,name=drained,proto3" json:"drained,omitempty"`
+	// drained_gpus: the scheduler places nothing new on these GPUs.
+	DrainedGpus   []uint32 `protobuf:"varint,10,rep,packed,name=drained_gpus,json=drainedGpus,proto3" json:"drained_gpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -1755,6 +1783,88 @@ func (x *Node) GetRegisteredAtMs() int64 {
 	return 0
 }
 
+func (x *Node) GetUnhealthyGpus() []*GPUHealth {
+	if x != nil {
+		return x.UnhealthyGpus
+	}
+	return nil
+}
+
+func (x *Node) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
+func (x *Node) GetDrainedGpus() []uint32 {
+	if x != nil {
+		return x.DrainedGpus
+	}
+	return nil
+}
+
+// GPUHealth is a GPU of a node found failing.
+type GPUHealth struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	SinceMs       int64                  `protobuf:"varint,3,opt,name=since_ms,json=sinceMs,proto3" json:"since_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GPUHealth) Reset() {
+	*x = GPUHealth{}
+	mi := &file_gantry_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GPUHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GPUHealth) ProtoMessage() {}
+
+func (x *GPUHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GPUHealth.ProtoReflect.Descriptor instead.
+func (*GPUHealth) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GPUHealth) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *GPUHealth) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *GPUHealth) GetSinceMs() int64 {
+	if x != nil {
+		return x.SinceMs
+	}
+	return 0
+}
+
 type Hello struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	NodeId   string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -1769,7 +1879,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_gantry_proto_msgTypes[16]
+	mi := &file_gantry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1781,7 +1891,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[16]
+	mi := &file_gantry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1794,7 +1904,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{16}
+	return file_gantry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Hello) GetNodeId() string {
@@ -1852,7 +1962,7 @@ type HelloReply struct {
 
 func (x *HelloReply) Reset() {
 	*x = HelloReply{}
-	mi := &file_gantry_proto_msgTypes[17]
+	mi := &file_gantry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1864,7 +1974,7 @@ func (x *HelloReply) String() string {
 func (*HelloReply) ProtoMessage() {}
 
 func (x *HelloReply) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[17]
+	mi := &file_gantry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1877,7 +1987,7 @@ func (x *HelloReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloReply.ProtoReflect.Descriptor instead.
 func (*HelloReply) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{17}
+	return file_gantry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HelloReply) GetOk() bool {
@@ -1928,7 +2038,7 @@ type BlobRequest struct {
 
 func (x *BlobRequest) Reset() {
 	*x = BlobRequest{}
-	mi := &file_gantry_proto_msgTypes[18]
+	mi := &file_gantry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1940,7 +2050,7 @@ func (x *BlobRequest) String() string {
 func (*BlobRequest) ProtoMessage() {}
 
 func (x *BlobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[18]
+	mi := &file_gantry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1953,7 +2063,7 @@ func (x *BlobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobRequest.ProtoReflect.Descriptor instead.
 func (*BlobRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{18}
+	return file_gantry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BlobRequest) GetJobId() string {
@@ -1981,7 +2091,7 @@ type BlobReply struct {
 
 func (x *BlobReply) Reset() {
 	*x = BlobReply{}
-	mi := &file_gantry_proto_msgTypes[19]
+	mi := &file_gantry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2103,7 @@ func (x *BlobReply) String() string {
 func (*BlobReply) ProtoMessage() {}
 
 func (x *BlobReply) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[19]
+	mi := &file_gantry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2116,7 @@ func (x *BlobReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobReply.ProtoReflect.Descriptor instead.
 func (*BlobReply) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{19}
+	return file_gantry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BlobReply) GetOk() bool {
@@ -2039,7 +2149,7 @@ type BlobChunk struct {
 
 func (x *BlobChunk) Reset() {
 	*x = BlobChunk{}
-	mi := &file_gantry_proto_msgTypes[20]
+	mi := &file_gantry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2051,7 +2161,7 @@ func (x *BlobChunk) String() string {
 func (*BlobChunk) ProtoMessage() {}
 
 func (x *BlobChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[20]
+	mi := &file_gantry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2064,7 +2174,7 @@ func (x *BlobChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobChunk.ProtoReflect.Descriptor instead.
 func (*BlobChunk) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{20}
+	return file_gantry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BlobChunk) GetData() []byte {
@@ -2085,7 +2195,7 @@ type StartJob struct {
 
 func (x *StartJob) Reset() {
 	*x = StartJob{}
-	mi := &file_gantry_proto_msgTypes[21]
+	mi := &file_gantry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2097,7 +2207,7 @@ func (x *StartJob) String() string {
 func (*StartJob) ProtoMessage() {}
 
 func (x *StartJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[21]
+	mi := &file_gantry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2110,7 +2220,7 @@ func (x *StartJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJob.ProtoReflect.Descriptor instead.
 func (*StartJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{21}
+	return file_gantry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StartJob) GetJobId() string {
@@ -2144,7 +2254,7 @@ type CancelJob struct {
 
 func (x *CancelJob) Reset() {
 	*x = CancelJob{}
-	mi := &file_gantry_proto_msgTypes[22]
+	mi := &file_gantry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2156,7 +2266,7 @@ func (x *CancelJob) String() string {
 func (*CancelJob) ProtoMessage() {}
 
 func (x *CancelJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[22]
+	mi := &file_gantry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2169,7 +2279,7 @@ func (x *CancelJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJob.ProtoReflect.Descriptor instead.
 func (*CancelJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{22}
+	return file_gantry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CancelJob) GetJobId() string {
@@ -2202,7 +2312,7 @@ type ControlMessage struct {
 
 func (x *ControlMessage) Reset() {
 	*x = ControlMessage{}
-	mi := &file_gantry_proto_msgTypes[23]
+	mi := &file_gantry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2214,7 +2324,7 @@ func (x *ControlMessage) String() string {
 func (*ControlMessage) ProtoMessage() {}
 
 func (x *ControlMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[23]
+	mi := &file_gantry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2227,7 +2337,7 @@ func (x *ControlMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlMessage.ProtoReflect.Descriptor instead.
 func (*ControlMessage) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{23}
+	return file_gantry_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ControlMessage) GetMsg() isControlMessage_Msg {
@@ -2315,7 +2425,7 @@ type RecordBatch struct {
 
 func (x *RecordBatch) Reset() {
 	*x = RecordBatch{}
-	mi := &file_gantry_proto_msgTypes[24]
+	mi := &file_gantry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2437,7 @@ func (x *RecordBatch) String() string {
 func (*RecordBatch) ProtoMessage() {}
 
 func (x *RecordBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[24]
+	mi := &file_gantry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2450,7 @@ func (x *RecordBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordBatch.ProtoReflect.Descriptor instead.
 func (*RecordBatch) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{24}
+	return file_gantry_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RecordBatch) GetBatchId() uint64 {
@@ -2375,7 +2485,7 @@ type BatchAck struct {
 
 func (x *BatchAck) Reset() {
 	*x = BatchAck{}
-	mi := &file_gantry_proto_msgTypes[25]
+	mi := &file_gantry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2387,7 +2497,7 @@ func (x *BatchAck) String() string {
 func (*BatchAck) ProtoMessage() {}
 
 func (x *BatchAck) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[25]
+	mi := &file_gantry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2400,7 +2510,7 @@ func (x *BatchAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchAck.ProtoReflect.Descriptor instead.
 func (*BatchAck) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{25}
+	return file_gantry_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *BatchAck) GetBatchId() uint64 {
@@ -2428,7 +2538,7 @@ type SubmitJobCmd struct {
 
 func (x *SubmitJobCmd) Reset() {
 	*x = SubmitJobCmd{}
-	mi := &file_gantry_proto_msgTypes[26]
+	mi := &file_gantry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2440,7 +2550,7 @@ func (x *SubmitJobCmd) String() string {
 func (*SubmitJobCmd) ProtoMessage() {}
 
 func (x *SubmitJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[26]
+	mi := &file_gantry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2453,7 +2563,7 @@ func (x *SubmitJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobCmd.ProtoReflect.Descriptor instead.
 func (*SubmitJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{26}
+	return file_gantry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SubmitJobCmd) GetJobId() string {
@@ -2489,7 +2599,7 @@ type AssignJobCmd struct {
 
 func (x *AssignJobCmd) Reset() {
 	*x = AssignJobCmd{}
-	mi := &file_gantry_proto_msgTypes[27]
+	mi := &file_gantry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2501,7 +2611,7 @@ func (x *AssignJobCmd) String() string {
 func (*AssignJobCmd) ProtoMessage() {}
 
 func (x *AssignJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[27]
+	mi := &file_gantry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2514,7 +2624,7 @@ func (x *AssignJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignJobCmd.ProtoReflect.Descriptor instead.
 func (*AssignJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{27}
+	return file_gantry_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AssignJobCmd) GetJobId() string {
@@ -2555,7 +2665,7 @@ type CancelJobCmd struct {
 
 func (x *CancelJobCmd) Reset() {
 	*x = CancelJobCmd{}
-	mi := &file_gantry_proto_msgTypes[28]
+	mi := &file_gantry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2567,7 +2677,7 @@ func (x *CancelJobCmd) String() string {
 func (*CancelJobCmd) ProtoMessage() {}
 
 func (x *CancelJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[28]
+	mi := &file_gantry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2580,7 +2690,7 @@ func (x *CancelJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobCmd.ProtoReflect.Descriptor instead.
 func (*CancelJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{28}
+	return file_gantry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CancelJobCmd) GetJobId() string {
@@ -2610,7 +2720,7 @@ type IngestCmd struct {
 
 func (x *IngestCmd) Reset() {
 	*x = IngestCmd{}
-	mi := &file_gantry_proto_msgTypes[29]
+	mi := &file_gantry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2622,7 +2732,7 @@ func (x *IngestCmd) String() string {
 func (*IngestCmd) ProtoMessage() {}
 
 func (x *IngestCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[29]
+	mi := &file_gantry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2635,7 +2745,7 @@ func (x *IngestCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestCmd.ProtoReflect.Descriptor instead.
 func (*IngestCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{29}
+	return file_gantry_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *IngestCmd) GetNodeId() string {
@@ -2677,7 +2787,7 @@ type NodeUpCmd struct {
 
 func (x *NodeUpCmd) Reset() {
 	*x = NodeUpCmd{}
-	mi := &file_gantry_proto_msgTypes[30]
+	mi := &file_gantry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2689,7 +2799,7 @@ func (x *NodeUpCmd) String() string {
 func (*NodeUpCmd) ProtoMessage() {}
 
 func (x *NodeUpCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[30]
+	mi := &file_gantry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2702,7 +2812,7 @@ func (x *NodeUpCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeUpCmd.ProtoReflect.Descriptor instead.
 func (*NodeUpCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{30}
+	return file_gantry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NodeUpCmd) GetNode() *Node {
@@ -2736,7 +2846,7 @@ type NodeDownCmd struct {
 
 func (x *NodeDownCmd) Reset() {
 	*x = NodeDownCmd{}
-	mi := &file_gantry_proto_msgTypes[31]
+	mi := &file_gantry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2748,7 +2858,7 @@ func (x *NodeDownCmd) String() string {
 func (*NodeDownCmd) ProtoMessage() {}
 
 func (x *NodeDownCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[31]
+	mi := &file_gantry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2761,7 +2871,7 @@ func (x *NodeDownCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDownCmd.ProtoReflect.Descriptor instead.
 func (*NodeDownCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{31}
+	return file_gantry_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NodeDownCmd) GetNodeId() string {
@@ -2792,7 +2902,7 @@ type EndJobCmd struct {
 
 func (x *EndJobCmd) Reset() {
 	*x = EndJobCmd{}
-	mi := &file_gantry_proto_msgTypes[32]
+	mi := &file_gantry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2804,7 +2914,7 @@ func (x *EndJobCmd) String() string {
 func (*EndJobCmd) ProtoMessage() {}
 
 func (x *EndJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[32]
+	mi := &file_gantry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2817,7 +2927,7 @@ func (x *EndJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndJobCmd.ProtoReflect.Descriptor instead.
 func (*EndJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{32}
+	return file_gantry_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *EndJobCmd) GetJobId() string {
@@ -2865,7 +2975,7 @@ type QueueTimeoutCmd struct {
 
 func (x *QueueTimeoutCmd) Reset() {
 	*x = QueueTimeoutCmd{}
-	mi := &file_gantry_proto_msgTypes[33]
+	mi := &file_gantry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2877,7 +2987,7 @@ func (x *QueueTimeoutCmd) String() string {
 func (*QueueTimeoutCmd) ProtoMessage() {}
 
 func (x *QueueTimeoutCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[33]
+	mi := &file_gantry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2890,7 +3000,7 @@ func (x *QueueTimeoutCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueTimeoutCmd.ProtoReflect.Descriptor instead.
 func (*QueueTimeoutCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{33}
+	return file_gantry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *QueueTimeoutCmd) GetJobId() string {
@@ -2940,7 +3050,7 @@ type Alert struct {
 
 func (x *Alert) Reset() {
 	*x = Alert{}
-	mi := &file_gantry_proto_msgTypes[34]
+	mi := &file_gantry_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2952,7 +3062,7 @@ func (x *Alert) String() string {
 func (*Alert) ProtoMessage() {}
 
 func (x *Alert) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[34]
+	mi := &file_gantry_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2965,7 +3075,7 @@ func (x *Alert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alert.ProtoReflect.Descriptor instead.
 func (*Alert) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{34}
+	return file_gantry_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Alert) GetId() uint64 {
@@ -3044,7 +3154,7 @@ type AlertsDeliveredCmd struct {
 
 func (x *AlertsDeliveredCmd) Reset() {
 	*x = AlertsDeliveredCmd{}
-	mi := &file_gantry_proto_msgTypes[35]
+	mi := &file_gantry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3056,7 +3166,7 @@ func (x *AlertsDeliveredCmd) String() string {
 func (*AlertsDeliveredCmd) ProtoMessage() {}
 
 func (x *AlertsDeliveredCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[35]
+	mi := &file_gantry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3069,7 +3179,7 @@ func (x *AlertsDeliveredCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlertsDeliveredCmd.ProtoReflect.Descriptor instead.
 func (*AlertsDeliveredCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{35}
+	return file_gantry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AlertsDeliveredCmd) GetUpTo() uint64 {
@@ -3080,6 +3190,78 @@ func (x *AlertsDeliveredCmd) GetUpTo() uint64 {
 }
 
 func (x *AlertsDeliveredCmd) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
+// DrainCmd stops (or, with undrain, resumes) placement on a node or on
+// some of its GPUs. Running jobs are left alone. Undraining GPUs also
+// clears their unhealthy marks: the operator says they are fixed.
+type DrainCmd struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// gpus: these GPUs only; empty: the whole node.
+	Gpus          []uint32 `protobuf:"varint,2,rep,packed,name=gpus,proto3" json:"gpus,omitempty"`
+	Undrain       bool     `protobuf:"varint,3,opt,name=undrain,proto3" json:"undrain,omitempty"`
+	AtMs          int64    `protobuf:"varint,4,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainCmd) Reset() {
+	*x = DrainCmd{}
+	mi := &file_gantry_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainCmd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainCmd) ProtoMessage() {}
+
+func (x *DrainCmd) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainCmd.ProtoReflect.Descriptor instead.
+func (*DrainCmd) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *DrainCmd) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *DrainCmd) GetGpus() []uint32 {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+func (x *DrainCmd) GetUndrain() bool {
+	if x != nil {
+		return x.Undrain
+	}
+	return false
+}
+
+func (x *DrainCmd) GetAtMs() int64 {
 	if x != nil {
 		return x.AtMs
 	}
@@ -3122,7 +3304,7 @@ type AgentJob struct {
 
 func (x *AgentJob) Reset() {
 	*x = AgentJob{}
-	mi := &file_gantry_proto_msgTypes[36]
+	mi := &file_gantry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3134,7 +3316,7 @@ func (x *AgentJob) String() string {
 func (*AgentJob) ProtoMessage() {}
 
 func (x *AgentJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[36]
+	mi := &file_gantry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3147,7 +3329,7 @@ func (x *AgentJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentJob.ProtoReflect.Descriptor instead.
 func (*AgentJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{36}
+	return file_gantry_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AgentJob) GetJobId() string {
@@ -3330,7 +3512,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\a\n" +
-	"\x05_step\"\xce\x02\n" +
+	"\x05_step\"\x8f\x03\n" +
 	"\aGPUStat\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -3343,7 +3525,9 @@ const file_gantry_proto_rawDesc = "" +
 	"\fsm_clock_mhz\x18\t \x01(\rR\n" +
 	"smClockMhz\x12\"\n" +
 	"\rpower_limit_w\x18\n" +
-	" \x01(\x01R\vpowerLimitW\"U\n" +
+	" \x01(\x01R\vpowerLimitW\x12\x14\n" +
+	"\x05fault\x18\v \x01(\tR\x05fault\x12)\n" +
+	"\x10throttle_reasons\x18\f \x01(\x04R\x0fthrottleReasons\"U\n" +
 	"\tGPUSample\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x0e\n" +
 	"\x02ts\x18\x02 \x01(\x01R\x02ts\x12&\n" +
@@ -3397,7 +3581,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\x06active\x18\x03 \x01(\bR\x06active\x12\x1a\n" +
 	"\bevidence\x18\x04 \x01(\tR\bevidence\x12\x12\n" +
 	"\x04gpus\x18\x05 \x03(\rR\x04gpus\x12\x16\n" +
-	"\x06signal\x18\x06 \x01(\tR\x06signal\"\xec\x01\n" +
+	"\x06signal\x18\x06 \x01(\tR\x06signal\"\xe6\x02\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12&\n" +
@@ -3406,7 +3590,15 @@ const file_gantry_proto_rawDesc = "" +
 	"\aversion\x18\x05 \x01(\tR\aversion\x12 \n" +
 	"\flast_seen_ms\x18\x06 \x01(\x03R\n" +
 	"lastSeenMs\x12(\n" +
-	"\x10registered_at_ms\x18\a \x01(\x03R\x0eregisteredAtMs\"\x9f\x01\n" +
+	"\x10registered_at_ms\x18\a \x01(\x03R\x0eregisteredAtMs\x12;\n" +
+	"\x0eunhealthy_gpus\x18\b \x03(\v2\x14.gantry.v1.GPUHealthR\runhealthyGpus\x12\x18\n" +
+	"\adrained\x18\t \x01(\bR\adrained\x12!\n" +
+	"\fdrained_gpus\x18\n" +
+	" \x03(\rR\vdrainedGpus\"T\n" +
+	"\tGPUHealth\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x19\n" +
+	"\bsince_ms\x18\x03 \x01(\x03R\asinceMs\"\x9f\x01\n" +
 	"\x05Hello\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12&\n" +
@@ -3499,7 +3691,12 @@ const file_gantry_proto_rawDesc = "" +
 	"\x04gpus\x18\t \x03(\rR\x04gpus\">\n" +
 	"\x12AlertsDeliveredCmd\x12\x13\n" +
 	"\x05up_to\x18\x01 \x01(\x04R\x04upTo\x12\x13\n" +
-	"\x05at_ms\x18\x02 \x01(\x03R\x04atMs\"\x8e\x03\n" +
+	"\x05at_ms\x18\x02 \x01(\x03R\x04atMs\"f\n" +
+	"\bDrainCmd\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
+	"\x04gpus\x18\x02 \x03(\rR\x04gpus\x12\x18\n" +
+	"\aundrain\x18\x03 \x01(\bR\aundrain\x12\x13\n" +
+	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\"\x8e\x03\n" +
 	"\bAgentJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.gantry.v1.JobSpecR\x04spec\x12\x12\n" +
@@ -3547,7 +3744,7 @@ func file_gantry_proto_rawDescGZIP() []byte {
 }
 
 var file_gantry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_gantry_proto_goTypes = []any{
 	(JobState)(0),              // 0: gantry.v1.JobState
 	(NodeState)(0),             // 1: gantry.v1.NodeState
@@ -3567,45 +3764,47 @@ var file_gantry_proto_goTypes = []any{
 	(*Record)(nil),             // 15: gantry.v1.Record
 	(*HealthCondition)(nil),    // 16: gantry.v1.HealthCondition
 	(*Node)(nil),               // 17: gantry.v1.Node
-	(*Hello)(nil),              // 18: gantry.v1.Hello
-	(*HelloReply)(nil),         // 19: gantry.v1.HelloReply
-	(*BlobRequest)(nil),        // 20: gantry.v1.BlobRequest
-	(*BlobReply)(nil),          // 21: gantry.v1.BlobReply
-	(*BlobChunk)(nil),          // 22: gantry.v1.BlobChunk
-	(*StartJob)(nil),           // 23: gantry.v1.StartJob
-	(*CancelJob)(nil),          // 24: gantry.v1.CancelJob
-	(*ControlMessage)(nil),     // 25: gantry.v1.ControlMessage
-	(*RecordBatch)(nil),        // 26: gantry.v1.RecordBatch
-	(*BatchAck)(nil),           // 27: gantry.v1.BatchAck
-	(*SubmitJobCmd)(nil),       // 28: gantry.v1.SubmitJobCmd
-	(*AssignJobCmd)(nil),       // 29: gantry.v1.AssignJobCmd
-	(*CancelJobCmd)(nil),       // 30: gantry.v1.CancelJobCmd
-	(*IngestCmd)(nil),          // 31: gantry.v1.IngestCmd
-	(*NodeUpCmd)(nil),          // 32: gantry.v1.NodeUpCmd
-	(*NodeDownCmd)(nil),        // 33: gantry.v1.NodeDownCmd
-	(*EndJobCmd)(nil),          // 34: gantry.v1.EndJobCmd
-	(*QueueTimeoutCmd)(nil),    // 35: gantry.v1.QueueTimeoutCmd
-	(*Alert)(nil),              // 36: gantry.v1.Alert
-	(*AlertsDeliveredCmd)(nil), // 37: gantry.v1.AlertsDeliveredCmd
-	(*AgentJob)(nil),           // 38: gantry.v1.AgentJob
-	nil,                        // 39: gantry.v1.JobSpec.EnvEntry
-	nil,                        // 40: gantry.v1.Job.FinalMetricsEntry
-	nil,                        // 41: gantry.v1.Job.LatestMetricsEntry
-	nil,                        // 42: gantry.v1.MetricPoint.ValuesEntry
-	nil,                        // 43: gantry.v1.JobExit.FinalMetricsEntry
+	(*GPUHealth)(nil),          // 18: gantry.v1.GPUHealth
+	(*Hello)(nil),              // 19: gantry.v1.Hello
+	(*HelloReply)(nil),         // 20: gantry.v1.HelloReply
+	(*BlobRequest)(nil),        // 21: gantry.v1.BlobRequest
+	(*BlobReply)(nil),          // 22: gantry.v1.BlobReply
+	(*BlobChunk)(nil),          // 23: gantry.v1.BlobChunk
+	(*StartJob)(nil),           // 24: gantry.v1.StartJob
+	(*CancelJob)(nil),          // 25: gantry.v1.CancelJob
+	(*ControlMessage)(nil),     // 26: gantry.v1.ControlMessage
+	(*RecordBatch)(nil),        // 27: gantry.v1.RecordBatch
+	(*BatchAck)(nil),           // 28: gantry.v1.BatchAck
+	(*SubmitJobCmd)(nil),       // 29: gantry.v1.SubmitJobCmd
+	(*AssignJobCmd)(nil),       // 30: gantry.v1.AssignJobCmd
+	(*CancelJobCmd)(nil),       // 31: gantry.v1.CancelJobCmd
+	(*IngestCmd)(nil),          // 32: gantry.v1.IngestCmd
+	(*NodeUpCmd)(nil),          // 33: gantry.v1.NodeUpCmd
+	(*NodeDownCmd)(nil),        // 34: gantry.v1.NodeDownCmd
+	(*EndJobCmd)(nil),          // 35: gantry.v1.EndJobCmd
+	(*QueueTimeoutCmd)(nil),    // 36: gantry.v1.QueueTimeoutCmd
+	(*Alert)(nil),              // 37: gantry.v1.Alert
+	(*AlertsDeliveredCmd)(nil), // 38: gantry.v1.AlertsDeliveredCmd
+	(*DrainCmd)(nil),           // 39: gantry.v1.DrainCmd
+	(*AgentJob)(nil),           // 40: gantry.v1.AgentJob
+	nil,                        // 41: gantry.v1.JobSpec.EnvEntry
+	nil,                        // 42: gantry.v1.Job.FinalMetricsEntry
+	nil,                        // 43: gantry.v1.Job.LatestMetricsEntry
+	nil,                        // 44: gantry.v1.MetricPoint.ValuesEntry
+	nil,                        // 45: gantry.v1.JobExit.FinalMetricsEntry
 }
 var file_gantry_proto_depIdxs = []int32{
-	39, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
+	41, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
 	2,  // 1: gantry.v1.JobSpec.resources:type_name -> gantry.v1.Resources
 	4,  // 2: gantry.v1.JobSpec.health:type_name -> gantry.v1.HealthSpec
 	3,  // 3: gantry.v1.Job.spec:type_name -> gantry.v1.JobSpec
 	0,  // 4: gantry.v1.Job.state:type_name -> gantry.v1.JobState
-	40, // 5: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
-	41, // 6: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
+	42, // 5: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
+	43, // 6: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
 	5,  // 7: gantry.v1.Job.conditions:type_name -> gantry.v1.JobCondition
-	42, // 8: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
+	44, // 8: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
 	8,  // 9: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
-	43, // 10: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
+	45, // 10: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
 	7,  // 11: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
 	11, // 12: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
 	12, // 13: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
@@ -3615,23 +3814,24 @@ var file_gantry_proto_depIdxs = []int32{
 	16, // 17: gantry.v1.Record.condition:type_name -> gantry.v1.HealthCondition
 	10, // 18: gantry.v1.Node.gpus:type_name -> gantry.v1.GPUInfo
 	1,  // 19: gantry.v1.Node.state:type_name -> gantry.v1.NodeState
-	10, // 20: gantry.v1.Hello.gpus:type_name -> gantry.v1.GPUInfo
-	3,  // 21: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
-	18, // 22: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
-	19, // 23: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
-	23, // 24: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
-	24, // 25: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
-	15, // 26: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
-	3,  // 27: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
-	15, // 28: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
-	17, // 29: gantry.v1.NodeUpCmd.node:type_name -> gantry.v1.Node
-	0,  // 30: gantry.v1.EndJobCmd.state:type_name -> gantry.v1.JobState
-	3,  // 31: gantry.v1.AgentJob.spec:type_name -> gantry.v1.JobSpec
-	32, // [32:32] is the sub-list for method output_type
-	32, // [32:32] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	18, // 20: gantry.v1.Node.unhealthy_gpus:type_name -> gantry.v1.GPUHealth
+	10, // 21: gantry.v1.Hello.gpus:type_name -> gantry.v1.GPUInfo
+	3,  // 22: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
+	19, // 23: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
+	20, // 24: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
+	24, // 25: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
+	25, // 26: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
+	15, // 27: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
+	3,  // 28: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
+	15, // 29: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
+	17, // 30: gantry.v1.NodeUpCmd.node:type_name -> gantry.v1.Node
+	0,  // 31: gantry.v1.EndJobCmd.state:type_name -> gantry.v1.JobState
+	3,  // 32: gantry.v1.AgentJob.spec:type_name -> gantry.v1.JobSpec
+	33, // [33:33] is the sub-list for method output_type
+	33, // [33:33] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_gantry_proto_init() }
@@ -3651,7 +3851,7 @@ func file_gantry_proto_init() {
 		(*Record_Gpu)(nil),
 		(*Record_Condition)(nil),
 	}
-	file_gantry_proto_msgTypes[23].OneofWrappers = []any{
+	file_gantry_proto_msgTypes[24].OneofWrappers = []any{
 		(*ControlMessage_Hello)(nil),
 		(*ControlMessage_HelloReply)(nil),
 		(*ControlMessage_Start)(nil),
@@ -3663,7 +3863,7 @@ func file_gantry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_proto_rawDesc), len(file_gantry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   42,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

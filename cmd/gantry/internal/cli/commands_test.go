@@ -68,6 +68,8 @@ func TestEveryCommand(t *testing.T) {
 		"events":         {args: []string{"events", "train"}, data: true, dataHas: `"events": [`, takesJob: true, usage: []string{"events"}},
 		"logs":           {args: []string{"logs", "train"}, data: true, dataHas: `"data": "epoch 1\n"`, takesJob: true, usage: []string{"logs", "a", "b"}},
 		"cancel":         {args: []string{"cancel", "train"}, takesJob: true, usage: []string{"cancel"}},
+		"nodes drain":    {args: []string{"nodes", "drain", "gpu-a", "--gpu", "3"}, usage: []string{"nodes", "drain"}},
+		"nodes undrain":  {args: []string{"nodes", "undrain", "gpu-a"}, usage: []string{"nodes", "undrain", "a", "b"}},
 		"nodes":          {args: []string{"nodes"}, data: true, dataHas: `"free_gpus": 6`, usage: []string{"nodes", "x"}},
 		"cluster status": {args: []string{"cluster", "status"}, data: true, dataHas: `"leader_id": "c1"`, usage: []string{"cluster", "status", "x"}},
 		"completion":     {args: []string{"completion", "bash"}, usage: []string{"completion", "bash", "extra"}},
@@ -280,4 +282,20 @@ func newFailingServer(t *testing.T, status int) *httptest.Server {
 	}))
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+func TestNodesDrain(t *testing.T) {
+	fc := newFakeCluster(t, treeJobs...)
+	env := map[string]string{EnvAddr: fc.srv.URL}
+	r := runCLI(t, t.Context(), env, "nodes", "drain", "gpu-a", "--gpu", "3,5")
+	if r.code != 0 || !strings.Contains(r.stdout, "GPU 3 drained; GPU 5 drained") {
+		t.Errorf("drain: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = runCLI(t, t.Context(), env, "nodes", "drain", "gpu-a")
+	if r.code != 0 || !strings.Contains(r.stdout, "HEALTH") || !strings.Contains(r.stdout, "drained") {
+		t.Errorf("drain node: code %d stdout %q", r.code, r.stdout)
+	}
+	if r := runCLI(t, t.Context(), env, "nodes", "drain", "nope"); r.code == 0 || !strings.Contains(r.stderr, "node not found") {
+		t.Errorf("drain unknown node: code %d stderr %q", r.code, r.stderr)
+	}
 }

@@ -409,8 +409,15 @@ func WriteJobsTable(w io.Writer, jobs []apiv1.Job, now time.Time) error {
 // WriteNodesTable writes the `gantry nodes` table.
 func WriteNodesTable(w io.Writer, nodes []apiv1.Node, now time.Time) error {
 	nodes = safe(nodes)
+	// A HEALTH column, last, says which GPUs are failing or drained; it
+	// is left out when none is, the common case.
+	health := slices.ContainsFunc(nodes, func(n apiv1.Node) bool { return nodeHealth(n) != "" })
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tHOSTNAME\tSTATE\tGPUS FREE/TOTAL\tCONNECTED\tLAST SEEN")
+	head := "ID\tHOSTNAME\tSTATE\tGPUS FREE/TOTAL\tCONNECTED\tLAST SEEN"
+	if health {
+		head += "\tHEALTH"
+	}
+	fmt.Fprintln(tw, head)
 	for _, n := range nodes {
 		seen := "-"
 		switch {
@@ -419,10 +426,32 @@ func WriteNodesTable(w io.Writer, nodes []apiv1.Node, now time.Time) error {
 		case n.LastSeen != nil:
 			seen = FormatAge(now.Sub(*n.LastSeen)) + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s",
 			n.ID, orDash(n.Hostname), n.State, n.FreeGPUs, len(n.GPUs), yesNo(n.Connected), seen)
+		if health {
+			fmt.Fprintf(tw, "\t%s", orDash(nodeHealth(n)))
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
+}
+
+// nodeHealth says what is drained or failing on a node: "drained; GPU 3
+// failing: XID 79 (...); GPU 5 drained", or "" when nothing is.
+func nodeHealth(n apiv1.Node) string {
+	var parts []string
+	if n.Drained {
+		parts = append(parts, "drained")
+	}
+	for _, g := range n.GPUs {
+		switch {
+		case !g.Healthy && g.Fault != "":
+			parts = append(parts, fmt.Sprintf("GPU %d failing: %s", g.Index, oneLine(g.Fault)))
+		case g.Drained:
+			parts = append(parts, fmt.Sprintf("GPU %d drained", g.Index))
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 func yesNo(b bool) string {

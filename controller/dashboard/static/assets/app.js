@@ -1831,7 +1831,8 @@
           n.version ? 'agent ' + n.version : null,
           'last seen ' + fmtAge(n.last_seen),
           `${n.free_gpus}/${(n.gpus || []).length} GPUs free`,
-        ].filter(Boolean).join(' · '))),
+        ].filter(Boolean).join(' · ')),
+        n.drained ? el('span', { class: 'cond', 'data-drained': 'node' }, 'drained') : null),
       (n.gpus || []).length === 0 ? el('p', { class: 'muted' }, 'No GPUs.') :
         el('table', {},
           el('thead', {}, el('tr', {},
@@ -1841,7 +1842,9 @@
             const s = stats.get(g.index);
             const row = gpuRow(s || { index: g.index, name: g.name, uuid: g.uuid, memory_total_bytes: g.memory_total_bytes, memory_used_bytes: 0 });
             if (!s) row.classList.add('muted');
-            row.appendChild(el('td', {}, g.job_id ? jobLink(g.job_id) : el('span', { class: 'muted' }, 'free')));
+            row.appendChild(el('td', {}, g.job_id ? jobLink(g.job_id) : el('span', { class: 'muted' }, 'free'),
+              g.healthy === false ? el('span', { class: 'cond cond-hung', title: g.fault || '', 'data-gpu-health': 'failing' }, 'failing: ' + (g.fault || '')) : null,
+              g.drained ? el('span', { class: 'cond', 'data-gpu-health': 'drained' }, 'drained') : null));
             return row;
           }))));
   }
