@@ -24,18 +24,20 @@ path = os.environ["GANTRY_METRICS_FILE"]
 stop = sys.argv[1]
 step = 0
 stopped = False
+last = 0.0
 with open(path, "a") as f:
     while True:
         if os.path.exists(stop):
             if not stopped:
                 stopped = True
                 with open(stop + ".at", "w") as at:
-                    at.write(repr(time.time()))
+                    at.write(repr(last))
         else:
             stopped = False
             step += 1
             f.write(json.dumps({"step": step, "loss": 1.0 / step}) + "\n")
             f.flush()
+            last = time.time()
         time.sleep(0.1)
 `
 
@@ -56,6 +58,17 @@ func gpuScript(t *testing.T, path string, gpus []int, util, powerW, smMHz float6
 		t.Fatal(err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// gpuScriptRaw writes the mock GPU script as given, replaced atomically.
+func gpuScriptRaw(t *testing.T, path, doc string) {
+	t.Helper()
+	if err := os.WriteFile(path+".tmp", []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -293,6 +306,91 @@ func TestHealthConditions(t *testing.T) {
 			}
 		}
 	})
+
+	// GPU faults come last: a failing GPU stays failing in the dev agent.
+	t.Run("XID 79 makes the job's GPU unhealthy; nothing more is placed on it", func(t *testing.T) {
+		id, j, _ := run(t, "xid", nil)
+		gpu := j.GPUs[0]
+		onset := time.Now()
+		gpuScriptRaw(t, script, fmt.Sprintf(`{"gpus": {"%d": {"xid": 79, "util": 50, "power_w": 200, "sm_mhz": 1400}}}`, gpu))
+		var failing apiv1.GPU
+		waitFor(t, 30*time.Second, "the GPU marked failing", func() bool {
+			nodes, err := d.api.Nodes(ctx)
+			if err != nil || len(nodes) != 1 {
+				return false
+			}
+			for _, g := range nodes[0].GPUs {
+				if g.Index == gpu && !g.Healthy {
+					failing = g
+					return true
+				}
+			}
+			return false
+		})
+		nodes, _ := d.api.Nodes(ctx)
+		node := nodes[0].ID
+		a := hooks.waitNode(t, node, "gpu_unhealthy", gpu)
+		t.Logf("MEASURE gpu unhealthy (XID 79 through the NVML event set): alert delivered %s after the XID", a.got.Sub(onset).Round(time.Millisecond))
+		if failing.Fault != "XID 79 (GPU has fallen off the bus)" {
+			t.Errorf("fault %q", failing.Fault)
+		}
+		if e, ok := hasEvent(t, id, "gpu_unhealthy"); !ok || !strings.Contains(e.Message, "XID 79") {
+			t.Errorf("the job on the GPU got no gpu_unhealthy event: %+v", e)
+		}
+		finish(t, id)
+		// Two GPUs, one failing: a 2-GPU job waits, and says why.
+		big, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "big", Run: "true", Resources: apiv1.Resources{GPUs: 2}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := waitState(t, d.api, big, apiv1.StateQueued, 10*time.Second)
+		if !strings.Contains(q.Reason, "most free now: 1") {
+			t.Errorf("2-GPU job on a node with a failing GPU: reason %q", q.Reason)
+		}
+		// Draining the other GPU leaves none; undraining it brings one back.
+		other := 1 - gpu
+		if _, err := d.api.Drain(ctx, node, []int{other}, false); err != nil {
+			t.Fatal(err)
+		}
+		small, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "small", Run: "true", Resources: apiv1.Resources{GPUs: 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the 1-GPU job to wait for a drained GPU", func() bool {
+			j, err := d.api.Job(ctx, small)
+			return err == nil && j.State == apiv1.StateQueued && strings.Contains(j.Reason, "most free now: 0")
+		})
+		if _, err := d.api.Drain(ctx, node, []int{other}, true); err != nil {
+			t.Fatal(err)
+		}
+		if j := waitTerminal(t, d.api, small, 30*time.Second); j.State != apiv1.StateSucceeded || j.GPUs[0] != other {
+			t.Errorf("after undrain: %s on GPUs %v, want succeeded on %d", j.State, j.GPUs, other)
+		}
+		if err := d.api.Cancel(ctx, big); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("a lost GPU is unhealthy", func(t *testing.T) {
+		nodes, err := d.api.Nodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var healthy = -1
+		for _, g := range nodes[0].GPUs {
+			if g.Healthy {
+				healthy = g.Index
+			}
+		}
+		onset := time.Now()
+		gpuScriptRaw(t, script, fmt.Sprintf(`{"gpus": {"%d": {"lost": true}}}`, healthy))
+		a := hooks.waitNode(t, nodes[0].ID, "gpu_unhealthy", healthy)
+		t.Logf("MEASURE gpu lost: alert delivered %s after the GPU stopped answering", a.got.Sub(onset).Round(time.Millisecond))
+		if !strings.Contains(a.Text, "GPU is lost") {
+			t.Errorf("lost GPU alert %q", a.Text)
+		}
+	})
+
 }
 
 // hookReceiver is a local webhook: it records every alert posted to it,
@@ -359,6 +457,24 @@ func (h *hookReceiver) wait(t *testing.T, id, kind string) hookAlert {
 	if a.key != a.ID || a.Text == "" {
 		t.Errorf("alert %+v: Idempotency-Key %q, want its id and a text", a.hookPayload, a.key)
 	}
+	return a
+}
+
+// waitNode returns the alert of kind about node, naming gpu, once posted.
+func (h *hookReceiver) waitNode(t *testing.T, node, kind string, gpu int) hookAlert {
+	t.Helper()
+	var a hookAlert
+	waitFor(t, 30*time.Second, "a "+kind+" webhook for "+node, func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, x := range h.got {
+			if x.Node == node && x.Kind == kind && len(x.GPUs) == 1 && int(x.GPUs[0]) == gpu {
+				a = x
+				return true
+			}
+		}
+		return false
+	})
 	return a
 }
 

@@ -218,9 +218,12 @@ func (f *Fleet) waitingFor(spec *gantrypb.JobSpec, up []Candidate) string {
 	}
 	most, mostNode := -1, ""
 	for _, n := range fitUp {
+		// Free as placement sees it: failing and drained GPUs, and a
+		// drained node's, are not free.
+		c := NodeCandidate(n, f.used[n.Id])
 		free := 0
 		for _, g := range n.Gpus {
-			if !f.used[n.Id][g.Index] && (gpuType == "" || matchesType(g.Name, gpuType)) {
+			if !c.Drained && !c.Used[g.Index] && !c.Unusable[g.Index] && (gpuType == "" || matchesType(g.Name, gpuType)) {
 				free++
 			}
 		}
