@@ -230,6 +230,9 @@ func (a *Agent) Run(ctx context.Context) error {
 					g.Fault = clip(g.Fault, limits.MaxGPUStringBytes)
 				}
 				a.healthSample(s)
+				if procs, err := a.gpus.Processes(); err == nil || len(procs) > 0 {
+					a.attributeProcesses(procs)
+				}
 				_, err := a.spool.Append(&gantrypb.Record{Body: &gantrypb.Record_Gpu{Gpu: s}})
 				switch {
 				case err != nil && !failing:

@@ -110,6 +110,8 @@ type job struct {
 	health   *jobHealth
 	// faultsTold are the GPUs whose fault the job was told of.
 	faultsTold map[uint32]bool
+	// procTrack is the job's GPU process attribution (procattr.go).
+	procTrack *procTracker
 	// resumed: the job was re-adopted after an agent restart.
 	resumed bool
 

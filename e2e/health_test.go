@@ -307,6 +307,37 @@ func TestHealthConditions(t *testing.T) {
 		}
 	})
 
+	t.Run("stray process and a GPU the job was not given", func(t *testing.T) {
+		id, j, _ := run(t, "procs", nil)
+		mine, other := j.GPUs[0], 1-j.GPUs[0]
+		// The job's main process (its session leader) on both GPUs; this
+		// test's own process, of no job, on the job's GPU.
+		gpuScriptRaw(t, script, fmt.Sprintf(`{"gpus": {
+			"%d": {"util": 90, "power_w": 300, "sm_mhz": 1400, "processes": [{"pid": %d, "mem_mib": 2048}, {"pid": %d, "mem_mib": 512}]},
+			"%d": {"util": 90, "power_w": 300, "sm_mhz": 1400, "processes": [{"pid": %d, "mem_mib": 1024}]}}}`,
+			mine, j.PID, os.Getpid(), other, j.PID))
+		onset := time.Now()
+		var stray apiv1.Event
+		waitFor(t, 30*time.Second, "the stray and unallocated events", func() bool {
+			var ok1, ok2, ok3 bool
+			stray, ok1 = hasEvent(t, id, "stray_gpu_process")
+			_, ok2 = hasEvent(t, id, "unallocated_gpu")
+			_, ok3 = hasEvent(t, id, "gpu_memory")
+			return ok1 && ok2 && ok3
+		})
+		t.Logf("MEASURE stray process: event %s after the process appeared", time.Unix(0, int64(stray.TS*1e9)).Sub(onset).Round(time.Millisecond))
+		if want := fmt.Sprintf("process %d", os.Getpid()); !strings.Contains(stray.Message, want) || !strings.Contains(stray.Message, "of no job") {
+			t.Errorf("stray event %q", stray.Message)
+		}
+		if e, _ := hasEvent(t, id, "unallocated_gpu"); !strings.Contains(e.Message, fmt.Sprintf("uses GPU %d, which it was not given", other)) {
+			t.Errorf("unallocated event %q", e.Message)
+		}
+		if e, _ := hasEvent(t, id, "gpu_memory"); !strings.Contains(e.Message, "3.0 GiB") {
+			t.Errorf("gpu_memory event %q", e.Message)
+		}
+		finish(t, id)
+	})
+
 	// GPU faults come last: a failing GPU stays failing in the dev agent.
 	t.Run("XID 79 makes the job's GPU unhealthy; nothing more is placed on it", func(t *testing.T) {
 		id, j, _ := run(t, "xid", nil)

@@ -131,6 +131,15 @@ const (
 	// EventGPUUnhealthy says a GPU the job was given is failing (an XID
 	// critical error, a double-bit ECC error, lost, retired pages).
 	EventGPUUnhealthy EventKind = "gpu_unhealthy"
+	// EventGPUMemory reports the GPU memory the job's processes use: when
+	// first seen, then when it has grown (count: bytes).
+	EventGPUMemory EventKind = "gpu_memory"
+	// EventStrayGPUProcess says a process of no job, or of another job,
+	// uses a GPU this job holds.
+	EventStrayGPUProcess EventKind = "stray_gpu_process"
+	// EventUnallocatedGPU says a process of this job uses a GPU the job
+	// was not given.
+	EventUnallocatedGPU EventKind = "unallocated_gpu"
 	// EventCodeUnpacked says the job's code archive was fetched and
 	// unpacked into its working directory, with what it held.
 	EventCodeUnpacked EventKind = "code_unpacked"

@@ -129,3 +129,24 @@ func TestUnsupportedChecksAreNoFault(t *testing.T) {
 		t.Errorf("WatchEvents without event support: %v", err)
 	}
 }
+
+func TestProcesses(t *testing.T) {
+	lib, err := newMockLib(2, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mockDevice(t, lib, 0).GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) {
+		return []nvml.ProcessInfo{{Pid: 42, UsedGpuMemory: 1 << 30}}, nvml.SUCCESS
+	}
+	mockDevice(t, lib, 1).GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) {
+		return nil, nvml.ERROR_GPU_IS_LOST
+	}
+	src := openMock(t, lib, time.Now)
+	ps, err := src.Processes()
+	if len(ps) != 1 || ps[0] != (Process{GPU: 0, PID: 42, MemBytes: 1 << 30}) {
+		t.Errorf("processes %v", ps)
+	}
+	if err == nil || !strings.Contains(err.Error(), "gpu 1") {
+		t.Errorf("err %v, want GPU 1's failure", err)
+	}
+}

@@ -72,7 +72,7 @@ func newMockLib(n int, now func() time.Time) (*mock.Interface, error) {
 	lib := &mock.Interface{
 		EventSetCreateFunc: func() (nvml.EventSet, nvml.Return) { return events.set(), nvml.SUCCESS },
 		InitFunc:           func() nvml.Return { return nvml.SUCCESS },
-		ShutdownFunc: func() nvml.Return { return nvml.SUCCESS },
+		ShutdownFunc:       func() nvml.Return { return nvml.SUCCESS },
 		DeviceGetCountFunc: func() (int, nvml.Return) {
 			return len(devices), nvml.SUCCESS
 		},
@@ -106,6 +106,14 @@ func newMockDevice(index int, cfg gpus.Config, now func() time.Time) *mock.Devic
 			return nvml.EventTypeXidCriticalError | nvml.EventTypeDoubleBitEccError | nvml.EventTypeSingleBitEccError, nvml.SUCCESS
 		},
 		RegisterEventsFunc: func(uint64, nvml.EventSet) nvml.Return { return nvml.SUCCESS },
+		GetComputeRunningProcessesFunc: func() ([]nvml.ProcessInfo, nvml.Return) {
+			r, _ := script()
+			var ps []nvml.ProcessInfo
+			for _, p := range r.Processes {
+				ps = append(ps, nvml.ProcessInfo{Pid: p.PID, UsedGpuMemory: p.MemMiB << 20})
+			}
+			return ps, nvml.SUCCESS
+		},
 		GetEnforcedPowerLimitFunc: func() (uint32, nvml.Return) { return mockPowerLimitW * 1000, nvml.SUCCESS },
 		GetIndexFunc:              func() (int, nvml.Return) { return index, nvml.SUCCESS },
 		GetUUIDFunc:               func() (string, nvml.Return) { return uuid, nvml.SUCCESS },

@@ -13,7 +13,8 @@ import (
 // JSON file such as
 //
 //	{"gpus": {"0": {"util": 100, "power_w": 80, "sm_mhz": 1410, "mem_used_mib": 30000},
-//	          "1": {"xid": 79}, "2": {"lost": true}}}
+//	          "1": {"xid": 79}, "2": {"lost": true},
+//	          "3": {"util": 90, "power_w": 300, "processes": [{"pid": 4242, "mem_mib": 2048}]}}}
 //
 // A GPU listed there reports exactly those readings; the others keep
 // their simulated load. The file is read again whenever its modification
@@ -33,6 +34,14 @@ type Reading struct {
 	XID uint64 `json:"xid"`
 	// Lost makes the GPU answer NVML_ERROR_GPU_IS_LOST.
 	Lost bool `json:"lost"`
+	// Processes are the compute processes the GPU reports.
+	Processes []ScriptProcess `json:"processes"`
+}
+
+// ScriptProcess is a scripted compute process on a GPU.
+type ScriptProcess struct {
+	PID    uint32 `json:"pid"`
+	MemMiB uint64 `json:"mem_mib"`
 }
 
 // scriptFile is the GPU script named by ScriptEnv, re-read on change.
