@@ -219,6 +219,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			// and the next one a second later supersedes it. Said once
 			// per episode, not once a second.
 			failing := false
+			procErr := "" // the last GPU process listing error logged
 			err := gpu.Run(ctx, a.gpus, a.cfg.GPUInterval, a.log.With("component", "gpu"), func(s *gantrypb.GPUSample) {
 				// Within the limits the controller checks, whatever
 				// the driver reports.
@@ -230,9 +231,13 @@ func (a *Agent) Run(ctx context.Context) error {
 					g.Fault = clip(g.Fault, limits.MaxGPUStringBytes)
 				}
 				a.healthSample(s)
-				if procs, err := a.gpus.Processes(); err == nil || len(procs) > 0 {
-					a.attributeProcesses(procs)
+				procs, perr := a.gpus.Processes()
+				if perr != nil && procErr != perr.Error() {
+					// Once per distinct failure, not once a second.
+					procErr = perr.Error()
+					a.log.Warn("listing GPU processes failed; attributing what could be listed", "err", perr)
 				}
+				a.attributeProcesses(procs)
 				_, err := a.spool.Append(&gantrypb.Record{Body: &gantrypb.Record_Gpu{Gpu: s}})
 				switch {
 				case err != nil && !failing:
