@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gantry-ml/gantry/agent/gpu"
+	"github.com/gantry-ml/gantry/agent/health"
 	"github.com/gantry-ml/gantry/agent/link"
 	"github.com/gantry-ml/gantry/agent/pyhelper"
 	"github.com/gantry-ml/gantry/agent/runner"
@@ -45,6 +46,9 @@ type Config struct {
 	TLS         tlsutil.Files
 	// FakeGPUs > 0 uses go-nvml's mock A100s instead of the real driver.
 	FakeGPUs int
+	// Health are this host's defaults for the job health checks, under
+	// what a job's spec sets (README "Health").
+	Health health.Defaults
 	// GPUInterval is the GPU sampling period; default 1 s.
 	GPUInterval time.Duration
 	Log         *slog.Logger

@@ -32,7 +32,7 @@ func (j *job) startHealth(ctx context.Context, resumed bool) (wait func()) {
 	j.stMu.Lock()
 	spec, gpus := j.state.GetSpec(), j.state.GetGpus()
 	j.stMu.Unlock()
-	cfg := health.ConfigFrom(spec.GetHealth())
+	cfg := health.ConfigWith(spec.GetHealth(), j.a.cfg.Health)
 	if cfg.Disabled {
 		return func() {}
 	}

@@ -96,13 +96,27 @@ type Config struct {
 	IdlePowerW  float64
 }
 
-// ConfigFrom fills a Config from a job's spec, with the defaults.
-func ConfigFrom(h *gantrypb.HealthSpec) Config {
+// Defaults are a host's defaults for what a job's spec leaves unset
+// (gantry-agent -health-* flags); zero fields take the package defaults.
+type Defaults struct {
+	K            float64
+	StallFloor   time.Duration
+	StartupGrace time.Duration
+	IdleAfter    time.Duration
+	IdleUtilPct  float64
+}
+
+// ConfigFrom fills a Config from a job's spec, with the package defaults.
+func ConfigFrom(h *gantrypb.HealthSpec) Config { return ConfigWith(h, Defaults{}) }
+
+// ConfigWith fills a Config from a job's spec; what it leaves unset comes
+// from d, then from the package defaults.
+func ConfigWith(h *gantrypb.HealthSpec, d Defaults) Config {
 	c := Config{
 		Disabled:     h.GetDisabled(),
 		StallAfter:   time.Duration(h.GetStallAfterMs()) * time.Millisecond,
-		K:            DefaultK,
-		StallFloor:   DefaultStallFloor,
+		K:            d.K,
+		StallFloor:   d.StallFloor,
 		StartupGrace: time.Duration(h.GetStartupGraceMs()) * time.Millisecond,
 		IdleAfter:    time.Duration(h.GetIdleAfterMs()) * time.Millisecond,
 		IdleUtilPct:  h.GetIdleUtilPct(),
@@ -111,19 +125,36 @@ func ConfigFrom(h *gantrypb.HealthSpec) Config {
 	if c.StallAfter < 0 {
 		c.StallAfter = 0
 	}
+	if !(c.K >= 1) || math.IsInf(c.K, 0) {
+		c.K = DefaultK
+	}
+	if c.StallFloor <= 0 {
+		c.StallFloor = DefaultStallFloor
+	}
 	if c.StartupGrace <= 0 {
-		c.StartupGrace = DefaultStartupGrace
+		c.StartupGrace = cmpDur(d.StartupGrace, DefaultStartupGrace)
 	}
 	if c.IdleAfter <= 0 {
-		c.IdleAfter = DefaultIdleAfter
+		c.IdleAfter = cmpDur(d.IdleAfter, DefaultIdleAfter)
 	}
 	if !(c.IdleUtilPct > 0) || c.IdleUtilPct > 100 {
 		c.IdleUtilPct = DefaultIdleUtilPct
+		if d.IdleUtilPct > 0 && d.IdleUtilPct <= 100 {
+			c.IdleUtilPct = d.IdleUtilPct
+		}
 	}
 	if !(c.IdlePowerW > 0) || math.IsInf(c.IdlePowerW, 0) {
 		c.IdlePowerW = 0
 	}
 	return c
+}
+
+// cmpDur is d when positive, else def.
+func cmpDur(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
 }
 
 // Verdict is a condition beginning (Active) or ending.

@@ -259,3 +259,18 @@ func TestBounded(t *testing.T) {
 		t.Errorf("watches %d GPUs", len(m.gpus))
 	}
 }
+
+func TestHostDefaultsUnderTheSpec(t *testing.T) {
+	d := Defaults{K: 20, StallFloor: time.Minute, StartupGrace: time.Hour, IdleAfter: 2 * time.Minute, IdleUtilPct: 10}
+	c := ConfigWith(nil, d)
+	if c.K != 20 || c.StallFloor != time.Minute || c.StartupGrace != time.Hour || c.IdleAfter != 2*time.Minute || c.IdleUtilPct != 10 {
+		t.Errorf("host defaults not taken: %+v", c)
+	}
+	c = ConfigWith(&gantrypb.HealthSpec{StartupGraceMs: 1000, IdleAfterMs: 2000, IdleUtilPct: 3}, d)
+	if c.StartupGrace != time.Second || c.IdleAfter != 2*time.Second || c.IdleUtilPct != 3 {
+		t.Errorf("the spec does not win: %+v", c)
+	}
+	if c := ConfigWith(nil, Defaults{K: 0.5, IdleUtilPct: 500}); c.K != DefaultK || c.IdleUtilPct != DefaultIdleUtilPct {
+		t.Errorf("nonsense host defaults taken: %+v", c)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/gantry-ml/gantry/agent"
+	"github.com/gantry-ml/gantry/agent/health"
 	"github.com/gantry-ml/gantry/internal/cmdutil"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
@@ -37,6 +38,11 @@ func run() error {
 		serfAdv     = fs.String("serf-advertise", "", "serf address others reach this agent at (default: -serf-addr)")
 		join        = fs.String("join", "", "comma-separated serf addresses of cluster members (controllers are found through serf)")
 		gossipKey   = fs.String("encrypt", os.Getenv("GANTRY_GOSSIP_KEY"), "base64 serf gossip key (default $GANTRY_GOSSIP_KEY)")
+		stallK      = fs.Float64("health-stall-k", health.DefaultK, "a job with no new step for this many times its typical step interval is stalled (a spec's health.stall_after overrides)")
+		stallFloor  = fs.Duration("health-stall-floor", health.DefaultStallFloor, "the shortest stall window")
+		grace       = fs.Duration("health-startup-grace", health.DefaultStartupGrace, "how long a job may run before its first step (a spec's health.startup_grace overrides)")
+		idleAfter   = fs.Duration("health-idle-after", health.DefaultIdleAfter, "how long a job's GPU may stay idle before idle_gpus (a spec's health.idle_after overrides)")
+		idleUtil    = fs.Float64("health-idle-util", health.DefaultIdleUtilPct, "utilization percent below which a GPU may be idle (a spec's health.idle_util_pct overrides)")
 		jobUser     = fs.String("job-user", agent.DefaultJobUser, "when the agent runs as root, the unprivileged account jobs run as "+
 			"(it must exist); root runs jobs as root, which lets them read the agent's keys")
 	)
@@ -66,6 +72,8 @@ func run() error {
 		SerfAddr: *serfAddr, SerfAdvertise: *serfAdv, Join: cmdutil.SplitList(*join), GossipKey: *gossipKey,
 		JobUser: *jobUser,
 		TLS:     tlsFiles,
+		Health: health.Defaults{K: *stallK, StallFloor: *stallFloor, StartupGrace: *grace, IdleAfter: *idleAfter,
+			IdleUtilPct: *idleUtil},
 	})
 	if err != nil {
 		return err
