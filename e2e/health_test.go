@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/gantry-ml/gantry/controller/apiv1"
 )
 
@@ -251,16 +253,18 @@ func TestHealthConditions(t *testing.T) {
 		finish(t, id)
 	})
 
-	t.Run("startup grace and declared stall_after hold back", func(t *testing.T) {
+	t.Run("startup grace, a declared stall_after and a checkpoint hold back", func(t *testing.T) {
 		// A job that loads for 4 s before its first step, with a 6 s
-		// grace; then pauses 3 s (an eval) under stall_after 5 s.
+		// grace; then pauses 3 s with its GPUs idle (a checkpoint) under
+		// stall_after and idle_after 5 s.
 		stop := filepath.Join(dir, "fp.stop")
 		if err := os.WriteFile(stop, nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		id, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "fp", Run: "exec python3 " + trainer + " " + stop,
 			Resources: apiv1.Resources{GPUs: 1}, KillGrace: apiv1.Duration(2 * time.Second),
-			Health: &apiv1.HealthSpec{StartupGrace: apiv1.Duration(6 * time.Second), StallAfter: apiv1.Duration(5 * time.Second)}})
+			Health: &apiv1.HealthSpec{StartupGrace: apiv1.Duration(6 * time.Second), StallAfter: apiv1.Duration(5 * time.Second),
+				IdleAfter: apiv1.Duration(5 * time.Second)}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -269,8 +273,12 @@ func TestHealthConditions(t *testing.T) {
 		_ = os.Remove(stop)
 		_ = os.Remove(stop + ".at")
 		waitFor(t, 10*time.Second, "steps", func() bool { j, err := d.api.Job(ctx, id); return err == nil && j.Points > 5 })
+		// A checkpoint: no step and the GPUs idle for 3 s, under
+		// stall_after and idle_after 5 s.
+		gpuScript(t, script, j0GPUs(t, d, id), 0, 55, 210)
 		stopLogging(t, stop)
-		time.Sleep(3 * time.Second) // the "eval"
+		time.Sleep(3 * time.Second) // the "checkpoint": the behaviour under test is that nothing fires
+		gpuScript(t, script, nil, 0, 0, 0)
 		_ = os.Remove(stop)
 		time.Sleep(2 * time.Second)
 		evs, err := d.api.Events(ctx, id)
@@ -509,6 +517,16 @@ func (h *hookReceiver) waitNode(t *testing.T, node, kind string, gpu int) hookAl
 	return a
 }
 
+// j0GPUs returns the GPUs job id holds.
+func j0GPUs(t *testing.T, d *devController, id string) []int {
+	t.Helper()
+	j, err := d.api.Job(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j.GPUs
+}
+
 // demoTrainer is the absolute path of scripts/demo/train.py.
 func demoTrainer(t *testing.T) string {
 	t.Helper()
@@ -517,4 +535,58 @@ func demoTrainer(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestHealthDashboard: the dashboard shows a job's condition, with its
+// evidence, on the jobs list and the job page, and a failing GPU on the
+// nodes page.
+func TestHealthDashboard(t *testing.T) {
+	b := newBrowser(t)
+	dir := t.TempDir()
+	script := filepath.Join(dir, "gpus.json")
+	gpuScriptRaw(t, script, `{"gpus": {}}`)
+	t.Setenv("GANTRY_TEST_GPU_SCRIPT", script)
+	trainer := filepath.Join(dir, "train.py")
+	if err := os.WriteFile(trainer, []byte(healthTrainer), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startDev(t, "", 1)
+	b.ready(t)
+	ctx := context.Background()
+	stop := filepath.Join(dir, "stop")
+	if err := os.WriteFile(stop, nil, 0o644); err != nil { // never logs a step
+		t.Fatal(err)
+	}
+	id, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "quiet", Run: "exec python3 " + trainer + " " + stop,
+		Resources: apiv1.Resources{GPUs: 1}, Health: &apiv1.HealthSpec{StartupGrace: apiv1.Duration(2 * time.Second)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the job stalled", func() bool {
+		j, err := d.api.Job(ctx, id)
+		_, ok := conditionOf(j, "stalled")
+		return err == nil && ok
+	})
+	b.do(t, "open the job page", chromedp.Navigate(d.addr+"/jobs/"+id), chromedp.WaitVisible(chromedp.CSS(`#job-state`)))
+	b.waitJS(t, 10*time.Second, "the stalled condition on the job page", `!!document.querySelector('[data-condition="stalled"]')`)
+	if txt := b.text(t, `[data-condition="stalled"]`); !strings.Contains(txt, "startup grace") {
+		t.Errorf("job page condition %q lacks its evidence", txt)
+	}
+	b.do(t, "open the jobs list", chromedp.Navigate(d.addr+"/"))
+	b.waitJS(t, 10*time.Second, "the stalled badge in the jobs list", `!!document.querySelector('.cond-stalled')`)
+	gpuScriptRaw(t, script, `{"gpus": {"0": {"xid": 79, "util": 50, "power_w": 200}}}`)
+	waitFor(t, 30*time.Second, "the GPU failing", func() bool {
+		nodes, err := d.api.Nodes(ctx)
+		return err == nil && len(nodes) == 1 && !nodes[0].GPUs[0].Healthy
+	})
+	b.do(t, "open the nodes page", chromedp.Navigate(d.addr+"/nodes"))
+	b.waitJS(t, 10*time.Second, "the failing GPU on the nodes page", `!!document.querySelector('[data-gpu-health="failing"]')`)
+	if txt := b.text(t, `[data-gpu-health="failing"]`); !strings.Contains(txt, "XID 79") {
+		t.Errorf("nodes page shows %q", txt)
+	}
+	b.checkNoErrors(t)
+	if err := d.api.Cancel(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	waitTerminal(t, d.api, id, 30*time.Second)
 }
