@@ -117,8 +117,12 @@ func (n *Notifier) Wake() {
 }
 
 // Stats returns how many (alert, webhook) deliveries succeeded and were
-// given up, and how many alerts were skipped as too old.
+// given up, and how many alerts were skipped as too old. A nil Notifier
+// has done nothing.
 func (n *Notifier) Stats() (delivered, failed, skipped uint64) {
+	if n == nil {
+		return 0, 0, 0
+	}
 	return n.delivered.Load(), n.failed.Load(), n.skipped.Load()
 }
 

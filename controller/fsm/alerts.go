@@ -21,8 +21,12 @@ func (f *FSM) alert(tx *store.Tx, a *gantrypb.Alert, ch *Changes) error {
 	if err != nil {
 		return err
 	}
-	if dropped > 0 {
-		f.log.Warn("alert outbox full: oldest undelivered alerts dropped", "dropped", dropped, "cap", store.MaxAlerts)
+	if dropped > 0 && f.alertsFull.Add(uint64(dropped)) == uint64(dropped) {
+		// Said once per process: without a webhook (or with one down for
+		// long) the outbox is full for good, and every alert drops one.
+		// gantry_alerts_dropped_total counts them.
+		f.log.Warn("alert outbox full: the oldest undelivered alerts are dropped as new ones come (is -alert-webhook set and answering?)",
+			"cap", store.MaxAlerts)
 	}
 	ch.Alerts++
 	return nil

@@ -67,12 +67,17 @@ type FSM struct {
 	skipped     atomic.Uint64 // entries skipped whole
 	rejected    atomic.Uint64 // records skipped inside applied ingest entries
 	diskWaiting atomic.Bool   // a write is waiting for disk space
+	alertsFull  atomic.Uint64 // alerts dropped from the full outbox
 	fatal       atomic.Pointer[error]
 	stop        chan struct{}
 	stopOnce    sync.Once
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
+
+// AlertsDropped is how many undelivered alerts the full outbox dropped
+// since this process started.
+func (f *FSM) AlertsDropped() uint64 { return f.alertsFull.Load() }
 
 // New returns an FSM writing to st and reporting to obs (which may be nil).
 func New(st *store.Store, obs Observer, log *slog.Logger) *FSM {

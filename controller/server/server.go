@@ -353,6 +353,18 @@ func (s *Server) registerFSMMetrics() {
 			Name: "gantry_fsm_rejected_records_total",
 			Help: "Agent records skipped at apply: over a limit, or for a job of another node."},
 			func() float64 { return float64(s.fsm.RejectedRecords()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gantry_alerts_dropped_total",
+			Help: "Undelivered alerts dropped because the alert outbox was full (no webhook, or webhooks down for long)."},
+			func() float64 { return float64(s.fsm.AlertsDropped()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gantry_alerts_delivered_total",
+			Help: "Alert deliveries (alert, webhook) that succeeded, on this controller while it led."},
+			func() float64 { d, _, _ := s.alerts.Stats(); return float64(d) }), // Stats is nil-safe
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gantry_alerts_failed_total",
+			Help: "Alert deliveries (alert, webhook) given up after the retries, on this controller while it led."},
+			func() float64 { _, f, _ := s.alerts.Stats(); return float64(f) }), // Stats is nil-safe
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "gantry_fsm_waiting_for_disk",
 			Help: "1 while applies wait for disk space on the state store."},
