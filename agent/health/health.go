@@ -64,6 +64,8 @@ const (
 	hungMemSpreadBytes = 256 << 20
 	// minHangSamples is how many readings per GPU the verdict needs.
 	minHangSamples = 3
+	// hungLowShare of the readings must be below the low-power line.
+	hungLowShare = 0.9
 )
 
 // Bounds on a Monitor's memory.
@@ -371,10 +373,21 @@ func (m *Monitor) evalStall(t time.Time) []Verdict {
 		}
 		return out
 	}
-	if stalling {
+	if m.active[lifecycle.CondHung] {
 		return nil
 	}
-	kind, signal, gpuEv := m.classify(from, t)
+	// A stall is judged on the readings of its last window (two minutes
+	// at most): a stall that began with busy GPUs and turned into the
+	// hang signature (a collective that started waiting later) is hung
+	// from then on.
+	since := from
+	if lo := t.Add(-min(window, 2*time.Minute)); since.Before(lo) {
+		since = lo
+	}
+	kind, signal, gpuEv := m.classify(since)
+	if stalling && kind != lifecycle.CondHung {
+		return nil
+	}
 	last := "no step logged since the job started " + quiet.Round(time.Second).String() + " ago"
 	if m.stepped {
 		last = fmt.Sprintf("no new step for %s (last step %d)", quiet.Round(time.Second), m.lastStep)
@@ -388,18 +401,12 @@ func (m *Monitor) evalStall(t time.Time) []Verdict {
 	return m.set(lifecycle.CondStalled, v)
 }
 
-// classify decides between stalled and hung from the GPU readings since
-// progress stopped (the last two minutes of them at most), and returns
-// the signal and the GPU evidence.
-func (m *Monitor) classify(from, t time.Time) (kind, signal, evidence string) {
+// classify decides between stalled and hung from the GPU readings after
+// since (the one taken with the last progress was still of a working
+// job), and returns the signal and the GPU evidence.
+func (m *Monitor) classify(since time.Time) (kind, signal, evidence string) {
 	if len(m.gpus) == 0 {
 		return lifecycle.CondStalled, "no_step", "the job has no GPUs"
-	}
-	// The readings after the last progress: the one taken with it was
-	// still of a working job.
-	since := from
-	if lo := t.Add(-2 * time.Minute); since.Before(lo) {
-		since = lo
 	}
 	allIdle, allHung := true, true
 	var parts []string
@@ -420,7 +427,9 @@ func (m *Monitor) classify(from, t time.Time) (kind, signal, evidence string) {
 		}
 		steadyClock := s.meanSM > 0 && (s.maxSM-s.minSM)/s.meanSM <= hungClockSpread
 		steadyMem := s.maxMem-s.minMem <= hungMemSpreadBytes
-		if !(s.minUtil >= hungMinUtilPct && s.meanPower < lowPower && steadyClock && steadyMem) {
+		// Low power in nearly every reading, not on average: a GPU that
+		// computed at full power a moment ago is not hung yet.
+		if !(s.minUtil >= hungMinUtilPct && lowShare(rs, lowPower) >= hungLowShare && steadyClock && steadyMem) {
 			allHung = false
 		}
 	}
@@ -454,6 +463,17 @@ func summarize(rs []reading) summary {
 	s.meanPower /= float64(len(rs))
 	s.meanSM /= float64(len(rs))
 	return s
+}
+
+// lowShare is the share of rs drawing less than w.
+func lowShare(rs []reading, w float64) float64 {
+	n := 0
+	for _, r := range rs {
+		if r.powerW < w {
+			n++
+		}
+	}
+	return float64(n) / float64(len(rs))
 }
 
 func limitText(w float64) string {

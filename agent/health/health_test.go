@@ -274,3 +274,33 @@ func TestHostDefaultsUnderTheSpec(t *testing.T) {
 		t.Errorf("nonsense host defaults taken: %+v", c)
 	}
 }
+
+func TestStalledBecomesHung(t *testing.T) {
+	tr := newTrace(cfg(10*time.Second, time.Minute), 0, 1)
+	tr.run(0, 30, busy, 1)
+	tr.run(30, 45, busy, 0)   // computing without logging: stalled at 39
+	tr.run(45, 70, pegged, 0) // then stuck in a collective
+	s, ok := tr.first(lifecycle.CondStalled, true)
+	if !ok || tr.sec(s) != 39 || s.Signal != "no_step" {
+		t.Fatalf("want stalled by no_step at 39s, got %+v", tr.got)
+	}
+	h, ok := tr.first(lifecycle.CondHung, true)
+	// At 53 s the readings of the last 10 s (44..53) are 9 pegged in 10:
+	// the 90% the signature asks.
+	if !ok || tr.sec(h) != 53 {
+		t.Fatalf("want hung once 90%% of the last 10 s of readings are pegged (53s), got %+v", tr.got)
+	}
+	n := 0
+	for _, v := range tr.got {
+		if v.Kind == lifecycle.CondHung {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("hung reported %d times", n)
+	}
+	tr.run(70, 72, busy, 1)
+	if _, ok := tr.first(lifecycle.CondHung, false); !ok {
+		t.Error("hung not cleared by progress")
+	}
+}
