@@ -510,10 +510,11 @@ func (m *Monitor) evalIdle(t time.Time) []Verdict {
 	if !m.active[lifecycle.CondIdleGPUs] && !m.resumed[lifecycle.CondIdleGPUs] {
 		return nil
 	}
-	// Cleared once every GPU has a busy reading since (a resumed monitor
-	// waits for readings before saying so).
+	// Cleared once every GPU's last reading is busy (a resumed monitor
+	// too: it waits for readings before saying so, rather than clear what
+	// it would set again).
 	for _, g := range m.gpus {
-		if m.track[g].n == 0 {
+		if tr := m.track[g]; tr.n == 0 || !tr.idleSince.IsZero() {
 			return nil
 		}
 	}

@@ -304,3 +304,26 @@ func TestStalledBecomesHung(t *testing.T) {
 		t.Error("hung not cleared by progress")
 	}
 }
+
+// TestResumedMonitorDoesNotFlapAnIdleGPU: after an agent restart, a GPU
+// still idle is not cleared and set again: the monitor waits.
+func TestResumedMonitorDoesNotFlapAnIdleGPU(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	m := New(cfg(0, 5*time.Second), []uint32{0}, t0, true)
+	var got []Verdict
+	for s := 0; s < 10; s++ {
+		at := t0.Add(time.Duration(s) * time.Second)
+		m.Sample(&gantrypb.GPUSample{Gpus: []*gantrypb.GPUStat{{Index: 0, UtilizationPct: 0, PowerW: 50}}}, at)
+		st := int64(s)
+		m.Line(&st, at)
+		got = append(got, m.Eval(at)...)
+	}
+	for _, v := range got {
+		if v.Kind == lifecycle.CondIdleGPUs && !v.Active {
+			t.Errorf("an idle GPU's condition cleared after a restart: %+v", got)
+		}
+	}
+	if len(got) == 0 || got[len(got)-1].Kind != lifecycle.CondIdleGPUs || !got[len(got)-1].Active {
+		t.Errorf("want idle_gpus set (again: the controller dedupes it), got %+v", got)
+	}
+}
