@@ -32,6 +32,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -215,7 +216,7 @@ var errPermanent = errors.New("refused")
 
 // post delivers a to url, retrying with backoff.
 func (n *Notifier) post(ctx context.Context, url string, a *gantrypb.Alert) error {
-	body, err := json.Marshal(Payload{ID: Key(a.Id), AlertID: a.Id, Kind: a.Kind, Text: a.Text, JobID: a.JobId,
+	body, err := json.Marshal(Payload{ID: Key(a.Id), AlertID: a.Id, Kind: a.Kind, Text: slackEscape(a.Text), JobID: a.JobId,
 		JobName: a.JobName, Node: a.Node, Evidence: a.Evidence, GPUs: a.Gpus,
 		At: time.UnixMilli(a.AtMs).UTC().Format(time.RFC3339Nano)})
 	if err != nil {
@@ -259,6 +260,13 @@ func (n *Notifier) postOnce(ctx context.Context, url string, id uint64, body []b
 	default:
 		return fmt.Errorf("%w: webhook answered %s", errPermanent, resp.Status)
 	}
+}
+
+// slackEscape escapes the three characters Slack's text formatting acts
+// on, as Slack asks: a job's name is the job's to choose, and "<!channel>"
+// in it must not page a whole channel.
+func slackEscape(s string) string {
+	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
 }
 
 // redact keeps a webhook URL's secret path (Slack's token) out of logs.

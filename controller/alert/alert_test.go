@@ -197,3 +197,20 @@ func TestNoWebhookDeliversNothing(t *testing.T) {
 		t.Error("a notifier without webhooks moved the cursor")
 	}
 }
+
+// TestTextEscapedForSlack: a job named to ping a channel pings nobody.
+func TestTextEscapedForSlack(t *testing.T) {
+	st, r := setup(t, 0)
+	_ = st.Update(func(tx *store.Tx) error {
+		_, _, err := tx.AppendAlert(&gantrypb.Alert{AtMs: time.Now().UnixMilli(), Kind: "job_failed",
+			Text: "Gantry: job <!channel> & <@U123> failed"})
+		return err
+	})
+	rc := &receiver{}
+	srv := httptest.NewServer(rc)
+	defer srv.Close()
+	New(Options{Store: st, Raft: r, Webhooks: []string{srv.URL}, Log: logging.Discard()}).drain(context.Background())
+	if len(rc.got) != 1 || rc.got[0].Text != "Gantry: job &lt;!channel&gt; &amp; &lt;@U123&gt; failed" {
+		t.Errorf("posted %+v", rc.got)
+	}
+}
