@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/gantry-ml/gantry/agent/gpu"
+	"github.com/gantry-ml/gantry/agent/health"
 	"github.com/gantry-ml/gantry/agent/link"
 	"github.com/gantry-ml/gantry/agent/pyhelper"
 	"github.com/gantry-ml/gantry/agent/runner"
@@ -45,6 +46,9 @@ type Config struct {
 	TLS         tlsutil.Files
 	// FakeGPUs > 0 uses go-nvml's mock A100s instead of the real driver.
 	FakeGPUs int
+	// Health are this host's defaults for the job health checks, under
+	// what a job's spec sets (README "Health").
+	Health health.Defaults
 	// GPUInterval is the GPU sampling period; default 1 s.
 	GPUInterval time.Duration
 	Log         *slog.Logger
@@ -210,11 +214,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
+			// XID and ECC events; the faults they record travel in the
+			// samples (GPUStat.fault).
+			if err := a.gpus.WatchEvents(ctx, a.log.With("component", "gpu"), nil); err != nil && !errors.Is(err, gpu.ErrClosed) {
+				a.log.Warn("GPU events unavailable; relying on polled GPU health checks", "err", err)
+			}
+		}()
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
 			// A GPU sample that cannot be spooled (a full disk) is
 			// skipped, unlike a job's records: it cannot wait anywhere,
 			// and the next one a second later supersedes it. Said once
 			// per episode, not once a second.
 			failing := false
+			procErr := "" // the last GPU process listing error logged
 			err := gpu.Run(ctx, a.gpus, a.cfg.GPUInterval, a.log.With("component", "gpu"), func(s *gantrypb.GPUSample) {
 				// Within the limits the controller checks, whatever
 				// the driver reports.
@@ -223,7 +237,16 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 				for _, g := range s.Gpus {
 					g.Uuid, g.Name = clip(g.Uuid, limits.MaxGPUStringBytes), clip(g.Name, limits.MaxGPUStringBytes)
+					g.Fault = clip(g.Fault, limits.MaxGPUStringBytes)
 				}
+				a.healthSample(s)
+				procs, perr := a.gpus.Processes()
+				if perr != nil && procErr != perr.Error() {
+					// Once per distinct failure, not once a second.
+					procErr = perr.Error()
+					a.log.Warn("listing GPU processes failed; attributing what could be listed", "err", perr)
+				}
+				a.attributeProcesses(procs)
 				_, err := a.spool.Append(&gantrypb.Record{Body: &gantrypb.Record_Gpu{Gpu: s}})
 				switch {
 				case err != nil && !failing:

@@ -108,6 +108,17 @@ type job struct {
 	// spool (waitShare).
 	holding atomic.Bool
 
+	// healthMu guards health, the job's health monitor while it runs
+	// (nil before and after, or with the checks disabled).
+	healthMu sync.Mutex
+	health   *jobHealth
+	// faultsTold are the GPUs whose fault the job was told of.
+	faultsTold map[uint32]bool
+	// procTrack is the job's GPU process attribution (procattr.go).
+	procTrack *procTracker
+	// resumed: the job was re-adopted after an agent restart.
+	resumed bool
+
 	mu        sync.Mutex
 	proc      *runner.Process
 	cancelled bool // a cancel arrived, possibly before the process started
@@ -317,6 +328,13 @@ func (j *job) follow(ctx context.Context, proc *runner.Process) {
 	// The tails follow the files while the process runs and stop when it
 	// exits; the drain below then takes what is left, within bounds.
 	tailCtx, stopTails := context.WithCancel(context.Background())
+	// The health checks run while the process does.
+	healthCtx, stopHealth := context.WithCancel(ctx)
+	healthDone := j.startHealth(healthCtx, j.resumed)
+	defer func() {
+		stopHealth()
+		healthDone()
+	}()
 	var tails sync.WaitGroup
 	tails.Add(2)
 	go func() {
@@ -349,6 +367,8 @@ func (j *job) follow(ctx context.Context, proc *runner.Process) {
 
 	select {
 	case <-proc.Done():
+		// No verdict about a job that has ended.
+		stopHealth()
 	case <-ctx.Done():
 		// The agent is stopping; the job runs on in its own session, and
 		// the next agent re-adopts it from the offsets stored with the
@@ -456,6 +476,7 @@ func (j *job) drain(ctx context.Context, dead *atomic.Bool, first int64, size fu
 func (j *job) commitMetrics(b metricsfile.Batch) {
 	recs := j.metricRecords(b)
 	j.commit(func(st *gantrypb.AgentJob) { st.MetricsOffset = b.Offset }, false, recs...)
+	j.healthLines(b)
 }
 
 // finish spools the last points, the last log bytes and the exit record in

@@ -75,7 +75,7 @@ func (a *Agent) recover() error {
 		if st.ExitIndex > 0 {
 			continue // exit already spooled; the link delivers it
 		}
-		j := &job{a: a, id: id, state: st}
+		j := &job{a: a, id: id, state: st, resumed: true}
 		a.mu.Lock()
 		a.jobs[id] = j
 		ctx := a.ctx

@@ -87,6 +87,8 @@ var (
 	ErrJobNotFound = errors.New("job not found")
 	ErrTerminal    = errors.New("job already ended")
 	ErrNotQueued   = errors.New("job is not queued")
+	// ErrNodeNotFound refuses a drain of a node that never registered.
+	ErrNodeNotFound = errors.New("node not found")
 	// ErrNotDue refuses a queue timeout committed before the job's
 	// deadline (created_at + queue_timeout), or for a job without one.
 	ErrNotDue = errors.New("job's queue timeout is not due")
@@ -126,6 +128,18 @@ const (
 	// EventReadopted is reported by a restarted agent for each job it
 	// takes over.
 	EventReadopted EventKind = "readopted"
+	// EventGPUUnhealthy says a GPU the job was given is failing (an XID
+	// critical error, a double-bit ECC error, lost, retired pages).
+	EventGPUUnhealthy EventKind = "gpu_unhealthy"
+	// EventGPUMemory reports the GPU memory the job's processes use: when
+	// first seen, then when it has grown (count: bytes).
+	EventGPUMemory EventKind = "gpu_memory"
+	// EventStrayGPUProcess says a process of no job, or of another job,
+	// uses a GPU this job holds.
+	EventStrayGPUProcess EventKind = "stray_gpu_process"
+	// EventUnallocatedGPU says a process of this job uses a GPU the job
+	// was not given.
+	EventUnallocatedGPU EventKind = "unallocated_gpu"
 	// EventCodeUnpacked says the job's code archive was fetched and
 	// unpacked into its working directory, with what it held.
 	EventCodeUnpacked EventKind = "code_unpacked"
@@ -257,3 +271,79 @@ func RunsOn(j *gantrypb.Job, node string) bool {
 	}
 	return j.GetNode() == node
 }
+
+// Health conditions: what the agent's progress and GPU checks conclude
+// about a running job (Job.conditions, HealthCondition.kind). Each also
+// names the job event recorded when it begins; its end is recorded as the
+// kind with EventCleared appended.
+const (
+	// CondStalled: no new step for longer than the job's stall window,
+	// with GPUs idle or busy in a way that does not look hung.
+	CondStalled = "stalled"
+	// CondHung: stalled while the job's GPUs show utilization pegged near
+	// 100% at low power with steady SM clock and constant memory — the
+	// signature of a collective (NCCL) waiting forever.
+	CondHung = "hung"
+	// CondIdleGPUs: the job runs but some of its GPUs stayed below the
+	// idle thresholds (utilization and power) for the whole idle window.
+	CondIdleGPUs = "idle_gpus"
+)
+
+// Conditions lists every health condition kind.
+var Conditions = []string{CondStalled, CondHung, CondIdleGPUs}
+
+// IsCondition reports whether kind is a health condition kind.
+func IsCondition(kind string) bool {
+	switch kind {
+	case CondStalled, CondHung, CondIdleGPUs:
+		return true
+	}
+	return false
+}
+
+// EventCleared is appended to a condition's kind for the event of its end
+// ("stalled_cleared").
+const EventCleared = "_cleared"
+
+// Health policies: what happens when a condition begins
+// (HealthSpec.on_stall, HealthSpec.on_idle).
+const (
+	// PolicyNotify (also the empty string) only reports the condition.
+	PolicyNotify = "notify"
+	// PolicyCancel cancels the job through the normal cancel path (the
+	// agent stops it and reports its final metrics).
+	PolicyCancel = "cancel"
+	// PolicyRequeue would put the job back in the queue; it is refused at
+	// submit: a job id runs once on the agents, so a new run under the
+	// same id is not supported yet.
+	PolicyRequeue = "requeue"
+)
+
+// EventPolicyCancel says the controller cancelled the job because a
+// health condition began and the spec's policy says cancel.
+const EventPolicyCancel EventKind = "health_policy_cancel"
+
+// PolicyFor returns the spec's policy for a condition kind: on_stall for
+// stalled and hung, on_idle for idle_gpus; "notify" when unset.
+func PolicyFor(h *gantrypb.HealthSpec, kind string) string {
+	var p string
+	switch kind {
+	case CondStalled, CondHung:
+		p = h.GetOnStall()
+	case CondIdleGPUs:
+		p = h.GetOnIdle()
+	}
+	if p == "" {
+		return PolicyNotify
+	}
+	return p
+}
+
+// AlertNodeLost is the alert kind of a node whose agent stopped
+// answering. Other alert kinds are "job_" and the terminal state's name,
+// and the condition event kinds (CondStalled, ... and their EventCleared
+// forms).
+const AlertNodeLost = "node_lost"
+
+// AlertGPUUnhealthy is the alert kind of a GPU an agent reported failing.
+const AlertGPUUnhealthy = "gpu_unhealthy"

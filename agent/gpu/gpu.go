@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -54,6 +55,12 @@ type Source struct {
 	// are left out and Devices reports it.
 	enumErr error
 	closed  bool
+	// samples counts Sample calls, to space the polled health checks.
+	samples atomic.Uint64
+
+	// faultMu guards faults: the first fault seen on each GPU (health.go).
+	faultMu sync.Mutex
+	faults  map[uint32]string
 }
 
 // OpenNVML initialises the host's NVML library and enumerates its GPUs.
@@ -165,8 +172,15 @@ func (s *Source) Sample() (*gantrypb.GPUSample, error) {
 		Gpus: make([]*gantrypb.GPUStat, 0, len(s.devices)),
 	}
 	var errs []error
+	pages := s.samples.Add(1)%healthPollEvery == 1
 	for _, d := range s.devices {
 		stat, err := d.read()
+		if errors.Is(err, nvml.ERROR_GPU_IS_LOST) {
+			s.setFault(d.index, "GPU is lost (NVML_ERROR_GPU_IS_LOST): it fell off the bus or stopped answering")
+		} else if pages {
+			s.checkPages(d)
+		}
+		stat.Fault = s.fault(d.index)
 		sample.Gpus = append(sample.Gpus, stat)
 		if err != nil {
 			errs = append(errs, err)
@@ -211,6 +225,16 @@ func (d device) read() (*gantrypb.GPUStat, error) {
 		st.SmClockMhz = mhz
 	} else {
 		fail("sm clock", ret)
+	}
+	// The power limit is context for the health checks ("low power" is a
+	// fraction of it); a GPU that does not report one is judged against
+	// absolute thresholds, so its absence is not an error.
+	if mw, ret := d.handle.GetEnforcedPowerLimit(); ret == nvml.SUCCESS {
+		st.PowerLimitW = float64(mw) / 1000
+	}
+	// Information only, and not every GPU reports it.
+	if r, ret := d.handle.GetCurrentClocksEventReasons(); ret == nvml.SUCCESS {
+		st.ThrottleReasons = r
 	}
 	return st, errors.Join(errs...)
 }

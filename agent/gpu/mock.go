@@ -25,6 +25,7 @@ const (
 // Realistic A100 ranges for the simulated readings.
 const (
 	idleTempC, maxTempC     = 35.0, 80.0
+	mockPowerLimitW         = 400
 	idlePowerW, maxPowerW   = 60.0, 390.0
 	baseSMMHz, boostSMMHz   = 1095.0, 1410.0
 	memClockMHz             = 1215
@@ -67,9 +68,11 @@ func newMockLib(n int, now func() time.Time) (*mock.Interface, error) {
 	for i := range devices {
 		devices[i] = quietDevice{newMockDevice(i, gpus.A100_SXM4_40GB, now)}
 	}
+	events := newMockEvents(devices)
 	lib := &mock.Interface{
-		InitFunc:     func() nvml.Return { return nvml.SUCCESS },
-		ShutdownFunc: func() nvml.Return { return nvml.SUCCESS },
+		EventSetCreateFunc: func() (nvml.EventSet, nvml.Return) { return events.set(), nvml.SUCCESS },
+		InitFunc:           func() nvml.Return { return nvml.SUCCESS },
+		ShutdownFunc:       func() nvml.Return { return nvml.SUCCESS },
 		DeviceGetCountFunc: func() (int, nvml.Return) {
 			return len(devices), nvml.SUCCESS
 		},
@@ -92,16 +95,44 @@ func newMockDevice(index int, cfg gpus.Config, now func() time.Time) *mock.Devic
 	phase := float64(index) * phaseStep
 	load := func() float64 { return mockLoad(now(), phase) }
 
+	script := func() (Reading, bool) { return activeScript.reading(index) }
+	// lost wraps a reading: a GPU the script says is lost answers nothing.
+	lost := func() bool { r, ok := script(); return ok && r.Lost }
 	return &mock.Device{
-		GetIndexFunc: func() (int, nvml.Return) { return index, nvml.SUCCESS },
-		GetUUIDFunc:  func() (string, nvml.Return) { return uuid, nvml.SUCCESS },
-		GetNameFunc:  func() (string, nvml.Return) { return cfg.Name, nvml.SUCCESS },
+		GetRetiredPagesPendingStatusFunc: func() (nvml.EnableState, nvml.Return) { return nvml.FEATURE_DISABLED, nvml.SUCCESS },
+		GetRemappedRowsFunc:              func() (int, int, bool, bool, nvml.Return) { return 0, 0, false, false, nvml.SUCCESS },
+		GetCurrentClocksEventReasonsFunc: func() (uint64, nvml.Return) { return 0, nvml.SUCCESS },
+		GetSupportedEventTypesFunc: func() (uint64, nvml.Return) {
+			return nvml.EventTypeXidCriticalError | nvml.EventTypeDoubleBitEccError | nvml.EventTypeSingleBitEccError, nvml.SUCCESS
+		},
+		RegisterEventsFunc: func(uint64, nvml.EventSet) nvml.Return { return nvml.SUCCESS },
+		GetComputeRunningProcessesFunc: func() ([]nvml.ProcessInfo, nvml.Return) {
+			r, _ := script()
+			var ps []nvml.ProcessInfo
+			for _, p := range r.Processes {
+				ps = append(ps, nvml.ProcessInfo{Pid: p.PID, UsedGpuMemory: p.MemMiB << 20})
+			}
+			return ps, nvml.SUCCESS
+		},
+		GetEnforcedPowerLimitFunc: func() (uint32, nvml.Return) { return mockPowerLimitW * 1000, nvml.SUCCESS },
+		GetIndexFunc:              func() (int, nvml.Return) { return index, nvml.SUCCESS },
+		GetUUIDFunc:               func() (string, nvml.Return) { return uuid, nvml.SUCCESS },
+		GetNameFunc:               func() (string, nvml.Return) { return cfg.Name, nvml.SUCCESS },
 		GetMemoryInfoFunc: func() (nvml.Memory, nvml.Return) {
 			used := uint64(float64(total) * mockMemFrac(now(), phase))
+			if r, ok := script(); ok {
+				used = min(r.MemUsedMiB<<20, total)
+			}
 			return nvml.Memory{Total: total, Used: used, Free: total - used}, nvml.SUCCESS
 		},
 		GetUtilizationRatesFunc: func() (nvml.Utilization, nvml.Return) {
+			if lost() {
+				return nvml.Utilization{}, nvml.ERROR_GPU_IS_LOST
+			}
 			l := load()
+			if r, ok := script(); ok {
+				return nvml.Utilization{Gpu: uint32(min(max(r.Util, 0), 100))}, nvml.SUCCESS
+			}
 			return nvml.Utilization{
 				Gpu:    uint32(math.Round(100 * l)),
 				Memory: uint32(math.Round(60 * l)),
@@ -114,11 +145,17 @@ func newMockDevice(index int, cfg gpus.Config, now func() time.Time) *mock.Devic
 			return uint32(math.Round(lerp(idleTempC, maxTempC, load()))), nvml.SUCCESS
 		},
 		GetPowerUsageFunc: func() (uint32, nvml.Return) {
+			if r, ok := script(); ok {
+				return uint32(min(max(r.PowerW, 0), 10*mockPowerLimitW) * 1000), nvml.SUCCESS
+			}
 			return uint32(math.Round(1000 * lerp(idlePowerW, maxPowerW, load()))), nvml.SUCCESS // milliwatts
 		},
 		GetClockInfoFunc: func(clock nvml.ClockType) (uint32, nvml.Return) {
 			switch clock {
 			case nvml.CLOCK_SM, nvml.CLOCK_GRAPHICS:
+				if r, ok := script(); ok {
+					return uint32(min(max(r.SMMHz, 0), 10*boostSMMHz)), nvml.SUCCESS
+				}
 				return uint32(math.Round(lerp(baseSMMHz, boostSMMHz, load()))), nvml.SUCCESS
 			case nvml.CLOCK_MEM:
 				return memClockMHz, nvml.SUCCESS
@@ -165,3 +202,38 @@ func mockMemFrac(t time.Time, phase float64) float64 {
 func seconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 
 func lerp(lo, hi, x float64) float64 { return lo + (hi-lo)*x }
+
+// mockEvents is the mock library's event source: events a test pushes
+// (push), and XIDs the test script (ScriptEnv) names, each delivered once.
+type mockEvents struct {
+	devices []nvml.Device
+	ch      chan nvml.EventData
+	sent    map[int]uint64 // GPU index → the scripted XID already delivered
+}
+
+func newMockEvents(devices []nvml.Device) *mockEvents {
+	return &mockEvents{devices: devices, ch: make(chan nvml.EventData, 16), sent: map[int]uint64{}}
+}
+
+// set returns an event set whose Wait returns the next event, or
+// ERROR_TIMEOUT after the timeout (at most 100 ms, so that scripted XIDs
+// are seen soon).
+func (m *mockEvents) set() nvml.EventSet {
+	return &mock.EventSet{
+		FreeFunc: func() nvml.Return { return nvml.SUCCESS },
+		WaitFunc: func(ms uint32) (nvml.EventData, nvml.Return) {
+			for i, d := range m.devices {
+				if r, ok := activeScript.reading(i); ok && r.XID != 0 && m.sent[i] != r.XID {
+					m.sent[i] = r.XID
+					return nvml.EventData{Device: d, EventType: nvml.EventTypeXidCriticalError, EventData: r.XID}, nvml.SUCCESS
+				}
+			}
+			select {
+			case ev := <-m.ch:
+				return ev, nvml.SUCCESS
+			case <-time.After(min(time.Duration(ms)*time.Millisecond, 100*time.Millisecond)):
+				return nvml.EventData{}, nvml.ERROR_TIMEOUT
+			}
+		},
+	}
+}

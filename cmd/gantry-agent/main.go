@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/gantry-ml/gantry/agent"
+	"github.com/gantry-ml/gantry/agent/health"
 	"github.com/gantry-ml/gantry/internal/cmdutil"
 	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/tlsutil"
@@ -39,7 +40,12 @@ func run() error {
 		gossipKey   = fs.String("encrypt", os.Getenv("GANTRY_GOSSIP_KEY"), "base64 serf gossip key (default $GANTRY_GOSSIP_KEY)")
 		advertise   = fs.String("advertise-addr", "", "host or IP the other hosts of a multi-node job reach this host at (MASTER_ADDR when this host runs rank 0); "+
 			"default: the source address of the agent's connection to the controller")
-		jobUser = fs.String("job-user", agent.DefaultJobUser, "when the agent runs as root, the unprivileged account jobs run as "+
+		stallK     = fs.Float64("health-stall-k", health.DefaultK, "a job with no new step for this many times its typical step interval is stalled (a spec's health.stall_after overrides)")
+		stallFloor = fs.Duration("health-stall-floor", health.DefaultStallFloor, "the shortest stall window")
+		grace      = fs.Duration("health-startup-grace", health.DefaultStartupGrace, "how long a job may run before its first step (a spec's health.startup_grace overrides)")
+		idleAfter  = fs.Duration("health-idle-after", health.DefaultIdleAfter, "how long a job's GPU may stay idle before idle_gpus (a spec's health.idle_after overrides)")
+		idleUtil   = fs.Float64("health-idle-util", health.DefaultIdleUtilPct, "utilization percent below which a GPU may be idle (a spec's health.idle_util_pct overrides)")
+		jobUser    = fs.String("job-user", agent.DefaultJobUser, "when the agent runs as root, the unprivileged account jobs run as "+
 			"(it must exist); root runs jobs as root, which lets them read the agent's keys")
 	)
 	_ = fs.Parse(os.Args[1:])
@@ -68,6 +74,8 @@ func run() error {
 		SerfAddr: *serfAddr, SerfAdvertise: *serfAdv, Join: cmdutil.SplitList(*join), GossipKey: *gossipKey,
 		JobUser: *jobUser, AdvertiseAddr: *advertise,
 		TLS: tlsFiles,
+		Health: health.Defaults{K: *stallK, StallFloor: *stallFloor, StartupGrace: *grace, IdleAfter: *idleAfter,
+			IdleUtilPct: *idleUtil},
 	})
 	if err != nil {
 		return err

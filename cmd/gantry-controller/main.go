@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"os/user"
@@ -131,6 +132,7 @@ func run() error {
 			strings.Join(fleetmetrics.DefaultMetricKeys, ",")+"; -: none")
 		fleetMaxKeys = fs.Int("fleet-max-keys-per-job", fleetmetrics.DefaultMaxKeysPerJob, "most gantry_job_metric series per job on /metrics/fleet")
 		fleetMaxJobs = fs.Int("fleet-max-jobs", fleetmetrics.DefaultMaxActiveJobs, "most jobs not ended that /metrics/fleet exports (those holding GPUs always are)")
+		webhooks     = fs.String("alert-webhook", "", "comma-separated http(s) URLs the leader posts alerts to as JSON with a Slack-compatible text field (job ended, stalled, hung, idle_gpus, node lost); give every controller the same list")
 		minFree      = fs.String("min-free-disk", "128MiB", "refuse writes (and hand Raft leadership to a peer) while -data-dir has less free space than this; 0 turns the check off")
 	)
 	_ = fs.Parse(os.Args[1:])
@@ -156,6 +158,12 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("-fleet-metric-keys: %w", err)
 	}
+	hooks := cmdutil.SplitList(*webhooks)
+	for _, h := range hooks {
+		if u, err := url.Parse(h); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("-alert-webhook: %q is not an http(s) URL", h)
+		}
+	}
 	if *fleetMaxKeys <= 0 || *fleetMaxJobs <= 0 {
 		return errors.New("-fleet-max-keys-per-job and -fleet-max-jobs must be positive")
 	}
@@ -180,9 +188,10 @@ func run() error {
 		LostGrace:        *lostGrace,
 		HTTPAllowedHosts: cmdutil.SplitList(*allowedHosts), HTTPTLSCert: *httpTLSCert, HTTPTLSKey: *httpTLSKey,
 		InsecureNoToken: *noToken, MaxCodeArchive: maxArchiveBytes,
-		Disk:  cluster.DiskConfig{MinFree: minFreeBytes},
-		Fleet: fleetmetrics.Options{MetricKeys: fleetKeyList, MaxKeysPerJob: *fleetMaxKeys, MaxActiveJobs: *fleetMaxJobs},
-		TLS:   tlsutil.FilesIn(*tlsDir, *tlsName),
+		Disk:          cluster.DiskConfig{MinFree: minFreeBytes},
+		AlertWebhooks: hooks,
+		Fleet:         fleetmetrics.Options{MetricKeys: fleetKeyList, MaxKeysPerJob: *fleetMaxKeys, MaxActiveJobs: *fleetMaxJobs},
+		TLS:           tlsutil.FilesIn(*tlsDir, *tlsName),
 		// The API's mux owns /v1/ and /metrics; "/" only catches the rest.
 		Extra: func(m *http.ServeMux) { m.Handle("/", dashboard.Handler()) },
 	}

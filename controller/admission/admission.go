@@ -18,6 +18,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
 )
@@ -131,6 +132,8 @@ func CheckRecordIn(rec *gantrypb.Record, nkeys int) error {
 		return nil
 	case *gantrypb.Record_Exit:
 		return checkExit(body.Exit)
+	case *gantrypb.Record_Condition:
+		return checkCondition(body.Condition)
 	case *gantrypb.Record_Gpu:
 		return reject("GPU sample under job %q; GPU samples are node records", rec.JobId)
 	case nil:
@@ -229,6 +232,36 @@ func checkEvent(e *gantrypb.JobEvent) error {
 	return checkText("event message", e.Message, limits.MaxEventMessageBytes)
 }
 
+// checkCondition checks a health condition record: a known kind, bounded
+// text, and GPU indices a node could have. Whether the GPUs are the job's
+// is not checked: the evidence is the agent's word, shown as such.
+func checkCondition(c *gantrypb.HealthCondition) error {
+	if c == nil {
+		return reject("empty condition record")
+	}
+	if err := checkTS("condition", c.Ts); err != nil {
+		return err
+	}
+	if !lifecycle.IsCondition(c.Kind) {
+		return reject("condition kind %q is not one of %v", clipEnd(c.Kind, 64), lifecycle.Conditions)
+	}
+	if err := checkText("condition evidence", c.Evidence, limits.MaxEventMessageBytes); err != nil {
+		return err
+	}
+	if err := checkText("condition signal", c.Signal, limits.MaxEventKindBytes); err != nil {
+		return err
+	}
+	if n := len(c.Gpus); n > limits.MaxConditionGPUs {
+		return reject("condition names %d GPUs; the limit is %d", n, limits.MaxConditionGPUs)
+	}
+	for _, g := range c.Gpus {
+		if g >= limits.MaxGPUsPerNode {
+			return reject("condition names GPU %d; a node has at most %d", g, limits.MaxGPUsPerNode)
+		}
+	}
+	return nil
+}
+
 func checkExit(x *gantrypb.JobExit) error {
 	if x == nil {
 		return reject("empty exit record")
@@ -265,8 +298,11 @@ func checkGPUSample(s *gantrypb.GPUSample) error {
 		if err := checkGPUStrings(g.Uuid, g.Name); err != nil {
 			return err
 		}
-		if !finite(g.UtilizationPct) || !finite(g.TemperatureC) || !finite(g.PowerW) {
+		if !finite(g.UtilizationPct) || !finite(g.TemperatureC) || !finite(g.PowerW) || !finite(g.PowerLimitW) {
 			return reject("GPU %d reading is not a finite number", g.Index)
+		}
+		if err := checkText("GPU fault", g.Fault, limits.MaxGPUStringBytes); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -61,6 +61,43 @@ type JobSpec struct {
 	// fills it from the spec file's `code:` directory; it is not
 	// written in YAML.
 	CodeArchive string `json:"code_archive,omitempty" yaml:"-"`
+	// Health tunes the job's health checks (README "Health"); nil takes
+	// every default.
+	Health *HealthSpec `json:"health,omitempty" yaml:"health"`
+}
+
+// HealthSpec tunes a job's health checks. Zero fields take the defaults.
+type HealthSpec struct {
+	// StallAfter: no new step for this long is stalled (default
+	// max(10 x the job's typical step interval, 5m)).
+	StallAfter Duration `json:"stall_after,omitempty" yaml:"stall_after"`
+	// StartupGrace: how long a job may run before its first step
+	// (default 30m).
+	StartupGrace Duration `json:"startup_grace,omitempty" yaml:"startup_grace"`
+	// IdleAfter: how long an allocated GPU may stay idle (default 10m).
+	IdleAfter Duration `json:"idle_after,omitempty" yaml:"idle_after"`
+	// IdleUtilPct and IdlePowerW: below both a GPU is idle (defaults 5%
+	// and 25% of its power limit).
+	IdleUtilPct float64 `json:"idle_util_pct,omitempty" yaml:"idle_util_pct"`
+	IdlePowerW  float64 `json:"idle_power_w,omitempty" yaml:"idle_power_w"`
+	// OnStall (stalled and hung) and OnIdle (idle_gpus): "notify"
+	// (default) or "cancel".
+	OnStall string `json:"on_stall,omitempty" yaml:"on_stall"`
+	OnIdle  string `json:"on_idle,omitempty" yaml:"on_idle"`
+	// Disabled turns the job's health checks off.
+	Disabled bool `json:"disabled,omitempty" yaml:"disabled"`
+}
+
+// Condition is a health condition that holds for a job now.
+type Condition struct {
+	// Kind is "stalled", "hung" or "idle_gpus".
+	Kind string `json:"kind"`
+	// Since is when the agent declared it.
+	Since *time.Time `json:"since"`
+	// Evidence says what was seen and which signal decided.
+	Evidence string `json:"evidence"`
+	// GPUs are the GPU indices it concerns (idle_gpus).
+	GPUs []int `json:"gpus,omitempty"`
 }
 
 // Job is a job as the API shows it.
@@ -101,6 +138,8 @@ type Job struct {
 	PID             int64  `json:"pid,omitempty"`
 	// LatestMetrics is the last value of every key so far, while it runs.
 	LatestMetrics map[string]float64 `json:"latest_metrics,omitempty"`
+	// Conditions are the health conditions holding now (running jobs).
+	Conditions []Condition `json:"conditions,omitempty"`
 
 	// Ranks are a multi-node job's ranks, rank 0 first (empty for a
 	// single-node job); Node and GPUs above are rank 0's.
@@ -231,6 +270,12 @@ type GPU struct {
 	MemoryTotalBytes uint64 `json:"memory_total_bytes"`
 	// JobID is the job holding this GPU, if any.
 	JobID string `json:"job_id,omitempty"`
+	// Healthy is false once the agent reported the GPU failing; Fault
+	// says how. Nothing new is placed on it until it is undrained.
+	Healthy bool   `json:"healthy"`
+	Fault   string `json:"fault,omitempty"`
+	// Drained: nothing new is placed on this GPU.
+	Drained bool `json:"drained,omitempty"`
 }
 
 // Node is an agent as the API shows it.
@@ -243,6 +288,14 @@ type Node struct {
 	FreeGPUs  int        `json:"free_gpus"`
 	LastSeen  *time.Time `json:"last_seen"`
 	Connected bool       `json:"connected"`
+	// Drained: nothing new is placed on the node.
+	Drained bool `json:"drained,omitempty"`
+}
+
+// DrainRequest is the body of POST /v1/nodes/{id}/drain and /undrain:
+// some GPUs, or (empty) the whole node.
+type DrainRequest struct {
+	GPUs []int `json:"gpus,omitempty"`
 }
 
 // NodeList answers GET /v1/nodes.

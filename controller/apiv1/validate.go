@@ -7,6 +7,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/gantry-ml/gantry/lifecycle"
 )
 
 // Limits on a job spec. They exist so that a typo fails at submit time with
@@ -66,6 +68,9 @@ func (s *JobSpec) Validate() error {
 	if s.CodeArchive != "" && !IsDigest(s.CodeArchive) {
 		return fmt.Errorf("spec.code_archive %q is not a digest; want \"sha256:\" and 64 lowercase hex digits", s.CodeArchive)
 	}
+	if err := s.Health.validate(); err != nil {
+		return err
+	}
 	if len(s.Env) > MaxEnvVars {
 		return fmt.Errorf("spec.env has %d variables; the limit is %d", len(s.Env), MaxEnvVars)
 	}
@@ -116,4 +121,36 @@ func IsDigest(d string) bool {
 		}
 	}
 	return true
+}
+
+// validate checks a job's health settings.
+func (h *HealthSpec) validate() error {
+	if h == nil {
+		return nil
+	}
+	for _, d := range []struct {
+		name string
+		d    Duration
+	}{{"stall_after", h.StallAfter}, {"startup_grace", h.StartupGrace}, {"idle_after", h.IdleAfter}} {
+		if d.d < 0 {
+			return fmt.Errorf("spec.health.%s = %s; want a positive duration or none", d.name, time.Duration(d.d))
+		}
+	}
+	if !(h.IdleUtilPct >= 0 && h.IdleUtilPct <= 100) {
+		return fmt.Errorf("spec.health.idle_util_pct = %v; want 0..100 (0: the default, 5)", h.IdleUtilPct)
+	}
+	if !(h.IdlePowerW >= 0 && h.IdlePowerW <= 100_000) {
+		return fmt.Errorf("spec.health.idle_power_w = %v; want 0..100000 watts (0: the default)", h.IdlePowerW)
+	}
+	for _, p := range []struct{ name, v string }{{"on_stall", h.OnStall}, {"on_idle", h.OnIdle}} {
+		switch p.v {
+		case "", lifecycle.PolicyNotify, lifecycle.PolicyCancel:
+		case lifecycle.PolicyRequeue:
+			return fmt.Errorf("spec.health.%s = requeue is not supported: a job id runs once, and Gantry cannot yet run it again "+
+				"under the same id; use notify or cancel (and resubmit)", p.name)
+		default:
+			return fmt.Errorf("spec.health.%s = %q; want notify or cancel", p.name, p.v)
+		}
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package apiv1
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestNameMustBePrintable(t *testing.T) {
@@ -44,5 +45,26 @@ func TestIsDigest(t *testing.T) {
 	s = JobSpec{Run: "true", QueueTimeout: -1}
 	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "queue_timeout") {
 		t.Errorf("Validate(negative queue_timeout) = %v, want a queue_timeout error", err)
+	}
+}
+
+func TestValidateHealth(t *testing.T) {
+	ok := JobSpec{Run: "true", Health: &HealthSpec{StallAfter: Duration(15 * time.Minute), OnStall: "cancel", OnIdle: "notify"}}
+	if err := ok.Validate(); err != nil {
+		t.Errorf("Validate(%+v) = %v", ok.Health, err)
+	}
+	for _, tt := range []struct {
+		h    HealthSpec
+		want string
+	}{
+		{HealthSpec{OnStall: "requeue"}, "requeue is not supported"},
+		{HealthSpec{OnIdle: "reboot"}, "on_idle"},
+		{HealthSpec{StallAfter: -1}, "stall_after"},
+		{HealthSpec{IdleUtilPct: 101}, "idle_util_pct"},
+	} {
+		s := JobSpec{Run: "true", Health: &tt.h}
+		if err := s.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Validate(%+v) = %v, want an error with %q", tt.h, err, tt.want)
+		}
 	}
 }

@@ -358,6 +358,20 @@ func (c *Client) Cancel(ctx context.Context, id string) error {
 	return nil
 }
 
+// Drain stops (or with undrain resumes) placement on a node, or on the
+// given GPUs of it, and returns the node as it is then.
+func (c *Client) Drain(ctx context.Context, node string, gpus []int, undrain bool) (apiv1.Node, error) {
+	verb := "drain"
+	if undrain {
+		verb = "undrain"
+	}
+	var n apiv1.Node
+	if err := c.do(ctx, http.MethodPost, c.endpoint(nil, "v1", "nodes", node, verb), apiv1.DrainRequest{GPUs: gpus}, &n); err != nil {
+		return apiv1.Node{}, fmt.Errorf("%s node %s: %w", verb, node, err)
+	}
+	return n, nil
+}
+
 // Metrics returns stored points with seq > after, at most limit of them
 // (limit <= 0 lets the server choose). Pass the page's Next as the next after.
 func (c *Client) Metrics(ctx context.Context, id string, after uint64, limit int) (apiv1.PointPage, error) {

@@ -42,9 +42,15 @@ const (
 	// skip it as an unknown type, so upgrade every controller before a
 	// spec with queue_timeout is submitted.
 	QueueTimeout Type = 8
-	// AssignGang assigns every rank of a multi-node job in one entry.
-	// Types 9 and 10 are reserved for other work; upgrade every
-	// controller before submitting a job with resources.nodes > 1.
+	// AlertsDelivered moves the alert outbox's delivered cursor (the
+	// leader's webhook notifier). Older controllers skip it as unknown;
+	// their outbox is then only trimmed by its cap.
+	AlertsDelivered Type = 9
+	// Drain stops or resumes placement on a node or some of its GPUs.
+	Drain Type = 10
+	// AssignGang assigns every rank of a multi-node job in one entry;
+	// upgrade every controller before submitting a job with
+	// resources.nodes > 1.
 	AssignGang Type = 11
 )
 
@@ -100,6 +106,10 @@ func (t Type) String() string {
 		return "end_job"
 	case QueueTimeout:
 		return "queue_timeout"
+	case AlertsDelivered:
+		return "alerts_delivered"
+	case Drain:
+		return "drain"
 	case AssignGang:
 		return "assign_gang"
 	}
@@ -125,6 +135,10 @@ func TypeOf(m proto.Message) (Type, error) {
 		return EndJob, nil
 	case *gantrypb.QueueTimeoutCmd:
 		return QueueTimeout, nil
+	case *gantrypb.AlertsDeliveredCmd:
+		return AlertsDelivered, nil
+	case *gantrypb.DrainCmd:
+		return Drain, nil
 	case *gantrypb.AssignGangCmd:
 		return AssignGang, nil
 	}
@@ -220,6 +234,10 @@ func Decode(b []byte) (proto.Message, error) {
 		m = &gantrypb.EndJobCmd{}
 	case QueueTimeout:
 		m = &gantrypb.QueueTimeoutCmd{}
+	case AlertsDelivered:
+		m = &gantrypb.AlertsDeliveredCmd{}
+	case Drain:
+		m = &gantrypb.DrainCmd{}
 	case AssignGang:
 		m = &gantrypb.AssignGangCmd{}
 	default:

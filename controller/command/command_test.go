@@ -32,6 +32,10 @@ func TestRoundTrip(t *testing.T) {
 		{NodeDown, &gantrypb.NodeDownCmd{NodeId: "h1", AtMs: 47}},
 		{EndJob, &gantrypb.EndJobCmd{JobId: "j1", State: gantrypb.JobState_JOB_STATE_LOST, Error: "gone", AtMs: 48}},
 		{QueueTimeout, &gantrypb.QueueTimeoutCmd{JobId: "j1", Error: "still queued after 1m0s", AtMs: 49}},
+		{AlertsDelivered, &gantrypb.AlertsDeliveredCmd{UpTo: 12, AtMs: 50}},
+		{Drain, &gantrypb.DrainCmd{NodeId: "h1", Gpus: []uint32{3}, AtMs: 51}},
+		{AssignGang, &gantrypb.AssignGangCmd{JobId: "j1", Ranks: []*gantrypb.GangRank{{NodeId: "h1", Gpus: []uint32{0, 1}}, {NodeId: "h2", Gpus: []uint32{0, 1}}},
+			MasterAddr: "10.0.0.1", MasterPort: 29500, AtMs: 52}},
 	}
 	seen := map[Type]bool{}
 	for _, tt := range tests {
@@ -87,8 +91,8 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty", []byte{}, ErrEmpty},
 		{"type zero", []byte{0}, ErrUnknownType},
 		{"unknown legacy type", []byte{100, 1, 2}, ErrUnknownType},
-		{"next unassigned type", []byte{byte(QueueTimeout) + 1}, ErrUnknownType},
-		{"checksummed unknown type", withCRC(byte(QueueTimeout)+1|checksumFlag, nil), ErrUnknownType},
+		{"next unassigned type", []byte{byte(AssignGang) + 1}, ErrUnknownType},
+		{"checksummed unknown type", withCRC(byte(AssignGang)+1|checksumFlag, nil), ErrUnknownType},
 		{"checksummed type zero", withCRC(checksumFlag, []byte{8, 1}), ErrUnknownType},
 	}
 	for _, tt := range tests {

@@ -39,6 +39,9 @@ type stateKey struct {
 	// the 64 ranks a job may have), so a rank starting or ending is a
 	// state frame too.
 	ranks string
+	// conditions are the job's health condition kinds, so that a
+	// condition set or cleared sends a state frame.
+	conditions string
 }
 
 // rankStates encodes a job's rank states for stateKey.
@@ -51,6 +54,15 @@ func rankStates(j *gantrypb.Job) string {
 		b[i] = byte(r.State)
 	}
 	return string(b)
+}
+
+// conditionKinds joins the kinds of the job's current conditions.
+func conditionKinds(j *gantrypb.Job) string {
+	var s string
+	for _, c := range j.Conditions {
+		s += c.Kind + ","
+	}
+	return s
 }
 
 // New returns a feed publishing to h.
@@ -84,7 +96,8 @@ func (f *Feed) Applied(c *fsm.Changes) {
 		if job == nil {
 			continue
 		}
-		key := stateKey{state: job.State, node: job.Node, cancel: job.CancelRequested, startedAt: job.StartedAtMs, ranks: rankStates(job)}
+		key := stateKey{state: job.State, node: job.Node, cancel: job.CancelRequested, startedAt: job.StartedAtMs,
+			ranks: rankStates(job), conditions: conditionKinds(job)}
 		f.mu.Lock()
 		prev, seen := f.shown[id]
 		changed := !seen || prev != key

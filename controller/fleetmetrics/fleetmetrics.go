@@ -242,10 +242,12 @@ var (
 	descJobMetricAge  = gauge("gantry_job_last_metric_age_seconds", "Seconds since the timestamp of the job's newest stored point.", jobLabels...)
 	descJobMetric     = gauge("gantry_job_metric", "The latest value of an allow-listed metric key of the job (final value once it ended).", "job_id", "job_name", "key")
 	descJobGPUs       = gauge("gantry_job_gpus", "GPUs the job holds (0 when it holds none), on node.", "job_id", "job_name", "node")
+	descJobCondition  = gauge("gantry_job_condition", "1 while the running job has the health condition (stalled, hung, idle_gpus), 0 while it does not; absent for jobs not running.", "job_id", "job_name", "condition")
 
 	descNodeUp        = gauge("gantry_node_up", "1 while the node's agent is registered up in the replicated state, 0 while it is down.", "node")
 	descNodeConnected = gauge("gantry_node_connected", "1 while the node's agent holds a link to this controller. Exported by the Raft leader only: agents link to the leader, so a follower does not know.", "node")
 	descNodeGPUs      = gauge("gantry_node_gpus", "GPUs the node offers.", "node")
+	descGPUHealthy    = gauge("gantry_gpu_healthy", "1 while the GPU is healthy, 0 once its agent reported it failing (XID critical error, double-bit ECC, lost, retired pages); back to 1 when an operator undrains it.", "node", "gpu")
 	descNodeGPUsFree  = gauge("gantry_node_gpus_free", "GPUs of the node no job holds.", "node")
 
 	descOmittedJobs = gauge("gantry_fleet_omitted_jobs", "Jobs left out of this scrape by the caps (-fleet-max-jobs, the ended-jobs cap).")
@@ -253,8 +255,8 @@ var (
 	descError       = gauge("gantry_fleet_error", "Reading the store failed.")
 
 	allDescs = []*prometheus.Desc{descGPUUtil, descGPUMemUsed, descGPUMemTot, descGPUTemp, descGPUPower, descGPUClock, descGPUAge,
-		descJobState, descJobStep, descJobTotalSteps, descJobPoints, descJobBadLines, descJobMetricAge, descJobMetric, descJobGPUs,
-		descNodeUp, descNodeConnected, descNodeGPUs, descNodeGPUsFree, descOmittedJobs, descOmittedKeys, descError}
+		descJobState, descJobStep, descJobTotalSteps, descJobPoints, descJobBadLines, descJobMetricAge, descJobMetric, descJobGPUs, descJobCondition,
+		descNodeUp, descNodeConnected, descNodeGPUs, descNodeGPUsFree, descGPUHealthy, descOmittedJobs, descOmittedKeys, descError}
 )
 
 // Describe implements prometheus.Collector.
@@ -435,6 +437,13 @@ func (c *Collector) emitNodes(e *emitter, s *snapshot, now time.Time) {
 		}
 		e.emit(descNodeGPUs, float64(len(offered)), n.Id)
 		e.emit(descNodeGPUsFree, float64(free), n.Id)
+		failing := map[uint32]bool{}
+		for _, h := range n.UnhealthyGpus {
+			failing[h.Index] = true
+		}
+		for _, g := range n.Gpus {
+			e.emit(descGPUHealthy, b2f(!failing[g.Index]), n.Id, strconv.FormatUint(uint64(g.Index), 10))
+		}
 
 		sample := s.samples[n.Id]
 		if sample == nil {
@@ -491,6 +500,14 @@ func (c *Collector) emitJobs(e *emitter, s *snapshot, now time.Time) (omittedKey
 			}
 		}
 		e.emit(descJobGPUs, float64(gpus), id, name, j.Node)
+		if j.State == gantrypb.JobState_JOB_STATE_RUNNING {
+			// Every kind, 0 or 1: an alert rule sees a condition clear
+			// rather than its series vanish.
+			for _, kind := range lifecycle.Conditions {
+				held := slices.ContainsFunc(j.Conditions, func(c *gantrypb.JobCondition) bool { return c.Kind == kind })
+				e.emit(descJobCondition, b2f(held), id, name, kind)
+			}
+		}
 		if v.hasPoints {
 			e.emit(descJobMetricAge, max(0, now.Sub(time.Unix(0, int64(v.lastTs*1e9))).Seconds()), id, name)
 		}
@@ -540,4 +557,11 @@ func (c *Collector) SelfMetrics() []prometheus.Collector {
 			Help: "/metrics/fleet series dropped because client_golang refused them (a label value that is not UTF-8)."},
 			func() float64 { return float64(c.dropped.Load()) }),
 	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

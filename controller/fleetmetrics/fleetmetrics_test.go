@@ -38,7 +38,7 @@ func update(t *testing.T, s *store.Store, fn func(*store.Tx) error) {
 // gpuNode is a node with n GPUs and one sample of them taken at ts.
 func gpuNode(t *testing.T, s *store.Store, id string, n int, ts time.Time) {
 	t.Helper()
-	node := &gantrypb.Node{Id: id, Hostname: id, State: gantrypb.NodeState_NODE_STATE_UP}
+	node := &gantrypb.Node{Id: id, Hostname: id, State: gantrypb.NodeState_NODE_STATE_UP, UnhealthyGpus: []*gantrypb.GPUHealth{{Index: 1, Reason: "XID 79"}}}
 	sample := &gantrypb.GPUSample{Seq: 1, Ts: float64(ts.UnixNano()) / 1e9}
 	for i := range n {
 		node.Gpus = append(node.Gpus, &gantrypb.GPUInfo{Index: uint32(i), Uuid: fmt.Sprintf("GPU-%s-%d", id, i), Name: "NVIDIA A100-SXM4-40GB", MemoryTotalBytes: 40 << 30})
@@ -134,7 +134,8 @@ func TestGPUAndJobSeries(t *testing.T) {
 	gpuNode(t, s, "n1", 2, t0.Add(-3*time.Second))
 	putJob(t, s, &gantrypb.Job{Id: "j1", Spec: &gantrypb.JobSpec{Name: "bert"}, State: gantrypb.JobState_JOB_STATE_RUNNING,
 		Node: "n1", Gpus: []uint32{1}, Points: 2, BadLines: 3,
-		LatestMetrics: map[string]float64{"loss": 0.5, "step": 20, "total_steps": 100, "secret_thing": 7}})
+		LatestMetrics: map[string]float64{"loss": 0.5, "step": 20, "total_steps": 100, "secret_thing": 7},
+		Conditions:    []*gantrypb.JobCondition{{Kind: "idle_gpus", Gpus: []uint32{1}}}})
 	update(t, s, func(tx *store.Tx) error {
 		step := int64(20)
 		return tx.PutPoint("j1", &gantrypb.MetricPoint{Seq: 1, Step: &step, Ts: float64(t0.Add(-10 * time.Second).Unix()), Values: map[string]float64{"loss": 0.5}})
@@ -159,6 +160,8 @@ func TestGPUAndJobSeries(t *testing.T) {
 	want(t, got, "gantry_node_connected{node=n1}", 1)
 	want(t, got, "gantry_node_gpus{node=n1}", 2)
 	want(t, got, "gantry_node_gpus_free{node=n1}", 1)
+	want(t, got, "gantry_gpu_healthy{gpu=0,node=n1}", 1)
+	want(t, got, "gantry_gpu_healthy{gpu=1,node=n1}", 0)
 
 	want(t, got, "gantry_job_state{job_id=j1,job_name=bert,state=running}", 1)
 	want(t, got, "gantry_job_state{job_id=j2,job_name=waits,state=queued}", 1)
@@ -170,8 +173,14 @@ func TestGPUAndJobSeries(t *testing.T) {
 	want(t, got, "gantry_job_metric{job_id=j1,job_name=bert,key=loss}", 0.5)
 	want(t, got, "gantry_job_gpus{job_id=j1,job_name=bert,node=n1}", 1)
 	want(t, got, "gantry_job_gpus{job_id=j2,job_name=waits,node=}", 0)
+	want(t, got, "gantry_job_condition{condition=idle_gpus,job_id=j1,job_name=bert}", 1)
+	want(t, got, "gantry_job_condition{condition=stalled,job_id=j1,job_name=bert}", 0)
+	want(t, got, "gantry_job_condition{condition=hung,job_id=j1,job_name=bert}", 0)
 	want(t, got, "gantry_fleet_omitted_jobs{}", 0)
 	for k := range got {
+		if strings.HasPrefix(k, "gantry_job_condition{") && strings.Contains(k, "job_id=j2") {
+			t.Errorf("series %s: a job not running has no condition series", k)
+		}
 		switch {
 		case strings.Contains(k, "secret_thing"), strings.Contains(k, "key=step"), strings.Contains(k, "key=total_steps"):
 			t.Errorf("series %s: not on the allow-list (or has its own gauge)", k)
@@ -395,9 +404,10 @@ func TestCardinalityBounded(t *testing.T) {
 		if allLayers {
 			metricKeys = DefaultMaxKeysPerJob
 		}
-		// per job: state, points, bad_lines, gpus, step, total_steps, and
-		// its metric keys; plus the two omitted gauges.
-		want := 100*(6+metricKeys) + 2
+		// per job: state, points, bad_lines, gpus, step, total_steps, the
+		// three health conditions, and its metric keys; plus the two
+		// omitted gauges.
+		want := 100*(6+3+metricKeys) + 2
 		if len(got) != want {
 			t.Errorf("all layers %v: %d series, want %d:\n%s", allLayers, len(got), want, dump(got, "gantry_job_metric{job_id=j000"))
 		}
@@ -447,11 +457,11 @@ func TestRealisticFleetSeries(t *testing.T) {
 	got := scrape(t, c)
 	const (
 		nodes, gpus = 32, 32 * 8
-		perNode     = 4 // up, connected (on the leader), gpus, gpus_free
-		perGPU      = 7
-		ended       = 20 * (6 + 8)     // state, points, bad_lines, gpus, step, total_steps + 8 keys
-		running     = 64 * (6 + 8 + 1) // ... + last_metric_age
-		queued      = 116 * 4          // state, points, bad_lines, gpus
+		perNode     = 4                    // up, connected (on the leader), gpus, gpus_free
+		perGPU      = 7 + 1                // ... + gantry_gpu_healthy
+		ended       = 20 * (6 + 8)         // state, points, bad_lines, gpus, step, total_steps + 8 keys
+		running     = 64 * (6 + 8 + 1 + 3) // ... + last_metric_age + 3 health conditions
+		queued      = 116 * 4              // state, points, bad_lines, gpus
 	)
 	want := nodes*perNode + gpus*perGPU + ended + running + queued + 2
 	if len(got) != want {

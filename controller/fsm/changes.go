@@ -26,6 +26,8 @@ type Changes struct {
 	Nodes map[string]*gantrypb.Node
 	// Restored is set when the whole state was replaced by a snapshot.
 	Restored bool
+	// Alerts counts alerts appended to the outbox (the notifier wakes).
+	Alerts int
 }
 
 func newChanges() *Changes {
@@ -40,7 +42,7 @@ func newChanges() *Changes {
 
 func (c *Changes) empty() bool {
 	return len(c.Jobs) == 0 && len(c.Points) == 0 && len(c.Events) == 0 &&
-		len(c.GPU) == 0 && len(c.Nodes) == 0 && !c.Restored
+		len(c.GPU) == 0 && len(c.Nodes) == 0 && !c.Restored && c.Alerts == 0
 }
 
 func (c *Changes) touch(id string) {

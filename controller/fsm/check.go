@@ -83,6 +83,18 @@ func checkCommand(msg proto.Message) error {
 		if err := admission.CheckID("node id", m.NodeId); err != nil {
 			return bad(err)
 		}
+	case *gantrypb.DrainCmd:
+		if err := admission.CheckID("node id", m.NodeId); err != nil {
+			return bad(err)
+		}
+		if len(m.Gpus) > limits.MaxGPUsPerNode {
+			return bad(fmt.Errorf("%d GPUs", len(m.Gpus)))
+		}
+		for _, g := range m.Gpus {
+			if g >= limits.MaxGPUsPerNode {
+				return bad(fmt.Errorf("GPU %d", g))
+			}
+		}
 	}
 	return nil
 }

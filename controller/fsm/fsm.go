@@ -67,12 +67,17 @@ type FSM struct {
 	skipped     atomic.Uint64 // entries skipped whole
 	rejected    atomic.Uint64 // records skipped inside applied ingest entries
 	diskWaiting atomic.Bool   // a write is waiting for disk space
+	alertsFull  atomic.Uint64 // alerts dropped from the full outbox
 	fatal       atomic.Pointer[error]
 	stop        chan struct{}
 	stopOnce    sync.Once
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
+
+// AlertsDropped is how many undelivered alerts the full outbox dropped
+// since this process started.
+func (f *FSM) AlertsDropped() uint64 { return f.alertsFull.Load() }
 
 // New returns an FSM writing to st and reporting to obs (which may be nil).
 func New(st *store.Store, obs Observer, log *slog.Logger) *FSM {
@@ -304,7 +309,7 @@ func isDiskFull(err error) bool {
 func isDomain(err error) bool {
 	return errors.Is(err, lifecycle.ErrJobExists) || errors.Is(err, lifecycle.ErrJobNotFound) ||
 		errors.Is(err, lifecycle.ErrTerminal) || errors.Is(err, lifecycle.ErrNotQueued) ||
-		errors.Is(err, lifecycle.ErrNotDue)
+		errors.Is(err, lifecycle.ErrNotDue) || errors.Is(err, lifecycle.ErrNodeNotFound)
 }
 
 func (f *FSM) apply(tx *store.Tx, msg proto.Message, ch *Changes, jobs *jobCache) (any, error) {
@@ -332,6 +337,10 @@ func (f *FSM) apply(tx *store.Tx, msg proto.Message, ch *Changes, jobs *jobCache
 		return nil, f.endJob(tx, m, ch)
 	case *gantrypb.QueueTimeoutCmd:
 		return nil, f.queueTimeout(tx, m, ch)
+	case *gantrypb.AlertsDeliveredCmd:
+		return tx.SetAlertsDelivered(m.UpTo)
+	case *gantrypb.DrainCmd:
+		return nil, f.drain(tx, m, ch)
 	}
 	return nil, fmt.Errorf("no handler for %T", msg)
 }
@@ -395,6 +404,9 @@ func (f *FSM) cancel(tx *store.Tx, m *gantrypb.CancelJobCmd, ch *Changes) error 
 	case job.State == gantrypb.JobState_JOB_STATE_QUEUED:
 		// Never ran: there are no metrics to wait for, so it ends here.
 		finish(job, gantrypb.JobState_JOB_STATE_CANCELLED, "cancelled before it started", m.AtMs)
+		if err := f.alertJobEnd(tx, job, ch); err != nil {
+			return err
+		}
 	default:
 		// The agent stops it; the exit record makes it terminal.
 		job.CancelRequested = true
@@ -419,6 +431,9 @@ func (f *FSM) endJob(tx *store.Tx, m *gantrypb.EndJobCmd, ch *Changes) error {
 		if err := loseRanks(tx, job, m.AtMs); err != nil {
 			return err
 		}
+	}
+	if err := f.alertJobEnd(tx, job, ch); err != nil {
+		return err
 	}
 	if err := tx.PutJob(job); err != nil {
 		return err
@@ -448,6 +463,9 @@ func (f *FSM) queueTimeout(tx *store.Tx, m *gantrypb.QueueTimeoutCmd, ch *Change
 			lifecycle.ErrNotDue, job.Id, job.CreatedAtMs, job.GetSpec().GetQueueTimeoutMs(), m.AtMs)
 	}
 	finish(job, gantrypb.JobState_JOB_STATE_FAILED, m.Error, m.AtMs)
+	if err := f.alertJobEnd(tx, job, ch); err != nil {
+		return err
+	}
 	// A queued job was never assigned, so no agent stream has written an
 	// event for it: seq 1 is free, and nothing will come after it.
 	e := &gantrypb.JobEvent{Seq: 1, Ts: float64(m.AtMs) / 1000, Kind: string(lifecycle.EventQueueTimeout), Message: m.Error}
@@ -469,6 +487,10 @@ func (f *FSM) nodeUp(tx *store.Tx, m *gantrypb.NodeUpCmd, ch *Changes) error {
 	node.LastSeenMs = m.AtMs
 	if old, err := tx.Node(node.Id); err == nil {
 		node.RegisteredAtMs = old.RegisteredAtMs
+		// What the controller decided about the node outlives the agent's
+		// restart: a failed GPU is fixed, and a drain lifted, by an
+		// operator's undrain.
+		node.UnhealthyGpus, node.Drained, node.DrainedGpus = old.UnhealthyGpus, old.Drained, old.DrainedGpus
 	} else {
 		node.RegisteredAtMs = m.AtMs
 	}
@@ -515,6 +537,9 @@ func (f *FSM) nodeUp(tx *store.Tx, m *gantrypb.NodeUpCmd, ch *Changes) error {
 		if !lifecycle.IsTerminal(j.State) {
 			finish(j, gantrypb.JobState_JOB_STATE_LOST,
 				fmt.Sprintf("rank %d: the agent on %s came back without it (its local state was lost)", r.Rank, node.Id), m.AtMs)
+			if err := f.alertJobEnd(tx, j, ch); err != nil {
+				return err
+			}
 		}
 		if err := tx.PutJob(j); err != nil {
 			return err
@@ -523,6 +548,9 @@ func (f *FSM) nodeUp(tx *store.Tx, m *gantrypb.NodeUpCmd, ch *Changes) error {
 	}
 	for _, j := range lost {
 		finish(j, gantrypb.JobState_JOB_STATE_LOST, "the agent on "+node.Id+" came back without this job (its local state was lost)", m.AtMs)
+		if err := f.alertJobEnd(tx, j, ch); err != nil {
+			return err
+		}
 		if err := tx.PutJob(j); err != nil {
 			return err
 		}
@@ -539,10 +567,17 @@ func (f *FSM) nodeDown(tx *store.Tx, m *gantrypb.NodeDownCmd, ch *Changes) error
 		}
 		return err
 	}
+	wasUp := node.State == gantrypb.NodeState_NODE_STATE_UP
 	node.State = gantrypb.NodeState_NODE_STATE_DOWN
 	node.LastSeenMs = m.AtMs
 	if err := tx.PutNode(node); err != nil {
 		return err
+	}
+	if wasUp {
+		if err := f.alert(tx, &gantrypb.Alert{AtMs: m.AtMs, Kind: lifecycle.AlertNodeLost, Node: node.Id,
+			Text: fmt.Sprintf("Gantry: node %s (%s) lost: its agent stopped answering", node.Id, node.Hostname)}, ch); err != nil {
+			return err
+		}
 	}
 	ch.node(node)
 	return nil
@@ -556,6 +591,7 @@ func finish(job *gantrypb.Job, state gantrypb.JobState, reason string, atMs int6
 	job.Error = reason
 	job.FinishedAtMs = atMs
 	job.FinalMetrics = copyMetrics(job.LatestMetrics)
+	job.Conditions = nil
 }
 
 func copyMetrics(m map[string]float64) map[string]float64 {

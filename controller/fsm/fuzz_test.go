@@ -23,6 +23,9 @@ func FuzzIngestBatch(f *testing.F) {
 		{Records: []*gantrypb.Record{{JobId: "j", Seq: 2, Body: &gantrypb.Record_Log{Log: &gantrypb.LogChunk{Offset: 1<<64 - 1, Data: []byte("x")}}}}},
 		{Records: []*gantrypb.Record{{Seq: 1, Body: &gantrypb.Record_Gpu{Gpu: &gantrypb.GPUSample{Gpus: []*gantrypb.GPUStat{nil}}}}}},
 		{Records: []*gantrypb.Record{{JobId: "j", Seq: 3}}},
+		{Records: []*gantrypb.Record{condRec("j", 2, "hung", true, 0, 1, 63), condRec("j", 3, "hung", false), condRec("j", 4, "on_fire", true)}},
+		{Records: []*gantrypb.Record{{JobId: "j", Seq: 2, Body: &gantrypb.Record_Condition{}}}},
+		{Records: []*gantrypb.Record{{Seq: 1, Body: &gantrypb.Record_Gpu{Gpu: &gantrypb.GPUSample{Ts: 1, Gpus: []*gantrypb.GPUStat{{Index: 0, Fault: "XID 79"}, {Index: 9999, Fault: strings.Repeat("f", 300)}}}}}}},
 	}
 	for _, s := range seeds {
 		b, err := proto.Marshal(s)

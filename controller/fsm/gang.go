@@ -179,7 +179,24 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 		}
 		if allRanks(job, func(r *gantrypb.Rank) bool { return lifecycle.IsTerminal(r.State) }) {
 			finishGang(job, atMs)
+			return f.alertJobEnd(tx, job, ch)
 		}
+
+	case *gantrypb.Record_Condition:
+		c := body.Condition
+		if r.Rank == 0 {
+			// Rank 0's agent speaks for the job, as its metrics do; a
+			// hung collective stalls every rank alike.
+			return f.applyCondition(tx, job, rec.Seq, c, atMs, ch)
+		}
+		// Another rank's view is kept in that rank's own events.
+		kind := c.Kind
+		if !c.Active {
+			kind += lifecycle.EventCleared
+		}
+		e := &gantrypb.JobEvent{Seq: rec.Seq, Ts: c.Ts, Kind: kind,
+			Message: clipText(fmt.Sprintf("%s (signal: %s)", c.Evidence, c.Signal), limits.MaxEventMessageBytes)}
+		return tx.PutEvent(store.RankKey(job.Id, r.Rank), e)
 
 	default:
 		f.log.Warn("record with unknown body skipped", "job", job.Id, "seq", rec.Seq)

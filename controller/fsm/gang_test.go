@@ -2,6 +2,7 @@ package fsm_test
 
 import (
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -212,5 +213,41 @@ func TestGangLostRanksAndNodeUpWithoutRank(t *testing.T) {
 	h.mustOK(&gantrypb.NodeUpCmd{Node: &gantrypb.Node{Id: "n2"}, ActiveJobs: []string{"g3"}, AtMs: 7000})
 	if s := h.job("g3").State; s != gantrypb.JobState_JOB_STATE_RUNNING {
 		t.Fatalf("re-adopted gang is %s", s)
+	}
+}
+
+// TestGangHealthAndAlerts: a multi-node job's end is alerted like a
+// single-node job's, rank 0's health conditions are the job's, and
+// another rank's stay in that rank's own events.
+func TestGangHealthAndAlerts(t *testing.T) {
+	h := newHarness(t)
+	h.runningGang("g")
+	before := len(h.alerts())
+	h.mustOK(ingest("n2", condRec("g", 2, lifecycle.CondStalled, true)))
+	if j := h.job("g"); len(j.Conditions) != 0 {
+		t.Fatalf("rank 1's condition set on the job: %v", j.Conditions)
+	}
+	h.mustOK(ingest("n1", condRec("g", 2, lifecycle.CondStalled, true)))
+	if j := h.job("g"); len(j.Conditions) != 1 || j.Conditions[0].Kind != lifecycle.CondStalled {
+		t.Fatalf("rank 0's condition not on the job: %v", j.Conditions)
+	}
+	h.mustOK(ingest("n1", exitRec("g", 3, &gantrypb.JobExit{ExitCode: code(0), Ts: 10})))
+	h.mustOK(ingest("n2", exitRec("g", 3, &gantrypb.JobExit{ExitCode: code(0), Ts: 11})))
+	if j := h.job("g"); j.State != gantrypb.JobState_JOB_STATE_SUCCEEDED {
+		t.Fatalf("job is %s", j.State)
+	}
+	got := alertKinds(h.alerts()[before:])
+	if !strings.Contains(got, ":"+lifecycle.CondStalled) || !strings.HasSuffix(got, ":job_succeeded") || strings.Count(got, ":stalled") != 1 {
+		t.Fatalf("alerts %q: want rank 0's stalled once and the job's end", got)
+	}
+	var rank1 []*gantrypb.JobEvent
+	if err := h.st.View(func(tx *store.Tx) (err error) {
+		rank1, err = tx.Events(store.RankKey("g", 1), 0, 0)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(rank1, func(e *gantrypb.JobEvent) bool { return e.Kind == lifecycle.CondStalled }) {
+		t.Fatalf("rank 1's condition not in its events: %v", rank1)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"unicode/utf8"
 
 	"github.com/gantry-ml/gantry/controller/admission"
 	"github.com/gantry-ml/gantry/controller/store"
@@ -98,6 +99,9 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes, jobs *job
 					return nil, err
 				}
 				ch.gpu(m.NodeId, g)
+				if err := f.gpuFaults(tx, m.NodeId, g, m.AtMs, ch); err != nil {
+					return nil, err
+				}
 			}
 			res.Stored++
 			continue
@@ -448,11 +452,76 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 			}
 		}
 		f.applyExit(job, body.Exit, atMs)
+		return f.alertJobEnd(tx, job, ch)
+
+	case *gantrypb.Record_Condition:
+		return f.applyCondition(tx, job, rec.Seq, body.Condition, atMs, ch)
 
 	default:
 		f.log.Warn("record with unknown body skipped", "job", job.Id, "seq", rec.Seq)
 	}
 	return nil
+}
+
+// applyCondition sets or clears a health condition on the job, records it
+// as a job event, and applies the spec's policy. A condition that is
+// already held (or a clear of one that is not) changes nothing and
+// records nothing: a restarted agent may say again what was said. A
+// condition on a job that has ended is not a condition of anything.
+func (f *FSM) applyCondition(tx *store.Tx, job *gantrypb.Job, seq uint64, c *gantrypb.HealthCondition, atMs int64, ch *Changes) error {
+	if lifecycle.IsTerminal(job.State) {
+		return nil
+	}
+	held := slices.IndexFunc(job.Conditions, func(x *gantrypb.JobCondition) bool { return x.Kind == c.Kind })
+	var msg string
+	kind := c.Kind
+	switch {
+	case c.Active && held >= 0, !c.Active && held < 0:
+		return nil
+	case c.Active:
+		if len(job.Conditions) >= limits.MaxJobConditions {
+			f.log.Warn("health condition over the cap skipped", "job", job.Id, "kind", c.Kind)
+			return nil
+		}
+		if c.Kind == lifecycle.CondHung {
+			// hung is the stall, diagnosed: it replaces stalled.
+			job.Conditions = slices.DeleteFunc(job.Conditions, func(x *gantrypb.JobCondition) bool {
+				return x.Kind == lifecycle.CondStalled
+			})
+		}
+		job.Conditions = append(job.Conditions, &gantrypb.JobCondition{Kind: c.Kind, SinceMs: secondsToMs(c.Ts, atMs),
+			Evidence: c.Evidence, Gpus: slices.Clone(c.Gpus)})
+		msg = fmt.Sprintf("%s (signal: %s)", c.Evidence, c.Signal)
+		if pol := lifecycle.PolicyFor(job.GetSpec().GetHealth(), c.Kind); pol == lifecycle.PolicyCancel && !job.CancelRequested {
+			// The normal cancel path: the leader's scheduler tells the
+			// agent, which stops the job and reports its final metrics.
+			job.CancelRequested = true
+			msg += fmt.Sprintf("; policy %s: cancelling the job", pol)
+		}
+	default:
+		job.Conditions = slices.Delete(job.Conditions, held, held+1)
+		kind += lifecycle.EventCleared
+		msg = fmt.Sprintf("%s (signal: %s)", c.Evidence, c.Signal)
+	}
+	e := &gantrypb.JobEvent{Seq: seq, Ts: c.Ts, Kind: kind, Message: clipText(msg, limits.MaxEventMessageBytes)}
+	if err := tx.PutEvent(job.Id, e); err != nil {
+		return err
+	}
+	job.Events++
+	ch.event(job.Id, e)
+	return f.alert(tx, conditionAlert(job, kind, c, secondsToMs(c.Ts, atMs)), ch)
+}
+
+// clipText cuts s to at most n bytes on a rune boundary (s is valid
+// UTF-8: admission checked it).
+func clipText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // applyExit makes the job terminal with its final metrics, all in the same
@@ -472,6 +541,7 @@ func (f *FSM) applyExit(job *gantrypb.Job, x *gantrypb.JobExit, atMs int64) {
 		job.StartedAtMs = job.FinishedAtMs
 	}
 	job.State, job.Error = lifecycle.ClassifyExit(x, job.CancelRequested)
+	job.Conditions = nil // an ended job has no current condition; its events remain
 }
 
 // secondsToMs converts an agent timestamp, falling back to the leader's

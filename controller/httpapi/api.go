@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/gantry-ml/gantry/controller/admission"
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/controller/downsample"
@@ -41,6 +42,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/view"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
 )
 
 // Limits of the API.
@@ -184,6 +186,8 @@ func New(opts Options) *API {
 	m.HandleFunc("GET /v1/jobs/{id}/playback", a.auth(a.ready(a.playback)))
 	m.HandleFunc("GET /v1/nodes", a.auth(a.ready(a.consistent(a.listNodes))))
 	m.HandleFunc("GET /v1/nodes/{id}/gpus", a.auth(a.ready(a.nodeGPUs)))
+	m.HandleFunc("POST /v1/nodes/{id}/drain", a.auth(a.jsonBody(a.forwardToLeader(a.drainNode(false)))))
+	m.HandleFunc("POST /v1/nodes/{id}/undrain", a.auth(a.jsonBody(a.forwardToLeader(a.drainNode(true)))))
 	m.HandleFunc("PUT /v1/blobs/{digest}", a.auth(a.putBlob))
 	m.HandleFunc("GET /v1/blobs/{digest}", a.auth(a.getBlob)) // and HEAD
 	m.HandleFunc("GET /v1/cluster", a.clusterRoute())
@@ -312,7 +316,7 @@ func writeError(w http.ResponseWriter, status int, err error) {
 // writeApplyError maps a Raft/FSM error to a status.
 func (a *API) writeApplyError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
-	case errors.Is(err, lifecycle.ErrJobNotFound):
+	case errors.Is(err, lifecycle.ErrJobNotFound), errors.Is(err, lifecycle.ErrNodeNotFound):
 		writeError(w, http.StatusNotFound, err)
 	case errors.Is(err, lifecycle.ErrTerminal), errors.Is(err, lifecycle.ErrJobExists):
 		writeError(w, http.StatusConflict, err)
@@ -926,6 +930,54 @@ func (a *API) listNodes(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// drainNode stops (or with undrain resumes) placement on a node or on the
+// GPUs the body names; it answers the node as it is then.
+func (a *API) drainNode(undrain bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		var req apiv1.DrainRequest
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("invalid drain request: %w", err))
+			return
+		}
+		if len(req.GPUs) > limits.MaxGPUsPerNode {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("drain names %d GPUs; a node has at most %d", len(req.GPUs), limits.MaxGPUsPerNode))
+			return
+		}
+		cmd := &gantrypb.DrainCmd{NodeId: id, Undrain: undrain, AtMs: time.Now().UnixMilli()}
+		for _, g := range req.GPUs {
+			if g < 0 || g >= limits.MaxGPUsPerNode {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("GPU %d: want 0..%d", g, limits.MaxGPUsPerNode-1))
+				return
+			}
+			cmd.Gpus = append(cmd.Gpus, uint32(g))
+		}
+		if err := admission.CheckID("node id", id); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		if _, err := a.opts.Raft.Apply(cmd); err != nil {
+			a.writeApplyError(w, r, err)
+			return
+		}
+		var out apiv1.Node
+		err := a.opts.Store.View(func(tx *store.Tx) error {
+			n, err := tx.Node(id)
+			if err == nil {
+				out = view.Node(n, nil, a.opts.Agents.Connected(id))
+			}
+			return err
+		})
+		if err != nil {
+			a.writeReadError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, out)
+	}
 }
 
 func (a *API) nodeGPUs(w http.ResponseWriter, r *http.Request) {

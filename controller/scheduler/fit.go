@@ -159,8 +159,8 @@ func (f *Fleet) explain(queued []*gantrypb.Job) {
 		for g := range held {
 			taken[g] = true
 		}
-		now = append(now, Candidate{ID: n.Id, GPUs: n.Gpus, Used: held})
-		sim = append(sim, Candidate{ID: n.Id, GPUs: n.Gpus, Used: taken})
+		now = append(now, NodeCandidate(n, held))
+		sim = append(sim, NodeCandidate(n, taken))
 	}
 	simIndex := map[string]int{}
 	for i, c := range sim {
@@ -280,9 +280,12 @@ func (f *Fleet) waitingFor(spec *gantrypb.JobSpec, up []Candidate) string {
 	}
 	most, mostNode := -1, ""
 	for _, n := range fitUp {
+		// Free as placement sees it: failing and drained GPUs, and a
+		// drained node's, are not free.
+		c := NodeCandidate(n, f.used[n.Id])
 		free := 0
 		for _, g := range n.Gpus {
-			if !f.used[n.Id][g.Index] && (gpuType == "" || matchesType(g.Name, gpuType)) {
+			if !c.Drained && !c.Used[g.Index] && !c.Unusable[g.Index] && (gpuType == "" || matchesType(g.Name, gpuType)) {
 				free++
 			}
 		}

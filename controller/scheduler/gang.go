@@ -36,9 +36,12 @@ const (
 
 // gangFree returns the free GPUs of the requested type on c, sorted.
 func gangFree(c Candidate, gpuType string) []uint32 {
+	if c.Drained {
+		return nil // a drained node takes nothing new, a rank neither
+	}
 	var free []uint32
 	for _, g := range c.GPUs {
-		if c.Used[g.Index] || (gpuType != "" && !matchesType(g.Name, gpuType)) {
+		if c.Used[g.Index] || c.Unusable[g.Index] || (gpuType != "" && !matchesType(g.Name, gpuType)) {
 			continue
 		}
 		free = append(free, g.Index)

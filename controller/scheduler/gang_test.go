@@ -19,6 +19,20 @@ func cand(id string, total int, busy ...uint32) Candidate {
 	return Candidate{ID: id, GPUs: gpus(n(total, a100)...), Used: used(busy...)}
 }
 
+// withUnusable marks GPUs failing or drained, as NodeCandidate does.
+func withUnusable(c Candidate, idx ...uint32) Candidate {
+	c.Unusable = map[uint32]bool{}
+	for _, i := range idx {
+		c.Unusable[i] = true
+	}
+	return c
+}
+
+func drainedCand(c Candidate) Candidate {
+	c.Drained = true
+	return c
+}
+
 func placed(ranks []RankPlacement) string {
 	var parts []string
 	for _, r := range ranks {
@@ -46,6 +60,12 @@ func TestPlaceGang(t *testing.T) {
 		{"pins", gangSpec(2, 1, "c", "d"), []Candidate{cand("a", 2), cand("b", 2), cand("c", 2), cand("d", 2)}, "c[0] d[0]"},
 		{"pins that cannot all fit", gangSpec(2, 1, "c", "d"), []Candidate{cand("a", 2), cand("c", 2), cand("d", 2, 0, 1)}, ""},
 		{"CPU-only gang", gangSpec(2, 0), []Candidate{cand("a", 0), cand("b", 0)}, "a[] b[]"},
+		{"failing and drained GPUs are not free", gangSpec(2, 2),
+			[]Candidate{withUnusable(cand("a", 3), 1), cand("b", 2), withUnusable(cand("c", 2), 0)}, "a[0 2] b[0 1]"},
+		{"a drained node takes no rank", gangSpec(2, 1),
+			[]Candidate{cand("a", 1), drainedCand(cand("b", 8)), cand("c", 1)}, "a[0] c[0]"},
+		{"a drained node can leave the gang short", gangSpec(2, 1),
+			[]Candidate{cand("a", 1), drainedCand(cand("b", 8))}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -29,24 +29,48 @@ type Candidate struct {
 	GPUs []*gantrypb.GPUInfo
 	// Used holds the GPU indices held by assigned or running jobs.
 	Used map[uint32]bool
+	// Unusable holds GPUs nothing new may be placed on: failing
+	// (Node.unhealthy_gpus) or drained (Node.drained_gpus).
+	Unusable map[uint32]bool
+	// Drained: nothing new is placed on the node.
+	Drained bool
+}
+
+// NodeCandidate is node n as placement sees it, with used its held GPUs.
+func NodeCandidate(n *gantrypb.Node, used map[uint32]bool) Candidate {
+	c := Candidate{ID: n.Id, GPUs: n.Gpus, Used: used, Drained: n.Drained}
+	for _, h := range n.UnhealthyGpus {
+		if c.Unusable == nil {
+			c.Unusable = map[uint32]bool{}
+		}
+		c.Unusable[h.Index] = true
+	}
+	for _, g := range n.DrainedGpus {
+		if c.Unusable == nil {
+			c.Unusable = map[uint32]bool{}
+		}
+		c.Unusable[g] = true
+	}
+	return c
 }
 
 // Place picks a node and GPU indices for a job, or ok=false when no
 // candidate has room now (the job stays queued). Among fitting nodes it
 // picks the one with the fewest free GPUs that still fit (best fit), so
 // large jobs are not starved by small ones spread everywhere; ties go to
-// the lowest node id for determinism.
+// the lowest node id for determinism. A drained node, and failing or
+// drained GPUs (Candidate.Unusable), take nothing new.
 func Place(spec *gantrypb.JobSpec, candidates []Candidate) (node string, gpus []uint32, ok bool) {
 	want := int(spec.GetResources().GetGpus())
 	gpuType := spec.GetResources().GetGpuType()
 	bestFree := -1
 	for _, c := range candidates {
-		if spec.GetNode() != "" && c.ID != spec.GetNode() {
+		if (spec.GetNode() != "" && c.ID != spec.GetNode()) || c.Drained {
 			continue
 		}
 		var free []uint32
 		for _, g := range c.GPUs {
-			if c.Used[g.Index] {
+			if c.Used[g.Index] || c.Unusable[g.Index] {
 				continue
 			}
 			if gpuType != "" && !matchesType(g.Name, gpuType) {
@@ -246,7 +270,7 @@ func (s *Scheduler) Reconcile() {
 		if used[n.Id] == nil {
 			used[n.Id] = map[uint32]bool{}
 		}
-		candidates = append(candidates, Candidate{ID: n.Id, GPUs: n.Gpus, Used: used[n.Id]})
+		candidates = append(candidates, NodeCandidate(n, used[n.Id]))
 	}
 
 	downSince := map[string]time.Time{}

@@ -56,6 +56,9 @@ func TestPlace(t *testing.T) {
 	}{
 		{"fits", spec(2, "", ""), []Candidate{{ID: "a", GPUs: a100x4}}, "a", []uint32{0, 1}, true},
 		{"skips used gpus", spec(2, "", ""), []Candidate{{ID: "a", GPUs: a100x4, Used: used(0, 2)}}, "a", []uint32{1, 3}, true},
+		{"skips unhealthy and drained gpus", spec(2, "", ""), []Candidate{{ID: "a", GPUs: a100x4, Used: used(0), Unusable: used(1, 3)}}, "", nil, false},
+		{"unusable gpus leave the rest", spec(1, "", ""), []Candidate{{ID: "a", GPUs: a100x4, Unusable: used(0, 1)}}, "a", []uint32{2}, true},
+		{"skips a drained node", spec(1, "", ""), []Candidate{{ID: "a", GPUs: a100x4, Drained: true}, {ID: "b", GPUs: h100x2, Used: used(0)}}, "b", []uint32{1}, true},
 		{"best fit picks the fullest node that fits", spec(1, "", ""),
 			[]Candidate{{ID: "a", GPUs: a100x4}, {ID: "b", GPUs: a100x4, Used: used(0, 1, 2)}, {ID: "c", GPUs: h100x2}},
 			"b", []uint32{3}, true},
@@ -511,5 +514,14 @@ func TestReconcileMarksJobsLostAfterGrace(t *testing.T) {
 	e.s.Reconcile()
 	if e.job("back").State != gantrypb.JobState_JOB_STATE_ASSIGNED {
 		t.Fatal("job on a connected node declared lost")
+	}
+}
+
+func TestNodeCandidate(t *testing.T) {
+	n := &gantrypb.Node{Id: "a", Gpus: gpus("A100", "A100", "A100"), Drained: true, DrainedGpus: []uint32{2},
+		UnhealthyGpus: []*gantrypb.GPUHealth{{Index: 0, Reason: "XID 79"}}}
+	c := NodeCandidate(n, used(1))
+	if !c.Drained || !c.Unusable[0] || !c.Unusable[2] || c.Unusable[1] || !c.Used[1] {
+		t.Errorf("candidate %+v", c)
 	}
 }

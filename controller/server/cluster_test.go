@@ -36,6 +36,8 @@ type testCluster struct {
 	dirs    []string
 	ctrlTLS tlsutil.Files
 	agent   tlsutil.Files
+	// webhooks are given to every controller as -alert-webhook.
+	webhooks []string
 }
 
 func startController(t *testing.T, c *testCluster, i int, join []string, expect int) *server.Server {
@@ -51,7 +53,7 @@ func startControllerAt(t *testing.T, c *testCluster, i int, join []string, expec
 		NodeID: fmt.Sprintf("c%d", i), DataDir: c.dirs[i],
 		HTTPAddr: "127.0.0.1:0", QUICAddr: "127.0.0.1:0", RaftAddr: raftAddr, SerfAddr: serfAddr,
 		Join: join, BootstrapExpect: expect, TLS: c.controllerTLS(i), Fast: true,
-		LostGrace: time.Minute, Log: testLog(t),
+		LostGrace: time.Minute, Log: testLog(t), AlertWebhooks: c.webhooks,
 	})
 	if err != nil {
 		t.Fatalf("start controller c%d: %v", i, err)
@@ -85,7 +87,13 @@ func testLog(t *testing.T) *slog.Logger {
 
 func newTestCluster(t *testing.T, n int) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, tlsDir: t.TempDir()}
+	return newTestClusterWith(t, n, nil)
+}
+
+// newTestClusterWith is newTestCluster with alert webhooks.
+func newTestClusterWith(t *testing.T, n int, webhooks []string) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, tlsDir: t.TempDir(), webhooks: webhooks}
 	var err error
 	c.ctrlTLS, c.agent, err = tlsutil.EnsureDev(c.tlsDir, "agent1")
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 // leadershipLoop is the one place where this controller takes up the
 // leader's duties and lays them down, as Nomad's establishLeadership and
 // revokeLeadership do: the scheduler (placement, starts and cancels,
-// lost nodes) and, with clustering, voter reconciliation and agent
+// lost nodes), the alert notifier and, with clustering, voter reconciliation and agent
 // failures. Nothing else reacts to leadership.
 func (s *Server) leadershipLoop(ctx context.Context) {
 	var duties *leaderDuties
@@ -82,6 +82,11 @@ func (s *Server) establishLeadership(parent context.Context) *leaderDuties {
 		go func() {
 			defer wg.Done()
 			s.sched.Run(ctx)
+		}()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.alerts.Run(ctx) // only the leader delivers alerts
 		}()
 		if s.members != nil {
 			wg.Add(1)

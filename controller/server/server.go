@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gantry-ml/gantry/controller/alert"
 	"github.com/gantry-ml/gantry/controller/blobpeers"
 	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/controller/feed"
@@ -100,6 +101,9 @@ type Config struct {
 	// job metric keys exported and the bounds. Store, Leading, Connected
 	// and Log are the server's.
 	Fleet fleetmetrics.Options
+	// AlertWebhooks are the URLs the leader posts alerts to
+	// (controller/alert); none: alerts stay in the outbox.
+	AlertWebhooks []string
 }
 
 // Server is a running controller.
@@ -111,6 +115,7 @@ type Server struct {
 	hub     *hub.Hub
 	ingest  *ingest.Server
 	sched   *scheduler.Scheduler
+	alerts  *alert.Notifier
 	api     *httpapi.API
 	http    *http.Server
 	httpLn  net.Listener
@@ -199,7 +204,8 @@ func Start(cfg Config) (*Server, error) {
 	// What wakes the scheduler exists before the scheduler, which needs
 	// Raft and the agent link built first.
 	wake := scheduler.NewWakeup()
-	s.fsm = fsm.NewWithOptions(s.store, feed.New(s.hub, cfg.Log.With("component", "feed"), wake.Wake), cfg.Log.With("component", "fsm"),
+	alertWake := scheduler.NewWakeup()
+	s.fsm = fsm.NewWithOptions(s.store, alertObserver{feed.New(s.hub, cfg.Log.With("component", "feed"), wake.Wake), alertWake}, cfg.Log.With("component", "fsm"),
 		fsm.Options{OnFatal: s.fail})
 	s.registerFSMMetrics()
 	s.raft, err = cluster.Open(cluster.Config{
@@ -243,6 +249,8 @@ func Start(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.sched = scheduler.New(s.store, s.raft, agentSet{s.ingest}, wake, cfg.Log.With("component", "scheduler"))
+	s.alerts = alert.New(alert.Options{Store: s.store, Raft: s.raft, Webhooks: cfg.AlertWebhooks,
+		Log: cfg.Log.With("component", "alerts"), Wake: alertWake})
 	if cfg.LostGrace > 0 {
 		s.sched.LostGrace = cfg.LostGrace
 	}
@@ -346,6 +354,18 @@ func (s *Server) registerFSMMetrics() {
 			Name: "gantry_fsm_rejected_records_total",
 			Help: "Agent records skipped at apply: over a limit, or for a job of another node."},
 			func() float64 { return float64(s.fsm.RejectedRecords()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gantry_alerts_dropped_total",
+			Help: "Undelivered alerts dropped because the alert outbox was full (no webhook, or webhooks down for long)."},
+			func() float64 { return float64(s.fsm.AlertsDropped()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gantry_alerts_delivered_total",
+			Help: "Alert deliveries (alert, webhook) that succeeded, on this controller while it led."},
+			func() float64 { d, _, _ := s.alerts.Stats(); return float64(d) }), // Stats is nil-safe
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gantry_alerts_failed_total",
+			Help: "Alert deliveries (alert, webhook) given up after the retries, on this controller while it led."},
+			func() float64 { _, f, _ := s.alerts.Stats(); return float64(f) }), // Stats is nil-safe
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "gantry_fsm_waiting_for_disk",
 			Help: "1 while applies wait for disk space on the state store."},
@@ -529,6 +549,22 @@ func (a agentSet) Forget(nodeID, key string) {
 
 // agentEvents wakes the scheduler when agents come and go: a new agent may
 // take queued jobs, and one that left may hold jobs to re-send.
+// alertObserver passes applied changes to the feed and wakes the alert
+// notifier when the outbox grew, so an alert goes out at once rather than
+// at the notifier's next poll.
+type alertObserver struct {
+	*feed.Feed
+	wake scheduler.Wakeup
+}
+
+// Applied implements fsm.Observer.
+func (o alertObserver) Applied(c *fsm.Changes) {
+	o.Feed.Applied(c)
+	if c.Alerts > 0 {
+		o.wake.Wake()
+	}
+}
+
 type agentEvents struct{ wake scheduler.Wakeup }
 
 func (a agentEvents) AgentConnected(string)    { a.wake.Wake() }

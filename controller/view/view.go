@@ -4,6 +4,7 @@
 package view
 
 import (
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -48,7 +49,50 @@ func Spec(s apiv1.JobSpec) *gantrypb.JobSpec {
 		KillGraceMs:    time.Duration(s.KillGrace).Milliseconds(),
 		QueueTimeoutMs: time.Duration(s.QueueTimeout).Milliseconds(),
 		CodeArchive:    s.CodeArchive,
+		Health:         healthSpec(s.Health),
 	}
+}
+
+func healthSpec(h *apiv1.HealthSpec) *gantrypb.HealthSpec {
+	if h == nil {
+		return nil
+	}
+	return &gantrypb.HealthSpec{
+		StallAfterMs:   time.Duration(h.StallAfter).Milliseconds(),
+		StartupGraceMs: time.Duration(h.StartupGrace).Milliseconds(),
+		IdleAfterMs:    time.Duration(h.IdleAfter).Milliseconds(),
+		IdleUtilPct:    h.IdleUtilPct,
+		IdlePowerW:     h.IdlePowerW,
+		OnStall:        h.OnStall,
+		OnIdle:         h.OnIdle,
+		Disabled:       h.Disabled,
+	}
+}
+
+func apiHealthSpec(h *gantrypb.HealthSpec) *apiv1.HealthSpec {
+	if h == nil {
+		return nil
+	}
+	ms := func(v int64) apiv1.Duration { return apiv1.Duration(time.Duration(v) * time.Millisecond) }
+	return &apiv1.HealthSpec{
+		StallAfter: ms(h.StallAfterMs), StartupGrace: ms(h.StartupGraceMs), IdleAfter: ms(h.IdleAfterMs),
+		IdleUtilPct: h.IdleUtilPct, IdlePowerW: h.IdlePowerW, OnStall: h.OnStall, OnIdle: h.OnIdle, Disabled: h.Disabled,
+	}
+}
+
+// Conditions converts a job's current health conditions.
+func Conditions(cs []*gantrypb.JobCondition) []apiv1.Condition {
+	if len(cs) == 0 {
+		return nil
+	}
+	out := make([]apiv1.Condition, len(cs))
+	for i, c := range cs {
+		out[i] = apiv1.Condition{Kind: c.Kind, Since: msTime(c.SinceMs), Evidence: c.Evidence}
+		for _, g := range c.Gpus {
+			out[i].GPUs = append(out[i].GPUs, int(g))
+		}
+	}
+	return out
 }
 
 // APISpec converts a stored spec back to the API form.
@@ -69,6 +113,7 @@ func APISpec(s *gantrypb.JobSpec) apiv1.JobSpec {
 		KillGrace:    apiv1.Duration(time.Duration(s.KillGraceMs) * time.Millisecond),
 		QueueTimeout: apiv1.Duration(time.Duration(s.QueueTimeoutMs) * time.Millisecond),
 		CodeArchive:  s.CodeArchive,
+		Health:       apiHealthSpec(s.Health),
 	}
 }
 
@@ -97,6 +142,7 @@ func Job(j *gantrypb.Job) apiv1.Job {
 		LogTail:           j.LogTail,
 		PID:               j.Pid,
 		LatestMetrics:     j.LatestMetrics,
+		Conditions:        Conditions(j.Conditions),
 	}
 	for i, g := range j.Gpus {
 		out.GPUs[i] = int(g)
@@ -184,10 +230,18 @@ func Node(n *gantrypb.Node, holders map[uint32]string, connected bool) apiv1.Nod
 		GPUs:      make([]apiv1.GPU, len(n.Gpus)),
 		LastSeen:  msTime(n.LastSeenMs),
 		Connected: connected,
+		Drained:   n.Drained,
+	}
+	faults := map[uint32]string{}
+	for _, h := range n.UnhealthyGpus {
+		faults[h.Index] = h.Reason
 	}
 	for i, g := range n.Gpus {
-		out.GPUs[i] = apiv1.GPU{Index: int(g.Index), UUID: g.Uuid, Name: g.Name, MemoryTotalBytes: g.MemoryTotalBytes, JobID: holders[g.Index]}
-		if holders[g.Index] == "" {
+		fault, failing := faults[g.Index]
+		out.GPUs[i] = apiv1.GPU{Index: int(g.Index), UUID: g.Uuid, Name: g.Name, MemoryTotalBytes: g.MemoryTotalBytes, JobID: holders[g.Index],
+			Healthy: !failing, Fault: fault, Drained: slices.Contains(n.DrainedGpus, g.Index)}
+		// Free: no job holds it and placement may use it.
+		if holders[g.Index] == "" && !failing && !out.GPUs[i].Drained && !n.Drained {
 			out.FreeGPUs++
 		}
 	}

@@ -223,7 +223,10 @@ type JobSpec struct {
 	CodeArchive string `protobuf:"bytes,11,opt,name=code_archive,json=codeArchive,proto3" json:"code_archive,omitempty"`
 	// nodes pins a multi-node job's ranks to hosts among these (the single
 	// node field pins a single-node job).
-	Nodes         []string `protobuf:"bytes,13,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Nodes []string `protobuf:"bytes,13,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// health tunes the agent's progress and GPU health checks (stalled,
+	// hung, idle GPUs) and what happens when one fires.
+	Health        *HealthSpec `protobuf:"bytes,12,opt,name=health,proto3" json:"health,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -342,6 +345,200 @@ func (x *JobSpec) GetNodes() []string {
 	return nil
 }
 
+func (x *JobSpec) GetHealth() *HealthSpec {
+	if x != nil {
+		return x.Health
+	}
+	return nil
+}
+
+// HealthSpec tunes a job's health checks. Zero fields take the defaults
+// (docs: README "Health"); durations are milliseconds.
+type HealthSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// stall_after_ms: a job with no new step for this long is stalled.
+	// 0: max(10 x its typical step interval, 5 min).
+	StallAfterMs int64 `protobuf:"varint,1,opt,name=stall_after_ms,json=stallAfterMs,proto3" json:"stall_after_ms,omitempty"`
+	// startup_grace_ms: how long a job that never logged a step may run
+	// before it counts as stalled. 0: 30 min.
+	StartupGraceMs int64 `protobuf:"varint,2,opt,name=startup_grace_ms,json=startupGraceMs,proto3" json:"startup_grace_ms,omitempty"`
+	// idle_after_ms: how long an allocated GPU must stay idle before
+	// idle_gpus fires. 0: 10 min.
+	IdleAfterMs int64 `protobuf:"varint,3,opt,name=idle_after_ms,json=idleAfterMs,proto3" json:"idle_after_ms,omitempty"`
+	// idle_util_pct and idle_power_w: a GPU is idle while its utilization
+	// is below idle_util_pct (0: 5) and its power below idle_power_w
+	// (0: 25% of its power limit, or 100 W when the limit is unknown).
+	IdleUtilPct float64 `protobuf:"fixed64,4,opt,name=idle_util_pct,json=idleUtilPct,proto3" json:"idle_util_pct,omitempty"`
+	IdlePowerW  float64 `protobuf:"fixed64,5,opt,name=idle_power_w,json=idlePowerW,proto3" json:"idle_power_w,omitempty"`
+	// on_stall and on_idle: "notify" (or empty) only reports; "cancel"
+	// cancels the job through the normal cancel path. on_stall covers hung.
+	OnStall string `protobuf:"bytes,6,opt,name=on_stall,json=onStall,proto3" json:"on_stall,omitempty"`
+	OnIdle  string `protobuf:"bytes,7,opt,name=on_idle,json=onIdle,proto3" json:"on_idle,omitempty"`
+	// disabled turns every health check of the job off.
+	Disabled      bool `protobuf:"varint,8,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HealthSpec) Reset() {
+	*x = HealthSpec{}
+	mi := &file_gantry_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthSpec) ProtoMessage() {}
+
+func (x *HealthSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthSpec.ProtoReflect.Descriptor instead.
+func (*HealthSpec) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *HealthSpec) GetStallAfterMs() int64 {
+	if x != nil {
+		return x.StallAfterMs
+	}
+	return 0
+}
+
+func (x *HealthSpec) GetStartupGraceMs() int64 {
+	if x != nil {
+		return x.StartupGraceMs
+	}
+	return 0
+}
+
+func (x *HealthSpec) GetIdleAfterMs() int64 {
+	if x != nil {
+		return x.IdleAfterMs
+	}
+	return 0
+}
+
+func (x *HealthSpec) GetIdleUtilPct() float64 {
+	if x != nil {
+		return x.IdleUtilPct
+	}
+	return 0
+}
+
+func (x *HealthSpec) GetIdlePowerW() float64 {
+	if x != nil {
+		return x.IdlePowerW
+	}
+	return 0
+}
+
+func (x *HealthSpec) GetOnStall() string {
+	if x != nil {
+		return x.OnStall
+	}
+	return ""
+}
+
+func (x *HealthSpec) GetOnIdle() string {
+	if x != nil {
+		return x.OnIdle
+	}
+	return ""
+}
+
+func (x *HealthSpec) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+// JobCondition is a health condition that holds for a job now.
+type JobCondition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kind is "stalled", "hung" or "idle_gpus" (lifecycle.Cond*).
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// since_ms is when the agent declared it (unix ms).
+	SinceMs int64 `protobuf:"varint,2,opt,name=since_ms,json=sinceMs,proto3" json:"since_ms,omitempty"`
+	// evidence says what was seen and which signal decided.
+	Evidence string `protobuf:"bytes,3,opt,name=evidence,proto3" json:"evidence,omitempty"`
+	// gpus are the GPU indices it concerns (idle_gpus), if any.
+	Gpus          []uint32 `protobuf:"varint,4,rep,packed,name=gpus,proto3" json:"gpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobCondition) Reset() {
+	*x = JobCondition{}
+	mi := &file_gantry_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobCondition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobCondition) ProtoMessage() {}
+
+func (x *JobCondition) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobCondition.ProtoReflect.Descriptor instead.
+func (*JobCondition) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *JobCondition) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *JobCondition) GetSinceMs() int64 {
+	if x != nil {
+		return x.SinceMs
+	}
+	return 0
+}
+
+func (x *JobCondition) GetEvidence() string {
+	if x != nil {
+		return x.Evidence
+	}
+	return ""
+}
+
+func (x *JobCondition) GetGpus() []uint32 {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
 // Job is the controller's record of a job, as stored in the FSM.
 type Job struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -374,6 +571,9 @@ type Job struct {
 	DroppedMetricKeys uint64 `protobuf:"varint,23,opt,name=dropped_metric_keys,json=droppedMetricKeys,proto3" json:"dropped_metric_keys,omitempty"`
 	// rejected_records counts records the controller refused (over a limit).
 	RejectedRecords uint64 `protobuf:"varint,24,opt,name=rejected_records,json=rejectedRecords,proto3" json:"rejected_records,omitempty"`
+	// conditions are the health conditions that hold now (stalled, hung,
+	// idle_gpus), set and cleared by the agent's condition records.
+	Conditions []*JobCondition `protobuf:"bytes,25,rep,name=conditions,proto3" json:"conditions,omitempty"`
 	// ranks are a multi-node job's ranks, one per node, rank 0 first; empty
 	// for a single-node job. node and gpus above repeat rank 0's.
 	Ranks []*Rank `protobuf:"bytes,30,rep,name=ranks,proto3" json:"ranks,omitempty"`
@@ -387,7 +587,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_gantry_proto_msgTypes[2]
+	mi := &file_gantry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -399,7 +599,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[2]
+	mi := &file_gantry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -412,7 +612,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{2}
+	return file_gantry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Job) GetId() string {
@@ -583,6 +783,13 @@ func (x *Job) GetRejectedRecords() uint64 {
 	return 0
 }
 
+func (x *Job) GetConditions() []*JobCondition {
+	if x != nil {
+		return x.Conditions
+	}
+	return nil
+}
+
 func (x *Job) GetRanks() []*Rank {
 	if x != nil {
 		return x.Ranks
@@ -639,7 +846,7 @@ type Rank struct {
 
 func (x *Rank) Reset() {
 	*x = Rank{}
-	mi := &file_gantry_proto_msgTypes[3]
+	mi := &file_gantry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +858,7 @@ func (x *Rank) String() string {
 func (*Rank) ProtoMessage() {}
 
 func (x *Rank) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[3]
+	mi := &file_gantry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +871,7 @@ func (x *Rank) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rank.ProtoReflect.Descriptor instead.
 func (*Rank) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{3}
+	return file_gantry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Rank) GetRank() uint32 {
@@ -812,7 +1019,7 @@ type MetricPoint struct {
 
 func (x *MetricPoint) Reset() {
 	*x = MetricPoint{}
-	mi := &file_gantry_proto_msgTypes[4]
+	mi := &file_gantry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +1031,7 @@ func (x *MetricPoint) String() string {
 func (*MetricPoint) ProtoMessage() {}
 
 func (x *MetricPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[4]
+	mi := &file_gantry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +1044,7 @@ func (x *MetricPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricPoint.ProtoReflect.Descriptor instead.
 func (*MetricPoint) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{4}
+	return file_gantry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MetricPoint) GetSeq() uint64 {
@@ -901,13 +1108,23 @@ type GPUStat struct {
 	TemperatureC     float64                `protobuf:"fixed64,7,opt,name=temperature_c,json=temperatureC,proto3" json:"temperature_c,omitempty"`
 	PowerW           float64                `protobuf:"fixed64,8,opt,name=power_w,json=powerW,proto3" json:"power_w,omitempty"`
 	SmClockMhz       uint32                 `protobuf:"varint,9,opt,name=sm_clock_mhz,json=smClockMhz,proto3" json:"sm_clock_mhz,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// power_limit_w is the enforced power limit (0: unknown); the health
+	// checks judge "low power" against it.
+	PowerLimitW float64 `protobuf:"fixed64,10,opt,name=power_limit_w,json=powerLimitW,proto3" json:"power_limit_w,omitempty"`
+	// fault is set once the agent has seen this GPU fail: an XID critical
+	// error, a double-bit ECC error, NVML_ERROR_GPU_IS_LOST, retired pages
+	// pending or a failed row remap. It stays set (the GPU needs a reset).
+	Fault string `protobuf:"bytes,11,opt,name=fault,proto3" json:"fault,omitempty"`
+	// throttle_reasons is NVML's clocks-event-reason bitmask (information:
+	// a throttled GPU is slow, not failing).
+	ThrottleReasons uint64 `protobuf:"varint,12,opt,name=throttle_reasons,json=throttleReasons,proto3" json:"throttle_reasons,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GPUStat) Reset() {
 	*x = GPUStat{}
-	mi := &file_gantry_proto_msgTypes[5]
+	mi := &file_gantry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -919,7 +1136,7 @@ func (x *GPUStat) String() string {
 func (*GPUStat) ProtoMessage() {}
 
 func (x *GPUStat) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[5]
+	mi := &file_gantry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -932,7 +1149,7 @@ func (x *GPUStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUStat.ProtoReflect.Descriptor instead.
 func (*GPUStat) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{5}
+	return file_gantry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GPUStat) GetIndex() uint32 {
@@ -998,6 +1215,27 @@ func (x *GPUStat) GetSmClockMhz() uint32 {
 	return 0
 }
 
+func (x *GPUStat) GetPowerLimitW() float64 {
+	if x != nil {
+		return x.PowerLimitW
+	}
+	return 0
+}
+
+func (x *GPUStat) GetFault() string {
+	if x != nil {
+		return x.Fault
+	}
+	return ""
+}
+
+func (x *GPUStat) GetThrottleReasons() uint64 {
+	if x != nil {
+		return x.ThrottleReasons
+	}
+	return 0
+}
+
 // GPUSample is every GPU of a node read at one instant.
 type GPUSample struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1010,7 +1248,7 @@ type GPUSample struct {
 
 func (x *GPUSample) Reset() {
 	*x = GPUSample{}
-	mi := &file_gantry_proto_msgTypes[6]
+	mi := &file_gantry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +1260,7 @@ func (x *GPUSample) String() string {
 func (*GPUSample) ProtoMessage() {}
 
 func (x *GPUSample) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[6]
+	mi := &file_gantry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +1273,7 @@ func (x *GPUSample) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUSample.ProtoReflect.Descriptor instead.
 func (*GPUSample) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{6}
+	return file_gantry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GPUSample) GetSeq() uint64 {
@@ -1072,7 +1310,7 @@ type GPUInfo struct {
 
 func (x *GPUInfo) Reset() {
 	*x = GPUInfo{}
-	mi := &file_gantry_proto_msgTypes[7]
+	mi := &file_gantry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1322,7 @@ func (x *GPUInfo) String() string {
 func (*GPUInfo) ProtoMessage() {}
 
 func (x *GPUInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[7]
+	mi := &file_gantry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1335,7 @@ func (x *GPUInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUInfo.ProtoReflect.Descriptor instead.
 func (*GPUInfo) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{7}
+	return file_gantry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GPUInfo) GetIndex() uint32 {
@@ -1143,7 +1381,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_gantry_proto_msgTypes[8]
+	mi := &file_gantry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1393,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[8]
+	mi := &file_gantry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1406,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{8}
+	return file_gantry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JobEvent) GetSeq() uint64 {
@@ -1217,7 +1455,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_gantry_proto_msgTypes[9]
+	mi := &file_gantry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1467,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[9]
+	mi := &file_gantry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1480,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{9}
+	return file_gantry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LogChunk) GetOffset() uint64 {
@@ -1269,7 +1507,7 @@ type JobStarted struct {
 
 func (x *JobStarted) Reset() {
 	*x = JobStarted{}
-	mi := &file_gantry_proto_msgTypes[10]
+	mi := &file_gantry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1519,7 @@ func (x *JobStarted) String() string {
 func (*JobStarted) ProtoMessage() {}
 
 func (x *JobStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[10]
+	mi := &file_gantry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1532,7 @@ func (x *JobStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStarted.ProtoReflect.Descriptor instead.
 func (*JobStarted) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{10}
+	return file_gantry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *JobStarted) GetPid() int64 {
@@ -1329,7 +1567,7 @@ type JobExit struct {
 
 func (x *JobExit) Reset() {
 	*x = JobExit{}
-	mi := &file_gantry_proto_msgTypes[11]
+	mi := &file_gantry_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1341,7 +1579,7 @@ func (x *JobExit) String() string {
 func (*JobExit) ProtoMessage() {}
 
 func (x *JobExit) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[11]
+	mi := &file_gantry_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1354,7 +1592,7 @@ func (x *JobExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobExit.ProtoReflect.Descriptor instead.
 func (*JobExit) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{11}
+	return file_gantry_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *JobExit) GetExitCode() int32 {
@@ -1421,6 +1659,7 @@ type Record struct {
 	//	*Record_Started
 	//	*Record_Exit
 	//	*Record_Gpu
+	//	*Record_Condition
 	Body          isRecord_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1428,7 +1667,7 @@ type Record struct {
 
 func (x *Record) Reset() {
 	*x = Record{}
-	mi := &file_gantry_proto_msgTypes[12]
+	mi := &file_gantry_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1440,7 +1679,7 @@ func (x *Record) String() string {
 func (*Record) ProtoMessage() {}
 
 func (x *Record) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[12]
+	mi := &file_gantry_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1453,7 +1692,7 @@ func (x *Record) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Record.ProtoReflect.Descriptor instead.
 func (*Record) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{12}
+	return file_gantry_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Record) GetJobId() string {
@@ -1531,6 +1770,15 @@ func (x *Record) GetGpu() *GPUSample {
 	return nil
 }
 
+func (x *Record) GetCondition() *HealthCondition {
+	if x != nil {
+		if x, ok := x.Body.(*Record_Condition); ok {
+			return x.Condition
+		}
+	}
+	return nil
+}
+
 type isRecord_Body interface {
 	isRecord_Body()
 }
@@ -1559,6 +1807,10 @@ type Record_Gpu struct {
 	Gpu *GPUSample `protobuf:"bytes,15,opt,name=gpu,proto3,oneof"`
 }
 
+type Record_Condition struct {
+	Condition *HealthCondition `protobuf:"bytes,16,opt,name=condition,proto3,oneof"`
+}
+
 func (*Record_Point) isRecord_Body() {}
 
 func (*Record_Event) isRecord_Body() {}
@@ -1571,6 +1823,97 @@ func (*Record_Exit) isRecord_Body() {}
 
 func (*Record_Gpu) isRecord_Body() {}
 
+func (*Record_Condition) isRecord_Body() {}
+
+// HealthCondition is the agent's verdict that a job's health condition
+// began (active) or ended. The controller sets or clears it on the job
+// (Job.conditions) and records it as a job event.
+type HealthCondition struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Ts       float64                `protobuf:"fixed64,1,opt,name=ts,proto3" json:"ts,omitempty"`
+	Kind     string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Active   bool                   `protobuf:"varint,3,opt,name=active,proto3" json:"active,omitempty"`
+	Evidence string                 `protobuf:"bytes,4,opt,name=evidence,proto3" json:"evidence,omitempty"`
+	Gpus     []uint32               `protobuf:"varint,5,rep,packed,name=gpus,proto3" json:"gpus,omitempty"`
+	// signal names what decided the verdict ("gpus_idle", "gpus_pegged_low_power",
+	// "no_step", "startup_grace", "low_util_and_power", "progress", "gpus_busy").
+	Signal        string `protobuf:"bytes,6,opt,name=signal,proto3" json:"signal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HealthCondition) Reset() {
+	*x = HealthCondition{}
+	mi := &file_gantry_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthCondition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthCondition) ProtoMessage() {}
+
+func (x *HealthCondition) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthCondition.ProtoReflect.Descriptor instead.
+func (*HealthCondition) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *HealthCondition) GetTs() float64 {
+	if x != nil {
+		return x.Ts
+	}
+	return 0
+}
+
+func (x *HealthCondition) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *HealthCondition) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+func (x *HealthCondition) GetEvidence() string {
+	if x != nil {
+		return x.Evidence
+	}
+	return ""
+}
+
+func (x *HealthCondition) GetGpus() []uint32 {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+func (x *HealthCondition) GetSignal() string {
+	if x != nil {
+		return x.Signal
+	}
+	return ""
+}
+
 type Node struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Id             string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1580,13 +1923,20 @@ type Node struct {
 	Version        string                 `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
 	LastSeenMs     int64                  `protobuf:"varint,6,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"`
 	RegisteredAtMs int64                  `protobuf:"varint,7,opt,name=registered_at_ms,json=registeredAtMs,proto3" json:"registered_at_ms,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// unhealthy_gpus are the GPUs the agent reported failing; the scheduler
+	// places nothing on them until an operator undrains them.
+	UnhealthyGpus []*GPUHealth `protobuf:"bytes,8,rep,name=unhealthy_gpus,json=unhealthyGpus,proto3" json:"unhealthy_gpus,omitempty"`
+	// drained: the scheduler places nothing new on the node.
+	Drained bool `protobuf:"varint,9,opt,name=drained,proto3" json:"drained,omitempty"`
+	// drained_gpus: the scheduler places nothing new on these GPUs.
+	DrainedGpus   []uint32 `protobuf:"varint,10,rep,packed,name=drained_gpus,json=drainedGpus,proto3" json:"drained_gpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_gantry_proto_msgTypes[13]
+	mi := &file_gantry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1948,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[13]
+	mi := &file_gantry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1961,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{13}
+	return file_gantry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Node) GetId() string {
@@ -1663,6 +2013,88 @@ func (x *Node) GetRegisteredAtMs() int64 {
 	return 0
 }
 
+func (x *Node) GetUnhealthyGpus() []*GPUHealth {
+	if x != nil {
+		return x.UnhealthyGpus
+	}
+	return nil
+}
+
+func (x *Node) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
+func (x *Node) GetDrainedGpus() []uint32 {
+	if x != nil {
+		return x.DrainedGpus
+	}
+	return nil
+}
+
+// GPUHealth is a GPU of a node found failing.
+type GPUHealth struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	SinceMs       int64                  `protobuf:"varint,3,opt,name=since_ms,json=sinceMs,proto3" json:"since_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GPUHealth) Reset() {
+	*x = GPUHealth{}
+	mi := &file_gantry_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GPUHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GPUHealth) ProtoMessage() {}
+
+func (x *GPUHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GPUHealth.ProtoReflect.Descriptor instead.
+func (*GPUHealth) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GPUHealth) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *GPUHealth) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *GPUHealth) GetSinceMs() int64 {
+	if x != nil {
+		return x.SinceMs
+	}
+	return 0
+}
+
 type Hello struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	NodeId   string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -1681,7 +2113,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_gantry_proto_msgTypes[14]
+	mi := &file_gantry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +2125,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[14]
+	mi := &file_gantry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +2138,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{14}
+	return file_gantry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Hello) GetNodeId() string {
@@ -1771,7 +2203,7 @@ type HelloReply struct {
 
 func (x *HelloReply) Reset() {
 	*x = HelloReply{}
-	mi := &file_gantry_proto_msgTypes[15]
+	mi := &file_gantry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1783,7 +2215,7 @@ func (x *HelloReply) String() string {
 func (*HelloReply) ProtoMessage() {}
 
 func (x *HelloReply) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[15]
+	mi := &file_gantry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1796,7 +2228,7 @@ func (x *HelloReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloReply.ProtoReflect.Descriptor instead.
 func (*HelloReply) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{15}
+	return file_gantry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HelloReply) GetOk() bool {
@@ -1847,7 +2279,7 @@ type BlobRequest struct {
 
 func (x *BlobRequest) Reset() {
 	*x = BlobRequest{}
-	mi := &file_gantry_proto_msgTypes[16]
+	mi := &file_gantry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1859,7 +2291,7 @@ func (x *BlobRequest) String() string {
 func (*BlobRequest) ProtoMessage() {}
 
 func (x *BlobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[16]
+	mi := &file_gantry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1872,7 +2304,7 @@ func (x *BlobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobRequest.ProtoReflect.Descriptor instead.
 func (*BlobRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{16}
+	return file_gantry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BlobRequest) GetJobId() string {
@@ -1900,7 +2332,7 @@ type BlobReply struct {
 
 func (x *BlobReply) Reset() {
 	*x = BlobReply{}
-	mi := &file_gantry_proto_msgTypes[17]
+	mi := &file_gantry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1912,7 +2344,7 @@ func (x *BlobReply) String() string {
 func (*BlobReply) ProtoMessage() {}
 
 func (x *BlobReply) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[17]
+	mi := &file_gantry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1925,7 +2357,7 @@ func (x *BlobReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobReply.ProtoReflect.Descriptor instead.
 func (*BlobReply) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{17}
+	return file_gantry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BlobReply) GetOk() bool {
@@ -1958,7 +2390,7 @@ type BlobChunk struct {
 
 func (x *BlobChunk) Reset() {
 	*x = BlobChunk{}
-	mi := &file_gantry_proto_msgTypes[18]
+	mi := &file_gantry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1970,7 +2402,7 @@ func (x *BlobChunk) String() string {
 func (*BlobChunk) ProtoMessage() {}
 
 func (x *BlobChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[18]
+	mi := &file_gantry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1983,7 +2415,7 @@ func (x *BlobChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobChunk.ProtoReflect.Descriptor instead.
 func (*BlobChunk) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{18}
+	return file_gantry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BlobChunk) GetData() []byte {
@@ -2010,7 +2442,7 @@ type StartJob struct {
 
 func (x *StartJob) Reset() {
 	*x = StartJob{}
-	mi := &file_gantry_proto_msgTypes[19]
+	mi := &file_gantry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2022,7 +2454,7 @@ func (x *StartJob) String() string {
 func (*StartJob) ProtoMessage() {}
 
 func (x *StartJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[19]
+	mi := &file_gantry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2035,7 +2467,7 @@ func (x *StartJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJob.ProtoReflect.Descriptor instead.
 func (*StartJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{19}
+	return file_gantry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StartJob) GetJobId() string {
@@ -2097,7 +2529,7 @@ type CancelJob struct {
 
 func (x *CancelJob) Reset() {
 	*x = CancelJob{}
-	mi := &file_gantry_proto_msgTypes[20]
+	mi := &file_gantry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2109,7 +2541,7 @@ func (x *CancelJob) String() string {
 func (*CancelJob) ProtoMessage() {}
 
 func (x *CancelJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[20]
+	mi := &file_gantry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2122,7 +2554,7 @@ func (x *CancelJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJob.ProtoReflect.Descriptor instead.
 func (*CancelJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{20}
+	return file_gantry_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CancelJob) GetJobId() string {
@@ -2155,7 +2587,7 @@ type ControlMessage struct {
 
 func (x *ControlMessage) Reset() {
 	*x = ControlMessage{}
-	mi := &file_gantry_proto_msgTypes[21]
+	mi := &file_gantry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2167,7 +2599,7 @@ func (x *ControlMessage) String() string {
 func (*ControlMessage) ProtoMessage() {}
 
 func (x *ControlMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[21]
+	mi := &file_gantry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2180,7 +2612,7 @@ func (x *ControlMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlMessage.ProtoReflect.Descriptor instead.
 func (*ControlMessage) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{21}
+	return file_gantry_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ControlMessage) GetMsg() isControlMessage_Msg {
@@ -2268,7 +2700,7 @@ type RecordBatch struct {
 
 func (x *RecordBatch) Reset() {
 	*x = RecordBatch{}
-	mi := &file_gantry_proto_msgTypes[22]
+	mi := &file_gantry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2280,7 +2712,7 @@ func (x *RecordBatch) String() string {
 func (*RecordBatch) ProtoMessage() {}
 
 func (x *RecordBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[22]
+	mi := &file_gantry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2293,7 +2725,7 @@ func (x *RecordBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordBatch.ProtoReflect.Descriptor instead.
 func (*RecordBatch) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{22}
+	return file_gantry_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RecordBatch) GetBatchId() uint64 {
@@ -2328,7 +2760,7 @@ type BatchAck struct {
 
 func (x *BatchAck) Reset() {
 	*x = BatchAck{}
-	mi := &file_gantry_proto_msgTypes[23]
+	mi := &file_gantry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2340,7 +2772,7 @@ func (x *BatchAck) String() string {
 func (*BatchAck) ProtoMessage() {}
 
 func (x *BatchAck) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[23]
+	mi := &file_gantry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2353,7 +2785,7 @@ func (x *BatchAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchAck.ProtoReflect.Descriptor instead.
 func (*BatchAck) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{23}
+	return file_gantry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *BatchAck) GetBatchId() uint64 {
@@ -2381,7 +2813,7 @@ type SubmitJobCmd struct {
 
 func (x *SubmitJobCmd) Reset() {
 	*x = SubmitJobCmd{}
-	mi := &file_gantry_proto_msgTypes[24]
+	mi := &file_gantry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2393,7 +2825,7 @@ func (x *SubmitJobCmd) String() string {
 func (*SubmitJobCmd) ProtoMessage() {}
 
 func (x *SubmitJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[24]
+	mi := &file_gantry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2406,7 +2838,7 @@ func (x *SubmitJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobCmd.ProtoReflect.Descriptor instead.
 func (*SubmitJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{24}
+	return file_gantry_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SubmitJobCmd) GetJobId() string {
@@ -2442,7 +2874,7 @@ type AssignJobCmd struct {
 
 func (x *AssignJobCmd) Reset() {
 	*x = AssignJobCmd{}
-	mi := &file_gantry_proto_msgTypes[25]
+	mi := &file_gantry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2454,7 +2886,7 @@ func (x *AssignJobCmd) String() string {
 func (*AssignJobCmd) ProtoMessage() {}
 
 func (x *AssignJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[25]
+	mi := &file_gantry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2467,7 +2899,7 @@ func (x *AssignJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignJobCmd.ProtoReflect.Descriptor instead.
 func (*AssignJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{25}
+	return file_gantry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AssignJobCmd) GetJobId() string {
@@ -2513,7 +2945,7 @@ type AssignGangCmd struct {
 
 func (x *AssignGangCmd) Reset() {
 	*x = AssignGangCmd{}
-	mi := &file_gantry_proto_msgTypes[26]
+	mi := &file_gantry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2525,7 +2957,7 @@ func (x *AssignGangCmd) String() string {
 func (*AssignGangCmd) ProtoMessage() {}
 
 func (x *AssignGangCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[26]
+	mi := &file_gantry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2538,7 +2970,7 @@ func (x *AssignGangCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignGangCmd.ProtoReflect.Descriptor instead.
 func (*AssignGangCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{26}
+	return file_gantry_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AssignGangCmd) GetJobId() string {
@@ -2587,7 +3019,7 @@ type GangRank struct {
 
 func (x *GangRank) Reset() {
 	*x = GangRank{}
-	mi := &file_gantry_proto_msgTypes[27]
+	mi := &file_gantry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2599,7 +3031,7 @@ func (x *GangRank) String() string {
 func (*GangRank) ProtoMessage() {}
 
 func (x *GangRank) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[27]
+	mi := &file_gantry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2612,7 +3044,7 @@ func (x *GangRank) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GangRank.ProtoReflect.Descriptor instead.
 func (*GangRank) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{27}
+	return file_gantry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GangRank) GetNodeId() string {
@@ -2639,7 +3071,7 @@ type CancelJobCmd struct {
 
 func (x *CancelJobCmd) Reset() {
 	*x = CancelJobCmd{}
-	mi := &file_gantry_proto_msgTypes[28]
+	mi := &file_gantry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2651,7 +3083,7 @@ func (x *CancelJobCmd) String() string {
 func (*CancelJobCmd) ProtoMessage() {}
 
 func (x *CancelJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[28]
+	mi := &file_gantry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2664,7 +3096,7 @@ func (x *CancelJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobCmd.ProtoReflect.Descriptor instead.
 func (*CancelJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{28}
+	return file_gantry_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CancelJobCmd) GetJobId() string {
@@ -2694,7 +3126,7 @@ type IngestCmd struct {
 
 func (x *IngestCmd) Reset() {
 	*x = IngestCmd{}
-	mi := &file_gantry_proto_msgTypes[29]
+	mi := &file_gantry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2706,7 +3138,7 @@ func (x *IngestCmd) String() string {
 func (*IngestCmd) ProtoMessage() {}
 
 func (x *IngestCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[29]
+	mi := &file_gantry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2719,7 +3151,7 @@ func (x *IngestCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestCmd.ProtoReflect.Descriptor instead.
 func (*IngestCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{29}
+	return file_gantry_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *IngestCmd) GetNodeId() string {
@@ -2761,7 +3193,7 @@ type NodeUpCmd struct {
 
 func (x *NodeUpCmd) Reset() {
 	*x = NodeUpCmd{}
-	mi := &file_gantry_proto_msgTypes[30]
+	mi := &file_gantry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2773,7 +3205,7 @@ func (x *NodeUpCmd) String() string {
 func (*NodeUpCmd) ProtoMessage() {}
 
 func (x *NodeUpCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[30]
+	mi := &file_gantry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2786,7 +3218,7 @@ func (x *NodeUpCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeUpCmd.ProtoReflect.Descriptor instead.
 func (*NodeUpCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{30}
+	return file_gantry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *NodeUpCmd) GetNode() *Node {
@@ -2820,7 +3252,7 @@ type NodeDownCmd struct {
 
 func (x *NodeDownCmd) Reset() {
 	*x = NodeDownCmd{}
-	mi := &file_gantry_proto_msgTypes[31]
+	mi := &file_gantry_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2832,7 +3264,7 @@ func (x *NodeDownCmd) String() string {
 func (*NodeDownCmd) ProtoMessage() {}
 
 func (x *NodeDownCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[31]
+	mi := &file_gantry_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2845,7 +3277,7 @@ func (x *NodeDownCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDownCmd.ProtoReflect.Descriptor instead.
 func (*NodeDownCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{31}
+	return file_gantry_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NodeDownCmd) GetNodeId() string {
@@ -2876,7 +3308,7 @@ type EndJobCmd struct {
 
 func (x *EndJobCmd) Reset() {
 	*x = EndJobCmd{}
-	mi := &file_gantry_proto_msgTypes[32]
+	mi := &file_gantry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2888,7 +3320,7 @@ func (x *EndJobCmd) String() string {
 func (*EndJobCmd) ProtoMessage() {}
 
 func (x *EndJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[32]
+	mi := &file_gantry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2901,7 +3333,7 @@ func (x *EndJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndJobCmd.ProtoReflect.Descriptor instead.
 func (*EndJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{32}
+	return file_gantry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *EndJobCmd) GetJobId() string {
@@ -2949,7 +3381,7 @@ type QueueTimeoutCmd struct {
 
 func (x *QueueTimeoutCmd) Reset() {
 	*x = QueueTimeoutCmd{}
-	mi := &file_gantry_proto_msgTypes[33]
+	mi := &file_gantry_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2961,7 +3393,7 @@ func (x *QueueTimeoutCmd) String() string {
 func (*QueueTimeoutCmd) ProtoMessage() {}
 
 func (x *QueueTimeoutCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[33]
+	mi := &file_gantry_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2974,7 +3406,7 @@ func (x *QueueTimeoutCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueTimeoutCmd.ProtoReflect.Descriptor instead.
 func (*QueueTimeoutCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{33}
+	return file_gantry_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *QueueTimeoutCmd) GetJobId() string {
@@ -2992,6 +3424,250 @@ func (x *QueueTimeoutCmd) GetError() string {
 }
 
 func (x *QueueTimeoutCmd) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
+// Alert is one entry of the controller's alert outbox: a job that ended,
+// a health condition that began or ended, a node lost. The FSM appends it
+// as it applies the change, with the next id, so every voter holds the
+// same outbox; the leader posts it to the configured webhooks with the id
+// as the idempotency key and then commits AlertsDeliveredCmd.
+type Alert struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	AtMs  int64                  `protobuf:"varint,2,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	// kind: job_succeeded, job_failed, job_cancelled, job_lost, stalled,
+	// hung, idle_gpus, stalled_cleared, hung_cleared, idle_gpus_cleared,
+	// node_lost.
+	Kind    string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	JobId   string `protobuf:"bytes,4,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	JobName string `protobuf:"bytes,5,opt,name=job_name,json=jobName,proto3" json:"job_name,omitempty"`
+	Node    string `protobuf:"bytes,6,opt,name=node,proto3" json:"node,omitempty"`
+	// text is the one-line human summary (Slack's "text").
+	Text          string   `protobuf:"bytes,7,opt,name=text,proto3" json:"text,omitempty"`
+	Evidence      string   `protobuf:"bytes,8,opt,name=evidence,proto3" json:"evidence,omitempty"`
+	Gpus          []uint32 `protobuf:"varint,9,rep,packed,name=gpus,proto3" json:"gpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Alert) Reset() {
+	*x = Alert{}
+	mi := &file_gantry_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Alert) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Alert) ProtoMessage() {}
+
+func (x *Alert) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Alert.ProtoReflect.Descriptor instead.
+func (*Alert) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *Alert) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Alert) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
+func (x *Alert) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Alert) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *Alert) GetJobName() string {
+	if x != nil {
+		return x.JobName
+	}
+	return ""
+}
+
+func (x *Alert) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Alert) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *Alert) GetEvidence() string {
+	if x != nil {
+		return x.Evidence
+	}
+	return ""
+}
+
+func (x *Alert) GetGpus() []uint32 {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+// AlertsDeliveredCmd moves the alert outbox's delivered-up-to cursor: the
+// leader delivered (or gave up on) every alert with id <= up_to. Alerts
+// at or below the cursor are deleted.
+type AlertsDeliveredCmd struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UpTo          uint64                 `protobuf:"varint,1,opt,name=up_to,json=upTo,proto3" json:"up_to,omitempty"`
+	AtMs          int64                  `protobuf:"varint,2,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlertsDeliveredCmd) Reset() {
+	*x = AlertsDeliveredCmd{}
+	mi := &file_gantry_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlertsDeliveredCmd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlertsDeliveredCmd) ProtoMessage() {}
+
+func (x *AlertsDeliveredCmd) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlertsDeliveredCmd.ProtoReflect.Descriptor instead.
+func (*AlertsDeliveredCmd) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *AlertsDeliveredCmd) GetUpTo() uint64 {
+	if x != nil {
+		return x.UpTo
+	}
+	return 0
+}
+
+func (x *AlertsDeliveredCmd) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
+// DrainCmd stops (or, with undrain, resumes) placement on a node or on
+// some of its GPUs. Running jobs are left alone. Undraining GPUs also
+// clears their unhealthy marks: the operator says they are fixed.
+type DrainCmd struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// gpus: these GPUs only; empty: the whole node.
+	Gpus          []uint32 `protobuf:"varint,2,rep,packed,name=gpus,proto3" json:"gpus,omitempty"`
+	Undrain       bool     `protobuf:"varint,3,opt,name=undrain,proto3" json:"undrain,omitempty"`
+	AtMs          int64    `protobuf:"varint,4,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainCmd) Reset() {
+	*x = DrainCmd{}
+	mi := &file_gantry_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainCmd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainCmd) ProtoMessage() {}
+
+func (x *DrainCmd) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainCmd.ProtoReflect.Descriptor instead.
+func (*DrainCmd) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *DrainCmd) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *DrainCmd) GetGpus() []uint32 {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+func (x *DrainCmd) GetUndrain() bool {
+	if x != nil {
+		return x.Undrain
+	}
+	return false
+}
+
+func (x *DrainCmd) GetAtMs() int64 {
 	if x != nil {
 		return x.AtMs
 	}
@@ -3034,7 +3710,7 @@ type AgentJob struct {
 
 func (x *AgentJob) Reset() {
 	*x = AgentJob{}
-	mi := &file_gantry_proto_msgTypes[34]
+	mi := &file_gantry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3046,7 +3722,7 @@ func (x *AgentJob) String() string {
 func (*AgentJob) ProtoMessage() {}
 
 func (x *AgentJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[34]
+	mi := &file_gantry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3059,7 +3735,7 @@ func (x *AgentJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentJob.ProtoReflect.Descriptor instead.
 func (*AgentJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{34}
+	return file_gantry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *AgentJob) GetJobId() string {
@@ -3161,7 +3837,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\tResources\x12\x12\n" +
 	"\x04gpus\x18\x01 \x01(\rR\x04gpus\x12\x19\n" +
 	"\bgpu_type\x18\x02 \x01(\tR\agpuType\x12\x14\n" +
-	"\x05nodes\x18\x03 \x01(\rR\x05nodes\"\xbd\x03\n" +
+	"\x05nodes\x18\x03 \x01(\rR\x05nodes\"\xec\x03\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03run\x18\x02 \x01(\tR\x03run\x12\x14\n" +
@@ -3175,10 +3851,27 @@ const file_gantry_proto_rawDesc = "" +
 	"\x10queue_timeout_ms\x18\n" +
 	" \x01(\x03R\x0equeueTimeoutMs\x12!\n" +
 	"\fcode_archive\x18\v \x01(\tR\vcodeArchive\x12\x14\n" +
-	"\x05nodes\x18\r \x03(\tR\x05nodes\x1a6\n" +
+	"\x05nodes\x18\r \x03(\tR\x05nodes\x12-\n" +
+	"\x06health\x18\f \x01(\v2\x15.gantry.v1.HealthSpecR\x06health\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb7\b\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x96\x02\n" +
+	"\n" +
+	"HealthSpec\x12$\n" +
+	"\x0estall_after_ms\x18\x01 \x01(\x03R\fstallAfterMs\x12(\n" +
+	"\x10startup_grace_ms\x18\x02 \x01(\x03R\x0estartupGraceMs\x12\"\n" +
+	"\ridle_after_ms\x18\x03 \x01(\x03R\vidleAfterMs\x12\"\n" +
+	"\ridle_util_pct\x18\x04 \x01(\x01R\vidleUtilPct\x12 \n" +
+	"\fidle_power_w\x18\x05 \x01(\x01R\n" +
+	"idlePowerW\x12\x19\n" +
+	"\bon_stall\x18\x06 \x01(\tR\aonStall\x12\x17\n" +
+	"\aon_idle\x18\a \x01(\tR\x06onIdle\x12\x1a\n" +
+	"\bdisabled\x18\b \x01(\bR\bdisabled\"m\n" +
+	"\fJobCondition\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x19\n" +
+	"\bsince_ms\x18\x02 \x01(\x03R\asinceMs\x12\x1a\n" +
+	"\bevidence\x18\x03 \x01(\tR\bevidence\x12\x12\n" +
+	"\x04gpus\x18\x04 \x03(\rR\x04gpus\"\xf0\b\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.gantry.v1.JobSpecR\x04spec\x12)\n" +
@@ -3204,7 +3897,10 @@ const file_gantry_proto_rawDesc = "" +
 	"\x06events\x18\x15 \x01(\x04R\x06events\x12H\n" +
 	"\x0elatest_metrics\x18\x16 \x03(\v2!.gantry.v1.Job.LatestMetricsEntryR\rlatestMetrics\x12.\n" +
 	"\x13dropped_metric_keys\x18\x17 \x01(\x04R\x11droppedMetricKeys\x12)\n" +
-	"\x10rejected_records\x18\x18 \x01(\x04R\x0frejectedRecords\x12%\n" +
+	"\x10rejected_records\x18\x18 \x01(\x04R\x0frejectedRecords\x127\n" +
+	"\n" +
+	"conditions\x18\x19 \x03(\v2\x17.gantry.v1.JobConditionR\n" +
+	"conditions\x12%\n" +
 	"\x05ranks\x18\x1e \x03(\v2\x0f.gantry.v1.RankR\x05ranks\x12\x1f\n" +
 	"\vmaster_addr\x18\x1f \x01(\tR\n" +
 	"masterAddr\x12\x1f\n" +
@@ -3256,7 +3952,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\a\n" +
-	"\x05_step\"\xaa\x02\n" +
+	"\x05_step\"\x8f\x03\n" +
 	"\aGPUStat\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -3267,7 +3963,11 @@ const file_gantry_proto_rawDesc = "" +
 	"\rtemperature_c\x18\a \x01(\x01R\ftemperatureC\x12\x17\n" +
 	"\apower_w\x18\b \x01(\x01R\x06powerW\x12 \n" +
 	"\fsm_clock_mhz\x18\t \x01(\rR\n" +
-	"smClockMhz\"U\n" +
+	"smClockMhz\x12\"\n" +
+	"\rpower_limit_w\x18\n" +
+	" \x01(\x01R\vpowerLimitW\x12\x14\n" +
+	"\x05fault\x18\v \x01(\tR\x05fault\x12)\n" +
+	"\x10throttle_reasons\x18\f \x01(\x04R\x0fthrottleReasons\"U\n" +
 	"\tGPUSample\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x0e\n" +
 	"\x02ts\x18\x02 \x01(\x01R\x02ts\x12&\n" +
@@ -3302,7 +4002,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\f\n" +
 	"\n" +
-	"_exit_code\"\xc6\x02\n" +
+	"_exit_code\"\x82\x03\n" +
 	"\x06Record\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12.\n" +
@@ -3312,8 +4012,16 @@ const file_gantry_proto_rawDesc = "" +
 	"\x03log\x18\f \x01(\v2\x13.gantry.v1.LogChunkH\x00R\x03log\x121\n" +
 	"\astarted\x18\r \x01(\v2\x15.gantry.v1.JobStartedH\x00R\astarted\x12(\n" +
 	"\x04exit\x18\x0e \x01(\v2\x12.gantry.v1.JobExitH\x00R\x04exit\x12(\n" +
-	"\x03gpu\x18\x0f \x01(\v2\x14.gantry.v1.GPUSampleH\x00R\x03gpuB\x06\n" +
-	"\x04body\"\xec\x01\n" +
+	"\x03gpu\x18\x0f \x01(\v2\x14.gantry.v1.GPUSampleH\x00R\x03gpu\x12:\n" +
+	"\tcondition\x18\x10 \x01(\v2\x1a.gantry.v1.HealthConditionH\x00R\tconditionB\x06\n" +
+	"\x04body\"\x95\x01\n" +
+	"\x0fHealthCondition\x12\x0e\n" +
+	"\x02ts\x18\x01 \x01(\x01R\x02ts\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06active\x18\x03 \x01(\bR\x06active\x12\x1a\n" +
+	"\bevidence\x18\x04 \x01(\tR\bevidence\x12\x12\n" +
+	"\x04gpus\x18\x05 \x03(\rR\x04gpus\x12\x16\n" +
+	"\x06signal\x18\x06 \x01(\tR\x06signal\"\xe6\x02\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12&\n" +
@@ -3322,7 +4030,15 @@ const file_gantry_proto_rawDesc = "" +
 	"\aversion\x18\x05 \x01(\tR\aversion\x12 \n" +
 	"\flast_seen_ms\x18\x06 \x01(\x03R\n" +
 	"lastSeenMs\x12(\n" +
-	"\x10registered_at_ms\x18\a \x01(\x03R\x0eregisteredAtMs\"\xc6\x01\n" +
+	"\x10registered_at_ms\x18\a \x01(\x03R\x0eregisteredAtMs\x12;\n" +
+	"\x0eunhealthy_gpus\x18\b \x03(\v2\x14.gantry.v1.GPUHealthR\runhealthyGpus\x12\x18\n" +
+	"\adrained\x18\t \x01(\bR\adrained\x12!\n" +
+	"\fdrained_gpus\x18\n" +
+	" \x03(\rR\vdrainedGpus\"T\n" +
+	"\tGPUHealth\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x19\n" +
+	"\bsince_ms\x18\x03 \x01(\x03R\asinceMs\"\xc6\x01\n" +
 	"\x05Hello\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12&\n" +
@@ -3420,7 +4136,25 @@ const file_gantry_proto_rawDesc = "" +
 	"\x0fQueueTimeoutCmd\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x13\n" +
-	"\x05at_ms\x18\x03 \x01(\x03R\x04atMs\"\x8e\x03\n" +
+	"\x05at_ms\x18\x03 \x01(\x03R\x04atMs\"\xca\x01\n" +
+	"\x05Alert\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x13\n" +
+	"\x05at_ms\x18\x02 \x01(\x03R\x04atMs\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x15\n" +
+	"\x06job_id\x18\x04 \x01(\tR\x05jobId\x12\x19\n" +
+	"\bjob_name\x18\x05 \x01(\tR\ajobName\x12\x12\n" +
+	"\x04node\x18\x06 \x01(\tR\x04node\x12\x12\n" +
+	"\x04text\x18\a \x01(\tR\x04text\x12\x1a\n" +
+	"\bevidence\x18\b \x01(\tR\bevidence\x12\x12\n" +
+	"\x04gpus\x18\t \x03(\rR\x04gpus\">\n" +
+	"\x12AlertsDeliveredCmd\x12\x13\n" +
+	"\x05up_to\x18\x01 \x01(\x04R\x04upTo\x12\x13\n" +
+	"\x05at_ms\x18\x02 \x01(\x03R\x04atMs\"f\n" +
+	"\bDrainCmd\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
+	"\x04gpus\x18\x02 \x03(\rR\x04gpus\x12\x18\n" +
+	"\aundrain\x18\x03 \x01(\bR\aundrain\x12\x13\n" +
+	"\x05at_ms\x18\x04 \x01(\x03R\x04atMs\"\x8e\x03\n" +
 	"\bAgentJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.gantry.v1.JobSpecR\x04spec\x12\x12\n" +
@@ -3468,93 +4202,104 @@ func file_gantry_proto_rawDescGZIP() []byte {
 }
 
 var file_gantry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_gantry_proto_goTypes = []any{
-	(JobState)(0),           // 0: gantry.v1.JobState
-	(NodeState)(0),          // 1: gantry.v1.NodeState
-	(*Resources)(nil),       // 2: gantry.v1.Resources
-	(*JobSpec)(nil),         // 3: gantry.v1.JobSpec
-	(*Job)(nil),             // 4: gantry.v1.Job
-	(*Rank)(nil),            // 5: gantry.v1.Rank
-	(*MetricPoint)(nil),     // 6: gantry.v1.MetricPoint
-	(*GPUStat)(nil),         // 7: gantry.v1.GPUStat
-	(*GPUSample)(nil),       // 8: gantry.v1.GPUSample
-	(*GPUInfo)(nil),         // 9: gantry.v1.GPUInfo
-	(*JobEvent)(nil),        // 10: gantry.v1.JobEvent
-	(*LogChunk)(nil),        // 11: gantry.v1.LogChunk
-	(*JobStarted)(nil),      // 12: gantry.v1.JobStarted
-	(*JobExit)(nil),         // 13: gantry.v1.JobExit
-	(*Record)(nil),          // 14: gantry.v1.Record
-	(*Node)(nil),            // 15: gantry.v1.Node
-	(*Hello)(nil),           // 16: gantry.v1.Hello
-	(*HelloReply)(nil),      // 17: gantry.v1.HelloReply
-	(*BlobRequest)(nil),     // 18: gantry.v1.BlobRequest
-	(*BlobReply)(nil),       // 19: gantry.v1.BlobReply
-	(*BlobChunk)(nil),       // 20: gantry.v1.BlobChunk
-	(*StartJob)(nil),        // 21: gantry.v1.StartJob
-	(*CancelJob)(nil),       // 22: gantry.v1.CancelJob
-	(*ControlMessage)(nil),  // 23: gantry.v1.ControlMessage
-	(*RecordBatch)(nil),     // 24: gantry.v1.RecordBatch
-	(*BatchAck)(nil),        // 25: gantry.v1.BatchAck
-	(*SubmitJobCmd)(nil),    // 26: gantry.v1.SubmitJobCmd
-	(*AssignJobCmd)(nil),    // 27: gantry.v1.AssignJobCmd
-	(*AssignGangCmd)(nil),   // 28: gantry.v1.AssignGangCmd
-	(*GangRank)(nil),        // 29: gantry.v1.GangRank
-	(*CancelJobCmd)(nil),    // 30: gantry.v1.CancelJobCmd
-	(*IngestCmd)(nil),       // 31: gantry.v1.IngestCmd
-	(*NodeUpCmd)(nil),       // 32: gantry.v1.NodeUpCmd
-	(*NodeDownCmd)(nil),     // 33: gantry.v1.NodeDownCmd
-	(*EndJobCmd)(nil),       // 34: gantry.v1.EndJobCmd
-	(*QueueTimeoutCmd)(nil), // 35: gantry.v1.QueueTimeoutCmd
-	(*AgentJob)(nil),        // 36: gantry.v1.AgentJob
-	nil,                     // 37: gantry.v1.JobSpec.EnvEntry
-	nil,                     // 38: gantry.v1.Job.FinalMetricsEntry
-	nil,                     // 39: gantry.v1.Job.LatestMetricsEntry
-	nil,                     // 40: gantry.v1.Rank.FinalMetricsEntry
-	nil,                     // 41: gantry.v1.Rank.LatestMetricsEntry
-	nil,                     // 42: gantry.v1.MetricPoint.ValuesEntry
-	nil,                     // 43: gantry.v1.JobExit.FinalMetricsEntry
+	(JobState)(0),              // 0: gantry.v1.JobState
+	(NodeState)(0),             // 1: gantry.v1.NodeState
+	(*Resources)(nil),          // 2: gantry.v1.Resources
+	(*JobSpec)(nil),            // 3: gantry.v1.JobSpec
+	(*HealthSpec)(nil),         // 4: gantry.v1.HealthSpec
+	(*JobCondition)(nil),       // 5: gantry.v1.JobCondition
+	(*Job)(nil),                // 6: gantry.v1.Job
+	(*Rank)(nil),               // 7: gantry.v1.Rank
+	(*MetricPoint)(nil),        // 8: gantry.v1.MetricPoint
+	(*GPUStat)(nil),            // 9: gantry.v1.GPUStat
+	(*GPUSample)(nil),          // 10: gantry.v1.GPUSample
+	(*GPUInfo)(nil),            // 11: gantry.v1.GPUInfo
+	(*JobEvent)(nil),           // 12: gantry.v1.JobEvent
+	(*LogChunk)(nil),           // 13: gantry.v1.LogChunk
+	(*JobStarted)(nil),         // 14: gantry.v1.JobStarted
+	(*JobExit)(nil),            // 15: gantry.v1.JobExit
+	(*Record)(nil),             // 16: gantry.v1.Record
+	(*HealthCondition)(nil),    // 17: gantry.v1.HealthCondition
+	(*Node)(nil),               // 18: gantry.v1.Node
+	(*GPUHealth)(nil),          // 19: gantry.v1.GPUHealth
+	(*Hello)(nil),              // 20: gantry.v1.Hello
+	(*HelloReply)(nil),         // 21: gantry.v1.HelloReply
+	(*BlobRequest)(nil),        // 22: gantry.v1.BlobRequest
+	(*BlobReply)(nil),          // 23: gantry.v1.BlobReply
+	(*BlobChunk)(nil),          // 24: gantry.v1.BlobChunk
+	(*StartJob)(nil),           // 25: gantry.v1.StartJob
+	(*CancelJob)(nil),          // 26: gantry.v1.CancelJob
+	(*ControlMessage)(nil),     // 27: gantry.v1.ControlMessage
+	(*RecordBatch)(nil),        // 28: gantry.v1.RecordBatch
+	(*BatchAck)(nil),           // 29: gantry.v1.BatchAck
+	(*SubmitJobCmd)(nil),       // 30: gantry.v1.SubmitJobCmd
+	(*AssignJobCmd)(nil),       // 31: gantry.v1.AssignJobCmd
+	(*AssignGangCmd)(nil),      // 32: gantry.v1.AssignGangCmd
+	(*GangRank)(nil),           // 33: gantry.v1.GangRank
+	(*CancelJobCmd)(nil),       // 34: gantry.v1.CancelJobCmd
+	(*IngestCmd)(nil),          // 35: gantry.v1.IngestCmd
+	(*NodeUpCmd)(nil),          // 36: gantry.v1.NodeUpCmd
+	(*NodeDownCmd)(nil),        // 37: gantry.v1.NodeDownCmd
+	(*EndJobCmd)(nil),          // 38: gantry.v1.EndJobCmd
+	(*QueueTimeoutCmd)(nil),    // 39: gantry.v1.QueueTimeoutCmd
+	(*Alert)(nil),              // 40: gantry.v1.Alert
+	(*AlertsDeliveredCmd)(nil), // 41: gantry.v1.AlertsDeliveredCmd
+	(*DrainCmd)(nil),           // 42: gantry.v1.DrainCmd
+	(*AgentJob)(nil),           // 43: gantry.v1.AgentJob
+	nil,                        // 44: gantry.v1.JobSpec.EnvEntry
+	nil,                        // 45: gantry.v1.Job.FinalMetricsEntry
+	nil,                        // 46: gantry.v1.Job.LatestMetricsEntry
+	nil,                        // 47: gantry.v1.Rank.FinalMetricsEntry
+	nil,                        // 48: gantry.v1.Rank.LatestMetricsEntry
+	nil,                        // 49: gantry.v1.MetricPoint.ValuesEntry
+	nil,                        // 50: gantry.v1.JobExit.FinalMetricsEntry
 }
 var file_gantry_proto_depIdxs = []int32{
-	37, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
+	44, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
 	2,  // 1: gantry.v1.JobSpec.resources:type_name -> gantry.v1.Resources
-	3,  // 2: gantry.v1.Job.spec:type_name -> gantry.v1.JobSpec
-	0,  // 3: gantry.v1.Job.state:type_name -> gantry.v1.JobState
-	38, // 4: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
-	39, // 5: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
-	5,  // 6: gantry.v1.Job.ranks:type_name -> gantry.v1.Rank
-	0,  // 7: gantry.v1.Rank.state:type_name -> gantry.v1.JobState
-	40, // 8: gantry.v1.Rank.final_metrics:type_name -> gantry.v1.Rank.FinalMetricsEntry
-	41, // 9: gantry.v1.Rank.latest_metrics:type_name -> gantry.v1.Rank.LatestMetricsEntry
-	42, // 10: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
-	7,  // 11: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
-	43, // 12: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
-	6,  // 13: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
-	10, // 14: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
-	11, // 15: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
-	12, // 16: gantry.v1.Record.started:type_name -> gantry.v1.JobStarted
-	13, // 17: gantry.v1.Record.exit:type_name -> gantry.v1.JobExit
-	8,  // 18: gantry.v1.Record.gpu:type_name -> gantry.v1.GPUSample
-	9,  // 19: gantry.v1.Node.gpus:type_name -> gantry.v1.GPUInfo
-	1,  // 20: gantry.v1.Node.state:type_name -> gantry.v1.NodeState
-	9,  // 21: gantry.v1.Hello.gpus:type_name -> gantry.v1.GPUInfo
-	3,  // 22: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
-	16, // 23: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
-	17, // 24: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
-	21, // 25: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
-	22, // 26: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
-	14, // 27: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
-	3,  // 28: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
-	29, // 29: gantry.v1.AssignGangCmd.ranks:type_name -> gantry.v1.GangRank
-	14, // 30: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
-	15, // 31: gantry.v1.NodeUpCmd.node:type_name -> gantry.v1.Node
-	0,  // 32: gantry.v1.EndJobCmd.state:type_name -> gantry.v1.JobState
-	3,  // 33: gantry.v1.AgentJob.spec:type_name -> gantry.v1.JobSpec
-	34, // [34:34] is the sub-list for method output_type
-	34, // [34:34] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	4,  // 2: gantry.v1.JobSpec.health:type_name -> gantry.v1.HealthSpec
+	3,  // 3: gantry.v1.Job.spec:type_name -> gantry.v1.JobSpec
+	0,  // 4: gantry.v1.Job.state:type_name -> gantry.v1.JobState
+	45, // 5: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
+	46, // 6: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
+	5,  // 7: gantry.v1.Job.conditions:type_name -> gantry.v1.JobCondition
+	7,  // 8: gantry.v1.Job.ranks:type_name -> gantry.v1.Rank
+	0,  // 9: gantry.v1.Rank.state:type_name -> gantry.v1.JobState
+	47, // 10: gantry.v1.Rank.final_metrics:type_name -> gantry.v1.Rank.FinalMetricsEntry
+	48, // 11: gantry.v1.Rank.latest_metrics:type_name -> gantry.v1.Rank.LatestMetricsEntry
+	49, // 12: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
+	9,  // 13: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
+	50, // 14: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
+	8,  // 15: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
+	12, // 16: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
+	13, // 17: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
+	14, // 18: gantry.v1.Record.started:type_name -> gantry.v1.JobStarted
+	15, // 19: gantry.v1.Record.exit:type_name -> gantry.v1.JobExit
+	10, // 20: gantry.v1.Record.gpu:type_name -> gantry.v1.GPUSample
+	17, // 21: gantry.v1.Record.condition:type_name -> gantry.v1.HealthCondition
+	11, // 22: gantry.v1.Node.gpus:type_name -> gantry.v1.GPUInfo
+	1,  // 23: gantry.v1.Node.state:type_name -> gantry.v1.NodeState
+	19, // 24: gantry.v1.Node.unhealthy_gpus:type_name -> gantry.v1.GPUHealth
+	11, // 25: gantry.v1.Hello.gpus:type_name -> gantry.v1.GPUInfo
+	3,  // 26: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
+	20, // 27: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
+	21, // 28: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
+	25, // 29: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
+	26, // 30: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
+	16, // 31: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
+	3,  // 32: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
+	33, // 33: gantry.v1.AssignGangCmd.ranks:type_name -> gantry.v1.GangRank
+	16, // 34: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
+	18, // 35: gantry.v1.NodeUpCmd.node:type_name -> gantry.v1.Node
+	0,  // 36: gantry.v1.EndJobCmd.state:type_name -> gantry.v1.JobState
+	3,  // 37: gantry.v1.AgentJob.spec:type_name -> gantry.v1.JobSpec
+	38, // [38:38] is the sub-list for method output_type
+	38, // [38:38] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_gantry_proto_init() }
@@ -3562,19 +4307,20 @@ func file_gantry_proto_init() {
 	if File_gantry_proto != nil {
 		return
 	}
-	file_gantry_proto_msgTypes[2].OneofWrappers = []any{}
-	file_gantry_proto_msgTypes[3].OneofWrappers = []any{}
 	file_gantry_proto_msgTypes[4].OneofWrappers = []any{}
-	file_gantry_proto_msgTypes[11].OneofWrappers = []any{}
-	file_gantry_proto_msgTypes[12].OneofWrappers = []any{
+	file_gantry_proto_msgTypes[5].OneofWrappers = []any{}
+	file_gantry_proto_msgTypes[6].OneofWrappers = []any{}
+	file_gantry_proto_msgTypes[13].OneofWrappers = []any{}
+	file_gantry_proto_msgTypes[14].OneofWrappers = []any{
 		(*Record_Point)(nil),
 		(*Record_Event)(nil),
 		(*Record_Log)(nil),
 		(*Record_Started)(nil),
 		(*Record_Exit)(nil),
 		(*Record_Gpu)(nil),
+		(*Record_Condition)(nil),
 	}
-	file_gantry_proto_msgTypes[21].OneofWrappers = []any{
+	file_gantry_proto_msgTypes[25].OneofWrappers = []any{
 		(*ControlMessage_Hello)(nil),
 		(*ControlMessage_HelloReply)(nil),
 		(*ControlMessage_Start)(nil),
@@ -3586,7 +4332,7 @@ func file_gantry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_proto_rawDesc), len(file_gantry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   42,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

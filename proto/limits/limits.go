@@ -43,6 +43,15 @@ const (
 	MaxSignalBytes = 32
 )
 
+// Health conditions.
+const (
+	// MaxConditionGPUs caps the GPUs a condition record names.
+	MaxConditionGPUs = MaxGPUsPerNode
+	// MaxJobConditions caps the conditions held on one job (one per kind
+	// in practice; the cap keeps a bug from growing a job without bound).
+	MaxJobConditions = 8
+)
+
 // GPU samples.
 const (
 	// MaxGPUsPerNode caps the GPUs in one sample or hello.

@@ -178,7 +178,7 @@ func (a *app) rootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&a.addr, "addr", cmp.Or(a.env.Getenv(EnvAddr), DefaultAddr),
 		"controller address (env "+EnvAddr+")")
 	root.AddCommand(
-		a.runCmd(), a.watchCmd(), a.psCmd(), a.statusCmd(), a.logsCmd(),
+		a.runCmd(), a.watchCmd(), a.psCmd(), a.statusCmd(), a.eventsCmd(), a.logsCmd(),
 		a.cancelCmd(), a.nodesCmd(), a.clusterCmd(),
 	)
 	return root

@@ -476,7 +476,7 @@ func TestInspectCommands(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"ps"}, []string{"ID   NAME  STATE      NODE   GPUS  STEP/POINTS  AGE", "j-1  demo  succeeded  gpu-a  0     300/0        -"}},
+		{[]string{"ps"}, []string{"ID   NAME  STATE      HEALTH  NODE   GPUS  STEP/POINTS  AGE", "j-1  demo  succeeded  -       gpu-a  0     300/0        -"}},
 		{[]string{"status", "j-1"}, []string{"State:", "succeeded", "  loss       0.0625", "bad_lines", "1 bad line"}},
 		{[]string{"cancel", "j-1"}, []string{"job j-1 already succeeded; nothing to cancel"}},
 		{[]string{"nodes"}, []string{"gpu-a", "6/8"}},

@@ -402,8 +402,33 @@ func (a *app) cancelCmd() *cobra.Command {
 }
 
 func (a *app) nodesCmd() *cobra.Command {
-	return listCmd(a, "nodes", "List GPU nodes with free and total GPUs", (*client.Client).Nodes, WriteNodesTable,
+	cmd := listCmd(a, "nodes", "List GPU nodes with free and total GPUs", (*client.Client).Nodes, WriteNodesTable,
 		func(n []apiv1.Node) any { return apiv1.NodeList{Nodes: n} })
+	cmd.AddCommand(a.drainCmd(false), a.drainCmd(true))
+	return cmd
+}
+
+// drainCmd is `gantry nodes drain NODE [--gpu N]...` and `undrain`.
+func (a *app) drainCmd(undrain bool) *cobra.Command {
+	var gpus []int
+	use, short := "drain NODE", "Place nothing new on a node, or with --gpu on some of its GPUs (running jobs go on)"
+	if undrain {
+		use, short = "undrain NODE", "Place jobs on a node again, or with --gpu on GPUs (also clears their failing marks)"
+	}
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := a.client().Drain(cmd.Context(), args[0], gpus, undrain)
+			if err != nil {
+				return err
+			}
+			return WriteNodesTable(a.env.Stdout, []apiv1.Node{n}, a.env.Now())
+		},
+	}
+	cmd.Flags().IntSliceVar(&gpus, "gpu", nil, "GPU index (repeat, or comma-separate, for several); none: the whole node")
+	return cmd
 }
 
 func (a *app) clusterCmd() *cobra.Command {
@@ -414,5 +439,38 @@ func (a *app) clusterCmd() *cobra.Command {
 	cmd.AddCommand(listCmd(a, "status", "Show the Raft leader, peers, term and indexes", (*client.Client).Cluster,
 		func(w io.Writer, c apiv1.Cluster, _ time.Time) error { return WriteCluster(w, c) },
 		func(c apiv1.Cluster) any { return c }))
+	return cmd
+}
+
+func (a *app) eventsCmd() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:               "events ID|NAME",
+		Short:             "List a job's events (health conditions, bad lines, kills, ...)",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeJobs(false),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			c := a.client()
+			job, err := a.resolve(cmd.Context(), c, args[0], false)
+			if err != nil {
+				return err
+			}
+			events, err := c.Events(cmd.Context(), job.ID)
+			if errors.Is(err, client.ErrNotFound) {
+				return errNoJob(job.ID)
+			}
+			if err != nil {
+				return err
+			}
+			if output != outTable {
+				return writeData(a.env.Stdout, output, apiv1.EventList{Events: safe(events)})
+			}
+			return WriteEvents(a.env.Stdout, events, a.env.Now())
+		},
+	}
+	addOutputFlag(cmd, &output, "the API's event list")
 	return cmd
 }

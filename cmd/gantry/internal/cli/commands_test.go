@@ -65,8 +65,11 @@ func TestEveryCommand(t *testing.T) {
 		"watch":          {args: []string{"watch", "early"}, code: 1, takesJob: true, usage: []string{"watch"}},
 		"ps":             {args: []string{"ps"}, data: true, dataHas: `"id": "0p000002"`, usage: []string{"ps", "extra"}},
 		"status":         {args: []string{"status", "train"}, data: true, dataHas: `"id": "0p000001"`, takesJob: true, usage: []string{"status"}},
+		"events":         {args: []string{"events", "train"}, data: true, dataHas: `"events": [`, takesJob: true, usage: []string{"events"}},
 		"logs":           {args: []string{"logs", "train"}, data: true, dataHas: `"data": "epoch 1\n"`, takesJob: true, usage: []string{"logs", "a", "b"}},
 		"cancel":         {args: []string{"cancel", "train"}, takesJob: true, usage: []string{"cancel"}},
+		"nodes drain":    {args: []string{"nodes", "drain", "gpu-a", "--gpu", "3"}, usage: []string{"nodes", "drain"}},
+		"nodes undrain":  {args: []string{"nodes", "undrain", "gpu-a"}, usage: []string{"nodes", "undrain", "a", "b"}},
 		"nodes":          {args: []string{"nodes"}, data: true, dataHas: `"free_gpus": 6`, usage: []string{"nodes", "x"}},
 		"cluster status": {args: []string{"cluster", "status"}, data: true, dataHas: `"leader_id": "c1"`, usage: []string{"cluster", "status", "x"}},
 		"completion":     {args: []string{"completion", "bash"}, usage: []string{"completion", "bash", "extra"}},
@@ -174,10 +177,10 @@ func TestPsFiltersAndColumns(t *testing.T) {
 	env := map[string]string{EnvAddr: fc.srv.URL}
 	r := runCLI(t, t.Context(), env, "ps")
 	want := "" +
-		"ID        NAME   STATE      NODE   GPUS  STEP/POINTS  AGE  REASON\n" +
-		"0p000003  early  cancelled  -      -     -/0          1m\n" +
-		"0p000002  big    queued     -      -     -/0          1m   waiting for 8 free GPUs; most free now: 4 on gpu-a\n" +
-		"0p000001  train  running    gpu-a  0     120/40       1m\n"
+		"ID        NAME   STATE      HEALTH  NODE   GPUS  STEP/POINTS  AGE  REASON\n" +
+		"0p000003  early  cancelled  -       -      -     -/0          1m\n" +
+		"0p000002  big    queued     -       -      -     -/0          1m   waiting for 8 free GPUs; most free now: 4 on gpu-a\n" +
+		"0p000001  train  running    ok      gpu-a  0     120/40       1m\n"
 	if r.code != 0 || r.stdout != want {
 		t.Errorf("ps: code %d\n%s\nwant\n%s", r.code, r.stdout, want)
 	}
@@ -279,4 +282,20 @@ func newFailingServer(t *testing.T, status int) *httptest.Server {
 	}))
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+func TestNodesDrain(t *testing.T) {
+	fc := newFakeCluster(t, treeJobs...)
+	env := map[string]string{EnvAddr: fc.srv.URL}
+	r := runCLI(t, t.Context(), env, "nodes", "drain", "gpu-a", "--gpu", "3,5")
+	if r.code != 0 || !strings.Contains(r.stdout, "GPU 3 drained; GPU 5 drained") {
+		t.Errorf("drain: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = runCLI(t, t.Context(), env, "nodes", "drain", "gpu-a")
+	if r.code != 0 || !strings.Contains(r.stdout, "HEALTH") || !strings.Contains(r.stdout, "drained") {
+		t.Errorf("drain node: code %d stdout %q", r.code, r.stdout)
+	}
+	if r := runCLI(t, t.Context(), env, "nodes", "drain", "nope"); r.code == 0 || !strings.Contains(r.stderr, "node not found") {
+		t.Errorf("drain unknown node: code %d stderr %q", r.code, r.stderr)
+	}
 }

@@ -172,6 +172,20 @@ func newFakeCluster(t *testing.T, jobs ...apiv1.Job) *fakeCluster {
 	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, 200, apiv1.NodeList{Nodes: []apiv1.Node{{ID: "gpu-a", State: "up", GPUs: make([]apiv1.GPU, 8), FreeGPUs: 6, Connected: true}}})
 	})
+	for _, verb := range []string{"drain", "undrain"} {
+		mux.HandleFunc("POST /v1/nodes/{id}/"+verb, func(w http.ResponseWriter, r *http.Request) {
+			var req apiv1.DrainRequest
+			if err := json.NewDecoder(r.Body).Decode(&req); err != nil || r.PathValue("id") != "gpu-a" {
+				reply(w, 404, apiv1.Error{Error: "node not found"})
+				return
+			}
+			n := apiv1.Node{ID: "gpu-a", State: "up", GPUs: make([]apiv1.GPU, 8), FreeGPUs: 6, Connected: true, Drained: verb == "drain" && len(req.GPUs) == 0}
+			for i := range n.GPUs {
+				n.GPUs[i] = apiv1.GPU{Index: i, Healthy: true, Drained: verb == "drain" && slices.Contains(req.GPUs, i)}
+			}
+			reply(w, 200, n)
+		})
+	}
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, 200, apiv1.Cluster{NodeID: "c1", State: "Leader", LeaderID: "c1", Leader: "127.0.0.1:7000", Term: 3})
 	})

@@ -349,6 +349,25 @@ func jobStep(j apiv1.Job) string {
 	return "-"
 }
 
+// jobHealth is the HEALTH column: the job's conditions ("stalled",
+// "idle_gpus(1,3)"), "ok" for a running job with none, "-" otherwise.
+func jobHealth(j apiv1.Job) string {
+	if len(j.Conditions) == 0 {
+		if j.State == apiv1.StateRunning {
+			return "ok"
+		}
+		return "-"
+	}
+	parts := make([]string, len(j.Conditions))
+	for i, c := range j.Conditions {
+		parts[i] = c.Kind
+		if len(c.GPUs) > 0 && c.Kind == lifecycle.CondIdleGPUs {
+			parts[i] += "(" + joinInts(c.GPUs) + ")"
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
 // WriteJobsTable writes the `gantry ps` table, jobs in the order given.
 // A REASON column, last since reasons are long, says why queued jobs are
 // waiting; it is left out when no job has one, which is the common case.
@@ -359,7 +378,7 @@ func WriteJobsTable(w io.Writer, jobs []apiv1.Job, now time.Time) error {
 	// column can be trimmed.
 	var buf strings.Builder
 	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
-	head := "ID\tNAME\tSTATE\tNODE\tGPUS\tSTEP/POINTS\tAGE"
+	head := "ID\tNAME\tSTATE\tHEALTH\tNODE\tGPUS\tSTEP/POINTS\tAGE"
 	if reasons {
 		head += "\tREASON"
 	}
@@ -369,8 +388,8 @@ func WriteJobsTable(w io.Writer, jobs []apiv1.Job, now time.Time) error {
 		if j.CreatedAt != nil {
 			age = FormatAge(now.Sub(*j.CreatedAt))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s/%d\t%s",
-			j.ID, orDash(j.Name), j.State, orDash(jobNodes(j)), jobGPUs(j), jobStep(j), j.Points, age)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s/%d\t%s",
+			j.ID, orDash(j.Name), j.State, jobHealth(j), orDash(jobNodes(j)), jobGPUs(j), jobStep(j), j.Points, age)
 		if reasons {
 			// Tabs would break the columns; a reason is one line.
 			fmt.Fprintf(tw, "\t%s", strings.Join(strings.Fields(j.Reason), " "))
@@ -390,8 +409,15 @@ func WriteJobsTable(w io.Writer, jobs []apiv1.Job, now time.Time) error {
 // WriteNodesTable writes the `gantry nodes` table.
 func WriteNodesTable(w io.Writer, nodes []apiv1.Node, now time.Time) error {
 	nodes = safe(nodes)
+	// A HEALTH column, last, says which GPUs are failing or drained; it
+	// is left out when none is, the common case.
+	health := slices.ContainsFunc(nodes, func(n apiv1.Node) bool { return nodeHealth(n) != "" })
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tHOSTNAME\tSTATE\tGPUS FREE/TOTAL\tCONNECTED\tLAST SEEN")
+	head := "ID\tHOSTNAME\tSTATE\tGPUS FREE/TOTAL\tCONNECTED\tLAST SEEN"
+	if health {
+		head += "\tHEALTH"
+	}
+	fmt.Fprintln(tw, head)
 	for _, n := range nodes {
 		seen := "-"
 		switch {
@@ -400,10 +426,32 @@ func WriteNodesTable(w io.Writer, nodes []apiv1.Node, now time.Time) error {
 		case n.LastSeen != nil:
 			seen = FormatAge(now.Sub(*n.LastSeen)) + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s",
 			n.ID, orDash(n.Hostname), n.State, n.FreeGPUs, len(n.GPUs), yesNo(n.Connected), seen)
+		if health {
+			fmt.Fprintf(tw, "\t%s", orDash(nodeHealth(n)))
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
+}
+
+// nodeHealth says what is drained or failing on a node: "drained; GPU 3
+// failing: XID 79 (...); GPU 5 drained", or "" when nothing is.
+func nodeHealth(n apiv1.Node) string {
+	var parts []string
+	if n.Drained {
+		parts = append(parts, "drained")
+	}
+	for _, g := range n.GPUs {
+		switch {
+		case !g.Healthy && g.Fault != "":
+			parts = append(parts, fmt.Sprintf("GPU %d failing: %s", g.Index, oneLine(g.Fault)))
+		case g.Drained:
+			parts = append(parts, fmt.Sprintf("GPU %d drained", g.Index))
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 func yesNo(b bool) string {
@@ -484,6 +532,12 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 	if j.Error != "" {
 		row("Error", j.Error)
 	}
+	if j.State == apiv1.StateRunning || len(j.Conditions) > 0 {
+		row("Health", jobHealth(j))
+	}
+	for _, c := range j.Conditions {
+		row("  "+c.Kind, fmt.Sprintf("since %s: %s", formatTime(c.Since, now), oneLine(c.Evidence)))
+	}
 	_ = tw.Flush() // write errors stick in sw
 	if len(j.Ranks) > 0 {
 		fmt.Fprintln(w, "\nRanks:")
@@ -498,11 +552,26 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 		_ = WriteFinalMetrics(indent(w), j.FinalMetrics)
 	}
 	fmt.Fprintln(w, "\nEvents:")
+	writeEvents(indent(w), events)
+	return sw.err
+}
+
+// oneLine makes s one line (tabs and newlines would break the table).
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// WriteEvents writes the `gantry events` table.
+func WriteEvents(w io.Writer, events []apiv1.Event, _ time.Time) error {
+	sw := &stickyWriter{w: w}
+	writeEvents(sw, safe(events))
+	return sw.err
+}
+
+func writeEvents(w io.Writer, events []apiv1.Event) {
 	if len(events) == 0 {
-		fmt.Fprintln(w, "  (none)")
-		return sw.err
+		fmt.Fprintln(w, "(none)")
+		return
 	}
-	tw = tabwriter.NewWriter(indent(w), 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tKIND\tCOUNT\tMESSAGE")
 	for _, e := range events {
 		ts := time.Unix(0, int64(e.TS*float64(time.Second))).UTC().Format(time.RFC3339)
@@ -513,7 +582,6 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ts, e.Kind, count, e.Message)
 	}
 	_ = tw.Flush()
-	return sw.err
 }
 
 func prefixed(prefix, s string) string {

@@ -297,15 +297,18 @@ func TestWriteJobsTable(t *testing.T) {
 	queued := apiv1.Job{ID: "j-2", State: apiv1.StateQueued, CreatedAt: &ended}
 	running := apiv1.Job{ID: "j-3", State: apiv1.StateRunning, CreatedAt: &ended, Points: 31,
 		LatestMetrics: map[string]float64{"step": 29, "loss": 1.5}}
-	if err := WriteJobsTable(&b, []apiv1.Job{doneJob, queued, running}, now); err != nil {
+	sick := apiv1.Job{ID: "j-4", State: apiv1.StateRunning, CreatedAt: &ended, Node: "gpu-a", GPUs: []int{1, 3},
+		Conditions: []apiv1.Condition{{Kind: "stalled", Since: &ended}, {Kind: "idle_gpus", Since: &ended, GPUs: []int{1, 3}}}}
+	if err := WriteJobsTable(&b, []apiv1.Job{doneJob, queued, running, sick}, now); err != nil {
 		t.Fatal(err)
 	}
 	// A running job shows the step it has reached, from its latest metrics.
 	want := "" +
-		"ID   NAME  STATE    NODE   GPUS  STEP/POINTS  AGE\n" +
-		"j-1  bert  failed   gpu-a  0,1   120/121      1h\n" +
-		"j-2  -     queued   -      -     -/0          10m\n" +
-		"j-3  -     running  -      -     29/31        10m\n"
+		"ID   NAME  STATE    HEALTH                  NODE   GPUS  STEP/POINTS  AGE\n" +
+		"j-1  bert  failed   -                       gpu-a  0,1   120/121      1h\n" +
+		"j-2  -     queued   -                       -      -     -/0          10m\n" +
+		"j-3  -     running  ok                      -      -     29/31        10m\n" +
+		"j-4  -     running  stalled,idle_gpus(1,3)  gpu-a  1,3   -/0          10m\n"
 	if b.String() != want {
 		t.Errorf("table =\n%s\nwant\n%s", b.String(), want)
 	}
@@ -496,5 +499,23 @@ func TestLiveViewShowsQueueReason(t *testing.T) {
 	v.frame(apiv1.Frame{Type: apiv1.FrameSnapshot, Job: &queued})
 	if !strings.Contains(out.String(), "job j-1 queued\nqueued: waiting for 8 free GPUs; most free now: 4 on gpu-a\n") {
 		t.Errorf("plain live output:\n%s", out.String())
+	}
+}
+
+func TestWriteJobStatusShowsConditions(t *testing.T) {
+	var b bytes.Buffer
+	j := apiv1.Job{ID: "j-4", State: apiv1.StateRunning, CreatedAt: &ended,
+		Conditions: []apiv1.Condition{{Kind: "hung", Since: &ended, Evidence: "no new step for 5m\n(last step 40)"}}}
+	if err := WriteJobStatus(&b, j, []apiv1.Event{{Seq: 3, TS: 1.7e9, Kind: "hung", Message: "no new step (signal: gpus_pegged_low_power)"}}, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Health:     hung", "  hung:     since ", "no new step for 5m (last step 40)", "signal: gpus_pegged_low_power"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, b.String())
+		}
+	}
+	b.Reset()
+	if err := WriteEvents(&b, nil, now); err != nil || b.String() != "(none)\n" {
+		t.Errorf("no events: %q %v", b.String(), err)
 	}
 }

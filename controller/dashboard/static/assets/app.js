@@ -73,6 +73,16 @@
     return el('div', { class: 'reason', id }, j.reason);
   }
 
+  // healthBadges shows a job's health conditions (stalled, hung,
+  // idle_gpus), each with its evidence as the tooltip; nothing when none.
+  function healthBadges(j, id) {
+    const cs = j.conditions || [];
+    if (!cs.length) return null;
+    return el('span', { class: 'health', id }, ...cs.map((c) =>
+      el('span', { class: 'cond cond-' + c.kind, title: c.evidence || '', 'data-condition': c.kind },
+        c.kind + (c.gpus && c.gpus.length ? ' (GPU ' + c.gpus.join(', ') + ')' : ''))));
+  }
+
   function jobLink(id) {
     return el('a', { href: '/jobs/' + encodeURIComponent(id), 'data-link': true, class: 'mono' }, id);
   }
@@ -864,7 +874,7 @@
         })),
         el('td', {}, jobLink(j.id)),
         el('td', {}, j.name || '–'),
-        el('td', {}, stateBadge(j.state), queueReason(j)),
+        el('td', {}, stateBadge(j.state), healthBadges(j), queueReason(j)),
         el('td', {}, j.node || '–'),
         el('td', {}, (j.gpus || []).join(',') || '–'),
         el('td', { class: 'num' }, jobStep(j) === null ? '–' : fmtExact(jobStep(j))),
@@ -1364,6 +1374,8 @@
         j.bad_lines ? fact('Bad metric lines', String(j.bad_lines)) : null,
         j.cancel_requested && !TERMINAL.has(j.state) ? fact('Cancel', 'requested') : null,
         j.error ? fact('Error', j.error) : null,
+        ...(j.conditions || []).map((c) => el('div', { class: 'fact wide', 'data-condition': c.kind },
+          el('div', { class: 'k' }, 'Health: ' + c.kind), el('div', { class: 'v' }, 'since ' + fmtTime(c.since) + ' — ' + (c.evidence || '')))),
         j.state === 'queued' && j.reason ? el('div', { class: 'fact wide' }, el('div', { class: 'k' }, 'Waiting for'), queueReason(j, 'job-reason')) : null);
       renderRanks(j);
       const frac = total && step !== null ? Math.max(0, Math.min(1, step / total)) : null;
@@ -1880,7 +1892,8 @@
           n.version ? 'agent ' + n.version : null,
           'last seen ' + fmtAge(n.last_seen),
           `${n.free_gpus}/${(n.gpus || []).length} GPUs free`,
-        ].filter(Boolean).join(' · '))),
+        ].filter(Boolean).join(' · ')),
+        n.drained ? el('span', { class: 'cond', 'data-drained': 'node' }, 'drained') : null),
       (n.gpus || []).length === 0 ? el('p', { class: 'muted' }, 'No GPUs.') :
         el('table', {},
           el('thead', {}, el('tr', {},
@@ -1890,7 +1903,9 @@
             const s = stats.get(g.index);
             const row = gpuRow(s || { index: g.index, name: g.name, uuid: g.uuid, memory_total_bytes: g.memory_total_bytes, memory_used_bytes: 0 });
             if (!s) row.classList.add('muted');
-            row.appendChild(el('td', {}, g.job_id ? jobLink(g.job_id) : el('span', { class: 'muted' }, 'free')));
+            row.appendChild(el('td', {}, g.job_id ? jobLink(g.job_id) : el('span', { class: 'muted' }, 'free'),
+              g.healthy === false ? el('span', { class: 'cond cond-hung', title: g.fault || '', 'data-gpu-health': 'failing' }, 'failing: ' + (g.fault || '')) : null,
+              g.drained ? el('span', { class: 'cond', 'data-gpu-health': 'drained' }, 'drained') : null));
             return row;
           }))));
   }
