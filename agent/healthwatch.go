@@ -138,10 +138,8 @@ func (j *job) reportCondition(v health.Verdict) {
 // gpuFaults reports, once per GPU, a fault on a GPU the job was given:
 // the job's results may be wrong and it may hang or die.
 func (j *job) gpuFaults(faulty map[uint32]string) {
-	j.stMu.Lock()
-	gpus := j.state.GetGpus()
-	ended := j.state.GetExitIndex() != 0
-	j.stMu.Unlock()
+	s := j.seenState()
+	gpus, ended := s.gpus, s.ended
 	if ended {
 		return
 	}

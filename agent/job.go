@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -116,6 +117,11 @@ type job struct {
 	faultsTold map[uint32]bool
 	// procTrack is the job's GPU process attribution (procattr.go).
 	procTrack *procTracker
+	// seen is what the GPU sampler's checks read of the job: published
+	// whenever its state changes, read without stMu. commit holds stMu
+	// while the job waits for its spool share (a flood), and the sampler,
+	// which runs for every job of the host, must never wait for that.
+	seen atomic.Pointer[jobSeen]
 	// resumed: the job was re-adopted after an agent restart.
 	resumed bool
 
@@ -151,6 +157,7 @@ func (a *Agent) start(m *gantrypb.StartJob) {
 	}
 	j := &job{a: a, id: m.JobId, state: &gantrypb.AgentJob{JobId: m.JobId, Spec: m.Spec, Gpus: m.Gpus},
 		rendezvous: rendezvousEnv(m)}
+	j.publish()
 	a.jobs[m.JobId] = j
 	ctx := a.ctx
 	a.mu.Unlock()
@@ -613,6 +620,7 @@ func (j *job) commit(update func(*gantrypb.AgentJob), exit bool, recs ...*gantry
 		return 0
 	}
 	j.state = next
+	j.publish()
 	return idx
 }
 
@@ -783,4 +791,28 @@ func (j *job) logRecords(chunks []logtail.Chunk) []*gantrypb.Record {
 			Offset: uint64(c.Offset), Data: c.Data}}}
 	}
 	return recs
+}
+
+// jobSeen is the part of a job's state the GPU sampler's checks read.
+type jobSeen struct {
+	pid   int
+	ended bool // its exit record is spooled
+	gpus  []uint32
+}
+
+// publish makes the job's current state visible to seenState. Call it
+// wherever j.state is replaced (with stMu held, or before the job is
+// shared).
+func (j *job) publish() {
+	j.seen.Store(&jobSeen{pid: int(j.state.GetPid()), ended: j.state.GetExitIndex() != 0,
+		gpus: slices.Clone(j.state.GetGpus())})
+}
+
+// seenState is the job's last published state, never nil once the job
+// exists.
+func (j *job) seenState() *jobSeen {
+	if s := j.seen.Load(); s != nil {
+		return s
+	}
+	return &jobSeen{}
 }

@@ -94,18 +94,19 @@ func ownerOf(pid int, roots map[int]*job) (*job, string) {
 // process on a GPU it was not given.
 func (a *Agent) attributeProcesses(procs []gpu.Process) {
 	a.mu.Lock()
+	all := make([]*job, 0, len(a.jobs))
+	for _, j := range a.jobs {
+		all = append(all, j)
+	}
+	a.mu.Unlock()
 	roots := map[int]*job{}
 	var running []*job
-	for _, j := range a.jobs {
-		j.stMu.Lock()
-		pid, ended := int(j.state.GetPid()), j.state.GetExitIndex() != 0
-		j.stMu.Unlock()
-		if pid > 0 && !ended {
-			roots[pid] = j
+	for _, j := range all {
+		if s := j.seenState(); s.pid > 0 && !s.ended {
+			roots[s.pid] = j
 			running = append(running, j)
 		}
 	}
-	a.mu.Unlock()
 	if len(running) == 0 {
 		return
 	}
@@ -191,9 +192,7 @@ func (j *job) tellOnce(key string, kind lifecycle.EventKind, msg string) {
 
 // holdsGPU reports whether the job was given GPU g.
 func (j *job) holdsGPU(g uint32) bool {
-	j.stMu.Lock()
-	defer j.stMu.Unlock()
-	return slices.Contains(j.state.GetGpus(), g)
+	return slices.Contains(j.seenState().gpus, g)
 }
 
 func gib(b uint64) string { return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30)) }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/gantry-ml/gantry/agent/gpu"
 	"github.com/gantry-ml/gantry/lifecycle"
@@ -42,6 +43,7 @@ func TestProcessAttribution(t *testing.T) {
 		t.Fatalf("no child pid in %q", buf[:n])
 	}
 	j := &job{a: a.Agent, id: "attr", state: &gantrypb.AgentJob{JobId: "attr", Pid: int64(leader.Process.Pid), Gpus: []uint32{0}}}
+	j.publish()
 	a.mu.Lock()
 	a.jobs[j.id] = j
 	a.mu.Unlock()
@@ -66,4 +68,40 @@ func TestProcessAttribution(t *testing.T) {
 	if m := kinds[string(lifecycle.EventStrayGPUProcess)]; len(m) != 1 || !strings.Contains(m[0], "of no job uses 0.5 GiB on GPU 0") {
 		t.Errorf("stray_gpu_process events %q", m)
 	}
+}
+
+// TestSamplerChecksNeverWaitForAJobsState: a job waiting for its spool
+// share holds its state lock for as long as the flood lasts. The GPU
+// sampler's checks (process attribution, fault reports) must not wait on
+// it: they did, under the agent's lock, which the link's ack path also
+// takes, so the acks that would end the wait never came (a failover under
+// a flood froze the job for good).
+func TestSamplerChecksNeverWaitForAJobsState(t *testing.T) {
+	dir := t.TempDir()
+	sp := openSpool(t, dir)
+	a := newTestAgent(t, dir, sp)
+	j := &job{a: a.Agent, id: "held", state: &gantrypb.AgentJob{JobId: "held", Pid: int64(os.Getpid()), Gpus: []uint32{0}}}
+	j.publish()
+	a.mu.Lock()
+	a.jobs[j.id] = j
+	a.mu.Unlock()
+
+	j.stMu.Lock() // as commit does while it waits for the job's share
+	defer j.stMu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.attributeProcesses([]gpu.Process{{GPU: 0, PID: uint32(os.Getpid()), MemBytes: 1 << 30}})
+		a.healthSample(&gantrypb.GPUSample{Gpus: []*gantrypb.GPUStat{{Index: 0, Fault: "XID 79"}}})
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the sampler's checks waited for the job's state lock")
+	}
+	// The agent's lock is free meanwhile: the link's paths take it.
+	if !a.mu.TryLock() {
+		t.Fatal("the agent's lock is held")
+	}
+	a.mu.Unlock()
 }

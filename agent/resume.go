@@ -76,6 +76,7 @@ func (a *Agent) recover() error {
 			continue // exit already spooled; the link delivers it
 		}
 		j := &job{a: a, id: id, state: st, resumed: true}
+		j.publish()
 		a.mu.Lock()
 		a.jobs[id] = j
 		ctx := a.ctx

@@ -119,6 +119,31 @@ func TestHealthConditions(t *testing.T) {
 		})
 		return id, j, stop
 	}
+	// scripted waits until the node's newest GPU sample shows what the
+	// script says for gpu: the readings of a stall window that starts
+	// after this are all scripted ones, however late a loaded box takes
+	// its samples.
+	scripted := func(t *testing.T, j apiv1.Job, util float64) {
+		t.Helper()
+		waitFor(t, 20*time.Second, fmt.Sprintf("GPU %v of %s sampled at %v%%", j.GPUs, j.Node, util), func() bool {
+			samples, err := d.api.GPUs(ctx, j.Node)
+			if err != nil || len(samples) == 0 {
+				return false
+			}
+			newest := samples[0]
+			for _, s := range samples {
+				if s.Seq > newest.Seq {
+					newest = s
+				}
+			}
+			for _, g := range newest.GPUs {
+				if len(j.GPUs) > 0 && g.Index == j.GPUs[0] {
+					return g.UtilizationPct == util
+				}
+			}
+			return false
+		})
+	}
 	// stopLogging makes the trainer go quiet; it returns when it has.
 	stopLogging := func(t *testing.T, stop string) time.Time {
 		t.Helper()
@@ -179,6 +204,7 @@ func TestHealthConditions(t *testing.T) {
 	t.Run("stalled with idle GPUs", func(t *testing.T) {
 		id, j, stop := run(t, "stall", &apiv1.HealthSpec{StallAfter: apiv1.Duration(3 * time.Second)})
 		gpuScript(t, script, j.GPUs, 0, 55, 210)
+		scripted(t, j, 0)
 		onset := stopLogging(t, stop)
 		c := waitCondition(t, id, "stalled", 30*time.Second)
 		t.Logf("MEASURE stalled (stall_after 3s, GPUs idle): detected %s after the last step", c.Since.Sub(onset).Round(time.Millisecond))
@@ -210,6 +236,7 @@ func TestHealthConditions(t *testing.T) {
 	t.Run("hung with pegged GPUs at low power, cancelled by policy", func(t *testing.T) {
 		id, j, stop := run(t, "hang", &apiv1.HealthSpec{StallAfter: apiv1.Duration(5 * time.Second), OnStall: "cancel"})
 		gpuScript(t, script, j.GPUs, 100, 80, 1410)
+		scripted(t, j, 100)
 		onset := stopLogging(t, stop)
 		end := waitTerminal(t, d.api, id, 40*time.Second)
 		e, ok := hasEvent(t, id, "hung")
