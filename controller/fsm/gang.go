@@ -300,6 +300,7 @@ func finishGang(job *gantrypb.Job, atMs int64) {
 		final = copyMetrics(job.LatestMetrics)
 	}
 	job.FinalMetrics = copyMetrics(final)
+	job.Conditions = nil // an ended job has no current condition; its events remain
 	job.FinishedAtMs = atMs
 	for _, r := range job.Ranks {
 		job.FinishedAtMs = max(job.FinishedAtMs, r.FinishedAtMs)

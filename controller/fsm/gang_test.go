@@ -251,3 +251,16 @@ func TestGangHealthAndAlerts(t *testing.T) {
 		t.Fatalf("rank 1's condition not in its events: %v", rank1)
 	}
 }
+
+// A gang that ends keeps no current condition, as a single-node job does
+// (finish, applyExit): rank 0's stalled must not outlive the job.
+func TestGangEndClearsConditions(t *testing.T) {
+	h := newHarness(t)
+	h.runningGang("g")
+	h.mustOK(ingest("n1", condRec("g", 2, lifecycle.CondStalled, true)))
+	h.mustOK(ingest("n1", exitRec("g", 3, &gantrypb.JobExit{ExitCode: code(0), Ts: 10})))
+	h.mustOK(ingest("n2", exitRec("g", 2, &gantrypb.JobExit{ExitCode: code(0), Ts: 11})))
+	if j := h.job("g"); !lifecycle.IsTerminal(j.State) || len(j.Conditions) != 0 {
+		t.Fatalf("ended gang is %s with conditions %v", j.State, j.Conditions)
+	}
+}
