@@ -332,3 +332,33 @@ func TestFleetReasonsForGangs(t *testing.T) {
 		t.Fatalf("small1 %s; the fleet said it waits", s)
 	}
 }
+
+// The surviving rank of a lost gang still runs (until its cancel lands
+// and kill_grace runs out): its GPUs are not free for a new job.
+func TestStrayRankGPUsNotReused(t *testing.T) {
+	e := newEnv(t)
+	e.node("n1", 1, true)
+	e.node("n2", 1, true)
+	e.submitGang("g", 2, 1, 1)
+	e.s.Reconcile()
+	for _, n := range []string{"n1", "n2"} {
+		e.must(&gantrypb.IngestCmd{NodeId: n, AtMs: 3, Records: []*gantrypb.Record{
+			{JobId: "g", Seq: 1, Body: &gantrypb.Record_Started{Started: &gantrypb.JobStarted{Pid: 1, Ts: 1}}}}})
+	}
+	down := time.UnixMilli(1_000_000)
+	e.s.LostGrace = time.Minute
+	e.s.now = func() time.Time { return down.Add(time.Minute) }
+	e.must(&gantrypb.NodeDownCmd{NodeId: "n2", AtMs: down.UnixMilli()})
+	e.agents.mu.Lock()
+	e.agents.connected["n2"] = false
+	e.agents.mu.Unlock()
+	e.s.Reconcile()
+	if j := e.job("g"); j.State != gantrypb.JobState_JOB_STATE_LOST || j.Ranks[0].State != gantrypb.JobState_JOB_STATE_RUNNING {
+		t.Fatalf("gang %s, ranks %v", j.State, j.Ranks)
+	}
+	e.submit("next", 1)
+	e.s.Reconcile()
+	if j := e.job("next"); j.State != gantrypb.JobState_JOB_STATE_QUEUED {
+		t.Fatalf("next is %s on %s %v: placed on the GPU the stray rank 0 still runs on", j.State, j.Node, j.Gpus)
+	}
+}

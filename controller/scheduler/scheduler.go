@@ -263,6 +263,18 @@ func (s *Scheduler) Reconcile() {
 		}
 	}
 	var candidates []Candidate
+	for _, j := range snap.strays {
+		// A lost gang's surviving ranks run until their cancel lands:
+		// their GPUs are still busy.
+		for _, h := range lifecycle.Holdings(j) {
+			if used[h.Node] == nil {
+				used[h.Node] = map[uint32]bool{}
+			}
+			for _, g := range h.GPUs {
+				used[h.Node][g] = true
+			}
+		}
+	}
 	for _, n := range snap.nodes {
 		if n.State != gantrypb.NodeState_NODE_STATE_UP || !s.agents.Connected(n.Id) {
 			continue
