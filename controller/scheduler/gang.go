@@ -132,9 +132,12 @@ func ReserveGang(spec *gantrypb.JobSpec, candidates []Candidate) map[string][]ui
 			continue
 		}
 		seen[c.ID] = true
+		if c.Drained {
+			continue // holds no rank until undrained: nothing to wait for here
+		}
 		total := 0
 		for _, g := range c.GPUs {
-			if gpuType == "" || matchesType(g.Name, gpuType) {
+			if !c.Unusable[g.Index] && (gpuType == "" || matchesType(g.Name, gpuType)) {
 				total++
 			}
 		}

@@ -362,3 +362,18 @@ func TestStrayRankGPUsNotReused(t *testing.T) {
 		t.Fatalf("next is %s on %s %v: placed on the GPU the stray rank 0 still runs on", j.State, j.Node, j.Gpus)
 	}
 }
+
+// A drained node, or one whose failing GPUs leave too few usable ones,
+// can never hold a rank: a gang that needs it reserves nothing, rather
+// than hold the other nodes' GPUs back from every later job for as long
+// as the drain (or the failed GPU) lasts.
+func TestReserveGangSkipsNodesThatCannotHoldARank(t *testing.T) {
+	for name, other := range map[string]Candidate{
+		"drained":     drainedCand(cand("b", 2)),
+		"failing GPU": withUnusable(cand("b", 2), 1),
+	} {
+		if got := ReserveGang(gangSpec(2, 2), []Candidate{cand("a", 2, 0), other}); got != nil {
+			t.Errorf("%s: ReserveGang = %v, want nothing (b can never hold a rank)", name, got)
+		}
+	}
+}
