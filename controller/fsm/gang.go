@@ -184,6 +184,12 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 
 	case *gantrypb.Record_Condition:
 		c := body.Condition
+		if lifecycle.IsTerminal(r.State) {
+			// A check the rank's agent finished as its process exited:
+			// about a process that is gone, and never a cause to cancel
+			// the ranks still running.
+			return nil
+		}
 		if r.Rank == 0 {
 			// Rank 0's agent speaks for the job, as its metrics do; a
 			// hung collective stalls every rank alike.

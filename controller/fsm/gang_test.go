@@ -264,3 +264,17 @@ func TestGangEndClearsConditions(t *testing.T) {
 		t.Fatalf("ended gang is %s with conditions %v", j.State, j.Conditions)
 	}
 }
+
+// TestGangConditionAfterRankExitIgnored: a condition rank 0's agent sends
+// after rank 0's exit (its check ran as the process ended) changes
+// nothing, and above all does not cancel the ranks still running.
+func TestGangConditionAfterRankExitIgnored(t *testing.T) {
+	h := newHarness(t)
+	h.runningGang("g")
+	h.mustOK(ingest("n1", exitRec("g", 2, &gantrypb.JobExit{ExitCode: code(0), Ts: 10})))
+	c := condRec("g", 3, lifecycle.CondStalled, true)
+	h.mustOK(ingest("n1", c))
+	if j := h.job("g"); len(j.Conditions) != 0 || j.CancelRequested || j.State != gantrypb.JobState_JOB_STATE_RUNNING {
+		t.Fatalf("late condition applied: conditions %v cancel %v state %s", j.Conditions, j.CancelRequested, j.State)
+	}
+}
