@@ -18,16 +18,25 @@ import (
 // PATH may put another python first.
 const systemPython = "/usr/bin/python3"
 
-// requireTorch skips unless the system python has torch with gloo and
-// torchrun is installed.
+// requireTorch needs the system python with torch (gloo) and torchrun.
+// As root, where make test installs python3-torch (scripts/test-deps.sh),
+// their absence fails the test: the multi-node proof must not turn into a
+// skip unnoticed. Otherwise it skips, saying what is missing.
 func requireTorch(t *testing.T) {
 	t.Helper()
+	missing := func(format string, args ...any) {
+		t.Helper()
+		if os.Geteuid() == 0 {
+			t.Fatalf(format+" (apt-get install python3-torch, or run scripts/test-deps.sh)", args...)
+		}
+		t.Skipf(format, args...)
+	}
 	out, err := exec.Command(systemPython, "-c", "import torch.distributed as d; assert d.is_gloo_available()").CombinedOutput()
 	if err != nil {
-		t.Skipf("multi-node e2e needs %s with torch (gloo): %v: %s", systemPython, err, out)
+		missing("multi-node e2e needs %s with torch (gloo): %v: %s", systemPython, err, out)
 	}
 	if _, err := os.Stat("/usr/bin/torchrun"); err != nil {
-		t.Skipf("multi-node e2e needs /usr/bin/torchrun: %v", err)
+		missing("multi-node e2e needs /usr/bin/torchrun: %v", err)
 	}
 }
 

@@ -9,9 +9,8 @@
 #                                 the apt-get line that installs it
 #
 # Exits 1 when something required is still missing. Optional packages only
-# turn some tests into skips that say so (python3-torch: the torch tests of
-# python/; strace: a benchmark store test); their absence is reported but
-# does not stop the run.
+# turn some tests into skips that say so (strace: a benchmark store test;
+# protoc: make proto); their absence is reported but does not stop the run.
 set -euo pipefail
 
 check_only=0
@@ -74,7 +73,7 @@ scan() {
   { has ssh && has ssh-keygen; } || need required openssh-client "ssh and ssh-keygen (e2e)"
   has setpriv || need required util-linux "setpriv (the rollout test)"
   has ip || need required iproute2 "network namespaces (e2e)"
-  pyhas torch || need optional python3-torch "the torch tests of python/ (skipped without it)"
+  pyhas torch || need required python3-torch "torchrun for the multi-node e2e tests, and the torch tests of python/"
   has strace || need optional strace "bench/logstore's fsync count (skipped without it)"
   # Only .ci/run needs protoc (make proto); make test does not.
   has protoc || need optional protobuf-compiler "make proto, which .ci/run runs (wants 3.21.12, bookworm's)"
