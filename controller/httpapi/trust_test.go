@@ -332,12 +332,15 @@ func TestSlowBodyCutOffButWatchersLive(t *testing.T) {
 		t.Fatalf("first frame %q", f.Type)
 	}
 
+	// The server's read deadline starts when it takes the connection,
+	// which may be before Dial returns here: the time is taken first, so
+	// that "cut off after" never reads shorter than the deadline was.
+	start := time.Now()
 	conn, err := net.Dial("tcp", srv.HTTPAddr())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	start := time.Now()
 	if _, err := io.WriteString(conn, "POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"+
 		"Content-Length: 100000\r\n\r\n{\"run\":"); err != nil {
 		t.Fatal(err)
