@@ -95,13 +95,7 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 			return f.storeRankPoint(tx, job, r, rec.Seq, body.Point, m.Keys)
 		}
 		r.Points++
-		p := body.Point
-		p.Seq = rec.Seq
-		if err := f.storePoint(tx, job, p, m.Keys, ch, sc); err != nil {
-			if errors.Is(err, store.ErrStalePoint) {
-				f.log.Warn("metric point below the job's last point skipped", "job", job.Id, "seq", rec.Seq, "err", err)
-				return errStalePoint
-			}
+		if err := f.storeJobPoint(tx, job, rec.Seq, body.Point, m.Keys, ch, sc); err != nil {
 			return err
 		}
 
@@ -196,12 +190,8 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 			return f.applyCondition(tx, job, rec.Seq, c, atMs, ch)
 		}
 		// Another rank's view is kept in that rank's own events.
-		kind := c.Kind
-		if !c.Active {
-			kind += lifecycle.EventCleared
-		}
-		e := &gantrypb.JobEvent{Seq: rec.Seq, Ts: c.Ts, Kind: kind,
-			Message: clipText(fmt.Sprintf("%s (signal: %s)", c.Evidence, c.Signal), limits.MaxEventMessageBytes)}
+		kind, msg := conditionEvent(c)
+		e := &gantrypb.JobEvent{Seq: rec.Seq, Ts: c.Ts, Kind: kind, Message: clipText(msg, limits.MaxEventMessageBytes)}
 		return tx.PutEvent(store.RankKey(job.Id, r.Rank), e)
 
 	default:

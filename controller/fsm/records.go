@@ -385,19 +385,25 @@ func (f *FSM) dropKeys(tx *store.Tx, job *gantrypb.Job, seq uint64, ts float64, 
 	return nil
 }
 
+// storeJobPoint stores one of the job's own points (a single-node job's,
+// or rank 0's of a multi-node job) under seq.
+func (f *FSM) storeJobPoint(tx *store.Tx, job *gantrypb.Job, seq uint64, p *gantrypb.MetricPoint, keys []string, ch *Changes, sc *pointScratch) error {
+	p.Seq = seq
+	err := f.storePoint(tx, job, p, keys, ch, sc)
+	if errors.Is(err, store.ErrStalePoint) {
+		// The job's points went backwards (its stream restarted under a
+		// new mark): keep what is stored, on every voter.
+		f.log.Warn("metric point below the job's last point skipped", "job", job.Id, "seq", seq, "err", err)
+		return errStalePoint
+	}
+	return err
+}
+
 func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Record, m *gantrypb.IngestCmd, ch *Changes, sc *pointScratch) error {
 	atMs := m.AtMs
 	switch body := rec.Body.(type) {
 	case *gantrypb.Record_Point:
-		p := body.Point
-		p.Seq = rec.Seq
-		if err := f.storePoint(tx, job, p, m.Keys, ch, sc); err != nil {
-			if errors.Is(err, store.ErrStalePoint) {
-				// The job's points went backwards (its stream restarted
-				// under a new mark): keep what is stored, on every voter.
-				f.log.Warn("metric point below the job's last point skipped", "job", job.Id, "seq", rec.Seq, "err", err)
-				return errStalePoint
-			}
+		if err := f.storeJobPoint(tx, job, rec.Seq, body.Point, m.Keys, ch, sc); err != nil {
 			return err
 		}
 
@@ -463,6 +469,17 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 	return nil
 }
 
+// conditionEvent is the kind and message of the event a condition record
+// becomes: the condition's kind, with EventCleared when it ends, and its
+// evidence with the signal that decided.
+func conditionEvent(c *gantrypb.HealthCondition) (kind, msg string) {
+	kind = c.Kind
+	if !c.Active {
+		kind += lifecycle.EventCleared
+	}
+	return kind, fmt.Sprintf("%s (signal: %s)", c.Evidence, c.Signal)
+}
+
 // applyCondition sets or clears a health condition on the job, records it
 // as a job event, and applies the spec's policy. A condition that is
 // already held (or a clear of one that is not) changes nothing and
@@ -473,8 +490,7 @@ func (f *FSM) applyCondition(tx *store.Tx, job *gantrypb.Job, seq uint64, c *gan
 		return nil
 	}
 	held := slices.IndexFunc(job.Conditions, func(x *gantrypb.JobCondition) bool { return x.Kind == c.Kind })
-	var msg string
-	kind := c.Kind
+	kind, msg := conditionEvent(c)
 	switch {
 	case c.Active && held >= 0, !c.Active && held < 0:
 		return nil
@@ -491,7 +507,6 @@ func (f *FSM) applyCondition(tx *store.Tx, job *gantrypb.Job, seq uint64, c *gan
 		}
 		job.Conditions = append(job.Conditions, &gantrypb.JobCondition{Kind: c.Kind, SinceMs: secondsToMs(c.Ts, atMs),
 			Evidence: c.Evidence, Gpus: slices.Clone(c.Gpus)})
-		msg = fmt.Sprintf("%s (signal: %s)", c.Evidence, c.Signal)
 		if pol := lifecycle.PolicyFor(job.GetSpec().GetHealth(), c.Kind); pol == lifecycle.PolicyCancel && !job.CancelRequested {
 			// The normal cancel path: the leader's scheduler tells the
 			// agent, which stops the job and reports its final metrics.
@@ -500,8 +515,6 @@ func (f *FSM) applyCondition(tx *store.Tx, job *gantrypb.Job, seq uint64, c *gan
 		}
 	default:
 		job.Conditions = slices.Delete(job.Conditions, held, held+1)
-		kind += lifecycle.EventCleared
-		msg = fmt.Sprintf("%s (signal: %s)", c.Evidence, c.Signal)
 	}
 	e := &gantrypb.JobEvent{Seq: seq, Ts: c.Ts, Kind: kind, Message: clipText(msg, limits.MaxEventMessageBytes)}
 	if err := tx.PutEvent(job.Id, e); err != nil {
