@@ -15,6 +15,7 @@ import (
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/blobpeers"
 	"github.com/gantry-ml/gantry/controller/blobstore"
+	"github.com/gantry-ml/gantry/internal/codearchive"
 )
 
 // Blobs is the code-archive store the API needs: this controller's copy
@@ -57,10 +58,10 @@ func (a *API) putBlob(w http.ResponseWriter, r *http.Request) {
 	tooLarge := func(size string) {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf(
 			"code archive is %s; this cluster takes at most %s (controller flag -max-code-archive): "+
-				"list what the job does not need (data, checkpoints, virtualenvs) in .gantryignore", size, humanBytes(b.MaxBytes())))
+				"list what the job does not need (data, checkpoints, virtualenvs) in .gantryignore", size, codearchive.HumanBytes(b.MaxBytes())))
 	}
 	if r.ContentLength > b.MaxBytes() {
-		tooLarge(humanBytes(r.ContentLength))
+		tooLarge(codearchive.HumanBytes(r.ContentLength))
 		return
 	}
 	// The server's timeouts are sized for a JSON body: an archive may take
@@ -185,17 +186,4 @@ func (a *API) checkCodeArchive(ctx context.Context, digest string) (int, error) 
 		return http.StatusServiceUnavailable, fmt.Errorf("spec.code_archive: %w", err)
 	}
 	return 0, nil
-}
-
-// humanBytes formats n for messages.
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d bytes", n)
 }
