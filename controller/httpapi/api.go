@@ -405,12 +405,12 @@ func (a *API) checkFit(spec apiv1.JobSpec) error {
 // job) inside the caller's read transaction.
 func fleet(tx *store.Tx) (*scheduler.Fleet, error) {
 	var live []*gantrypb.Job
-	if err := tx.Jobs(func(j *gantrypb.Job) bool {
-		if !lifecycle.IsTerminal(j.State) {
+	// Only jobs not ended are decoded: a long history costs a peek each.
+	if err := tx.JobsWhere(func(state gantrypb.JobState, _ int64) bool { return !lifecycle.IsTerminal(state) },
+		func(j *gantrypb.Job) bool {
 			live = append(live, j)
-		}
-		return true
-	}); err != nil {
+			return true
+		}); err != nil {
 		return nil, err
 	}
 	nodes, err := tx.Nodes()

@@ -124,12 +124,13 @@ func (s *Server) collectBlobs() {
 	}
 	keep := map[string]bool{}
 	err := s.store.View(func(tx *store.Tx) error {
-		return tx.Jobs(func(j *gantrypb.Job) bool {
-			if d := j.GetSpec().GetCodeArchive(); d != "" && !lifecycle.IsTerminal(j.State) {
-				keep[d] = true
-			}
-			return true
-		})
+		return tx.JobsWhere(func(state gantrypb.JobState, _ int64) bool { return !lifecycle.IsTerminal(state) },
+			func(j *gantrypb.Job) bool {
+				if d := j.GetSpec().GetCodeArchive(); d != "" {
+					keep[d] = true
+				}
+				return true
+			})
 	})
 	if err != nil {
 		s.cfg.Log.Warn("code archive gc: reading jobs failed", "err", err)
