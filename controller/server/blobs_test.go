@@ -13,13 +13,10 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/agent/link"
-	"github.com/gantry-ml/gantry/agent/spool"
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/client"
 	"github.com/gantry-ml/gantry/internal/codearchive"
 	"github.com/gantry-ml/gantry/internal/testutil"
-	"github.com/gantry-ml/gantry/internal/tlsutil"
-	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 // packTemp packs a small code directory into a temp file and returns it
@@ -86,28 +83,13 @@ func TestCodeArchiveSurvivesFailover(t *testing.T) {
 		Resources: apiv1.Resources{GPUs: 1}})
 	other := submit(t, leader, apiv1.JobSpec{Name: "plain", Run: "true"})
 
-	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
-	clientTLS, err := tlsutil.ClientConfig(c.agent, wire.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fa := &fakeAgent{started: make(chan string, 16)}
-	lctx, stopLink := context.WithCancel(ctx)
-	defer stopLink()
 	var addrs []string
 	for _, s := range c.nodes {
 		if s != nil {
 			addrs = append(addrs, s.QUICAddr())
 		}
 	}
-	l := link.New(link.Options{Addrs: addrs, TLS: clientTLS, Spool: sp, Handler: fa, Log: testLog(t),
-		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
-	linkDone := make(chan struct{})
-	go func() { defer close(linkDone); _ = l.Run(lctx) }()
+	l, _, fa := c.agentLink(t, addrs)
 	deadline := time.After(15 * time.Second)
 	for started := ""; started != job; {
 		select {
@@ -132,6 +114,4 @@ func TestCodeArchiveSurvivesFailover(t *testing.T) {
 			t.Errorf("FetchBlob for job %q = %v, want a refusal", id, err)
 		}
 	}
-	stopLink()
-	<-linkDone
 }

@@ -187,6 +187,32 @@ func countPoints(t *testing.T, s *server.Server, jobID string) int {
 	return n
 }
 
+// agentLink runs agent1's link to addrs (tried in order) over a real
+// spool, its handler a fakeAgent, until the test ends.
+func (c *testCluster) agentLink(t *testing.T, addrs []string) (*link.Link, *spool.Spool, *fakeAgent) {
+	t.Helper()
+	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientTLS, err := tlsutil.ClientConfig(c.agent, wire.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fa := &fakeAgent{started: make(chan string, 16)}
+	ctx, stop := context.WithCancel(context.Background())
+	l := link.New(link.Options{Addrs: addrs, TLS: clientTLS, Spool: sp, Handler: fa, Log: testLog(t),
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	done := make(chan struct{})
+	go func() { defer close(done); _ = l.Run(ctx) }()
+	t.Cleanup(func() {
+		stop()
+		<-done
+		sp.Close()
+	})
+	return l, sp, fa
+}
+
 // fakeAgent is a link with a real spool whose handler records starts.
 type fakeAgent struct {
 	started chan string
@@ -234,18 +260,6 @@ func TestClusterElectsForwardsAndFailsOver(t *testing.T) {
 
 	// An agent that dials a follower is redirected to the leader and its
 	// records are stored once on every node.
-	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
-	clientTLS, err := tlsutil.ClientConfig(c.agent, wire.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fa := &fakeAgent{started: make(chan string, 16)}
-	lctx, stopLink := context.WithCancel(ctx)
-	defer stopLink()
 	var addrs []string
 	for _, s := range c.nodes {
 		if !s.Raft().IsLeader() {
@@ -257,10 +271,7 @@ func TestClusterElectsForwardsAndFailsOver(t *testing.T) {
 			addrs = append(addrs, s.QUICAddr())
 		}
 	}
-	l := link.New(link.Options{Addrs: addrs, TLS: clientTLS, Spool: sp, Handler: fa, Log: testLog(t),
-		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
-	linkDone := make(chan struct{})
-	go func() { defer close(linkDone); _ = l.Run(lctx) }()
+	l, sp, fa := c.agentLink(t, addrs)
 	testutil.WaitFor(t, 10*time.Second, l.Connected, "the agent link connected (via redirect)")
 
 	job := submit(t, leader, apiv1.JobSpec{Name: "streamed", Run: "true", Resources: apiv1.Resources{GPUs: 1}})
@@ -326,8 +337,6 @@ func TestClusterElectsForwardsAndFailsOver(t *testing.T) {
 	}
 	// Writes are accepted again through any live node.
 	submit(t, c.follower(), apiv1.JobSpec{Name: "after-failover", Run: "true"})
-	stopLink()
-	<-linkDone
 }
 
 func TestClusterNodeRejoinsAfterWipe(t *testing.T) {
@@ -383,22 +392,7 @@ func TestFollowerWatchersSeeWhatLeaderWatchersSee(t *testing.T) {
 	leader := c.waitLeader()
 	follower := c.follower()
 
-	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
-	clientTLS, err := tlsutil.ClientConfig(c.agent, wire.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fa := &fakeAgent{started: make(chan string, 16)}
-	lctx, stopLink := context.WithCancel(ctx)
-	defer stopLink()
-	l := link.New(link.Options{Addrs: []string{leader.QUICAddr()}, TLS: clientTLS, Spool: sp, Handler: fa, Log: logging.Discard()})
-	linkDone := make(chan struct{})
-	go func() { defer close(linkDone); _ = l.Run(lctx) }()
-	defer func() { stopLink(); <-linkDone }()
+	l, sp, _ := c.agentLink(t, []string{leader.QUICAddr()})
 	testutil.WaitFor(t, 10*time.Second, l.Connected, "agent connected")
 
 	job := submit(t, leader, apiv1.JobSpec{Name: "watched", Run: "true"})

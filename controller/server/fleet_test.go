@@ -4,19 +4,13 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/gantry-ml/gantry/agent/link"
-	"github.com/gantry-ml/gantry/agent/spool"
 	"github.com/gantry-ml/gantry/controller/apiv1"
-	"github.com/gantry-ml/gantry/internal/logging"
 	"github.com/gantry-ml/gantry/internal/testutil"
-	"github.com/gantry-ml/gantry/internal/tlsutil"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
-	"github.com/gantry-ml/gantry/proto/wire"
 )
 
 // TestFleetMetricsOnFollower: a follower's /metrics/fleet serves, from
@@ -29,22 +23,7 @@ func TestFleetMetricsOnFollower(t *testing.T) {
 	leader := c.waitLeader()
 	follower := c.follower()
 
-	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
-	clientTLS, err := tlsutil.ClientConfig(c.agent, wire.ALPN, "", tlsutil.Identity{Role: tlsutil.RoleController})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fa := &fakeAgent{started: make(chan string, 16)}
-	lctx, stopLink := context.WithCancel(ctx)
-	defer stopLink()
-	l := link.New(link.Options{Addrs: []string{leader.QUICAddr()}, TLS: clientTLS, Spool: sp, Handler: fa, Log: logging.Discard()})
-	linkDone := make(chan struct{})
-	go func() { defer close(linkDone); _ = l.Run(lctx) }()
-	defer func() { stopLink(); <-linkDone }()
+	l, sp, _ := c.agentLink(t, []string{leader.QUICAddr()})
 	testutil.WaitFor(t, 10*time.Second, l.Connected, "agent connected")
 
 	job := submit(t, leader, apiv1.JobSpec{Name: "fleet", Run: "true", Resources: apiv1.Resources{GPUs: 1}})
