@@ -43,6 +43,36 @@ with open(path, "a") as f:
         time.sleep(0.1)
 `
 
+// requeueTrainer is a job that resumes: it keeps its step in a checkpoint
+// file beside the stop file. On its first attempt it behaves like
+// healthTrainer (logs until the stop file exists, then hangs); on a later
+// one ($GANTRY_ATTEMPT) it resumes from the checkpoint, logs 20 more steps
+// and exits 0.
+const requeueTrainer = `import json, os, sys, time
+path = os.environ["GANTRY_METRICS_FILE"]
+attempt = int(os.environ["GANTRY_ATTEMPT"])
+stop = sys.argv[1]
+ckpt = stop + ".ckpt"
+step = int(open(ckpt).read()) if attempt > 1 else 0
+print("job %s attempt %d from step %d" % (os.environ["GANTRY_JOB_ID"], attempt, step), flush=True)
+first = step
+with open(path, "a") as f:
+    while attempt > 1 or not os.path.exists(stop):
+        step += 1
+        f.write(json.dumps({"step": step, "loss": 1.0 / step, "attempt": attempt}) + "\n")
+        f.flush()
+        with open(ckpt + ".tmp", "w") as c:
+            c.write(str(step))
+        os.replace(ckpt + ".tmp", ckpt)
+        if attempt > 1 and step >= first + 20:
+            sys.exit(0)
+        time.sleep(0.1)
+    with open(stop + ".at", "w") as at:
+        at.write(repr(time.time()))
+    while True:
+        time.sleep(1)
+`
+
 // gpuScript writes the dev agent's mock GPU script (gpu.ScriptEnv):
 // readings for the listed GPUs, replaced atomically.
 func gpuScript(t *testing.T, path string, gpus []int, util, powerW, smMHz float64) {
@@ -258,11 +288,85 @@ func TestHealthConditions(t *testing.T) {
 		if len(end.Conditions) != 0 {
 			t.Errorf("ended job keeps conditions %v", end.Conditions)
 		}
-		if a := hooks.wait(t, id, "hung"); !strings.Contains(a.Text, "is hung") || !strings.Contains(a.Text, "cancelling it (policy)") {
+		if a := hooks.wait(t, id, "hung"); !strings.Contains(a.Text, "is hung") || !strings.Contains(a.Text, "policy cancel: cancelling the job") {
 			t.Errorf("hung alert text %q", a.Text)
 		}
 		hooks.wait(t, id, "job_cancelled")
 		gpuScript(t, script, nil, 0, 0, 0)
+	})
+
+	t.Run("hung, requeued by policy, resumes and succeeds on its second attempt", func(t *testing.T) {
+		requeuer := filepath.Join(dir, "requeue.py")
+		if err := os.WriteFile(requeuer, []byte(requeueTrainer), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		stop := filepath.Join(dir, "rq.stop")
+		id, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "requeue", Run: "exec python3 " + requeuer + " " + stop,
+			Resources: apiv1.Resources{GPUs: 1}, KillGrace: apiv1.Duration(2 * time.Second),
+			Health: &apiv1.HealthSpec{StallAfter: apiv1.Duration(4 * time.Second), OnStall: "requeue"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var j apiv1.Job
+		waitFor(t, 30*time.Second, "attempt 1 logging steps", func() bool {
+			j, err = d.api.Job(ctx, id)
+			return err == nil && j.State == apiv1.StateRunning && j.Points >= 10
+		})
+		gpuScript(t, script, j.GPUs, 100, 80, 1410)
+		scripted(t, j, 100)
+		onset := stopLogging(t, stop)
+		// The stall is diagnosed hung, the run stopped and queued again;
+		// attempt 2 resumes from attempt 1's checkpoint and ends.
+		end := waitTerminal(t, d.api, id, 60*time.Second)
+		gpuScript(t, script, nil, 0, 0, 0)
+		if end.State != apiv1.StateSucceeded || end.Attempt != 2 || len(end.Attempts) != 1 {
+			t.Fatalf("state %s (%s) attempt %d attempts %d, want succeeded on attempt 2", end.State, end.Error, end.Attempt, len(end.Attempts))
+		}
+		first := end.Attempts[0]
+		if !strings.HasPrefix(first.Reason, "hung: ") || first.FinalMetrics["step"] < 10 || first.Node == "" || first.FinishedAt == nil {
+			t.Errorf("attempt 1 kept as %+v; want its reason and its final metrics (I2)", first)
+		}
+		ckpt := first.FinalMetrics["step"]
+		if end.FinalMetrics["step"] != ckpt+20 || end.FinalMetrics["attempt"] != 2 {
+			t.Errorf("final metrics %v, want step %v (resumed from the checkpoint at %v, 20 more) on attempt 2", end.FinalMetrics, ckpt+20, ckpt)
+		}
+		e, ok := hasEvent(t, id, "hung")
+		if !ok || !strings.Contains(e.Message, "policy requeue: stopping the job to run it again (attempt 2 of at most 3)") {
+			t.Errorf("hung event %+v", e)
+		}
+		rq, ok := hasEvent(t, id, "requeued")
+		if !ok || !strings.Contains(rq.Message, "queued again as attempt 2") {
+			t.Errorf("requeued event %+v", rq)
+		}
+		hungAt, requeuedAt := time.Unix(0, int64(e.TS*1e9)), time.Unix(0, int64(rq.TS*1e9))
+		t.Logf("MEASURE hung then requeued (stall_after 4s): hung %s after the last step; attempt 1 stopped %s after that; attempt 2 started %s after the stop",
+			hungAt.Sub(onset).Round(time.Millisecond), requeuedAt.Sub(hungAt).Round(time.Millisecond), end.StartedAt.Sub(requeuedAt).Round(time.Millisecond))
+		// Every point of both attempts is there, in one increasing sequence.
+		page, err := d.api.Metrics(ctx, id, 0, 10_000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := uint64(ckpt) + 20; uint64(len(page.Points)) != want || end.Points != want {
+			t.Errorf("%d points (job says %d), want %d: every step of both attempts", len(page.Points), end.Points, want)
+		}
+		for i := 1; i < len(page.Points); i++ {
+			if page.Points[i].Seq <= page.Points[i-1].Seq {
+				t.Fatalf("point seqs go back at %d: %d after %d", i, page.Points[i].Seq, page.Points[i-1].Seq)
+			}
+		}
+		logs, err := d.api.Logs(ctx, id, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"job " + id + " attempt 1 from step 0", "attempt 1 of 3 stopped (hung: ",
+			"job " + id + " attempt 2 from step " + fmt.Sprint(ckpt)} {
+			if !strings.Contains(logs.Data, want) {
+				t.Errorf("log lacks %q:\n%s", want, logs.Data)
+			}
+		}
+		hooks.wait(t, id, "hung")
+		hooks.wait(t, id, "requeued")
+		hooks.wait(t, id, "job_succeeded")
 	})
 
 	t.Run("idle GPUs while logging", func(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -72,12 +73,16 @@ func IsTerminalName(name string) bool {
 // leader's scheduler and every voter's FSM both use it, so they agree on
 // the deadline; a timeout too large to add to created_at (only a hand-made
 // entry has one) never runs out rather than wrapping into the past.
+//
+// A job a requeue policy queued again waits anew: its deadline counts
+// from queued_at.
 func QueueDeadlineMs(j *gantrypb.Job) (int64, bool) {
 	ms := j.GetSpec().GetQueueTimeoutMs()
-	if ms <= 0 || j.GetCreatedAtMs() > math.MaxInt64-ms {
+	from := max(j.GetCreatedAtMs(), j.GetQueuedAtMs())
+	if ms <= 0 || from > math.MaxInt64-ms {
 		return 0, false
 	}
-	return j.GetCreatedAtMs() + ms, true
+	return from + ms, true
 }
 
 // Domain errors the controller returns for a request that is valid but
@@ -313,11 +318,65 @@ const (
 	// PolicyCancel cancels the job through the normal cancel path (the
 	// agent stops it and reports its final metrics).
 	PolicyCancel = "cancel"
-	// PolicyRequeue would put the job back in the queue; it is refused at
-	// submit: a job id runs once on the agents, so a new run under the
-	// same id is not supported yet.
+	// PolicyRequeue stops the job through the normal cancel path and,
+	// once its exit is in, queues it again as the next attempt (a new run
+	// id, see RunID). Past the spec's max_requeues it cancels instead.
 	PolicyRequeue = "requeue"
 )
+
+// DefaultMaxRequeues is how many times a requeue policy may queue a job
+// again when its spec does not say: a job that hangs every time is
+// cancelled after its third attempt rather than burn GPUs forever.
+const DefaultMaxRequeues = 2
+
+// MaxRequeuesLimit bounds a spec's max_requeues, and so a job's attempts.
+const MaxRequeuesLimit = 20
+
+// MaxRequeues is the spec's bound on requeues, or the default.
+func MaxRequeues(h *gantrypb.HealthSpec) uint32 {
+	if n := h.GetMaxRequeues(); n > 0 {
+		return min(n, MaxRequeuesLimit)
+	}
+	return DefaultMaxRequeues
+}
+
+// EventRequeued says a requeue policy stopped an attempt and queued the
+// job again.
+const EventRequeued EventKind = "requeued"
+
+// runSep separates a job id from its attempt in a run id. Job ids hold no
+// '~' (admission.CheckJobID), so a run id parses one way only.
+const runSep = "~"
+
+// RunID is the id under which attempt n of a job runs on an agent: the
+// job id itself for the first attempt (0), and "id~n" after a requeue.
+// Agents key everything by it (their streams, directories and run-once
+// rule), so a requeued job is a new run to them while the controller
+// keeps one job.
+func RunID(jobID string, attempt uint32) string {
+	if attempt == 0 {
+		return jobID
+	}
+	return jobID + runSep + strconv.FormatUint(uint64(attempt), 10)
+}
+
+// JobRunID is RunID of the job's current attempt.
+func JobRunID(j *gantrypb.Job) string { return RunID(j.GetId(), j.GetAttempt()) }
+
+// ParseRunID splits a run id into the job id and the attempt. An id
+// without the separator is attempt 0; ok is false for a malformed suffix
+// (not a canonical decimal number from 1 to MaxRequeuesLimit).
+func ParseRunID(run string) (jobID string, attempt uint32, ok bool) {
+	id, n, found := strings.Cut(run, runSep)
+	if !found {
+		return run, 0, true
+	}
+	v, err := strconv.ParseUint(n, 10, 32)
+	if err != nil || v == 0 || v > MaxRequeuesLimit || strconv.FormatUint(v, 10) != n || id == "" {
+		return "", 0, false
+	}
+	return id, uint32(v), true
+}
 
 // EventPolicyCancel says the controller cancelled the job because a
 // health condition began and the spec's policy says cancel.

@@ -76,7 +76,8 @@ var (
 
 // Spec is what the runner needs to launch one job.
 type Spec struct {
-	// JobID is exported to the job as GANTRY_JOB_ID.
+	// JobID is the run id (lifecycle.RunID); the job id in it is exported
+	// to the job as GANTRY_JOB_ID, the attempt as GANTRY_ATTEMPT.
 	JobID string
 	// Setup is optional shell run before Run in the same shell with "set -e"
 	// semantics: a failing setup command fails the job and Run never runs.
@@ -772,7 +773,15 @@ func buildEnv(spec Spec) []string {
 	}
 	set("CUDA_VISIBLE_DEVICES", cudaVisibleDevices(spec.GPUs))
 	set("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-	set("GANTRY_JOB_ID", spec.JobID)
+	// JobID is a run id (lifecycle.RunID): the job sees its job id, and
+	// which attempt this is (1 for the first; a requeue starts the next),
+	// so a trainer can resume from its checkpoint when it is not 1.
+	jobID, attempt, ok := lifecycle.ParseRunID(spec.JobID)
+	if !ok {
+		jobID, attempt = spec.JobID, 0
+	}
+	set("GANTRY_JOB_ID", jobID)
+	set("GANTRY_ATTEMPT", strconv.FormatUint(uint64(attempt)+1, 10))
 	set("GANTRY_METRICS_FILE", spec.MetricsFile)
 	rk := make([]string, 0, len(spec.Rendezvous))
 	for k := range spec.Rendezvous {

@@ -49,6 +49,18 @@ func CheckID(what, s string) error {
 	return nil
 }
 
+// CheckJobID is CheckID for the id of a new job, which must also parse as
+// its own first attempt's run id (lifecycle.RunID): no '~'.
+func CheckJobID(s string) error {
+	if err := CheckID("job id", s); err != nil {
+		return err
+	}
+	if strings.Contains(s, "~") {
+		return reject("job id %q has '~', which separates a job id from its attempt", s)
+	}
+	return nil
+}
+
 // checkText bounds a free-text field and requires valid UTF-8 (it is
 // shown to people and sent as JSON).
 func checkText(what, s string, max int) error {

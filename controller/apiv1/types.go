@@ -81,9 +81,13 @@ type HealthSpec struct {
 	IdleUtilPct float64 `json:"idle_util_pct,omitempty" yaml:"idle_util_pct"`
 	IdlePowerW  float64 `json:"idle_power_w,omitempty" yaml:"idle_power_w"`
 	// OnStall (stalled and hung) and OnIdle (idle_gpus): "notify"
-	// (default) or "cancel".
+	// (default), "cancel", or "requeue" (stop the job and queue it again
+	// as a new attempt; single-node jobs).
 	OnStall string `json:"on_stall,omitempty" yaml:"on_stall"`
 	OnIdle  string `json:"on_idle,omitempty" yaml:"on_idle"`
+	// MaxRequeues bounds how often requeue may run the job again; past
+	// it the policy cancels (default 2, at most 20).
+	MaxRequeues int `json:"max_requeues,omitempty" yaml:"max_requeues"`
 	// Disabled turns the job's health checks off.
 	Disabled bool `json:"disabled,omitempty" yaml:"disabled"`
 }
@@ -148,6 +152,38 @@ type Job struct {
 	// got (MASTER_ADDR, MASTER_PORT).
 	MasterAddr string `json:"master_addr,omitempty"`
 	MasterPort int    `json:"master_port,omitempty"`
+
+	// Attempt numbers the job's current run from 1; a requeue policy
+	// starts the next (health.on_stall / on_idle: requeue).
+	Attempt int `json:"attempt"`
+	// Attempts are the earlier runs a requeue stopped, oldest first.
+	Attempts []Attempt `json:"attempts,omitempty"`
+	// Requeuing says why the job is being stopped to be requeued (set
+	// until its exit is in).
+	Requeuing string `json:"requeuing,omitempty"`
+}
+
+// Attempt is an earlier run of a job that a requeue policy stopped, with
+// what it reported.
+type Attempt struct {
+	// Attempt numbers it from 1.
+	Attempt      int                `json:"attempt"`
+	Node         string             `json:"node"`
+	GPUs         []int              `json:"gpus"`
+	StartedAt    *time.Time         `json:"started_at"`
+	FinishedAt   *time.Time         `json:"finished_at"`
+	ExitCode     *int               `json:"exit_code"`
+	Signal       string             `json:"signal,omitempty"`
+	FinalMetrics map[string]float64 `json:"final_metrics"`
+	// Reason is the condition that had it requeued, with its evidence.
+	Reason  string `json:"reason"`
+	LogTail string `json:"log_tail,omitempty"`
+	// FirstSeq and LastSeq bound its points and events in the job's
+	// streams; LogStart and LogEnd its bytes of the job's log.
+	FirstSeq uint64 `json:"first_seq"`
+	LastSeq  uint64 `json:"last_seq"`
+	LogStart uint64 `json:"log_start"`
+	LogEnd   uint64 `json:"log_end"`
 }
 
 // Rank is one node's share of a multi-node job.

@@ -68,7 +68,7 @@ func (s *JobSpec) Validate() error {
 	if s.CodeArchive != "" && !IsDigest(s.CodeArchive) {
 		return fmt.Errorf("spec.code_archive %q is not a digest; want \"sha256:\" and 64 lowercase hex digits", s.CodeArchive)
 	}
-	if err := s.Health.validate(); err != nil {
+	if err := s.Health.validate(s.Resources.Nodes > 1); err != nil {
 		return err
 	}
 	if len(s.Env) > MaxEnvVars {
@@ -123,8 +123,9 @@ func IsDigest(d string) bool {
 	return true
 }
 
-// validate checks a job's health settings.
-func (h *HealthSpec) validate() error {
+// validate checks a job's health settings; gang says the job spans
+// several nodes.
+func (h *HealthSpec) validate(gang bool) error {
 	if h == nil {
 		return nil
 	}
@@ -146,11 +147,17 @@ func (h *HealthSpec) validate() error {
 		switch p.v {
 		case "", lifecycle.PolicyNotify, lifecycle.PolicyCancel:
 		case lifecycle.PolicyRequeue:
-			return fmt.Errorf("spec.health.%s = requeue is not supported: a job id runs once, and Gantry cannot yet run it again "+
-				"under the same id; use notify or cancel (and resubmit)", p.name)
+			if gang {
+				return fmt.Errorf("spec.health.%s = requeue is for single-node jobs; a multi-node job (resources.nodes > 1) "+
+					"takes notify or cancel", p.name)
+			}
 		default:
-			return fmt.Errorf("spec.health.%s = %q; want notify or cancel", p.name, p.v)
+			return fmt.Errorf("spec.health.%s = %q; want notify, cancel or requeue", p.name, p.v)
 		}
+	}
+	if h.MaxRequeues < 0 || h.MaxRequeues > lifecycle.MaxRequeuesLimit {
+		return fmt.Errorf("spec.health.max_requeues = %d; want 0..%d (0: the default, %d)",
+			h.MaxRequeues, lifecycle.MaxRequeuesLimit, lifecycle.DefaultMaxRequeues)
 	}
 	return nil
 }

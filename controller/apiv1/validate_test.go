@@ -49,20 +49,28 @@ func TestIsDigest(t *testing.T) {
 }
 
 func TestValidateHealth(t *testing.T) {
-	ok := JobSpec{Run: "true", Health: &HealthSpec{StallAfter: Duration(15 * time.Minute), OnStall: "cancel", OnIdle: "notify"}}
-	if err := ok.Validate(); err != nil {
-		t.Errorf("Validate(%+v) = %v", ok.Health, err)
+	for _, h := range []HealthSpec{
+		{StallAfter: Duration(15 * time.Minute), OnStall: "cancel", OnIdle: "notify"},
+		{OnStall: "requeue", OnIdle: "requeue", MaxRequeues: 20},
+	} {
+		ok := JobSpec{Run: "true", Health: &h}
+		if err := ok.Validate(); err != nil {
+			t.Errorf("Validate(%+v) = %v", ok.Health, err)
+		}
 	}
 	for _, tt := range []struct {
-		h    HealthSpec
-		want string
+		h     HealthSpec
+		nodes int
+		want  string
 	}{
-		{HealthSpec{OnStall: "requeue"}, "requeue is not supported"},
-		{HealthSpec{OnIdle: "reboot"}, "on_idle"},
-		{HealthSpec{StallAfter: -1}, "stall_after"},
-		{HealthSpec{IdleUtilPct: 101}, "idle_util_pct"},
+		{HealthSpec{OnStall: "requeue"}, 2, "requeue is for single-node jobs"},
+		{HealthSpec{OnIdle: "reboot"}, 1, "on_idle"},
+		{HealthSpec{StallAfter: -1}, 1, "stall_after"},
+		{HealthSpec{IdleUtilPct: 101}, 1, "idle_util_pct"},
+		{HealthSpec{OnStall: "requeue", MaxRequeues: 21}, 1, "max_requeues"},
+		{HealthSpec{MaxRequeues: -1}, 1, "max_requeues"},
 	} {
-		s := JobSpec{Run: "true", Health: &tt.h}
+		s := JobSpec{Run: "true", Health: &tt.h, Resources: Resources{Nodes: tt.nodes}}
 		if err := s.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("Validate(%+v) = %v, want an error with %q", tt.h, err, tt.want)
 		}

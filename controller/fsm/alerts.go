@@ -48,7 +48,9 @@ func (f *FSM) alertJobEnd(tx *store.Tx, job *gantrypb.Job, ch *Changes) error {
 
 // conditionAlert is the alert of a health condition that began or ended
 // (kind is the event kind: the condition, or it with "_cleared").
-func conditionAlert(job *gantrypb.Job, kind string, c *gantrypb.HealthCondition, atMs int64) *gantrypb.Alert {
+//
+// action is what the job's policy did about it ("" for nothing).
+func conditionAlert(job *gantrypb.Job, kind string, c *gantrypb.HealthCondition, action string, atMs int64) *gantrypb.Alert {
 	what := "is " + c.Kind
 	if !c.Active {
 		what = "is no longer " + c.Kind
@@ -57,9 +59,7 @@ func conditionAlert(job *gantrypb.Job, kind string, c *gantrypb.HealthCondition,
 	if c.Kind == lifecycle.CondIdleGPUs && len(c.Gpus) > 0 && c.Active {
 		text += fmt.Sprintf(" (GPUs %v)", c.Gpus)
 	}
-	if c.Active && job.CancelRequested && lifecycle.PolicyFor(job.GetSpec().GetHealth(), c.Kind) == lifecycle.PolicyCancel {
-		text += "; cancelling it (policy)"
-	}
+	text += action
 	text += ": " + c.Evidence
 	return &gantrypb.Alert{AtMs: atMs, Kind: kind, JobId: job.Id, JobName: job.GetSpec().GetName(), Node: job.Node,
 		Text: text, Evidence: c.Evidence, Gpus: slices.Clone(c.Gpus)}

@@ -22,7 +22,7 @@ func checkCommand(msg proto.Message) error {
 	bad := func(err error) error { return fmt.Errorf("%w: %T: %v", errMalformed, msg, err) }
 	switch m := msg.(type) {
 	case *gantrypb.SubmitJobCmd:
-		if err := admission.CheckID("job id", m.JobId); err != nil {
+		if err := admission.CheckJobID(m.JobId); err != nil {
 			return bad(err)
 		}
 	case *gantrypb.AssignJobCmd:

@@ -402,14 +402,21 @@ func (f *FSM) cancel(tx *store.Tx, m *gantrypb.CancelJobCmd, ch *Changes) error 
 	case lifecycle.IsTerminal(job.State):
 		return fmt.Errorf("%w: job %s is %s", lifecycle.ErrTerminal, job.Id, lifecycle.StateName(job.State))
 	case job.State == gantrypb.JobState_JOB_STATE_QUEUED:
-		// Never ran: there are no metrics to wait for, so it ends here.
-		finish(job, gantrypb.JobState_JOB_STATE_CANCELLED, "cancelled before it started", m.AtMs)
+		// Not running: there are no metrics to wait for, so it ends here
+		// (a requeued job keeps what its earlier attempts reported).
+		why := "cancelled before it started"
+		if job.Attempt > 0 {
+			why = fmt.Sprintf("cancelled while queued for attempt %d", job.Attempt+1)
+		}
+		finish(job, gantrypb.JobState_JOB_STATE_CANCELLED, why, m.AtMs)
 		if err := f.alertJobEnd(tx, job, ch); err != nil {
 			return err
 		}
 	default:
-		// The agent stops it; the exit record makes it terminal.
+		// The agent stops it; the exit record makes it terminal. A
+		// requeue under way becomes a plain cancel: the user's word wins.
 		job.CancelRequested = true
+		job.RequeueReason = ""
 	}
 	if err := tx.PutJob(job); err != nil {
 		return err
@@ -466,9 +473,10 @@ func (f *FSM) queueTimeout(tx *store.Tx, m *gantrypb.QueueTimeoutCmd, ch *Change
 	if err := f.alertJobEnd(tx, job, ch); err != nil {
 		return err
 	}
-	// A queued job was never assigned, so no agent stream has written an
-	// event for it: seq 1 is free, and nothing will come after it.
-	e := &gantrypb.JobEvent{Seq: 1, Ts: float64(m.AtMs) / 1000, Kind: string(lifecycle.EventQueueTimeout), Message: m.Error}
+	// A queued job's current attempt was never assigned, so no agent
+	// stream has written an event for it: the first seq after the earlier
+	// attempts' is free, and nothing will come after it.
+	e := &gantrypb.JobEvent{Seq: job.SeqBase + 1, Ts: float64(m.AtMs) / 1000, Kind: string(lifecycle.EventQueueTimeout), Message: m.Error}
 	if err := tx.PutEvent(job.Id, e); err != nil {
 		return err
 	}
@@ -507,7 +515,7 @@ func (f *FSM) nodeUp(tx *store.Tx, m *gantrypb.NodeUpCmd, ch *Changes) error {
 	}
 	var lost, gangs []*gantrypb.Job
 	err := tx.Jobs(func(j *gantrypb.Job) bool {
-		if active[j.Id] {
+		if active[lifecycle.JobRunID(j)] {
 			return true
 		}
 		if r := lifecycle.RankOf(j, node.Id); r != nil {
@@ -592,6 +600,7 @@ func finish(job *gantrypb.Job, state gantrypb.JobState, reason string, atMs int6
 	job.FinishedAtMs = atMs
 	job.FinalMetrics = copyMetrics(job.LatestMetrics)
 	job.Conditions = nil
+	job.RequeueReason = ""
 }
 
 func copyMetrics(m map[string]float64) map[string]float64 {

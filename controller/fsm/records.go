@@ -32,7 +32,8 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes, jobs *job
 	points := map[string]int{}
 	for _, rec := range m.Records {
 		if rec.GetPoint() != nil {
-			points[rec.GetJobId()]++
+			id, _, _ := lifecycle.ParseRunID(rec.GetJobId())
+			points[id]++
 		}
 	}
 	sc := pointScratch{tr: make([]uint32, len(m.Keys)), points: points}
@@ -52,14 +53,32 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes, jobs *job
 		stream := store.StreamKeyNode(m.NodeId)
 		var job *gantrypb.Job
 		if rec.JobId != "" {
+			// The record's job id is the run id of one attempt of the
+			// job (lifecycle.RunID).
+			jobID, attempt, okRun := lifecycle.ParseRunID(rec.JobId)
 			var err error
-			job, err = jobs.get(tx, rec.JobId)
+			if okRun {
+				job, err = jobs.get(tx, jobID)
+			}
 			if err != nil && !errors.Is(err, store.ErrNotFound) {
 				return nil, err // an unreadable job is corruption, not "unknown"
 			}
-			if err != nil {
+			if !okRun || err != nil {
 				res.Rejected++
 				f.log.Warn("records for unknown job rejected", "job", rec.JobId, "node", m.NodeId, "seq", rec.Seq)
+				continue
+			}
+			if attempt != job.Attempt {
+				// An earlier attempt's records were all applied before it
+				// was requeued (its exit is its last record), so these are
+				// replays; a later attempt's do not exist yet.
+				if attempt < job.Attempt && attemptRanOn(job, attempt, m.NodeId) {
+					res.Duplicates++
+				} else {
+					res.Rejected++
+					f.log.Warn("records for another attempt of a job rejected",
+						"job", job.Id, "attempt", attempt, "current", job.Attempt, "node", m.NodeId, "seq", rec.Seq)
+				}
 				continue
 			}
 			if !lifecycle.RunsOn(job, m.NodeId) {
@@ -68,19 +87,20 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes, jobs *job
 					"job", rec.JobId, "job_node", job.Node, "node", m.NodeId, "seq", rec.Seq)
 				continue
 			}
-			if !touched[rec.JobId] {
-				touched[rec.JobId] = true
-				order = append(order, rec.JobId)
-				jobs.dirty(rec.JobId)
+			if !touched[job.Id] {
+				touched[job.Id] = true
+				order = append(order, job.Id)
+				jobs.dirty(job.Id)
 			}
+			// Per run: a requeued job's next attempt starts its seqs anew.
 			stream = store.StreamKeyNodeJob(m.NodeId, rec.JobId)
 		}
 		mark, ok := hw[stream]
 		if !ok {
 			mark = tx.HighWater(stream)
-			if mark == 0 && job != nil {
+			if mark == 0 && job != nil && job.Attempt == 0 {
 				// Written before marks were per (node, job).
-				mark = tx.HighWater(store.StreamKeyJob(rec.JobId))
+				mark = tx.HighWater(store.StreamKeyJob(job.Id))
 			}
 		}
 		if rec.Seq <= mark {
@@ -399,17 +419,31 @@ func (f *FSM) storeJobPoint(tx *store.Tx, job *gantrypb.Job, seq uint64, p *gant
 	return err
 }
 
+// attemptRanOn reports whether the job's earlier attempt ran on node.
+func attemptRanOn(job *gantrypb.Job, attempt uint32, node string) bool {
+	for _, a := range job.Attempts {
+		if a.Attempt == attempt {
+			return a.Node == node
+		}
+	}
+	return false
+}
+
+// applyJobRecord applies a record of the job's current attempt. Its seq
+// and log offsets are the attempt's own; the job's seq_base and log_base
+// place them after the earlier attempts' in the job's stored streams.
 func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Record, m *gantrypb.IngestCmd, ch *Changes, sc *pointScratch) error {
 	atMs := m.AtMs
+	seq := job.SeqBase + rec.Seq
 	switch body := rec.Body.(type) {
 	case *gantrypb.Record_Point:
-		if err := f.storeJobPoint(tx, job, rec.Seq, body.Point, m.Keys, ch, sc); err != nil {
+		if err := f.storeJobPoint(tx, job, seq, body.Point, m.Keys, ch, sc); err != nil {
 			return err
 		}
 
 	case *gantrypb.Record_Event:
 		e := body.Event
-		e.Seq = rec.Seq
+		e.Seq = seq
 		if err := tx.PutEvent(job.Id, e); err != nil {
 			return err
 		}
@@ -424,10 +458,11 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 
 	case *gantrypb.Record_Log:
 		l := body.Log
-		if err := tx.PutLog(job.Id, l.Offset, l.Data); err != nil {
+		off := job.LogBase + l.Offset
+		if err := tx.PutLog(job.Id, off, l.Data); err != nil {
 			return err
 		}
-		if end := l.Offset + uint64(len(l.Data)); end > job.LogBytes {
+		if end := off + uint64(len(l.Data)); end > job.LogBytes {
 			job.LogBytes = end
 		}
 
@@ -443,7 +478,7 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 			// Terminal means final: a late exit record (the job was
 			// declared lost while its agent was cut off) does not rewrite
 			// history, but it is kept as an event so nothing is hidden.
-			e := &gantrypb.JobEvent{Seq: rec.Seq, Ts: body.Exit.Ts, Kind: string(lifecycle.EventLateExit),
+			e := &gantrypb.JobEvent{Seq: seq, Ts: body.Exit.Ts, Kind: string(lifecycle.EventLateExit),
 				Message: fmt.Sprintf("exit reported after the job was already %s: %s", job.State, lifecycle.DescribeExit(body.Exit))}
 			if err := tx.PutEvent(job.Id, e); err != nil {
 				return err
@@ -453,15 +488,21 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 			return nil
 		}
 		if n := admitKeys(job.LatestMetrics, body.Exit.FinalMetrics); n > 0 {
-			if err := f.dropKeys(tx, job, rec.Seq, body.Exit.Ts, n, ch); err != nil {
+			if err := f.dropKeys(tx, job, seq, body.Exit.Ts, n, ch); err != nil {
 				return err
 			}
+		}
+		if job.RequeueReason != "" {
+			if st, _ := lifecycle.ClassifyExit(body.Exit, job.CancelRequested); st == gantrypb.JobState_JOB_STATE_CANCELLED {
+				return f.requeue(tx, job, body.Exit, seq, atMs, ch)
+			}
+			// It ended on its own before the stop landed: that is its end.
 		}
 		f.applyExit(job, body.Exit, atMs)
 		return f.alertJobEnd(tx, job, ch)
 
 	case *gantrypb.Record_Condition:
-		return f.applyCondition(tx, job, rec.Seq, body.Condition, atMs, ch)
+		return f.applyCondition(tx, job, seq, body.Condition, atMs, ch)
 
 	default:
 		f.log.Warn("record with unknown body skipped", "job", job.Id, "seq", rec.Seq)
@@ -491,6 +532,7 @@ func (f *FSM) applyCondition(tx *store.Tx, job *gantrypb.Job, seq uint64, c *gan
 	}
 	held := slices.IndexFunc(job.Conditions, func(x *gantrypb.JobCondition) bool { return x.Kind == c.Kind })
 	kind, msg := conditionEvent(c)
+	var action string // what the policy did, worded for people
 	switch {
 	case c.Active && held >= 0, !c.Active && held < 0:
 		return nil
@@ -507,11 +549,9 @@ func (f *FSM) applyCondition(tx *store.Tx, job *gantrypb.Job, seq uint64, c *gan
 		}
 		job.Conditions = append(job.Conditions, &gantrypb.JobCondition{Kind: c.Kind, SinceMs: secondsToMs(c.Ts, atMs),
 			Evidence: c.Evidence, Gpus: slices.Clone(c.Gpus)})
-		if pol := lifecycle.PolicyFor(job.GetSpec().GetHealth(), c.Kind); pol == lifecycle.PolicyCancel && !job.CancelRequested {
-			// The normal cancel path: the leader's scheduler tells the
-			// agent, which stops the job and reports its final metrics.
-			job.CancelRequested = true
-			msg += fmt.Sprintf("; policy %s: cancelling the job", pol)
+		if !job.CancelRequested {
+			action = policyAction(job, c)
+			msg += action
 		}
 	default:
 		job.Conditions = slices.Delete(job.Conditions, held, held+1)
@@ -522,7 +562,7 @@ func (f *FSM) applyCondition(tx *store.Tx, job *gantrypb.Job, seq uint64, c *gan
 	}
 	job.Events++
 	ch.event(job.Id, e)
-	return f.alert(tx, conditionAlert(job, kind, c, secondsToMs(c.Ts, atMs)), ch)
+	return f.alert(tx, conditionAlert(job, kind, c, action, secondsToMs(c.Ts, atMs)), ch)
 }
 
 // clipText cuts s to at most n bytes on a rune boundary (s is valid
@@ -555,6 +595,7 @@ func (f *FSM) applyExit(job *gantrypb.Job, x *gantrypb.JobExit, atMs int64) {
 	}
 	job.State, job.Error = lifecycle.ClassifyExit(x, job.CancelRequested)
 	job.Conditions = nil // an ended job has no current condition; its events remain
+	job.RequeueReason = ""
 }
 
 // secondsToMs converts an agent timestamp, falling back to the leader's

@@ -357,9 +357,14 @@ func (s *Scheduler) Reconcile() {
 			s.start(j)
 		}
 		if j.CancelRequested && s.agents.Connected(j.Node) {
-			s.tell(j.Id, j.Node)
-			err := s.agents.SendOnce(j.Node, cancelKey(j.Id), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Cancel{
-				Cancel: &gantrypb.CancelJob{JobId: j.Id, Reason: "cancelled by user"}}})
+			run := lifecycle.JobRunID(j)
+			s.tell(run, j.Node)
+			reason := "cancelled"
+			if j.RequeueReason != "" {
+				reason = "stopped to be requeued: " + j.RequeueReason
+			}
+			err := s.agents.SendOnce(j.Node, cancelKey(run), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Cancel{
+				Cancel: &gantrypb.CancelJob{JobId: run, Reason: clip(reason, limits.MaxEventMessageBytes)}}})
 			if err != nil {
 				s.log.Warn("scheduler: send cancel", "job", j.Id, "node", j.Node, "err", err)
 			}
@@ -459,9 +464,12 @@ func (s *Scheduler) start(j *gantrypb.Job) {
 	if !s.agents.Connected(j.Node) {
 		return
 	}
-	s.tell(j.Id, j.Node)
-	err := s.agents.SendOnce(j.Node, startKey(j.Id), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Start{
-		Start: &gantrypb.StartJob{JobId: j.Id, Spec: j.Spec, Gpus: j.Gpus}}})
+	// The agent runs the job's current attempt under its run id: a
+	// requeued job is a new run there, started once like any other.
+	run := lifecycle.JobRunID(j)
+	s.tell(run, j.Node)
+	err := s.agents.SendOnce(j.Node, startKey(run), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Start{
+		Start: &gantrypb.StartJob{JobId: run, Spec: j.Spec, Gpus: j.Gpus}}})
 	if err != nil {
 		s.log.Warn("scheduler: send start", "job", j.Id, "node", j.Node, "err", err)
 	}
@@ -476,7 +484,7 @@ func (s *Scheduler) forgetEnded(live []*gantrypb.Job) {
 	}
 	alive := make(map[string]bool, len(live))
 	for _, j := range live {
-		alive[j.Id] = true
+		alive[lifecycle.JobRunID(j)] = true
 	}
 	for id, nodes := range s.told {
 		if alive[id] {
@@ -490,7 +498,8 @@ func (s *Scheduler) forgetEnded(live []*gantrypb.Job) {
 	}
 }
 
-// tell records that a start or cancel of job id was sent to node.
+// tell records that a start or cancel of run id (lifecycle.RunID) was
+// sent to node.
 func (s *Scheduler) tell(id, node string) {
 	if s.told[id] == nil {
 		s.told[id] = map[string]bool{}
@@ -498,6 +507,6 @@ func (s *Scheduler) tell(id, node string) {
 	s.told[id][node] = true
 }
 
-// startKey and cancelKey are the SendOnce keys of a job's messages.
+// startKey and cancelKey are the SendOnce keys of a run's messages.
 func startKey(id string) string  { return "start/" + id }
 func cancelKey(id string) string { return "cancel/" + id }

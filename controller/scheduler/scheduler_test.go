@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -523,5 +524,43 @@ func TestNodeCandidate(t *testing.T) {
 	c := NodeCandidate(n, used(1))
 	if !c.Drained || !c.Unusable[0] || !c.Unusable[2] || c.Unusable[1] || !c.Used[1] {
 		t.Errorf("candidate %+v", c)
+	}
+}
+
+// TestReconcileRequeuedJobIsANewRun: a requeue policy's stop is sent
+// under the attempt's run id with its reason; the next attempt is placed
+// again and started under its own run id (a new SendOnce key, so an agent
+// that ran the first attempt starts it), and the old run's keys are
+// forgotten.
+func TestReconcileRequeuedJobIsANewRun(t *testing.T) {
+	e := newEnv(t)
+	e.node("n1", 1, true)
+	e.must(&gantrypb.SubmitJobCmd{JobId: "j", Spec: &gantrypb.JobSpec{Run: "x", Resources: &gantrypb.Resources{Gpus: 1},
+		Health: &gantrypb.HealthSpec{OnStall: lifecycle.PolicyRequeue}}, AtMs: 1})
+	e.s.Reconcile()
+	if s := e.agents.take(); len(s) != 1 || s[0].key != "start/j" {
+		t.Fatalf("sent %v, want start/j", s)
+	}
+	e.must(&gantrypb.IngestCmd{NodeId: "n1", Records: []*gantrypb.Record{
+		{JobId: "j", Seq: 1, Body: &gantrypb.Record_Started{Started: &gantrypb.JobStarted{Pid: 1}}},
+		{JobId: "j", Seq: 2, Body: &gantrypb.Record_Condition{Condition: &gantrypb.HealthCondition{Kind: lifecycle.CondHung, Active: true, Evidence: "pegged"}}},
+	}})
+	e.s.Reconcile()
+	s := e.agents.take()
+	if len(s) != 1 || s[0].key != "cancel/j" || !strings.Contains(s[0].msg.GetCancel().GetReason(), "requeued: hung: pegged") {
+		t.Fatalf("sent %v, want cancel/j saying it is requeued", s)
+	}
+	e.must(&gantrypb.IngestCmd{NodeId: "n1", Records: []*gantrypb.Record{{JobId: "j", Seq: 3,
+		Body: &gantrypb.Record_Exit{Exit: &gantrypb.JobExit{Reason: "cancelled", Signal: "SIGTERM"}}}}})
+	e.s.Reconcile()
+	s = e.agents.take()
+	if len(s) != 1 || s[0].key != "start/j~1" || s[0].msg.GetStart().GetJobId() != "j~1" {
+		t.Fatalf("sent %v, want start/j~1", s)
+	}
+	if j := e.job("j"); j.State != gantrypb.JobState_JOB_STATE_ASSIGNED || j.Attempt != 1 || j.Node != "n1" {
+		t.Fatalf("job %v, want attempt 1 assigned to n1", j)
+	}
+	if f := e.agents.takeForgot(); !slices.Equal(f, []string{"n1 cancel/j", "n1 start/j"}) {
+		t.Errorf("forgot %v, want the first run's keys", f)
 	}
 }

@@ -73,14 +73,19 @@ type blobSource struct {
 	blobs *blobpeers.Peers
 }
 
-func (b blobSource) OpenBlob(ctx context.Context, node, jobID, digest string) (io.ReadCloser, int64, error) {
+func (b blobSource) OpenBlob(ctx context.Context, node, runID, digest string) (io.ReadCloser, int64, error) {
+	// The agent asks by run id: only the job's current attempt may fetch.
+	jobID, attempt, ok := lifecycle.ParseRunID(runID)
+	if !ok {
+		return nil, 0, fmt.Errorf("no live job %q of this node", runID)
+	}
 	var job *gantrypb.Job
 	err := b.st.View(func(tx *store.Tx) error {
 		var err error
 		job, err = tx.Job(jobID)
 		return err
 	})
-	if errors.Is(err, store.ErrNotFound) || (err == nil && (!lifecycle.RunsOn(job, node) || lifecycle.IsTerminal(job.State))) {
+	if errors.Is(err, store.ErrNotFound) || (err == nil && (job.Attempt != attempt || !lifecycle.RunsOn(job, node) || lifecycle.IsTerminal(job.State))) {
 		return nil, 0, fmt.Errorf("no live job %q of this node", jobID)
 	}
 	if err != nil {

@@ -502,12 +502,30 @@ func (o jobOwners) JobNodes(ids []string) (map[string][]string, error) {
 	out := make(map[string][]string, len(ids))
 	err := o.st.View(func(tx *store.Tx) error {
 		for _, id := range ids {
-			job, err := tx.Job(id)
+			// ids are run ids (lifecycle.RunID): one attempt of a job.
+			jobID, attempt, ok := lifecycle.ParseRunID(id)
+			if !ok {
+				continue
+			}
+			job, err := tx.Job(jobID)
 			if errors.Is(err, store.ErrNotFound) {
 				continue
 			}
 			if err != nil {
 				return err
+			}
+			if attempt < job.Attempt {
+				// An earlier attempt's node: its replays are duplicates
+				// there, forgeries anywhere else.
+				for _, a := range job.Attempts {
+					if a.Attempt == attempt && a.Node != "" {
+						out[id] = []string{a.Node}
+					}
+				}
+				continue
+			}
+			if attempt > job.Attempt {
+				continue // not started: the FSM refuses it at its place in the log
 			}
 			// Every rank's node, ended or not: a replay of an ended
 			// rank's acked records is a duplicate, not a forgery.

@@ -65,6 +65,7 @@ func healthSpec(h *apiv1.HealthSpec) *gantrypb.HealthSpec {
 		IdlePowerW:     h.IdlePowerW,
 		OnStall:        h.OnStall,
 		OnIdle:         h.OnIdle,
+		MaxRequeues:    uint32(min(max(h.MaxRequeues, 0), lifecycle.MaxRequeuesLimit)),
 		Disabled:       h.Disabled,
 	}
 }
@@ -77,6 +78,7 @@ func apiHealthSpec(h *gantrypb.HealthSpec) *apiv1.HealthSpec {
 	return &apiv1.HealthSpec{
 		StallAfter: ms(h.StallAfterMs), StartupGrace: ms(h.StartupGraceMs), IdleAfter: ms(h.IdleAfterMs),
 		IdleUtilPct: h.IdleUtilPct, IdlePowerW: h.IdlePowerW, OnStall: h.OnStall, OnIdle: h.OnIdle, Disabled: h.Disabled,
+		MaxRequeues: int(h.MaxRequeues),
 	}
 }
 
@@ -152,6 +154,10 @@ func Job(j *gantrypb.Job) apiv1.Job {
 		out.ExitCode = &c
 	}
 	out.MasterAddr, out.MasterPort = j.MasterAddr, int(j.MasterPort)
+	out.Attempt, out.Requeuing = int(j.Attempt)+1, j.RequeueReason
+	for _, a := range j.Attempts {
+		out.Attempts = append(out.Attempts, attempt(a))
+	}
 	for _, r := range j.Ranks {
 		ar := apiv1.Rank{Rank: int(r.Rank), Node: r.Node, GPUs: make([]int, len(r.Gpus)), State: State(r.State),
 			Signal: r.Signal, Error: r.Error, PID: r.Pid, StartedAt: msTime(r.StartedAtMs), FinishedAt: msTime(r.FinishedAtMs),
@@ -170,6 +176,25 @@ func Job(j *gantrypb.Job) apiv1.Job {
 		if out.FinalMetrics == nil {
 			out.FinalMetrics = map[string]float64{}
 		}
+	}
+	return out
+}
+
+// attempt converts an earlier attempt of a job.
+func attempt(a *gantrypb.Attempt) apiv1.Attempt {
+	out := apiv1.Attempt{Attempt: int(a.Attempt) + 1, Node: a.Node, GPUs: make([]int, len(a.Gpus)),
+		StartedAt: msTime(a.StartedAtMs), FinishedAt: msTime(a.FinishedAtMs), Signal: a.Signal,
+		FinalMetrics: a.FinalMetrics, Reason: a.Reason, LogTail: a.LogTail,
+		FirstSeq: a.FirstSeq, LastSeq: a.LastSeq, LogStart: a.LogStart, LogEnd: a.LogEnd}
+	for i, g := range a.Gpus {
+		out.GPUs[i] = int(g)
+	}
+	if a.ExitCode != nil {
+		c := int(*a.ExitCode)
+		out.ExitCode = &c
+	}
+	if out.FinalMetrics == nil {
+		out.FinalMetrics = map[string]float64{}
 	}
 	return out
 }

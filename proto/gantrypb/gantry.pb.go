@@ -371,11 +371,16 @@ type HealthSpec struct {
 	IdleUtilPct float64 `protobuf:"fixed64,4,opt,name=idle_util_pct,json=idleUtilPct,proto3" json:"idle_util_pct,omitempty"`
 	IdlePowerW  float64 `protobuf:"fixed64,5,opt,name=idle_power_w,json=idlePowerW,proto3" json:"idle_power_w,omitempty"`
 	// on_stall and on_idle: "notify" (or empty) only reports; "cancel"
-	// cancels the job through the normal cancel path. on_stall covers hung.
+	// cancels the job through the normal cancel path; "requeue" stops it the
+	// same way and queues it again as a new attempt (single-node jobs).
+	// on_stall covers hung.
 	OnStall string `protobuf:"bytes,6,opt,name=on_stall,json=onStall,proto3" json:"on_stall,omitempty"`
 	OnIdle  string `protobuf:"bytes,7,opt,name=on_idle,json=onIdle,proto3" json:"on_idle,omitempty"`
 	// disabled turns every health check of the job off.
-	Disabled      bool `protobuf:"varint,8,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	Disabled bool `protobuf:"varint,8,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	// max_requeues bounds the attempts a requeue policy may add; past it,
+	// the policy cancels. 0: lifecycle.DefaultMaxRequeues.
+	MaxRequeues   uint32 `protobuf:"varint,9,opt,name=max_requeues,json=maxRequeues,proto3" json:"max_requeues,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -466,6 +471,175 @@ func (x *HealthSpec) GetDisabled() bool {
 	return false
 }
 
+func (x *HealthSpec) GetMaxRequeues() uint32 {
+	if x != nil {
+		return x.MaxRequeues
+	}
+	return 0
+}
+
+// Attempt is an earlier run of a job that a requeue policy stopped. What
+// it reported is kept here, final metrics included (invariant I2).
+type Attempt struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// attempt numbers runs from 0, the job's first.
+	Attempt      uint32             `protobuf:"varint,1,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Node         string             `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Gpus         []uint32           `protobuf:"varint,3,rep,packed,name=gpus,proto3" json:"gpus,omitempty"`
+	AssignedAtMs int64              `protobuf:"varint,4,opt,name=assigned_at_ms,json=assignedAtMs,proto3" json:"assigned_at_ms,omitempty"`
+	StartedAtMs  int64              `protobuf:"varint,5,opt,name=started_at_ms,json=startedAtMs,proto3" json:"started_at_ms,omitempty"`
+	FinishedAtMs int64              `protobuf:"varint,6,opt,name=finished_at_ms,json=finishedAtMs,proto3" json:"finished_at_ms,omitempty"`
+	ExitCode     *int32             `protobuf:"varint,7,opt,name=exit_code,json=exitCode,proto3,oneof" json:"exit_code,omitempty"`
+	Signal       string             `protobuf:"bytes,8,opt,name=signal,proto3" json:"signal,omitempty"`
+	FinalMetrics map[string]float64 `protobuf:"bytes,9,rep,name=final_metrics,json=finalMetrics,proto3" json:"final_metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	// reason says why it was requeued: the condition and its evidence.
+	Reason  string `protobuf:"bytes,10,opt,name=reason,proto3" json:"reason,omitempty"`
+	LogTail string `protobuf:"bytes,11,opt,name=log_tail,json=logTail,proto3" json:"log_tail,omitempty"`
+	// first_seq and last_seq bound the seqs of its points and events in the
+	// job's streams; log_start and log_end bound its bytes of the job's log.
+	FirstSeq      uint64 `protobuf:"varint,12,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	LastSeq       uint64 `protobuf:"varint,13,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	LogStart      uint64 `protobuf:"varint,14,opt,name=log_start,json=logStart,proto3" json:"log_start,omitempty"`
+	LogEnd        uint64 `protobuf:"varint,15,opt,name=log_end,json=logEnd,proto3" json:"log_end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Attempt) Reset() {
+	*x = Attempt{}
+	mi := &file_gantry_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Attempt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Attempt) ProtoMessage() {}
+
+func (x *Attempt) ProtoReflect() protoreflect.Message {
+	mi := &file_gantry_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Attempt.ProtoReflect.Descriptor instead.
+func (*Attempt) Descriptor() ([]byte, []int) {
+	return file_gantry_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Attempt) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *Attempt) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Attempt) GetGpus() []uint32 {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+func (x *Attempt) GetAssignedAtMs() int64 {
+	if x != nil {
+		return x.AssignedAtMs
+	}
+	return 0
+}
+
+func (x *Attempt) GetStartedAtMs() int64 {
+	if x != nil {
+		return x.StartedAtMs
+	}
+	return 0
+}
+
+func (x *Attempt) GetFinishedAtMs() int64 {
+	if x != nil {
+		return x.FinishedAtMs
+	}
+	return 0
+}
+
+func (x *Attempt) GetExitCode() int32 {
+	if x != nil && x.ExitCode != nil {
+		return *x.ExitCode
+	}
+	return 0
+}
+
+func (x *Attempt) GetSignal() string {
+	if x != nil {
+		return x.Signal
+	}
+	return ""
+}
+
+func (x *Attempt) GetFinalMetrics() map[string]float64 {
+	if x != nil {
+		return x.FinalMetrics
+	}
+	return nil
+}
+
+func (x *Attempt) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Attempt) GetLogTail() string {
+	if x != nil {
+		return x.LogTail
+	}
+	return ""
+}
+
+func (x *Attempt) GetFirstSeq() uint64 {
+	if x != nil {
+		return x.FirstSeq
+	}
+	return 0
+}
+
+func (x *Attempt) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *Attempt) GetLogStart() uint64 {
+	if x != nil {
+		return x.LogStart
+	}
+	return 0
+}
+
+func (x *Attempt) GetLogEnd() uint64 {
+	if x != nil {
+		return x.LogEnd
+	}
+	return 0
+}
+
 // JobCondition is a health condition that holds for a job now.
 type JobCondition struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -483,7 +657,7 @@ type JobCondition struct {
 
 func (x *JobCondition) Reset() {
 	*x = JobCondition{}
-	mi := &file_gantry_proto_msgTypes[3]
+	mi := &file_gantry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +669,7 @@ func (x *JobCondition) String() string {
 func (*JobCondition) ProtoMessage() {}
 
 func (x *JobCondition) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[3]
+	mi := &file_gantry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +682,7 @@ func (x *JobCondition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCondition.ProtoReflect.Descriptor instead.
 func (*JobCondition) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{3}
+	return file_gantry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *JobCondition) GetKind() string {
@@ -579,15 +753,32 @@ type Job struct {
 	Ranks []*Rank `protobuf:"bytes,30,rep,name=ranks,proto3" json:"ranks,omitempty"`
 	// master_addr and master_port are the rendezvous address every rank
 	// gets (rank 0's host, a port the leader chose).
-	MasterAddr    string `protobuf:"bytes,31,opt,name=master_addr,json=masterAddr,proto3" json:"master_addr,omitempty"`
-	MasterPort    uint32 `protobuf:"varint,32,opt,name=master_port,json=masterPort,proto3" json:"master_port,omitempty"`
+	MasterAddr string `protobuf:"bytes,31,opt,name=master_addr,json=masterAddr,proto3" json:"master_addr,omitempty"`
+	MasterPort uint32 `protobuf:"varint,32,opt,name=master_port,json=masterPort,proto3" json:"master_port,omitempty"`
+	// attempt is the current run of the job, 0 for the first. A requeue
+	// starts the next one under its own run id (lifecycle.RunID), so the
+	// agent's streams and run-once rule are per attempt.
+	Attempt uint32 `protobuf:"varint,40,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// attempts are the earlier runs, oldest first.
+	Attempts []*Attempt `protobuf:"bytes,41,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	// seq_base and log_base are added to the current attempt's record seqs
+	// and log offsets: a job's stored points, events and log stay one
+	// increasing sequence across attempts.
+	SeqBase uint64 `protobuf:"varint,42,opt,name=seq_base,json=seqBase,proto3" json:"seq_base,omitempty"`
+	LogBase uint64 `protobuf:"varint,43,opt,name=log_base,json=logBase,proto3" json:"log_base,omitempty"`
+	// requeue_reason is set while a requeue policy is stopping the job: its
+	// exit then queues it again instead of ending it.
+	RequeueReason string `protobuf:"bytes,44,opt,name=requeue_reason,json=requeueReason,proto3" json:"requeue_reason,omitempty"`
+	// queued_at_ms is when a requeue queued the job again (0: never); the
+	// queue timeout counts from it.
+	QueuedAtMs    int64 `protobuf:"varint,45,opt,name=queued_at_ms,json=queuedAtMs,proto3" json:"queued_at_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_gantry_proto_msgTypes[4]
+	mi := &file_gantry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -599,7 +790,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[4]
+	mi := &file_gantry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -612,7 +803,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{4}
+	return file_gantry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Job) GetId() string {
@@ -811,6 +1002,48 @@ func (x *Job) GetMasterPort() uint32 {
 	return 0
 }
 
+func (x *Job) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *Job) GetAttempts() []*Attempt {
+	if x != nil {
+		return x.Attempts
+	}
+	return nil
+}
+
+func (x *Job) GetSeqBase() uint64 {
+	if x != nil {
+		return x.SeqBase
+	}
+	return 0
+}
+
+func (x *Job) GetLogBase() uint64 {
+	if x != nil {
+		return x.LogBase
+	}
+	return 0
+}
+
+func (x *Job) GetRequeueReason() string {
+	if x != nil {
+		return x.RequeueReason
+	}
+	return ""
+}
+
+func (x *Job) GetQueuedAtMs() int64 {
+	if x != nil {
+		return x.QueuedAtMs
+	}
+	return 0
+}
+
 // Rank is one node's share of a multi-node job. The controller derives a
 // record's rank from the node that sent it, never from the record.
 type Rank struct {
@@ -846,7 +1079,7 @@ type Rank struct {
 
 func (x *Rank) Reset() {
 	*x = Rank{}
-	mi := &file_gantry_proto_msgTypes[5]
+	mi := &file_gantry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -858,7 +1091,7 @@ func (x *Rank) String() string {
 func (*Rank) ProtoMessage() {}
 
 func (x *Rank) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[5]
+	mi := &file_gantry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -871,7 +1104,7 @@ func (x *Rank) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rank.ProtoReflect.Descriptor instead.
 func (*Rank) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{5}
+	return file_gantry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Rank) GetRank() uint32 {
@@ -1019,7 +1252,7 @@ type MetricPoint struct {
 
 func (x *MetricPoint) Reset() {
 	*x = MetricPoint{}
-	mi := &file_gantry_proto_msgTypes[6]
+	mi := &file_gantry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1264,7 @@ func (x *MetricPoint) String() string {
 func (*MetricPoint) ProtoMessage() {}
 
 func (x *MetricPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[6]
+	mi := &file_gantry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1277,7 @@ func (x *MetricPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricPoint.ProtoReflect.Descriptor instead.
 func (*MetricPoint) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{6}
+	return file_gantry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MetricPoint) GetSeq() uint64 {
@@ -1124,7 +1357,7 @@ type GPUStat struct {
 
 func (x *GPUStat) Reset() {
 	*x = GPUStat{}
-	mi := &file_gantry_proto_msgTypes[7]
+	mi := &file_gantry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1369,7 @@ func (x *GPUStat) String() string {
 func (*GPUStat) ProtoMessage() {}
 
 func (x *GPUStat) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[7]
+	mi := &file_gantry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1382,7 @@ func (x *GPUStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUStat.ProtoReflect.Descriptor instead.
 func (*GPUStat) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{7}
+	return file_gantry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GPUStat) GetIndex() uint32 {
@@ -1248,7 +1481,7 @@ type GPUSample struct {
 
 func (x *GPUSample) Reset() {
 	*x = GPUSample{}
-	mi := &file_gantry_proto_msgTypes[8]
+	mi := &file_gantry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1493,7 @@ func (x *GPUSample) String() string {
 func (*GPUSample) ProtoMessage() {}
 
 func (x *GPUSample) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[8]
+	mi := &file_gantry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1506,7 @@ func (x *GPUSample) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUSample.ProtoReflect.Descriptor instead.
 func (*GPUSample) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{8}
+	return file_gantry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GPUSample) GetSeq() uint64 {
@@ -1310,7 +1543,7 @@ type GPUInfo struct {
 
 func (x *GPUInfo) Reset() {
 	*x = GPUInfo{}
-	mi := &file_gantry_proto_msgTypes[9]
+	mi := &file_gantry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1322,7 +1555,7 @@ func (x *GPUInfo) String() string {
 func (*GPUInfo) ProtoMessage() {}
 
 func (x *GPUInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[9]
+	mi := &file_gantry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1335,7 +1568,7 @@ func (x *GPUInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUInfo.ProtoReflect.Descriptor instead.
 func (*GPUInfo) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{9}
+	return file_gantry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GPUInfo) GetIndex() uint32 {
@@ -1381,7 +1614,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_gantry_proto_msgTypes[10]
+	mi := &file_gantry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1626,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[10]
+	mi := &file_gantry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1639,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{10}
+	return file_gantry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *JobEvent) GetSeq() uint64 {
@@ -1455,7 +1688,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_gantry_proto_msgTypes[11]
+	mi := &file_gantry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1467,7 +1700,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[11]
+	mi := &file_gantry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1480,7 +1713,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{11}
+	return file_gantry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LogChunk) GetOffset() uint64 {
@@ -1507,7 +1740,7 @@ type JobStarted struct {
 
 func (x *JobStarted) Reset() {
 	*x = JobStarted{}
-	mi := &file_gantry_proto_msgTypes[12]
+	mi := &file_gantry_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +1752,7 @@ func (x *JobStarted) String() string {
 func (*JobStarted) ProtoMessage() {}
 
 func (x *JobStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[12]
+	mi := &file_gantry_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +1765,7 @@ func (x *JobStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStarted.ProtoReflect.Descriptor instead.
 func (*JobStarted) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{12}
+	return file_gantry_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *JobStarted) GetPid() int64 {
@@ -1567,7 +1800,7 @@ type JobExit struct {
 
 func (x *JobExit) Reset() {
 	*x = JobExit{}
-	mi := &file_gantry_proto_msgTypes[13]
+	mi := &file_gantry_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +1812,7 @@ func (x *JobExit) String() string {
 func (*JobExit) ProtoMessage() {}
 
 func (x *JobExit) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[13]
+	mi := &file_gantry_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +1825,7 @@ func (x *JobExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobExit.ProtoReflect.Descriptor instead.
 func (*JobExit) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{13}
+	return file_gantry_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *JobExit) GetExitCode() int32 {
@@ -1667,7 +1900,7 @@ type Record struct {
 
 func (x *Record) Reset() {
 	*x = Record{}
-	mi := &file_gantry_proto_msgTypes[14]
+	mi := &file_gantry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1679,7 +1912,7 @@ func (x *Record) String() string {
 func (*Record) ProtoMessage() {}
 
 func (x *Record) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[14]
+	mi := &file_gantry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1692,7 +1925,7 @@ func (x *Record) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Record.ProtoReflect.Descriptor instead.
 func (*Record) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{14}
+	return file_gantry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Record) GetJobId() string {
@@ -1844,7 +2077,7 @@ type HealthCondition struct {
 
 func (x *HealthCondition) Reset() {
 	*x = HealthCondition{}
-	mi := &file_gantry_proto_msgTypes[15]
+	mi := &file_gantry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1856,7 +2089,7 @@ func (x *HealthCondition) String() string {
 func (*HealthCondition) ProtoMessage() {}
 
 func (x *HealthCondition) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[15]
+	mi := &file_gantry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1869,7 +2102,7 @@ func (x *HealthCondition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCondition.ProtoReflect.Descriptor instead.
 func (*HealthCondition) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{15}
+	return file_gantry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HealthCondition) GetTs() float64 {
@@ -1936,7 +2169,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_gantry_proto_msgTypes[16]
+	mi := &file_gantry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1948,7 +2181,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[16]
+	mi := &file_gantry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1961,7 +2194,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{16}
+	return file_gantry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Node) GetId() string {
@@ -2046,7 +2279,7 @@ type GPUHealth struct {
 
 func (x *GPUHealth) Reset() {
 	*x = GPUHealth{}
-	mi := &file_gantry_proto_msgTypes[17]
+	mi := &file_gantry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2058,7 +2291,7 @@ func (x *GPUHealth) String() string {
 func (*GPUHealth) ProtoMessage() {}
 
 func (x *GPUHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[17]
+	mi := &file_gantry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2071,7 +2304,7 @@ func (x *GPUHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUHealth.ProtoReflect.Descriptor instead.
 func (*GPUHealth) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{17}
+	return file_gantry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GPUHealth) GetIndex() uint32 {
@@ -2113,7 +2346,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_gantry_proto_msgTypes[18]
+	mi := &file_gantry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2125,7 +2358,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[18]
+	mi := &file_gantry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2138,7 +2371,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{18}
+	return file_gantry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Hello) GetNodeId() string {
@@ -2203,7 +2436,7 @@ type HelloReply struct {
 
 func (x *HelloReply) Reset() {
 	*x = HelloReply{}
-	mi := &file_gantry_proto_msgTypes[19]
+	mi := &file_gantry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2215,7 +2448,7 @@ func (x *HelloReply) String() string {
 func (*HelloReply) ProtoMessage() {}
 
 func (x *HelloReply) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[19]
+	mi := &file_gantry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2228,7 +2461,7 @@ func (x *HelloReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloReply.ProtoReflect.Descriptor instead.
 func (*HelloReply) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{19}
+	return file_gantry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HelloReply) GetOk() bool {
@@ -2279,7 +2512,7 @@ type BlobRequest struct {
 
 func (x *BlobRequest) Reset() {
 	*x = BlobRequest{}
-	mi := &file_gantry_proto_msgTypes[20]
+	mi := &file_gantry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2291,7 +2524,7 @@ func (x *BlobRequest) String() string {
 func (*BlobRequest) ProtoMessage() {}
 
 func (x *BlobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[20]
+	mi := &file_gantry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2304,7 +2537,7 @@ func (x *BlobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobRequest.ProtoReflect.Descriptor instead.
 func (*BlobRequest) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{20}
+	return file_gantry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BlobRequest) GetJobId() string {
@@ -2332,7 +2565,7 @@ type BlobReply struct {
 
 func (x *BlobReply) Reset() {
 	*x = BlobReply{}
-	mi := &file_gantry_proto_msgTypes[21]
+	mi := &file_gantry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2344,7 +2577,7 @@ func (x *BlobReply) String() string {
 func (*BlobReply) ProtoMessage() {}
 
 func (x *BlobReply) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[21]
+	mi := &file_gantry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2357,7 +2590,7 @@ func (x *BlobReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobReply.ProtoReflect.Descriptor instead.
 func (*BlobReply) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{21}
+	return file_gantry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BlobReply) GetOk() bool {
@@ -2390,7 +2623,7 @@ type BlobChunk struct {
 
 func (x *BlobChunk) Reset() {
 	*x = BlobChunk{}
-	mi := &file_gantry_proto_msgTypes[22]
+	mi := &file_gantry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2402,7 +2635,7 @@ func (x *BlobChunk) String() string {
 func (*BlobChunk) ProtoMessage() {}
 
 func (x *BlobChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[22]
+	mi := &file_gantry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2415,7 +2648,7 @@ func (x *BlobChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobChunk.ProtoReflect.Descriptor instead.
 func (*BlobChunk) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{22}
+	return file_gantry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BlobChunk) GetData() []byte {
@@ -2442,7 +2675,7 @@ type StartJob struct {
 
 func (x *StartJob) Reset() {
 	*x = StartJob{}
-	mi := &file_gantry_proto_msgTypes[23]
+	mi := &file_gantry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2454,7 +2687,7 @@ func (x *StartJob) String() string {
 func (*StartJob) ProtoMessage() {}
 
 func (x *StartJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[23]
+	mi := &file_gantry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2467,7 +2700,7 @@ func (x *StartJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJob.ProtoReflect.Descriptor instead.
 func (*StartJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{23}
+	return file_gantry_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StartJob) GetJobId() string {
@@ -2529,7 +2762,7 @@ type CancelJob struct {
 
 func (x *CancelJob) Reset() {
 	*x = CancelJob{}
-	mi := &file_gantry_proto_msgTypes[24]
+	mi := &file_gantry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2541,7 +2774,7 @@ func (x *CancelJob) String() string {
 func (*CancelJob) ProtoMessage() {}
 
 func (x *CancelJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[24]
+	mi := &file_gantry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2554,7 +2787,7 @@ func (x *CancelJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJob.ProtoReflect.Descriptor instead.
 func (*CancelJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{24}
+	return file_gantry_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CancelJob) GetJobId() string {
@@ -2587,7 +2820,7 @@ type ControlMessage struct {
 
 func (x *ControlMessage) Reset() {
 	*x = ControlMessage{}
-	mi := &file_gantry_proto_msgTypes[25]
+	mi := &file_gantry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2599,7 +2832,7 @@ func (x *ControlMessage) String() string {
 func (*ControlMessage) ProtoMessage() {}
 
 func (x *ControlMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[25]
+	mi := &file_gantry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2612,7 +2845,7 @@ func (x *ControlMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlMessage.ProtoReflect.Descriptor instead.
 func (*ControlMessage) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{25}
+	return file_gantry_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ControlMessage) GetMsg() isControlMessage_Msg {
@@ -2700,7 +2933,7 @@ type RecordBatch struct {
 
 func (x *RecordBatch) Reset() {
 	*x = RecordBatch{}
-	mi := &file_gantry_proto_msgTypes[26]
+	mi := &file_gantry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2712,7 +2945,7 @@ func (x *RecordBatch) String() string {
 func (*RecordBatch) ProtoMessage() {}
 
 func (x *RecordBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[26]
+	mi := &file_gantry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2725,7 +2958,7 @@ func (x *RecordBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordBatch.ProtoReflect.Descriptor instead.
 func (*RecordBatch) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{26}
+	return file_gantry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RecordBatch) GetBatchId() uint64 {
@@ -2760,7 +2993,7 @@ type BatchAck struct {
 
 func (x *BatchAck) Reset() {
 	*x = BatchAck{}
-	mi := &file_gantry_proto_msgTypes[27]
+	mi := &file_gantry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2772,7 +3005,7 @@ func (x *BatchAck) String() string {
 func (*BatchAck) ProtoMessage() {}
 
 func (x *BatchAck) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[27]
+	mi := &file_gantry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2785,7 +3018,7 @@ func (x *BatchAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchAck.ProtoReflect.Descriptor instead.
 func (*BatchAck) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{27}
+	return file_gantry_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BatchAck) GetBatchId() uint64 {
@@ -2813,7 +3046,7 @@ type SubmitJobCmd struct {
 
 func (x *SubmitJobCmd) Reset() {
 	*x = SubmitJobCmd{}
-	mi := &file_gantry_proto_msgTypes[28]
+	mi := &file_gantry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2825,7 +3058,7 @@ func (x *SubmitJobCmd) String() string {
 func (*SubmitJobCmd) ProtoMessage() {}
 
 func (x *SubmitJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[28]
+	mi := &file_gantry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2838,7 +3071,7 @@ func (x *SubmitJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobCmd.ProtoReflect.Descriptor instead.
 func (*SubmitJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{28}
+	return file_gantry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SubmitJobCmd) GetJobId() string {
@@ -2874,7 +3107,7 @@ type AssignJobCmd struct {
 
 func (x *AssignJobCmd) Reset() {
 	*x = AssignJobCmd{}
-	mi := &file_gantry_proto_msgTypes[29]
+	mi := &file_gantry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2886,7 +3119,7 @@ func (x *AssignJobCmd) String() string {
 func (*AssignJobCmd) ProtoMessage() {}
 
 func (x *AssignJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[29]
+	mi := &file_gantry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2899,7 +3132,7 @@ func (x *AssignJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignJobCmd.ProtoReflect.Descriptor instead.
 func (*AssignJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{29}
+	return file_gantry_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AssignJobCmd) GetJobId() string {
@@ -2945,7 +3178,7 @@ type AssignGangCmd struct {
 
 func (x *AssignGangCmd) Reset() {
 	*x = AssignGangCmd{}
-	mi := &file_gantry_proto_msgTypes[30]
+	mi := &file_gantry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2957,7 +3190,7 @@ func (x *AssignGangCmd) String() string {
 func (*AssignGangCmd) ProtoMessage() {}
 
 func (x *AssignGangCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[30]
+	mi := &file_gantry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2970,7 +3203,7 @@ func (x *AssignGangCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignGangCmd.ProtoReflect.Descriptor instead.
 func (*AssignGangCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{30}
+	return file_gantry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AssignGangCmd) GetJobId() string {
@@ -3019,7 +3252,7 @@ type GangRank struct {
 
 func (x *GangRank) Reset() {
 	*x = GangRank{}
-	mi := &file_gantry_proto_msgTypes[31]
+	mi := &file_gantry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3031,7 +3264,7 @@ func (x *GangRank) String() string {
 func (*GangRank) ProtoMessage() {}
 
 func (x *GangRank) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[31]
+	mi := &file_gantry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3044,7 +3277,7 @@ func (x *GangRank) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GangRank.ProtoReflect.Descriptor instead.
 func (*GangRank) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{31}
+	return file_gantry_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GangRank) GetNodeId() string {
@@ -3071,7 +3304,7 @@ type CancelJobCmd struct {
 
 func (x *CancelJobCmd) Reset() {
 	*x = CancelJobCmd{}
-	mi := &file_gantry_proto_msgTypes[32]
+	mi := &file_gantry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3083,7 +3316,7 @@ func (x *CancelJobCmd) String() string {
 func (*CancelJobCmd) ProtoMessage() {}
 
 func (x *CancelJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[32]
+	mi := &file_gantry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3096,7 +3329,7 @@ func (x *CancelJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobCmd.ProtoReflect.Descriptor instead.
 func (*CancelJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{32}
+	return file_gantry_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CancelJobCmd) GetJobId() string {
@@ -3126,7 +3359,7 @@ type IngestCmd struct {
 
 func (x *IngestCmd) Reset() {
 	*x = IngestCmd{}
-	mi := &file_gantry_proto_msgTypes[33]
+	mi := &file_gantry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3138,7 +3371,7 @@ func (x *IngestCmd) String() string {
 func (*IngestCmd) ProtoMessage() {}
 
 func (x *IngestCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[33]
+	mi := &file_gantry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3151,7 +3384,7 @@ func (x *IngestCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestCmd.ProtoReflect.Descriptor instead.
 func (*IngestCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{33}
+	return file_gantry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *IngestCmd) GetNodeId() string {
@@ -3193,7 +3426,7 @@ type NodeUpCmd struct {
 
 func (x *NodeUpCmd) Reset() {
 	*x = NodeUpCmd{}
-	mi := &file_gantry_proto_msgTypes[34]
+	mi := &file_gantry_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3205,7 +3438,7 @@ func (x *NodeUpCmd) String() string {
 func (*NodeUpCmd) ProtoMessage() {}
 
 func (x *NodeUpCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[34]
+	mi := &file_gantry_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3218,7 +3451,7 @@ func (x *NodeUpCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeUpCmd.ProtoReflect.Descriptor instead.
 func (*NodeUpCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{34}
+	return file_gantry_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NodeUpCmd) GetNode() *Node {
@@ -3252,7 +3485,7 @@ type NodeDownCmd struct {
 
 func (x *NodeDownCmd) Reset() {
 	*x = NodeDownCmd{}
-	mi := &file_gantry_proto_msgTypes[35]
+	mi := &file_gantry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3264,7 +3497,7 @@ func (x *NodeDownCmd) String() string {
 func (*NodeDownCmd) ProtoMessage() {}
 
 func (x *NodeDownCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[35]
+	mi := &file_gantry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3277,7 +3510,7 @@ func (x *NodeDownCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDownCmd.ProtoReflect.Descriptor instead.
 func (*NodeDownCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{35}
+	return file_gantry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *NodeDownCmd) GetNodeId() string {
@@ -3308,7 +3541,7 @@ type EndJobCmd struct {
 
 func (x *EndJobCmd) Reset() {
 	*x = EndJobCmd{}
-	mi := &file_gantry_proto_msgTypes[36]
+	mi := &file_gantry_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3320,7 +3553,7 @@ func (x *EndJobCmd) String() string {
 func (*EndJobCmd) ProtoMessage() {}
 
 func (x *EndJobCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[36]
+	mi := &file_gantry_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3333,7 +3566,7 @@ func (x *EndJobCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndJobCmd.ProtoReflect.Descriptor instead.
 func (*EndJobCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{36}
+	return file_gantry_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *EndJobCmd) GetJobId() string {
@@ -3381,7 +3614,7 @@ type QueueTimeoutCmd struct {
 
 func (x *QueueTimeoutCmd) Reset() {
 	*x = QueueTimeoutCmd{}
-	mi := &file_gantry_proto_msgTypes[37]
+	mi := &file_gantry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3393,7 +3626,7 @@ func (x *QueueTimeoutCmd) String() string {
 func (*QueueTimeoutCmd) ProtoMessage() {}
 
 func (x *QueueTimeoutCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[37]
+	mi := &file_gantry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3406,7 +3639,7 @@ func (x *QueueTimeoutCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueTimeoutCmd.ProtoReflect.Descriptor instead.
 func (*QueueTimeoutCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{37}
+	return file_gantry_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *QueueTimeoutCmd) GetJobId() string {
@@ -3456,7 +3689,7 @@ type Alert struct {
 
 func (x *Alert) Reset() {
 	*x = Alert{}
-	mi := &file_gantry_proto_msgTypes[38]
+	mi := &file_gantry_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3468,7 +3701,7 @@ func (x *Alert) String() string {
 func (*Alert) ProtoMessage() {}
 
 func (x *Alert) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[38]
+	mi := &file_gantry_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3481,7 +3714,7 @@ func (x *Alert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alert.ProtoReflect.Descriptor instead.
 func (*Alert) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{38}
+	return file_gantry_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Alert) GetId() uint64 {
@@ -3560,7 +3793,7 @@ type AlertsDeliveredCmd struct {
 
 func (x *AlertsDeliveredCmd) Reset() {
 	*x = AlertsDeliveredCmd{}
-	mi := &file_gantry_proto_msgTypes[39]
+	mi := &file_gantry_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3572,7 +3805,7 @@ func (x *AlertsDeliveredCmd) String() string {
 func (*AlertsDeliveredCmd) ProtoMessage() {}
 
 func (x *AlertsDeliveredCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[39]
+	mi := &file_gantry_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3585,7 +3818,7 @@ func (x *AlertsDeliveredCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AlertsDeliveredCmd.ProtoReflect.Descriptor instead.
 func (*AlertsDeliveredCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{39}
+	return file_gantry_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AlertsDeliveredCmd) GetUpTo() uint64 {
@@ -3618,7 +3851,7 @@ type DrainCmd struct {
 
 func (x *DrainCmd) Reset() {
 	*x = DrainCmd{}
-	mi := &file_gantry_proto_msgTypes[40]
+	mi := &file_gantry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3630,7 +3863,7 @@ func (x *DrainCmd) String() string {
 func (*DrainCmd) ProtoMessage() {}
 
 func (x *DrainCmd) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[40]
+	mi := &file_gantry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3643,7 +3876,7 @@ func (x *DrainCmd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainCmd.ProtoReflect.Descriptor instead.
 func (*DrainCmd) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{40}
+	return file_gantry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DrainCmd) GetNodeId() string {
@@ -3710,7 +3943,7 @@ type AgentJob struct {
 
 func (x *AgentJob) Reset() {
 	*x = AgentJob{}
-	mi := &file_gantry_proto_msgTypes[41]
+	mi := &file_gantry_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3722,7 +3955,7 @@ func (x *AgentJob) String() string {
 func (*AgentJob) ProtoMessage() {}
 
 func (x *AgentJob) ProtoReflect() protoreflect.Message {
-	mi := &file_gantry_proto_msgTypes[41]
+	mi := &file_gantry_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3735,7 +3968,7 @@ func (x *AgentJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentJob.ProtoReflect.Descriptor instead.
 func (*AgentJob) Descriptor() ([]byte, []int) {
-	return file_gantry_proto_rawDescGZIP(), []int{41}
+	return file_gantry_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *AgentJob) GetJobId() string {
@@ -3855,7 +4088,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\x06health\x18\f \x01(\v2\x15.gantry.v1.HealthSpecR\x06health\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x96\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb9\x02\n" +
 	"\n" +
 	"HealthSpec\x12$\n" +
 	"\x0estall_after_ms\x18\x01 \x01(\x03R\fstallAfterMs\x12(\n" +
@@ -3866,12 +4099,36 @@ const file_gantry_proto_rawDesc = "" +
 	"idlePowerW\x12\x19\n" +
 	"\bon_stall\x18\x06 \x01(\tR\aonStall\x12\x17\n" +
 	"\aon_idle\x18\a \x01(\tR\x06onIdle\x12\x1a\n" +
-	"\bdisabled\x18\b \x01(\bR\bdisabled\"m\n" +
+	"\bdisabled\x18\b \x01(\bR\bdisabled\x12!\n" +
+	"\fmax_requeues\x18\t \x01(\rR\vmaxRequeues\"\xb0\x04\n" +
+	"\aAttempt\x12\x18\n" +
+	"\aattempt\x18\x01 \x01(\rR\aattempt\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x12\n" +
+	"\x04gpus\x18\x03 \x03(\rR\x04gpus\x12$\n" +
+	"\x0eassigned_at_ms\x18\x04 \x01(\x03R\fassignedAtMs\x12\"\n" +
+	"\rstarted_at_ms\x18\x05 \x01(\x03R\vstartedAtMs\x12$\n" +
+	"\x0efinished_at_ms\x18\x06 \x01(\x03R\ffinishedAtMs\x12 \n" +
+	"\texit_code\x18\a \x01(\x05H\x00R\bexitCode\x88\x01\x01\x12\x16\n" +
+	"\x06signal\x18\b \x01(\tR\x06signal\x12I\n" +
+	"\rfinal_metrics\x18\t \x03(\v2$.gantry.v1.Attempt.FinalMetricsEntryR\ffinalMetrics\x12\x16\n" +
+	"\x06reason\x18\n" +
+	" \x01(\tR\x06reason\x12\x19\n" +
+	"\blog_tail\x18\v \x01(\tR\alogTail\x12\x1b\n" +
+	"\tfirst_seq\x18\f \x01(\x04R\bfirstSeq\x12\x19\n" +
+	"\blast_seq\x18\r \x01(\x04R\alastSeq\x12\x1b\n" +
+	"\tlog_start\x18\x0e \x01(\x04R\blogStart\x12\x17\n" +
+	"\alog_end\x18\x0f \x01(\x04R\x06logEnd\x1a?\n" +
+	"\x11FinalMetricsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\f\n" +
+	"\n" +
+	"_exit_code\"m\n" +
 	"\fJobCondition\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x19\n" +
 	"\bsince_ms\x18\x02 \x01(\x03R\asinceMs\x12\x1a\n" +
 	"\bevidence\x18\x03 \x01(\tR\bevidence\x12\x12\n" +
-	"\x04gpus\x18\x04 \x03(\rR\x04gpus\"\xf0\b\n" +
+	"\x04gpus\x18\x04 \x03(\rR\x04gpus\"\xb9\n" +
+	"\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.gantry.v1.JobSpecR\x04spec\x12)\n" +
@@ -3905,7 +4162,14 @@ const file_gantry_proto_rawDesc = "" +
 	"\vmaster_addr\x18\x1f \x01(\tR\n" +
 	"masterAddr\x12\x1f\n" +
 	"\vmaster_port\x18  \x01(\rR\n" +
-	"masterPort\x1a?\n" +
+	"masterPort\x12\x18\n" +
+	"\aattempt\x18( \x01(\rR\aattempt\x12.\n" +
+	"\battempts\x18) \x03(\v2\x12.gantry.v1.AttemptR\battempts\x12\x19\n" +
+	"\bseq_base\x18* \x01(\x04R\aseqBase\x12\x19\n" +
+	"\blog_base\x18+ \x01(\x04R\alogBase\x12%\n" +
+	"\x0erequeue_reason\x18, \x01(\tR\rrequeueReason\x12 \n" +
+	"\fqueued_at_ms\x18- \x01(\x03R\n" +
+	"queuedAtMs\x1a?\n" +
 	"\x11FinalMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1a@\n" +
@@ -4202,104 +4466,108 @@ func file_gantry_proto_rawDescGZIP() []byte {
 }
 
 var file_gantry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_gantry_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_gantry_proto_goTypes = []any{
 	(JobState)(0),              // 0: gantry.v1.JobState
 	(NodeState)(0),             // 1: gantry.v1.NodeState
 	(*Resources)(nil),          // 2: gantry.v1.Resources
 	(*JobSpec)(nil),            // 3: gantry.v1.JobSpec
 	(*HealthSpec)(nil),         // 4: gantry.v1.HealthSpec
-	(*JobCondition)(nil),       // 5: gantry.v1.JobCondition
-	(*Job)(nil),                // 6: gantry.v1.Job
-	(*Rank)(nil),               // 7: gantry.v1.Rank
-	(*MetricPoint)(nil),        // 8: gantry.v1.MetricPoint
-	(*GPUStat)(nil),            // 9: gantry.v1.GPUStat
-	(*GPUSample)(nil),          // 10: gantry.v1.GPUSample
-	(*GPUInfo)(nil),            // 11: gantry.v1.GPUInfo
-	(*JobEvent)(nil),           // 12: gantry.v1.JobEvent
-	(*LogChunk)(nil),           // 13: gantry.v1.LogChunk
-	(*JobStarted)(nil),         // 14: gantry.v1.JobStarted
-	(*JobExit)(nil),            // 15: gantry.v1.JobExit
-	(*Record)(nil),             // 16: gantry.v1.Record
-	(*HealthCondition)(nil),    // 17: gantry.v1.HealthCondition
-	(*Node)(nil),               // 18: gantry.v1.Node
-	(*GPUHealth)(nil),          // 19: gantry.v1.GPUHealth
-	(*Hello)(nil),              // 20: gantry.v1.Hello
-	(*HelloReply)(nil),         // 21: gantry.v1.HelloReply
-	(*BlobRequest)(nil),        // 22: gantry.v1.BlobRequest
-	(*BlobReply)(nil),          // 23: gantry.v1.BlobReply
-	(*BlobChunk)(nil),          // 24: gantry.v1.BlobChunk
-	(*StartJob)(nil),           // 25: gantry.v1.StartJob
-	(*CancelJob)(nil),          // 26: gantry.v1.CancelJob
-	(*ControlMessage)(nil),     // 27: gantry.v1.ControlMessage
-	(*RecordBatch)(nil),        // 28: gantry.v1.RecordBatch
-	(*BatchAck)(nil),           // 29: gantry.v1.BatchAck
-	(*SubmitJobCmd)(nil),       // 30: gantry.v1.SubmitJobCmd
-	(*AssignJobCmd)(nil),       // 31: gantry.v1.AssignJobCmd
-	(*AssignGangCmd)(nil),      // 32: gantry.v1.AssignGangCmd
-	(*GangRank)(nil),           // 33: gantry.v1.GangRank
-	(*CancelJobCmd)(nil),       // 34: gantry.v1.CancelJobCmd
-	(*IngestCmd)(nil),          // 35: gantry.v1.IngestCmd
-	(*NodeUpCmd)(nil),          // 36: gantry.v1.NodeUpCmd
-	(*NodeDownCmd)(nil),        // 37: gantry.v1.NodeDownCmd
-	(*EndJobCmd)(nil),          // 38: gantry.v1.EndJobCmd
-	(*QueueTimeoutCmd)(nil),    // 39: gantry.v1.QueueTimeoutCmd
-	(*Alert)(nil),              // 40: gantry.v1.Alert
-	(*AlertsDeliveredCmd)(nil), // 41: gantry.v1.AlertsDeliveredCmd
-	(*DrainCmd)(nil),           // 42: gantry.v1.DrainCmd
-	(*AgentJob)(nil),           // 43: gantry.v1.AgentJob
-	nil,                        // 44: gantry.v1.JobSpec.EnvEntry
-	nil,                        // 45: gantry.v1.Job.FinalMetricsEntry
-	nil,                        // 46: gantry.v1.Job.LatestMetricsEntry
-	nil,                        // 47: gantry.v1.Rank.FinalMetricsEntry
-	nil,                        // 48: gantry.v1.Rank.LatestMetricsEntry
-	nil,                        // 49: gantry.v1.MetricPoint.ValuesEntry
-	nil,                        // 50: gantry.v1.JobExit.FinalMetricsEntry
+	(*Attempt)(nil),            // 5: gantry.v1.Attempt
+	(*JobCondition)(nil),       // 6: gantry.v1.JobCondition
+	(*Job)(nil),                // 7: gantry.v1.Job
+	(*Rank)(nil),               // 8: gantry.v1.Rank
+	(*MetricPoint)(nil),        // 9: gantry.v1.MetricPoint
+	(*GPUStat)(nil),            // 10: gantry.v1.GPUStat
+	(*GPUSample)(nil),          // 11: gantry.v1.GPUSample
+	(*GPUInfo)(nil),            // 12: gantry.v1.GPUInfo
+	(*JobEvent)(nil),           // 13: gantry.v1.JobEvent
+	(*LogChunk)(nil),           // 14: gantry.v1.LogChunk
+	(*JobStarted)(nil),         // 15: gantry.v1.JobStarted
+	(*JobExit)(nil),            // 16: gantry.v1.JobExit
+	(*Record)(nil),             // 17: gantry.v1.Record
+	(*HealthCondition)(nil),    // 18: gantry.v1.HealthCondition
+	(*Node)(nil),               // 19: gantry.v1.Node
+	(*GPUHealth)(nil),          // 20: gantry.v1.GPUHealth
+	(*Hello)(nil),              // 21: gantry.v1.Hello
+	(*HelloReply)(nil),         // 22: gantry.v1.HelloReply
+	(*BlobRequest)(nil),        // 23: gantry.v1.BlobRequest
+	(*BlobReply)(nil),          // 24: gantry.v1.BlobReply
+	(*BlobChunk)(nil),          // 25: gantry.v1.BlobChunk
+	(*StartJob)(nil),           // 26: gantry.v1.StartJob
+	(*CancelJob)(nil),          // 27: gantry.v1.CancelJob
+	(*ControlMessage)(nil),     // 28: gantry.v1.ControlMessage
+	(*RecordBatch)(nil),        // 29: gantry.v1.RecordBatch
+	(*BatchAck)(nil),           // 30: gantry.v1.BatchAck
+	(*SubmitJobCmd)(nil),       // 31: gantry.v1.SubmitJobCmd
+	(*AssignJobCmd)(nil),       // 32: gantry.v1.AssignJobCmd
+	(*AssignGangCmd)(nil),      // 33: gantry.v1.AssignGangCmd
+	(*GangRank)(nil),           // 34: gantry.v1.GangRank
+	(*CancelJobCmd)(nil),       // 35: gantry.v1.CancelJobCmd
+	(*IngestCmd)(nil),          // 36: gantry.v1.IngestCmd
+	(*NodeUpCmd)(nil),          // 37: gantry.v1.NodeUpCmd
+	(*NodeDownCmd)(nil),        // 38: gantry.v1.NodeDownCmd
+	(*EndJobCmd)(nil),          // 39: gantry.v1.EndJobCmd
+	(*QueueTimeoutCmd)(nil),    // 40: gantry.v1.QueueTimeoutCmd
+	(*Alert)(nil),              // 41: gantry.v1.Alert
+	(*AlertsDeliveredCmd)(nil), // 42: gantry.v1.AlertsDeliveredCmd
+	(*DrainCmd)(nil),           // 43: gantry.v1.DrainCmd
+	(*AgentJob)(nil),           // 44: gantry.v1.AgentJob
+	nil,                        // 45: gantry.v1.JobSpec.EnvEntry
+	nil,                        // 46: gantry.v1.Attempt.FinalMetricsEntry
+	nil,                        // 47: gantry.v1.Job.FinalMetricsEntry
+	nil,                        // 48: gantry.v1.Job.LatestMetricsEntry
+	nil,                        // 49: gantry.v1.Rank.FinalMetricsEntry
+	nil,                        // 50: gantry.v1.Rank.LatestMetricsEntry
+	nil,                        // 51: gantry.v1.MetricPoint.ValuesEntry
+	nil,                        // 52: gantry.v1.JobExit.FinalMetricsEntry
 }
 var file_gantry_proto_depIdxs = []int32{
-	44, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
+	45, // 0: gantry.v1.JobSpec.env:type_name -> gantry.v1.JobSpec.EnvEntry
 	2,  // 1: gantry.v1.JobSpec.resources:type_name -> gantry.v1.Resources
 	4,  // 2: gantry.v1.JobSpec.health:type_name -> gantry.v1.HealthSpec
-	3,  // 3: gantry.v1.Job.spec:type_name -> gantry.v1.JobSpec
-	0,  // 4: gantry.v1.Job.state:type_name -> gantry.v1.JobState
-	45, // 5: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
-	46, // 6: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
-	5,  // 7: gantry.v1.Job.conditions:type_name -> gantry.v1.JobCondition
-	7,  // 8: gantry.v1.Job.ranks:type_name -> gantry.v1.Rank
-	0,  // 9: gantry.v1.Rank.state:type_name -> gantry.v1.JobState
-	47, // 10: gantry.v1.Rank.final_metrics:type_name -> gantry.v1.Rank.FinalMetricsEntry
-	48, // 11: gantry.v1.Rank.latest_metrics:type_name -> gantry.v1.Rank.LatestMetricsEntry
-	49, // 12: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
-	9,  // 13: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
-	50, // 14: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
-	8,  // 15: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
-	12, // 16: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
-	13, // 17: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
-	14, // 18: gantry.v1.Record.started:type_name -> gantry.v1.JobStarted
-	15, // 19: gantry.v1.Record.exit:type_name -> gantry.v1.JobExit
-	10, // 20: gantry.v1.Record.gpu:type_name -> gantry.v1.GPUSample
-	17, // 21: gantry.v1.Record.condition:type_name -> gantry.v1.HealthCondition
-	11, // 22: gantry.v1.Node.gpus:type_name -> gantry.v1.GPUInfo
-	1,  // 23: gantry.v1.Node.state:type_name -> gantry.v1.NodeState
-	19, // 24: gantry.v1.Node.unhealthy_gpus:type_name -> gantry.v1.GPUHealth
-	11, // 25: gantry.v1.Hello.gpus:type_name -> gantry.v1.GPUInfo
-	3,  // 26: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
-	20, // 27: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
-	21, // 28: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
-	25, // 29: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
-	26, // 30: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
-	16, // 31: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
-	3,  // 32: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
-	33, // 33: gantry.v1.AssignGangCmd.ranks:type_name -> gantry.v1.GangRank
-	16, // 34: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
-	18, // 35: gantry.v1.NodeUpCmd.node:type_name -> gantry.v1.Node
-	0,  // 36: gantry.v1.EndJobCmd.state:type_name -> gantry.v1.JobState
-	3,  // 37: gantry.v1.AgentJob.spec:type_name -> gantry.v1.JobSpec
-	38, // [38:38] is the sub-list for method output_type
-	38, // [38:38] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	46, // 3: gantry.v1.Attempt.final_metrics:type_name -> gantry.v1.Attempt.FinalMetricsEntry
+	3,  // 4: gantry.v1.Job.spec:type_name -> gantry.v1.JobSpec
+	0,  // 5: gantry.v1.Job.state:type_name -> gantry.v1.JobState
+	47, // 6: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
+	48, // 7: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
+	6,  // 8: gantry.v1.Job.conditions:type_name -> gantry.v1.JobCondition
+	8,  // 9: gantry.v1.Job.ranks:type_name -> gantry.v1.Rank
+	5,  // 10: gantry.v1.Job.attempts:type_name -> gantry.v1.Attempt
+	0,  // 11: gantry.v1.Rank.state:type_name -> gantry.v1.JobState
+	49, // 12: gantry.v1.Rank.final_metrics:type_name -> gantry.v1.Rank.FinalMetricsEntry
+	50, // 13: gantry.v1.Rank.latest_metrics:type_name -> gantry.v1.Rank.LatestMetricsEntry
+	51, // 14: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
+	10, // 15: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
+	52, // 16: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
+	9,  // 17: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
+	13, // 18: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
+	14, // 19: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
+	15, // 20: gantry.v1.Record.started:type_name -> gantry.v1.JobStarted
+	16, // 21: gantry.v1.Record.exit:type_name -> gantry.v1.JobExit
+	11, // 22: gantry.v1.Record.gpu:type_name -> gantry.v1.GPUSample
+	18, // 23: gantry.v1.Record.condition:type_name -> gantry.v1.HealthCondition
+	12, // 24: gantry.v1.Node.gpus:type_name -> gantry.v1.GPUInfo
+	1,  // 25: gantry.v1.Node.state:type_name -> gantry.v1.NodeState
+	20, // 26: gantry.v1.Node.unhealthy_gpus:type_name -> gantry.v1.GPUHealth
+	12, // 27: gantry.v1.Hello.gpus:type_name -> gantry.v1.GPUInfo
+	3,  // 28: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
+	21, // 29: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
+	22, // 30: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
+	26, // 31: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
+	27, // 32: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
+	17, // 33: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
+	3,  // 34: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
+	34, // 35: gantry.v1.AssignGangCmd.ranks:type_name -> gantry.v1.GangRank
+	17, // 36: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
+	19, // 37: gantry.v1.NodeUpCmd.node:type_name -> gantry.v1.Node
+	0,  // 38: gantry.v1.EndJobCmd.state:type_name -> gantry.v1.JobState
+	3,  // 39: gantry.v1.AgentJob.spec:type_name -> gantry.v1.JobSpec
+	40, // [40:40] is the sub-list for method output_type
+	40, // [40:40] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_gantry_proto_init() }
@@ -4307,11 +4575,12 @@ func file_gantry_proto_init() {
 	if File_gantry_proto != nil {
 		return
 	}
-	file_gantry_proto_msgTypes[4].OneofWrappers = []any{}
+	file_gantry_proto_msgTypes[3].OneofWrappers = []any{}
 	file_gantry_proto_msgTypes[5].OneofWrappers = []any{}
 	file_gantry_proto_msgTypes[6].OneofWrappers = []any{}
-	file_gantry_proto_msgTypes[13].OneofWrappers = []any{}
-	file_gantry_proto_msgTypes[14].OneofWrappers = []any{
+	file_gantry_proto_msgTypes[7].OneofWrappers = []any{}
+	file_gantry_proto_msgTypes[14].OneofWrappers = []any{}
+	file_gantry_proto_msgTypes[15].OneofWrappers = []any{
 		(*Record_Point)(nil),
 		(*Record_Event)(nil),
 		(*Record_Log)(nil),
@@ -4320,7 +4589,7 @@ func file_gantry_proto_init() {
 		(*Record_Gpu)(nil),
 		(*Record_Condition)(nil),
 	}
-	file_gantry_proto_msgTypes[25].OneofWrappers = []any{
+	file_gantry_proto_msgTypes[26].OneofWrappers = []any{
 		(*ControlMessage_Hello)(nil),
 		(*ControlMessage_HelloReply)(nil),
 		(*ControlMessage_Start)(nil),
@@ -4332,7 +4601,7 @@ func file_gantry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_gantry_proto_rawDesc), len(file_gantry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   49,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

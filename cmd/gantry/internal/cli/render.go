@@ -479,10 +479,16 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 	row("ID", j.ID)
 	row("Name", orDash(j.Name))
 	state := j.State
-	if j.CancelRequested && !lifecycle.IsTerminalName(j.State) {
+	switch {
+	case j.Requeuing != "" && !lifecycle.IsTerminalName(j.State):
+		state += " (stopping, to be requeued)"
+	case j.CancelRequested && !lifecycle.IsTerminalName(j.State):
 		state += " (cancel requested)"
 	}
 	row("State", state)
+	if j.Attempt > 1 || j.Requeuing != "" {
+		row("Attempt", fmt.Sprintf("%d (%d requeued)", j.Attempt, len(j.Attempts)))
+	}
 	if j.Reason != "" {
 		row("Reason", j.Reason)
 	}
@@ -542,6 +548,10 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 	if len(j.Ranks) > 0 {
 		fmt.Fprintln(w, "\nRanks:")
 		writeRanks(indent(w), j.Ranks)
+	}
+	if len(j.Attempts) > 0 {
+		fmt.Fprintln(w, "\nEarlier attempts:")
+		writeAttempts(indent(w), j.Attempts, now)
 	}
 	if len(j.FinalMetrics) == 0 && len(j.LatestMetrics) > 0 {
 		// Not over yet: what it has reported so far.
@@ -752,6 +762,33 @@ func writeRanks(w io.Writer, ranks []apiv1.Rank) {
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Rank, r.Node, joinInts(r.GPUs), r.State, exit,
 			orDash(strings.Join(strings.Fields(r.Error), " ")))
+	}
+	_ = tw.Flush()
+}
+
+// writeAttempts lists a job's earlier attempts: where each ran, how it
+// ended, why it was requeued, and the step it had reached.
+func writeAttempts(w io.Writer, attempts []apiv1.Attempt, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ATTEMPT\tNODE\tGPUS\tSTARTED\tRAN\tENDED\tSTEP\tREQUEUED AFTER")
+	for _, a := range attempts {
+		ran := "-"
+		if a.StartedAt != nil && a.FinishedAt != nil {
+			ran = a.FinishedAt.Sub(*a.StartedAt).Round(time.Second).String()
+		}
+		ended := "-"
+		switch {
+		case a.Signal != "":
+			ended = a.Signal
+		case a.ExitCode != nil:
+			ended = "exit " + strconv.Itoa(*a.ExitCode)
+		}
+		step := "-"
+		if v, ok := a.FinalMetrics[keyStep]; ok {
+			step = formatExact(v)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Attempt, orDash(a.Node), orDash(joinInts(a.GPUs)),
+			formatTime(a.StartedAt, now), ran, ended, step, truncate(oneLine(a.Reason), 100))
 	}
 	_ = tw.Flush()
 }

@@ -519,3 +519,32 @@ func TestWriteJobStatusShowsConditions(t *testing.T) {
 		t.Errorf("no events: %q %v", b.String(), err)
 	}
 }
+
+func TestWriteJobStatusShowsAttempts(t *testing.T) {
+	var b bytes.Buffer
+	started := ended.Add(-90 * time.Second)
+	j := apiv1.Job{ID: "j-5", State: apiv1.StateRunning, Attempt: 2, CreatedAt: &ended,
+		Attempts: []apiv1.Attempt{{Attempt: 1, Node: "gpu-a", GPUs: []int{0, 1}, StartedAt: &started, FinishedAt: &ended,
+			Signal: "SIGTERM", FinalMetrics: map[string]float64{"step": 400, "loss": 0.7}, Reason: "hung: no new step for 5m\nat 100%"}}}
+	if err := WriteJobStatus(&b, j, nil, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Attempt:    2 (1 requeued)", "Earlier attempts:", "gpu-a", "1m30s", "SIGTERM", "400",
+		"hung: no new step for 5m at 100%"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, b.String())
+		}
+	}
+	b.Reset()
+	j = apiv1.Job{ID: "j-6", State: apiv1.StateRunning, Attempt: 1, CancelRequested: true, Requeuing: "stalled: x"}
+	if err := WriteJobStatus(&b, j, nil, now); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "running (stopping, to be requeued)") || !strings.Contains(b.String(), "Attempt:    1 (0 requeued)") {
+		t.Errorf("a job being requeued:\n%s", b.String())
+	}
+	b.Reset()
+	if err := WriteJobStatus(&b, apiv1.Job{ID: "j-7", State: apiv1.StateRunning, Attempt: 1}, nil, now); err != nil || strings.Contains(b.String(), "Attempt") {
+		t.Errorf("a first attempt shows an Attempt row:\n%s", b.String())
+	}
+}
