@@ -705,6 +705,31 @@ func TestHealthDashboard(t *testing.T) {
 	}
 	b.do(t, "open the jobs list", chromedp.Navigate(d.addr+"/"))
 	b.waitJS(t, 10*time.Second, "the stalled badge in the jobs list", `!!document.querySelector('.cond-stalled')`)
+	if err := d.api.Cancel(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	waitTerminal(t, d.api, id, 30*time.Second)
+
+	// A job requeued once, then cancelled when it stalls again
+	// (max_requeues 1): its page lists the earlier attempt.
+	rq, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "requeued", Run: "exec python3 " + trainer + " " + stop,
+		Resources: apiv1.Resources{GPUs: 1}, KillGrace: apiv1.Duration(time.Second),
+		Health: &apiv1.HealthSpec{StartupGrace: apiv1.Duration(time.Second), OnStall: "requeue", MaxRequeues: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j := waitTerminal(t, d.api, rq, 60*time.Second); j.State != apiv1.StateCancelled || j.Attempt != 2 || len(j.Attempts) != 1 {
+		t.Fatalf("requeued job ended %s on attempt %d with %d earlier, want cancelled on attempt 2", j.State, j.Attempt, len(j.Attempts))
+	}
+	b.do(t, "open the requeued job's page", chromedp.Navigate(d.addr+"/jobs/"+rq), chromedp.WaitVisible(chromedp.CSS(`#job-state`)))
+	b.waitJS(t, 10*time.Second, "the earlier attempt listed", `!!document.querySelector('#attempts-panel:not([hidden]) tr[data-attempt="1"]')`)
+	if txt := b.text(t, `tr[data-attempt="1"]`); !strings.Contains(txt, "stalled") {
+		t.Errorf("earlier attempt row %q does not say why it was requeued", txt)
+	}
+	if txt := b.text(t, `#job-attempt`); txt != "2" {
+		t.Errorf("attempt fact %q, want 2", txt)
+	}
+
 	gpuScriptRaw(t, script, `{"gpus": {"0": {"xid": 79, "util": 50, "power_w": 200}}}`)
 	waitFor(t, 30*time.Second, "the GPU failing", func() bool {
 		nodes, err := d.api.Nodes(ctx)
@@ -716,8 +741,4 @@ func TestHealthDashboard(t *testing.T) {
 		t.Errorf("nodes page shows %q", txt)
 	}
 	b.checkNoErrors(t)
-	if err := d.api.Cancel(ctx, id); err != nil {
-		t.Fatal(err)
-	}
-	waitTerminal(t, d.api, id, 30*time.Second)
 }

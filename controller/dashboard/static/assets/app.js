@@ -1265,6 +1265,16 @@
       el('table', { id: 'ranks' }, el('thead', {}, el('tr', {},
         el('th', { class: 'num' }, 'Rank'), el('th', {}, 'Node'), el('th', {}, 'GPUs'), el('th', {}, 'State'),
         el('th', {}, 'Exit'), el('th', { class: 'num' }, 'Points'), el('th', {}, 'Latest'), el('th', {}, 'Error'))), ranksBody));
+    // A requeued job's earlier attempts: where each ran, why a health
+    // policy stopped it, and what it had reported.
+    const attemptsBody = el('tbody');
+    const attemptsPanel = el('section', { class: 'panel', id: 'attempts-panel', hidden: true },
+      el('h2', {}, 'Earlier attempts'),
+      el('p', { class: 'muted' }, 'Stopped by the requeue policy and run again. Their points and log are part of the job\'s, in order; ' +
+        'a trainer that starts again from step 0 overlaps them when charted by step.'),
+      el('table', { id: 'attempts' }, el('thead', {}, el('tr', {},
+        el('th', { class: 'num' }, 'Attempt'), el('th', {}, 'Node'), el('th', {}, 'GPUs'), el('th', {}, 'Ran'),
+        el('th', {}, 'Ended'), el('th', {}, 'Requeued after'), el('th', {}, 'Final metrics'))), attemptsBody));
     const eventsBody = el('tbody');
     const eventsPanel = el('section', { class: 'panel', id: 'events-panel', hidden: true },
       el('h2', {}, 'Events'),
@@ -1276,6 +1286,7 @@
       el('section', { class: 'panel', id: 'job-header' }, facts, progress),
       ranksPanel,
       finalPanel,
+      attemptsPanel,
       el('section', { class: 'panel' }, el('div', { class: 'panel-head' }, el('h2', {}, 'Metrics'), el('span', { class: 'spacer' }),
         el('button', { type: 'button', class: 'linkish', id: 'compare-with', onclick: () => { picked.add(id); navigate('/'); } }, 'Compare with other runs…')),
       group.controls(), metricsNote, chartGrid),
@@ -1372,12 +1383,14 @@
         j.exit_code !== null && j.exit_code !== undefined ? fact('Exit code', String(j.exit_code)) : null,
         j.signal ? fact('Signal', j.signal) : null,
         j.bad_lines ? fact('Bad metric lines', String(j.bad_lines)) : null,
-        j.cancel_requested && !TERMINAL.has(j.state) ? fact('Cancel', 'requested') : null,
+        j.attempt > 1 || j.requeuing ? fact('Attempt', String(j.attempt) + (j.requeuing && !TERMINAL.has(j.state) ? ' (stopping, to be requeued)' : ''), 'job-attempt') : null,
+        j.cancel_requested && !j.requeuing && !TERMINAL.has(j.state) ? fact('Cancel', 'requested') : null,
         j.error ? fact('Error', j.error) : null,
         ...(j.conditions || []).map((c) => el('div', { class: 'fact wide', 'data-condition': c.kind },
           el('div', { class: 'k' }, 'Health: ' + c.kind), el('div', { class: 'v' }, 'since ' + fmtTime(c.since) + ' — ' + (c.evidence || '')))),
         j.state === 'queued' && j.reason ? el('div', { class: 'fact wide' }, el('div', { class: 'k' }, 'Waiting for'), queueReason(j, 'job-reason')) : null);
       renderRanks(j);
+      renderAttempts(j);
       const frac = total && step !== null ? Math.max(0, Math.min(1, step / total)) : null;
       progress.hidden = frac === null;
       if (frac !== null) {
@@ -1404,6 +1417,19 @@
         el('td', { class: 'num' }, String(r.points || 0)),
         el('td', { class: 'mono wrap' }, r.rank === 0 ? 'charts above' : rankLatest(r.latest_metrics)),
         el('td', { class: 'wrap' }, r.error || ''))));
+    }
+
+    function renderAttempts(j) {
+      const as = j.attempts || [];
+      attemptsPanel.hidden = as.length === 0;
+      replace(attemptsBody, as.map((a) => el('tr', { 'data-attempt': String(a.attempt) },
+        el('td', { class: 'num' }, String(a.attempt)),
+        el('td', { class: 'mono' }, a.node || '–'),
+        el('td', {}, (a.gpus || []).join(', ') || '–'),
+        el('td', {}, fmtTime(a.started_at) + ' – ' + fmtTime(a.finished_at)),
+        el('td', { class: 'mono' }, a.signal || (a.exit_code !== null && a.exit_code !== undefined ? 'exit ' + a.exit_code : '–')),
+        el('td', { class: 'wrap' }, a.reason || ''),
+        el('td', { class: 'mono wrap' }, rankLatest(a.final_metrics)))));
     }
 
     // rankLatest sums up a rank's latest values: step first, then up to
