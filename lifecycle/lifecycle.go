@@ -363,6 +363,26 @@ func RunID(jobID string, attempt uint32) string {
 // JobRunID is RunID of the job's current attempt.
 func JobRunID(j *gantrypb.Job) string { return RunID(j.GetId(), j.GetAttempt()) }
 
+// AttemptNodes lists the nodes an earlier attempt of the job ran on (one,
+// or one per rank of a multi-node attempt); nil for an attempt it has
+// not had.
+func AttemptNodes(j *gantrypb.Job, attempt uint32) []string {
+	for _, a := range j.GetAttempts() {
+		if a.GetAttempt() != attempt {
+			continue
+		}
+		if len(a.GetRanks()) == 0 {
+			return []string{a.GetNode()}
+		}
+		out := make([]string, 0, len(a.GetRanks()))
+		for _, r := range a.GetRanks() {
+			out = append(out, r.GetNode())
+		}
+		return out
+	}
+	return nil
+}
+
 // ParseRunID splits a run id into the job id and the attempt. An id
 // without the separator is attempt 0; ok is false for a malformed suffix
 // (not a canonical decimal number from 1 to MaxRequeuesLimit).

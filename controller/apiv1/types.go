@@ -82,7 +82,7 @@ type HealthSpec struct {
 	IdlePowerW  float64 `json:"idle_power_w,omitempty" yaml:"idle_power_w"`
 	// OnStall (stalled and hung) and OnIdle (idle_gpus): "notify"
 	// (default), "cancel", or "requeue" (stop the job and queue it again
-	// as a new attempt; single-node jobs).
+	// as a new attempt).
 	OnStall string `json:"on_stall,omitempty" yaml:"on_stall"`
 	OnIdle  string `json:"on_idle,omitempty" yaml:"on_idle"`
 	// MaxRequeues bounds how often requeue may run the job again; past

@@ -68,7 +68,7 @@ func (s *JobSpec) Validate() error {
 	if s.CodeArchive != "" && !IsDigest(s.CodeArchive) {
 		return fmt.Errorf("spec.code_archive %q is not a digest; want \"sha256:\" and 64 lowercase hex digits", s.CodeArchive)
 	}
-	if err := s.Health.validate(s.Resources.Nodes > 1); err != nil {
+	if err := s.Health.validate(); err != nil {
 		return err
 	}
 	if len(s.Env) > MaxEnvVars {
@@ -123,9 +123,8 @@ func IsDigest(d string) bool {
 	return true
 }
 
-// validate checks a job's health settings; gang says the job spans
-// several nodes.
-func (h *HealthSpec) validate(gang bool) error {
+// validate checks a job's health settings.
+func (h *HealthSpec) validate() error {
 	if h == nil {
 		return nil
 	}
@@ -145,12 +144,7 @@ func (h *HealthSpec) validate(gang bool) error {
 	}
 	for _, p := range []struct{ name, v string }{{"on_stall", h.OnStall}, {"on_idle", h.OnIdle}} {
 		switch p.v {
-		case "", lifecycle.PolicyNotify, lifecycle.PolicyCancel:
-		case lifecycle.PolicyRequeue:
-			if gang {
-				return fmt.Errorf("spec.health.%s = requeue is for single-node jobs; a multi-node job (resources.nodes > 1) "+
-					"takes notify or cancel", p.name)
-			}
+		case "", lifecycle.PolicyNotify, lifecycle.PolicyCancel, lifecycle.PolicyRequeue:
 		default:
 			return fmt.Errorf("spec.health.%s = %q; want notify, cancel or requeue", p.name, p.v)
 		}

@@ -63,7 +63,6 @@ func TestValidateHealth(t *testing.T) {
 		nodes int
 		want  string
 	}{
-		{HealthSpec{OnStall: "requeue"}, 2, "requeue is for single-node jobs"},
 		{HealthSpec{OnIdle: "reboot"}, 1, "on_idle"},
 		{HealthSpec{StallAfter: -1}, 1, "stall_after"},
 		{HealthSpec{IdleUtilPct: 101}, 1, "idle_util_pct"},

@@ -87,22 +87,31 @@ func checkGang(spec *gantrypb.JobSpec, m *gantrypb.AssignGangCmd) error {
 // under RankStreamKey. The job becomes running once every rank started,
 // and terminal only once every rank exited, with rank 0's final metrics
 // (invariant I2 for the whole job).
+//
+// Rank 0's seqs and log offsets are placed after the job's earlier
+// attempts' (seq_base, log_base), as a single-node job's are; another
+// rank's streams are the current attempt's own (store.JobRankKey).
 func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank, rec *gantrypb.Record, m *gantrypb.IngestCmd, ch *Changes, sc *pointScratch) error {
 	atMs := m.AtMs
+	key := store.JobRankKey(job, r.Rank)
+	seq, logBase := rec.Seq, uint64(0)
+	if r.Rank == 0 {
+		seq, logBase = job.SeqBase+rec.Seq, job.LogBase
+	}
 	switch body := rec.Body.(type) {
 	case *gantrypb.Record_Point:
 		if r.Rank != 0 {
-			return f.storeRankPoint(tx, job, r, rec.Seq, body.Point, m.Keys)
+			return f.storeRankPoint(tx, job, r, key, seq, body.Point, m.Keys)
 		}
 		r.Points++
-		if err := f.storeJobPoint(tx, job, rec.Seq, body.Point, m.Keys, ch, sc); err != nil {
+		if err := f.storeJobPoint(tx, job, seq, body.Point, m.Keys, ch, sc); err != nil {
 			return err
 		}
 
 	case *gantrypb.Record_Event:
 		e := body.Event
-		e.Seq = rec.Seq
-		if err := tx.PutEvent(store.RankKey(job.Id, r.Rank), e); err != nil {
+		e.Seq = seq
+		if err := tx.PutEvent(key, e); err != nil {
 			return err
 		}
 		if r.Rank == 0 {
@@ -120,10 +129,11 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 
 	case *gantrypb.Record_Log:
 		l := body.Log
-		if err := tx.PutLog(store.RankKey(job.Id, r.Rank), l.Offset, l.Data); err != nil {
+		off := logBase + l.Offset
+		if err := tx.PutLog(key, off, l.Data); err != nil {
 			return err
 		}
-		if end := l.Offset + uint64(len(l.Data)); end > r.LogBytes {
+		if end := off + uint64(len(l.Data)); end > r.LogBytes {
 			r.LogBytes = end
 			if r.Rank == 0 {
 				job.LogBytes = end
@@ -156,9 +166,10 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 		r.ExitCode, r.Signal, r.Reason, r.LogTail = x.ExitCode, x.Signal, x.Reason, x.LogTail
 		r.FinishedAtMs = secondsToMs(x.Ts, atMs)
 		r.State, r.Error = lifecycle.ClassifyExit(x, job.CancelRequested)
+		r.ExitSeq = seq
 		if r.Rank == 0 {
 			if n := admitKeys(job.LatestMetrics, x.FinalMetrics); n > 0 {
-				if err := f.dropKeys(tx, job, rec.Seq, x.Ts, n, ch); err != nil {
+				if err := f.dropKeys(tx, job, seq, x.Ts, n, ch); err != nil {
 					return err
 				}
 			}
@@ -172,6 +183,9 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 			return nil // a survivor of a lost job reporting its end
 		}
 		if allRanks(job, func(r *gantrypb.Rank) bool { return lifecycle.IsTerminal(r.State) }) {
+			if job.RequeueReason != "" && requeuable(job) {
+				return f.requeueGang(tx, job, x.Ts, atMs, ch)
+			}
 			finishGang(job, atMs)
 			return f.alertJobEnd(tx, job, ch)
 		}
@@ -187,12 +201,12 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 		if r.Rank == 0 {
 			// Rank 0's agent speaks for the job, as its metrics do; a
 			// hung collective stalls every rank alike.
-			return f.applyCondition(tx, job, rec.Seq, c, atMs, ch)
+			return f.applyCondition(tx, job, seq, c, atMs, ch)
 		}
 		// Another rank's view is kept in that rank's own events.
 		kind, msg := conditionEvent(c)
-		e := &gantrypb.JobEvent{Seq: rec.Seq, Ts: c.Ts, Kind: kind, Message: clipText(msg, limits.MaxEventMessageBytes)}
-		return tx.PutEvent(store.RankKey(job.Id, r.Rank), e)
+		e := &gantrypb.JobEvent{Seq: seq, Ts: c.Ts, Kind: kind, Message: clipText(msg, limits.MaxEventMessageBytes)}
+		return tx.PutEvent(key, e)
 
 	default:
 		f.log.Warn("record with unknown body skipped", "job", job.Id, "seq", rec.Seq)
@@ -200,13 +214,13 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 	return nil
 }
 
-// storeRankPoint stores a point of rank k > 0 under store.RankKey(job, k):
+// storeRankPoint stores a point of rank k > 0 under key (store.JobRankKey):
 // a series of its own, read with ?rank=k, never mixed into the job's
 // (rank 0's) metrics, charts or final metrics, and not sent to live
 // watchers, who chart rank 0. The rank's keys are capped like a job's
 // (limits.MaxKeysPerJob); values of keys past the cap are dropped,
 // counted in the job's dropped_metric_keys.
-func (f *FSM) storeRankPoint(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank, seq uint64, p *gantrypb.MetricPoint, keys []string) error {
+func (f *FSM) storeRankPoint(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank, key string, seq uint64, p *gantrypb.MetricPoint, keys []string) error {
 	if r.LastSeq > 0 && seq <= r.LastSeq {
 		f.log.Warn("metric point below the rank's last point skipped", "job", job.Id, "rank", r.Rank, "seq", seq)
 		return errStalePoint
@@ -236,7 +250,6 @@ func (f *FSM) storeRankPoint(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank, 
 		}
 		names, vals = names[:n], vals[:n]
 	}
-	key := store.RankKey(job.Id, r.Rank)
 	dict, err := tx.MetricIDs(key, names, nil)
 	if err != nil {
 		return err
@@ -291,6 +304,7 @@ func FailedRank(job *gantrypb.Job) *gantrypb.Rank {
 // rank 0's exit record's (with the latest values before it).
 func finishGang(job *gantrypb.Job, atMs int64) {
 	r0 := job.Ranks[0]
+	job.RequeueReason = ""
 	final := r0.FinalMetrics
 	if final == nil {
 		final = copyMetrics(job.LatestMetrics)

@@ -421,12 +421,7 @@ func (f *FSM) storeJobPoint(tx *store.Tx, job *gantrypb.Job, seq uint64, p *gant
 
 // attemptRanOn reports whether the job's earlier attempt ran on node.
 func attemptRanOn(job *gantrypb.Job, attempt uint32, node string) bool {
-	for _, a := range job.Attempts {
-		if a.Attempt == attempt {
-			return a.Node == node
-		}
-	}
-	return false
+	return slices.Contains(lifecycle.AttemptNodes(job, attempt), node)
 }
 
 // applyJobRecord applies a record of the job's current attempt. Its seq

@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"slices"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
 )
 
 // Requeue: a health policy that stops a job and runs it again.
@@ -36,10 +39,6 @@ func policyAction(job *gantrypb.Job, c *gantrypb.HealthCondition) string {
 	case lifecycle.PolicyRequeue:
 		job.CancelRequested = true
 		limit := lifecycle.MaxRequeues(h)
-		if len(job.Ranks) > 0 {
-			// Refused at submit; a spec that got here anyway is cancelled.
-			return "; policy requeue does not apply to a multi-node job: cancelling the job"
-		}
 		if job.Attempt >= limit {
 			return fmt.Sprintf("; policy requeue: the job was requeued %d times already (max_requeues %d): cancelling it", job.Attempt, limit)
 		}
@@ -49,53 +48,101 @@ func policyAction(job *gantrypb.Job, c *gantrypb.HealthCondition) string {
 	return ""
 }
 
-// requeue ends the job's current attempt with its exit x (whose seq in the
-// job's streams is seq) and queues the job again as the next attempt.
+// requeue ends the job's current (single-node) attempt with its exit x,
+// whose seq in the job's streams is seq, and queues the job again.
 func (f *FSM) requeue(tx *store.Tx, job *gantrypb.Job, x *gantrypb.JobExit, seq uint64, atMs int64, ch *Changes) error {
 	final := copyMetrics(job.LatestMetrics)
 	for k, v := range x.FinalMetrics {
 		final[k] = v
 	}
 	finished := secondsToMs(x.Ts, atMs)
-	logEnd := max(job.LogBytes, job.LogBase)
 	a := &gantrypb.Attempt{
-		Attempt: job.Attempt, Node: job.Node, Gpus: slices.Clone(job.Gpus),
-		AssignedAtMs: job.AssignedAtMs, StartedAtMs: cmp.Or(job.StartedAtMs, finished), FinishedAtMs: finished,
-		ExitCode: x.ExitCode, Signal: x.Signal, FinalMetrics: final, Reason: job.RequeueReason,
-		LogTail: x.LogTail, FirstSeq: job.SeqBase + 1, LastSeq: seq, LogStart: job.LogBase, LogEnd: logEnd,
+		Node: job.Node, Gpus: slices.Clone(job.Gpus), FinishedAtMs: finished,
+		ExitCode: x.ExitCode, Signal: x.Signal, FinalMetrics: final, LogTail: x.LogTail,
 	}
+	return f.queueAgain(tx, job, a, seq, x.Ts, lifecycle.DescribeExit(x), ch)
+}
+
+// requeuable reports whether a multi-node job whose ranks have all ended
+// may be requeued: rank 0 was stopped by the cancel, and every other rank
+// too or ended on its own (none failed, none lost), each with its exit. A lost rank's agent may still hold records
+// of the attempt, and they would be refused once the next one runs.
+func requeuable(job *gantrypb.Job) bool {
+	return job.Ranks[0].State == gantrypb.JobState_JOB_STATE_CANCELLED && allRanks(job, func(r *gantrypb.Rank) bool {
+		return r.State == gantrypb.JobState_JOB_STATE_CANCELLED || r.State == gantrypb.JobState_JOB_STATE_SUCCEEDED
+	})
+}
+
+// requeueGang ends the current attempt of a multi-node job whose ranks
+// were all stopped, keeping rank 0's final metrics and every rank as it
+// ended, and queues the job again. ts and atMs are the last exit's.
+func (f *FSM) requeueGang(tx *store.Tx, job *gantrypb.Job, ts float64, atMs int64, ch *Changes) error {
+	r0 := job.Ranks[0]
+	final := r0.FinalMetrics
+	if final == nil {
+		final = copyMetrics(job.LatestMetrics)
+	}
+	finished := atMs
+	for _, r := range job.Ranks {
+		finished = max(finished, r.FinishedAtMs)
+	}
+	a := &gantrypb.Attempt{
+		Node: r0.Node, Gpus: slices.Clone(r0.Gpus), FinishedAtMs: finished,
+		ExitCode: r0.ExitCode, Signal: r0.Signal, FinalMetrics: copyMetrics(final), LogTail: r0.LogTail,
+	}
+	for _, r := range job.Ranks {
+		a.Ranks = append(a.Ranks, proto.Clone(r).(*gantrypb.Rank))
+	}
+	what := fmt.Sprintf("%d ranks stopped", len(job.Ranks))
+	if err := f.queueAgain(tx, job, a, r0.ExitSeq, ts, what, ch); err != nil {
+		return err
+	}
+	job.Ranks, job.MasterAddr, job.MasterPort = nil, "", 0
+	return nil
+}
+
+// queueAgain keeps the attempt a (its outcome filled in by the caller) in
+// the job's history and makes the job queued as its next attempt. seq is
+// the attempt's last seq in the job's streams (its exit's), ts the time of
+// its end as the agent saw it, and ended says how it ended.
+func (f *FSM) queueAgain(tx *store.Tx, job *gantrypb.Job, a *gantrypb.Attempt, seq uint64, ts float64, ended string, ch *Changes) error {
+	seq = max(seq, job.SeqBase, job.LastSeq) // never below what is stored
+	logEnd := max(job.LogBytes, job.LogBase)
+	a.Attempt, a.AssignedAtMs, a.StartedAtMs = job.Attempt, job.AssignedAtMs, cmp.Or(job.StartedAtMs, a.FinishedAtMs)
+	a.Reason, a.FirstSeq, a.LastSeq, a.LogStart, a.LogEnd = job.RequeueReason, job.SeqBase+1, seq, job.LogBase, logEnd
 	job.Attempts = append(job.Attempts, a)
 	job.Attempt++
 
 	// The log reads on across attempts; a line says where the next begins.
 	sep := fmt.Sprintf("\n--- gantry: attempt %d of %d stopped (%s); the job is queued again ---\n",
-		a.Attempt+1, lifecycle.MaxRequeues(job.GetSpec().GetHealth())+1, clipText(job.RequeueReason, 200))
+		a.Attempt+1, lifecycle.MaxRequeues(job.GetSpec().GetHealth())+1, clipText(a.Reason, 200))
 	if err := tx.PutLog(job.Id, logEnd, []byte(sep)); err != nil {
 		return err
 	}
 	job.LogBytes = logEnd + uint64(len(sep))
 	job.LogBase = job.LogBytes
+	// The exit's seq holds no point or event: the requeued event takes it,
+	// and the next attempt's records come after it.
 	job.SeqBase = seq
 
-	e := &gantrypb.JobEvent{Seq: seq, Ts: x.Ts, Kind: string(lifecycle.EventRequeued), Message: clipText(fmt.Sprintf(
+	e := &gantrypb.JobEvent{Seq: seq, Ts: ts, Kind: string(lifecycle.EventRequeued), Message: clipText(fmt.Sprintf(
 		"attempt %d on %s stopped (%s) after %s; queued again as attempt %d",
-		a.Attempt+1, a.Node, lifecycle.DescribeExit(x), job.RequeueReason, job.Attempt+1), 1024)}
+		a.Attempt+1, a.Node, ended, a.Reason, job.Attempt+1), limits.MaxEventMessageBytes)}
 	if err := tx.PutEvent(job.Id, e); err != nil {
 		return err
 	}
 	job.Events++
 	ch.event(job.Id, e)
 
-	node := job.Node
 	job.State = gantrypb.JobState_JOB_STATE_QUEUED
 	job.Node, job.Gpus, job.Pid = "", nil, 0
 	job.AssignedAtMs, job.StartedAtMs = 0, 0
 	job.CancelRequested, job.RequeueReason = false, ""
 	job.Conditions = nil
 	job.ExitCode, job.Signal, job.LogTail, job.Error = nil, "", "", ""
-	job.QueuedAtMs = finished
-	return f.alert(tx, &gantrypb.Alert{AtMs: finished, Kind: string(lifecycle.EventRequeued), JobId: job.Id,
-		JobName: job.GetSpec().GetName(), Node: node,
-		Text:     fmt.Sprintf("Gantry: job %s requeued: attempt %d on %s stopped after %s", jobLabel(job), a.Attempt+1, node, a.Reason),
+	job.QueuedAtMs = a.FinishedAtMs
+	return f.alert(tx, &gantrypb.Alert{AtMs: a.FinishedAtMs, Kind: string(lifecycle.EventRequeued), JobId: job.Id,
+		JobName: job.GetSpec().GetName(), Node: a.Node,
+		Text:     fmt.Sprintf("Gantry: job %s requeued: attempt %d on %s stopped after %s", jobLabel(job), a.Attempt+1, a.Node, a.Reason),
 		Evidence: a.Reason}, ch)
 }

@@ -213,3 +213,85 @@ func TestRunID(t *testing.T) {
 		t.Errorf("a job id with '~' was taken: %v", err)
 	}
 }
+
+// TestRequeueGang: a hung multi-node job's ranks are all stopped; once
+// the last exit is in, the attempt is kept with every rank as it ended,
+// and the next attempt's ranks write fresh streams under their run id
+// while rank 0's stay the job's, after the first attempt's.
+func TestRequeueGang(t *testing.T) {
+	h := newHarness(t)
+	sub := submitGang("g", 2, 2)
+	sub.Spec.Health = &gantrypb.HealthSpec{OnStall: lifecycle.PolicyRequeue}
+	h.mustOK(sub)
+	h.mustOK(assignGang("g", "n1", "n2"))
+	h.mustOK(ingest("n1", started("g", 1), point("g", 2, map[string]float64{"loss": 3})))
+	h.mustOK(ingest("n2", started("g", 1), point("g", 2, map[string]float64{"loss": 3.5}), logRec("g", 3, 0, "rank 1, attempt 1\n")))
+	h.mustOK(ingest("n1", condRec("g", 3, lifecycle.CondHung, true)))
+	if j := h.job("g"); !j.CancelRequested || j.RequeueReason == "" {
+		t.Fatalf("cancel %v requeue %q", j.CancelRequested, j.RequeueReason)
+	}
+	stop := &gantrypb.JobExit{Signal: "SIGTERM", Ts: 9, Reason: string(lifecycle.ReasonCancelled)}
+	h.mustOK(ingest("n1", exitRec("g", 4, stop)))
+	if j := h.job("g"); j.State != gantrypb.JobState_JOB_STATE_RUNNING || j.Attempt != 0 {
+		t.Fatalf("with rank 1 still stopping: state %s attempt %d", j.State, j.Attempt)
+	}
+	h.mustOK(ingest("n2", exitRec("g", 4, stop)))
+	j := h.job("g")
+	if j.State != gantrypb.JobState_JOB_STATE_QUEUED || j.Attempt != 1 || len(j.Ranks) != 0 || j.MasterPort != 0 || len(j.Attempts) != 1 {
+		t.Fatalf("after both ranks stopped: state %s attempt %d ranks %v port %d", j.State, j.Attempt, j.Ranks, j.MasterPort)
+	}
+	a := j.Attempts[0]
+	if len(a.Ranks) != 2 || a.Ranks[1].Node != "n2" || a.FinalMetrics["loss"] != 3 || a.LastSeq != 4 || a.Node != "n1" {
+		t.Errorf("attempt kept as %v", a)
+	}
+	// Both nodes' replays of the first attempt are duplicates.
+	for _, n := range []string{"n1", "n2"} {
+		if r := h.apply(ingest(n, point("g", 2, nil))).(fsm.IngestResult); r.Duplicates != 1 {
+			t.Errorf("%s's replay: %+v, want a duplicate", n, r)
+		}
+	}
+	h.mustOK(assignGang("g", "n2", "n3"))
+	run := lifecycle.RunID("g", 1)
+	h.mustOK(ingest("n2", started(run, 1), point(run, 2, map[string]float64{"loss": 2})))
+	h.mustOK(ingest("n3", started(run, 1), point(run, 2, map[string]float64{"loss": 2.5}), logRec(run, 3, 0, "rank 1, attempt 2\n")))
+	if pts := h.points("g"); len(pts) != 2 || pts[1].Seq != 6 {
+		t.Errorf("job points %v, want the second attempt's rank 0 point at seq 6", pts)
+	}
+	var old, cur []byte
+	_ = h.st.View(func(tx *store.Tx) error {
+		old, _ = tx.Logs(store.RankKey("g", 1), 0, 100)
+		cur, _ = tx.Logs(store.RankKey(run, 1), 0, 100)
+		return nil
+	})
+	if string(old) != "rank 1, attempt 1\n" || string(cur) != "rank 1, attempt 2\n" {
+		t.Errorf("rank 1 logs %q and %q, want one per attempt", old, cur)
+	}
+	if j := h.job("g"); store.JobRankKey(j, 1) != store.RankKey(run, 1) || store.JobRankKey(j, 0) != "g" {
+		t.Errorf("rank keys %q %q", store.JobRankKey(j, 0), store.JobRankKey(j, 1))
+	}
+	h.mustOK(ingest("n2", exitRec(run, 3, &gantrypb.JobExit{ExitCode: code(0), Ts: 20})))
+	h.mustOK(ingest("n3", exitRec(run, 4, &gantrypb.JobExit{ExitCode: code(0), Ts: 20})))
+	if j := h.job("g"); j.State != gantrypb.JobState_JOB_STATE_SUCCEEDED || j.FinalMetrics["loss"] != 2 {
+		t.Errorf("end: %s %v", j.State, j.FinalMetrics)
+	}
+}
+
+// TestRequeueGangNotWhenARankFailed: a rank that failed (and so stalled
+// the others, which are stopped) fails the job even if the stall's policy
+// asks for a requeue: requeue is only for a clean stop.
+func TestRequeueGangNotWhenARankFailed(t *testing.T) {
+	h := newHarness(t)
+	sub := submitGang("g", 2, 2)
+	sub.Spec.Health = &gantrypb.HealthSpec{OnStall: lifecycle.PolicyRequeue}
+	h.mustOK(sub)
+	h.mustOK(assignGang("g", "n1", "n2"))
+	h.mustOK(ingest("n2", started("g", 1), exitRec("g", 2, &gantrypb.JobExit{ExitCode: code(1), Ts: 8})))
+	h.mustOK(ingest("n1", started("g", 1), condRec("g", 2, lifecycle.CondStalled, true)))
+	if j := h.job("g"); j.RequeueReason == "" {
+		t.Fatal("the stall did not ask for a requeue; the test tests nothing")
+	}
+	h.mustOK(ingest("n1", exitRec("g", 3, &gantrypb.JobExit{Signal: "SIGTERM", Ts: 9, Reason: string(lifecycle.ReasonCancelled)})))
+	if j := h.job("g"); j.State != gantrypb.JobState_JOB_STATE_FAILED || j.Attempt != 0 || j.RequeueReason != "" {
+		t.Errorf("state %s attempt %d requeue %q, want failed", j.State, j.Attempt, j.RequeueReason)
+	}
+}

@@ -668,18 +668,16 @@ func (a *API) metrics(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	// rank reads rank K's own series of a multi-node job (0, the default,
-	// is the job's own: rank 0's).
-	rank, err := queryUint(r, "rank", 0)
+	sel, err := queryRank(r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
 	if r.URL.Query().Has("max_points") {
-		a.downsampled(w, r, id, uint32(min(rank, math.MaxUint32)), keys)
+		a.downsampled(w, r, id, sel, keys)
 		return
 	}
-	page, err := a.readRankPoints(id, uint32(min(rank, math.MaxUint32)), after, limit)
+	page, err := a.readRankPoints(id, sel, after, limit)
 	if err != nil {
 		a.writeReadError(w, r, err)
 		return
@@ -727,7 +725,7 @@ const (
 
 // downsampled answers ?max_points=N: at most N buckets per metric over the
 // whole run, read in pages of short transactions.
-func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, rank uint32, keys []string) {
+func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, sel rankSel, keys []string) {
 	n, err := queryUint(r, "max_points", 0)
 	if err == nil && (n == 0 || n > maxDownsamplePoints) {
 		err = fmt.Errorf("query parameter max_points=%d: want 1..%d", n, maxDownsamplePoints)
@@ -738,17 +736,19 @@ func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, ran
 	}
 	var last uint64
 	var known int
+	var key string
 	if err := a.opts.Store.View(func(tx *store.Tx) error {
 		job, err := tx.Job(id)
 		if err != nil {
 			return err
 		}
 		last, known = job.LastSeq, len(job.LatestMetrics)
-		if rank > 0 {
-			rk, err := rankOf(job, rank)
-			if err != nil {
-				return err
-			}
+		k, rk, err := rankStream(job, sel)
+		if err != nil {
+			return err
+		}
+		key = k
+		if rk != nil {
 			last, known = rk.LastSeq, len(rk.LatestMetrics)
 		}
 		return nil
@@ -761,7 +761,7 @@ func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, ran
 			known, n, maxDownsampleBuckets))
 		return
 	}
-	series, err := downsample.Read(r.Context(), a.opts.Store, store.RankKey(id, rank), last, int(n), keys)
+	series, err := downsample.Read(r.Context(), a.opts.Store, key, last, int(n), keys)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the client went away
@@ -781,33 +781,70 @@ func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, ran
 	writeJSON(w, http.StatusOK, out)
 }
 
-// rankOf returns rank k of a multi-node job, or a 400 for one it lacks.
-func rankOf(j *gantrypb.Job, k uint32) (*gantrypb.Rank, error) {
-	if int(k) >= len(j.Ranks) {
-		return nil, badRequest{fmt.Errorf("job %s has no rank %d (ranks: %d)", j.Id, k, max(len(j.Ranks), 1))}
+// rankSel picks whose streams a read is of: rank (0, the default, is the
+// job's own, across all its attempts) and, for a rank k > 0 of a
+// multi-node job, attempt (numbered from 1; 0, the default: the current).
+type rankSel struct {
+	rank    uint32
+	attempt uint64
+}
+
+// queryRank reads ?rank= and ?attempt=.
+func queryRank(r *http.Request) (rankSel, error) {
+	rank, err := queryUint(r, "rank", 0)
+	if err != nil {
+		return rankSel{}, err
 	}
-	return j.Ranks[k], nil
+	attempt, err := queryUint(r, "attempt", 0)
+	if err != nil {
+		return rankSel{}, err
+	}
+	return rankSel{rank: uint32(min(rank, math.MaxUint32)), attempt: attempt}, nil
+}
+
+// rankStream resolves sel on job j to the stored key of its streams and,
+// for a rank k > 0, the rank; a 400 for a rank or attempt the job lacks.
+func rankStream(j *gantrypb.Job, sel rankSel) (string, *gantrypb.Rank, error) {
+	if sel.rank == 0 {
+		return j.Id, nil, nil
+	}
+	current := uint64(j.Attempt) + 1
+	ranks, run := j.Ranks, lifecycle.JobRunID(j)
+	switch {
+	case sel.attempt > current:
+		return "", nil, badRequest{fmt.Errorf("job %s has had %d attempts; there is no attempt %d", j.Id, current, sel.attempt)}
+	case sel.attempt > 0 && sel.attempt < current:
+		ranks, run = nil, lifecycle.RunID(j.Id, uint32(sel.attempt-1))
+		for _, a := range j.Attempts {
+			if uint64(a.Attempt)+1 == sel.attempt {
+				ranks = a.Ranks
+			}
+		}
+	}
+	if int(sel.rank) >= len(ranks) {
+		return "", nil, badRequest{fmt.Errorf("job %s has no rank %d (ranks: %d)", j.Id, sel.rank, max(len(ranks), 1))}
+	}
+	return store.RankKey(run, sel.rank), ranks[sel.rank], nil
 }
 
 // readPoints reads one page of points in its own short transaction.
 func (a *API) readPoints(id string, after uint64, limit int) (apiv1.PointPage, error) {
-	return a.readRankPoints(id, 0, after, limit)
+	return a.readRankPoints(id, rankSel{}, after, limit)
 }
 
-// readRankPoints reads one page of rank k's points (k = 0: the job's).
-func (a *API) readRankPoints(id string, k uint32, after uint64, limit int) (apiv1.PointPage, error) {
+// readRankPoints reads one page of the points sel picks.
+func (a *API) readRankPoints(id string, sel rankSel, after uint64, limit int) (apiv1.PointPage, error) {
 	page := apiv1.PointPage{Points: []apiv1.Point{}, Next: after}
 	err := a.opts.Store.View(func(tx *store.Tx) error {
 		j, err := tx.Job(id)
 		if err != nil {
 			return err
 		}
-		if k > 0 {
-			if _, err := rankOf(j, k); err != nil {
-				return err
-			}
+		key, _, err := rankStream(j, sel)
+		if err != nil {
+			return err
 		}
-		pts, err := tx.Points(store.RankKey(id, k), after, limit)
+		pts, err := tx.Points(key, after, limit)
 		if err != nil {
 			return err
 		}
@@ -826,9 +863,9 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
-	// rank picks one rank's events of a multi-node job (default 0, the
-	// job's own).
-	rank, err := queryUint(r, "rank", 0)
+	// rank (and attempt) pick one rank's events of a multi-node job
+	// (default 0, the job's own).
+	sel, err := queryRank(r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -840,10 +877,11 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return err
 		}
-		if rank > 0 && rank >= uint64(len(j.Ranks)) {
-			return badRequest{fmt.Errorf("job %s has no rank %d (ranks: %d)", id, rank, max(len(j.Ranks), 1))}
+		key, _, err := rankStream(j, sel)
+		if err != nil {
+			return err
 		}
-		evs, err := tx.Events(store.RankKey(id, uint32(rank)), after, maxPointLimit)
+		evs, err := tx.Events(key, after, maxPointLimit)
 		for _, e := range evs {
 			out.Events = append(out.Events, view.Event(e))
 		}
@@ -867,9 +905,9 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
-	// rank picks one rank's log of a multi-node job (default 0, the
-	// job's own).
-	rank, err := queryUint(r, "rank", 0)
+	// rank (and attempt) pick one rank's log of a multi-node job
+	// (default 0, the job's own).
+	sel, err := queryRank(r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -881,16 +919,18 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return err
 		}
-		logBytes := j.LogBytes
-		if rank > 0 {
-			if rank >= uint64(len(j.Ranks)) {
-				return badRequest{fmt.Errorf("job %s has no rank %d (ranks: %d)", id, rank, max(len(j.Ranks), 1))}
-			}
-			logBytes = j.Ranks[rank].LogBytes
+		key, rk, err := rankStream(j, sel)
+		if err != nil {
+			return err
 		}
-		data, next := tx.Logs(store.RankKey(id, uint32(rank)), offset, limit)
+		logBytes, ended := j.LogBytes, lifecycle.IsTerminal(j.State)
+		if rk != nil {
+			// An earlier attempt's rank has ended, whatever the job does.
+			logBytes, ended = rk.LogBytes, ended || lifecycle.IsTerminal(rk.State) && sel.attempt > 0 && sel.attempt <= uint64(j.Attempt)
+		}
+		data, next := tx.Logs(key, offset, limit)
 		out = apiv1.Logs{Offset: offset, Next: next, Data: string(data),
-			Complete: lifecycle.IsTerminal(j.State) && next >= logBytes}
+			Complete: ended && next >= logBytes}
 		return nil
 	})
 	if err != nil {

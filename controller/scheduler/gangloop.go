@@ -82,13 +82,14 @@ func (s *Scheduler) startGang(j *gantrypb.Job) {
 		return
 	}
 	n := uint32(len(j.Ranks))
+	run := lifecycle.JobRunID(j)
 	for _, r := range j.Ranks {
 		if r.State != gantrypb.JobState_JOB_STATE_ASSIGNED || !s.agents.Connected(r.Node) {
 			continue
 		}
-		s.tell(j.Id, r.Node)
-		err := s.agents.SendOnce(r.Node, startKey(j.Id), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Start{
-			Start: &gantrypb.StartJob{JobId: j.Id, Spec: j.Spec, Gpus: r.Gpus, NodeRank: r.Rank, Nnodes: n,
+		s.tell(run, r.Node)
+		err := s.agents.SendOnce(r.Node, startKey(run), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Start{
+			Start: &gantrypb.StartJob{JobId: run, Spec: j.Spec, Gpus: r.Gpus, NodeRank: r.Rank, Nnodes: n,
 				MasterAddr: j.MasterAddr, MasterPort: j.MasterPort}}})
 		if err != nil {
 			s.log.Warn("scheduler: send start", "job", j.Id, "rank", r.Rank, "node", r.Node, "err", err)
@@ -100,13 +101,14 @@ func (s *Scheduler) startGang(j *gantrypb.Job) {
 // have exited to stop it (SIGTERM, then SIGKILL after kill_grace, as any
 // cancel).
 func (s *Scheduler) cancelRanks(j *gantrypb.Job, reason string) {
+	run := lifecycle.JobRunID(j)
 	for _, r := range j.Ranks {
 		if lifecycle.IsTerminal(r.State) || !s.agents.Connected(r.Node) {
 			continue
 		}
-		s.tell(j.Id, r.Node)
-		err := s.agents.SendOnce(r.Node, cancelKey(j.Id), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Cancel{
-			Cancel: &gantrypb.CancelJob{JobId: j.Id, Reason: reason}}})
+		s.tell(run, r.Node)
+		err := s.agents.SendOnce(r.Node, cancelKey(run), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Cancel{
+			Cancel: &gantrypb.CancelJob{JobId: run, Reason: reason}}})
 		if err != nil {
 			s.log.Warn("scheduler: send cancel", "job", j.Id, "rank", r.Rank, "node", r.Node, "err", err)
 		}

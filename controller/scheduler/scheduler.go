@@ -324,7 +324,7 @@ func (s *Scheduler) Reconcile() {
 			}
 			s.startGang(j)
 			if j.CancelRequested {
-				s.cancelRanks(j, "cancelled by user")
+				s.cancelRanks(j, cancelReason(j))
 			} else if r := endedBadly(j); r != nil {
 				// One rank failed: the collective cannot go on without
 				// it, so the others are stopped rather than left hanging
@@ -359,12 +359,8 @@ func (s *Scheduler) Reconcile() {
 		if j.CancelRequested && s.agents.Connected(j.Node) {
 			run := lifecycle.JobRunID(j)
 			s.tell(run, j.Node)
-			reason := "cancelled"
-			if j.RequeueReason != "" {
-				reason = "stopped to be requeued: " + j.RequeueReason
-			}
 			err := s.agents.SendOnce(j.Node, cancelKey(run), &gantrypb.ControlMessage{Msg: &gantrypb.ControlMessage_Cancel{
-				Cancel: &gantrypb.CancelJob{JobId: run, Reason: clip(reason, limits.MaxEventMessageBytes)}}})
+				Cancel: &gantrypb.CancelJob{JobId: run, Reason: cancelReason(j)}}})
 			if err != nil {
 				s.log.Warn("scheduler: send cancel", "job", j.Id, "node", j.Node, "err", err)
 			}
@@ -414,6 +410,14 @@ func (s *Scheduler) queueTimeout(j *gantrypb.Job, reason string) {
 		return
 	}
 	s.log.Info("job failed: queue timeout", "job", j.Id, "reason", msg)
+}
+
+// cancelReason is what a cancel of j tells its agent.
+func cancelReason(j *gantrypb.Job) string {
+	if j.RequeueReason != "" {
+		return clip("stopped to be requeued: "+j.RequeueReason, limits.MaxEventMessageBytes)
+	}
+	return "cancelled"
 }
 
 // clip cuts s to at most n bytes without splitting a UTF-8 sequence.

@@ -515,12 +515,10 @@ func (o jobOwners) JobNodes(ids []string) (map[string][]string, error) {
 				return err
 			}
 			if attempt < job.Attempt {
-				// An earlier attempt's node: its replays are duplicates
+				// An earlier attempt's nodes: its replays are duplicates
 				// there, forgeries anywhere else.
-				for _, a := range job.Attempts {
-					if a.Attempt == attempt && a.Node != "" {
-						out[id] = []string{a.Node}
-					}
+				if nodes := lifecycle.AttemptNodes(job, attempt); len(nodes) > 0 {
+					out[id] = nodes
 				}
 				continue
 			}

@@ -372,7 +372,7 @@ type HealthSpec struct {
 	IdlePowerW  float64 `protobuf:"fixed64,5,opt,name=idle_power_w,json=idlePowerW,proto3" json:"idle_power_w,omitempty"`
 	// on_stall and on_idle: "notify" (or empty) only reports; "cancel"
 	// cancels the job through the normal cancel path; "requeue" stops it the
-	// same way and queues it again as a new attempt (single-node jobs).
+	// same way and queues it again as a new attempt.
 	// on_stall covers hung.
 	OnStall string `protobuf:"bytes,6,opt,name=on_stall,json=onStall,proto3" json:"on_stall,omitempty"`
 	OnIdle  string `protobuf:"bytes,7,opt,name=on_idle,json=onIdle,proto3" json:"on_idle,omitempty"`
@@ -497,10 +497,13 @@ type Attempt struct {
 	LogTail string `protobuf:"bytes,11,opt,name=log_tail,json=logTail,proto3" json:"log_tail,omitempty"`
 	// first_seq and last_seq bound the seqs of its points and events in the
 	// job's streams; log_start and log_end bound its bytes of the job's log.
-	FirstSeq      uint64 `protobuf:"varint,12,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
-	LastSeq       uint64 `protobuf:"varint,13,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	LogStart      uint64 `protobuf:"varint,14,opt,name=log_start,json=logStart,proto3" json:"log_start,omitempty"`
-	LogEnd        uint64 `protobuf:"varint,15,opt,name=log_end,json=logEnd,proto3" json:"log_end,omitempty"`
+	FirstSeq uint64 `protobuf:"varint,12,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	LastSeq  uint64 `protobuf:"varint,13,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	LogStart uint64 `protobuf:"varint,14,opt,name=log_start,json=logStart,proto3" json:"log_start,omitempty"`
+	LogEnd   uint64 `protobuf:"varint,15,opt,name=log_end,json=logEnd,proto3" json:"log_end,omitempty"`
+	// ranks are a multi-node attempt's ranks as they ended (their points,
+	// events and logs stay under the attempt's rank keys, store.JobRankKey).
+	Ranks         []*Rank `protobuf:"bytes,16,rep,name=ranks,proto3" json:"ranks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -638,6 +641,13 @@ func (x *Attempt) GetLogEnd() uint64 {
 		return x.LogEnd
 	}
 	return 0
+}
+
+func (x *Attempt) GetRanks() []*Rank {
+	if x != nil {
+		return x.Ranks
+	}
+	return nil
 }
 
 // JobCondition is a health condition that holds for a job now.
@@ -1073,6 +1083,10 @@ type Rank struct {
 	// value of every key.
 	LastSeq       uint64             `protobuf:"varint,16,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
 	LatestMetrics map[string]float64 `protobuf:"bytes,17,rep,name=latest_metrics,json=latestMetrics,proto3" json:"latest_metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	// exit_seq is the seq its exit record took in its stream (for rank 0,
+	// the job's stream with seq_base added): a requeue starts the job's
+	// next attempt after it.
+	ExitSeq       uint64 `protobuf:"varint,18,opt,name=exit_seq,json=exitSeq,proto3" json:"exit_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1224,6 +1238,13 @@ func (x *Rank) GetLatestMetrics() map[string]float64 {
 		return x.LatestMetrics
 	}
 	return nil
+}
+
+func (x *Rank) GetExitSeq() uint64 {
+	if x != nil {
+		return x.ExitSeq
+	}
+	return 0
 }
 
 // MetricPoint is one parsed line of a job's metrics file. Its metrics come
@@ -4100,7 +4121,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\bon_stall\x18\x06 \x01(\tR\aonStall\x12\x17\n" +
 	"\aon_idle\x18\a \x01(\tR\x06onIdle\x12\x1a\n" +
 	"\bdisabled\x18\b \x01(\bR\bdisabled\x12!\n" +
-	"\fmax_requeues\x18\t \x01(\rR\vmaxRequeues\"\xb0\x04\n" +
+	"\fmax_requeues\x18\t \x01(\rR\vmaxRequeues\"\xd7\x04\n" +
 	"\aAttempt\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\rR\aattempt\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x12\n" +
@@ -4117,7 +4138,8 @@ const file_gantry_proto_rawDesc = "" +
 	"\tfirst_seq\x18\f \x01(\x04R\bfirstSeq\x12\x19\n" +
 	"\blast_seq\x18\r \x01(\x04R\alastSeq\x12\x1b\n" +
 	"\tlog_start\x18\x0e \x01(\x04R\blogStart\x12\x17\n" +
-	"\alog_end\x18\x0f \x01(\x04R\x06logEnd\x1a?\n" +
+	"\alog_end\x18\x0f \x01(\x04R\x06logEnd\x12%\n" +
+	"\x05ranks\x18\x10 \x03(\v2\x0f.gantry.v1.RankR\x05ranks\x1a?\n" +
 	"\x11FinalMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\f\n" +
@@ -4177,7 +4199,7 @@ const file_gantry_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\f\n" +
 	"\n" +
-	"_exit_code\"\xc0\x05\n" +
+	"_exit_code\"\xdb\x05\n" +
 	"\x04Rank\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\rR\x04rank\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x12\n" +
@@ -4196,7 +4218,8 @@ const file_gantry_proto_rawDesc = "" +
 	"\rfinal_metrics\x18\x0e \x03(\v2!.gantry.v1.Rank.FinalMetricsEntryR\ffinalMetrics\x12\x16\n" +
 	"\x06points\x18\x0f \x01(\x04R\x06points\x12\x19\n" +
 	"\blast_seq\x18\x10 \x01(\x04R\alastSeq\x12I\n" +
-	"\x0elatest_metrics\x18\x11 \x03(\v2\".gantry.v1.Rank.LatestMetricsEntryR\rlatestMetrics\x1a?\n" +
+	"\x0elatest_metrics\x18\x11 \x03(\v2\".gantry.v1.Rank.LatestMetricsEntryR\rlatestMetrics\x12\x19\n" +
+	"\bexit_seq\x18\x12 \x01(\x04R\aexitSeq\x1a?\n" +
 	"\x11FinalMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1a@\n" +
@@ -4527,47 +4550,48 @@ var file_gantry_proto_depIdxs = []int32{
 	2,  // 1: gantry.v1.JobSpec.resources:type_name -> gantry.v1.Resources
 	4,  // 2: gantry.v1.JobSpec.health:type_name -> gantry.v1.HealthSpec
 	46, // 3: gantry.v1.Attempt.final_metrics:type_name -> gantry.v1.Attempt.FinalMetricsEntry
-	3,  // 4: gantry.v1.Job.spec:type_name -> gantry.v1.JobSpec
-	0,  // 5: gantry.v1.Job.state:type_name -> gantry.v1.JobState
-	47, // 6: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
-	48, // 7: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
-	6,  // 8: gantry.v1.Job.conditions:type_name -> gantry.v1.JobCondition
-	8,  // 9: gantry.v1.Job.ranks:type_name -> gantry.v1.Rank
-	5,  // 10: gantry.v1.Job.attempts:type_name -> gantry.v1.Attempt
-	0,  // 11: gantry.v1.Rank.state:type_name -> gantry.v1.JobState
-	49, // 12: gantry.v1.Rank.final_metrics:type_name -> gantry.v1.Rank.FinalMetricsEntry
-	50, // 13: gantry.v1.Rank.latest_metrics:type_name -> gantry.v1.Rank.LatestMetricsEntry
-	51, // 14: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
-	10, // 15: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
-	52, // 16: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
-	9,  // 17: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
-	13, // 18: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
-	14, // 19: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
-	15, // 20: gantry.v1.Record.started:type_name -> gantry.v1.JobStarted
-	16, // 21: gantry.v1.Record.exit:type_name -> gantry.v1.JobExit
-	11, // 22: gantry.v1.Record.gpu:type_name -> gantry.v1.GPUSample
-	18, // 23: gantry.v1.Record.condition:type_name -> gantry.v1.HealthCondition
-	12, // 24: gantry.v1.Node.gpus:type_name -> gantry.v1.GPUInfo
-	1,  // 25: gantry.v1.Node.state:type_name -> gantry.v1.NodeState
-	20, // 26: gantry.v1.Node.unhealthy_gpus:type_name -> gantry.v1.GPUHealth
-	12, // 27: gantry.v1.Hello.gpus:type_name -> gantry.v1.GPUInfo
-	3,  // 28: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
-	21, // 29: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
-	22, // 30: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
-	26, // 31: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
-	27, // 32: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
-	17, // 33: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
-	3,  // 34: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
-	34, // 35: gantry.v1.AssignGangCmd.ranks:type_name -> gantry.v1.GangRank
-	17, // 36: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
-	19, // 37: gantry.v1.NodeUpCmd.node:type_name -> gantry.v1.Node
-	0,  // 38: gantry.v1.EndJobCmd.state:type_name -> gantry.v1.JobState
-	3,  // 39: gantry.v1.AgentJob.spec:type_name -> gantry.v1.JobSpec
-	40, // [40:40] is the sub-list for method output_type
-	40, // [40:40] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	8,  // 4: gantry.v1.Attempt.ranks:type_name -> gantry.v1.Rank
+	3,  // 5: gantry.v1.Job.spec:type_name -> gantry.v1.JobSpec
+	0,  // 6: gantry.v1.Job.state:type_name -> gantry.v1.JobState
+	47, // 7: gantry.v1.Job.final_metrics:type_name -> gantry.v1.Job.FinalMetricsEntry
+	48, // 8: gantry.v1.Job.latest_metrics:type_name -> gantry.v1.Job.LatestMetricsEntry
+	6,  // 9: gantry.v1.Job.conditions:type_name -> gantry.v1.JobCondition
+	8,  // 10: gantry.v1.Job.ranks:type_name -> gantry.v1.Rank
+	5,  // 11: gantry.v1.Job.attempts:type_name -> gantry.v1.Attempt
+	0,  // 12: gantry.v1.Rank.state:type_name -> gantry.v1.JobState
+	49, // 13: gantry.v1.Rank.final_metrics:type_name -> gantry.v1.Rank.FinalMetricsEntry
+	50, // 14: gantry.v1.Rank.latest_metrics:type_name -> gantry.v1.Rank.LatestMetricsEntry
+	51, // 15: gantry.v1.MetricPoint.values:type_name -> gantry.v1.MetricPoint.ValuesEntry
+	10, // 16: gantry.v1.GPUSample.gpus:type_name -> gantry.v1.GPUStat
+	52, // 17: gantry.v1.JobExit.final_metrics:type_name -> gantry.v1.JobExit.FinalMetricsEntry
+	9,  // 18: gantry.v1.Record.point:type_name -> gantry.v1.MetricPoint
+	13, // 19: gantry.v1.Record.event:type_name -> gantry.v1.JobEvent
+	14, // 20: gantry.v1.Record.log:type_name -> gantry.v1.LogChunk
+	15, // 21: gantry.v1.Record.started:type_name -> gantry.v1.JobStarted
+	16, // 22: gantry.v1.Record.exit:type_name -> gantry.v1.JobExit
+	11, // 23: gantry.v1.Record.gpu:type_name -> gantry.v1.GPUSample
+	18, // 24: gantry.v1.Record.condition:type_name -> gantry.v1.HealthCondition
+	12, // 25: gantry.v1.Node.gpus:type_name -> gantry.v1.GPUInfo
+	1,  // 26: gantry.v1.Node.state:type_name -> gantry.v1.NodeState
+	20, // 27: gantry.v1.Node.unhealthy_gpus:type_name -> gantry.v1.GPUHealth
+	12, // 28: gantry.v1.Hello.gpus:type_name -> gantry.v1.GPUInfo
+	3,  // 29: gantry.v1.StartJob.spec:type_name -> gantry.v1.JobSpec
+	21, // 30: gantry.v1.ControlMessage.hello:type_name -> gantry.v1.Hello
+	22, // 31: gantry.v1.ControlMessage.hello_reply:type_name -> gantry.v1.HelloReply
+	26, // 32: gantry.v1.ControlMessage.start:type_name -> gantry.v1.StartJob
+	27, // 33: gantry.v1.ControlMessage.cancel:type_name -> gantry.v1.CancelJob
+	17, // 34: gantry.v1.RecordBatch.records:type_name -> gantry.v1.Record
+	3,  // 35: gantry.v1.SubmitJobCmd.spec:type_name -> gantry.v1.JobSpec
+	34, // 36: gantry.v1.AssignGangCmd.ranks:type_name -> gantry.v1.GangRank
+	17, // 37: gantry.v1.IngestCmd.records:type_name -> gantry.v1.Record
+	19, // 38: gantry.v1.NodeUpCmd.node:type_name -> gantry.v1.Node
+	0,  // 39: gantry.v1.EndJobCmd.state:type_name -> gantry.v1.JobState
+	3,  // 40: gantry.v1.AgentJob.spec:type_name -> gantry.v1.JobSpec
+	41, // [41:41] is the sub-list for method output_type
+	41, // [41:41] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_gantry_proto_init() }
