@@ -198,9 +198,13 @@ func GroupName(jobID, run string) string {
 }
 
 // Group returns the group of run run of job jobID; nothing is created.
-func (m *Manager) Group(jobID, run string) *Group {
+func (m *Manager) Group(jobID, run string) *Group { return GroupAt(m.dir, jobID, run) }
+
+// GroupAt is Manager.Group for the manager whose Dir is dir: for a process
+// that was handed the directory rather than the Manager.
+func GroupAt(dir, jobID, run string) *Group {
 	name := GroupName(jobID, run)
-	return &Group{name: name, dir: filepath.Join(m.dir, name)}
+	return &Group{name: name, dir: filepath.Join(dir, name)}
 }
 
 // Owner returns the name of the job group of this agent that process pid is
