@@ -9,7 +9,7 @@
 // agents share a host in tests) and, in it, one group per job run:
 //
 //	BASE/gantry-agent          the agent itself (only under a delegated unit)
-//	BASE/gantry-jobs-NODE/job-ID-RUN
+//	BASE/gantry-jobs-NODE-INSTANCE/job-ID-RUN
 //
 // BASE is the agent's own cgroup when that is the root of the hierarchy (a
 // container's namespace, a test box) or a cgroup delegated to it (a systemd
@@ -77,6 +77,12 @@ var ErrUnavailable = errors.New("job cgroups unavailable")
 type Options struct {
 	// NodeID names the agent; its sanitized form names its directory.
 	NodeID string
+	// Instance, when set, is hashed into the directory's name too: two
+	// agents with one node id on one host (test runs side by side) must
+	// not share a directory, or each would sweep the other's groups. The
+	// agent's data directory is stable across its restarts, as adoption
+	// needs.
+	Instance string
 	// Parent, when set, is the cgroup (a path from the cgroup2 root, as in
 	// /proc/PID/cgroup) under which the agent's directory is created; the
 	// agent is not moved. Empty chooses as the package comment says.
@@ -140,7 +146,13 @@ func Open(o Options) (*Manager, error) {
 		return nil, fmt.Errorf("%w: the agent's cgroup %s is not delegated to it (run it as a systemd unit "+
 			"with Delegate=yes, or name a parent cgroup)", ErrUnavailable, own)
 	}
-	m.rel = path.Join(base, jobsPrefix+sanitize(o.NodeID))
+	name := jobsPrefix + sanitize(o.NodeID)
+	if o.Instance != "" {
+		h := fnv.New32a()
+		_, _ = h.Write([]byte(o.Instance)) // a hash's Write never fails
+		name += fmt.Sprintf("-%08x", h.Sum32())
+	}
+	m.rel = path.Join(base, name)
 	m.dir = filepath.Join(mount, filepath.FromSlash(m.rel))
 	if err := os.MkdirAll(m.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)

@@ -395,9 +395,9 @@ func TestDelegatedMovesAgentIntoLeaf(t *testing.T) {
 	if err := writeFile(filepath.Join(unit, "cgroup.procs"), strconv.Itoa(os.Getpid())); err != nil {
 		t.Fatal(err)
 	}
-	m := realManager(t, Options{NodeID: "deleg"})
+	m := realManager(t, Options{NodeID: "deleg", Instance: "/var/lib/a"})
 	unitRel := strings.TrimPrefix(unit, mount)
-	if !m.Moved() || m.Path() != unitRel+"/"+jobsPrefix+"deleg" {
+	if !m.Moved() || !strings.HasPrefix(m.Path(), unitRel+"/"+jobsPrefix+"deleg-") {
 		t.Fatalf("moved %v, path %s", m.Moved(), m.Path())
 	}
 	data, err = os.ReadFile("/proc/self/cgroup")
@@ -412,8 +412,24 @@ func TestDelegatedMovesAgentIntoLeaf(t *testing.T) {
 		t.Fatalf("the delegated cgroup holds %q, %v", procs, err)
 	}
 	// An agent started again in its leaf (exec) keeps the same layout.
-	again, err := Open(Options{NodeID: "deleg"})
+	again, err := Open(Options{NodeID: "deleg", Instance: "/var/lib/a"})
 	if err != nil || again.Path() != m.Path() || again.Moved() {
 		t.Fatalf("reopen: %+v, %v", again, err)
+	}
+}
+
+// TestInstanceSeparates: two agents with one node id on one host (test
+// runs side by side) get directories of their own; one agent gets the
+// same directory at every start.
+func TestInstanceSeparates(t *testing.T) {
+	node := fmt.Sprintf("twin-%d", os.Getpid())
+	a := realManager(t, Options{NodeID: node, Instance: "/data/a"})
+	b := realManager(t, Options{NodeID: node, Instance: "/data/b"})
+	if a.Dir() == b.Dir() {
+		t.Fatalf("both agents use %s", a.Dir())
+	}
+	again, err := Open(Options{NodeID: node, Instance: "/data/a"})
+	if err != nil || again.Dir() != a.Dir() {
+		t.Fatalf("restart: %v, %v", again, err)
 	}
 }
