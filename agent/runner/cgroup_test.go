@@ -245,3 +245,36 @@ func TestAdoptedCgroup(t *testing.T) {
 		})
 	}
 }
+
+// TestCgroupJobAsUserCannotLeave: a job that runs as an unprivileged user
+// is started into its group all the same (the agent's credentials place
+// it), and cannot move itself out: the groups are root's.
+func TestCgroupJobAsUserCannotLeave(t *testing.T) {
+	m := testCgroups(t)
+	u, err := LookupUser("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := userDir(t, u)
+	g := m.Group("as-user", "1")
+	// The root of the hierarchy is where a process would go to leave.
+	root := strings.TrimSuffix(m.Dir(), m.Path())
+	rec := &recorder{}
+	p := start(t, Spec{JobDir: dir, User: u, Cgroup: g,
+		Run: `echo $$ > ` + root + `/cgroup.procs && echo LEFT > left; echo $$ > mine.tmp; mv mine.tmp mine; exec sleep 300`}, rec)
+	mine := readPIDWhenThere(t, filepath.Join(dir, "mine"))
+	if fileExists(filepath.Join(dir, "left")) {
+		t.Fatal("the job's user moved itself out of its cgroup")
+	}
+	if name, ok := m.Owner(mine); !ok || name != g.Name() {
+		t.Fatalf("the job's shell is in %q %v, want %q", name, ok, g.Name())
+	}
+	p.Cancel("")
+	waitDone(t, p)
+	if !processGone(mine) {
+		t.Fatal("the job survived its cancel")
+	}
+	if _, ok := rec.find(lifecycle.EventNoCgroup); ok {
+		t.Fatal("the job ran without its cgroup")
+	}
+}
