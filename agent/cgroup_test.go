@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -201,4 +202,68 @@ func exited(pid int) bool {
 	}
 	i := strings.LastIndexByte(string(data), ')')
 	return i < 0 || i+2 >= len(data) || data[i+2] == 'Z' || data[i+2] == 'X'
+}
+
+// TestRestartKeepsJobCgroup: an agent restarted while a job runs finds the
+// job's cgroup again by name (nothing stored but what the job's state
+// already held), does not sweep it, attributes the job's escaped GPU
+// process by it, and kills that process when the job is cancelled.
+func TestRestartKeepsJobCgroup(t *testing.T) {
+	dir := t.TempDir()
+	sp := openSpool(t, dir)
+	first := newTestAgent(t, dir, sp)
+	c := testJobCgroups(t, first.Agent)
+	const id = "job-cg"
+	first.start(&gantrypb.StartJob{JobId: id, Gpus: []uint32{0}, Spec: &gantrypb.JobSpec{
+		Run: `(setsid sh -c 'echo $$ > esc.tmp; mv esc.tmp esc.pid; exec sleep 300' &); exec sleep 300`}})
+	escFile := filepath.Join(jobDir(dir, id), "esc.pid")
+	waitFor(t, "job running with its escapee", func() bool {
+		st := savedJob(t, sp, id)
+		_, err := os.Stat(escFile)
+		return err == nil && st != nil && st.Pid != 0
+	})
+	data, err := os.ReadFile(escFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	esc, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Kill(esc, unix.SIGKILL) })
+	name, ok := c.m.Owner(esc)
+	if !ok {
+		t.Fatal("the escapee is in no job cgroup")
+	}
+	first.stop()
+
+	second := newTestAgent(t, dir, sp)
+	second.cgroups = openJobCgroups(Config{NodeID: fmt.Sprintf("agent-%s-%d", t.Name(), os.Getpid()), DataDir: dir},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if second.cgroups == nil || second.cgroups.m.Dir() != c.m.Dir() {
+		t.Fatal("the restarted agent has other job cgroups")
+	}
+	if err := second.recover(); err != nil {
+		t.Fatal(err)
+	}
+	if exited(esc) {
+		t.Fatal("the restart swept the running job's cgroup")
+	}
+	second.attributeProcesses([]gpu.Process{{GPU: 0, PID: uint32(esc), MemBytes: 1 << 30}})
+	var memory, stray bool
+	for _, e := range eventsOf(t, sp, id) {
+		memory = memory || (e.Kind == string(lifecycle.EventGPUMemory) && strings.Contains(e.Message, fmt.Sprintf("processes [%d]", esc)))
+		stray = stray || e.Kind == string(lifecycle.EventStrayGPUProcess)
+	}
+	if !memory || stray {
+		t.Errorf("after the restart: the escapee's memory counted %v, reported stray %v", memory, stray)
+	}
+	(*linkHandler)(second.Agent).Cancel(&gantrypb.CancelJob{JobId: id})
+	waitExit(t, sp, id)
+	if !exited(esc) {
+		t.Fatal("the escapee outlived its cancelled job")
+	}
+	if _, err := os.Stat(filepath.Join(c.m.Dir(), name)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the job's cgroup is still there: %v", err)
+	}
 }
