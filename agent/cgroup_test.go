@@ -82,6 +82,11 @@ func startJobWithEscapee(t *testing.T, g *jobcgroup.Group) (leader, escapee int)
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = unix.Kill(escapee, unix.SIGKILL) })
+	// It wrote its pid before exec: events name the command it runs.
+	waitFor(t, "the escapee to exec sleep", func() bool {
+		comm, err := os.ReadFile("/proc/" + strconv.Itoa(escapee) + "/comm")
+		return err == nil && strings.TrimSpace(string(comm)) == "sleep"
+	})
 	if sid, err := unix.Getsid(escapee); err != nil || sid == cmd.Process.Pid {
 		t.Fatalf("the escapee %d did not leave the job's session: %d, %v", escapee, sid, err)
 	}
