@@ -72,6 +72,10 @@ type Config struct {
 	// this host at; empty lets the controller use the source address of
 	// this agent's connection.
 	AdvertiseAddr string
+
+	// JobCgroups is JobCgroupsAuto (or empty), JobCgroupsOff, or the
+	// cgroup under which to make the job cgroups (cgroup.go).
+	JobCgroups string
 }
 
 // DefaultJobUser is the account jobs run as under a root agent unless
@@ -92,6 +96,8 @@ type Agent struct {
 	jobUser *runner.User
 	// pythonDir holds the gantry_metrics package, on every job's PYTHONPATH.
 	pythonDir string
+	// cgroups are the jobs' cgroups; nil when off or unavailable.
+	cgroups *jobCgroups
 
 	// linkUp reports whether the controller link is up; jobs are held to
 	// their share of the spool only then (job.waitShare). nil: never.
@@ -141,6 +147,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: spool: %w", err)
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, spool: sp, jobs: map[string]*job{}, jobUser: jobUser}
+	a.cgroups = openJobCgroups(cfg, cfg.Log)
 	a.hostname, _ = os.Hostname()
 	if err := a.installHelper(); err != nil {
 		sp.Close()
@@ -276,6 +283,7 @@ func (a *Agent) Close() error {
 		errs = append(errs, a.gpus.Close())
 	}
 	errs = append(errs, a.spool.Close())
+	a.cgroups.close()
 	return errors.Join(errs...)
 }
 

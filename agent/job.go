@@ -232,6 +232,7 @@ func (j *job) run(ctx context.Context) {
 		StatusFile:  j.state.StatusFile,
 		OnCancel:    j.cancelling,
 		User:        a.jobUser,
+		Cgroup:      a.cgroups.group(j, j.state.StartedAt),
 	}, j.runnerEvent)
 	if err != nil {
 		log.Warn("job failed to start", "err", err)

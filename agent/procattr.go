@@ -13,13 +13,17 @@ import (
 	"github.com/gantry-ml/gantry/lifecycle"
 )
 
-// Per-process attribution: the compute processes NVML sees on each GPU
-// are mapped to jobs by PID. A job runs in its own session (the runner
-// makes its supervisor a session leader), so a process belongs to the job
-// whose main PID is its session id, or failing that one of its ancestors
-// (a process that started a session of its own). PIDs are those of the
-// agent's PID namespace: an agent in a container that does not share the
-// host's sees none of them, and attributes nothing.
+// Per-process attribution: the compute and graphics processes NVML sees on
+// each GPU are mapped to jobs by PID and cgroup. With job cgroups on
+// (cgroup.go), a process whose /proc/PID/cgroup is a job run's group
+// belongs to that job, whatever its session: no process of the job can
+// leave the group, however it daemonizes. Otherwise, and for a process in
+// no job's group, the session decides: a job runs in its own session (the
+// runner makes its supervisor a session leader), so a process belongs to
+// the job whose main PID is its session id, or failing that one of its
+// ancestors (a process that started a session of its own). PIDs are those
+// of the agent's PID namespace: an agent in a container that does not
+// share the host's sees none of them, and attributes nothing.
 
 // Bounds of the attribution.
 const (
@@ -101,10 +105,12 @@ func (a *Agent) attributeProcesses(procs []gpu.Process) {
 	a.mu.Unlock()
 	roots := map[int]*job{}
 	var running []*job
+	isRunning := map[*job]bool{}
 	for _, j := range all {
 		if s := j.seenState(); s.pid > 0 && !s.ended {
 			roots[s.pid] = j
 			running = append(running, j)
+			isRunning[j] = true
 		}
 	}
 	if len(running) == 0 {
@@ -118,6 +124,9 @@ func (a *Agent) attributeProcesses(procs []gpu.Process) {
 	uses := map[*job]*use{}
 	for _, p := range procs {
 		owner, comm := ownerOf(int(p.PID), roots)
+		if j := a.cgroups.owner(int(p.PID)); j != nil && isRunning[j] {
+			owner = j
+		}
 		if owner != nil {
 			u := uses[owner]
 			if u == nil {

@@ -67,6 +67,7 @@ func (a *Agent) recover() error {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
+	keep := map[string]bool{} // the cgroups of the jobs followed again
 	for _, id := range ids {
 		st := &gantrypb.AgentJob{}
 		if err := proto.Unmarshal(saved[id], st); err != nil {
@@ -99,6 +100,9 @@ func (a *Agent) recover() error {
 		default:
 			log.Info("re-adopted job", "metrics_offset", st.MetricsOffset, "log_offset", st.LogOffset)
 		}
+		if g := proc.Cgroup(); g != nil {
+			keep[g.Name()] = true
+		}
 		j.append(j.event(lifecycle.EventReadopted, msg, 0))
 		a.wg.Add(1)
 		go func() {
@@ -106,6 +110,9 @@ func (a *Agent) recover() error {
 			j.follow(ctx, proc)
 		}()
 	}
+	// Only once every saved job has been looked at: the groups of the
+	// jobs not followed (ended, or unknown to the spool) are leftovers.
+	a.cgroups.sweep(keep, a.log)
 	return nil
 }
 
@@ -137,6 +144,7 @@ func (j *job) adopt() (*runner.Process, error) {
 		StatusFile: st.StatusFile,
 		KillGrace:  time.Duration(spec.GetKillGraceMs()) * time.Millisecond,
 		OnCancel:   j.cancelling,
+		Cgroup:     j.a.cgroups.group(j, st.StartedAt),
 	}
 	if ms := spec.GetMaxDurationMs(); ms > 0 {
 		ad.Deadline = unixTime(st.StartedAt).Add(time.Duration(ms) * time.Millisecond)

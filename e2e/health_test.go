@@ -8,8 +8,10 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -475,6 +477,71 @@ func TestHealthConditions(t *testing.T) {
 			t.Errorf("gpu_memory event %q", e.Message)
 		}
 		finish(t, id)
+	})
+
+	t.Run("a GPU process that daemonizes out of the job's session is the job's, and dies with it", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("job cgroups need a root agent")
+		}
+		// The trainer's GPU process leaves the job's session and process
+		// group (a double fork and setsid): only the job's cgroup still
+		// holds it.
+		escPid := filepath.Join(dir, "escapee.pid")
+		stop := filepath.Join(dir, "escape.stop")
+		id, err := d.api.Submit(ctx, apiv1.JobSpec{Name: "escape",
+			Run: "(setsid sh -c 'echo $$ > " + escPid + ".tmp; mv " + escPid + ".tmp " + escPid + "; exec sleep 300' &); " +
+				"exec python3 " + trainer + " " + stop,
+			Resources: apiv1.Resources{GPUs: 1}, KillGrace: apiv1.Duration(2 * time.Second)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var j apiv1.Job
+		waitFor(t, 30*time.Second, "escape logging steps", func() bool {
+			j, err = d.api.Job(ctx, id)
+			return err == nil && j.State == apiv1.StateRunning && j.Points >= 10
+		})
+		var esc int
+		waitFor(t, 10*time.Second, "the escapee's pid", func() bool {
+			data, err := os.ReadFile(escPid)
+			if err != nil {
+				return false
+			}
+			esc, err = strconv.Atoi(strings.TrimSpace(string(data)))
+			return err == nil
+		})
+		t.Cleanup(func() { _ = syscall.Kill(esc, syscall.SIGKILL) })
+		// /proc/PID/stat: "pid (comm) state ppid pgrp session ...".
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", esc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if len(f) < 4 || f[3] == strconv.FormatInt(j.PID, 10) {
+			t.Fatalf("the escapee %d is still in the job's session: %s", esc, stat)
+		}
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", esc))
+		if err != nil || !strings.Contains(string(data), "/job-") {
+			t.Skipf("the agent runs jobs without cgroups here (escapee in %q, %v)", data, err)
+		}
+		gpuScriptRaw(t, script, fmt.Sprintf(`{"gpus": {"%d": {"util": 90, "power_w": 300, "sm_mhz": 1400,
+			"processes": [{"pid": %d, "mem_mib": 1536}]}}}`, j.GPUs[0], esc))
+		waitFor(t, 30*time.Second, "the escapee's GPU memory counted as the job's", func() bool {
+			e, ok := hasEvent(t, id, "gpu_memory")
+			return ok && strings.Contains(e.Message, fmt.Sprintf("processes [%d]", esc))
+		})
+		if e, ok := hasEvent(t, id, "stray_gpu_process"); ok {
+			t.Errorf("the job's own process reported stray: %s", e.Message)
+		}
+		finish(t, id)
+		// Gone once the job is terminal: the agent emptied the cgroup
+		// before it reported the exit. A zombie has ended.
+		stat, err = os.ReadFile(fmt.Sprintf("/proc/%d/stat", esc))
+		if err == nil && !strings.Contains(string(stat), ") Z ") {
+			t.Fatalf("the escapee %d outlived its cancelled job: %s", esc, stat)
+		}
+		if e, ok := hasEvent(t, id, "orphans_killed"); !ok || !strings.Contains(e.Message, strconv.Itoa(esc)) {
+			t.Errorf("no orphans_killed event names the escapee: %+v", e)
+		}
 	})
 
 	// GPU faults come last: a failing GPU stays failing in the dev agent.

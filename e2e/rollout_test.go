@@ -354,8 +354,9 @@ func checkDeployedFiles(t *testing.T, r *rolloutLab) {
 		perRole := map[string]string{"ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes", "ReadWritePaths": filepath.Join(p, data)}
 		if svc == "gantry-agent" {
 			perRole = map[string]string{"KillMode": "process", "ProtectSystem": "full", "TasksMax": "infinity",
-				"User": "root"}
-			for _, k := range []string{"ProtectHome", "PrivateTmp", "PrivateDevices"} {
+				"User": "root", "Delegate": "yes"}
+			// ProtectControlGroups would make the jobs' cgroups impossible.
+			for _, k := range []string{"ProtectHome", "PrivateTmp", "PrivateDevices", "ProtectControlGroups"} {
 				if v, ok := unit.directives[k]; ok {
 					t.Errorf("%s: agent unit sets %s=%v, which training jobs would inherit", name, k, v)
 				}

@@ -148,6 +148,10 @@ const (
 	// EventCodeUnpacked says the job's code archive was fetched and
 	// unpacked into its working directory, with what it held.
 	EventCodeUnpacked EventKind = "code_unpacked"
+	// EventNoCgroup says the job runs without a cgroup of its own on an
+	// agent that gives jobs one (it could not be created): a process of
+	// the job that leaves its session is not killed at its end.
+	EventNoCgroup EventKind = "no_cgroup"
 )
 
 // Job event kinds reported by either side.

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gantry-ml/gantry/agent/jobcgroup"
 	"github.com/gantry-ml/gantry/lifecycle"
 )
 
@@ -74,6 +75,10 @@ type Adoption struct {
 	CancelAt     time.Time
 	// OnCancel is as in Spec.
 	OnCancel func(reason lifecycle.ExitReason, at time.Time)
+	// Cgroup is the job run's cgroup as Spec.Cgroup named it, or nil. It
+	// is not created: what is left in it is killed when the job ends (or
+	// at once, if it has ended), and it is removed.
+	Cgroup *jobcgroup.Group
 }
 
 // Adopt takes over a job that an earlier agent process started with Start.
@@ -95,6 +100,7 @@ func Adopt(a Adoption, onEvent func(Event)) (*Process, error) {
 		return nil, fmt.Errorf("%w: adopt %q: negative kill_grace %s", ErrInvalidSpec, a.JobID, a.KillGrace)
 	}
 	p := newProcess(a.Identity, a.StatusFile, a.KillGrace, onEvent, a.OnCancel)
+	p.cgroup = a.Cgroup
 	if a.CancelReason != "" {
 		p.reason = a.CancelReason
 		p.killAt = a.CancelAt.Add(p.killGrace)
@@ -140,6 +146,9 @@ func Adopt(a Adoption, onEvent func(Event)) (*Process, error) {
 // endedUnwatched finishes a Process whose job ended while no agent watched
 // it: the status file says how, or gone says why we cannot know.
 func (p *Process) endedUnwatched(gone error) {
+	// What the job left running in its cgroup outlived it unwatched.
+	p.killEscapees()
+	p.dropCgroup()
 	reason := p.markExited()
 	res := Result{Err: gone}
 	if st, err := readStatus(p.statusFile); err == nil {
@@ -177,6 +186,7 @@ func (p *Process) watchAdopted(pidfd *os.File) {
 	escalated := p.escalated
 	p.mu.Unlock()
 	reason := p.markExited()
+	p.dropCgroup()
 	var res Result
 	st, err := readStatus(p.statusFile)
 	switch {

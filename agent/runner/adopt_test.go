@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gantry-ml/gantry/agent/jobcgroup"
 	"github.com/gantry-ml/gantry/lifecycle"
 )
 
@@ -40,7 +41,9 @@ func TestMain(m *testing.M) {
 }
 
 // orphanSpec is the part of a Spec the fake agent is given.
-type orphanSpec struct{ JobDir, Run string }
+// CgroupDir, when set, is the directory of the job groups (a Manager's
+// Dir) and CgroupJob the job's id in it: the job runs in its group.
+type orphanSpec struct{ JobDir, Run, CgroupDir, CgroupJob string }
 
 func fakeAgent(specJSON string) int {
 	var spec orphanSpec
@@ -48,7 +51,11 @@ func fakeAgent(specJSON string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	p, err := Start(Spec{JobDir: spec.JobDir, Run: spec.Run}, nil)
+	var g *jobcgroup.Group
+	if spec.CgroupDir != "" {
+		g = jobcgroup.GroupAt(spec.CgroupDir, spec.CgroupJob, "1")
+	}
+	p, err := Start(Spec{JobDir: spec.JobDir, Run: spec.Run, Cgroup: g}, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2

@@ -28,6 +28,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gantry-ml/gantry/agent/jobcgroup"
 	"github.com/gantry-ml/gantry/lifecycle"
 )
 
@@ -131,6 +132,15 @@ type Spec struct {
 	// later Adopt can finish the cancel. It is called once, like onEvent:
 	// never concurrently with it, and before Done is closed.
 	OnCancel func(reason lifecycle.ExitReason, at time.Time)
+	// Cgroup, when not nil, is the job run's own cgroup: Start creates it
+	// and starts the supervisor directly inside it (clone3 with
+	// CLONE_INTO_CGROUP, so not even an early fork escapes), and whatever
+	// is left in it when the job ends is killed and the group removed. A
+	// process that leaves the job's session and group (a daemon's double
+	// fork) stays in it. If it cannot be created, or the kernel cannot
+	// start a process into it, the job runs without it and an
+	// lifecycle.EventNoCgroup event says so.
+	Cgroup *jobcgroup.Group
 }
 
 // Result is how a job ended.
@@ -158,7 +168,8 @@ type Result struct {
 
 // Event is something about the job's lifetime worth telling the user.
 type Event struct {
-	// Kind is lifecycle.EventKillEscalated or lifecycle.EventOrphansKilled.
+	// Kind is lifecycle.EventKillEscalated, EventOrphansKilled or
+	// EventNoCgroup.
 	Kind lifecycle.EventKind
 	// Message is human readable, e.g. "SIGKILL sent after kill_grace 10s".
 	Message string
@@ -175,6 +186,8 @@ type Process struct {
 	killGrace  time.Duration
 	onEvent    func(Event)
 	onCancel   func(reason lifecycle.ExitReason, at time.Time)
+	// cgroup is the job run's cgroup; nil when it runs without one.
+	cgroup *jobcgroup.Group
 
 	done   chan struct{}
 	result Result // written once before done is closed
@@ -216,17 +229,21 @@ func Start(spec Spec, onEvent func(Event)) (*Process, error) {
 		return nil, errors.Join(fmt.Errorf("%w %q: %w", ErrStart, spec.JobID, err), removeTemp(statusFile, tempStatus))
 	}
 	defer readyR.Close() // read-only; its close error means nothing
-	cmd := exec.Command(selfExe)
-	cmd.Args = []string{supervisorName, supervisorArg, statusFile, strconv.Itoa(readyFD),
-		shell, "-c", script(spec.Setup, spec.Run)}
-	cmd.ExtraFiles = []*os.File{readyW} // becomes readyFD
-	cmd.Dir = workdir(spec)
-	cmd.Env = buildEnv(spec)
-	// Setsid makes the supervisor, and so the job, a session and
-	// process-group leader: an agent restart (SIGHUP/SIGTERM to the agent's
-	// group) does not reach it, and cancel can signal every process of the
-	// job through the group.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: spec.User.credential()}
+	newCmd := func() *exec.Cmd {
+		cmd := exec.Command(selfExe)
+		cmd.Args = []string{supervisorName, supervisorArg, statusFile, strconv.Itoa(readyFD),
+			shell, "-c", script(spec.Setup, spec.Run)}
+		cmd.ExtraFiles = []*os.File{readyW} // becomes readyFD
+		cmd.Dir = workdir(spec)
+		cmd.Env = buildEnv(spec)
+		// Setsid makes the supervisor, and so the job, a session and
+		// process-group leader: an agent restart (SIGHUP/SIGTERM to the
+		// agent's group) does not reach it, and cancel can signal every
+		// process of the job through the group.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: spec.User.credential()}
+		return cmd
+	}
+	cmd := newCmd()
 
 	var logFile *os.File
 	if spec.LogFile != "" {
@@ -242,7 +259,21 @@ func Start(spec Spec, onEvent func(Event)) (*Process, error) {
 		cmd.Stderr = logFile
 	}
 
-	err = cmd.Start()
+	cgroup, cgErr := spec.Cgroup, error(nil)
+	if cgroup != nil {
+		cmd, cgErr = startInCgroup(cmd, cgroup)
+		if cgErr != nil {
+			// Run it as it ran before cgroups: the job matters more
+			// than the means to find its escapees.
+			cgroup = nil
+			out := cmd.Stdout
+			cmd = newCmd()
+			cmd.Stdout, cmd.Stderr = out, out
+			err = startCmd(cmd)
+		}
+	} else {
+		err = startCmd(cmd)
+	}
 	if logFile != nil {
 		// The child has its own descriptor now. Nothing was ever written
 		// through ours, so closing it cannot lose data and its error has
@@ -260,7 +291,7 @@ func Start(spec Spec, onEvent func(Event)) (*Process, error) {
 	if err := awaitReady(readyR); err != nil {
 		killGroup(pid, unix.SIGKILL)
 		return nil, errors.Join(fmt.Errorf("%w %q: %w", ErrStart, spec.JobID, err), reap(cmd),
-			removeTemp(statusFile, tempStatus))
+			removeCgroup(cgroup), removeTemp(statusFile, tempStatus))
 	}
 	// The child is not reaped before wait() runs, so /proc/PID is ours to
 	// read even if it has exited already.
@@ -271,12 +302,17 @@ func Start(spec Spec, onEvent func(Event)) (*Process, error) {
 		// what cannot be tracked.
 		killGroup(pid, unix.SIGKILL)
 		return nil, errors.Join(fmt.Errorf("%w %q: %w", ErrStart, spec.JobID, err), reap(cmd),
-			removeTemp(statusFile, tempStatus))
+			removeCgroup(cgroup), removeTemp(statusFile, tempStatus))
 	}
 
 	p := newProcess(ident, statusFile, spec.KillGrace, onEvent, spec.OnCancel)
 	p.cmd = cmd
 	p.tempStatus = tempStatus
+	p.cgroup = cgroup
+	if cgErr != nil {
+		p.emit(Event{Kind: lifecycle.EventNoCgroup, Message: fmt.Sprintf(
+			"the job runs without its own cgroup (%v): a process of it that leaves its session survives its end", cgErr)})
+	}
 	if spec.MaxDuration > 0 {
 		p.mu.Lock()
 		p.maxDurTimer = time.AfterFunc(spec.MaxDuration, func() { p.Cancel(lifecycle.ReasonMaxDuration) })
@@ -284,6 +320,40 @@ func Start(spec Spec, onEvent func(Event)) (*Process, error) {
 	}
 	go p.wait()
 	return p, nil
+}
+
+// startCmd starts a command; tests replace it to make a start fail.
+var startCmd = (*exec.Cmd).Start
+
+// startInCgroup creates the job's cgroup and starts cmd directly inside it.
+// On failure the group is removed again, and the error says why; the
+// command returned then is unusable (the caller starts a fresh one).
+func startInCgroup(cmd *exec.Cmd, g *jobcgroup.Group) (*exec.Cmd, error) {
+	dir, err := g.Create(time.Now().Add(killSettle))
+	if err != nil {
+		return cmd, err
+	}
+	cmd.SysProcAttr.UseCgroupFD = true
+	cmd.SysProcAttr.CgroupFD = int(dir.Fd())
+	err = startCmd(cmd)
+	// The child is in the group, or was never created: the descriptor
+	// is not needed any more; a read-only directory's close loses nothing.
+	_ = dir.Close()
+	if err != nil {
+		// clone3 or CLONE_INTO_CGROUP unsupported (Linux < 5.7), or the
+		// start failed for a reason the plain start will report again.
+		return cmd, errors.Join(fmt.Errorf("start in cgroup %s: %w", g.Name(), err),
+			g.Remove(time.Now().Add(killSettle)))
+	}
+	return cmd, nil
+}
+
+// removeCgroup kills what is in a job's cgroup and removes it; nil is none.
+func removeCgroup(g *jobcgroup.Group) error {
+	if g == nil {
+		return nil
+	}
+	return g.Remove(time.Now().Add(killSettle))
 }
 
 // readyTimeout bounds the wait for the supervisor to start the job's shell;
@@ -379,6 +449,9 @@ func (p *Process) Identity() Identity { return p.ident }
 // StatusFile is where the job's exit status is recorded, for a later Adopt.
 func (p *Process) StatusFile() string { return p.statusFile }
 
+// Cgroup is the job run's cgroup; nil when it runs without one.
+func (p *Process) Cgroup() *jobcgroup.Group { return p.cgroup }
+
 // Done is closed when the job has ended, its group has been cleaned up, and
 // every event has been delivered.
 func (p *Process) Done() <-chan struct{} { return p.done }
@@ -468,8 +541,49 @@ func (p *Process) wait() {
 	if err := removeTemp(p.statusFile, p.tempStatus); err != nil {
 		res.Err = joinErr(res.Err, err)
 	}
+	p.dropCgroup()
 	res.Reason = reason
 	p.finish(res)
+}
+
+// killEscapees sends SIGKILL to whatever is left in the job's cgroup once its
+// process group has been dealt with: processes that left the group (a
+// daemon's double fork and setsid) but could not leave the cgroup. It says
+// which it found, so the user learns that the job spawned them.
+func (p *Process) killEscapees() {
+	if p.cgroup == nil {
+		return
+	}
+	pids, err := p.cgroup.Procs()
+	var escaped []int
+	for _, pid := range pids {
+		state, pgrp, ok := procStat(pid)
+		if ok && pgrp != p.pid && state != 'Z' && state != 'X' {
+			escaped = append(escaped, pid)
+		}
+	}
+	if kerr := p.cgroup.Kill(); kerr != nil {
+		err = joinErr(err, kerr)
+	}
+	switch {
+	case err != nil:
+		p.emit(Event{Kind: lifecycle.EventOrphansKilled,
+			Message: fmt.Sprintf("could not kill what is left in the job's cgroup: %v", err)})
+	case len(escaped) > 0:
+		p.emit(Event{Kind: lifecycle.EventOrphansKilled,
+			Message: fmt.Sprintf("SIGKILL sent to %d process(es) that had left the job's process group but not its cgroup: %v",
+				len(escaped), escaped)})
+	}
+}
+
+// dropCgroup removes the job's cgroup once its processes are gone, killing
+// any still there, within killSettle. A group that cannot be removed (a
+// process stuck in the kernel) is reported; the next agent start sweeps it.
+func (p *Process) dropCgroup() {
+	if err := removeCgroup(p.cgroup); err != nil {
+		p.emit(Event{Kind: lifecycle.EventOrphansKilled,
+			Message: fmt.Sprintf("the job's cgroup could not be removed: %v", err)})
+	}
 }
 
 // markExited records that the leader is gone for good (no signal may be
@@ -554,6 +668,7 @@ func (p *Process) cleanGroup(leaderHeld bool) {
 		if leaderHeld || len(liveGroupMembers(p.pid)) > 0 {
 			killGroup(p.pid, unix.SIGKILL)
 		}
+		p.killEscapees()
 		return
 	}
 
@@ -568,6 +683,7 @@ func (p *Process) cleanGroup(leaderHeld bool) {
 				len(left), left),
 		})
 	}
+	p.killEscapees()
 }
 
 func (p *Process) emit(ev Event) {

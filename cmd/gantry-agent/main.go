@@ -47,6 +47,9 @@ func run() error {
 		idleUtil   = fs.Float64("health-idle-util", health.DefaultIdleUtilPct, "utilization percent below which a GPU may be idle (a spec's health.idle_util_pct overrides)")
 		jobUser    = fs.String("job-user", agent.DefaultJobUser, "when the agent runs as root, the unprivileged account jobs run as "+
 			"(it must exist); root runs jobs as root, which lets them read the agent's keys")
+		jobCgroups = fs.String("job-cgroups", agent.JobCgroupsAuto, "each job's own cgroup v2 group, which kills what a job daemonizes at its end "+
+			"and attributes GPU processes by cgroup: auto (under the agent's own cgroup when it is the root or delegated, "+
+			"e.g. a systemd unit with Delegate=yes), off, or the cgroup path to make them under (e.g. /gantry.slice)")
 	)
 	_ = fs.Parse(os.Args[1:])
 	log, err := logging.New(os.Stderr, *logLevel)
@@ -72,7 +75,7 @@ func run() error {
 		NodeID: *nodeID, DataDir: *dataDir, Controllers: cmdutil.SplitList(*controllers),
 		FakeGPUs: *fakeGPUs, Log: log,
 		SerfAddr: *serfAddr, SerfAdvertise: *serfAdv, Join: cmdutil.SplitList(*join), GossipKey: *gossipKey,
-		JobUser: *jobUser, AdvertiseAddr: *advertise,
+		JobUser: *jobUser, AdvertiseAddr: *advertise, JobCgroups: *jobCgroups,
 		TLS: tlsFiles,
 		Health: health.Defaults{K: *stallK, StallFloor: *stallFloor, StartupGrace: *grace, IdleAfter: *idleAfter,
 			IdleUtilPct: *idleUtil},

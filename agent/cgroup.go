@@ -1,0 +1,133 @@
+package agent
+
+import (
+	"log/slog"
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gantry-ml/gantry/agent/jobcgroup"
+)
+
+// Job cgroups (agent/jobcgroup): where the host allows it, every job run
+// gets a cgroup of its own. Its supervisor is started inside it, so every
+// process of the job is in it, even one that left the job's session; at
+// the job's end whatever is left there is killed, and GPU processes are
+// attributed to jobs by it (procattr.go). Where cgroups cannot be used the
+// agent says so once and attributes by session, as before.
+
+// Values of Config.JobCgroups besides a parent cgroup's path.
+const (
+	JobCgroupsAuto = "auto"
+	JobCgroupsOff  = "off"
+)
+
+// sweepDeadline bounds the wait for leftover groups to empty at start.
+const sweepDeadline = 5 * time.Second
+
+// jobCgroups is the agent's job cgroups; nil (every method works on nil)
+// when they are off or unavailable.
+type jobCgroups struct {
+	m *jobcgroup.Manager
+
+	mu   sync.Mutex
+	jobs map[string]*job // group name → job, for attribution
+}
+
+// openJobCgroups opens the job cgroups as cfg.JobCgroups says, or returns
+// nil after logging why there are none.
+func openJobCgroups(cfg Config, log *slog.Logger) *jobCgroups {
+	o := jobcgroup.Options{NodeID: cfg.NodeID, Instance: cfg.DataDir}
+	switch cfg.JobCgroups {
+	case JobCgroupsOff:
+		log.Info("job cgroups off: GPU processes are attributed to jobs by session, and a process that leaves its job's session survives the job")
+		return nil
+	case "", JobCgroupsAuto:
+	default:
+		o.Parent = cfg.JobCgroups
+	}
+	m, err := jobcgroup.Open(o)
+	if err != nil {
+		log.Warn("job cgroups unavailable: GPU processes are attributed to jobs by session, and a process that leaves "+
+			"its job's session survives the job", "err", err)
+		return nil
+	}
+	log.Info("job cgroups on", "dir", m.Dir(), "agent_moved_to_leaf", m.Moved())
+	return &jobCgroups{m: m, jobs: map[string]*job{}}
+}
+
+// runID is the run part of a job's group name: the run's start time
+// (AgentJob.started_at, unix seconds) in milliseconds. It is stored
+// already, so a restarted agent derives the same name without a field of
+// its own; a later run of the same job id starts at another time.
+func runID(startedAt float64) string {
+	return strconv.FormatInt(int64(math.Round(startedAt*1000)), 10)
+}
+
+// group is the cgroup of j's run started at startedAt, registered for
+// attribution; nil when cgroups are off.
+func (c *jobCgroups) group(j *job, startedAt float64) *jobcgroup.Group {
+	if c == nil {
+		return nil
+	}
+	g := c.m.Group(j.id, runID(startedAt))
+	j.a.mu.Lock()
+	live := make(map[*job]bool, len(j.a.jobs))
+	for _, o := range j.a.jobs {
+		live[o] = true
+	}
+	j.a.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// Forget the groups of jobs the agent has forgotten.
+	for name, o := range c.jobs {
+		if !live[o] {
+			delete(c.jobs, name)
+		}
+	}
+	c.jobs[g.Name()] = j
+	return g
+}
+
+// close removes the agent's directory of job groups if no group is left in
+// it: the jobs that run on keep theirs, and the next agent finds them. A
+// directory still in use is no error.
+func (c *jobCgroups) close() {
+	if c == nil {
+		return
+	}
+	_ = unix.Rmdir(c.m.Dir()) // ENOTEMPTY/EBUSY: jobs run on, as they should
+}
+
+// owner returns the job whose cgroup process pid is in, or nil.
+func (c *jobCgroups) owner(pid int) *job {
+	if c == nil {
+		return nil
+	}
+	name, ok := c.m.Owner(pid)
+	if !ok {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.jobs[name]
+}
+
+// sweep removes the groups of runs that are not in keep (group names), with
+// whatever still runs in them: the leftovers of jobs that ended, or that
+// this agent does not follow.
+func (c *jobCgroups) sweep(keep map[string]bool, log *slog.Logger) {
+	if c == nil {
+		return
+	}
+	removed, err := c.m.Sweep(keep, time.Now().Add(sweepDeadline))
+	if len(removed) > 0 {
+		log.Info("removed the cgroups of jobs that no longer run, and what was left in them", "groups", removed)
+	}
+	if err != nil {
+		log.Warn("could not remove every leftover job cgroup", "err", err)
+	}
+}
