@@ -215,8 +215,9 @@ type throttleRun struct {
 	last  time.Time // its latest sample
 	mask  uint64    // the costing reasons seen in it, together
 	told  bool      // gpu_throttled was reported for it
-	// ended is the run that ended and was told, waiting for Events to
-	// report its end; at is the first sample without a costing reason.
+	// ended is a run that was told and has ended, waiting for Events to
+	// report its end; endedAt is the first sample without a costing
+	// reason (or the run's last sample, when a gap in samples ended it).
 	ended   *throttleRun
 	endedAt time.Time
 }
