@@ -52,9 +52,13 @@ func (j *job) startHealth(ctx context.Context, resumed bool) (wait func()) {
 			case now := <-tick.C:
 				h.mu.Lock()
 				verdicts := h.m.Eval(now)
+				events := h.m.Events(now)
 				h.mu.Unlock()
 				for _, v := range verdicts {
 					j.reportCondition(v)
+				}
+				for _, e := range events {
+					j.reportHealthEvent(e)
 				}
 			}
 		}
@@ -133,6 +137,14 @@ func (j *job) reportCondition(v health.Verdict) {
 		Ts: float64(v.At.UnixNano()) / 1e9, Kind: v.Kind, Active: v.Active,
 		Evidence: clip(v.Evidence, limits.MaxEventMessageBytes), Gpus: gpus,
 		Signal: clip(v.Signal, limits.MaxEventKindBytes)}}})
+}
+
+// reportHealthEvent spools a job event the monitor concluded (a GPU
+// throttled, or no longer): information in the job's stream, which no
+// policy acts on.
+func (j *job) reportHealthEvent(e health.Event) {
+	j.a.log.Info("job GPU event", "job", j.id, "kind", e.Kind, "gpu", e.GPU, "message", e.Message)
+	j.append(j.event(e.Kind, e.Message, e.Count))
 }
 
 // gpuFaults reports, once per GPU, a fault on a GPU the job was given:

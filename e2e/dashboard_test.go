@@ -223,6 +223,10 @@ func (b *browser) checkNoErrors(t *testing.T) {
 // One browser serves every subtest, since starting one costs seconds.
 func TestDashboard(t *testing.T) {
 	b := newBrowser(t)
+	// The mock GPUs follow their simulated load until NodesPage writes
+	// this script (a missing file scripts nothing).
+	gpus := filepath.Join(t.TempDir(), "gpus.json")
+	t.Setenv("GANTRY_TEST_GPU_SCRIPT", gpus)
 	d := startDev(t, "", 2)
 	b.ready(t)
 	ctx := context.Background()
@@ -547,6 +551,22 @@ func TestDashboard(t *testing.T) {
 	t.Run("NodesPage", func(t *testing.T) {
 		b.do(t, "open the nodes page", chromedp.Navigate(d.addr+"/nodes"))
 		b.waitJS(t, 10*time.Second, "the local node with 2 GPUs", `document.querySelectorAll('section[data-node-id="local"] tr[data-gpu]').length === 2`)
+		// A GPU held down by heat shows a throttled badge naming the
+		// reason; the other, only idle, none.
+		gpuScriptRaw(t, gpus, `{"gpus": {"1": {"util": 97, "power_w": 300, "sm_mhz": 1005, "mem_used_mib": 1000, "throttle": 65}}}`)
+		defer func() {
+			if err := os.Remove(gpus); err != nil {
+				t.Error(err)
+			}
+		}()
+		b.waitJS(t, 15*time.Second, "GPU 1's throttled badge",
+			`document.querySelector('section[data-node-id="local"] tr[data-gpu="1"] [data-throttled]')?.dataset.throttled === 'hw_thermal_slowdown'`)
+		if evalJS[bool](t, b, `!!document.querySelector('section[data-node-id="local"] tr[data-gpu="0"] [data-throttled]')`) {
+			t.Error("GPU 0 shows a throttled badge; it is not throttled")
+		}
+		if txt := b.text(t, `section[data-node-id="local"] tr[data-gpu="1"] [data-throttled]`); txt != "throttled: hw_thermal_slowdown" {
+			t.Errorf("badge text %q", txt)
+		}
 	})
 
 	t.Run("GPUZoomSurvivesLiveSamples", func(t *testing.T) {

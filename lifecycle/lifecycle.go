@@ -152,6 +152,17 @@ const (
 	// agent that gives jobs one (it could not be created): a process of
 	// the job that leaves its session is not killed at its end.
 	EventNoCgroup EventKind = "no_cgroup"
+	// EventGPUThrottled says a GPU the job holds has had its clocks held
+	// down for a throughput-costing reason (thermal or power slowdown,
+	// power cap; internal/clockevents) in every sample of a sustained
+	// window; the message names the GPU, the reasons and how long, count
+	// is the seconds so far. Once per episode. Information only: it is
+	// not a health condition and no policy acts on it.
+	EventGPUThrottled EventKind = "gpu_throttled"
+	// EventGPUThrottledCleared ends an episode EventGPUThrottled began:
+	// the GPU's first sample without a costing reason; count is the
+	// episode's length in seconds.
+	EventGPUThrottledCleared EventKind = "gpu_throttled_cleared"
 )
 
 // Job event kinds reported by either side.

@@ -14,7 +14,8 @@ import (
 //
 //	{"gpus": {"0": {"util": 100, "power_w": 80, "sm_mhz": 1410, "mem_used_mib": 30000},
 //	          "1": {"xid": 79}, "2": {"lost": true},
-//	          "3": {"util": 90, "power_w": 300, "processes": [{"pid": 4242, "mem_mib": 2048}]}}}
+//	          "3": {"util": 90, "power_w": 300, "processes": [{"pid": 4242, "mem_mib": 2048}]},
+//	          "4": {"util": 97, "power_w": 395, "throttle": 68}}}
 //
 // A GPU listed there reports exactly those readings; the others keep
 // their simulated load. The file is read again whenever its modification
@@ -34,6 +35,10 @@ type Reading struct {
 	XID uint64 `json:"xid"`
 	// Lost makes the GPU answer NVML_ERROR_GPU_IS_LOST.
 	Lost bool `json:"lost"`
+	// Throttle is the clocks event reasons mask the GPU reports
+	// (nvmlDeviceGetCurrentClocksEventReasons; internal/clockevents names
+	// the bits: 68 is sw_power_cap and hw_thermal_slowdown).
+	Throttle uint64 `json:"throttle"`
 	// Processes are the compute processes the GPU reports.
 	Processes []ScriptProcess `json:"processes"`
 }

@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gantry-ml/gantry/internal/clockevents"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
@@ -46,6 +47,13 @@ const (
 	// DefaultIdlePowerW is the idle power threshold when the limit is
 	// unknown.
 	DefaultIdlePowerW = 100.0
+	// DefaultThrottleAfter is how long a GPU's clocks must stay held down
+	// for a throughput-costing reason, in every sample, before the job is
+	// told (gpu_throttled). A minute is long past the power-cap and
+	// clock-change blips a busy GPU shows for a second or two, and short
+	// enough that a run losing a third of its speed to heat hears of it
+	// long before it ends.
+	DefaultThrottleAfter = 60 * time.Second
 )
 
 // The hang signature: every GPU of the job pegged at high utilization
@@ -96,6 +104,9 @@ type Config struct {
 	// means DefaultIdlePowerFrac of the GPU's power limit.
 	IdleUtilPct float64
 	IdlePowerW  float64
+	// ThrottleAfter is how long a GPU must stay throttled for a costing
+	// reason before gpu_throttled (Monitor.Events).
+	ThrottleAfter time.Duration
 }
 
 // Defaults are a host's defaults for what a job's spec leaves unset
@@ -106,6 +117,9 @@ type Defaults struct {
 	StartupGrace time.Duration
 	IdleAfter    time.Duration
 	IdleUtilPct  float64
+	// ThrottleAfter has no field in a job's spec: it is the host's
+	// (gantry-agent -health-throttle-after).
+	ThrottleAfter time.Duration
 }
 
 // ConfigFrom fills a Config from a job's spec, with the package defaults.
@@ -139,6 +153,7 @@ func ConfigWith(h *gantrypb.HealthSpec, d Defaults) Config {
 	if c.IdleAfter <= 0 {
 		c.IdleAfter = cmpDur(d.IdleAfter, DefaultIdleAfter)
 	}
+	c.ThrottleAfter = cmpDur(d.ThrottleAfter, DefaultThrottleAfter)
 	if !(c.IdleUtilPct > 0) || c.IdleUtilPct > 100 {
 		c.IdleUtilPct = DefaultIdleUtilPct
 		if d.IdleUtilPct > 0 && d.IdleUtilPct <= 100 {
@@ -178,6 +193,7 @@ type reading struct {
 	limitW  float64
 	smMHz   float64
 	memUsed uint64
+	tempC   float64
 }
 
 // gpuTrack is what a Monitor keeps of one GPU.
@@ -189,6 +205,21 @@ type gpuTrack struct {
 	// last reading was busy, or none yet).
 	idleSince time.Time
 	last      reading
+	throttle  throttleRun
+}
+
+// throttleRun is a GPU's current run of consecutive samples throttled for
+// a throughput-costing reason (the zero value: none).
+type throttleRun struct {
+	since time.Time // the run's first sample
+	last  time.Time // its latest sample
+	mask  uint64    // the costing reasons seen in it, together
+	told  bool      // gpu_throttled was reported for it
+	// ended is a run that was told and has ended, waiting for Events to
+	// report its end; endedAt is the first sample without a costing
+	// reason (or the run's last sample, when a gap in samples ended it).
+	ended   *throttleRun
+	endedAt time.Time
 }
 
 func (g *gpuTrack) add(r reading) {
@@ -283,8 +314,9 @@ func (m *Monitor) Sample(s *gantrypb.GPUSample, t time.Time) {
 			continue
 		}
 		r := reading{at: t, util: st.GetUtilizationPct(), powerW: st.GetPowerW(), limitW: st.GetPowerLimitW(),
-			smMHz: float64(st.GetSmClockMhz()), memUsed: st.GetMemoryUsedBytes()}
+			smMHz: float64(st.GetSmClockMhz()), memUsed: st.GetMemoryUsedBytes(), tempC: st.GetTemperatureC()}
 		g.add(r)
+		m.throttleSample(g, st.GetThrottleReasons()&clockevents.CostlyMask, t)
 		if m.idle(r) {
 			if g.idleSince.IsZero() {
 				g.idleSince = t
@@ -523,3 +555,96 @@ func (m *Monitor) evalIdle(t time.Time) []Verdict {
 
 // Active reports whether a condition is held.
 func (m *Monitor) Active(kind string) bool { return m.active[kind] }
+
+// Event is a job event the monitor concludes: information for the job's
+// owner, not a condition (no policy acts on it).
+type Event struct {
+	Kind    lifecycle.EventKind
+	At      time.Time
+	GPU     uint32
+	Message string
+	// Count is the event's number (JobEvent.count): for gpu_throttled
+	// and its end, the episode's length in whole seconds.
+	Count uint64
+}
+
+// throttleSample extends or ends GPU g's throttled run with a sample at t
+// whose throughput-costing reasons are costly. Only consecutive samples
+// make a run: a gap between two throttled samples longer than the window
+// starts a new one, since what the GPU did in the gap is unknown.
+func (m *Monitor) throttleSample(g *gpuTrack, costly uint64, t time.Time) {
+	run := &g.throttle
+	if costly == 0 {
+		if run.told {
+			ended := *run
+			ended.ended = nil
+			run.ended, run.endedAt = &ended, t
+		}
+		ended, at := run.ended, run.endedAt
+		*run = throttleRun{ended: ended, endedAt: at}
+		return
+	}
+	if !run.since.IsZero() && t.Sub(run.last) > m.throttleWindow() {
+		ended, at := run.ended, run.endedAt
+		if run.told {
+			// Not a clear end, but the episode told is over.
+			e := *run
+			e.ended = nil
+			ended, at = &e, run.last
+		}
+		*run = throttleRun{ended: ended, endedAt: at}
+	}
+	if run.since.IsZero() {
+		run.since = t
+	}
+	if t.After(run.last) {
+		run.last = t
+	}
+	run.mask |= costly
+}
+
+// Events returns the job events due by t: per GPU, gpu_throttled once a
+// run of throttled samples has lasted the window, and
+// gpu_throttled_cleared when a run that was told ends. A run shorter than
+// the window, or of benign reasons only (gpu_idle, sync_boost, ...), says
+// nothing. Unlike Eval it is not turned off with the checks of a resumed
+// monitor: a restarted agent that finds a GPU still throttled tells the
+// job again after a full window, which is the truth from its view.
+func (m *Monitor) Events(t time.Time) []Event {
+	if m.cfg.Disabled {
+		return nil
+	}
+	var out []Event
+	for _, idx := range m.gpus {
+		g := m.track[idx]
+		run := &g.throttle
+		if e := run.ended; e != nil {
+			d := run.endedAt.Sub(e.since)
+			out = append(out, Event{Kind: lifecycle.EventGPUThrottledCleared, At: t, GPU: idx, Count: secs(d),
+				Message: fmt.Sprintf("GPU %d is no longer throttled, after %s (%s)",
+					idx, d.Round(time.Second), strings.Join(clockevents.Names(e.mask), ", "))})
+			run.ended = nil
+		}
+		if run.since.IsZero() || run.told {
+			continue
+		}
+		if d := run.last.Sub(run.since); d >= m.throttleWindow() {
+			run.told = true
+			r := g.last
+			out = append(out, Event{Kind: lifecycle.EventGPUThrottled, At: t, GPU: idx, Count: secs(d),
+				Message: fmt.Sprintf("GPU %d throttled for %s by %s: its clocks are held down, so the job runs slower "+
+					"(now SM %.0f MHz, %.0f °C, %.0f W of %s)",
+					idx, d.Round(time.Second), strings.Join(clockevents.Names(run.mask), ", "),
+					r.smMHz, r.tempC, r.powerW, limitText(r.limitW))})
+		}
+	}
+	return out
+}
+
+// throttleWindow is the configured window, the default for a Config
+// built by hand without one.
+func (m *Monitor) throttleWindow() time.Duration {
+	return cmpDur(m.cfg.ThrottleAfter, DefaultThrottleAfter)
+}
+
+func secs(d time.Duration) uint64 { return uint64(max(0, d.Round(time.Second)/time.Second)) }

@@ -45,6 +45,7 @@ func run() error {
 		grace      = fs.Duration("health-startup-grace", health.DefaultStartupGrace, "how long a job may run before its first step (a spec's health.startup_grace overrides)")
 		idleAfter  = fs.Duration("health-idle-after", health.DefaultIdleAfter, "how long a job's GPU may stay idle before idle_gpus (a spec's health.idle_after overrides)")
 		idleUtil   = fs.Float64("health-idle-util", health.DefaultIdleUtilPct, "utilization percent below which a GPU may be idle (a spec's health.idle_util_pct overrides)")
+		throttle   = fs.Duration("health-throttle-after", health.DefaultThrottleAfter, "how long a job's GPU must stay throttled for a throughput-costing reason (thermal, power cap, hardware slowdown) before the job gets a gpu_throttled event")
 		jobUser    = fs.String("job-user", agent.DefaultJobUser, "when the agent runs as root, the unprivileged account jobs run as "+
 			"(it must exist); root runs jobs as root, which lets them read the agent's keys")
 		jobCgroups = fs.String("job-cgroups", agent.JobCgroupsAuto, "each job's own cgroup v2 group, which kills what a job daemonizes at its end "+
@@ -78,7 +79,7 @@ func run() error {
 		JobUser: *jobUser, AdvertiseAddr: *advertise, JobCgroups: *jobCgroups,
 		TLS: tlsFiles,
 		Health: health.Defaults{K: *stallK, StallFloor: *stallFloor, StartupGrace: *grace, IdleAfter: *idleAfter,
-			IdleUtilPct: *idleUtil},
+			IdleUtilPct: *idleUtil, ThrottleAfter: *throttle},
 	})
 	if err != nil {
 		return err

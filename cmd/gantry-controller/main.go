@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/agent"
+	"github.com/gantry-ml/gantry/agent/health"
 	"github.com/gantry-ml/gantry/controller/cluster"
 	"github.com/gantry-ml/gantry/controller/dashboard"
 	"github.com/gantry-ml/gantry/controller/fleetmetrics"
@@ -109,6 +110,7 @@ func run() error {
 		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
 		dev       = fs.Bool("dev", false, "dev mode: single-node controller plus a local agent, certificates made on the fly")
 		fakeGPUs  = fs.Int("fake-gpus", 0, "dev mode: give the local agent N mock GPUs (go-nvml mock A100s)")
+		throttle  = fs.Duration("health-throttle-after", health.DefaultThrottleAfter, "dev mode: how long the local agent lets a job's GPU stay throttled for a throughput-costing reason before a gpu_throttled event (gantry-agent's flag of the same name)")
 		jobUser   = fs.String("job-user", "", "dev mode as root: the account jobs run as (default "+
 			agent.DefaultJobUser+" if it exists, else nobody); root runs them as root, with access to the CA key")
 
@@ -196,10 +198,13 @@ func run() error {
 		Extra: func(m *http.ServeMux) { m.Handle("/", dashboard.Handler()) },
 	}
 	if *dev {
-		return runDev(ctx, cfg, *fakeGPUs, *jobUser, log)
+		return runDev(ctx, cfg, *fakeGPUs, *jobUser, health.Defaults{ThrottleAfter: *throttle}, log)
 	}
 	if *fakeGPUs != 0 {
 		return errors.New("-fake-gpus is a dev-mode flag; give it to gantry-agent otherwise")
+	}
+	if *throttle != health.DefaultThrottleAfter {
+		return errors.New("-health-throttle-after is a dev-mode flag; give it to gantry-agent otherwise")
 	}
 	srv, err := server.Start(cfg)
 	if err != nil {
@@ -223,7 +228,7 @@ func run() error {
 // nobody where that account was not created), and DATA_DIR is made
 // passable (0711) for them to reach their directories under
 // DATA_DIR/agent/jobs while tls/ stays 0700.
-func runDev(ctx context.Context, cfg server.Config, fakeGPUs int, jobUser string, log *slog.Logger) error {
+func runDev(ctx context.Context, cfg server.Config, fakeGPUs int, jobUser string, hd health.Defaults, log *slog.Logger) error {
 	const agentName = "local"
 	tlsDir := filepath.Dir(cfg.TLS.CA)
 	ctrlFiles, agentFiles, err := tlsutil.EnsureDev(tlsDir, agentName)
@@ -249,7 +254,7 @@ func runDev(ctx context.Context, cfg server.Config, fakeGPUs int, jobUser string
 	ag, err := agent.New(agent.Config{
 		NodeID: agentName, DataDir: filepath.Join(cfg.DataDir, "agent"),
 		Controllers: []string{srv.QUICAddr()}, TLS: agentFiles, FakeGPUs: fakeGPUs,
-		Log: log.With("component", "agent"), JobUser: jobUser,
+		Log: log.With("component", "agent"), JobUser: jobUser, Health: hd,
 	})
 	if err != nil {
 		return err

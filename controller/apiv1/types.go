@@ -312,6 +312,10 @@ type GPU struct {
 	Fault   string `json:"fault,omitempty"`
 	// Drained: nothing new is placed on this GPU.
 	Drained bool `json:"drained,omitempty"`
+	// ThrottledBy names the throughput-costing clocks event reasons of
+	// the GPU in the node's latest GPU sample (GPUStat.ThrottledBy); empty
+	// when it is not throttled or the sample is stale or missing.
+	ThrottledBy []string `json:"throttled_by,omitempty"`
 }
 
 // Node is an agent as the API shows it.
@@ -350,6 +354,17 @@ type GPUStat struct {
 	TemperatureC     float64 `json:"temperature_c"`
 	PowerW           float64 `json:"power_w"`
 	SMClockMHz       uint32  `json:"sm_clock_mhz"`
+	// ThrottleReasons is NVML's clocks event reasons mask as the agent
+	// read it (0 when none, or when the GPU does not report it).
+	ThrottleReasons uint64 `json:"throttle_reasons,omitempty"`
+	// ThrottleReasonNames names every bit of ThrottleReasons, benign ones
+	// (gpu_idle, sync_boost, ...) included; an unknown bit is named
+	// "unknown_0x…".
+	ThrottleReasonNames []string `json:"throttle_reason_names,omitempty"`
+	// ThrottledBy is the part of ThrottleReasonNames that costs the work
+	// throughput (thermal, power cap, hardware slowdown); empty when the
+	// GPU runs at the clocks it was asked for.
+	ThrottledBy []string `json:"throttled_by,omitempty"`
 }
 
 // GPUSample is every GPU of a node at one instant.

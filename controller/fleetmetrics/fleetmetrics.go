@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gantry-ml/gantry/controller/store"
+	"github.com/gantry-ml/gantry/internal/clockevents"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
@@ -226,13 +227,15 @@ func gauge(name, help string, labels ...string) *prometheus.Desc {
 }
 
 var (
-	descGPUUtil    = gauge("gantry_gpu_utilization_ratio", "GPU utilisation over the last sample period, 0..1 (DCGM_FI_DEV_GPU_UTIL / 100).", gpuLabels...)
-	descGPUMemUsed = gauge("gantry_gpu_memory_used_bytes", "GPU framebuffer memory used (DCGM_FI_DEV_FB_USED, MiB there).", gpuLabels...)
-	descGPUMemTot  = gauge("gantry_gpu_memory_total_bytes", "GPU framebuffer memory in total (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE).", gpuLabels...)
-	descGPUTemp    = gauge("gantry_gpu_temperature_celsius", "GPU temperature (DCGM_FI_DEV_GPU_TEMP).", gpuLabels...)
-	descGPUPower   = gauge("gantry_gpu_power_watts", "GPU power draw (DCGM_FI_DEV_POWER_USAGE).", gpuLabels...)
-	descGPUClock   = gauge("gantry_gpu_sm_clock_hertz", "GPU SM clock (DCGM_FI_DEV_SM_CLOCK, MHz there).", gpuLabels...)
-	descGPUAge     = gauge("gantry_gpu_sample_age_seconds", "Seconds since the agent read this GPU's latest stored sample. Readings older than the stale limit are not exported; this one always is.", gpuLabels...)
+	descGPUUtil      = gauge("gantry_gpu_utilization_ratio", "GPU utilisation over the last sample period, 0..1 (DCGM_FI_DEV_GPU_UTIL / 100).", gpuLabels...)
+	descGPUMemUsed   = gauge("gantry_gpu_memory_used_bytes", "GPU framebuffer memory used (DCGM_FI_DEV_FB_USED, MiB there).", gpuLabels...)
+	descGPUMemTot    = gauge("gantry_gpu_memory_total_bytes", "GPU framebuffer memory in total (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE).", gpuLabels...)
+	descGPUTemp      = gauge("gantry_gpu_temperature_celsius", "GPU temperature (DCGM_FI_DEV_GPU_TEMP).", gpuLabels...)
+	descGPUPower     = gauge("gantry_gpu_power_watts", "GPU power draw (DCGM_FI_DEV_POWER_USAGE).", gpuLabels...)
+	descGPUClock     = gauge("gantry_gpu_sm_clock_hertz", "GPU SM clock (DCGM_FI_DEV_SM_CLOCK, MHz there).", gpuLabels...)
+	descGPUReason    = gauge("gantry_gpu_clocks_event_reason", "1 for each NVML clocks event (throttle) reason active on the GPU in its latest sample: gpu_idle, applications_clocks_setting, sw_power_cap, hw_slowdown, sync_boost, sw_thermal_slowdown, hw_thermal_slowdown, hw_power_brake_slowdown, display_clock_setting, board_limit, reliability, or unknown for bits NVML did not define when Gantry was built; absent when inactive (DCGM_FI_DEV_CLOCK_THROTTLE_REASONS is the raw mask).", "node", "gpu", "reason")
+	descGPUThrottled = gauge("gantry_gpu_throttled", "1 while the GPU's latest sample has a throughput-costing clocks event reason (sw_power_cap, hw_slowdown, sw_thermal_slowdown, hw_thermal_slowdown, hw_power_brake_slowdown), else 0.", gpuLabels...)
+	descGPUAge       = gauge("gantry_gpu_sample_age_seconds", "Seconds since the agent read this GPU's latest stored sample. Readings older than the stale limit are not exported; this one always is.", gpuLabels...)
 
 	descJobState      = gauge("gantry_job_state", "1 for the job's current state (queued, assigned, running, or for a while after the end succeeded, failed, cancelled, lost).", "job_id", "job_name", "state")
 	descJobStep       = gauge("gantry_job_step", "The job's last reported step.", jobLabels...)
@@ -254,7 +257,7 @@ var (
 	descOmittedKeys = gauge("gantry_fleet_omitted_metric_keys", "Allow-listed job metric values left out of this scrape by the per-job key cap.")
 	descError       = gauge("gantry_fleet_error", "Reading the store failed.")
 
-	allDescs = []*prometheus.Desc{descGPUUtil, descGPUMemUsed, descGPUMemTot, descGPUTemp, descGPUPower, descGPUClock, descGPUAge,
+	allDescs = []*prometheus.Desc{descGPUUtil, descGPUMemUsed, descGPUMemTot, descGPUTemp, descGPUPower, descGPUClock, descGPUAge, descGPUReason, descGPUThrottled,
 		descJobState, descJobStep, descJobTotalSteps, descJobPoints, descJobBadLines, descJobMetricAge, descJobMetric, descJobGPUs, descJobCondition,
 		descNodeUp, descNodeConnected, descNodeGPUs, descNodeGPUsFree, descGPUHealthy, descOmittedJobs, descOmittedKeys, descError}
 )
@@ -478,7 +481,27 @@ func (c *Collector) emitNodes(e *emitter, s *snapshot, now time.Time) {
 			e.emit(descGPUTemp, g.TemperatureC, l...)
 			e.emit(descGPUPower, g.PowerW, l...)
 			e.emit(descGPUClock, float64(g.SmClockMhz)*1e6, l...)
+			e.emit(descGPUThrottled, b2f(clockevents.Throttled(g.ThrottleReasons)), l...)
+			c.emitReasons(e, n.Id, l[1], g.ThrottleReasons)
 		}
+	}
+}
+
+// unknownReason is the reason label of bits NVML had not defined when
+// Gantry was built. One fixed value, not the bits: a GPU has at most one
+// such series whatever its agent reports, so a GPU exports at most
+// len(clockevents.Reasons)+1 reason series (the API names the bits).
+const unknownReason = "unknown"
+
+// emitReasons emits a series for each reason active in mask.
+func (c *Collector) emitReasons(e *emitter, node, gpu string, mask uint64) {
+	for _, r := range clockevents.Reasons {
+		if mask&r.Bit != 0 {
+			e.emit(descGPUReason, 1, node, gpu, r.Name)
+		}
+	}
+	if mask&^clockevents.Known != 0 {
+		e.emit(descGPUReason, 1, node, gpu, unknownReason)
 	}
 }
 

@@ -458,7 +458,7 @@ func TestRealisticFleetSeries(t *testing.T) {
 	const (
 		nodes, gpus = 32, 32 * 8
 		perNode     = 4                    // up, connected (on the leader), gpus, gpus_free
-		perGPU      = 7 + 1                // ... + gantry_gpu_healthy
+		perGPU      = 7 + 1 + 1            // ... + gantry_gpu_healthy, gantry_gpu_throttled (no reason active)
 		ended       = 20 * (6 + 8)         // state, points, bad_lines, gpus, step, total_steps + 8 keys
 		running     = 64 * (6 + 8 + 1 + 3) // ... + last_metric_age + 3 health conditions
 		queued      = 116 * 4              // state, points, bad_lines, gpus
@@ -473,4 +473,58 @@ func TestRealisticFleetSeries(t *testing.T) {
 	}
 	t.Logf("realistic fleet (32 nodes × 8 GPUs, 200 jobs × 50 keys): %d series; a scrape (collect + gather) takes %v; last collect %v",
 		len(got), time.Since(start)/10, time.Duration(c.last.Load()))
+}
+
+// TestClocksEventReasons: each active reason of a fresh sample is one
+// series, unknown bits one "unknown" series whatever they are;
+// gantry_gpu_throttled is 1 for a costing reason only; a stale sample
+// exports neither.
+func TestClocksEventReasons(t *testing.T) {
+	s := openStore(t)
+	gpuNode(t, s, "n1", 3, t0.Add(-time.Second))
+	update(t, s, func(tx *store.Tx) error {
+		last, err := tx.GPUSamples("n1", 1)
+		if err != nil {
+			return err
+		}
+		smp := last[0]
+		smp.Seq = 2
+		smp.Gpus[0].ThrottleReasons = 0x1 | 0x40 | 0x800 | 0x8000_0000_0000_0000
+		smp.Gpus[1].ThrottleReasons = 0x1 | 0x10
+		return tx.PutGPUSample("n1", smp)
+	})
+	got := scrape(t, newCollector(t, Options{Store: s}))
+	var reasons []string
+	for k := range got {
+		if strings.HasPrefix(k, "gantry_gpu_clocks_event_reason{") {
+			reasons = append(reasons, k)
+		}
+	}
+	sort.Strings(reasons)
+	wantReasons := []string{
+		"gantry_gpu_clocks_event_reason{gpu=0,node=n1,reason=gpu_idle}",
+		"gantry_gpu_clocks_event_reason{gpu=0,node=n1,reason=hw_thermal_slowdown}",
+		"gantry_gpu_clocks_event_reason{gpu=0,node=n1,reason=unknown}",
+		"gantry_gpu_clocks_event_reason{gpu=1,node=n1,reason=gpu_idle}",
+		"gantry_gpu_clocks_event_reason{gpu=1,node=n1,reason=sync_boost}",
+	}
+	if !slices.Equal(reasons, wantReasons) {
+		t.Errorf("reason series\n%q\nwant\n%q", reasons, wantReasons)
+	}
+	for _, k := range wantReasons {
+		want(t, got, k, 1)
+	}
+	lbl := func(i int) string {
+		return fmt.Sprintf("gpu=%d,job_id=,job_name=,model=NVIDIA A100-SXM4-40GB,node=n1,uuid=GPU-n1-%d", i, i)
+	}
+	want(t, got, "gantry_gpu_throttled{"+lbl(0)+"}", 1)
+	want(t, got, "gantry_gpu_throttled{"+lbl(1)+"}", 0)
+	want(t, got, "gantry_gpu_throttled{"+lbl(2)+"}", 0)
+
+	stale := scrape(t, newCollector(t, Options{Store: s, Now: func() time.Time { return t0.Add(time.Hour) }}))
+	for k := range stale {
+		if strings.HasPrefix(k, "gantry_gpu_clocks_event_reason{") || strings.HasPrefix(k, "gantry_gpu_throttled{") {
+			t.Errorf("stale sample exported %s", k)
+		}
+	}
 }

@@ -960,10 +960,23 @@ func (a *API) listNodes(w http.ResponseWriter, r *http.Request) {
 			return err
 		}
 		nodes, err := tx.Nodes()
-		for _, n := range nodes {
-			out.Nodes = append(out.Nodes, view.Node(n, holders[n.Id], a.opts.Agents.Connected(n.Id)))
+		if err != nil {
+			return err
 		}
-		return err
+		now := time.Now()
+		for _, n := range nodes {
+			v := view.Node(n, holders[n.Id], a.opts.Agents.Connected(n.Id))
+			// The latest sample only: which GPUs are throttled now.
+			last, err := tx.GPUSamples(n.Id, 1)
+			if err != nil {
+				return err
+			}
+			if len(last) == 1 {
+				view.NodeThrottle(&v, last[0], now)
+			}
+			out.Nodes = append(out.Nodes, v)
+		}
+		return nil
 	})
 	if err != nil {
 		a.writeReadError(w, r, err)

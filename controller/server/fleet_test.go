@@ -71,3 +71,39 @@ func scrapeFleet(t *testing.T, addr string) string {
 	}
 	return string(b)
 }
+
+// TestGPUThrottleReasons: a GPU sample's clocks event reasons mask comes
+// out of the API decoded: every bit named in the node's samples, the
+// throughput-costing ones on the node's GPU too, and the raw mask kept.
+func TestGPUThrottleReasons(t *testing.T) {
+	c := newTestCluster(t, 1)
+	ctx := context.Background()
+	leader := c.waitLeader()
+	l, sp, _ := c.agentLink(t, []string{leader.QUICAddr()})
+	testutil.WaitFor(t, 10*time.Second, l.Connected, "agent connected")
+	const mask = 0x1 | 0x40 | 0x1000 // gpu_idle, hw_thermal_slowdown, an unknown bit
+	if _, err := sp.Append(&gantrypb.Record{Body: &gantrypb.Record_Gpu{Gpu: &gantrypb.GPUSample{Ts: float64(time.Now().UnixNano()) / 1e9,
+		Gpus: []*gantrypb.GPUStat{{Index: 0, Name: "Mock A100", UtilizationPct: 75, ThrottleReasons: mask}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	api := apiOf(leader)
+	var samples []apiv1.GPUSample
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		var err error
+		samples, err = api.GPUs(ctx, "agent1")
+		return err == nil && len(samples) > 0
+	}, "the GPU sample stored")
+	g := samples[len(samples)-1].GPUs[0]
+	if g.ThrottleReasons != mask ||
+		strings.Join(g.ThrottleReasonNames, ",") != "gpu_idle,hw_thermal_slowdown,unknown_0x1000" ||
+		strings.Join(g.ThrottledBy, ",") != "hw_thermal_slowdown" {
+		t.Errorf("GPU stat = %+v", g)
+	}
+	nodes, err := api.Nodes(ctx)
+	if err != nil || len(nodes) != 1 || len(nodes[0].GPUs) != 1 {
+		t.Fatalf("nodes = %+v, %v", nodes, err)
+	}
+	if got := nodes[0].GPUs[0].ThrottledBy; strings.Join(got, ",") != "hw_thermal_slowdown" {
+		t.Errorf("node GPU throttled_by = %q", got)
+	}
+}

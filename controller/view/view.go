@@ -11,6 +11,7 @@ import (
 
 	"github.com/gantry-ml/gantry/controller/apiv1"
 	"github.com/gantry-ml/gantry/controller/cluster"
+	"github.com/gantry-ml/gantry/internal/clockevents"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/flat"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -240,6 +241,11 @@ func GPUSample(s *gantrypb.GPUSample) apiv1.GPUSample {
 			TemperatureC:     g.TemperatureC,
 			PowerW:           g.PowerW,
 			SMClockMHz:       g.SmClockMhz,
+			ThrottleReasons:  g.ThrottleReasons,
+			// Decoded here, once for every client: the dashboard and
+			// scripts need not know NVML's bits.
+			ThrottleReasonNames: clockevents.Names(g.ThrottleReasons),
+			ThrottledBy:         clockevents.Costly(g.ThrottleReasons),
 		}
 	}
 	return out
@@ -272,6 +278,28 @@ func Node(n *gantrypb.Node, holders map[uint32]string, connected bool) apiv1.Nod
 	}
 	sort.Slice(out.GPUs, func(a, b int) bool { return out.GPUs[a].Index < out.GPUs[b].Index })
 	return out
+}
+
+// ThrottleStaleAfter is how old a node's latest GPU sample may be for
+// NodeThrottle to still take it as the GPUs' present state: a node that
+// went quiet must not show an old throttling as current (the fleet
+// metrics' default stale limit too).
+const ThrottleStaleAfter = 2 * time.Minute
+
+// NodeThrottle fills each GPU's ThrottledBy of a converted node from the
+// node's latest GPU sample, if that sample is at most ThrottleStaleAfter
+// old at now. A nil sample leaves the node as it is.
+func NodeThrottle(n *apiv1.Node, latest *gantrypb.GPUSample, now time.Time) {
+	if latest == nil || now.Sub(time.Unix(0, int64(latest.Ts*1e9))) > ThrottleStaleAfter {
+		return
+	}
+	for _, st := range latest.Gpus {
+		for i := range n.GPUs {
+			if n.GPUs[i].Index == int(st.Index) {
+				n.GPUs[i].ThrottledBy = clockevents.Costly(st.ThrottleReasons)
+			}
+		}
+	}
 }
 
 // Cluster maps a node's Raft status to the API's shape.

@@ -223,7 +223,13 @@ func (a *app) statusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return WriteJobStatus(a.env.Stdout, job, events, a.env.Now())
+			var nodes []apiv1.Node
+			if job.State == apiv1.StateRunning {
+				// Only for the Throttled row: a status without it beats
+				// none, so a failure here is not the command's.
+				nodes, _ = c.Nodes(cmd.Context())
+			}
+			return WriteJobStatusNodes(a.env.Stdout, job, events, nodes, a.env.Now())
 		},
 	}
 	addOutputFlag(cmd, &output, "the API's job object")

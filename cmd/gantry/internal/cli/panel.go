@@ -210,14 +210,17 @@ func metricRows(p *Progress, keys []string, width int) []string {
 	return rows
 }
 
-// gpuRow is "  gpu0  97%  30.0/80.0 GiB  71°C  301 W  ▃▅▇█".
+// gpuRow is "  gpu0  97%  30.0/80.0 GiB  71°C  301 W  ▃▅▇█", then the
+// throughput-costing throttle reasons if any ("  throttled:hw_slowdown"):
+// they explain a slow step, so the sparkline gives way to them.
 func gpuRow(g apiv1.GPUStat, hist []float64, width int) string {
 	row := fmt.Sprintf("  gpu%-2d %4.0f%%  %5s/%s GiB  %3.0f°C  %4.0f W",
 		g.Index, g.UtilizationPct, gib(g.MemoryUsedBytes), gib(g.MemoryTotalBytes), g.TemperatureC, g.PowerW)
-	if sparkW := min(sparkPoints, width-1-len([]rune(row))-2); sparkW >= minSpark {
+	note := throttleNote(g.ThrottledBy, "  throttled:")
+	if sparkW := min(sparkPoints, width-1-len([]rune(row+note))-2); sparkW >= minSpark {
 		row += "  " + Sparkline(hist, sparkW)
 	}
-	return row
+	return row + note
 }
 
 // jobGPUStats picks the job's GPUs from a node sample, or every GPU when

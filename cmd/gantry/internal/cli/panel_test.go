@@ -107,6 +107,24 @@ func panelFixture() *Progress {
 	return p
 }
 
+// A throttled GPU's row ends with the reasons; the sparkline gives way.
+func TestPanelGPUThrottled(t *testing.T) {
+	g := apiv1.GPUStat{Index: 0, UtilizationPct: 97.4, MemoryUsedBytes: 31 << 30, MemoryTotalBytes: 80 << 30,
+		TemperatureC: 88, PowerW: 301, ThrottledBy: []string{"hw_thermal_slowdown"}}
+	want := "  gpu0    97%   31.0/80.0 GiB   88°C   301 W  ▁█  throttled:hw_thermal_slowdown"
+	if got := gpuRow(g, []float64{40, 97.4}, 100); got != want {
+		t.Errorf("row =\n%q\nwant\n%q", got, want)
+	}
+	want = "  gpu0    97%   31.0/80.0 GiB   88°C   301 W  throttled:hw_thermal_slowdown"
+	if got := gpuRow(g, []float64{40, 97.4}, 60); got != want {
+		t.Errorf("narrow row =\n%q\nwant\n%q", got, want)
+	}
+	g.ThrottledBy = nil
+	if got := gpuRow(g, nil, 60); strings.Contains(got, "throttled") {
+		t.Errorf("unthrottled row %q", got)
+	}
+}
+
 func TestPanel(t *testing.T) {
 	tests := []struct {
 		name          string

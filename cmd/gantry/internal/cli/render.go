@@ -226,10 +226,20 @@ func gpuSummary(s *apiv1.GPUSample, jobGPUs []int) string {
 		if len(jobGPUs) > 0 && !slices.Contains(jobGPUs, g.Index) {
 			continue
 		}
-		out = append(out, fmt.Sprintf("gpu%d %.0f%% %s/%s", g.Index, g.UtilizationPct,
-			gib(g.MemoryUsedBytes), gib(g.MemoryTotalBytes)+"G"))
+		out = append(out, fmt.Sprintf("gpu%d %.0f%% %s/%s%s", g.Index, g.UtilizationPct,
+			gib(g.MemoryUsedBytes), gib(g.MemoryTotalBytes)+"G", throttleNote(g.ThrottledBy, " throttled:")))
 	}
 	return strings.Join(out, " ")
+}
+
+// throttleNote is prefix and the throughput-costing throttle reasons
+// ("throttled:hw_thermal_slowdown,sw_power_cap"), or "" for none: benign
+// reasons (an idle GPU's gpu_idle) are not worth a word.
+func throttleNote(reasons []string, prefix string) string {
+	if len(reasons) == 0 {
+		return ""
+	}
+	return prefix + strings.Join(reasons, ",")
 }
 
 func gib(b uint64) string { return strconv.FormatFloat(float64(b)/(1<<30), 'f', 1, 64) }
@@ -409,8 +419,8 @@ func WriteJobsTable(w io.Writer, jobs []apiv1.Job, now time.Time) error {
 // WriteNodesTable writes the `gantry nodes` table.
 func WriteNodesTable(w io.Writer, nodes []apiv1.Node, now time.Time) error {
 	nodes = safe(nodes)
-	// A HEALTH column, last, says which GPUs are failing or drained; it
-	// is left out when none is, the common case.
+	// A HEALTH column, last, says which GPUs are failing, drained or
+	// throttled; it is left out when none is, the common case.
 	health := slices.ContainsFunc(nodes, func(n apiv1.Node) bool { return nodeHealth(n) != "" })
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	head := "ID\tHOSTNAME\tSTATE\tGPUS FREE/TOTAL\tCONNECTED\tLAST SEEN"
@@ -436,8 +446,9 @@ func WriteNodesTable(w io.Writer, nodes []apiv1.Node, now time.Time) error {
 	return tw.Flush()
 }
 
-// nodeHealth says what is drained or failing on a node: "drained; GPU 3
-// failing: XID 79 (...); GPU 5 drained", or "" when nothing is.
+// nodeHealth says what is drained, failing or throttled on a node:
+// "drained; GPU 3 failing: XID 79 (...); GPU 5 drained; GPU 6 throttled:
+// hw_thermal_slowdown", or "" when nothing is.
 func nodeHealth(n apiv1.Node) string {
 	var parts []string
 	if n.Drained {
@@ -449,6 +460,9 @@ func nodeHealth(n apiv1.Node) string {
 			parts = append(parts, fmt.Sprintf("GPU %d failing: %s", g.Index, oneLine(g.Fault)))
 		case g.Drained:
 			parts = append(parts, fmt.Sprintf("GPU %d drained", g.Index))
+		}
+		if len(g.ThrottledBy) > 0 {
+			parts = append(parts, fmt.Sprintf("GPU %d throttled: %s", g.Index, strings.Join(g.ThrottledBy, ",")))
 		}
 	}
 	return strings.Join(parts, "; ")
@@ -471,7 +485,15 @@ func formatTime(t *time.Time, now time.Time) string {
 // WriteJobStatus writes every field of a job, its final metrics and its
 // events: the `gantry status` view.
 func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Time) error {
-	j, events = safe(j), safe(events)
+	return WriteJobStatusNodes(w, j, events, nil, now)
+}
+
+// WriteJobStatusNodes is WriteJobStatus with the cluster's nodes as
+// GET /v1/nodes answers them: a "Throttled" row then names the job's GPUs
+// that their latest sample shows throttled for a throughput-costing reason
+// (nothing when none is, or nodes is nil).
+func WriteJobStatusNodes(w io.Writer, j apiv1.Job, events []apiv1.Event, nodes []apiv1.Node, now time.Time) error {
+	j, events, nodes = safe(j), safe(events), safe(nodes)
 	sw := &stickyWriter{w: w}
 	w = sw
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -502,6 +524,9 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 	} else {
 		row("GPUs", fmt.Sprintf("%s (requested %d%s)", joinInts(j.GPUs), j.Spec.Resources.GPUs,
 			prefixed(" ", j.Spec.Resources.GPUType)))
+	}
+	if t := jobThrottled(j, nodes); t != "" {
+		row("Throttled", t)
 	}
 	if j.ExitCode != nil {
 		row("Exit code", strconv.Itoa(*j.ExitCode))
@@ -564,6 +589,34 @@ func WriteJobStatus(w io.Writer, j apiv1.Job, events []apiv1.Event, now time.Tim
 	fmt.Fprintln(w, "\nEvents:")
 	writeEvents(indent(w), events)
 	return sw.err
+}
+
+// jobThrottled says which GPUs the job holds are throttled for a
+// throughput-costing reason: "GPU 1 on gpu-a: hw_thermal_slowdown", "" for
+// none. Only a running job is slowed by its GPUs.
+func jobThrottled(j apiv1.Job, nodes []apiv1.Node) string {
+	if len(nodes) == 0 || j.State != apiv1.StateRunning {
+		return ""
+	}
+	held := map[string][]int{}
+	if len(j.Ranks) > 0 {
+		for _, r := range j.Ranks {
+			if !lifecycle.IsTerminalName(r.State) {
+				held[r.Node] = r.GPUs
+			}
+		}
+	} else if j.Node != "" {
+		held[j.Node] = j.GPUs
+	}
+	var parts []string
+	for _, n := range nodes {
+		for _, g := range n.GPUs {
+			if len(g.ThrottledBy) > 0 && slices.Contains(held[n.ID], g.Index) {
+				parts = append(parts, fmt.Sprintf("GPU %d on %s: %s", g.Index, n.ID, strings.Join(g.ThrottledBy, ",")))
+			}
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // oneLine makes s one line (tabs and newlines would break the table).

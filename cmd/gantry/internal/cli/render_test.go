@@ -105,6 +105,19 @@ func TestProgressLine(t *testing.T) {
 			want: "assigned  gpu0 97% 30.0/80.0G gpu1 12% 1.0/80.0G",
 		},
 		{
+			name: "a throttled GPU says why; a benign reason says nothing",
+			frames: []apiv1.Frame{
+				{Type: apiv1.FrameSnapshot, Job: &apiv1.Job{State: apiv1.StateRunning, GPUs: []int{0, 1}}},
+				{Type: apiv1.FrameGPU, GPU: &apiv1.GPUSample{Seq: 2, GPUs: []apiv1.GPUStat{
+					{Index: 0, UtilizationPct: 97, MemoryUsedBytes: 30 << 30, MemoryTotalBytes: 80 << 30,
+						ThrottleReasons: 0x44, ThrottleReasonNames: []string{"sw_power_cap", "hw_thermal_slowdown"},
+						ThrottledBy: []string{"sw_power_cap", "hw_thermal_slowdown"}},
+					{Index: 1, MemoryTotalBytes: 80 << 30, ThrottleReasons: 0x1, ThrottleReasonNames: []string{"gpu_idle"}},
+				}}},
+			},
+			want: "running  gpu0 97% 30.0/80.0G throttled:sw_power_cap,hw_thermal_slowdown gpu1 0% 0.0/80.0G",
+		},
+		{
 			name: "final metrics win",
 			frames: []apiv1.Frame{
 				{Type: apiv1.FrameSnapshot, Job: &running, Points: []apiv1.Point{pt(1, 9, "loss", 2.0)}},
@@ -331,6 +344,56 @@ func TestWriteNodesTable(t *testing.T) {
 		"gpu-b  -         down   0/4              no         -\n"
 	if b.String() != want {
 		t.Errorf("table =\n%s\nwant\n%s", b.String(), want)
+	}
+}
+
+// `gantry nodes` names a throttled GPU in the HEALTH column, which
+// appears for it alone.
+func TestWriteNodesTableThrottled(t *testing.T) {
+	var b bytes.Buffer
+	gpus := make([]apiv1.GPU, 4)
+	for i := range gpus {
+		gpus[i] = apiv1.GPU{Index: i, Healthy: true}
+	}
+	gpus[2].ThrottledBy = []string{"hw_thermal_slowdown"}
+	nodes := []apiv1.Node{
+		{ID: "gpu-a", Hostname: "host-a", State: "ready", GPUs: gpus, FreeGPUs: 4, Connected: true},
+		{ID: "gpu-b", State: "ready", GPUs: []apiv1.GPU{{Index: 0, Healthy: true}}, FreeGPUs: 1, Connected: true},
+	}
+	if err := WriteNodesTable(&b, nodes, now); err != nil {
+		t.Fatal(err)
+	}
+	want := "" +
+		"ID     HOSTNAME  STATE  GPUS FREE/TOTAL  CONNECTED  LAST SEEN  HEALTH\n" +
+		"gpu-a  host-a    ready  4/4              yes        now        GPU 2 throttled: hw_thermal_slowdown\n" +
+		"gpu-b  -         ready  1/1              yes        now        -\n"
+	if b.String() != want {
+		t.Errorf("table =\n%s\nwant\n%s", b.String(), want)
+	}
+}
+
+// `gantry status` of a running job names its throttled GPUs, not another
+// job's, and has no Throttled row when none of its GPUs is.
+func TestWriteJobStatusThrottled(t *testing.T) {
+	nodes := []apiv1.Node{{ID: "gpu-a", GPUs: []apiv1.GPU{
+		{Index: 0}, {Index: 1, ThrottledBy: []string{"hw_slowdown", "hw_power_brake_slowdown"}}, {Index: 2, ThrottledBy: []string{"sw_power_cap"}},
+	}}}
+	var b bytes.Buffer
+	j := apiv1.Job{ID: "j-5", State: apiv1.StateRunning, Node: "gpu-a", GPUs: []int{0, 1}}
+	if err := WriteJobStatusNodes(&b, j, nil, nodes, now); err != nil {
+		t.Fatal(err)
+	}
+	if out := b.String(); !strings.Contains(out, "Throttled:  GPU 1 on gpu-a: hw_slowdown,hw_power_brake_slowdown\n") ||
+		strings.Contains(out, "sw_power_cap") {
+		t.Errorf("status:\n%s", out)
+	}
+	b.Reset()
+	j.GPUs = []int{0}
+	if err := WriteJobStatusNodes(&b, j, nil, nodes, now); err != nil {
+		t.Fatal(err)
+	}
+	if out := b.String(); strings.Contains(out, "Throttled") {
+		t.Errorf("status of a job with no throttled GPU:\n%s", out)
 	}
 }
 

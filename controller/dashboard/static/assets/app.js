@@ -1255,7 +1255,7 @@
       el('div', { class: 'charts' }, gpuUtil.el, gpuMem.el),
       el('table', { class: 'gpu-now' }, el('thead', {}, el('tr', {},
         el('th', {}, 'GPU'), el('th', {}, 'Name'), el('th', {}, 'Utilization'), el('th', { class: 'num' }, 'Memory (GiB)'),
-        el('th', { class: 'num' }, 'Temp'), el('th', { class: 'num' }, 'Power'), el('th', { class: 'num' }, 'SM clock'))), gpuTable));
+        el('th', { class: 'num' }, 'Temp'), el('th', { class: 'num' }, 'Power'), el('th', { class: 'num' }, 'SM clock'), el('th', {}, 'Throttled'))), gpuTable));
     // A multi-node job's ranks: node, GPUs, state and exit of each; the
     // charts show rank 0's metrics, the job's own.
     const ranksBody = el('tbody');
@@ -1876,7 +1876,20 @@
       el('td', { class: 'num' }, fmtBytesGiB(g.memory_used_bytes) + ' / ' + fmtBytesGiB(g.memory_total_bytes)),
       el('td', { class: 'num' }, (g.temperature_c || 0).toFixed(0) + ' °C'),
       el('td', { class: 'num' }, (g.power_w || 0).toFixed(0) + ' W'),
-      el('td', { class: 'num' }, g.sm_clock_mhz ? g.sm_clock_mhz + ' MHz' : '–'));
+      el('td', { class: 'num' }, g.sm_clock_mhz ? g.sm_clock_mhz + ' MHz' : '–'),
+      el('td', {}, throttleBadge(g)));
+  }
+
+  // throttleBadge shows the clocks event reasons that cost the GPU
+  // throughput (the API's throttled_by: thermal or power slowdown, power
+  // cap), every reason of the sample in its tooltip; a GPU idle or at
+  // fixed clocks has only benign reasons and shows a dash.
+  function throttleBadge(g) {
+    const all = (g.throttle_reason_names || []).join(', ');
+    const by = g.throttled_by || [];
+    if (by.length === 0) return el('span', { class: 'muted', title: all }, '–');
+    return el('span', { class: 'cond cond-throttled', title: 'clocks held down by: ' + all, 'data-throttled': by.join(',') },
+      'throttled: ' + by.join(', '));
   }
 
   // ----- nodes -----
@@ -1924,7 +1937,7 @@
         el('table', {},
           el('thead', {}, el('tr', {},
             el('th', {}, 'GPU'), el('th', {}, 'Name'), el('th', {}, 'Utilization'), el('th', { class: 'num' }, 'Memory (GiB)'),
-            el('th', { class: 'num' }, 'Temp'), el('th', { class: 'num' }, 'Power'), el('th', { class: 'num' }, 'SM clock'), el('th', {}, 'Job'))),
+            el('th', { class: 'num' }, 'Temp'), el('th', { class: 'num' }, 'Power'), el('th', { class: 'num' }, 'SM clock'), el('th', {}, 'Throttled'), el('th', {}, 'Job'))),
           el('tbody', {}, n.gpus.map((g) => {
             const s = stats.get(g.index);
             const row = gpuRow(s || { index: g.index, name: g.name, uuid: g.uuid, memory_total_bytes: g.memory_total_bytes, memory_used_bytes: 0 });
