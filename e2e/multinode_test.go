@@ -512,3 +512,82 @@ func TestNetnsGangWaitsWhole(t *testing.T) {
 		t.Fatalf("gang ended %s %q", job.State, job.Error)
 	}
 }
+
+// gangRequeueRun is a 2-node job that hangs on its first attempt (rank 0
+// logs five steps, then no rank makes progress: a collective that never
+// returns) and, run again ($GANTRY_ATTEMPT 2), logs five more steps on
+// every rank and ends.
+const gangRequeueRun = `echo "rank $NODE_RANK attempt $GANTRY_ATTEMPT job $GANTRY_JOB_ID"
+if [ "$GANTRY_ATTEMPT" = 1 ]; then
+  if [ "$NODE_RANK" = 0 ]; then for i in 1 2 3 4 5; do echo "{\"step\": $i}" >> "$GANTRY_METRICS_FILE"; sleep 0.1; done; fi
+  while true; do sleep 0.1; done
+fi
+for i in 6 7 8 9 10; do echo "{\"step\": $i, \"rank\": $NODE_RANK}" >> "$GANTRY_METRICS_FILE"; sleep 0.1; done`
+
+// TestNetnsGangRequeue: a multi-node job whose rank 0 stalls is stopped on
+// both hosts by its requeue policy, queued again and placed afresh with a
+// new rendezvous; its second attempt succeeds. The first attempt is kept
+// with both ranks as they ended, rank 0's points run on in one series,
+// and rank 1's log of each attempt is its own.
+func TestNetnsGangRequeue(t *testing.T) {
+	c := startNetCluster(t)
+	leader := c.waitLeader(10*time.Second, c.ctrls...)
+	id := submit(t, leader, apiv1.JobSpec{
+		Name: "gang-requeue", Resources: apiv1.Resources{Nodes: 2, GPUs: 1}, Run: gangRequeueRun,
+		KillGrace: apiv1.Duration(time.Second),
+		Health:    &apiv1.HealthSpec{StallAfter: apiv1.Duration(3 * time.Second), OnStall: "requeue"},
+	})
+	first := waitGangState(t, leader, id, apiv1.StateRunning, 30*time.Second)
+	job := waitJobTerminal(t, leader, id, 90*time.Second)
+	if job.State != apiv1.StateSucceeded || job.Attempt != 2 || len(job.Attempts) != 1 {
+		t.Fatalf("job %s (%s) on attempt %d with %d earlier; want succeeded on attempt 2; ranks %+v",
+			job.State, job.Error, job.Attempt, len(job.Attempts), job.Ranks)
+	}
+	a := job.Attempts[0]
+	if a.FinalMetrics["step"] != 5 || !strings.HasPrefix(a.Reason, "stalled: ") && !strings.HasPrefix(a.Reason, "hung: ") {
+		t.Errorf("attempt 1 kept as %+v; want step 5 and the stall", a)
+	}
+	if job.FinalMetrics["step"] != 10 || len(job.Ranks) != 2 {
+		t.Errorf("final metrics %v ranks %d, want step 10 from attempt 2's rank 0", job.FinalMetrics, len(job.Ranks))
+	}
+	if first.MasterPort == 0 || job.MasterPort == 0 {
+		t.Errorf("rendezvous ports %d then %d", first.MasterPort, job.MasterPort)
+	}
+	ctx := context.Background()
+	page, err := leader.api().Metrics(ctx, id, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Points) != 10 {
+		t.Errorf("%d points of rank 0, want 5 of each attempt", len(page.Points))
+	}
+	page1, err := leader.api().RankMetrics(ctx, id, 1, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(page1.Points) != 5 || page1.Points[0].Values["rank"] != 1 {
+		t.Errorf("rank 1 series of attempt 2: %+v, want its 5 points", page1.Points)
+	}
+	for attempt, want := range map[int]string{1: "rank 1 attempt 1 job " + id, 0: "rank 1 attempt 2 job " + id} {
+		l, err := leader.api().AttemptRankLogs(ctx, id, 1, attempt, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(l.Data, want) || !l.Complete {
+			t.Errorf("rank 1 log of attempt %d (0: current): %q complete %v, want %q", attempt, l.Data, l.Complete, want)
+		}
+	}
+	l0, err := leader.api().Logs(ctx, id, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(l0.Data, "rank 0 attempt 1") || !strings.Contains(l0.Data, "rank 0 attempt 2") {
+		t.Errorf("rank 0's log (the job's) lacks an attempt:\n%s", l0.Data)
+	}
+	out, err := netGantry(leader, "logs", id, "--rank", "1", "--attempt", "1")
+	if err != nil || !strings.Contains(out, "rank 1 attempt 1") {
+		t.Errorf("gantry logs --rank 1 --attempt 1: %v\n%s", err, out)
+	}
+	t.Logf("MEASURED gang requeue: attempt 1 ended %s, attempt 2 started %s later",
+		a.FinishedAt.Format(time.RFC3339Nano), job.StartedAt.Sub(*a.FinishedAt).Round(time.Millisecond))
+}

@@ -438,7 +438,16 @@ func (c *Client) RankMetrics(ctx context.Context, id string, rank int, after uin
 // RankLogs returns the log of one rank of a multi-node job (rank 0's is
 // the job's own, as Logs returns it) from offset on.
 func (c *Client) RankLogs(ctx context.Context, id string, rank int, offset uint64) (apiv1.Logs, error) {
+	return c.AttemptRankLogs(ctx, id, rank, 0, offset)
+}
+
+// AttemptRankLogs is RankLogs of the job's attempt (numbered from 1; 0:
+// the current one). Rank 0's log is the job's across its attempts.
+func (c *Client) AttemptRankLogs(ctx context.Context, id string, rank, attempt int, offset uint64) (apiv1.Logs, error) {
 	q := url.Values{"offset": {strconv.FormatUint(offset, 10)}, "rank": {strconv.Itoa(rank)}}
+	if attempt > 0 {
+		q.Set("attempt", strconv.Itoa(attempt))
+	}
 	var l apiv1.Logs
 	if err := c.do(ctx, http.MethodGet, c.endpoint(q, "v1", "jobs", id, "logs"), nil, &l); err != nil {
 		return apiv1.Logs{}, fmt.Errorf("get logs of rank %d of job %s: %w", rank, id, err)

@@ -242,7 +242,7 @@ const logText = "text"
 func (a *app) logsCmd() *cobra.Command {
 	var follow bool
 	var output string
-	var rank int
+	var rank, attempt int
 	cmd := &cobra.Command{
 		Use:               "logs ID|NAME",
 		Short:             "Print a job's log (-f follows it until the job ends)",
@@ -254,6 +254,9 @@ func (a *app) logsCmd() *cobra.Command {
 				return &exitError{code: exitUsage, err: fmt.Errorf("--output %q: want text, json or yaml", output)}
 			case rank < 0:
 				return &exitError{code: exitUsage, err: fmt.Errorf("--rank %d: want a rank of the job, 0 or more", rank)}
+			case attempt < 0 || (attempt > 0 && rank == 0):
+				// Rank 0's log is the job's, every attempt in order.
+				return &exitError{code: exitUsage, err: fmt.Errorf("--attempt %d: give it with --rank K > 0 (rank 0's log holds every attempt)", attempt)}
 			case follow && output != logText:
 				// One object cannot be written before the log ends.
 				return &exitError{code: exitUsage, err: fmt.Errorf("--output %s cannot be followed: drop -f, or use -o text", output)}
@@ -268,11 +271,14 @@ func (a *app) logsCmd() *cobra.Command {
 			if output != logText {
 				out = &buf
 			}
-			if rank > 0 && rank >= len(job.Ranks) {
-				n := max(len(job.Ranks), 1)
+			if attempt > job.Attempt {
+				return &exitError{code: exitUsage, err: fmt.Errorf("--attempt %d: job %s has had %d", attempt, job.ID, job.Attempt)}
+			}
+			if ranks := len(job.Ranks); attempt == 0 && rank > 0 && rank >= ranks {
+				n := max(ranks, 1)
 				return &exitError{code: exitUsage, err: fmt.Errorf("--rank %d: job %s has %d rank%s", rank, job.ID, n, plural(n))}
 			}
-			l, err := a.copyLogs(cmd.Context(), c, job.ID, rank, follow, out)
+			l, err := a.copyLogs(cmd.Context(), c, job.ID, rank, attempt, follow, out)
 			if err != nil && cmd.Context().Err() != nil {
 				return &exitError{code: exitDetached}
 			}
@@ -302,6 +308,7 @@ func (a *app) logsCmd() *cobra.Command {
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until the job ends")
 	cmd.Flags().IntVar(&rank, "rank", 0, "a multi-node job's rank whose log to print (0, the default, is the job's own)")
+	cmd.Flags().IntVar(&attempt, "attempt", 0, "with --rank: an earlier attempt of a requeued job (numbered from 1; default the current)")
 	cmd.Flags().StringVarP(&output, "output", "o", logText, "text, json or yaml (one API log object holding the whole log)")
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions(
 		[]string{logText, outJSON, outYAML}, cobra.ShellCompDirectiveNoFileComp))
@@ -331,7 +338,7 @@ func (a *app) explainNoLogs(j apiv1.Job) error {
 // once caught up; with follow it polls until the server says the log is
 // complete (the job is terminal and every byte stored). It returns the
 // last page, with Next the offset past every byte written.
-func (a *app) copyLogs(ctx context.Context, c *client.Client, id string, rank int, follow bool, out io.Writer) (apiv1.Logs, error) {
+func (a *app) copyLogs(ctx context.Context, c *client.Client, id string, rank, attempt int, follow bool, out io.Writer) (apiv1.Logs, error) {
 	var offset uint64
 	t := time.NewTicker(a.env.PollInterval)
 	defer t.Stop()
@@ -339,7 +346,7 @@ func (a *app) copyLogs(ctx context.Context, c *client.Client, id string, rank in
 		var l apiv1.Logs
 		var err error
 		if rank > 0 {
-			l, err = c.RankLogs(ctx, id, rank, offset)
+			l, err = c.AttemptRankLogs(ctx, id, rank, attempt, offset)
 		} else {
 			l, err = c.Logs(ctx, id, offset)
 		}
