@@ -242,6 +242,7 @@ var (
 	descJobTotalSteps = gauge("gantry_job_total_steps", "The job's total_steps metric, when it reports one.", jobLabels...)
 	descJobPoints     = gauge("gantry_job_points", "Metric points stored for the job.", jobLabels...)
 	descJobBadLines   = gauge("gantry_job_bad_lines", "Lines of the job's metrics file that were not metrics.", jobLabels...)
+	descJobRequeues   = gauge("gantry_job_requeues", "Times a health policy requeued the job (its attempt is this plus 1); absent for a job never requeued.", jobLabels...)
 	descJobMetricAge  = gauge("gantry_job_last_metric_age_seconds", "Seconds since the timestamp of the job's newest stored point.", jobLabels...)
 	descJobMetric     = gauge("gantry_job_metric", "The latest value of an allow-listed metric key of the job (final value once it ended).", "job_id", "job_name", "key")
 	descJobGPUs       = gauge("gantry_job_gpus", "GPUs the job holds (0 when it holds none), on node.", "job_id", "job_name", "node")
@@ -258,7 +259,7 @@ var (
 	descError       = gauge("gantry_fleet_error", "Reading the store failed.")
 
 	allDescs = []*prometheus.Desc{descGPUUtil, descGPUMemUsed, descGPUMemTot, descGPUTemp, descGPUPower, descGPUClock, descGPUAge, descGPUReason, descGPUThrottled,
-		descJobState, descJobStep, descJobTotalSteps, descJobPoints, descJobBadLines, descJobMetricAge, descJobMetric, descJobGPUs, descJobCondition,
+		descJobState, descJobStep, descJobTotalSteps, descJobPoints, descJobBadLines, descJobRequeues, descJobMetricAge, descJobMetric, descJobGPUs, descJobCondition,
 		descNodeUp, descNodeConnected, descNodeGPUs, descNodeGPUsFree, descGPUHealthy, descOmittedJobs, descOmittedKeys, descError}
 )
 
@@ -515,6 +516,10 @@ func (c *Collector) emitJobs(e *emitter, s *snapshot, now time.Time) (omittedKey
 		e.emit(descJobState, 1, id, name, lifecycle.StateName(j.State))
 		e.emit(descJobPoints, float64(j.Points), id, name)
 		e.emit(descJobBadLines, float64(j.BadLines), id, name)
+		if j.Attempt > 0 {
+			// Only then: a fleet of jobs that never hang pays no series.
+			e.emit(descJobRequeues, float64(j.Attempt), id, name)
+		}
 		gpus := 0
 		if lifecycle.HoldsGPUs(j.State) {
 			// Every live rank's GPUs for a multi-node job (node: rank 0's).

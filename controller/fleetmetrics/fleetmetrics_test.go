@@ -133,7 +133,7 @@ func TestGPUAndJobSeries(t *testing.T) {
 	s := openStore(t)
 	gpuNode(t, s, "n1", 2, t0.Add(-3*time.Second))
 	putJob(t, s, &gantrypb.Job{Id: "j1", Spec: &gantrypb.JobSpec{Name: "bert"}, State: gantrypb.JobState_JOB_STATE_RUNNING,
-		Node: "n1", Gpus: []uint32{1}, Points: 2, BadLines: 3,
+		Node: "n1", Gpus: []uint32{1}, Points: 2, BadLines: 3, Attempt: 2,
 		LatestMetrics: map[string]float64{"loss": 0.5, "step": 20, "total_steps": 100, "secret_thing": 7},
 		Conditions:    []*gantrypb.JobCondition{{Kind: "idle_gpus", Gpus: []uint32{1}}}})
 	update(t, s, func(tx *store.Tx) error {
@@ -169,6 +169,7 @@ func TestGPUAndJobSeries(t *testing.T) {
 	want(t, got, "gantry_job_total_steps{job_id=j1,job_name=bert}", 100)
 	want(t, got, "gantry_job_points{job_id=j1,job_name=bert}", 2)
 	want(t, got, "gantry_job_bad_lines{job_id=j1,job_name=bert}", 3)
+	want(t, got, "gantry_job_requeues{job_id=j1,job_name=bert}", 2)
 	want(t, got, "gantry_job_last_metric_age_seconds{job_id=j1,job_name=bert}", 10)
 	want(t, got, "gantry_job_metric{job_id=j1,job_name=bert,key=loss}", 0.5)
 	want(t, got, "gantry_job_gpus{job_id=j1,job_name=bert,node=n1}", 1)
@@ -188,6 +189,8 @@ func TestGPUAndJobSeries(t *testing.T) {
 			t.Errorf("series %s: only the current state is exported", k)
 		case strings.HasPrefix(k, "gantry_job_last_metric_age_seconds{job_id=j2"):
 			t.Errorf("series %s: a job without points has no metric age", k)
+		case strings.HasPrefix(k, "gantry_job_requeues{job_id=j2"):
+			t.Errorf("series %s: a job never requeued has no requeue series", k)
 		}
 	}
 	if n := c.series.Load(); int(n) != len(got) {
