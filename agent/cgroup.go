@@ -59,11 +59,12 @@ func openJobCgroups(cfg Config, log *slog.Logger) *jobCgroups {
 	return &jobCgroups{m: m, jobs: map[string]*job{}}
 }
 
-// runID is the run part of a job's group name: the run's start time
-// (AgentJob.started_at, unix seconds) in milliseconds. It is stored
+// groupSuffix is the last part of a job's group name: the run's start
+// time (AgentJob.started_at, unix seconds) in milliseconds. It is stored
 // already, so a restarted agent derives the same name without a field of
-// its own; a later run of the same job id starts at another time.
-func runID(startedAt float64) string {
+// its own. (A requeued job's next attempt has a run id of its own,
+// lifecycle.RunID, and so a group of its own anyway.)
+func groupSuffix(startedAt float64) string {
 	return strconv.FormatInt(int64(math.Round(startedAt*1000)), 10)
 }
 
@@ -73,7 +74,7 @@ func (c *jobCgroups) group(j *job, startedAt float64) *jobcgroup.Group {
 	if c == nil {
 		return nil
 	}
-	g := c.m.Group(j.id, runID(startedAt))
+	g := c.m.Group(j.id, groupSuffix(startedAt))
 	j.a.mu.Lock()
 	live := make(map[*job]bool, len(j.a.jobs))
 	for _, o := range j.a.jobs {
