@@ -19,6 +19,7 @@ import (
 
 	"github.com/gantry-ml/gantry/agent/gpu"
 	"github.com/gantry-ml/gantry/agent/jobcgroup"
+	"github.com/gantry-ml/gantry/agent/jobcgroup/cgrouptest"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 )
@@ -27,25 +28,15 @@ import (
 // they cannot be used (not root, no writable cgroup2 hierarchy).
 func testJobCgroups(t *testing.T, a *Agent) *jobCgroups {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("job cgroups need root (mkdir in the cgroup2 hierarchy)")
-	}
+	cgrouptest.Skip(t, nil)
 	c := openJobCgroups(Config{NodeID: fmt.Sprintf("agent-%s-%d", t.Name(), os.Getpid()), DataDir: a.cfg.DataDir},
 		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if c == nil {
-		if _, err := jobcgroup.Open(jobcgroup.Options{NodeID: "probe"}); err != nil {
-			t.Skipf("no writable cgroup2 hierarchy here: %v", err)
-		}
+		_, err := jobcgroup.Open(jobcgroup.Options{NodeID: "probe"})
+		cgrouptest.Skip(t, err)
 		t.Fatal("job cgroups unavailable where they should work")
 	}
-	t.Cleanup(func() {
-		if _, err := c.m.Sweep(nil, time.Now().Add(10*time.Second)); err != nil {
-			t.Error(err)
-		}
-		if err := unix.Rmdir(c.m.Dir()); err != nil {
-			t.Error(err)
-		}
-	})
+	cgrouptest.Cleanup(t, c.m)
 	a.cgroups = c
 	return c
 }

@@ -2,7 +2,6 @@ package runner
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gantry-ml/gantry/agent/jobcgroup"
+	"github.com/gantry-ml/gantry/agent/jobcgroup/cgrouptest"
 	"github.com/gantry-ml/gantry/lifecycle"
 )
 
@@ -28,25 +28,7 @@ const escape = `(setsid sh -c 'echo $$ > esc.tmp; mv esc.tmp esc.pid; exec sleep
 // be used (not root, no writable cgroup2 hierarchy).
 func testCgroups(t *testing.T) *jobcgroup.Manager {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("job cgroups need root (mkdir in the cgroup2 hierarchy)")
-	}
-	m, err := jobcgroup.Open(jobcgroup.Options{NodeID: fmt.Sprintf("runner-%s-%d", t.Name(), os.Getpid())})
-	if errors.Is(err, jobcgroup.ErrUnavailable) {
-		t.Skipf("no writable cgroup2 hierarchy here: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if _, err := m.Sweep(nil, time.Now().Add(testTimeout)); err != nil {
-			t.Error(err)
-		}
-		if err := unix.Rmdir(m.Dir()); err != nil {
-			t.Errorf("remove %s: %v", m.Dir(), err)
-		}
-	})
-	return m
+	return cgrouptest.Open(t, "runner")
 }
 
 // escapee waits for the daemonized sleep's pid and checks that it left the
