@@ -74,6 +74,12 @@ type Member struct {
 // points are in the flat form (MetricPoint.key_idx with IngestCmd.keys).
 const FeatureFlatPoints = "flat_points"
 
+// FeatureRequeue: the controller applies the requeue health policy (a
+// job's exit queues it again as its next attempt). An older release would
+// end the job instead, so the leader takes no spec that asks for it until
+// every voter has this feature.
+const FeatureRequeue = "requeue"
+
 // Has reports whether the member's release has feature f.
 func (m Member) Has(f string) bool { return slices.Contains(m.Features, f) }
 

@@ -128,6 +128,9 @@ type Options struct {
 	Peers func() map[string]string
 	// LastContact is when this node last heard from the leader.
 	LastContact func() time.Time
+	// CanRequeue says why a spec with the requeue health policy cannot be
+	// taken now (nil error: it can; nil func: always).
+	CanRequeue func() error
 }
 
 // API is the HTTP handler.
@@ -467,6 +470,12 @@ func (a *API) admitSpec(w http.ResponseWriter, r *http.Request) (apiv1.JobSpec, 
 	if err := spec.Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("invalid job spec: %w", err))
 		return spec, false
+	}
+	if h := spec.Health; h != nil && (h.OnStall == lifecycle.PolicyRequeue || h.OnIdle == lifecycle.PolicyRequeue) && a.opts.CanRequeue != nil {
+		if err := a.opts.CanRequeue(); err != nil {
+			writeError(w, http.StatusConflict, fmt.Errorf("health policy requeue: %w", err))
+			return spec, false
+		}
 	}
 	if err := a.checkFit(spec); err != nil {
 		if errors.Is(err, scheduler.ErrNeverFits) {

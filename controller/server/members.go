@@ -26,7 +26,7 @@ func (s *Server) startMembership() error {
 		membership.TagHTTPAddr: advertised(cfg.AdvertiseHTTP, s.HTTPAddr()),
 		membership.TagExpect:   strconv.Itoa(cfg.BootstrapExpect),
 		// What this release reads in Raft entries that older ones do not.
-		membership.TagFeatures: membership.FeatureFlatPoints,
+		membership.TagFeatures: membership.FeatureFlatPoints + "," + membership.FeatureRequeue,
 	}
 	if s.raft.HasState() {
 		tags[membership.TagRaftBootstrap] = "1"
@@ -359,6 +359,24 @@ func (s *Server) votersReadFlat() bool {
 		return false
 	}
 	return votersHave(servers, s.members.Members(), membership.FeatureFlatPoints)
+}
+
+// votersRequeue says why the cluster cannot take a spec with the requeue
+// policy (nil when it can): a voter of an older release would apply the
+// job's exit differently from the others.
+func (s *Server) votersRequeue() error {
+	if s.members == nil {
+		return nil
+	}
+	servers, err := s.raft.Servers()
+	if err != nil {
+		return err
+	}
+	if !votersHave(servers, s.members.Members(), membership.FeatureRequeue) {
+		return errors.New("a controller of this cluster runs an older release that cannot requeue jobs (or is not seen yet); " +
+			"upgrade every controller, or use on_stall/on_idle notify or cancel")
+	}
+	return nil
 }
 
 // votersHave reports whether every voter among servers is a member whose

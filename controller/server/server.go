@@ -275,7 +275,7 @@ func Start(cfg Config) (*Server, error) {
 		Log: cfg.Log.With("component", "api"), Token: cfg.Token, Extra: cfg.Extra,
 		AllowedHosts: allowedHosts(cfg), Limits: cfg.HTTPLimits, TLS: httpTLS != nil, PeerTransport: peerTransport,
 		Registry: s.reg, NodeID: cfg.NodeID, Peers: s.peerHTTPAddrs,
-		LastContact: s.raft.LastContact, VerifyLeader: s.raft.VerifyLeader,
+		LastContact: s.raft.LastContact, VerifyLeader: s.raft.VerifyLeader, CanRequeue: s.votersRequeue,
 		Leader: func(ctx context.Context) (string, error) {
 			if cfg.SerfAddr == "" {
 				return "", nil // alone: always the leader or nobody
