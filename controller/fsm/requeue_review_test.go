@@ -1,0 +1,59 @@
+package fsm_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/gantry-ml/gantry/controller/admission"
+	"github.com/gantry-ml/gantry/lifecycle"
+	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
+)
+
+// TestRequeueKeepsDroppedKeysEvent: an exit whose final metrics take the
+// job past limits.MaxKeysPerJob records metric_keys_dropped at the exit's
+// seq; the requeue must not write its requeued event over it.
+func TestRequeueKeepsDroppedKeysEvent(t *testing.T) {
+	h := newHarness(t)
+	h.submitRequeue("j", 0)
+	h.mustOK(assign("j", "n1", 0))
+	h.mustOK(ingest("n1", started("j", 1), point("j", 2, map[string]float64{"loss": 1}), condRec("j", 3, lifecycle.CondStalled, true)))
+	final := map[string]float64{}
+	for i := range limits.MaxKeysPerJob + 5 {
+		final[fmt.Sprintf("k%05d", i)] = 1
+	}
+	h.mustOK(ingest("n1", exitRec("j", 4, &gantrypb.JobExit{Signal: "SIGTERM", Ts: 9, FinalMetrics: final, Reason: string(lifecycle.ReasonCancelled)})))
+	j := h.job("j")
+	if j.State != gantrypb.JobState_JOB_STATE_QUEUED || j.DroppedMetricKeys == 0 {
+		t.Fatalf("state %s dropped %d: the test tests nothing", j.State, j.DroppedMetricKeys)
+	}
+	evs := h.events("j")
+	if got := eventKinds(evs); !strings.Contains(got, string(lifecycle.EventMetricKeysDropped)) || !strings.Contains(got, string(lifecycle.EventRequeued)) {
+		t.Errorf("events %q (count %d), want both %s and %s kept", got, j.Events, lifecycle.EventMetricKeysDropped, lifecycle.EventRequeued)
+	}
+	if uint64(len(evs)) != j.Events {
+		t.Errorf("job counts %d events, %d stored", j.Events, len(evs))
+	}
+}
+
+// TestRequeueLongJobID: a job id of the longest length a submit takes
+// must still run its later attempts: their run ids ("id~N") are longer.
+func TestRequeueLongJobID(t *testing.T) {
+	h := newHarness(t)
+	id := strings.Repeat("x", limits.MaxIDBytes)
+	h.submitRequeue(id, 0)
+	h.mustOK(assign(id, "n1", 0))
+	h.mustOK(ingest("n1", started(id, 1), condRec(id, 2, lifecycle.CondStalled, true)))
+	h.mustOK(ingest("n1", exitRec(id, 3, &gantrypb.JobExit{Signal: "SIGTERM", Ts: 9, Reason: string(lifecycle.ReasonCancelled)})))
+	h.mustOK(assign(id, "n1", 0))
+	run := lifecycle.RunID(id, 1)
+	// The agent's hello lists the run as active; the leader must take it.
+	if err := admission.CheckHello(&gantrypb.Hello{NodeId: "n1", ActiveJobs: []string{run}}); err != nil {
+		t.Errorf("hello of the agent running attempt 2: %v", err)
+	}
+	h.mustOK(ingest("n1", started(run, 1)))
+	if j := h.job(id); j.State != gantrypb.JobState_JOB_STATE_RUNNING {
+		t.Errorf("attempt 2 of a %d-byte job id: state %s, want running (its records were refused)", len(id), j.State)
+	}
+}
