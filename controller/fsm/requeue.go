@@ -121,8 +121,19 @@ func (f *FSM) queueAgain(tx *store.Tx, job *gantrypb.Job, a *gantrypb.Attempt, s
 	}
 	job.LogBytes = logEnd + uint64(len(sep))
 	job.LogBase = job.LogBytes
-	// The exit's seq holds no point or event: the requeued event takes it,
-	// and the next attempt's records come after it.
+	// The exit's seq holds no point, and no event unless the exit's final
+	// metrics were cut to the key cap (dropKeys's event takes its seq):
+	// the requeued event takes the first free one, and the next
+	// attempt's records come after it.
+	if seq > 0 {
+		evs, err := tx.Events(job.Id, seq-1, 1)
+		if err != nil {
+			return err
+		}
+		if len(evs) == 1 && evs[0].Seq == seq {
+			seq++
+		}
+	}
 	job.SeqBase = seq
 
 	e := &gantrypb.JobEvent{Seq: seq, Ts: ts, Kind: string(lifecycle.EventRequeued), Message: clipText(fmt.Sprintf(
