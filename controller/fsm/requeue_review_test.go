@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/gantry-ml/gantry/controller/admission"
+	"github.com/gantry-ml/gantry/controller/fsm"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
 	"github.com/gantry-ml/gantry/proto/limits"
@@ -55,5 +56,51 @@ func TestRequeueLongJobID(t *testing.T) {
 	h.mustOK(ingest("n1", started(run, 1)))
 	if j := h.job(id); j.State != gantrypb.JobState_JOB_STATE_RUNNING {
 		t.Errorf("attempt 2 of a %d-byte job id: state %s, want running (its records were refused)", len(id), j.State)
+	}
+}
+
+// TestRequeueQueueTimeoutLeaderClock: a requeued job waits anew by the
+// leader's clock, the one its queue deadline is checked against: an agent
+// whose clock is behind must not make the job time out at once.
+func TestRequeueQueueTimeoutLeaderClock(t *testing.T) {
+	h := newHarness(t)
+	sub := submit("j")
+	sub.Spec.QueueTimeoutMs = 10_000
+	sub.Spec.Health = &gantrypb.HealthSpec{OnIdle: lifecycle.PolicyRequeue}
+	h.mustOK(sub)
+	h.mustOK(assign("j", "n1", 0))
+	h.mustOK(ingest("n1", started("j", 1), condRec("j", 2, lifecycle.CondIdleGPUs, true, 0)))
+	// The exit arrives an hour after the submit by the leader's clock; the
+	// agent's clock says 2 s.
+	exit := ingest("n1", exitRec("j", 3, &gantrypb.JobExit{Signal: "SIGTERM", Ts: 2, Reason: string(lifecycle.ReasonCancelled)}))
+	exit.AtMs = 3_600_000
+	h.mustOK(exit)
+	if j := h.job("j"); j.State != gantrypb.JobState_JOB_STATE_QUEUED {
+		t.Fatalf("state %s, want queued again", j.State)
+	}
+	res := h.apply(&gantrypb.QueueTimeoutCmd{JobId: "j", Error: "still queued", AtMs: 3_600_001})
+	if err, ok := res.(error); !ok || !strings.Contains(err.Error(), "not due") {
+		t.Errorf("queue timeout 1 ms after the requeue (timeout 10 s) was applied (%v): the deadline counts from the agent's clock", res)
+	}
+}
+
+// TestRequeueForgedRunIDs: run ids that are not the canonical id of the
+// job's current attempt write nothing, from the node that runs it too.
+func TestRequeueForgedRunIDs(t *testing.T) {
+	h := newHarness(t)
+	h.submitRequeue("j", 0)
+	h.mustOK(assign("j", "n1", 0))
+	h.mustOK(ingest("n1", started("j", 1), condRec("j", 2, lifecycle.CondStalled, true)))
+	h.mustOK(ingest("n1", exitRec("j", 3, &gantrypb.JobExit{Signal: "SIGTERM", Ts: 9, Reason: string(lifecycle.ReasonCancelled)})))
+	h.mustOK(assign("j", "n1", 0))
+	before := h.job("j")
+	for _, run := range []string{"j~01", "j~0", "j~1~1", "j~2", "j~4294967297", "j~+1", "j~1 ", "~1", "j~"} {
+		res := h.apply(ingest("n1", point(run, 1, map[string]float64{"loss": 7}), exitRec(run, 2, &gantrypb.JobExit{ExitCode: code(0), Ts: 10})))
+		if r, ok := res.(fsm.IngestResult); !ok || r.Stored != 0 {
+			t.Errorf("run id %q: %+v, want nothing stored", run, res)
+		}
+	}
+	if j := h.job("j"); j.State != before.State || j.Points != before.Points || j.Attempt != 1 {
+		t.Errorf("job changed by forged run ids: state %s points %d attempt %d", j.State, j.Points, j.Attempt)
 	}
 }
