@@ -104,3 +104,36 @@ func TestRequeueForgedRunIDs(t *testing.T) {
 		t.Errorf("job changed by forged run ids: state %s points %d attempt %d", j.State, j.Points, j.Attempt)
 	}
 }
+
+// TestRequeueGangKeepsDroppedKeysEvent: as TestRequeueKeepsDroppedKeysEvent,
+// for rank 0's exit of a multi-node job.
+func TestRequeueGangKeepsDroppedKeysEvent(t *testing.T) {
+	h := newHarness(t)
+	sub := submitGang("g", 2, 2)
+	sub.Spec.Health = &gantrypb.HealthSpec{OnStall: lifecycle.PolicyRequeue}
+	h.mustOK(sub)
+	h.mustOK(assignGang("g", "n1", "n2"))
+	h.mustOK(ingest("n1", started("g", 1), point("g", 2, map[string]float64{"loss": 1}), condRec("g", 3, lifecycle.CondHung, true)))
+	h.mustOK(ingest("n2", started("g", 1)))
+	final := map[string]float64{}
+	for i := range limits.MaxKeysPerJob + 1 {
+		final[fmt.Sprintf("k%05d", i)] = 1
+	}
+	stop := &gantrypb.JobExit{Signal: "SIGTERM", Ts: 9, Reason: string(lifecycle.ReasonCancelled)}
+	h.mustOK(ingest("n1", exitRec("g", 4, &gantrypb.JobExit{Signal: "SIGTERM", Ts: 9, FinalMetrics: final, Reason: string(lifecycle.ReasonCancelled)})))
+	h.mustOK(ingest("n2", exitRec("g", 2, stop)))
+	j := h.job("g")
+	if j.State != gantrypb.JobState_JOB_STATE_QUEUED || j.DroppedMetricKeys == 0 {
+		t.Fatalf("state %s dropped %d: the test tests nothing", j.State, j.DroppedMetricKeys)
+	}
+	if evs := h.events("g"); uint64(len(evs)) != j.Events || !strings.Contains(eventKinds(evs), string(lifecycle.EventMetricKeysDropped)) {
+		t.Errorf("events %q, job counts %d", eventKinds(evs), j.Events)
+	}
+	// The next attempt's first record and a queue timeout land after both.
+	h.mustOK(assignGang("g", "n1", "n2"))
+	run := lifecycle.RunID("g", 1)
+	h.mustOK(ingest("n1", started(run, 1), condRec(run, 2, lifecycle.CondHung, true)))
+	if evs := h.events("g"); uint64(len(evs)) != h.job("g").Events {
+		t.Errorf("after attempt 2's first event: events %q, job counts %d", eventKinds(evs), h.job("g").Events)
+	}
+}
