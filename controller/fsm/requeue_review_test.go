@@ -2,6 +2,7 @@ package fsm_test
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 
@@ -135,5 +136,27 @@ func TestRequeueGangKeepsDroppedKeysEvent(t *testing.T) {
 	h.mustOK(ingest("n1", started(run, 1), condRec(run, 2, lifecycle.CondHung, true)))
 	if evs := h.events("g"); uint64(len(evs)) != h.job("g").Events {
 		t.Errorf("after attempt 2's first event: events %q, job counts %d", eventKinds(evs), h.job("g").Events)
+	}
+}
+
+// TestRequeueSeqWrapCannotRewriteEarlierAttempt: the node running a later
+// attempt cannot, with a seq near 2^64, make seq_base + seq wrap around
+// and overwrite an earlier attempt's events (which another node wrote).
+func TestRequeueSeqWrapCannotRewriteEarlierAttempt(t *testing.T) {
+	h := newHarness(t)
+	h.submitRequeue("j", 0)
+	h.mustOK(assign("j", "n1", 0))
+	h.mustOK(ingest("n1", started("j", 1), condRec("j", 2, lifecycle.CondStalled, true)))
+	h.mustOK(ingest("n1", exitRec("j", 3, &gantrypb.JobExit{Signal: "SIGTERM", Ts: 9, Reason: string(lifecycle.ReasonCancelled)})))
+	h.mustOK(assign("j", "n2", 0))
+	run := lifecycle.RunID("j", 1)
+	base := h.job("j").SeqBase
+	before := eventKinds(h.events("j"))
+	wrap := math.MaxUint64 - base + 3 // base + wrap is 2: the stall's event
+	forged := &gantrypb.Record{JobId: run, Seq: wrap, Body: &gantrypb.Record_Event{Event: &gantrypb.JobEvent{
+		Ts: 10, Kind: "forged", Message: "attempt 1 never stalled"}}}
+	h.apply(ingest("n2", started(run, 1), forged))
+	if after := eventKinds(h.events("j")); !strings.HasPrefix(after, before) {
+		t.Errorf("events %q before, %q after: n2 rewrote attempt 1's history", before, after)
 	}
 }
