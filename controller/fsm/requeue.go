@@ -3,6 +3,7 @@ package fsm
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"slices"
 
 	"google.golang.org/protobuf/proto"
@@ -131,7 +132,7 @@ func (f *FSM) queueAgain(tx *store.Tx, job *gantrypb.Job, a *gantrypb.Attempt, s
 		if err != nil {
 			return err
 		}
-		if len(evs) == 1 && evs[0].Seq == seq {
+		if len(evs) == 1 && evs[0].Seq == seq && seq < math.MaxUint64 {
 			seq++
 		}
 	}
