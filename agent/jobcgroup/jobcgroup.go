@@ -149,7 +149,8 @@ func Open(o Options) (*Manager, error) {
 	name := jobsPrefix + sanitize(o.NodeID)
 	if o.Instance != "" {
 		h := fnv.New32a()
-		_, _ = h.Write([]byte(o.Instance)) // a hash's Write never fails
+		// Cleaned: "/data/" and "/data" are one agent's data directory.
+		_, _ = h.Write([]byte(filepath.Clean(o.Instance))) // a hash's Write never fails
 		name += fmt.Sprintf("-%08x", h.Sum32())
 	}
 	m.rel = path.Join(base, name)

@@ -433,3 +433,25 @@ func TestInstanceSeparates(t *testing.T) {
 		t.Fatalf("restart: %v, %v", again, err)
 	}
 }
+
+// TestInstanceSpellingsAgree: one data directory spelled two ways (a
+// trailing slash, a doubled one) is one agent: a restarted agent must
+// find the directory, and the jobs' groups, its predecessor made.
+func TestInstanceSpellingsAgree(t *testing.T) {
+	mount := t.TempDir()
+	mi := writeTemp(t, "mi", "41 31 0:38 / "+mount+" rw - cgroup2 cgroup2 rw\n")
+	root := writeTemp(t, "cg", "0::/\n")
+	dirOf := func(instance string) string {
+		// A plain directory is not a cgroup, and the error names the
+		// directory Open chose.
+		_, err := Open(Options{NodeID: "n", Instance: instance, Mountinfo: mi, SelfCgroup: root})
+		if err == nil {
+			t.Fatal("a plain directory taken for a cgroup")
+		}
+		return strings.Fields(strings.TrimPrefix(err.Error(), ErrUnavailable.Error()+": "))[0]
+	}
+	a, b, c := dirOf("/data/a"), dirOf("/data/a/"), dirOf("/data//a")
+	if a != b || a != c {
+		t.Errorf("directories %s, %s and %s for one data directory", a, b, c)
+	}
+}

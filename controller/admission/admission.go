@@ -61,6 +61,17 @@ func CheckJobID(s string) error {
 	return nil
 }
 
+// CheckRunID is CheckID for a run id an agent names (lifecycle.RunID):
+// a later attempt's "id~N" may be longer than limits.MaxIDBytes by its
+// suffix, as its job id is bounded, not the run id. Any other id is
+// checked as CheckID does.
+func CheckRunID(what, s string) error {
+	if id, n, ok := lifecycle.ParseRunID(s); ok && n > 0 {
+		return CheckID(what, id)
+	}
+	return CheckID(what, s)
+}
+
 // checkText bounds a free-text field and requires valid UTF-8 (it is
 // shown to people and sent as JSON).
 func checkText(what, s string, max int) error {
@@ -115,7 +126,7 @@ func CheckRecordIn(rec *gantrypb.Record, nkeys int) error {
 		}
 		return checkGPUSample(g)
 	}
-	if err := CheckID("job id", rec.JobId); err != nil {
+	if err := CheckRunID("job id", rec.JobId); err != nil {
 		return err
 	}
 	switch body := rec.Body.(type) {
@@ -364,7 +375,7 @@ func CheckHello(h *gantrypb.Hello) error {
 		return reject("hello lists %d active jobs; the limit is %d", n, limits.MaxActiveJobs)
 	}
 	for _, id := range h.ActiveJobs {
-		if err := CheckID("active job id", id); err != nil {
+		if err := CheckRunID("active job id", id); err != nil {
 			return err
 		}
 	}

@@ -87,6 +87,15 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes, jobs *job
 					"job", rec.JobId, "job_node", job.Node, "node", m.NodeId, "seq", rec.Seq)
 				continue
 			}
+			if l := rec.GetLog(); rec.Seq > math.MaxUint64-job.SeqBase ||
+				l != nil && l.Offset+uint64(len(l.Data)) > math.MaxUint64-job.LogBase {
+				// seq_base + seq (log_base + offset) would wrap around, into
+				// an earlier attempt's seqs (bytes): no agent gets there
+				// honestly.
+				res.Rejected++
+				f.log.Warn("record past the job's seq or log range rejected", "job", rec.JobId, "node", m.NodeId, "seq", rec.Seq)
+				continue
+			}
 			if !touched[job.Id] {
 				touched[job.Id] = true
 				order = append(order, job.Id)

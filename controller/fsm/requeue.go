@@ -3,6 +3,7 @@ package fsm
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"slices"
 
 	"google.golang.org/protobuf/proto"
@@ -60,7 +61,7 @@ func (f *FSM) requeue(tx *store.Tx, job *gantrypb.Job, x *gantrypb.JobExit, seq 
 		Node: job.Node, Gpus: slices.Clone(job.Gpus), FinishedAtMs: finished,
 		ExitCode: x.ExitCode, Signal: x.Signal, FinalMetrics: final, LogTail: x.LogTail,
 	}
-	return f.queueAgain(tx, job, a, seq, x.Ts, lifecycle.DescribeExit(x), ch)
+	return f.queueAgain(tx, job, a, seq, x.Ts, atMs, lifecycle.DescribeExit(x), ch)
 }
 
 // requeuable reports whether a multi-node job whose ranks have all ended
@@ -94,7 +95,7 @@ func (f *FSM) requeueGang(tx *store.Tx, job *gantrypb.Job, ts float64, atMs int6
 		a.Ranks = append(a.Ranks, proto.Clone(r).(*gantrypb.Rank))
 	}
 	what := fmt.Sprintf("%d ranks stopped", len(job.Ranks))
-	if err := f.queueAgain(tx, job, a, r0.ExitSeq, ts, what, ch); err != nil {
+	if err := f.queueAgain(tx, job, a, r0.ExitSeq, ts, atMs, what, ch); err != nil {
 		return err
 	}
 	job.Ranks, job.MasterAddr, job.MasterPort = nil, "", 0
@@ -104,8 +105,9 @@ func (f *FSM) requeueGang(tx *store.Tx, job *gantrypb.Job, ts float64, atMs int6
 // queueAgain keeps the attempt a (its outcome filled in by the caller) in
 // the job's history and makes the job queued as its next attempt. seq is
 // the attempt's last seq in the job's streams (its exit's), ts the time of
-// its end as the agent saw it, and ended says how it ended.
-func (f *FSM) queueAgain(tx *store.Tx, job *gantrypb.Job, a *gantrypb.Attempt, seq uint64, ts float64, ended string, ch *Changes) error {
+// its end as the agent saw it, atMs the entry's time (the leader's clock),
+// and ended says how it ended.
+func (f *FSM) queueAgain(tx *store.Tx, job *gantrypb.Job, a *gantrypb.Attempt, seq uint64, ts float64, atMs int64, ended string, ch *Changes) error {
 	seq = max(seq, job.SeqBase, job.LastSeq) // never below what is stored
 	logEnd := max(job.LogBytes, job.LogBase)
 	a.Attempt, a.AssignedAtMs, a.StartedAtMs = job.Attempt, job.AssignedAtMs, cmp.Or(job.StartedAtMs, a.FinishedAtMs)
@@ -121,8 +123,19 @@ func (f *FSM) queueAgain(tx *store.Tx, job *gantrypb.Job, a *gantrypb.Attempt, s
 	}
 	job.LogBytes = logEnd + uint64(len(sep))
 	job.LogBase = job.LogBytes
-	// The exit's seq holds no point or event: the requeued event takes it,
-	// and the next attempt's records come after it.
+	// The exit's seq holds no point, and no event unless the exit's final
+	// metrics were cut to the key cap (dropKeys's event takes its seq):
+	// the requeued event takes the first free one, and the next
+	// attempt's records come after it.
+	if seq > 0 {
+		evs, err := tx.Events(job.Id, seq-1, 1)
+		if err != nil {
+			return err
+		}
+		if len(evs) == 1 && evs[0].Seq == seq && seq < math.MaxUint64 {
+			seq++
+		}
+	}
 	job.SeqBase = seq
 
 	e := &gantrypb.JobEvent{Seq: seq, Ts: ts, Kind: string(lifecycle.EventRequeued), Message: clipText(fmt.Sprintf(
@@ -140,7 +153,9 @@ func (f *FSM) queueAgain(tx *store.Tx, job *gantrypb.Job, a *gantrypb.Attempt, s
 	job.CancelRequested, job.RequeueReason = false, ""
 	job.Conditions = nil
 	job.ExitCode, job.Signal, job.LogTail, job.Error = nil, "", "", ""
-	job.QueuedAtMs = a.FinishedAtMs
+	// The queue deadline is checked by the leader's clock (QueueTimeoutCmd):
+	// an agent's clock behind it must not shorten the new wait.
+	job.QueuedAtMs = max(a.FinishedAtMs, atMs)
 	return f.alert(tx, &gantrypb.Alert{AtMs: a.FinishedAtMs, Kind: string(lifecycle.EventRequeued), JobId: job.Id,
 		JobName: job.GetSpec().GetName(), Node: a.Node,
 		Text:     fmt.Sprintf("Gantry: job %s requeued: attempt %d on %s stopped after %s", jobLabel(job), a.Attempt+1, a.Node, a.Reason),

@@ -111,7 +111,7 @@ func jobIDs(recs []*gantrypb.Record) []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, rec := range recs {
-		if rec == nil || rec.JobId == "" || seen[rec.JobId] || admission.CheckID("job id", rec.JobId) != nil {
+		if rec == nil || rec.JobId == "" || seen[rec.JobId] || admission.CheckRunID("job id", rec.JobId) != nil {
 			continue
 		}
 		seen[rec.JobId] = true
