@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
@@ -92,7 +93,13 @@ func (f *FSM) requeueGang(tx *store.Tx, job *gantrypb.Job, ts float64, atMs int6
 		ExitCode: r0.ExitCode, Signal: r0.Signal, FinalMetrics: copyMetrics(final), LogTail: r0.LogTail,
 	}
 	for _, r := range job.Ranks {
-		a.Ranks = append(a.Ranks, proto.Clone(r).(*gantrypb.Rank))
+		// How each rank ended; not what it reported (rank 0's final
+		// metrics are the attempt's, every rank's log is stored), which
+		// would make the job record, rewritten by every batch of its
+		// records, grow with ranks times attempts.
+		kept := proto.Clone(r).(*gantrypb.Rank)
+		kept.LatestMetrics, kept.FinalMetrics, kept.LogTail = nil, nil, ""
+		a.Ranks = append(a.Ranks, kept)
 	}
 	what := fmt.Sprintf("%d ranks stopped", len(job.Ranks))
 	if err := f.queueAgain(tx, job, a, r0.ExitSeq, ts, atMs, what, ch); err != nil {
@@ -109,6 +116,7 @@ func (f *FSM) requeueGang(tx *store.Tx, job *gantrypb.Job, ts float64, atMs int6
 // and ended says how it ended.
 func (f *FSM) queueAgain(tx *store.Tx, job *gantrypb.Job, a *gantrypb.Attempt, seq uint64, ts float64, atMs int64, ended string, ch *Changes) error {
 	seq = max(seq, job.SeqBase, job.LastSeq) // never below what is stored
+	a.LogTail = lastBytes(a.LogTail, attemptLogTailBytes)
 	logEnd := max(job.LogBytes, job.LogBase)
 	a.Attempt, a.AssignedAtMs, a.StartedAtMs = job.Attempt, job.AssignedAtMs, cmp.Or(job.StartedAtMs, a.FinishedAtMs)
 	a.Reason, a.FirstSeq, a.LastSeq, a.LogStart, a.LogEnd = job.RequeueReason, job.SeqBase+1, seq, job.LogBase, logEnd
@@ -160,4 +168,20 @@ func (f *FSM) queueAgain(tx *store.Tx, job *gantrypb.Job, a *gantrypb.Attempt, s
 		JobName: job.GetSpec().GetName(), Node: a.Node,
 		Text:     fmt.Sprintf("Gantry: job %s requeued: attempt %d on %s stopped after %s", jobLabel(job), a.Attempt+1, a.Node, a.Reason),
 		Evidence: a.Reason}, ch)
+}
+
+// attemptLogTailBytes bounds the log tail an attempt keeps: enough to see
+// how it ended; its whole log stays in the job's.
+const attemptLogTailBytes = 2 << 10
+
+// lastBytes is the end of s, at most n bytes, cut on a rune boundary.
+func lastBytes(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := len(s) - n
+	for i < len(s) && !utf8.RuneStart(s[i]) {
+		i++
+	}
+	return s[i:]
 }

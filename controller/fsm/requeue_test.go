@@ -44,7 +44,9 @@ func TestRequeuePolicy(t *testing.T) {
 	if evs := h.events("j"); !strings.Contains(evs[len(evs)-1].Message, "policy requeue: stopping the job to run it again (attempt 2 of at most 3)") {
 		t.Errorf("stall event %q does not say what the policy does", evs[len(evs)-1].Message)
 	}
-	h.mustOK(ingest("n1", exitRec("j", 5, &gantrypb.JobExit{Signal: "SIGTERM", Ts: 9, FinalMetrics: map[string]float64{"best": 1}, Reason: string(lifecycle.ReasonCancelled)})))
+	tail := strings.Repeat("x", 5000) + "é the end"
+	h.mustOK(ingest("n1", exitRec("j", 5, &gantrypb.JobExit{Signal: "SIGTERM", Ts: 9, FinalMetrics: map[string]float64{"best": 1},
+		Reason: string(lifecycle.ReasonCancelled), LogTail: tail})))
 	j = h.job("j")
 	if j.State != gantrypb.JobState_JOB_STATE_QUEUED || j.Attempt != 1 || j.Node != "" || len(j.Gpus) != 0 || j.CancelRequested || len(j.Conditions) != 0 {
 		t.Fatalf("after the stopped run: state %s attempt %d node %q gpus %v cancel %v conditions %v; want queued attempt 1 with nothing held",
@@ -57,6 +59,9 @@ func TestRequeuePolicy(t *testing.T) {
 	if a.Node != "n1" || a.FinalMetrics["loss"] != 0.9 || a.FinalMetrics["best"] != 1 || a.Signal != "SIGTERM" ||
 		!strings.HasPrefix(a.Reason, "stalled") || a.FirstSeq != 1 || a.LastSeq != 5 || a.LogEnd != uint64(len("attempt one\n")) {
 		t.Errorf("attempt kept as %v", a)
+	}
+	if len(a.LogTail) > 2048 || !strings.HasSuffix(a.LogTail, "é the end") {
+		t.Errorf("attempt log tail of %d bytes ending %q; want its last 2 KiB at most", len(a.LogTail), a.LogTail[max(0, len(a.LogTail)-12):])
 	}
 	if j.QueuedAtMs != 9000 {
 		t.Errorf("queued_at %d, want the exit's time 9000", j.QueuedAtMs)
@@ -243,6 +248,11 @@ func TestRequeueGang(t *testing.T) {
 	a := j.Attempts[0]
 	if len(a.Ranks) != 2 || a.Ranks[1].Node != "n2" || a.FinalMetrics["loss"] != 3 || a.LastSeq != 4 || a.Node != "n1" {
 		t.Errorf("attempt kept as %v", a)
+	}
+	for _, r := range a.Ranks {
+		if r.LatestMetrics != nil || r.FinalMetrics != nil || r.LogTail != "" || r.State != gantrypb.JobState_JOB_STATE_CANCELLED {
+			t.Errorf("rank %d kept with what it reported (%v, %q) or state %s; want only how it ended", r.Rank, r.LatestMetrics, r.LogTail, r.State)
+		}
 	}
 	// Both nodes' replays of the first attempt are duplicates.
 	for _, n := range []string{"n1", "n2"} {
