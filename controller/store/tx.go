@@ -82,26 +82,21 @@ func (t *Tx) PutJob(job *gantrypb.Job) error {
 
 // Jobs calls fn for every job in id order (ids sort by creation time);
 // fn returning false stops the walk.
-func (t *Tx) Jobs(fn func(*gantrypb.Job) bool) error {
-	c := t.tx.Bucket(bucketJobs).Cursor()
-	for k, v := c.First(); k != nil; k, v = c.Next() {
-		job := &gantrypb.Job{}
-		if err := proto.Unmarshal(v, job); err != nil {
-			return fmt.Errorf("store: decode job %q: %w", k, err)
-		}
-		if !fn(job) {
-			return nil
-		}
-	}
-	return nil
-}
+func (t *Tx) Jobs(fn func(*gantrypb.Job) bool) error { return t.walkJobs(false, fn) }
 
 // JobsNewestFirst is Jobs in reverse id order, newest first, so that a
 // caller wanting the latest few jobs stops after them instead of decoding
 // the whole history.
-func (t *Tx) JobsNewestFirst(fn func(*gantrypb.Job) bool) error {
+func (t *Tx) JobsNewestFirst(fn func(*gantrypb.Job) bool) error { return t.walkJobs(true, fn) }
+
+// walkJobs decodes the jobs in id order, or reversed, for fn.
+func (t *Tx) walkJobs(reverse bool, fn func(*gantrypb.Job) bool) error {
 	c := t.tx.Bucket(bucketJobs).Cursor()
-	for k, v := c.Last(); k != nil; k, v = c.Prev() {
+	first, next := c.First, c.Next
+	if reverse {
+		first, next = c.Last, c.Prev
+	}
+	for k, v := first(); k != nil; k, v = next() {
 		job := &gantrypb.Job{}
 		if err := proto.Unmarshal(v, job); err != nil {
 			return fmt.Errorf("store: decode job %q: %w", k, err)
