@@ -447,21 +447,19 @@ func Repair(rec *gantrypb.Record) bool {
 // clipEnd returns the last at most max bytes of s as valid UTF-8, cut on
 // a rune boundary.
 func clipEnd(s string, max int) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	if len(s) <= max {
-		return s
-	}
-	cut := len(s) - max
-	for cut < len(s) && !utf8.RuneStart(s[cut]) {
-		cut++
-	}
-	return s[cut:]
+	return ClipTail(strings.ToValidUTF8(s, "\uFFFD"), max)
 }
 
 // clipStart returns the first at most max bytes of s as valid UTF-8, cut
 // on a rune boundary.
 func clipStart(s string, max int) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
+	return Clip(strings.ToValidUTF8(s, "\uFFFD"), max)
+}
+
+// Clip returns the first at most max bytes of s, cut on a rune boundary.
+// It repairs nothing: s is valid UTF-8 already (what the FSM applies must
+// not depend on a repair older voters did not make).
+func Clip(s string, max int) string {
 	if len(s) <= max {
 		return s
 	}
@@ -470,4 +468,17 @@ func clipStart(s string, max int) string {
 		cut--
 	}
 	return s[:cut]
+}
+
+// ClipTail returns the last at most max bytes of s, cut on a rune
+// boundary; like Clip it repairs nothing.
+func ClipTail(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	cut := len(s) - max
+	for cut < len(s) && !utf8.RuneStart(s[cut]) {
+		cut++
+	}
+	return s[cut:]
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/gantry-ml/gantry/controller/admission"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -15,8 +16,8 @@ import (
 // change: a condition already held, or a job already terminal, appends
 // nothing. The leader's notifier delivers them (controller/alert).
 func (f *FSM) alert(tx *store.Tx, a *gantrypb.Alert, ch *Changes) error {
-	a.Text = clipText(a.Text, limits.MaxEventMessageBytes)
-	a.Evidence = clipText(a.Evidence, limits.MaxEventMessageBytes)
+	a.Text = admission.Clip(a.Text, limits.MaxEventMessageBytes)
+	a.Evidence = admission.Clip(a.Evidence, limits.MaxEventMessageBytes)
 	_, dropped, err := tx.AppendAlert(a)
 	if err != nil {
 		return err

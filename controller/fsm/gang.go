@@ -205,7 +205,7 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 		}
 		// Another rank's view is kept in that rank's own events.
 		kind, msg := conditionEvent(c)
-		e := &gantrypb.JobEvent{Seq: seq, Ts: c.Ts, Kind: kind, Message: clipText(msg, limits.MaxEventMessageBytes)}
+		e := &gantrypb.JobEvent{Seq: seq, Ts: c.Ts, Kind: kind, Message: admission.Clip(msg, limits.MaxEventMessageBytes)}
 		return tx.PutEvent(key, e)
 
 	default:

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"unicode/utf8"
 
 	"github.com/gantry-ml/gantry/controller/admission"
 	"github.com/gantry-ml/gantry/controller/store"
@@ -560,25 +559,13 @@ func (f *FSM) applyCondition(tx *store.Tx, job *gantrypb.Job, seq uint64, c *gan
 	default:
 		job.Conditions = slices.Delete(job.Conditions, held, held+1)
 	}
-	e := &gantrypb.JobEvent{Seq: seq, Ts: c.Ts, Kind: kind, Message: clipText(msg, limits.MaxEventMessageBytes)}
+	e := &gantrypb.JobEvent{Seq: seq, Ts: c.Ts, Kind: kind, Message: admission.Clip(msg, limits.MaxEventMessageBytes)}
 	if err := tx.PutEvent(job.Id, e); err != nil {
 		return err
 	}
 	job.Events++
 	ch.event(job.Id, e)
 	return f.alert(tx, conditionAlert(job, kind, c, action, secondsToMs(c.Ts, atMs)), ch)
-}
-
-// clipText cuts s to at most n bytes on a rune boundary (s is valid
-// UTF-8: admission checked it).
-func clipText(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
 }
 
 // applyExit makes the job terminal with its final metrics, all in the same

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/gantry-ml/gantry/controller/admission"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -116,7 +116,7 @@ func (f *FSM) requeueGang(tx *store.Tx, job *gantrypb.Job, ts float64, atMs int6
 // and ended says how it ended.
 func (f *FSM) queueAgain(tx *store.Tx, job *gantrypb.Job, a *gantrypb.Attempt, seq uint64, ts float64, atMs int64, ended string, ch *Changes) error {
 	seq = max(seq, job.SeqBase, job.LastSeq) // never below what is stored
-	a.LogTail = lastBytes(a.LogTail, attemptLogTailBytes)
+	a.LogTail = admission.ClipTail(a.LogTail, attemptLogTailBytes)
 	logEnd := max(job.LogBytes, job.LogBase)
 	a.Attempt, a.AssignedAtMs, a.StartedAtMs = job.Attempt, job.AssignedAtMs, cmp.Or(job.StartedAtMs, a.FinishedAtMs)
 	a.Reason, a.FirstSeq, a.LastSeq, a.LogStart, a.LogEnd = job.RequeueReason, job.SeqBase+1, seq, job.LogBase, logEnd
@@ -125,7 +125,7 @@ func (f *FSM) queueAgain(tx *store.Tx, job *gantrypb.Job, a *gantrypb.Attempt, s
 
 	// The log reads on across attempts; a line says where the next begins.
 	sep := fmt.Sprintf("\n--- gantry: attempt %d of %d stopped (%s); the job is queued again ---\n",
-		a.Attempt+1, lifecycle.MaxRequeues(job.GetSpec().GetHealth())+1, clipText(a.Reason, 200))
+		a.Attempt+1, lifecycle.MaxRequeues(job.GetSpec().GetHealth())+1, admission.Clip(a.Reason, 200))
 	if err := tx.PutLog(job.Id, logEnd, []byte(sep)); err != nil {
 		return err
 	}
@@ -146,7 +146,7 @@ func (f *FSM) queueAgain(tx *store.Tx, job *gantrypb.Job, a *gantrypb.Attempt, s
 	}
 	job.SeqBase = seq
 
-	e := &gantrypb.JobEvent{Seq: seq, Ts: ts, Kind: string(lifecycle.EventRequeued), Message: clipText(fmt.Sprintf(
+	e := &gantrypb.JobEvent{Seq: seq, Ts: ts, Kind: string(lifecycle.EventRequeued), Message: admission.Clip(fmt.Sprintf(
 		"attempt %d on %s stopped (%s) after %s; queued again as attempt %d",
 		a.Attempt+1, a.Node, ended, a.Reason, job.Attempt+1), limits.MaxEventMessageBytes)}
 	if err := tx.PutEvent(job.Id, e); err != nil {
@@ -173,15 +173,3 @@ func (f *FSM) queueAgain(tx *store.Tx, job *gantrypb.Job, a *gantrypb.Attempt, s
 // attemptLogTailBytes bounds the log tail an attempt keeps: enough to see
 // how it ended; its whole log stays in the job's.
 const attemptLogTailBytes = 2 << 10
-
-// lastBytes is the end of s, at most n bytes, cut on a rune boundary.
-func lastBytes(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	i := len(s) - n
-	for i < len(s) && !utf8.RuneStart(s[i]) {
-		i++
-	}
-	return s[i:]
-}

@@ -132,20 +132,3 @@ func TestRunWakesAtTheQueueDeadline(t *testing.T) {
 		t.Fatalf("failed job: finished %d (created %d), error %q", j.FinishedAtMs, start.UnixMilli(), j.Error)
 	}
 }
-
-func TestClip(t *testing.T) {
-	for _, tt := range []struct {
-		in   string
-		n    int
-		want string
-	}{
-		{"abc", 3, "abc"},
-		{"abcd", 3, "abc"},
-		{"a×b", 2, "a"}, // × is two bytes: never split it
-		{"a×b", 3, "a×"},
-	} {
-		if got := clip(tt.in, tt.n); got != tt.want {
-			t.Errorf("clip(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
-		}
-	}
-}

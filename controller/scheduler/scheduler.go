@@ -13,10 +13,10 @@ import (
 	"sort"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/gantry-ml/gantry/controller/admission"
 	"github.com/gantry-ml/gantry/controller/store"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
@@ -401,7 +401,7 @@ func (s *Scheduler) queueDeadline(j *gantrypb.Job) (time.Time, bool) {
 // in the meantime (ErrNotQueued), which is not worth a warning.
 func (s *Scheduler) queueTimeout(j *gantrypb.Job, reason string) {
 	wait := time.Duration(j.GetSpec().GetQueueTimeoutMs()) * time.Millisecond
-	msg := clip(fmt.Sprintf("still queued after %s: %s", wait, reason), limits.MaxEventMessageBytes)
+	msg := admission.Clip(fmt.Sprintf("still queued after %s: %s", wait, reason), limits.MaxEventMessageBytes)
 	_, err := s.raft.Apply(&gantrypb.QueueTimeoutCmd{JobId: j.Id, Error: msg, AtMs: s.now().UnixMilli()})
 	if err != nil {
 		if !errors.Is(err, lifecycle.ErrNotQueued) && !errors.Is(err, lifecycle.ErrTerminal) {
@@ -415,21 +415,9 @@ func (s *Scheduler) queueTimeout(j *gantrypb.Job, reason string) {
 // cancelReason is what a cancel of j tells its agent.
 func cancelReason(j *gantrypb.Job) string {
 	if j.RequeueReason != "" {
-		return clip("stopped to be requeued: "+j.RequeueReason, limits.MaxEventMessageBytes)
+		return admission.Clip("stopped to be requeued: "+j.RequeueReason, limits.MaxEventMessageBytes)
 	}
 	return "cancelled"
-}
-
-// clip cuts s to at most n bytes without splitting a UTF-8 sequence.
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	cut := n
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut]
 }
 
 // markLost ends a job whose node has been down past the grace period. Its
