@@ -82,31 +82,12 @@ func (t *Tx) PutJob(job *gantrypb.Job) error {
 
 // Jobs calls fn for every job in id order (ids sort by creation time);
 // fn returning false stops the walk.
-func (t *Tx) Jobs(fn func(*gantrypb.Job) bool) error { return t.walkJobs(false, fn) }
+func (t *Tx) Jobs(fn func(*gantrypb.Job) bool) error { return t.walkJobs(false, nil, fn) }
 
 // JobsNewestFirst is Jobs in reverse id order, newest first, so that a
 // caller wanting the latest few jobs stops after them instead of decoding
 // the whole history.
-func (t *Tx) JobsNewestFirst(fn func(*gantrypb.Job) bool) error { return t.walkJobs(true, fn) }
-
-// walkJobs decodes the jobs in id order, or reversed, for fn.
-func (t *Tx) walkJobs(reverse bool, fn func(*gantrypb.Job) bool) error {
-	c := t.tx.Bucket(bucketJobs).Cursor()
-	first, next := c.First, c.Next
-	if reverse {
-		first, next = c.Last, c.Prev
-	}
-	for k, v := first(); k != nil; k, v = next() {
-		job := &gantrypb.Job{}
-		if err := proto.Unmarshal(v, job); err != nil {
-			return fmt.Errorf("store: decode job %q: %w", k, err)
-		}
-		if !fn(job) {
-			return nil
-		}
-	}
-	return nil
-}
+func (t *Tx) JobsNewestFirst(fn func(*gantrypb.Job) bool) error { return t.walkJobs(true, nil, fn) }
 
 // JobsWhere calls fn, in id order, for every job for which keep returns
 // true; fn returning false stops the walk. keep sees only the job's state
@@ -114,14 +95,26 @@ func (t *Tx) walkJobs(reverse bool, fn func(*gantrypb.Job) bool) error {
 // so a walk that wants the few active jobs among a long history decodes
 // only those (the fleet exporter runs one on every scrape).
 func (t *Tx) JobsWhere(keep func(state gantrypb.JobState, finishedAtMs int64) bool, fn func(*gantrypb.Job) bool) error {
+	return t.walkJobs(false, keep, fn)
+}
+
+// walkJobs decodes the jobs in id order, or reversed, for fn; with keep,
+// only those keep takes (judged by peekJob, before decoding).
+func (t *Tx) walkJobs(reverse bool, keep func(gantrypb.JobState, int64) bool, fn func(*gantrypb.Job) bool) error {
 	c := t.tx.Bucket(bucketJobs).Cursor()
-	for k, v := c.First(); k != nil; k, v = c.Next() {
-		state, finished, err := peekJob(v)
-		if err != nil {
-			return fmt.Errorf("store: decode job %q: %w", k, err)
-		}
-		if !keep(state, finished) {
-			continue
+	first, next := c.First, c.Next
+	if reverse {
+		first, next = c.Last, c.Prev
+	}
+	for k, v := first(); k != nil; k, v = next() {
+		if keep != nil {
+			state, finished, err := peekJob(v)
+			if err != nil {
+				return fmt.Errorf("store: decode job %q: %w", k, err)
+			}
+			if !keep(state, finished) {
+				continue
+			}
 		}
 		job := &gantrypb.Job{}
 		if err := proto.Unmarshal(v, job); err != nil {
