@@ -477,14 +477,12 @@ func (f *FSM) queueTimeout(tx *store.Tx, m *gantrypb.QueueTimeoutCmd, ch *Change
 	// stream has written an event for it: the first seq after the earlier
 	// attempts' is free, and nothing will come after it.
 	e := &gantrypb.JobEvent{Seq: job.SeqBase + 1, Ts: float64(m.AtMs) / 1000, Kind: string(lifecycle.EventQueueTimeout), Message: m.Error}
-	if err := tx.PutEvent(job.Id, e); err != nil {
+	if err := f.addEvent(tx, job, e, ch); err != nil {
 		return err
 	}
-	job.Events++
 	if err := tx.PutJob(job); err != nil {
 		return err
 	}
-	ch.event(job.Id, e)
 	ch.job(job)
 	return nil
 }
@@ -601,6 +599,16 @@ func finish(job *gantrypb.Job, state gantrypb.JobState, reason string, atMs int6
 	job.FinalMetrics = copyMetrics(job.LatestMetrics)
 	job.Conditions = nil
 	job.RequeueReason = ""
+}
+
+// exitMetrics is what an exit makes final: the latest values, with the
+// exit record's final metrics over them (a new map).
+func exitMetrics(latest map[string]float64, x *gantrypb.JobExit) map[string]float64 {
+	final := copyMetrics(latest)
+	for k, v := range x.FinalMetrics {
+		final[k] = v
+	}
+	return final
 }
 
 func copyMetrics(m map[string]float64) map[string]float64 {

@@ -109,23 +109,8 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 		}
 
 	case *gantrypb.Record_Event:
-		e := body.Event
-		e.Seq = seq
-		if err := tx.PutEvent(key, e); err != nil {
-			return err
-		}
-		if r.Rank == 0 {
-			job.Events++
-			ch.event(job.Id, e)
-		}
-		switch lifecycle.EventKind(e.Kind) {
-		case lifecycle.EventBadMetricLines:
-			if r.Rank == 0 {
-				job.BadLines += e.Count
-			}
-		case lifecycle.EventRecordRejected:
-			job.RejectedRecords++
-		}
+		body.Event.Seq = seq
+		return f.agentEvent(tx, job, key, body.Event, r.Rank == 0, ch)
 
 	case *gantrypb.Record_Log:
 		l := body.Log
@@ -173,11 +158,7 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 					return err
 				}
 			}
-			final := copyMetrics(job.LatestMetrics)
-			for k, v := range x.FinalMetrics {
-				final[k] = v
-			}
-			r.FinalMetrics = final
+			r.FinalMetrics = exitMetrics(job.LatestMetrics, x)
 		}
 		if lifecycle.IsTerminal(job.State) {
 			return nil // a survivor of a lost job reporting its end
@@ -305,16 +286,9 @@ func FailedRank(job *gantrypb.Job) *gantrypb.Rank {
 func finishGang(job *gantrypb.Job, atMs int64) {
 	r0 := job.Ranks[0]
 	job.RequeueReason = ""
-	final := r0.FinalMetrics
-	if final == nil {
-		final = copyMetrics(job.LatestMetrics)
-	}
-	job.FinalMetrics = copyMetrics(final)
+	job.FinalMetrics = copyMetrics(gangFinal(job))
 	job.Conditions = nil // an ended job has no current condition; its events remain
-	job.FinishedAtMs = atMs
-	for _, r := range job.Ranks {
-		job.FinishedAtMs = max(job.FinishedAtMs, r.FinishedAtMs)
-	}
+	job.FinishedAtMs = gangFinishedAt(job, atMs)
 	if job.StartedAtMs == 0 {
 		job.StartedAtMs = job.FinishedAtMs
 	}
@@ -333,6 +307,24 @@ func finishGang(job *gantrypb.Job, atMs int64) {
 		}
 	}
 	job.State, job.Error = gantrypb.JobState_JOB_STATE_SUCCEEDED, ""
+}
+
+// gangFinal is a multi-node attempt's final metrics: rank 0's exit's, or
+// the latest values when rank 0 reported no exit. The caller copies it.
+func gangFinal(job *gantrypb.Job) map[string]float64 {
+	if final := job.Ranks[0].FinalMetrics; final != nil {
+		return final
+	}
+	return job.LatestMetrics
+}
+
+// gangFinishedAt is when a multi-node attempt ended: its last rank's end,
+// and not before atMs.
+func gangFinishedAt(job *gantrypb.Job, atMs int64) int64 {
+	for _, r := range job.Ranks {
+		atMs = max(atMs, r.FinishedAtMs)
+	}
+	return atMs
 }
 
 // loseRanks marks the ranks of a multi-node job that are not known to

@@ -395,6 +395,40 @@ func (f *FSM) pointStored(job *gantrypb.Job, p *gantrypb.MetricPoint, names []st
 	return nil
 }
 
+// addEvent stores e as one of job's own events, counts it, and hands it
+// to the feed.
+func (f *FSM) addEvent(tx *store.Tx, job *gantrypb.Job, e *gantrypb.JobEvent, ch *Changes) error {
+	if err := tx.PutEvent(job.Id, e); err != nil {
+		return err
+	}
+	job.Events++
+	ch.event(job.Id, e)
+	return nil
+}
+
+// agentEvent stores an event an agent reported under key: the job's own
+// (own: a single-node job's, or rank 0's of a multi-node job), which are
+// counted and fed to watchers, or another rank's. Rejected records count
+// for the job whichever rank they were; bad lines only as the job's own.
+func (f *FSM) agentEvent(tx *store.Tx, job *gantrypb.Job, key string, e *gantrypb.JobEvent, own bool, ch *Changes) error {
+	if err := tx.PutEvent(key, e); err != nil {
+		return err
+	}
+	if own {
+		job.Events++
+		ch.event(job.Id, e)
+	}
+	switch lifecycle.EventKind(e.Kind) {
+	case lifecycle.EventBadMetricLines:
+		if own {
+			job.BadLines += e.Count
+		}
+	case lifecycle.EventRecordRejected:
+		job.RejectedRecords++
+	}
+	return nil
+}
+
 // dropKeys records that n metric values of job were refused by admitKeys,
 // with an event the first time it happens.
 func (f *FSM) dropKeys(tx *store.Tx, job *gantrypb.Job, seq uint64, ts float64, n int, ch *Changes) error {
@@ -405,11 +439,9 @@ func (f *FSM) dropKeys(tx *store.Tx, job *gantrypb.Job, seq uint64, ts float64, 
 	}
 	e := &gantrypb.JobEvent{Seq: seq, Ts: ts, Kind: string(lifecycle.EventMetricKeysDropped), Count: uint64(n),
 		Message: fmt.Sprintf("the job reached %d distinct metric keys; values of new keys are dropped from here on (see dropped_metric_keys)", limits.MaxKeysPerJob)}
-	if err := tx.PutEvent(job.Id, e); err != nil {
+	if err := f.addEvent(tx, job, e, ch); err != nil {
 		return err
 	}
-	job.Events++
-	ch.event(job.Id, e)
 	return nil
 }
 
@@ -445,19 +477,8 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 		}
 
 	case *gantrypb.Record_Event:
-		e := body.Event
-		e.Seq = seq
-		if err := tx.PutEvent(job.Id, e); err != nil {
-			return err
-		}
-		job.Events++
-		switch lifecycle.EventKind(e.Kind) {
-		case lifecycle.EventBadMetricLines:
-			job.BadLines += e.Count
-		case lifecycle.EventRecordRejected:
-			job.RejectedRecords++
-		}
-		ch.event(job.Id, e)
+		body.Event.Seq = seq
+		return f.agentEvent(tx, job, job.Id, body.Event, true, ch)
 
 	case *gantrypb.Record_Log:
 		l := body.Log
@@ -483,11 +504,9 @@ func (f *FSM) applyJobRecord(tx *store.Tx, job *gantrypb.Job, rec *gantrypb.Reco
 			// history, but it is kept as an event so nothing is hidden.
 			e := &gantrypb.JobEvent{Seq: seq, Ts: body.Exit.Ts, Kind: string(lifecycle.EventLateExit),
 				Message: fmt.Sprintf("exit reported after the job was already %s: %s", job.State, lifecycle.DescribeExit(body.Exit))}
-			if err := tx.PutEvent(job.Id, e); err != nil {
+			if err := f.addEvent(tx, job, e, ch); err != nil {
 				return err
 			}
-			job.Events++
-			ch.event(job.Id, e)
 			return nil
 		}
 		if n := admitKeys(job.LatestMetrics, body.Exit.FinalMetrics); n > 0 {
@@ -560,11 +579,9 @@ func (f *FSM) applyCondition(tx *store.Tx, job *gantrypb.Job, seq uint64, c *gan
 		job.Conditions = slices.Delete(job.Conditions, held, held+1)
 	}
 	e := &gantrypb.JobEvent{Seq: seq, Ts: c.Ts, Kind: kind, Message: admission.Clip(msg, limits.MaxEventMessageBytes)}
-	if err := tx.PutEvent(job.Id, e); err != nil {
+	if err := f.addEvent(tx, job, e, ch); err != nil {
 		return err
 	}
-	job.Events++
-	ch.event(job.Id, e)
 	return f.alert(tx, conditionAlert(job, kind, c, action, secondsToMs(c.Ts, atMs)), ch)
 }
 
@@ -572,11 +589,7 @@ func (f *FSM) applyCondition(tx *store.Tx, job *gantrypb.Job, seq uint64, c *gan
 // write as the points that precede it. Which terminal state is the
 // lifecycle's rule (lifecycle.ClassifyExit).
 func (f *FSM) applyExit(job *gantrypb.Job, x *gantrypb.JobExit, atMs int64) {
-	final := copyMetrics(job.LatestMetrics)
-	for k, v := range x.FinalMetrics {
-		final[k] = v
-	}
-	job.FinalMetrics = final
+	job.FinalMetrics = exitMetrics(job.LatestMetrics, x)
 	job.ExitCode = x.ExitCode
 	job.Signal = x.Signal
 	job.LogTail = x.LogTail

@@ -53,14 +53,9 @@ func policyAction(job *gantrypb.Job, c *gantrypb.HealthCondition) string {
 // requeue ends the job's current (single-node) attempt with its exit x,
 // whose seq in the job's streams is seq, and queues the job again.
 func (f *FSM) requeue(tx *store.Tx, job *gantrypb.Job, x *gantrypb.JobExit, seq uint64, atMs int64, ch *Changes) error {
-	final := copyMetrics(job.LatestMetrics)
-	for k, v := range x.FinalMetrics {
-		final[k] = v
-	}
-	finished := secondsToMs(x.Ts, atMs)
 	a := &gantrypb.Attempt{
-		Node: job.Node, Gpus: slices.Clone(job.Gpus), FinishedAtMs: finished,
-		ExitCode: x.ExitCode, Signal: x.Signal, FinalMetrics: final, LogTail: x.LogTail,
+		Node: job.Node, Gpus: slices.Clone(job.Gpus), FinishedAtMs: secondsToMs(x.Ts, atMs),
+		ExitCode: x.ExitCode, Signal: x.Signal, FinalMetrics: exitMetrics(job.LatestMetrics, x), LogTail: x.LogTail,
 	}
 	return f.queueAgain(tx, job, a, seq, x.Ts, atMs, lifecycle.DescribeExit(x), ch)
 }
@@ -80,17 +75,9 @@ func requeuable(job *gantrypb.Job) bool {
 // ended, and queues the job again. ts and atMs are the last exit's.
 func (f *FSM) requeueGang(tx *store.Tx, job *gantrypb.Job, ts float64, atMs int64, ch *Changes) error {
 	r0 := job.Ranks[0]
-	final := r0.FinalMetrics
-	if final == nil {
-		final = copyMetrics(job.LatestMetrics)
-	}
-	finished := atMs
-	for _, r := range job.Ranks {
-		finished = max(finished, r.FinishedAtMs)
-	}
 	a := &gantrypb.Attempt{
-		Node: r0.Node, Gpus: slices.Clone(r0.Gpus), FinishedAtMs: finished,
-		ExitCode: r0.ExitCode, Signal: r0.Signal, FinalMetrics: copyMetrics(final), LogTail: r0.LogTail,
+		Node: r0.Node, Gpus: slices.Clone(r0.Gpus), FinishedAtMs: gangFinishedAt(job, atMs),
+		ExitCode: r0.ExitCode, Signal: r0.Signal, FinalMetrics: copyMetrics(gangFinal(job)), LogTail: r0.LogTail,
 	}
 	for _, r := range job.Ranks {
 		// How each rank ended; not what it reported (rank 0's final
@@ -149,11 +136,9 @@ func (f *FSM) queueAgain(tx *store.Tx, job *gantrypb.Job, a *gantrypb.Attempt, s
 	e := &gantrypb.JobEvent{Seq: seq, Ts: ts, Kind: string(lifecycle.EventRequeued), Message: admission.Clip(fmt.Sprintf(
 		"attempt %d on %s stopped (%s) after %s; queued again as attempt %d",
 		a.Attempt+1, a.Node, ended, a.Reason, job.Attempt+1), limits.MaxEventMessageBytes)}
-	if err := tx.PutEvent(job.Id, e); err != nil {
+	if err := f.addEvent(tx, job, e, ch); err != nil {
 		return err
 	}
-	job.Events++
-	ch.event(job.Id, e)
 
 	job.State = gantrypb.JobState_JOB_STATE_QUEUED
 	job.Node, job.Gpus, job.Pid = "", nil, 0
