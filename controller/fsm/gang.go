@@ -101,7 +101,7 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 	switch body := rec.Body.(type) {
 	case *gantrypb.Record_Point:
 		if r.Rank != 0 {
-			return f.storeRankPoint(tx, job, r, key, seq, body.Point, m.Keys)
+			return f.storeRankPoint(tx, job, r, key, seq, body.Point, m.Keys, sc)
 		}
 		r.Points++
 		if err := f.storeJobPoint(tx, job, seq, body.Point, m.Keys, ch, sc); err != nil {
@@ -201,22 +201,12 @@ func (f *FSM) applyRankRecord(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank,
 // watchers, who chart rank 0. The rank's keys are capped like a job's
 // (limits.MaxKeysPerJob); values of keys past the cap are dropped,
 // counted in the job's dropped_metric_keys.
-func (f *FSM) storeRankPoint(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank, key string, seq uint64, p *gantrypb.MetricPoint, keys []string) error {
+func (f *FSM) storeRankPoint(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank, key string, seq uint64, p *gantrypb.MetricPoint, keys []string, sc *pointScratch) error {
 	if r.LastSeq > 0 && seq <= r.LastSeq {
 		f.log.Warn("metric point below the rank's last point skipped", "job", job.Id, "rank", r.Rank, "seq", seq)
 		return errStalePoint
 	}
-	var names []string
-	var vals []float64
-	if len(p.KeyIdx) > 0 {
-		for i, k := range p.KeyIdx {
-			names, vals = append(names, keys[k]), append(vals, p.Vals[i])
-		}
-	} else {
-		for k, v := range p.Values {
-			names, vals = append(names, k), append(vals, v)
-		}
-	}
+	names, vals := pointValues(p, keys, sc.names[:0], sc.vals[:0])
 	if r.LatestMetrics == nil {
 		r.LatestMetrics = map[string]float64{}
 	}
@@ -231,10 +221,11 @@ func (f *FSM) storeRankPoint(tx *store.Tx, job *gantrypb.Job, r *gantrypb.Rank, 
 		}
 		names, vals = names[:n], vals[:n]
 	}
-	dict, err := tx.MetricIDs(key, names, nil)
+	dict, err := tx.MetricIDs(key, names, sc.dict[:0])
 	if err != nil {
 		return err
 	}
+	sc.names, sc.vals, sc.dict = names, vals, dict
 	if err := tx.PutIDs(key, seq, p.Step, p.Ts, dict, vals, false); err != nil {
 		if errors.Is(err, store.ErrStalePoint) {
 			return errStalePoint

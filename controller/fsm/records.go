@@ -321,16 +321,7 @@ func (f *FSM) storePoint(tx *store.Tx, job *gantrypb.Job, p *gantrypb.MetricPoin
 		}
 		return f.pointStored(job, p, names, vals, keys, ch, sc)
 	}
-	names, vals := sc.names[:0], sc.vals[:0]
-	if flat {
-		for i, k := range p.KeyIdx {
-			names, vals = append(names, keys[k]), append(vals, p.Vals[i])
-		}
-	} else {
-		for k, v := range p.Values {
-			names, vals = append(names, k), append(vals, v)
-		}
-	}
+	names, vals := pointValues(p, keys, sc.names[:0], sc.vals[:0])
 	if drop := overCap(job.LatestMetrics, names); len(drop) > 0 {
 		if err := f.dropKeys(tx, job, p.Seq, p.Ts, len(drop), ch); err != nil {
 			return err
@@ -369,6 +360,21 @@ func (f *FSM) storePoint(tx *store.Tx, job *gantrypb.Job, p *gantrypb.MetricPoin
 		}
 	}
 	return f.pointStored(job, p, names, vals, keys, ch, sc)
+}
+
+// pointValues appends p's metric names and values, in either form, to
+// names and vals.
+func pointValues(p *gantrypb.MetricPoint, keys []string, names []string, vals []float64) ([]string, []float64) {
+	if len(p.KeyIdx) > 0 {
+		for i, k := range p.KeyIdx {
+			names, vals = append(names, keys[k]), append(vals, p.Vals[i])
+		}
+		return names, vals
+	}
+	for k, v := range p.Values {
+		names, vals = append(names, k), append(vals, v)
+	}
+	return names, vals
 }
 
 // pointStored updates the job for a point just stored and hands the point
