@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/gantry-ml/gantry/lifecycle"
+	"github.com/gantry-ml/gantry/proto/limits"
 )
 
 // Limits on a job spec. They exist so that a typo fails at submit time with
@@ -19,7 +20,7 @@ const (
 	MaxGPUsPerJob = 64
 	MaxEnvVars    = 256
 	// MaxNodesPerJob bounds resources.nodes (and the pins in nodes).
-	MaxNodesPerJob = 64
+	MaxNodesPerJob = limits.MaxNodesPerJob
 )
 
 // Validate returns the first reason the spec cannot run, or nil.

@@ -12,10 +12,8 @@ import (
 	"github.com/gantry-ml/gantry/proto/limits"
 )
 
-// maxGangRanks bounds the ranks one AssignGangCmd may hold (the
-// scheduler's MaxNodesPerJob; repeated here so the FSM does not import
-// the scheduler).
-const maxGangRanks = 64
+// maxGangRanks bounds the ranks one AssignGangCmd may hold.
+const maxGangRanks = limits.MaxNodesPerJob
 
 // assignGang assigns every rank of a queued multi-node job at once. The
 // entry is checked in full before anything changes, so a malformed one is

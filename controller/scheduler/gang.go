@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
 )
 
 // RankPlacement is where one rank of a multi-node job runs.
@@ -20,9 +21,8 @@ type RankPlacement struct {
 // reserves the GPUs it needs (Scheduler.ReserveAfter, Fleet reasons).
 const DefaultReserveAfter = 2 * time.Minute
 
-// MaxNodesPerJob bounds resources.nodes: a gang is one Raft entry and one
-// start message per rank, and a typo (nodes: 1000) should fail at submit.
-const MaxNodesPerJob = 64
+// MaxNodesPerJob bounds resources.nodes (limits.MaxNodesPerJob).
+const MaxNodesPerJob = limits.MaxNodesPerJob
 
 // Rendezvous ports: the leader gives each multi-node job a MASTER_PORT in
 // [MasterPortBase, MasterPortBase+MasterPortSpan), starting from a hash of

@@ -56,6 +56,10 @@ const (
 const (
 	// MaxGPUsPerNode caps the GPUs in one sample or hello.
 	MaxGPUsPerNode = 64
+	// MaxNodesPerJob bounds a multi-node job's resources.nodes (and the
+	// pins in nodes): a gang is one Raft entry and one start message per
+	// rank, and a typo (nodes: 1000) should fail at submit.
+	MaxNodesPerJob = 64
 	// MaxGPUStringBytes caps a GPU's uuid and name.
 	MaxGPUStringBytes = 256
 )
