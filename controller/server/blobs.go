@@ -8,6 +8,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/gantry-ml/gantry/controller/blobpeers"
 	"github.com/gantry-ml/gantry/controller/blobstore"
 	"github.com/gantry-ml/gantry/controller/cluster"
@@ -43,14 +45,14 @@ func (s *Server) openBlobs(dir string, max int64, scheme string) (*blobpeers.Pee
 	return &blobpeers.Peers{
 		Store: st, Self: s.cfg.NodeID, Addrs: s.peerHTTPAddrs, Scheme: scheme, Token: s.cfg.Token,
 		Voters: func() ([]string, error) {
-			raw, err := s.raft.Status(s.fsm.AppliedIndex())
+			servers, err := s.raft.Servers()
 			if err != nil {
 				return nil, err
 			}
 			var ids []string
-			for _, sv := range raw.Servers {
-				if sv.Suffrage == "Voter" {
-					ids = append(ids, sv.ID)
+			for _, sv := range servers {
+				if sv.Suffrage == raft.Voter {
+					ids = append(ids, string(sv.ID))
 				}
 			}
 			if len(ids) == 0 {
