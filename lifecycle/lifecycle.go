@@ -251,6 +251,20 @@ func Holdings(j *gantrypb.Job) []Holding {
 	return []Holding{{Node: j.Node, GPUs: j.Gpus}}
 }
 
+// MarkHoldings sets m[node][gpu] = v for every GPU j holds (Holdings),
+// making a node's map when it has none: the scheduler's used GPUs, the
+// API's and the fleet exporter's GPU holders.
+func MarkHoldings[V any](m map[string]map[uint32]V, j *gantrypb.Job, v V) {
+	for _, h := range Holdings(j) {
+		if m[h.Node] == nil {
+			m[h.Node] = map[uint32]V{}
+		}
+		for _, g := range h.GPUs {
+			m[h.Node][g] = v
+		}
+	}
+}
+
 // IsGang reports whether a spec asks for a multi-node (gang) job: more than
 // one node. Nodes 0 and 1 are today's single-node path, unchanged.
 func IsGang(spec *gantrypb.JobSpec) bool { return spec.GetResources().GetNodes() > 1 }

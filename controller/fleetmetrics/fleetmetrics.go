@@ -355,14 +355,7 @@ func (c *Collector) read(now time.Time) (*snapshot, error) {
 			}
 			s.jobs = append(s.jobs, v)
 			if lifecycle.HoldsGPUs(j.State) {
-				for _, h := range lifecycle.Holdings(j) {
-					if s.holders[h.Node] == nil {
-						s.holders[h.Node] = map[uint32]jobView{}
-					}
-					for _, g := range h.GPUs {
-						s.holders[h.Node][g] = v
-					}
-				}
+				lifecycle.MarkHoldings(s.holders, j, v)
 			}
 		}
 		return nil

@@ -953,17 +953,10 @@ func (a *API) listNodes(w http.ResponseWriter, r *http.Request) {
 	out := apiv1.NodeList{Nodes: []apiv1.Node{}}
 	err := a.opts.Store.View(func(tx *store.Tx) error {
 		holders := map[string]map[uint32]string{}
-		if err := tx.Jobs(func(j *gantrypb.Job) bool {
-			if lifecycle.HoldsGPUs(j.State) {
-				for _, h := range lifecycle.Holdings(j) {
-					if holders[h.Node] == nil {
-						holders[h.Node] = map[uint32]string{}
-					}
-					for _, g := range h.GPUs {
-						holders[h.Node][g] = j.Id
-					}
-				}
-			}
+		// Only the jobs holding GPUs are decoded, not the whole history.
+		holding := func(st gantrypb.JobState, _ int64) bool { return lifecycle.HoldsGPUs(st) }
+		if err := tx.JobsWhere(holding, func(j *gantrypb.Job) bool {
+			lifecycle.MarkHoldings(holders, j, j.Id)
 			return true
 		}); err != nil {
 			return err

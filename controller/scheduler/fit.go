@@ -117,14 +117,7 @@ func NewFleetAt(nodes []*gantrypb.Node, jobs []*gantrypb.Job, nowMs int64, reser
 	for _, j := range jobs {
 		switch {
 		case lifecycle.HoldsGPUs(j.State):
-			for _, h := range lifecycle.Holdings(j) {
-				if f.used[h.Node] == nil {
-					f.used[h.Node] = map[uint32]bool{}
-				}
-				for _, g := range h.GPUs {
-					f.used[h.Node][g] = true
-				}
-			}
+			lifecycle.MarkHoldings(f.used, j, true)
 		case j.State == gantrypb.JobState_JOB_STATE_QUEUED:
 			queued = append(queued, j)
 		}

@@ -34,17 +34,9 @@ func (s *Scheduler) placeGang(j *gantrypb.Job, candidates []Candidate, used, por
 	}
 	s.log.Info("gang assigned", "job", j.Id, "ranks", len(ranks), "master", addr, "port", port)
 	for _, r := range ranks {
-		if used[r.Node] == nil {
-			used[r.Node] = map[uint32]bool{}
-		}
-		for _, g := range r.GPUs {
-			used[r.Node][g] = true
-		}
+		mark(used, r.Node, r.GPUs...)
 	}
-	if ports[ranks[0].Node] == nil {
-		ports[ranks[0].Node] = map[uint32]bool{}
-	}
-	ports[ranks[0].Node][port] = true
+	mark(ports, ranks[0].Node, port)
 	j.State, j.Node, j.Gpus, j.MasterAddr, j.MasterPort = gantrypb.JobState_JOB_STATE_ASSIGNED, ranks[0].Node, ranks[0].GPUs, addr, port
 	j.Ranks = make([]*gantrypb.Rank, len(ranks))
 	for i, r := range ranks {

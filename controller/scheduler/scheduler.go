@@ -246,19 +246,9 @@ func (s *Scheduler) Reconcile() {
 	ports := map[string]map[uint32]bool{} // rendezvous ports of live gangs, by rank 0's node
 	for _, j := range snap.jobs {
 		if lifecycle.HoldsGPUs(j.State) {
-			for _, h := range lifecycle.Holdings(j) {
-				if used[h.Node] == nil {
-					used[h.Node] = map[uint32]bool{}
-				}
-				for _, g := range h.GPUs {
-					used[h.Node][g] = true
-				}
-			}
+			lifecycle.MarkHoldings(used, j, true)
 			if j.MasterPort != 0 {
-				if ports[j.Node] == nil {
-					ports[j.Node] = map[uint32]bool{}
-				}
-				ports[j.Node][j.MasterPort] = true
+				mark(ports, j.Node, j.MasterPort)
 			}
 		}
 	}
@@ -266,22 +256,13 @@ func (s *Scheduler) Reconcile() {
 	for _, j := range snap.strays {
 		// A lost gang's surviving ranks run until their cancel lands:
 		// their GPUs are still busy.
-		for _, h := range lifecycle.Holdings(j) {
-			if used[h.Node] == nil {
-				used[h.Node] = map[uint32]bool{}
-			}
-			for _, g := range h.GPUs {
-				used[h.Node][g] = true
-			}
-		}
+		lifecycle.MarkHoldings(used, j, true)
 	}
 	for _, n := range snap.nodes {
 		if n.State != gantrypb.NodeState_NODE_STATE_UP || !s.agents.Connected(n.Id) {
 			continue
 		}
-		if used[n.Id] == nil {
-			used[n.Id] = map[uint32]bool{}
-		}
+		mark(used, n.Id)
 		candidates = append(candidates, NodeCandidate(n, used[n.Id]))
 	}
 
@@ -410,6 +391,17 @@ func (s *Scheduler) queueTimeout(j *gantrypb.Job, reason string) {
 		return
 	}
 	s.log.Info("job failed: queue timeout", "job", j.Id, "reason", msg)
+}
+
+// mark sets m[node][k] for each k (GPU indices, ports), making the node's
+// map when it has none.
+func mark(m map[string]map[uint32]bool, node string, keys ...uint32) {
+	if m[node] == nil {
+		m[node] = map[uint32]bool{}
+	}
+	for _, k := range keys {
+		m[node][k] = true
+	}
 }
 
 // cancelReason is what a cancel of j tells its agent.
