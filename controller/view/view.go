@@ -128,7 +128,6 @@ func Job(j *gantrypb.Job) apiv1.Job {
 		Name:              j.GetSpec().GetName(),
 		State:             State(j.State),
 		Node:              j.Node,
-		GPUs:              make([]int, len(j.Gpus)),
 		Signal:            j.Signal,
 		CreatedAt:         msTime(j.CreatedAtMs),
 		StartedAt:         msTime(j.StartedAtMs),
@@ -147,30 +146,17 @@ func Job(j *gantrypb.Job) apiv1.Job {
 		LatestMetrics:     j.LatestMetrics,
 		Conditions:        Conditions(j.Conditions),
 	}
-	for i, g := range j.Gpus {
-		out.GPUs[i] = int(g)
-	}
-	if j.ExitCode != nil {
-		c := int(*j.ExitCode)
-		out.ExitCode = &c
-	}
+	out.GPUs, out.ExitCode = gpuInts(j.Gpus), exitCode(j.ExitCode)
 	out.MasterAddr, out.MasterPort = j.MasterAddr, int(j.MasterPort)
 	out.Attempt, out.Requeuing = int(j.Attempt)+1, j.RequeueReason
 	for _, a := range j.Attempts {
 		out.Attempts = append(out.Attempts, attempt(a))
 	}
 	for _, r := range j.Ranks {
-		ar := apiv1.Rank{Rank: int(r.Rank), Node: r.Node, GPUs: make([]int, len(r.Gpus)), State: State(r.State),
-			Signal: r.Signal, Error: r.Error, PID: r.Pid, StartedAt: msTime(r.StartedAtMs), FinishedAt: msTime(r.FinishedAtMs),
-			LogBytes: r.LogBytes, Points: r.Points, LatestMetrics: r.LatestMetrics, LastSeq: r.LastSeq}
-		for i, g := range r.Gpus {
-			ar.GPUs[i] = int(g)
-		}
-		if r.ExitCode != nil {
-			c := int(*r.ExitCode)
-			ar.ExitCode = &c
-		}
-		out.Ranks = append(out.Ranks, ar)
+		out.Ranks = append(out.Ranks, apiv1.Rank{Rank: int(r.Rank), Node: r.Node, GPUs: gpuInts(r.Gpus), State: State(r.State),
+			ExitCode: exitCode(r.ExitCode), Signal: r.Signal, Error: r.Error, PID: r.Pid,
+			StartedAt: msTime(r.StartedAtMs), FinishedAt: msTime(r.FinishedAtMs),
+			LogBytes: r.LogBytes, Points: r.Points, LatestMetrics: r.LatestMetrics, LastSeq: r.LastSeq})
 	}
 	if lifecycle.IsTerminal(j.State) {
 		out.FinalMetrics = j.FinalMetrics
@@ -181,19 +167,30 @@ func Job(j *gantrypb.Job) apiv1.Job {
 	return out
 }
 
+// gpuInts converts GPU indices; never nil, so an empty list is [] in JSON.
+func gpuInts(gpus []uint32) []int {
+	out := make([]int, len(gpus))
+	for i, g := range gpus {
+		out[i] = int(g)
+	}
+	return out
+}
+
+// exitCode converts an exit code that may be unknown (nil).
+func exitCode(c *int32) *int {
+	if c == nil {
+		return nil
+	}
+	v := int(*c)
+	return &v
+}
+
 // attempt converts an earlier attempt of a job.
 func attempt(a *gantrypb.Attempt) apiv1.Attempt {
-	out := apiv1.Attempt{Attempt: int(a.Attempt) + 1, Node: a.Node, GPUs: make([]int, len(a.Gpus)),
+	out := apiv1.Attempt{Attempt: int(a.Attempt) + 1, Node: a.Node, GPUs: gpuInts(a.Gpus), ExitCode: exitCode(a.ExitCode),
 		StartedAt: msTime(a.StartedAtMs), FinishedAt: msTime(a.FinishedAtMs), Signal: a.Signal,
 		FinalMetrics: a.FinalMetrics, Reason: a.Reason, LogTail: a.LogTail,
 		FirstSeq: a.FirstSeq, LastSeq: a.LastSeq, LogStart: a.LogStart, LogEnd: a.LogEnd}
-	for i, g := range a.Gpus {
-		out.GPUs[i] = int(g)
-	}
-	if a.ExitCode != nil {
-		c := int(*a.ExitCode)
-		out.ExitCode = &c
-	}
 	if out.FinalMetrics == nil {
 		out.FinalMetrics = map[string]float64{}
 	}
