@@ -51,6 +51,7 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes, jobs *job
 		}
 		stream := store.StreamKeyNode(m.NodeId)
 		var job *gantrypb.Job
+		var rank *gantrypb.Rank // the sending node's, of a multi-node job
 		if rec.JobId != "" {
 			// The record's job id is the run id of one attempt of the
 			// job (lifecycle.RunID).
@@ -80,7 +81,8 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes, jobs *job
 				}
 				continue
 			}
-			if !lifecycle.RunsOn(job, m.NodeId) {
+			rank = lifecycle.RankOf(job, m.NodeId)
+			if rank == nil && !lifecycle.RunsOn(job, m.NodeId) {
 				res.Rejected++
 				f.log.Warn("records for a job of another node rejected",
 					"job", rec.JobId, "job_node", job.Node, "node", m.NodeId, "seq", rec.Seq)
@@ -134,9 +136,9 @@ func (f *FSM) ingest(tx *store.Tx, m *gantrypb.IngestCmd, ch *Changes, jobs *job
 			res.Stored++
 			continue
 		}
-		if r := lifecycle.RankOf(job, m.NodeId); r != nil {
+		if rank != nil {
 			// A multi-node job: the sending node's rank, never another's.
-			err = f.applyRankRecord(tx, job, r, rec, m, ch, &sc)
+			err = f.applyRankRecord(tx, job, rank, rec, m, ch, &sc)
 		} else {
 			err = f.applyJobRecord(tx, job, rec, m, ch, &sc)
 		}
