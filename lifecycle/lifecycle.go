@@ -396,18 +396,27 @@ func JobRunID(j *gantrypb.Job) string { return RunID(j.GetId(), j.GetAttempt()) 
 // or one per rank of a multi-node attempt); nil for an attempt it has
 // not had.
 func AttemptNodes(j *gantrypb.Job, attempt uint32) []string {
+	a := EarlierAttempt(j, attempt)
+	if a == nil {
+		return nil
+	}
+	if len(a.GetRanks()) == 0 {
+		return []string{a.GetNode()}
+	}
+	out := make([]string, 0, len(a.GetRanks()))
+	for _, r := range a.GetRanks() {
+		out = append(out, r.GetNode())
+	}
+	return out
+}
+
+// EarlierAttempt returns the job's earlier attempt numbered attempt (from
+// 0), nil when it has had none such.
+func EarlierAttempt(j *gantrypb.Job, attempt uint32) *gantrypb.Attempt {
 	for _, a := range j.GetAttempts() {
-		if a.GetAttempt() != attempt {
-			continue
+		if a.GetAttempt() == attempt {
+			return a
 		}
-		if len(a.GetRanks()) == 0 {
-			return []string{a.GetNode()}
-		}
-		out := make([]string, 0, len(a.GetRanks()))
-		for _, r := range a.GetRanks() {
-			out = append(out, r.GetNode())
-		}
-		return out
 	}
 	return nil
 }

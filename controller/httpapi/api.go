@@ -747,18 +747,13 @@ func (a *API) downsampled(w http.ResponseWriter, r *http.Request, id string, sel
 	var known int
 	var key string
 	if err := a.opts.Store.View(func(tx *store.Tx) error {
-		job, err := tx.Job(id)
+		s, err := jobStream(tx, id, sel)
 		if err != nil {
 			return err
 		}
-		last, known = job.LastSeq, len(job.LatestMetrics)
-		k, rk, err := rankStream(job, sel)
-		if err != nil {
-			return err
-		}
-		key = k
-		if rk != nil {
-			last, known = rk.LastSeq, len(rk.LatestMetrics)
+		key, last, known = s.key, s.job.LastSeq, len(s.job.LatestMetrics)
+		if s.rank != nil {
+			last, known = s.rank.LastSeq, len(s.rank.LatestMetrics)
 		}
 		return nil
 	}); err != nil {
@@ -811,29 +806,42 @@ func queryRank(r *http.Request) (rankSel, error) {
 	return rankSel{rank: uint32(min(rank, math.MaxUint32)), attempt: attempt}, nil
 }
 
-// rankStream resolves sel on job j to the stored key of its streams and,
-// for a rank k > 0, the rank; a 400 for a rank or attempt the job lacks.
-func rankStream(j *gantrypb.Job, sel rankSel) (string, *gantrypb.Rank, error) {
+// stream is the streams a read is of: the job, the stored key, and for
+// a rank k > 0 the rank and whether it is of an earlier attempt.
+type stream struct {
+	job     *gantrypb.Job
+	key     string
+	rank    *gantrypb.Rank
+	earlier bool
+}
+
+// jobStream reads job id and resolves sel on it; a 400 for a rank or
+// attempt the job lacks.
+func jobStream(tx *store.Tx, id string, sel rankSel) (stream, error) {
+	j, err := tx.Job(id)
+	if err != nil {
+		return stream{}, err
+	}
+	s := stream{job: j, key: j.Id}
 	if sel.rank == 0 {
-		return j.Id, nil, nil
+		return s, nil
 	}
 	current := uint64(j.Attempt) + 1
 	ranks, run := j.Ranks, lifecycle.JobRunID(j)
 	switch {
 	case sel.attempt > current:
-		return "", nil, badRequest{fmt.Errorf("job %s has had %d attempts; there is no attempt %d", j.Id, current, sel.attempt)}
+		return stream{}, badRequest{fmt.Errorf("job %s has had %d attempts; there is no attempt %d", j.Id, current, sel.attempt)}
 	case sel.attempt > 0 && sel.attempt < current:
-		ranks, run = nil, lifecycle.RunID(j.Id, uint32(sel.attempt-1))
-		for _, a := range j.Attempts {
-			if uint64(a.Attempt)+1 == sel.attempt {
-				ranks = a.Ranks
-			}
+		s.earlier, ranks, run = true, nil, lifecycle.RunID(j.Id, uint32(sel.attempt-1))
+		if a := lifecycle.EarlierAttempt(j, uint32(sel.attempt-1)); a != nil {
+			ranks = a.Ranks
 		}
 	}
 	if int(sel.rank) >= len(ranks) {
-		return "", nil, badRequest{fmt.Errorf("job %s has no rank %d (ranks: %d)", j.Id, sel.rank, max(len(ranks), 1))}
+		return stream{}, badRequest{fmt.Errorf("job %s has no rank %d (ranks: %d)", j.Id, sel.rank, max(len(ranks), 1))}
 	}
-	return store.RankKey(run, sel.rank), ranks[sel.rank], nil
+	s.key, s.rank = store.RankKey(run, sel.rank), ranks[sel.rank]
+	return s, nil
 }
 
 // readPoints reads one page of points in its own short transaction.
@@ -845,15 +853,11 @@ func (a *API) readPoints(id string, after uint64, limit int) (apiv1.PointPage, e
 func (a *API) readRankPoints(id string, sel rankSel, after uint64, limit int) (apiv1.PointPage, error) {
 	page := apiv1.PointPage{Points: []apiv1.Point{}, Next: after}
 	err := a.opts.Store.View(func(tx *store.Tx) error {
-		j, err := tx.Job(id)
+		s, err := jobStream(tx, id, sel)
 		if err != nil {
 			return err
 		}
-		key, _, err := rankStream(j, sel)
-		if err != nil {
-			return err
-		}
-		pts, err := tx.Points(key, after, limit)
+		pts, err := tx.Points(s.key, after, limit)
 		if err != nil {
 			return err
 		}
@@ -882,15 +886,11 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	out := apiv1.EventList{Events: []apiv1.Event{}}
 	err = a.opts.Store.View(func(tx *store.Tx) error {
-		j, err := tx.Job(id)
+		s, err := jobStream(tx, id, sel)
 		if err != nil {
 			return err
 		}
-		key, _, err := rankStream(j, sel)
-		if err != nil {
-			return err
-		}
-		evs, err := tx.Events(key, after, maxPointLimit)
+		evs, err := tx.Events(s.key, after, maxPointLimit)
 		for _, e := range evs {
 			out.Events = append(out.Events, view.Event(e))
 		}
@@ -924,20 +924,16 @@ func (a *API) logs(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	var out apiv1.Logs
 	err = a.opts.Store.View(func(tx *store.Tx) error {
-		j, err := tx.Job(id)
+		s, err := jobStream(tx, id, sel)
 		if err != nil {
 			return err
 		}
-		key, rk, err := rankStream(j, sel)
-		if err != nil {
-			return err
-		}
-		logBytes, ended := j.LogBytes, lifecycle.IsTerminal(j.State)
-		if rk != nil {
+		logBytes, ended := s.job.LogBytes, lifecycle.IsTerminal(s.job.State)
+		if s.rank != nil {
 			// An earlier attempt's rank has ended, whatever the job does.
-			logBytes, ended = rk.LogBytes, ended || lifecycle.IsTerminal(rk.State) && sel.attempt > 0 && sel.attempt <= uint64(j.Attempt)
+			logBytes, ended = s.rank.LogBytes, ended || s.earlier && lifecycle.IsTerminal(s.rank.State)
 		}
-		data, next := tx.Logs(key, offset, limit)
+		data, next := tx.Logs(s.key, offset, limit)
 		out = apiv1.Logs{Offset: offset, Next: next, Data: string(data),
 			Complete: ended && next >= logBytes}
 		return nil
