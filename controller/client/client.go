@@ -375,15 +375,34 @@ func (c *Client) Drain(ctx context.Context, node string, gpus []int, undrain boo
 // Metrics returns stored points with seq > after, at most limit of them
 // (limit <= 0 lets the server choose). Pass the page's Next as the next after.
 func (c *Client) Metrics(ctx context.Context, id string, after uint64, limit int) (apiv1.PointPage, error) {
+	return c.pointPage(ctx, id, pageQuery(after, limit), "job "+id)
+}
+
+// pageQuery is the query of a page of points after seq after.
+func pageQuery(after uint64, limit int) url.Values {
 	q := url.Values{"after": {strconv.FormatUint(after, 10)}}
 	if limit > 0 {
 		q.Set("limit", strconv.Itoa(limit))
 	}
+	return q
+}
+
+// pointPage reads a page of a job's points; what names whose in errors.
+func (c *Client) pointPage(ctx context.Context, id string, q url.Values, what string) (apiv1.PointPage, error) {
 	var p apiv1.PointPage
 	if err := c.do(ctx, http.MethodGet, c.endpoint(q, "v1", "jobs", id, "metrics"), nil, &p); err != nil {
-		return apiv1.PointPage{}, fmt.Errorf("get metrics of job %s: %w", id, err)
+		return apiv1.PointPage{}, fmt.Errorf("get metrics of %s: %w", what, err)
 	}
 	return p, nil
+}
+
+// logPage reads a job's log bytes; what names whose in errors.
+func (c *Client) logPage(ctx context.Context, id string, q url.Values, what string) (apiv1.Logs, error) {
+	var l apiv1.Logs
+	if err := c.do(ctx, http.MethodGet, c.endpoint(q, "v1", "jobs", id, "logs"), nil, &l); err != nil {
+		return apiv1.Logs{}, fmt.Errorf("get logs of %s: %w", what, err)
+	}
+	return l, nil
 }
 
 // Downsampled returns at most maxPoints buckets per metric over the
@@ -413,26 +432,15 @@ func (c *Client) Events(ctx context.Context, id string) ([]apiv1.Event, error) {
 // Logs returns a job's log bytes from offset on; pass the answer's Next as
 // the following offset.
 func (c *Client) Logs(ctx context.Context, id string, offset uint64) (apiv1.Logs, error) {
-	q := url.Values{"offset": {strconv.FormatUint(offset, 10)}}
-	var l apiv1.Logs
-	if err := c.do(ctx, http.MethodGet, c.endpoint(q, "v1", "jobs", id, "logs"), nil, &l); err != nil {
-		return apiv1.Logs{}, fmt.Errorf("get logs of job %s: %w", id, err)
-	}
-	return l, nil
+	return c.logPage(ctx, id, url.Values{"offset": {strconv.FormatUint(offset, 10)}}, "job "+id)
 }
 
 // RankMetrics returns a page of rank k's own points of a multi-node job
 // (rank 0's are the job's, as Metrics returns them).
 func (c *Client) RankMetrics(ctx context.Context, id string, rank int, after uint64, limit int) (apiv1.PointPage, error) {
-	q := url.Values{"after": {strconv.FormatUint(after, 10)}, "rank": {strconv.Itoa(rank)}}
-	if limit > 0 {
-		q.Set("limit", strconv.Itoa(limit))
-	}
-	var p apiv1.PointPage
-	if err := c.do(ctx, http.MethodGet, c.endpoint(q, "v1", "jobs", id, "metrics"), nil, &p); err != nil {
-		return apiv1.PointPage{}, fmt.Errorf("get metrics of rank %d of job %s: %w", rank, id, err)
-	}
-	return p, nil
+	q := pageQuery(after, limit)
+	q.Set("rank", strconv.Itoa(rank))
+	return c.pointPage(ctx, id, q, fmt.Sprintf("rank %d of job %s", rank, id))
 }
 
 // RankLogs returns the log of one rank of a multi-node job (rank 0's is
@@ -448,11 +456,7 @@ func (c *Client) AttemptRankLogs(ctx context.Context, id string, rank, attempt i
 	if attempt > 0 {
 		q.Set("attempt", strconv.Itoa(attempt))
 	}
-	var l apiv1.Logs
-	if err := c.do(ctx, http.MethodGet, c.endpoint(q, "v1", "jobs", id, "logs"), nil, &l); err != nil {
-		return apiv1.Logs{}, fmt.Errorf("get logs of rank %d of job %s: %w", rank, id, err)
-	}
-	return l, nil
+	return c.logPage(ctx, id, q, fmt.Sprintf("rank %d of job %s", rank, id))
 }
 
 // Nodes lists the agents.
