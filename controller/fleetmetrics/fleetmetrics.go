@@ -410,17 +410,9 @@ func (e *emitter) emit(d *prometheus.Desc, v float64, labels ...string) {
 func (c *Collector) emitNodes(e *emitter, s *snapshot, now time.Time) {
 	leading := c.opts.Leading != nil && c.opts.Leading() && c.opts.Connected != nil
 	for _, n := range s.nodes {
-		up := 0.0
-		if n.State == gantrypb.NodeState_NODE_STATE_UP {
-			up = 1
-		}
-		e.emit(descNodeUp, up, n.Id)
+		e.emit(descNodeUp, b2f(n.State == gantrypb.NodeState_NODE_STATE_UP), n.Id)
 		if leading {
-			conn := 0.0
-			if c.opts.Connected(n.Id) {
-				conn = 1
-			}
-			e.emit(descNodeConnected, conn, n.Id)
+			e.emit(descNodeConnected, b2f(c.opts.Connected(n.Id)), n.Id)
 		}
 		offered := map[uint32]*gantrypb.GPUInfo{}
 		for _, g := range n.Gpus {

@@ -402,7 +402,7 @@ func WriteJobsTable(w io.Writer, jobs []apiv1.Job, now time.Time) error {
 			j.ID, orDash(j.Name), j.State, jobHealth(j), orDash(jobNodes(j)), jobGPUs(j), jobStep(j), j.Points, age)
 		if reasons {
 			// Tabs would break the columns; a reason is one line.
-			fmt.Fprintf(tw, "\t%s", strings.Join(strings.Fields(j.Reason), " "))
+			fmt.Fprintf(tw, "\t%s", oneLine(j.Reason))
 		}
 		fmt.Fprintln(tw)
 	}
@@ -814,7 +814,7 @@ func writeRanks(w io.Writer, ranks []apiv1.Rank) {
 			exit = strconv.Itoa(*r.ExitCode)
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Rank, r.Node, joinInts(r.GPUs), r.State, exit,
-			orDash(strings.Join(strings.Fields(r.Error), " ")))
+			orDash(oneLine(r.Error)))
 	}
 	_ = tw.Flush()
 }
