@@ -216,10 +216,7 @@ func (a *app) statusCmd() *cobra.Command {
 			if output != outTable {
 				return writeData(a.env.Stdout, output, job)
 			}
-			events, err := c.Events(cmd.Context(), job.ID)
-			if errors.Is(err, client.ErrNotFound) {
-				return errNoJob(job.ID) // gone since we read it
-			}
+			events, err := jobEvents(cmd.Context(), c, job.ID)
 			if err != nil {
 				return err
 			}
@@ -455,6 +452,16 @@ func (a *app) clusterCmd() *cobra.Command {
 	return cmd
 }
 
+// jobEvents reads a job's events; a job gone since it was resolved is
+// errNoJob.
+func jobEvents(ctx context.Context, c *client.Client, id string) ([]apiv1.Event, error) {
+	events, err := c.Events(ctx, id)
+	if errors.Is(err, client.ErrNotFound) {
+		return nil, errNoJob(id) // gone since we read it
+	}
+	return events, err
+}
+
 func (a *app) eventsCmd() *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
@@ -471,10 +478,7 @@ func (a *app) eventsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			events, err := c.Events(cmd.Context(), job.ID)
-			if errors.Is(err, client.ErrNotFound) {
-				return errNoJob(job.ID)
-			}
+			events, err := jobEvents(cmd.Context(), c, job.ID)
 			if err != nil {
 				return err
 			}
