@@ -1253,9 +1253,7 @@
     const gpuPanel = el('section', { class: 'panel', id: 'gpu-panel', hidden: true },
       el('h2', {}, 'GPUs'), gpuNote,
       el('div', { class: 'charts' }, gpuUtil.el, gpuMem.el),
-      el('table', { class: 'gpu-now' }, el('thead', {}, el('tr', {},
-        el('th', {}, 'GPU'), el('th', {}, 'Name'), el('th', {}, 'Utilization'), el('th', { class: 'num' }, 'Memory (GiB)'),
-        el('th', { class: 'num' }, 'Temp'), el('th', { class: 'num' }, 'Power'), el('th', { class: 'num' }, 'SM clock'), el('th', {}, 'Throttled'))), gpuTable));
+      el('table', { class: 'gpu-now' }, gpuHead(), gpuTable));
     // A multi-node job's ranks: node, GPUs, state and exit of each; the
     // charts show rank 0's metrics, the job's own.
     const ranksBody = el('tbody');
@@ -1813,8 +1811,6 @@
       }
     }
 
-    // refresh reads a run's job and the points it has gained. The first
-    // time, that is its whole history.
     // runName is a run's label: the job's name, and its rank for a rank's
     // own series.
     function runName(r) {
@@ -1829,9 +1825,11 @@
       return ((r.job.ranks || [])[r.rank] || {}).last_seq || 0;
     }
 
-    async function refresh(r) {
+    // refresh reads a run's job (through jobOf) and the points it has
+    // gained. The first time, that is its whole history.
+    async function refresh(r, jobOf) {
       if (r.job && TERMINAL.has(r.job.state) && r.lastSeq() >= seqOf(r)) return;
-      const j = await api('/v1/jobs/' + encodeURIComponent(r.jobId));
+      const j = await jobOf(r.jobId);
       r.job = j;
       const have = r.lastSeq();
       const last = seqOf(r);
@@ -1843,7 +1841,14 @@
     }
 
     const p = poller(async () => {
-      await Promise.all(runs.map((r) => refresh(r).catch((e) => {
+      // One read of each job per tick, shared by its runs (a job charted
+      // rank by rank is one job).
+      const jobs = new Map();
+      const jobOf = (id) => {
+        if (!jobs.has(id)) jobs.set(id, api('/v1/jobs/' + encodeURIComponent(id)));
+        return jobs.get(id);
+      };
+      await Promise.all(runs.map((r) => refresh(r, jobOf).catch((e) => {
         if (e instanceof AuthError) throw e;
         failed.set(r.id, errorText(e));
       })));
@@ -1862,6 +1867,15 @@
         window.removeEventListener('resize', onResize);
       },
     };
+  }
+
+  // gpuHead is the header of a table of gpuRow rows, with extra cells
+  // after gpuRow's (the nodes page adds the job holding each GPU).
+  function gpuHead(...extra) {
+    return el('thead', {}, el('tr', {},
+      el('th', {}, 'GPU'), el('th', {}, 'Name'), el('th', {}, 'Utilization'), el('th', { class: 'num' }, 'Memory (GiB)'),
+      el('th', { class: 'num' }, 'Temp'), el('th', { class: 'num' }, 'Power'), el('th', { class: 'num' }, 'SM clock'), el('th', {}, 'Throttled'),
+      ...extra));
   }
 
   function gpuRow(g) {
@@ -1935,9 +1949,7 @@
         n.drained ? el('span', { class: 'cond', 'data-drained': 'node' }, 'drained') : null),
       (n.gpus || []).length === 0 ? el('p', { class: 'muted' }, 'No GPUs.') :
         el('table', {},
-          el('thead', {}, el('tr', {},
-            el('th', {}, 'GPU'), el('th', {}, 'Name'), el('th', {}, 'Utilization'), el('th', { class: 'num' }, 'Memory (GiB)'),
-            el('th', { class: 'num' }, 'Temp'), el('th', { class: 'num' }, 'Power'), el('th', { class: 'num' }, 'SM clock'), el('th', {}, 'Throttled'), el('th', {}, 'Job'))),
+          gpuHead(el('th', {}, 'Job')),
           el('tbody', {}, n.gpus.map((g) => {
             const s = stats.get(g.index);
             const row = gpuRow(s || { index: g.index, name: g.name, uuid: g.uuid, memory_total_bytes: g.memory_total_bytes, memory_used_bytes: 0 });
