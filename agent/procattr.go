@@ -1,15 +1,12 @@
 package agent
 
 import (
-	"bytes"
 	"fmt"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gantry-ml/gantry/agent/gpu"
+	"github.com/gantry-ml/gantry/agent/runner"
 	"github.com/gantry-ml/gantry/lifecycle"
 )
 
@@ -42,36 +39,13 @@ type procTracker struct {
 	memAt       time.Time
 }
 
-// procStat reads the parent and the session of pid from /proc.
-func procStat(pid int) (ppid, sid int, comm string, err error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, 0, "", err
-	}
-	open, end := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')')
-	if open < 0 || end < open {
-		return 0, 0, "", fmt.Errorf("pid %d: stat has no command name", pid)
-	}
-	comm = string(data[open+1 : end])
-	f := strings.Fields(string(data[end+1:])) // state ppid pgrp session ...
-	if len(f) < 4 {
-		return 0, 0, "", fmt.Errorf("pid %d: short stat", pid)
-	}
-	ppid, err1 := strconv.Atoi(f[1])
-	sid, err2 := strconv.Atoi(f[3])
-	if err1 != nil || err2 != nil {
-		return 0, 0, "", fmt.Errorf("pid %d: bad stat", pid)
-	}
-	return ppid, sid, comm, nil
-}
-
 // ownerOf returns the job (by main PID in roots) that pid belongs to, ""
 // for none, and the process's command name.
 func ownerOf(pid int, roots map[int]*job) (*job, string) {
 	p := pid
 	var comm string
 	for range maxAncestry {
-		ppid, sid, c, err := procStat(p)
+		ppid, sid, c, err := runner.ProcParent(p)
 		if err != nil {
 			return nil, comm
 		}

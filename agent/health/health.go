@@ -24,6 +24,7 @@ import (
 	"github.com/gantry-ml/gantry/internal/clockevents"
 	"github.com/gantry-ml/gantry/lifecycle"
 	"github.com/gantry-ml/gantry/proto/gantrypb"
+	"github.com/gantry-ml/gantry/proto/limits"
 )
 
 // Defaults of a job's health checks (README "Health").
@@ -84,7 +85,8 @@ const (
 	// sampleRing is how many recent readings are kept per GPU.
 	sampleRing = 256
 	// MaxGPUs is the most GPUs a Monitor watches; the rest are ignored.
-	MaxGPUs = 64
+	// A condition names at most this many (limits.MaxConditionGPUs).
+	MaxGPUs = limits.MaxConditionGPUs
 )
 
 // Config is a job's health settings, defaults filled in.
@@ -622,7 +624,7 @@ func (m *Monitor) Events(t time.Time) []Event {
 			d := run.endedAt.Sub(e.since)
 			out = append(out, Event{Kind: lifecycle.EventGPUThrottledCleared, At: t, GPU: idx, Count: secs(d),
 				Message: fmt.Sprintf("GPU %d is no longer throttled, after %s (%s)",
-					idx, d.Round(time.Second), strings.Join(clockevents.Names(e.mask), ", "))})
+					idx, d.Round(time.Second), clockevents.Describe(e.mask))})
 			run.ended = nil
 		}
 		if run.since.IsZero() || run.told {
@@ -634,7 +636,7 @@ func (m *Monitor) Events(t time.Time) []Event {
 			out = append(out, Event{Kind: lifecycle.EventGPUThrottled, At: t, GPU: idx, Count: secs(d),
 				Message: fmt.Sprintf("GPU %d throttled for %s by %s: its clocks are held down, so the job runs slower "+
 					"(now SM %.0f MHz, %.0f °C, %.0f W of %s)",
-					idx, d.Round(time.Second), strings.Join(clockevents.Names(run.mask), ", "),
+					idx, d.Round(time.Second), clockevents.Describe(run.mask),
 					r.smMHz, r.tempC, r.powerW, limitText(r.limitW))})
 		}
 	}

@@ -332,9 +332,36 @@ func statPath(pid int) string { return filepath.Join("/proc", strconv.Itoa(pid),
 // field 3 of the whole line, pgrp field 5, starttime field 22.
 const (
 	statState     = 0
+	statPpid      = 1
 	statPgrp      = 2
+	statSession   = 3
 	statStartTime = 19
 )
+
+// ProcParent reads pid's parent, session and command name from
+// /proc/PID/stat: what GPU process attribution follows to find a
+// process's job.
+func ProcParent(pid int) (ppid, sid int, comm string, err error) {
+	data, err := os.ReadFile(statPath(pid))
+	if err != nil {
+		return 0, 0, "", err
+	}
+	fields, err := statFields(data, statSession+1)
+	if err != nil {
+		return 0, 0, "", fmt.Errorf("pid %d: %w", pid, err)
+	}
+	ppid, err1 := strconv.Atoi(fields[statPpid])
+	sid, err2 := strconv.Atoi(fields[statSession])
+	if err1 != nil || err2 != nil {
+		return 0, 0, "", fmt.Errorf("pid %d: bad stat", pid)
+	}
+	// statFields found the last ')'; the name starts after the first '('.
+	open, end := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')')
+	if open < 0 || end < open {
+		return 0, 0, "", fmt.Errorf("pid %d: stat has no command name", pid)
+	}
+	return ppid, sid, string(data[open+1 : end]), nil
+}
 
 // statFields is the one parser of a /proc/PID/stat line: it returns the
 // fields after the command name, at least want of them, the first being a
