@@ -195,8 +195,6 @@ func (l *Link) Run(ctx context.Context) error {
 		}
 		if established {
 			waitingLeader = false
-		}
-		if established {
 			failures = 0
 			if time.Since(start) > 10*time.Second {
 				backoff = l.opts.MinBackoff // it was a healthy session

@@ -16,10 +16,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -261,7 +262,7 @@ func Start(spec Spec, onEvent func(Event)) (*Process, error) {
 
 	cgroup, cgErr := spec.Cgroup, error(nil)
 	if cgroup != nil {
-		cmd, cgErr = startInCgroup(cmd, cgroup)
+		cgErr = startInCgroup(cmd, cgroup)
 		if cgErr != nil {
 			// Run it as it ran before cgroups: the job matters more
 			// than the means to find its escapees.
@@ -328,10 +329,10 @@ var startCmd = (*exec.Cmd).Start
 // startInCgroup creates the job's cgroup and starts cmd directly inside it.
 // On failure the group is removed again, and the error says why; the
 // command returned then is unusable (the caller starts a fresh one).
-func startInCgroup(cmd *exec.Cmd, g *jobcgroup.Group) (*exec.Cmd, error) {
+func startInCgroup(cmd *exec.Cmd, g *jobcgroup.Group) error {
 	dir, err := g.Create(time.Now().Add(killSettle))
 	if err != nil {
-		return cmd, err
+		return err
 	}
 	cmd.SysProcAttr.UseCgroupFD = true
 	cmd.SysProcAttr.CgroupFD = int(dir.Fd())
@@ -342,10 +343,10 @@ func startInCgroup(cmd *exec.Cmd, g *jobcgroup.Group) (*exec.Cmd, error) {
 	if err != nil {
 		// clone3 or CLONE_INTO_CGROUP unsupported (Linux < 5.7), or the
 		// start failed for a reason the plain start will report again.
-		return cmd, errors.Join(fmt.Errorf("start in cgroup %s: %w", g.Name(), err),
+		return errors.Join(fmt.Errorf("start in cgroup %s: %w", g.Name(), err),
 			g.Remove(time.Now().Add(killSettle)))
 	}
-	return cmd, nil
+	return nil
 }
 
 // removeCgroup kills what is in a job's cgroup and removes it; nil is none.
@@ -654,6 +655,8 @@ func (p *Process) cleanGroup(leaderHeld bool) {
 	cancelling := p.reason != ""
 	killAt := p.killAt
 	p.mu.Unlock()
+	// Last, either way: what left the group is still in the job's cgroup.
+	defer p.killEscapees()
 
 	if cancelling {
 		// The escalate timer sends SIGKILL at killAt; here we only wait
@@ -668,7 +671,6 @@ func (p *Process) cleanGroup(leaderHeld bool) {
 		if leaderHeld || len(liveGroupMembers(p.pid)) > 0 {
 			killGroup(p.pid, unix.SIGKILL)
 		}
-		p.killEscapees()
 		return
 	}
 
@@ -683,7 +685,6 @@ func (p *Process) cleanGroup(leaderHeld bool) {
 				len(left), left),
 		})
 	}
-	p.killEscapees()
 }
 
 func (p *Process) emit(ev Event) {
@@ -872,12 +873,7 @@ func buildEnv(spec Spec) []string {
 		set("PATH", defaultPath)
 	}
 	set("HOME", home(spec))
-	keys := make([]string, 0, len(spec.Env))
-	for k := range spec.Env {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
 		set(k, spec.Env[k])
 	}
 	if spec.PythonPath != "" {
@@ -899,12 +895,7 @@ func buildEnv(spec Spec) []string {
 	set("GANTRY_JOB_ID", jobID)
 	set("GANTRY_ATTEMPT", strconv.FormatUint(uint64(attempt)+1, 10))
 	set("GANTRY_METRICS_FILE", spec.MetricsFile)
-	rk := make([]string, 0, len(spec.Rendezvous))
-	for k := range spec.Rendezvous {
-		rk = append(rk, k)
-	}
-	sort.Strings(rk)
-	for _, k := range rk {
+	for _, k := range slices.Sorted(maps.Keys(spec.Rendezvous)) {
 		set(k, spec.Rendezvous[k])
 	}
 	return env
