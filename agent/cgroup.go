@@ -37,13 +37,16 @@ type jobCgroups struct {
 	jobs map[string]*job // group name → job, for attribution
 }
 
+// withoutCgroups says what running jobs without cgroups means.
+const withoutCgroups = "GPU processes are attributed to jobs by session, and a process that leaves its job's session survives the job"
+
 // openJobCgroups opens the job cgroups as cfg.JobCgroups says, or returns
 // nil after logging why there are none.
 func openJobCgroups(cfg Config, log *slog.Logger) *jobCgroups {
 	o := jobcgroup.Options{NodeID: cfg.NodeID, Instance: cfg.DataDir}
 	switch cfg.JobCgroups {
 	case JobCgroupsOff:
-		log.Info("job cgroups off: GPU processes are attributed to jobs by session, and a process that leaves its job's session survives the job")
+		log.Info("job cgroups off: " + withoutCgroups)
 		return nil
 	case "", JobCgroupsAuto:
 	default:
@@ -51,8 +54,7 @@ func openJobCgroups(cfg Config, log *slog.Logger) *jobCgroups {
 	}
 	m, err := jobcgroup.Open(o)
 	if err != nil {
-		log.Warn("job cgroups unavailable: GPU processes are attributed to jobs by session, and a process that leaves "+
-			"its job's session survives the job", "err", err)
+		log.Warn("job cgroups unavailable: "+withoutCgroups, "err", err)
 		return nil
 	}
 	log.Info("job cgroups on", "dir", m.Dir(), "agent_moved_to_leaf", m.Moved())

@@ -102,10 +102,8 @@ func UnpackIn(r io.Reader, root *os.Root, lim Limits, owner Owner) (u Unpacked, 
 			}
 			u.Dirs++
 		case tar.TypeReg:
-			// Compared without adding: a claimed size near the int64
-			// maximum would wrap the sum negative and pass.
-			if hdr.Size < 0 || hdr.Size > lim.MaxBytes-u.Bytes {
-				return u, fmt.Errorf("%w: it expands to more than %d bytes", ErrUnsafe, lim.MaxBytes)
+			if err := fits(hdr, u, lim); err != nil {
+				return u, err
 			}
 			if err := mkdirs(root, path.Dir(name), &made); err != nil {
 				return u, err
@@ -144,8 +142,8 @@ func UnpackIn(r io.Reader, root *os.Root, lim Limits, owner Owner) (u Unpacked, 
 			// Not made, but its bytes are still decompressed to reach
 			// the next header: they count against the limit, or an
 			// archive of skipped entries would burn CPU unbounded.
-			if hdr.Size < 0 || hdr.Size > lim.MaxBytes-u.Bytes {
-				return u, fmt.Errorf("%w: it expands to more than %d bytes", ErrUnsafe, lim.MaxBytes)
+			if err := fits(hdr, u, lim); err != nil {
+				return u, err
 			}
 			u.Bytes += hdr.Size
 			u.Skipped++
@@ -211,6 +209,16 @@ func chown(root *os.Root, name string, owner Owner) error {
 	}
 	if err := root.Lchown(name, owner.Uid, owner.Gid); err != nil {
 		return fmt.Errorf("code archive: %w", err)
+	}
+	return nil
+}
+
+// fits checks that an entry of hdr.Size bytes keeps what is unpacked so
+// far within lim.MaxBytes. Compared without adding: a claimed size near
+// the int64 maximum would wrap the sum negative and pass.
+func fits(hdr *tar.Header, u Unpacked, lim Limits) error {
+	if hdr.Size < 0 || hdr.Size > lim.MaxBytes-u.Bytes {
+		return fmt.Errorf("%w: it expands to more than %d bytes", ErrUnsafe, lim.MaxBytes)
 	}
 	return nil
 }
