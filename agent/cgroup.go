@@ -4,7 +4,7 @@ import (
 	"log/slog"
 	"math"
 	"strconv"
-	"sync"
+
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -32,9 +32,6 @@ const sweepDeadline = 5 * time.Second
 // when they are off or unavailable.
 type jobCgroups struct {
 	m *jobcgroup.Manager
-
-	mu   sync.Mutex
-	jobs map[string]*job // group name → job, for attribution
 }
 
 // withoutCgroups says what running jobs without cgroups means.
@@ -58,7 +55,7 @@ func openJobCgroups(cfg Config, log *slog.Logger) *jobCgroups {
 		return nil
 	}
 	log.Info("job cgroups on", "dir", m.Dir(), "agent_moved_to_leaf", m.Moved())
-	return &jobCgroups{m: m, jobs: map[string]*job{}}
+	return &jobCgroups{m: m}
 }
 
 // groupSuffix is the last part of a job's group name: the run's start
@@ -70,28 +67,16 @@ func groupSuffix(startedAt float64) string {
 	return strconv.FormatInt(int64(math.Round(startedAt*1000)), 10)
 }
 
-// group is the cgroup of j's run started at startedAt, registered for
-// attribution; nil when cgroups are off.
+// group is the cgroup of j's run started at startedAt, kept on j for
+// attribution (job.cgroup); nil when cgroups are off.
 func (c *jobCgroups) group(j *job, startedAt float64) *jobcgroup.Group {
 	if c == nil {
 		return nil
 	}
 	g := c.m.Group(j.id, groupSuffix(startedAt))
-	j.a.mu.Lock()
-	live := make(map[*job]bool, len(j.a.jobs))
-	for _, o := range j.a.jobs {
-		live[o] = true
-	}
-	j.a.mu.Unlock()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	// Forget the groups of jobs the agent has forgotten.
-	for name, o := range c.jobs {
-		if !live[o] {
-			delete(c.jobs, name)
-		}
-	}
-	c.jobs[g.Name()] = j
+	j.mu.Lock()
+	j.cg = g
+	j.mu.Unlock()
 	return g
 }
 
@@ -105,18 +90,12 @@ func (c *jobCgroups) close() {
 	_ = unix.Rmdir(c.m.Dir()) // ENOTEMPTY/EBUSY: jobs run on, as they should
 }
 
-// owner returns the job whose cgroup process pid is in, or nil.
-func (c *jobCgroups) owner(pid int) *job {
+// owner returns the name of the job group process pid is in, if any.
+func (c *jobCgroups) owner(pid int) (string, bool) {
 	if c == nil {
-		return nil
+		return "", false
 	}
-	name, ok := c.m.Owner(pid)
-	if !ok {
-		return nil
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.jobs[name]
+	return c.m.Owner(pid)
 }
 
 // sweep removes the groups of runs that are not in keep (group names), with
@@ -133,4 +112,11 @@ func (c *jobCgroups) sweep(keep map[string]bool, log *slog.Logger) {
 	if err != nil {
 		log.Warn("could not remove every leftover job cgroup", "err", err)
 	}
+}
+
+// cgroup is the cgroup of j's run; nil when it has none.
+func (j *job) cgroup() *jobcgroup.Group {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.cg
 }

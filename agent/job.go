@@ -16,6 +16,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/gantry-ml/gantry/agent/jobcgroup"
 	"github.com/gantry-ml/gantry/agent/logtail"
 	"github.com/gantry-ml/gantry/agent/metricsfile"
 	"github.com/gantry-ml/gantry/agent/runner"
@@ -127,7 +128,8 @@ type job struct {
 
 	mu        sync.Mutex
 	proc      *runner.Process
-	cancelled bool // a cancel arrived, possibly before the process started
+	cg        *jobcgroup.Group // the run's cgroup (jobCgroups.group), nil without
+	cancelled bool             // a cancel arrived, possibly before the process started
 }
 
 func (j *job) cancel() {

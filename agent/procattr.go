@@ -78,13 +78,15 @@ func (a *Agent) attributeProcesses(procs []gpu.Process) {
 	}
 	a.mu.Unlock()
 	roots := map[int]*job{}
+	byGroup := map[string]*job{} // running jobs by the name of their cgroup
 	var running []*job
-	isRunning := map[*job]bool{}
 	for _, j := range all {
 		if s := j.seenState(); s.pid > 0 && !s.ended {
 			roots[s.pid] = j
 			running = append(running, j)
-			isRunning[j] = true
+			if g := j.cgroup(); g != nil {
+				byGroup[g.Name()] = j
+			}
 		}
 	}
 	if len(running) == 0 {
@@ -98,8 +100,8 @@ func (a *Agent) attributeProcesses(procs []gpu.Process) {
 	uses := map[*job]*use{}
 	for _, p := range procs {
 		owner, comm := ownerOf(int(p.PID), roots)
-		if j := a.cgroups.owner(int(p.PID)); j != nil && isRunning[j] {
-			owner = j
+		if name, ok := a.cgroups.owner(int(p.PID)); ok && byGroup[name] != nil {
+			owner = byGroup[name]
 		}
 		if owner != nil {
 			u := uses[owner]
