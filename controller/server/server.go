@@ -563,8 +563,6 @@ func (a agentSet) Forget(nodeID, key string) {
 	}
 }
 
-// agentEvents wakes the scheduler when agents come and go: a new agent may
-// take queued jobs, and one that left may hold jobs to re-send.
 // alertObserver passes applied changes to the feed and wakes the alert
 // notifier when the outbox grew, so an alert goes out at once rather than
 // at the notifier's next poll.
@@ -581,6 +579,8 @@ func (o alertObserver) Applied(c *fsm.Changes) {
 	}
 }
 
+// agentEvents wakes the scheduler when agents come and go: a new agent may
+// take queued jobs, and one that left may hold jobs to re-send.
 type agentEvents struct{ wake scheduler.Wakeup }
 
 func (a agentEvents) AgentConnected(string)    { a.wake.Wake() }
